@@ -1,0 +1,57 @@
+"""Search-space registry: every module in this package that defines ``SPACE`` is a study
+that ``python sweeps/run.py --space NAME`` runs. Adding a study is adding one module."""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Any
+
+from trainables.errors import UserError
+
+
+@dataclass(frozen=True)
+class Space:
+    """A study: what to vary, how to name a variant, and how ASHA prunes it.
+
+    ``param_space`` maps TrialConfig fields to constants or Ray Tune domains
+    (``tune.grid_search`` for a grid). ``variant_keys`` name the fields whose values make a
+    trial's variant id (its row key and its TensorBoard run name), joined with '-'.
+    ``grace_period`` is ASHA's minimum number of epochs; None means ``unfreeze_epoch + 2``,
+    so a gradual_unfreeze trial is never cut before its backbone has trained.
+    """
+
+    name: str
+    description: str
+    param_space: dict[str, Any]
+    variant_keys: tuple[str, ...]
+    grace_period: int | None = None
+    reduction_factor: int = 3
+
+    def variant(self, config: dict[str, Any]) -> str:
+        return "-".join(str(config.get(key)) for key in self.variant_keys)
+
+
+def _discover() -> dict[str, Space]:
+    spaces = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        space = getattr(module, "SPACE", None)
+        if isinstance(space, Space):
+            spaces[space.name] = space
+    return dict(sorted(spaces.items()))
+
+
+def registry() -> dict[str, Space]:
+    """All registered spaces by name."""
+    return _discover()
+
+
+def get_space(name: str) -> Space:
+    spaces = registry()
+    if name not in spaces:
+        raise UserError(f"unknown space '{name}': choose one of {', '.join(spaces)} "
+                        "(see --list-spaces)")
+    return spaces[name]

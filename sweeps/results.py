@@ -1,0 +1,130 @@
+"""The result table: one row per trial, written from what Tune recorded.
+
+A Tune callback rewrites the table (atomically: temp file, then rename) each time a trial
+ends, so a crash never leaves a half-written table nor loses finished trials' rows.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+from ray.tune import Callback
+
+from trainables import metrics as M
+
+RESULTS_CSV = "results.csv"
+RESULTS_MD = "results.md"
+BY_VARIANT_CSV = "results_by_variant.csv"
+
+FIXED_COLUMNS = ["trial_id", "variant", "status", "stop_reason", "epochs", "best_epoch",
+                 M.BEST_VAL_LOSS, M.BEST_VAL_ACC, M.TEST_ACC, M.TEST_MACRO_F1, "pretrained"]
+SCORE_COLUMNS = [M.TEST_ACC, M.TEST_MACRO_F1, M.BEST_VAL_ACC, M.BEST_VAL_LOSS, "epochs"]
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def trial_row(trial_id: str, variant: str, config: dict, last: dict, status: str,
+              error: str, varied_keys: list[str]) -> dict:
+    """One table row from a trial's config and its last reported metrics."""
+    if status == "ERROR":
+        stop = M.ERROR
+    elif last.get(M.STOP_REASON):
+        stop = last[M.STOP_REASON]
+    else:
+        stop = M.ASHA  # ended without saying why: the scheduler stopped it
+    row = {
+        "trial_id": trial_id, "variant": variant, "status": status, "stop_reason": stop,
+        "epochs": int(last.get(M.EPOCH, 0)), "best_epoch": int(last.get(M.BEST_EPOCH, 0)),
+        **{key: last.get(key, math.nan) for key in
+           (M.BEST_VAL_LOSS, M.BEST_VAL_ACC, M.TEST_ACC, M.TEST_MACRO_F1)},
+        "pretrained": bool(last.get(M.PRETRAINED, 0)),
+    }
+    row.update({key: _plain(config.get(key)) for key in varied_keys})
+    row["wall_s"] = round(float(last.get("time_total_s", 0.0)), 1)
+    row["error"] = error
+    return row
+
+
+def by_variant(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds per variant, ranked by mean test accuracy."""
+    grouped = table.groupby("variant")
+    out = grouped[SCORE_COLUMNS].agg(["mean", "std"])
+    out.columns = [f"{col}_{stat}" for col, stat in out.columns]
+    out.insert(0, "trials", grouped.size())
+    out = out.sort_values(f"{M.TEST_ACC}_mean", ascending=False)
+    return out.reset_index()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    return table.to_markdown(index=False, floatfmt=".4f")
+
+
+def write_tables(rows: list[dict], directory: Path) -> pd.DataFrame:
+    """Write results.csv / results.md (and the per-variant table when a variant has
+    several seeds); returns the per-trial table, sorted by test accuracy."""
+    table = pd.DataFrame(rows)
+    table = table.sort_values([M.TEST_ACC, "variant"], ascending=[False, True],
+                              na_position="last").reset_index(drop=True)
+    _atomic_write(directory / RESULTS_CSV, table.to_csv(index=False))
+    shown = table.drop(columns=["error"]) if not table["error"].any() else table
+    markdown = "# Trials\n\n" + to_markdown(shown) + "\n"
+    if table["variant"].duplicated().any():
+        summary = by_variant(table)
+        _atomic_write(directory / BY_VARIANT_CSV, summary.to_csv(index=False))
+        markdown += "\n# By variant (mean and std over seeds)\n\n" + to_markdown(summary) + "\n"
+    _atomic_write(directory / RESULTS_MD, markdown)
+    return table
+
+
+def _error_text(trial) -> str:
+    path = trial.error_file
+    if not path or not os.path.exists(path):
+        return "trial failed (no error file)" if trial.status == "ERROR" else ""
+    lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip()[:300] if lines else ""
+
+
+class ResultTableCallback(Callback):
+    """Rewrites the result table in ``directory`` whenever a trial finishes."""
+
+    def __init__(self, directory: Path, variant: Callable[[dict], str], varied_keys: list[str]):
+        self.directory = Path(directory)
+        self.variant = variant
+        self.varied_keys = varied_keys
+        self.table: pd.DataFrame | None = None
+
+    def rows(self, trials, just_completed=None) -> list[dict]:
+        rows = []
+        for t in trials:
+            # Tune calls on_trial_complete before it marks the trial TERMINATED.
+            status = "TERMINATED" if t is just_completed else t.status
+            if status in ("TERMINATED", "ERROR"):
+                rows.append(trial_row(t.trial_id, self.variant(t.config), t.config,
+                                      t.last_result or {}, status, _error_text(t),
+                                      self.varied_keys))
+        return rows
+
+    def _write(self, trials, just_completed=None) -> None:
+        rows = self.rows(trials, just_completed)
+        if rows:
+            self.table = write_tables(rows, self.directory)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._write(trials, just_completed=trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._write(trials)
+
+    def on_experiment_end(self, trials, **info):
+        self._write(trials)

@@ -1,0 +1,326 @@
+"""Run a study as one Ray Tune sweep.
+
+    python sweeps/run.py --space googlenet_strategies [--data DIR] [--smoke] [--set KEY=VALUE ...]
+    python sweeps/run.py --list-spaces
+
+Everything a user can get wrong is checked before anything is written or Ray starts; such a
+mistake ends in one line on stderr and exit status 2. A sweep whose trials failed still
+writes its table and exits with status 1.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from trainables import metrics as M
+from trainables.config import TrialConfig, describe_keys, parse_overrides
+from trainables.errors import UserError
+
+SMOKE_IMAGES_PER_CLASS = 10
+SMOKE_OVERRIDES = {"max_epochs": 2, "image_size": 32}
+DEMO_OVERRIDES = {"image_size": 32}  # the demo digits are 8x8 scans: 224px would only cost time
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not usage + message
+        raise UserError(f"{message} (see --help)")
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="python sweeps/run.py", description=__doc__.split("\n\n")[0],
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--space", help="the study to run (see --list-spaces)")
+    p.add_argument("--list-spaces", action="store_true", help="list the studies and exit")
+    p.add_argument("--list-keys", action="store_true", help="list the --set keys and exit")
+    p.add_argument("--data", help="image folder (one subfolder per class) or a root with "
+                                  "train/ val/ test/; default: the embedded demo digits")
+    p.add_argument("--storage", default="runs", help="where experiments go (default: ./runs)")
+    p.add_argument("--name", help="experiment name (default: SPACE-YYYYmmdd-HHMMSS)")
+    p.add_argument("--num-samples", type=int, default=1,
+                   help="repeat every variant with this many seeds (default 1)")
+    p.add_argument("--max-epochs", type=int, help="cap every trial at this many epochs")
+    p.add_argument("--smoke", action="store_true",
+                   help=f"shrink to seconds: {SMOKE_IMAGES_PER_CLASS} images per class, 32px, "
+                        "2 epochs")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float,
+                   help="GPUs per trial, fractions allowed (default: 1 if the cluster has GPUs)")
+    p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                   help="join this Ray cluster instead of starting one (default: $RAY_ADDRESS)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the 8:1:1 split")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a trial-config field (repeatable; see --list-keys)")
+    return p
+
+
+# ------------------------------------------------------------------ checks before any write
+
+def grid_configs(param_space: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every grid point of ``param_space`` (other Tune domains sampled once), to validate."""
+    fixed, grids = {}, {}
+    for key, value in param_space.items():
+        if isinstance(value, dict) and "grid_search" in value:
+            grids[key] = value["grid_search"]
+        elif hasattr(value, "sample"):
+            fixed[key] = value.sample()
+        else:
+            fixed[key] = value
+    return [{**fixed, **dict(zip(grids, combo))} for combo in itertools.product(*grids.values())]
+
+
+def resolve_param_space(space, overrides: dict, num_samples: int) -> dict[str, Any]:
+    from ray import tune
+
+    param_space = {**space.param_space, **overrides}
+    first_seed = int(overrides.get("seed", TrialConfig.seed))
+    seeds = list(range(first_seed, first_seed + num_samples))
+    param_space["seed"] = tune.grid_search(seeds) if num_samples > 1 else seeds[0]
+    return param_space
+
+
+def validate(configs: list[dict]) -> list[TrialConfig]:
+    from trainables.models import check_model
+    from trainables.strategies import create_strategy
+
+    checked = []
+    for config in configs:
+        cfg = TrialConfig.from_dict(config)
+        check_model(cfg.model, create_strategy(cfg).aux_heads)
+        checked.append(cfg)
+    return checked
+
+
+def check_weights(cfgs: list[TrialConfig]) -> tuple[str, ...]:
+    """Fetch each model's pretrained weights once, before the trials ask for them.
+    Returns the models whose weights cannot be had (trials then train from scratch)."""
+    from trainables.models import fetch_pretrained, weights_location
+
+    unavailable = []
+    for model in sorted({c.model for c in cfgs if c.pretrained != "false"}):
+        reason = fetch_pretrained(model)
+        if reason is None:
+            continue
+        if any(c.model == model and c.pretrained == "true" for c in cfgs):
+            raise UserError(f"pretrained weights for '{model}' could not be loaded ({reason}); "
+                            f"pre-seed {weights_location(model)} or use --set pretrained=false")
+        print(f"warning: no pretrained weights for {model} ({reason}); its trials train from "
+              f"random initialisation (pretrained=False in the table)", file=sys.stderr)
+        unavailable.append(model)
+    return tuple(unavailable)
+
+
+def check_storage(storage: Path, name: str) -> Path:
+    experiment = storage / name
+    if experiment.exists() and any(experiment.iterdir()):
+        raise UserError(f"experiment {experiment} already exists; choose another --name")
+    probe = storage
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise UserError(f"--storage {storage}: not a writable directory; pass one you can write")
+    return experiment
+
+
+def check_args(args) -> None:
+    if not args.space:
+        raise UserError("no study given: pass --space NAME (see --list-spaces)")
+    if args.num_samples < 1:
+        raise UserError(f"--num-samples {args.num_samples}: must be at least 1")
+    if args.max_epochs is not None and args.max_epochs < 1:
+        raise UserError(f"--max-epochs {args.max_epochs}: must be at least 1")
+    if args.cpus_per_trial <= 0:
+        raise UserError(f"--cpus-per-trial {args.cpus_per_trial}: must be above 0")
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        raise UserError(f"--gpus-per-trial {args.gpus_per_trial}: must be 0 or more")
+    if args.name and (args.name in (".", "..") or "/" in args.name):
+        raise UserError(f"--name {args.name!r}: use a plain folder name without '/'")
+
+
+# ------------------------------------------------------------------ the sweep
+
+def start_ray(address: str | None):
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+    if address:
+        return ray.init(address=address, **kwargs)
+    return ray.init(**kwargs)
+
+
+def resources(args) -> dict[str, float]:
+    import ray
+
+    total = ray.cluster_resources()
+    gpus = args.gpus_per_trial
+    if gpus is None:
+        gpus = 1.0 if total.get("GPU", 0) >= 1 else 0.0
+    if args.cpus_per_trial > total.get("CPU", 0):
+        raise UserError(f"--cpus-per-trial {args.cpus_per_trial:g} but the Ray cluster has "
+                        f"{total.get('CPU', 0):g} CPUs; ask for fewer")
+    if gpus > total.get("GPU", 0):
+        raise UserError(f"--gpus-per-trial {gpus:g} but the Ray cluster has "
+                        f"{total.get('GPU', 0):g} GPUs; ask for fewer (or 0)")
+    return {"cpu": args.cpus_per_trial, "gpu": gpus}
+
+
+def trial_name(space):
+    def name(trial) -> str:
+        label = f"{space.variant(trial.config)}_s{trial.config.get('seed', 0)}_{trial.trial_id}"
+        return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
+    return name
+
+
+def run_sweep(args, space, param_space: dict, cfgs: list[TrialConfig], handle,
+              unavailable: tuple[str, ...], experiment: Path, per_trial: dict) -> int:
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    from ray.tune.schedulers import ASHAScheduler
+
+    from sweeps.results import ResultTableCallback, to_markdown
+    from sweeps.tb_logging import TensorBoardCallback
+    from trainables.trainable import train_trial
+
+    # Our TensorBoard callback replaces Tune's TBX logger; keep its CSV/JSON loggers.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    max_t = max(c.max_epochs for c in cfgs)
+    grace = space.grace_period or max(c.unfreeze_epoch for c in cfgs) + 2
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
+                              grace_period=min(grace, max_t),
+                              reduction_factor=space.reduction_factor)
+    varied = varied_keys(param_space)
+    table = ResultTableCallback(experiment, space.variant, varied)
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, data=handle, unavailable_weights=unavailable),
+        per_trial)
+    name = trial_name(space)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=M.METRIC, mode=M.MODE, scheduler=scheduler, num_samples=1,
+            max_concurrent_trials=args.max_concurrent, reuse_actors=True,
+            trial_name_creator=name, trial_dirname_creator=name),
+        run_config=tune.RunConfig(
+            name=experiment.name, storage_path=str(experiment.parent),
+            callbacks=[CSVLoggerCallback(), JsonLoggerCallback(),
+                       TensorBoardCallback(varied, space.variant), table],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=1),
+    )
+    print(f"sweep {space.name}: {len(cfgs)} trial(s), ASHA grace {min(grace, max_t)} epochs, "
+          f"max {max_t} epochs -> {experiment}", file=sys.stderr, flush=True)
+    tuner.fit()
+    return report(table.table, experiment, to_markdown)
+
+
+def varied_keys(param_space: dict) -> list[str]:
+    return [k for k, v in param_space.items() if isinstance(v, dict) and "grid_search" in v
+            or hasattr(v, "sample")]
+
+
+def report(table, experiment: Path, to_markdown) -> int:
+    from sweeps.results import RESULTS_CSV, RESULTS_MD
+
+    if table is None or table.empty:
+        print("no trial finished; nothing to tabulate", file=sys.stderr)
+        return 1
+    print()
+    print((experiment / RESULTS_MD).read_text())
+    errors = int((table["stop_reason"] == M.ERROR).sum())
+    diverged = table.loc[table["stop_reason"] == M.DIVERGED, "variant"].tolist()
+    print(f"{len(table)} trials: " + ", ".join(
+        f"{n} {reason}" for reason, n in table["stop_reason"].value_counts().items()))
+    if diverged:
+        print(f"diverged (loss went NaN/Inf; try a lower lr): {', '.join(diverged)}")
+    if errors:
+        print(f"{errors} trial(s) failed; their errors are in the 'error' column")
+    print(f"table: {experiment / RESULTS_CSV}")
+    print(f"TensorBoard: tensorboard --logdir '{experiment}'")
+    return 1 if errors else 0
+
+
+def prepare_data(args, cfgs: list[TrialConfig]):
+    from trainables import data as D
+
+    cache_dir = D.default_cache_dir()
+    root = args.data if args.data is not None else D.demo_root(cache_dir)
+    source = D.discover(root)
+    if args.smoke:
+        source = D.limit_per_class(source, SMOKE_IMAGES_PER_CLASS)
+    sizes = sorted({c.image_size for c in cfgs})
+    handle, data_report = D.prepare(source, sizes[0], cache_dir, split_seed=args.split_seed)
+    for size in sizes[1:]:
+        handle.images(size)  # decode every size once here, not in racing trials
+    skipped = data_report["images_skipped"]
+    print(f"data: {data_report['images_used']} images in {len(handle.class_names)} classes "
+          f"from {source.root}" + (f"; skipped {skipped} unreadable (see data_report.json)"
+                                   if skipped else ""), file=sys.stderr)
+    return handle, data_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list_spaces:
+        from search_spaces import registry
+
+        for name, space in registry().items():
+            print(f"{name:24s} {space.description}")
+        return 0
+    if args.list_keys:
+        print(describe_keys())
+        return 0
+    check_args(args)
+    from search_spaces import get_space
+    from trainables import data as D
+
+    space = get_space(args.space)
+    overrides = {**(DEMO_OVERRIDES if args.data is None else {}),
+                 **(SMOKE_OVERRIDES if args.smoke else {})}
+    if args.max_epochs:
+        overrides["max_epochs"] = args.max_epochs
+    overrides.update(parse_overrides(args.overrides))
+    param_space = resolve_param_space(space, overrides, args.num_samples)
+    cfgs = validate(grid_configs(param_space))
+    name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = Path(args.storage).expanduser().resolve()
+    experiment = check_storage(storage, name)
+    handle, data_report = prepare_data(args, cfgs)
+    unavailable = check_weights(cfgs)
+    start_ray(args.address)
+    per_trial = resources(args)
+
+    experiment.mkdir(parents=True, exist_ok=True)
+    D.write_split(handle, experiment / "split.csv")
+    (experiment / "data_report.json").write_text(json.dumps(data_report, indent=1))
+    (experiment / "sweep.json").write_text(json.dumps({
+        "argv": sys.argv[1:] if argv is None else argv, "space": space.name,
+        "overrides": overrides, "num_samples": args.num_samples, "split_seed": args.split_seed,
+        "data": data_report["root"], "pretrained_unavailable": list(unavailable)}, indent=1))
+    return run_sweep(args, space, param_space, cfgs, handle, unavailable, experiment, per_trial)
+
+
+def cli() -> None:
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        code = main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,189 @@
+"""The trial config: one frozen dataclass, built from the plain dict Ray Tune hands a trial.
+
+Unknown keys are errors, never ignored. Named presets (``objective``) expand here and
+nowhere else; explicit keys win over a preset's values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from trainables.errors import UserError
+
+# Objective presets: a variant name stands for these field values.
+OBJECTIVES: dict[str, dict[str, Any]] = {
+    "ce": dict(loss="ce", label_smoothing=0.0, scheduler="step"),
+    "ls": dict(loss="ce", label_smoothing=0.1, scheduler="step"),
+    "ls_plateau": dict(loss="ce", label_smoothing=0.1, scheduler="plateau"),
+    "focal": dict(loss="focal", label_smoothing=0.0, scheduler="step"),
+    "weighted_ce": dict(loss="weighted_ce", label_smoothing=0.0, scheduler="step"),
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "pretrained": ("auto", "true", "false"),
+    "strategy": ("base", "finetuned", "feature_extractor", "gradual_unfreeze"),
+    "objective": tuple(OBJECTIVES),
+    "loss": ("ce", "focal", "weighted_ce"),
+    "scheduler": ("step", "plateau", "cosine", "none"),
+    "optimizer": ("adam", "adamw", "sgd"),
+    "augment": ("notebook", "none"),
+}
+
+# (low, high, what) bounds, inclusive unless noted in the check below.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "aux_weight": (0.0, 10.0),
+    "unfreeze_epoch": (0, 10_000),
+    "unfreeze_lr": (0.0, 10.0),
+    "label_smoothing": (0.0, 0.99),
+    "focal_gamma": (0.0, 10.0),
+    "step_size": (1, 10_000),
+    "step_gamma": (0.0, 1.0),
+    "plateau_factor": (0.0, 0.999),
+    "plateau_patience": (0, 10_000),
+    "min_lr": (0.0, 10.0),
+    "lr": (1e-12, 10.0),
+    "weight_decay": (0.0, 10.0),
+    "momentum": (0.0, 1.0),
+    "batch_size": (1, 65_536),
+    "max_epochs": (1, 100_000),
+    "early_stop_patience": (0, 100_000),
+    "early_stop_min_delta": (0.0, 1e6),
+    "image_size": (16, 2048),
+    "seed": (0, 2**31 - 1),
+}
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one trial needs to know. Every field can be set with ``--set KEY=VALUE``."""
+
+    # model
+    model: str = "googlenet"
+    pretrained: str = "auto"
+    # fine-tuning strategy (see trainables/strategies.py)
+    strategy: str = "base"
+    aux_weight: float = 0.3
+    unfreeze_epoch: int = 5  # gradual_unfreeze: the first N epochs train the heads only
+    unfreeze_lr: float = 1e-5
+    # objective preset and the fields it sets
+    objective: str = "ce"
+    loss: str = "ce"
+    label_smoothing: float = 0.0
+    focal_gamma: float = 2.0
+    scheduler: str = "step"
+    step_size: int = 10
+    step_gamma: float = 0.1
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    min_lr: float = 1e-6
+    # optimisation
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    batch_size: int = 32
+    max_epochs: int = 50
+    early_stop_patience: int = 5
+    early_stop_min_delta: float = 1e-3
+    # data
+    image_size: int = 224
+    augment: str = "notebook"
+    # run
+    seed: int = 0
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise UserError(
+                    f"bad value {name}={value!r}: choose one of {', '.join(allowed)}")
+        for name, (low, high) in BOUNDS.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise UserError(f"bad value {name}={value!r}: must lie in [{low:g}, {high:g}]")
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> "TrialConfig":
+        """Build from a flat dict; expands ``objective`` and coerces value types."""
+        unknown = [key for key in config if key not in FIELD_TYPES]
+        if unknown:
+            raise UserError(unknown_key_message(unknown[0]))
+        values: dict[str, Any] = {}
+        objective = config.get("objective", cls.objective)
+        if objective not in OBJECTIVES:
+            raise UserError(f"bad value objective={objective!r}: "
+                            f"choose one of {', '.join(OBJECTIVES)}")
+        values.update(OBJECTIVES[objective])
+        values.update({key: coerce(key, value) for key, value in config.items()})
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELD_TYPES: dict[str, type] = {
+    f.name: {"str": str, "int": int, "float": float, "bool": bool}[f.type]
+    for f in fields(TrialConfig)
+}
+
+
+def unknown_key_message(key: str) -> str:
+    close = difflib.get_close_matches(key, FIELD_TYPES, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else "run with --list-keys to see them all"
+    return f"unknown config key '{key}': {hint}"
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Convert ``value`` (a string from the command line, or a numpy scalar from a
+    search space) to the field's Python type, or raise a UserError naming the key."""
+    kind = FIELD_TYPES[key]
+    try:
+        if kind is bool:
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError
+        if kind is int:
+            as_float = float(value)
+            if not as_float.is_integer():
+                raise ValueError
+            return int(as_float)
+        if kind is float:
+            return float(value)
+        text = str(value).strip()
+        return text.lower() if key == "pretrained" else text
+    except (TypeError, ValueError):
+        raise UserError(f"bad value {key}={value!r}: expected {kind.__name__}") from None
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Parse ``--set KEY=VALUE`` items into typed values, rejecting unknown keys."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"bad --set '{item}': write it as KEY=VALUE, e.g. --set lr=0.001")
+        if key not in FIELD_TYPES:
+            raise UserError(unknown_key_message(key))
+        overrides[key] = coerce(key, value)
+    return overrides
+
+
+def describe_keys() -> str:
+    """One line per config key with its type and default, for --list-keys."""
+    defaults = TrialConfig()
+    lines = []
+    for name, kind in FIELD_TYPES.items():
+        allowed = f"  ({' | '.join(CHOICES[name])})" if name in CHOICES else ""
+        lines.append(f"{name:22s} {kind.__name__:5s} default {getattr(defaults, name)!r}{allowed}")
+    return "\n".join(lines)

@@ -1,0 +1,195 @@
+"""The one training loop. Every trainable calls ``fit``; it never branches on model family.
+
+Per epoch: strategy hook, one pass over the training data, validation (plain cross-entropy,
+so trials with different training losses compare fairly), schedule step, early stopping,
+and one ``report(metrics, state)`` call. Whenever validation loss improves, the best
+weights are kept and scored on the test split, and their softmax outputs are kept for
+ensembles, so every trial, however it stops, carries the scores of its best checkpoint.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+from torch.utils.data import DataLoader, Dataset
+
+from trainables import metrics as M
+from trainables.config import TrialConfig
+from trainables.models import Net
+from trainables.objectives import create_loss, create_optimizer, create_schedule
+from trainables.strategies import Strategy
+
+
+@dataclass
+class EvalSplit:
+    """A preprocessed evaluation split: normalised float images, labels and sample ids."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    ids: np.ndarray
+
+
+@dataclass
+class TrialData:
+    train: Dataset  # yields (float image tensor, label), augmented
+    val: EvalSplit
+    test: EvalSplit
+    num_classes: int
+    class_counts: list[int]  # training images per class
+
+
+@dataclass
+class FitState:
+    """Loop state that a checkpoint carries besides model/optimizer/schedule."""
+
+    epoch: int = 0  # epochs completed
+    bad_epochs: int = 0
+    best: dict = field(default_factory=lambda: {
+        M.BEST_EPOCH: 0, M.BEST_VAL_LOSS: math.nan, M.BEST_VAL_ACC: math.nan,
+        M.TEST_ACC: math.nan, M.TEST_MACRO_F1: math.nan})
+    best_weights: dict | None = None
+    predictions: dict | None = None  # val/test probabilities, labels, ids of the best weights
+
+
+Report = Callable[[dict, dict], None]
+
+
+def amp_dtype(cfg: TrialConfig, device: torch.device) -> torch.dtype | None:
+    if not cfg.amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def train_one_epoch(net: Net, loader: DataLoader, criterion, optimizer, scaler,
+                    device: torch.device, aux_weight: float, dtype) -> tuple[float, float]:
+    """One pass over ``loader``. Returns (mean loss, accuracy); the loss is NaN if it diverged."""
+    total_loss, correct, seen = 0.0, 0, 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits, aux = net(x)
+            loss = criterion(logits, y)
+            if aux_weight:
+                loss = loss + aux_weight * sum(criterion(a, y) for a in aux)
+        if not torch.isfinite(loss):
+            return math.nan, correct / max(seen, 1)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total_loss += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+    return total_loss / max(seen, 1), correct / max(seen, 1)
+
+
+@torch.inference_mode()
+def evaluate(net: Net, split: EvalSplit, batch_size: int, device: torch.device,
+             dtype=None) -> tuple[float, float, np.ndarray]:
+    """Mean cross-entropy, accuracy and softmax probabilities on a preprocessed split."""
+    net.eval()
+    outputs = []
+    for start in range(0, len(split.y), batch_size):
+        x = split.x[start:start + batch_size].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits, _ = net(x)
+        outputs.append(logits.float().cpu())
+    logits = torch.cat(outputs)
+    loss = F.cross_entropy(logits, split.y).item()
+    probs = logits.softmax(1).numpy()
+    acc = float((probs.argmax(1) == split.y.numpy()).mean())
+    return loss, acc, probs
+
+
+def macro_f1(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> float:
+    return float(f1_score(labels, probs.argmax(1), labels=list(range(num_classes)),
+                          average="macro", zero_division=0))
+
+
+def fit(cfg: TrialConfig, net: Net, strategy: Strategy, data: TrialData, device: torch.device,
+        report: Report, resume: dict | None = None) -> dict:
+    """Train ``net`` under ``cfg``; call ``report(metrics, state)`` once per epoch.
+
+    ``state`` holds everything needed to resume (pass it back as ``resume``). Returns the
+    last metrics reported; their ``stop_reason`` says why training ended.
+    """
+    net.to(device)
+    criterion = create_loss(cfg, data.class_counts).to(device)
+    optimizer = create_optimizer(cfg, net.parameters())
+    schedule = create_schedule(cfg, optimizer)
+    dtype = amp_dtype(cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    state = FitState()
+    if resume:
+        net.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        generator.set_state(resume["generator"])
+        state = resume["fit"]
+    loader = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
+                        generator=generator, num_workers=0, pin_memory=device.type == "cuda")
+    metrics: dict = {}
+    for epoch in range(state.epoch, cfg.max_epochs):
+        started = time.perf_counter()
+        strategy.on_epoch_start(net, optimizer, epoch)
+        strategy.train_mode(net)
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss, train_acc = train_one_epoch(net, loader, criterion, optimizer, scaler, device,
+                                                strategy.aux_weight, dtype)
+        val_loss, val_acc, val_probs = (math.nan, math.nan, None)
+        if math.isfinite(train_loss):
+            val_loss, val_acc, val_probs = evaluate(net, data.val, cfg.batch_size, device, dtype)
+        state.epoch = epoch + 1
+        stop = ""
+        if not math.isfinite(val_loss):
+            stop = M.DIVERGED
+        else:
+            _track_best(state, net, data, val_loss, val_acc, val_probs, cfg, device, dtype)
+            schedule.step(val_loss)
+            if cfg.early_stop_patience and state.bad_epochs >= cfg.early_stop_patience:
+                stop = M.EARLY_STOPPING
+            elif state.epoch >= cfg.max_epochs:
+                stop = M.COMPLETED
+        metrics = {
+            M.EPOCH: state.epoch, M.TRAIN_LOSS: train_loss, M.TRAIN_ACC: train_acc,
+            M.VAL_LOSS: val_loss, M.VAL_ACC: val_acc, M.LR: lr,
+            M.EPOCH_TIME: time.perf_counter() - started, **state.best, M.STOP_REASON: stop,
+        }
+        report(metrics, {
+            "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(), "generator": generator.get_state(), "fit": state,
+        })
+        if stop:
+            break
+    return metrics
+
+
+def _track_best(state: FitState, net: Net, data: TrialData, val_loss: float, val_acc: float,
+                val_probs: np.ndarray, cfg: TrialConfig, device, dtype) -> None:
+    """Keep the best weights by validation loss, score them on test, count patience."""
+    best_loss = state.best[M.BEST_VAL_LOSS]
+    if math.isnan(best_loss) or val_loss < best_loss - cfg.early_stop_min_delta:
+        state.bad_epochs = 0
+    else:
+        state.bad_epochs += 1
+    if not (math.isnan(best_loss) or val_loss < best_loss):
+        return
+    _, test_acc, test_probs = evaluate(net, data.test, cfg.batch_size, device, dtype)
+    state.best = {
+        M.BEST_EPOCH: state.epoch, M.BEST_VAL_LOSS: val_loss, M.BEST_VAL_ACC: val_acc,
+        M.TEST_ACC: test_acc,
+        M.TEST_MACRO_F1: macro_f1(data.test.y.numpy(), test_probs, data.num_classes),
+    }
+    state.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+    state.predictions = {
+        "val_probs": val_probs, "val_labels": data.val.y.numpy(), "val_ids": data.val.ids,
+        "test_probs": test_probs, "test_labels": data.test.y.numpy(), "test_ids": data.test.ids,
+    }
+

@@ -1,0 +1,32 @@
+"""Metric and stop-reason names, shared by the loop, the scheduler, the table and the tests."""
+
+EPOCH = "epoch"
+TRAIN_LOSS = "train_loss"
+TRAIN_ACC = "train_acc"
+VAL_LOSS = "val_loss"  # plain cross-entropy on the validation split, whatever the training loss
+VAL_ACC = "val_acc"
+LR = "lr"
+EPOCH_TIME = "epoch_time_s"
+
+# Running bests, reported every epoch so a trial stopped early still has them.
+BEST_EPOCH = "best_epoch"
+BEST_VAL_LOSS = "best_val_loss"
+BEST_VAL_ACC = "best_val_acc"
+TEST_ACC = "test_acc"  # test split, scored with the best-val-loss weights
+TEST_MACRO_F1 = "test_macro_f1"
+PRETRAINED = "pretrained"  # 1 when pretrained weights were really loaded
+STOP_REASON = "stop_reason"  # empty while the trial runs
+
+# What ASHA and early stopping watch.
+METRIC = VAL_LOSS
+MODE = "min"
+
+# Stop reasons as they appear in the result table.
+COMPLETED = "completed"
+EARLY_STOPPING = "early_stopping"
+DIVERGED = "diverged"
+ASHA = "asha"
+ERROR = "error"
+
+SCALARS = (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC, LR, EPOCH_TIME,
+           BEST_VAL_LOSS, BEST_VAL_ACC, TEST_ACC, TEST_MACRO_F1)

@@ -1,0 +1,198 @@
+"""One model factory: torchvision's classic CNNs, any timm model, and a small CNN.
+
+Every model comes back wrapped in ``Net``, whose forward returns ``(logits, aux_logits)``
+so the loop never branches on model family, and which knows which of its modules are the
+new classifier heads (the rest is the backbone that strategies freeze).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from trainables.errors import UserError
+
+# torchvision name -> module paths of its classifier layers to replace (main head first)
+TORCHVISION_HEADS: dict[str, tuple[str, ...]] = {
+    "resnet18": ("fc",),
+    "resnet50": ("fc",),
+    "vgg16": ("classifier.6",),
+    "mobilenet_v2": ("classifier.1",),
+    "googlenet": ("fc", "aux1.fc2", "aux2.fc2"),
+}
+AUX_MODELS = {"googlenet"}
+CUSTOM = "small_cnn"
+TIMM_PREFIX = "timm/"
+
+
+class Net(nn.Module):
+    """A classifier whose forward always returns ``(logits, [aux_logits, ...])``."""
+
+    def __init__(self, body: nn.Module, head_prefixes: tuple[str, ...]):
+        super().__init__()
+        self.body = body
+        self.head_prefixes = tuple(f"body.{p}" for p in head_prefixes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        out = self.body(x)
+        if isinstance(out, tuple):  # GoogLeNet in training mode: (logits, aux2, aux1)
+            return out[0], [aux for aux in out[1:] if aux is not None]
+        return out, []
+
+    def is_head(self, name: str) -> bool:
+        """Whether parameter/module ``name`` belongs to a classifier head."""
+        return any(name == p or name.startswith(p + ".") for p in self.head_prefixes)
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    net: Net
+    pretrained: bool  # whether pretrained weights were really loaded
+
+
+class SmallCNN(nn.Module):
+    """Four conv blocks and a linear head: a from-scratch baseline that trains fast on CPU."""
+
+    def __init__(self, num_classes: int = 1000, width: int = 32):
+        super().__init__()
+        layers, channels = [], 3
+        for i in range(4):
+            out = width * 2 ** i
+            layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            channels = out
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def known_models() -> list[str]:
+    """Names the factory builds without timm's catalogue (every timm name works too)."""
+    return [*TORCHVISION_HEADS, CUSTOM]
+
+
+def _timm_name(name: str) -> str | None:
+    import timm
+
+    bare = name[len(TIMM_PREFIX):] if name.startswith(TIMM_PREFIX) else name
+    if name in TORCHVISION_HEADS or name == CUSTOM:
+        return None
+    return bare if timm.is_model(bare) else None
+
+
+def check_model(name: str, aux_heads: bool = False) -> None:
+    """Raise UserError unless the factory can build ``name`` (with aux heads if asked)."""
+    if not (name in TORCHVISION_HEADS or name == CUSTOM or _timm_name(name)):
+        raise UserError(f"unknown model '{name}': use one of {', '.join(known_models())} "
+                        "or a timm model name (see timm.list_models())")
+    if aux_heads and name not in AUX_MODELS:
+        raise UserError(f"model '{name}' has no auxiliary heads; use strategy=base "
+                        f"(auxiliary heads exist on {', '.join(sorted(AUX_MODELS))})")
+
+
+def create_model(name: str, num_classes: int, pretrained: str = "auto",
+                 aux_heads: bool = False, offline: bool = False) -> BuiltModel:
+    """Build ``name`` with its classifier(s) resized to ``num_classes``.
+
+    ``pretrained``: ``true`` loads weights or raises UserError; ``auto`` tries and falls back
+    to random initialisation with a warning; ``false`` never loads. ``offline`` skips the
+    attempt (the sweep driver already found the weights unavailable).
+    """
+    check_model(name, aux_heads)
+    want = pretrained != "false"
+    loaded = False
+    if name == CUSTOM:
+        if pretrained == "true":
+            raise UserError("small_cnn has no pretrained weights; use --set pretrained=false")
+        return BuiltModel(Net(SmallCNN(num_classes), ("head",)), False)
+    if want:
+        reason = "the weights were found unavailable before the sweep" if offline else None
+        if reason is None:
+            try:
+                body = _build(name, aux_heads, pretrained=True)
+                loaded = True
+            except Exception as exc:  # network, missing file, corrupt cache: all mean "not here"
+                reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
+        if not loaded:
+            if pretrained == "true":
+                raise UserError(f"pretrained weights for '{name}' could not be loaded ({reason}); "
+                                f"pre-seed {weights_location(name)} or use --set pretrained=false")
+            warnings.warn(f"pretrained weights for '{name}' unavailable ({reason}); "
+                          "training from random initialisation (pretrained=false in the table)")
+    if not loaded:
+        body = _build(name, aux_heads, pretrained=False)
+    heads = _replace_heads(name, body, num_classes)
+    return BuiltModel(Net(body, heads), loaded)
+
+
+def _build(name: str, aux_heads: bool, pretrained: bool) -> nn.Module:
+    timm_name = _timm_name(name)
+    if timm_name:
+        import timm
+
+        return timm.create_model(timm_name, pretrained=pretrained)
+    import torchvision
+
+    kwargs = {}
+    if name == "googlenet":
+        # Pretrained GoogLeNet expects its own input transform; from scratch it needs none.
+        kwargs = dict(aux_logits=aux_heads, transform_input=pretrained)
+        if not pretrained:
+            kwargs["init_weights"] = True
+    weights = "DEFAULT" if pretrained else None
+    return torchvision.models.get_model(name, weights=weights, **kwargs)
+
+
+def _replace_heads(name: str, body: nn.Module, num_classes: int) -> tuple[str, ...]:
+    if _timm_name(name):
+        body.reset_classifier(num_classes)
+        head = body.pretrained_cfg.get("classifier") or "head"
+        return tuple(head) if isinstance(head, (list, tuple)) else (head,)
+    present = []
+    for path in TORCHVISION_HEADS[name]:
+        *parents, attr = path.split(".")
+        parent = body
+        for part in parents:
+            parent = getattr(parent, part, None)
+        if parent is None:
+            continue  # GoogLeNet's aux heads are switched off (set to None)
+        old = getattr(parent, attr)
+        setattr(parent, attr, nn.Linear(old.in_features, num_classes))
+        present.append(path)
+    if name == "googlenet":  # the whole auxiliary branch is head, not backbone
+        present = ["fc"] + [p.split(".")[0] for p in present if p.startswith("aux")]
+    return tuple(present)
+
+
+def weights_location(name: str) -> str:
+    """Where pretrained weights for ``name`` are looked up on this machine."""
+    if _timm_name(name):
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        return f"the Hugging Face cache ({HF_HUB_CACHE}, set HF_HOME)"
+    from torchvision.models import get_model_weights
+
+    url = get_model_weights(name).DEFAULT.url
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url)) + \
+        " (set TORCH_HOME)"
+
+
+def fetch_pretrained(name: str) -> str | None:
+    """Make sure pretrained weights for ``name`` are in the local cache, downloading once.
+
+    Returns None when they are there, else the reason they could not be had.
+    """
+    if name == CUSTOM:
+        return "small_cnn has no pretrained weights"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _build(name, aux_heads=False, pretrained=True)
+        return None
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}".splitlines()[0][:160]

@@ -1,0 +1,89 @@
+"""Fine-tuning strategies: training-time behaviour behind one small interface, not new loops.
+
+The loop calls ``strategy.train_mode(net)`` before each training epoch and
+``strategy.on_epoch_start(net, optimizer, epoch)`` with the 0-based epoch index.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn, optim
+
+from trainables.config import TrialConfig
+from trainables.models import Net
+
+
+def set_backbone_frozen(net: Net, frozen: bool) -> None:
+    """Freeze or unfreeze every parameter outside the classifier heads."""
+    for name, param in net.named_parameters():
+        if not net.is_head(name):
+            param.requires_grad = not frozen
+
+
+def backbone_frozen(net: Net) -> bool:
+    return not any(p.requires_grad for n, p in net.named_parameters() if not net.is_head(n))
+
+
+@dataclass
+class Strategy:
+    """``base``: every layer trains, no auxiliary heads."""
+
+    cfg: TrialConfig
+    aux_heads: bool = False
+
+    @property
+    def aux_weight(self) -> float:
+        return self.cfg.aux_weight if self.aux_heads else 0.0
+
+    def on_epoch_start(self, net: Net, optimizer: optim.Optimizer, epoch: int) -> None:
+        """Called before each epoch (0-based); idempotent, so a resumed trial gets it right."""
+
+    def train_mode(self, net: Net) -> None:
+        """Put ``net`` in training mode; a frozen backbone stays in eval mode so its
+        BatchNorm statistics do not drift."""
+        frozen = backbone_frozen(net)
+        for name, module in net.named_modules():
+            module.training = not frozen or net.is_head(name)
+
+
+class Finetuned(Strategy):
+    """Like ``base``, with GoogLeNet's auxiliary heads on and their loss counted
+    (``aux_weight``, 0.3 as in the paper; 0 keeps the heads but leaves them out of the loss)."""
+
+    def __init__(self, cfg: TrialConfig):
+        super().__init__(cfg, aux_heads=True)
+
+
+class FeatureExtractor(Strategy):
+    """Backbone frozen (and in eval mode) for the whole run; only the head trains."""
+
+    def on_epoch_start(self, net, optimizer, epoch):
+        set_backbone_frozen(net, True)
+
+
+class GradualUnfreeze(Strategy):
+    """Head only for the first ``unfreeze_epoch`` epochs, then everything trains with the
+    learning rate dropped to ``unfreeze_lr``."""
+
+    def on_epoch_start(self, net, optimizer, epoch):
+        frozen = epoch < self.cfg.unfreeze_epoch
+        set_backbone_frozen(net, frozen)
+        if epoch == self.cfg.unfreeze_epoch and epoch > 0:
+            for group in optimizer.param_groups:
+                group["lr"] = self.cfg.unfreeze_lr
+
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    "base": Strategy,
+    "finetuned": Finetuned,
+    "feature_extractor": FeatureExtractor,
+    "gradual_unfreeze": GradualUnfreeze,
+}
+
+
+def create_strategy(cfg: TrialConfig) -> Strategy:
+    return STRATEGIES[cfg.strategy](cfg)
+
+
+def count_trainable(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)

@@ -1,0 +1,133 @@
+"""The Ray Tune trainable: turn a config dict into a fitted model, reporting every epoch.
+
+It only wires things together: config -> data / model / strategy -> ``fit`` -> ``tune.report``
+with a checkpoint that lets a restarted trial resume where it stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from trainables import metrics as M
+from trainables.config import TrialConfig
+from trainables.data import DataHandle
+from trainables.loop import EvalSplit, FitState, TrialData, fit
+from trainables.models import create_model
+from trainables.strategies import create_strategy
+from trainables.transforms import create_eval_transform, create_train_transform
+
+STATE_FILE = "state.pt"
+BEST_WEIGHTS_FILE = "best_model.pt"
+PREDICTIONS_FILE = "predictions.npz"
+META_FILE = "meta.json"
+
+
+class DecodedImages(Dataset):
+    """Training view of the decoded uint8 images: one augmented float tensor per item."""
+
+    def __init__(self, images: np.ndarray, rows: np.ndarray, labels: np.ndarray, transform):
+        self.images, self.rows, self.labels, self.transform = images, rows, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        image = torch.from_numpy(np.array(self.images[self.rows[i]])).permute(2, 0, 1)
+        return self.transform(image), int(self.labels[i])
+
+
+def _eval_split(images: np.ndarray, rows: np.ndarray, labels: np.ndarray, transform) -> EvalSplit:
+    batch = torch.from_numpy(np.array(images[rows])).permute(0, 3, 1, 2)
+    return EvalSplit(transform(batch).contiguous(), torch.as_tensor(labels, dtype=torch.long), rows)
+
+
+def build_trial_data(handle: DataHandle, cfg: TrialConfig) -> TrialData:
+    """Split views over the shared decoded images at this trial's image size."""
+    images = handle.images(cfg.image_size)
+    rows, labels = np.asarray(handle.rows), np.asarray(handle.labels)
+    tr, va, te = (handle.indices(s) for s in ("train", "val", "test"))
+    eval_tf = create_eval_transform(cfg)
+    return TrialData(
+        train=DecodedImages(images, rows[tr], labels[tr], create_train_transform(cfg)),
+        val=_eval_split(images, rows[va], labels[va], eval_tf),
+        test=_eval_split(images, rows[te], labels[te], eval_tf),
+        num_classes=handle.num_classes,
+        class_counts=np.bincount(labels[tr], minlength=handle.num_classes).tolist(),
+    )
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def save_checkpoint(directory: Path, state: dict, meta: dict) -> None:
+    """Write a resumable checkpoint: training state, best weights, best predictions."""
+    fit_state: FitState = state["fit"]
+    light = dict(state, fit=dataclasses.replace(fit_state, best_weights=None, predictions=None))
+    torch.save(light, directory / STATE_FILE)
+    if fit_state.best_weights is not None:
+        torch.save(fit_state.best_weights, directory / BEST_WEIGHTS_FILE)
+    if fit_state.predictions is not None:
+        np.savez(directory / PREDICTIONS_FILE, **fit_state.predictions)
+    (directory / META_FILE).write_text(json.dumps(meta, indent=1))
+
+
+def load_checkpoint(directory: Path) -> dict:
+    state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
+    fit_state: FitState = state["fit"]
+    if (directory / BEST_WEIGHTS_FILE).exists():
+        fit_state.best_weights = torch.load(directory / BEST_WEIGHTS_FILE, map_location="cpu")
+    if (directory / PREDICTIONS_FILE).exists():
+        with np.load(directory / PREDICTIONS_FILE) as npz:
+            fit_state.predictions = {k: npz[k] for k in npz.files}
+    return state
+
+
+def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, ...] = ()) -> None:
+    """Ray Tune function trainable. ``data`` and ``unavailable_weights`` come through
+    ``tune.with_parameters``; ``config`` is this trial's point in the search space."""
+    from ray import tune
+
+    cfg = TrialConfig.from_dict(config)
+    seed_everything(cfg.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    strategy = create_strategy(cfg)
+    built = create_model(cfg.model, data.num_classes, cfg.pretrained, strategy.aux_heads,
+                         offline=cfg.model in unavailable_weights)
+    trial_data = build_trial_data(data, cfg)
+    checkpoint = tune.get_checkpoint()
+    resume = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            resume = load_checkpoint(Path(directory))
+    meta = {"config": cfg.to_dict(), "class_names": list(data.class_names),
+            "num_classes": data.num_classes, "aux_heads": strategy.aux_heads,
+            "pretrained": built.pretrained}
+
+    def report(metrics: dict, state: dict) -> None:
+        with tempfile.TemporaryDirectory() as directory:
+            save_checkpoint(Path(directory), state, meta)
+            tune.report({**metrics, M.PRETRAINED: int(built.pretrained)},
+                        checkpoint=tune.Checkpoint.from_directory(directory))
+
+    net = built.net
+    try:
+        fit(cfg, net, strategy, trial_data, device, report, resume=resume)
+    finally:
+        # Free the model before the next trial reuses this worker (ASHA stops land here too).
+        del net, built, trial_data
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
