@@ -132,6 +132,7 @@ def fit(cfg: TrialConfig, net: Net, strategy: Strategy, data: TrialData, device:
         optimizer.load_state_dict(resume["optimizer"])
         schedule.load_state_dict(resume["schedule"])
         generator.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])  # augmentation draws from the global RNG
         state = resume["fit"]
     loader = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
                         generator=generator, num_workers=0, pin_memory=device.type == "cuda")
@@ -164,7 +165,8 @@ def fit(cfg: TrialConfig, net: Net, strategy: Strategy, data: TrialData, device:
         }
         report(metrics, {
             "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(), "generator": generator.get_state(), "fit": state,
+            "schedule": schedule.state_dict(), "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(), "fit": state,
         })
         if stop:
             break

@@ -1,0 +1,62 @@
+"""Shared fixtures: real image files written with Pillow, an isolated cache, CPU only."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
+
+
+def write_image(path: Path, colour, rng: np.random.Generator, size=(24, 20), fmt=None) -> None:
+    """A noisy solid-colour image: trivially separable by colour, real bytes on disk."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.clip(np.array(colour) + rng.normal(0, 25, (size[1], size[0], 3)), 0, 255)
+    Image.fromarray(pixels.astype(np.uint8)).save(path, format=fmt)
+
+
+def make_image_folder(root: Path, per_class: int = 12, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for name, colour in COLOURS.items():
+        for i in range(per_class):
+            ext = ".png" if i % 2 else ".JPG"
+            write_image(root / name / f"img_{i:03d}{ext}", colour, rng)
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "images")
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Decoded images go to a per-session temp cache, never the user's."""
+    cache = tmp_path_factory.getbasetemp() / "visionsweep-cache"
+    monkeypatch.setenv("VISIONSWEEP_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture
+def offline_hub(monkeypatch):
+    """Make any weight download fail at once, as on a machine without network."""
+    import torch.hub
+
+    def refuse(url, *args, **kwargs):
+        raise OSError(f"download refused in tests: {url}")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 300):
+    """Run ``python sweeps/run.py ARGS`` as a user would, in a fresh process."""
+    import subprocess
+
+    env = dict(os.environ, PYTHONWARNINGS="ignore", RAY_ENABLE_UV_RUN_RUNTIME_ENV="0")
+    return subprocess.run([sys.executable, str(ROOT / "sweeps" / "run.py"), *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,153 @@
+"""The command line as a user runs it: a fresh process, a real local Ray cluster, real files."""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from conftest import make_image_folder, run_cli
+
+REQUIRED_COLUMNS = {"trial_id", "variant", "status", "stop_reason", "epochs", "best_val_loss",
+                    "best_val_acc", "test_acc", "test_macro_f1", "pretrained", "wall_s"}
+
+
+def _one_line_error(result, *needles):
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def _one_class_folder(path: Path) -> Path:
+    make_image_folder(path, per_class=4)
+    for name in ("green", "blue"):
+        for f in (path / name).iterdir():
+            f.unlink()
+        (path / name).rmdir()
+    return path
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--space", "nope"], ["unknown space 'nope'", "--list-spaces"]),
+    (["--space", "googlenet_strategies", "--set", "lrr=0.1"], ["unknown config key 'lrr'",
+                                                               "did you mean 'lr'"]),
+    (["--space", "googlenet_strategies", "--set", "batch_size=big"], ["batch_size", "int"]),
+    (["--space", "googlenet_strategies", "--set", "model=resnet19"], ["unknown model"]),
+    (["--space", "googlenet_strategies", "--data", "{tmp}/missing"], ["no such directory"]),
+    (["--space", "googlenet_strategies", "--data", "{tmp}/empty"], ["found no images"]),
+    (["--space", "googlenet_strategies", "--data", "{tmp}/one"], ["only one class"]),
+    (["--space", "googlenet_strategies", "--num-samples", "0"], ["--num-samples"]),
+    (["--smoke"], ["--space NAME"]),
+    (["--space", "googlenet_strategies", "--bogus"], ["unrecognized arguments: --bogus"]),
+])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, args, needles):
+    (tmp_path / "empty").mkdir()
+    _one_class_folder(tmp_path / "one")
+    storage = tmp_path / "storage"
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    result = run_cli([*args, "--storage", str(storage)], cwd=tmp_path)
+    _one_line_error(result, *needles)
+    assert not storage.exists()
+
+
+def test_list_spaces_describes_each_space(tmp_path):
+    result = run_cli(["--list-spaces"], cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.startswith("googlenet_strategies")
+    assert "12 variants" in result.stdout
+
+
+def test_smoke_sweep_of_the_googlenet_study(tmp_path):
+    """The README's main command in --smoke form: 12 trials through Ray Tune on the demo data."""
+    result = run_cli(["--space", "googlenet_strategies", "--smoke", "--storage",
+                      str(tmp_path / "runs"), "--name", "smoke"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    experiment = tmp_path / "runs" / "smoke"
+    table = pd.read_csv(experiment / "results.csv")
+    assert len(table) == 12 and REQUIRED_COLUMNS <= set(table.columns)
+    assert set(table["variant"]) == {f"{s}-{o}" for s in
+                                     ("base", "finetuned", "feature_extractor", "gradual_unfreeze")
+                                     for o in ("ce", "ls", "ls_plateau")}
+    assert (table["stop_reason"] == "completed").all() and (table["epochs"] == 2).all()
+    assert table["test_acc"].between(0, 1).all() and table["test_macro_f1"].notna().all()
+    assert not table["pretrained"].any()  # no network here: random init, and the table says so
+    assert "# Trials" in (experiment / "results.md").read_text()
+    assert f"tensorboard --logdir '{experiment}'" in result.stdout
+    split = pd.read_csv(experiment / "split.csv")
+    assert len(split) == 100 and set(split["split"]) == {"train", "val", "test"}
+    report = json.loads((experiment / "data_report.json").read_text())
+    assert report["images_used"] == 100 and report["images_skipped"] == 0
+
+    trial_dirs = sorted(p for p in experiment.iterdir() if p.is_dir() and "_s0_" in p.name)
+    assert len(trial_dirs) == 12
+    for trial_dir in trial_dirs:
+        _check_tensorboard(trial_dir)
+        _check_checkpoint(trial_dir, num_test=len(split[split["split"] == "test"]))
+
+
+def _check_tensorboard(trial_dir: Path) -> None:
+    """Scalars and HParams, read back with TensorBoard's own event reader."""
+    events = EventAccumulator(str(trial_dir))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    for tag in ("train_loss", "val_loss", "val_acc", "lr", "test_acc"):
+        assert tag in scalars, (trial_dir.name, scalars)
+    assert [e.step for e in events.Scalars("val_loss")] == [1, 2]
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]).session_start_info
+    variant = trial_dir.name.split("_s0_")[0]
+    assert start.hparams["variant"].string_value == variant
+    strategy, objective = variant.split("-")
+    assert start.hparams["strategy"].string_value == strategy
+    assert start.hparams["objective"].string_value == objective
+    end = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_end_info"]).session_end_info
+    assert end.status == 1  # STATUS_SUCCESS
+
+
+def _check_checkpoint(trial_dir: Path, num_test: int) -> None:
+    checkpoints = sorted(trial_dir.glob("checkpoint_*"))
+    assert len(checkpoints) == 1  # only the latest is kept; it carries the best weights
+    with np.load(checkpoints[0] / "predictions.npz") as npz:
+        assert npz["test_probs"].shape == (num_test, 10)
+        assert len(npz["val_ids"]) == len(npz["val_labels"])
+    assert (checkpoints[0] / "best_model.pt").exists()
+
+
+def test_seeds_corrupt_images_and_odd_paths(tmp_path):
+    """--num-samples repeats a variant over seeds; a broken image is skipped and listed."""
+    data = make_image_folder(tmp_path / "my data [v2] (copy)", per_class=10)
+    good = (data / "red" / "img_001.png").read_bytes()
+    (data / "red" / "broken.png").write_bytes(good[:40])
+    result = run_cli(["--space", "googlenet_strategies", "--data", str(data), "--num-samples",
+                      "2", "--set", "strategy=base", "--set", "objective=ce", "--set",
+                      "model=small_cnn", "--set", "image_size=32", "--max-epochs", "3",
+                      "--storage", str(tmp_path / "runs"), "--name", "seeds"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    experiment = tmp_path / "runs" / "seeds"
+    table = pd.read_csv(experiment / "results.csv")
+    assert sorted(table["seed"]) == [0, 1] and set(table["variant"]) == {"base-ce"}
+    by_variant = pd.read_csv(experiment / "results_by_variant.csv")
+    assert by_variant.loc[0, "trials"] == 2
+    assert math.isclose(by_variant.loc[0, "test_acc_mean"], table["test_acc"].mean())
+    assert "By variant" in result.stdout
+    report = json.loads((experiment / "data_report.json").read_text())
+    assert report["images_skipped"] == 1
+    assert report["skipped"]["red"][0]["path"] == "red/broken.png"
+    assert "skipped 1 unreadable" in result.stderr
+
+
+def test_existing_experiment_is_not_overwritten(tmp_path):
+    (tmp_path / "runs" / "taken").mkdir(parents=True)
+    (tmp_path / "runs" / "taken" / "results.csv").write_text("keep me")
+    result = run_cli(["--space", "googlenet_strategies", "--storage", str(tmp_path / "runs"),
+                      "--name", "taken"], cwd=tmp_path)
+    _one_line_error(result, "already exists")
+    assert (tmp_path / "runs" / "taken" / "results.csv").read_text() == "keep me"

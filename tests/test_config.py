@@ -1,0 +1,91 @@
+import pytest
+
+from search_spaces import registry
+from sweeps.run import grid_configs, validate
+from trainables.config import FIELD_TYPES, OBJECTIVES, TrialConfig, parse_overrides
+from trainables.errors import UserError
+
+
+def test_defaults_are_valid():
+    cfg = TrialConfig()
+    assert cfg.model == "googlenet" and cfg.aux_weight == 0.3 and cfg.unfreeze_lr == 1e-5
+
+
+def test_unknown_key_is_rejected_with_a_suggestion():
+    with pytest.raises(UserError, match="unknown config key 'lrr': did you mean 'lr'"):
+        TrialConfig.from_dict({"lrr": 0.1})
+    with pytest.raises(UserError, match="unknown config key 'learning_rate'"):
+        parse_overrides(["learning_rate=0.1"])
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_objective_expands_in_one_place(name):
+    cfg = TrialConfig.from_dict({"objective": name})
+    for key, value in OBJECTIVES[name].items():
+        assert getattr(cfg, key) == value
+
+
+def test_objective_presets_match_the_study():
+    assert TrialConfig.from_dict({"objective": "ls_plateau"}).scheduler == "plateau"
+    assert TrialConfig.from_dict({"objective": "ls_plateau"}).label_smoothing == 0.1
+    assert TrialConfig.from_dict({"objective": "ce"}).label_smoothing == 0.0
+
+
+def test_explicit_key_beats_preset():
+    cfg = TrialConfig.from_dict({"objective": "ls_plateau", "scheduler": "cosine"})
+    assert cfg.scheduler == "cosine" and cfg.label_smoothing == 0.1
+
+
+def test_overrides_are_typed():
+    assert parse_overrides(["lr=1e-3", "batch_size=64", "amp=false", "pretrained=TRUE"]) == {
+        "lr": 1e-3, "batch_size": 64, "amp": False, "pretrained": "true"}
+
+
+@pytest.mark.parametrize("item, message", [
+    ("batch_size=abc", "bad value batch_size='abc': expected int"),
+    ("batch_size=1.5", "expected int"),
+    ("amp=maybe", "bad value amp='maybe': expected bool"),
+    ("lr", "write it as KEY=VALUE"),
+])
+def test_bad_override_names_the_key(item, message):
+    with pytest.raises(UserError, match=message):
+        parse_overrides([item])
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"strategy": "frozen"}, "bad value strategy='frozen': choose one of"),
+    ({"lr": -1.0}, "bad value lr=-1.0: must lie in"),
+    ({"label_smoothing": 1.0}, "label_smoothing"),
+    ({"objective": "mse"}, "bad value objective='mse'"),
+])
+def test_bad_values_are_rejected(config, message):
+    with pytest.raises(UserError, match=message):
+        TrialConfig.from_dict(config)
+
+
+def test_numpy_values_from_a_search_space_are_coerced():
+    np = pytest.importorskip("numpy")
+    cfg = TrialConfig.from_dict({"lr": np.float64(0.01), "batch_size": np.int64(16)})
+    assert type(cfg.lr) is float and type(cfg.batch_size) is int
+
+
+@pytest.mark.parametrize("name", list(registry()))
+def test_every_space_key_is_a_config_field(name):
+    space = registry()[name]
+    assert set(space.param_space) <= set(FIELD_TYPES)
+    assert set(space.variant_keys) <= set(FIELD_TYPES)
+
+
+@pytest.mark.parametrize("name", list(registry()))
+def test_every_grid_point_of_every_space_validates(name):
+    configs = grid_configs(registry()[name].param_space)
+    assert configs
+    assert len(validate(configs)) == len(configs)
+
+
+def test_googlenet_strategies_is_the_twelve_variant_grid():
+    space = registry()["googlenet_strategies"]
+    configs = grid_configs(space.param_space)
+    variants = {space.variant(c) for c in configs}
+    assert len(configs) == 12 and len(variants) == 12
+    assert "finetuned-ls_plateau" in variants

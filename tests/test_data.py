@@ -1,0 +1,140 @@
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import COLOURS, make_image_folder, write_image
+from trainables import data as D
+from trainables.errors import UserError
+
+
+def test_discover_finds_classes_and_ignores_clutter(image_folder):
+    (image_folder / "red" / ".DS_Store").write_bytes(b"\0\0")
+    (image_folder / "red" / "notes.txt").write_text("not an image")
+    (image_folder / "red" / "Thumbs.db").write_bytes(b"\0")
+    (image_folder / ".ipynb_checkpoints").mkdir()
+    write_image(image_folder / ".ipynb_checkpoints" / "x.png", (0, 0, 0), np.random.default_rng(0))
+    source = D.discover(image_folder)
+    assert source.class_names == ("blue", "green", "red")
+    assert Counter(source.labels) == {0: 12, 1: 12, 2: 12}
+    assert not source.presplit
+    assert all(p.lower().endswith((".png", ".jpg")) for p in source.paths)
+
+
+def test_stratified_split_is_8_1_1_per_class_and_seeded():
+    labels = [0] * 50 + [1] * 30 + [2] * 20
+    split = D.stratified_split(labels, seed=3)
+    counts = Counter(zip(labels, split))
+    assert (counts[(0, "train")], counts[(0, "val")], counts[(0, "test")]) == (40, 5, 5)
+    assert (counts[(2, "train")], counts[(2, "val")], counts[(2, "test")]) == (16, 2, 2)
+    assert split == D.stratified_split(labels, seed=3)
+    assert split != D.stratified_split(labels, seed=4)
+
+
+def test_split_needs_three_images_per_class():
+    with pytest.raises(UserError, match="at least 3"):
+        D.stratified_split([0, 0, 0, 1, 1])
+
+
+def test_presplit_root_is_used_as_given(tmp_path):
+    for split, n in (("train", 6), ("val", 2), ("test", 3)):
+        make_image_folder(tmp_path / "root" / split, per_class=n)
+    source = D.discover(tmp_path / "root")
+    assert source.presplit
+    assert Counter(source.splits) == {"train": 18, "val": 6, "test": 9}
+
+
+def test_presplit_with_different_classes_is_refused(tmp_path):
+    for split in ("train", "val", "test"):
+        make_image_folder(tmp_path / "root" / split, per_class=2)
+    for f in (tmp_path / "root" / "val" / "red").iterdir():
+        f.unlink()
+    (tmp_path / "root" / "val" / "red").rmdir()
+    with pytest.raises(UserError, match="class folders differ.*red"):
+        D.discover(tmp_path / "root")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p / "missing", "no such directory"),
+    (lambda p: (p / "file.txt").write_text("x") and p / "file.txt", "is a file"),
+    (lambda p: (p / "empty").mkdir() or p / "empty", "found no images"),
+    (lambda p: _one_class(p / "one"), "only one class"),
+])
+def test_bad_roots_are_user_errors(tmp_path, make, message):
+    with pytest.raises(UserError, match=message):
+        D.discover(make(tmp_path))
+
+
+def _one_class(root: Path) -> Path:
+    make_image_folder(root, per_class=4)
+    for name in ("green", "blue"):
+        for f in (root / name).iterdir():
+            f.unlink()
+        (root / name).rmdir()
+    return root
+
+
+def test_decode_is_cached_by_content(image_folder, tmp_path):
+    source = D.discover(image_folder)
+    digest = D.content_digest(source.root, source.paths)
+    first = D.decode_cached(source.root, source.paths, digest, 16, tmp_path / "cache")
+    stamp = first.images.stat().st_mtime_ns
+    again = D.decode_cached(source.root, source.paths, digest, 16, tmp_path / "cache")
+    assert again.images == first.images and again.images.stat().st_mtime_ns == stamp
+    images = np.load(first.images)
+    assert images.shape == (36, 16, 16, 3) and images.dtype == np.uint8
+    # red images are red after decoding (JPEG and PNG alike)
+    red = images[[i for i, lab in enumerate(source.labels) if source.class_names[lab] == "red"]]
+    assert (red[..., 0].mean() > 150) and (red[..., 2].mean() < 100)
+    # other size: a different file; changed bytes: a different key
+    assert D.decode_cached(source.root, source.paths, digest, 20, tmp_path / "cache").images \
+        != first.images
+    write_image(image_folder / "red" / "img_000.JPG", (0, 0, 0), np.random.default_rng(1))
+    assert D.content_digest(source.root, source.paths) != digest
+
+
+def test_corrupt_images_are_skipped_counted_and_listed(image_folder, tmp_path):
+    good = (image_folder / "red" / "img_001.png").read_bytes()
+    (image_folder / "red" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (image_folder / "blue" / "not_really.jpg").write_text("hello")
+    handle, report = D.prepare(D.discover(image_folder), 32, tmp_path / "cache", progress=False)
+    assert report["images_found"] == 38 and report["images_used"] == 36
+    assert report["images_skipped"] == 2
+    assert [s["path"] for s in report["skipped"]["red"]] == ["red/truncated.png"]
+    assert [s["path"] for s in report["skipped"]["blue"]] == ["blue/not_really.jpg"]
+    assert all(handle.files[r] not in ("red/truncated.png", "blue/not_really.jpg")
+               for r in handle.rows)
+    assert set(handle.splits) == {"train", "val", "test"}
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, 20, 20))  # left half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # camera says: rotate 90 degrees clockwise to view
+    image.save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    decoded = D.decode_image(tmp_path / "photo.jpg", 20)
+    # after rotation the picture is 20 wide x 40 high with blue on top; the centre crop
+    # keeps the middle, so the top rows are bluish and the bottom rows reddish
+    assert decoded[0, :, 2].mean() > decoded[0, :, 0].mean()
+    assert decoded[-1, :, 0].mean() > decoded[-1, :, 2].mean()
+
+
+def test_split_file_lists_every_used_image(image_folder, tmp_path):
+    handle, _ = D.prepare(D.discover(image_folder), 32, tmp_path / "cache", progress=False)
+    D.write_split(handle, tmp_path / "split.csv")
+    lines = (tmp_path / "split.csv").read_text().splitlines()
+    assert lines[0] == "path,class,label,split" and len(lines) == 37
+
+
+def test_demo_data_is_real_digits(tmp_path):
+    root = D.demo_root(tmp_path)
+    source = D.discover(root)
+    assert source.class_names == tuple(str(i) for i in range(10))
+    assert len(source.paths) == 1797
+    with Image.open(root / source.paths[0]) as image:
+        assert image.size == (32, 32)
+    assert D.demo_root(tmp_path) == root  # second call reuses the folder

@@ -1,0 +1,92 @@
+import math
+
+import numpy as np
+import torch
+
+from tests_support import tiny_trial_data
+from trainables import metrics as M
+from trainables.config import TrialConfig
+from trainables.loop import fit
+from trainables.models import create_model
+from trainables.strategies import create_strategy
+from trainables.trainable import load_checkpoint, save_checkpoint
+
+CPU = torch.device("cpu")
+
+
+def _run(overrides: dict, data=None, resume=None, seed=0, checkpoints=None):
+    """fit() a small CNN; with ``checkpoints`` (a folder), write each epoch's checkpoint
+    there inside ``report``, as the Tune trainable does."""
+    cfg = TrialConfig.from_dict({"model": "small_cnn", "pretrained": "false", "lr": 3e-3,
+                                 "scheduler": "none", "batch_size": 8, **overrides})
+    torch.manual_seed(seed)
+    net = create_model(cfg.model, 3, "false").net
+    reports, last_state = [], {}
+
+    def report(metrics, state):
+        reports.append(metrics)
+        last_state.update(state)
+        if checkpoints is not None:
+            directory = checkpoints / f"epoch_{metrics[M.EPOCH]}"
+            directory.mkdir(parents=True)
+            save_checkpoint(directory, state, meta={})
+
+    fit(cfg, net, create_strategy(cfg), data or tiny_trial_data(n=48), CPU, report, resume)
+    return reports, last_state, net
+
+
+def test_fit_learns_and_reports_every_epoch():
+    reports, _, _ = _run({"max_epochs": 6, "early_stop_patience": 0})
+    assert [r[M.EPOCH] for r in reports] == [1, 2, 3, 4, 5, 6]
+    assert reports[-1][M.STOP_REASON] == M.COMPLETED
+    assert all(r[M.STOP_REASON] == "" for r in reports[:-1])
+    assert reports[-1][M.TRAIN_LOSS] < reports[0][M.TRAIN_LOSS]
+    assert reports[-1][M.BEST_VAL_ACC] >= 0.9  # chance is 1/3
+    assert reports[-1][M.TEST_ACC] >= 0.9
+    for key in (M.VAL_LOSS, M.VAL_ACC, M.TRAIN_ACC, M.LR, M.EPOCH_TIME, M.TEST_MACRO_F1):
+        assert math.isfinite(reports[-1][key])
+
+
+def test_best_checkpoint_is_the_lowest_val_loss():
+    reports, state, _ = _run({"max_epochs": 5, "early_stop_patience": 0})
+    best = min(reports, key=lambda r: r[M.VAL_LOSS])
+    last = reports[-1]
+    assert last[M.BEST_EPOCH] == best[M.EPOCH]
+    assert last[M.BEST_VAL_LOSS] == best[M.VAL_LOSS]
+    predictions = state["fit"].predictions
+    assert predictions["test_probs"].shape == (24, 3)
+    assert np.allclose(predictions["test_probs"].sum(1), 1.0, atol=1e-5)
+    acc = (predictions["test_probs"].argmax(1) == predictions["test_labels"]).mean()
+    assert acc == last[M.TEST_ACC]
+
+
+def test_early_stopping_ends_a_trial_that_stops_improving():
+    # a learning rate too small to move the loss by min_delta: patience runs out
+    reports, _, _ = _run({"max_epochs": 20, "lr": 1e-9, "early_stop_patience": 2,
+                          "early_stop_min_delta": 0.01})
+    assert reports[-1][M.STOP_REASON] == M.EARLY_STOPPING
+    assert len(reports) == 3  # epoch 1 sets the best, epochs 2 and 3 fail to beat it
+
+
+def test_nan_loss_ends_the_trial_as_diverged():
+    data = tiny_trial_data(n=16)
+    x, y = data.train.tensors
+    x[0, 0, 0, 0] = float("nan")
+    reports, _, _ = _run({"max_epochs": 5}, data=data)
+    assert len(reports) == 1 and reports[0][M.STOP_REASON] == M.DIVERGED
+    assert math.isnan(reports[0][M.TRAIN_LOSS])
+
+
+def test_resume_continues_where_the_checkpoint_stopped(tmp_path):
+    common = {"max_epochs": 4, "early_stop_patience": 0}
+    full, _, full_net = _run(common, checkpoints=tmp_path)
+    resumed_state = load_checkpoint(tmp_path / "epoch_2")
+    assert resumed_state["fit"].epoch == 2 and resumed_state["fit"].best_weights is not None
+    # a different global seed: everything that matters must come from the checkpoint
+    second, _, resumed_net = _run(common, resume=resumed_state, seed=99)
+    assert [r[M.EPOCH] for r in second] == [3, 4]
+    assert second[-1][M.STOP_REASON] == M.COMPLETED
+    # same data order and weights as the uninterrupted run
+    assert math.isclose(second[-1][M.TRAIN_LOSS], full[-1][M.TRAIN_LOSS], rel_tol=1e-4)
+    for (name, a), b in zip(full_net.state_dict().items(), resumed_net.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), name

@@ -1,0 +1,81 @@
+import os
+
+import pytest
+import torch
+
+from trainables.errors import UserError
+from trainables.models import create_model, known_models
+
+TIMM_SMALL = "resnet10t"  # any timm name goes through the same path
+
+
+@pytest.mark.parametrize("name", [*known_models(), TIMM_SMALL])
+def test_every_model_builds_and_runs_one_forward_pass(name):
+    built = create_model(name, num_classes=5, pretrained="false")
+    assert built.pretrained is False
+    net = built.net.eval()
+    with torch.no_grad():
+        logits, aux = net(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 5) and aux == []
+    head_params = [n for n, _ in net.named_parameters() if net.is_head(n)]
+    assert head_params, "the factory must name the classifier head"
+    assert len(head_params) < len(list(net.parameters()))
+
+
+def test_googlenet_aux_heads_are_resized_and_returned_in_training():
+    net = create_model("googlenet", 7, pretrained="false", aux_heads=True).net.train()
+    logits, aux = net(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2, 7) and [a.shape for a in aux] == [(2, 7), (2, 7)]
+    assert net.is_head("body.aux1.conv.conv.weight") and net.is_head("body.fc.weight")
+    assert not net.is_head("body.inception3a.branch1.conv.weight")
+
+
+def test_googlenet_without_aux_heads_has_none():
+    net = create_model("googlenet", 7, pretrained="false", aux_heads=False).net.train()
+    assert net.body.aux1 is None
+    assert net(torch.randn(2, 3, 64, 64))[1] == []
+
+
+def test_aux_heads_on_a_model_without_them_is_a_user_error():
+    with pytest.raises(UserError, match="no auxiliary heads; use strategy=base"):
+        create_model("resnet18", 3, pretrained="false", aux_heads=True)
+
+
+def test_unknown_model_is_a_user_error():
+    with pytest.raises(UserError, match="unknown model 'resnet19'"):
+        create_model("resnet19", 3, pretrained="false")
+
+
+def test_pretrained_true_without_weights_fails_clearly(tmp_path, monkeypatch, offline_hub):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(UserError, match="could not be loaded.*use --set pretrained=false"):
+        create_model("resnet18", 3, pretrained="true")
+
+
+def test_pretrained_auto_falls_back_with_a_warning(tmp_path, monkeypatch, offline_hub):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.warns(UserWarning, match="random initialisation"):
+        built = create_model("resnet18", 3, pretrained="auto")
+    assert built.pretrained is False
+
+
+def test_pretrained_weights_load_from_the_torch_home_cache(tmp_path, monkeypatch, offline_hub):
+    """An offline machine pre-seeded with weights (TORCH_HOME) loads them, no network."""
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    url = torchvision.models.ResNet18_Weights.DEFAULT.url
+    torch.manual_seed(123)
+    seeded = torchvision.models.resnet18().state_dict()
+    os.makedirs(tmp_path / "hub" / "checkpoints")
+    torch.save(seeded, tmp_path / "hub" / "checkpoints" / os.path.basename(url))
+    built = create_model("resnet18", 3, pretrained="true")
+    assert built.pretrained is True
+    loaded = built.net.body.state_dict()
+    assert torch.equal(loaded["conv1.weight"], seeded["conv1.weight"])
+    assert loaded["fc.weight"].shape == (3, 512)  # head replaced after loading
+
+
+def test_small_cnn_refuses_pretrained_true():
+    with pytest.raises(UserError, match="small_cnn has no pretrained weights"):
+        create_model("small_cnn", 3, pretrained="true")
