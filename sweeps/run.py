@@ -185,12 +185,16 @@ def run_sweep(args, space, param_space: dict, cfgs: list[TrialConfig], handle,
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
 
+    from sweeps.progress import ProgressCallback
     from sweeps.results import ResultTableCallback, to_markdown
     from sweeps.tb_logging import TensorBoardCallback
     from trainables.trainable import train_trial
 
     # Our TensorBoard callback replaces Tune's TBX logger; keep its CSV/JSON loggers.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    # Keeping one checkpoint per trial makes Tune snapshot the experiment state after every
+    # checkpoint, and warn about it each time; the snapshot is a small JSON write.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     max_t = max(c.max_epochs for c in cfgs)
     grace = space.grace_period or max(c.unfreeze_epoch for c in cfgs) + 2
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
@@ -212,10 +216,11 @@ def run_sweep(args, space, param_space: dict, cfgs: list[TrialConfig], handle,
         run_config=tune.RunConfig(
             name=experiment.name, storage_path=str(experiment.parent),
             callbacks=[CSVLoggerCallback(), JsonLoggerCallback(),
-                       TensorBoardCallback(varied, space.variant), table],
+                       TensorBoardCallback(varied, space.variant), table,
+                       ProgressCallback(space.variant, len(cfgs))],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=0),
-            verbose=1),
+            verbose=0),  # ProgressCallback prints one line per epoch instead
     )
     print(f"sweep {space.name}: {len(cfgs)} trial(s), ASHA grace {min(grace, max_t)} epochs, "
           f"max {max_t} epochs -> {experiment}", file=sys.stderr, flush=True)

@@ -59,21 +59,45 @@ def test_pretrained_auto_falls_back_with_a_warning(tmp_path, monkeypatch, offlin
     assert built.pretrained is False
 
 
-def test_pretrained_weights_load_from_the_torch_home_cache(tmp_path, monkeypatch, offline_hub):
-    """An offline machine pre-seeded with weights (TORCH_HOME) loads them, no network."""
+def _seed_torch_home(torch_home, name: str, **kwargs) -> dict:
+    """Put a (randomly initialised) weights file where torchvision looks for ``name``."""
     import torchvision
 
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    url = torchvision.models.ResNet18_Weights.DEFAULT.url
+    url = torchvision.models.get_model_weights(name).DEFAULT.url
     torch.manual_seed(123)
-    seeded = torchvision.models.resnet18().state_dict()
-    os.makedirs(tmp_path / "hub" / "checkpoints")
-    torch.save(seeded, tmp_path / "hub" / "checkpoints" / os.path.basename(url))
-    built = create_model("resnet18", 3, pretrained="true")
+    seeded = torchvision.models.get_model(name, weights=None, **kwargs).state_dict()
+    os.makedirs(torch_home / "hub" / "checkpoints", exist_ok=True)
+    torch.save(seeded, torch_home / "hub" / "checkpoints" / os.path.basename(url))
+    return seeded
+
+
+@pytest.mark.parametrize("name, aux, first_key, kwargs", [
+    ("resnet18", False, "conv1.weight", {}),
+    ("googlenet", False, "conv1.conv.weight", {"aux_logits": True, "init_weights": True}),
+    ("googlenet", True, "aux1.conv.conv.weight", {"aux_logits": True, "init_weights": True}),
+])
+def test_pretrained_weights_load_from_the_torch_home_cache(tmp_path, monkeypatch, offline_hub,
+                                                           name, aux, first_key, kwargs):
+    """An offline machine pre-seeded with weights (TORCH_HOME) loads them, no network."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    seeded = _seed_torch_home(tmp_path, name, **kwargs)
+    built = create_model(name, 3, pretrained="true", aux_heads=aux)
     assert built.pretrained is True
     loaded = built.net.body.state_dict()
-    assert torch.equal(loaded["conv1.weight"], seeded["conv1.weight"])
-    assert loaded["fc.weight"].shape == (3, 512)  # head replaced after loading
+    assert torch.equal(loaded[first_key], seeded[first_key])
+    assert loaded["fc.weight"].shape[0] == 3  # head replaced after loading
+    assert ("aux1.fc2.weight" in loaded) is aux
+    logits, aux_out = built.net.train()(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2, 3) and len(aux_out) == (2 if aux else 0)
+
+
+def test_sweep_driver_fetches_cached_weights(tmp_path, monkeypatch, offline_hub):
+    from trainables.models import fetch_pretrained
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert "download refused" in fetch_pretrained("googlenet")
+    _seed_torch_home(tmp_path, "googlenet", aux_logits=True, init_weights=True)
+    assert fetch_pretrained("googlenet") is None
 
 
 def test_small_cnn_refuses_pretrained_true():

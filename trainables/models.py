@@ -104,24 +104,23 @@ def create_model(name: str, num_classes: int, pretrained: str = "auto",
     attempt (the sweep driver already found the weights unavailable).
     """
     check_model(name, aux_heads)
-    want = pretrained != "false"
-    loaded = False
     if name == CUSTOM:
         if pretrained == "true":
             raise UserError("small_cnn has no pretrained weights; use --set pretrained=false")
         return BuiltModel(Net(SmallCNN(num_classes), ("head",)), False)
-    if want:
-        reason = "the weights were found unavailable before the sweep" if offline else None
-        if reason is None:
-            try:
-                body = _build(name, aux_heads, pretrained=True)
-                loaded = True
-            except Exception as exc:  # network, missing file, corrupt cache: all mean "not here"
-                reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
-        if not loaded:
-            if pretrained == "true":
-                raise UserError(f"pretrained weights for '{name}' could not be loaded ({reason}); "
-                                f"pre-seed {weights_location(name)} or use --set pretrained=false")
+    want = pretrained != "false"
+    loaded, reason = False, "the sweep driver found them unavailable"
+    if want and not offline:
+        try:
+            body = _build(name, aux_heads, pretrained=True)
+            loaded = True
+        except Exception as exc:  # network, missing file, corrupt cache: all mean "not here"
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
+    if want and not loaded:
+        if pretrained == "true":
+            raise UserError(f"pretrained weights for '{name}' could not be loaded ({reason}); "
+                            f"pre-seed {weights_location(name)} or use --set pretrained=false")
+        if not offline:  # the driver has said it once for the whole sweep
             warnings.warn(f"pretrained weights for '{name}' unavailable ({reason}); "
                           "training from random initialisation (pretrained=false in the table)")
     if not loaded:
@@ -138,14 +137,17 @@ def _build(name: str, aux_heads: bool, pretrained: bool) -> nn.Module:
         return timm.create_model(timm_name, pretrained=pretrained)
     import torchvision
 
-    kwargs = {}
+    if name == "googlenet" and pretrained:
+        # torchvision loads GoogLeNet weights only into a model with aux heads (and its own
+        # input transform); drop the heads afterwards when the strategy does not use them.
+        body = torchvision.models.get_model(name, weights="DEFAULT", aux_logits=True)
+        if not aux_heads:
+            body.aux_logits, body.aux1, body.aux2 = False, None, None
+        return body
     if name == "googlenet":
-        # Pretrained GoogLeNet expects its own input transform; from scratch it needs none.
-        kwargs = dict(aux_logits=aux_heads, transform_input=pretrained)
-        if not pretrained:
-            kwargs["init_weights"] = True
-    weights = "DEFAULT" if pretrained else None
-    return torchvision.models.get_model(name, weights=weights, **kwargs)
+        return torchvision.models.get_model(name, weights=None, aux_logits=aux_heads,
+                                            transform_input=False, init_weights=True)
+    return torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
 
 
 def _replace_heads(name: str, body: nn.Module, num_classes: int) -> tuple[str, ...]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import logging
 import random
 import tempfile
 from pathlib import Path
@@ -98,6 +99,7 @@ def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, 
     ``tune.with_parameters``; ``config`` is this trial's point in the search space."""
     from ray import tune
 
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint saved" per epoch
     cfg = TrialConfig.from_dict(config)
     seed_everything(cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
