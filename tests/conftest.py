@@ -57,6 +57,6 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 300):
     """Run ``python sweeps/run.py ARGS`` as a user would, in a fresh process."""
     import subprocess
 
-    env = dict(os.environ, PYTHONWARNINGS="ignore", RAY_ENABLE_UV_RUN_RUNTIME_ENV="0")
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
     return subprocess.run([sys.executable, str(ROOT / "sweeps" / "run.py"), *args], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=timeout)
