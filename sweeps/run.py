@@ -56,6 +56,7 @@ def build_parser() -> Parser:
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                    help="join this Ray cluster instead of starting one (default: $RAY_ADDRESS)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the 8:1:1 split")
+    p.add_argument("--split-file", help="reuse the split.csv of an earlier experiment")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a trial-config field (repeatable; see --list-keys)")
     return p
@@ -260,6 +261,8 @@ def prepare_data(args, cfgs: list[TrialConfig]):
     cache_dir = D.default_cache_dir()
     root = args.data if args.data is not None else D.demo_root(cache_dir)
     source = D.discover(root)
+    if args.split_file:
+        source = D.apply_split_file(source, args.split_file)
     if args.smoke:
         source = D.limit_per_class(source, SMOKE_IMAGES_PER_CLASS)
     sizes = sorted({c.image_size for c in cfgs})
@@ -305,11 +308,12 @@ def main(argv: list[str] | None = None) -> int:
     per_trial = resources(args)
 
     experiment.mkdir(parents=True, exist_ok=True)
-    D.write_split(handle, experiment / "split.csv")
+    D.write_split(handle, data_report, experiment / "split.csv")
     (experiment / "data_report.json").write_text(json.dumps(data_report, indent=1))
     (experiment / "sweep.json").write_text(json.dumps({
         "argv": sys.argv[1:] if argv is None else argv, "space": space.name,
         "overrides": overrides, "num_samples": args.num_samples, "split_seed": args.split_seed,
+        "split_file": args.split_file,
         "data": data_report["root"], "pretrained_unavailable": list(unavailable)}, indent=1))
     return run_sweep(args, space, param_space, cfgs, handle, unavailable, experiment, per_trial)
 

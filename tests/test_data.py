@@ -123,11 +123,28 @@ def test_exif_rotation_is_applied(tmp_path):
     assert decoded[-1, :, 0].mean() > decoded[-1, :, 2].mean()
 
 
-def test_split_file_lists_every_used_image(image_folder, tmp_path):
-    handle, _ = D.prepare(D.discover(image_folder), 32, tmp_path / "cache", progress=False)
-    D.write_split(handle, tmp_path / "split.csv")
+def test_split_file_is_saved_and_reused(image_folder, tmp_path):
+    (image_folder / "red" / "broken.png").write_bytes(b"\x89PNG not really")
+    source = D.discover(image_folder)
+    handle, report = D.prepare(source, 32, tmp_path / "cache", progress=False, split_seed=5)
+    D.write_split(handle, report, tmp_path / "split.csv")
     lines = (tmp_path / "split.csv").read_text().splitlines()
-    assert lines[0] == "path,class,label,split" and len(lines) == 37
+    assert lines[0] == "path,class,label,split" and len(lines) == 38
+    assert "red/broken.png,red,2,skipped" in lines
+    # reused: the same images land in the same splits, whatever the seed
+    reused = D.apply_split_file(source, tmp_path / "split.csv")
+    handle2, _ = D.prepare(reused, 32, tmp_path / "cache", progress=False, split_seed=99)
+    before = {handle.files[r]: s for r, s in zip(handle.rows, handle.splits)}
+    after = {handle2.files[r]: s for r, s in zip(handle2.rows, handle2.splits)}
+    assert before == after
+
+
+def test_split_file_from_other_data_is_refused(image_folder, tmp_path):
+    (tmp_path / "split.csv").write_text("path,split\nred/img_000.JPG,train\n")
+    with pytest.raises(UserError, match="image.* of --data are not in it"):
+        D.apply_split_file(D.discover(image_folder), tmp_path / "split.csv")
+    with pytest.raises(UserError, match="cannot be read"):
+        D.apply_split_file(D.discover(image_folder), tmp_path / "nope.csv")
 
 
 def test_demo_data_is_real_digits(tmp_path):

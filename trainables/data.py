@@ -26,6 +26,7 @@ from trainables.errors import UserError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "val", "test")
+SKIPPED = "skipped"  # split.csv's mark for an image that could not be decoded
 CACHE_VERSION = 1
 
 
@@ -179,6 +180,32 @@ def stratified_split(labels: list[int] | tuple[int, ...], fractions=(0.8, 0.1, 0
         out[idx[n_val:n_val + n_test]] = "test"
         out[idx[n_val + n_test:]] = "train"
     return out.tolist()
+
+
+def apply_split_file(source: DataSource, split_file: str | os.PathLike) -> DataSource:
+    """Use the split of an earlier experiment (its split.csv) instead of drawing a new one."""
+    import csv
+
+    path = Path(split_file).expanduser()
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as exc:
+        raise UserError(f"--split-file {path}: cannot be read ({exc.strerror}); pass the "
+                        "split.csv of an earlier experiment") from None
+    if not rows or not {"path", "split"} <= set(rows[0]):
+        raise UserError(f"--split-file {path}: needs 'path' and 'split' columns, as the "
+                        "split.csv that every experiment writes")
+    assigned = {row["path"]: row["split"] for row in rows}
+    bad = sorted({s for s in assigned.values() if s not in (*SPLITS, SKIPPED)})
+    if bad:
+        raise UserError(f"--split-file {path}: unknown split(s) {bad}; use train, val, test")
+    missing = [p for p in source.paths if p not in assigned]
+    if missing:
+        raise UserError(f"--split-file {path}: {len(missing)} image(s) of --data are not in it "
+                        f"(first: {missing[0]}); the file must come from the same data")
+    keep = [i for i, p in enumerate(source.paths) if assigned[p] != SKIPPED]
+    return replace(_subset(source, keep), splits=tuple(assigned[source.paths[i]] for i in keep))
 
 
 # ---------------------------------------------------------------- decode once
@@ -342,14 +369,19 @@ def data_report(source: DataSource, handle: DataHandle, bad: dict[str, str]) -> 
     }
 
 
-def write_split(handle: DataHandle, path: Path) -> None:
-    """Save the split (one row per image) so it can be audited and reused."""
-    lines = ["path,class,label,split"]
-    for row, label, split in zip(handle.rows, handle.labels, handle.splits):
-        rel = handle.files[row].replace('"', '""')
-        name = handle.class_names[label].replace('"', '""')
-        lines.append(f'"{rel}","{name}",{label},{split}')
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+def write_split(handle: DataHandle, report: dict, path: Path) -> None:
+    """Save the split (one row per image found; unreadable ones as 'skipped') so it can be
+    audited and reused with --split-file."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(["path", "class", "label", "split"])
+        for row, label, split in zip(handle.rows, handle.labels, handle.splits):
+            writer.writerow([handle.files[row], handle.class_names[label], label, split])
+        for name, items in report["skipped"].items():
+            for item in items:
+                writer.writerow([item["path"], name, handle.class_names.index(name), SKIPPED])
 
 
 # ---------------------------------------------------------------- demo data
