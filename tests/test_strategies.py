@@ -90,3 +90,16 @@ def test_gradual_unfreeze_unfreezes_at_the_right_epoch_with_the_right_lr():
     assert seen == [(0, True, 1e-3), (1, True, 1e-3), (2, False, 1e-5), (3, False, 1e-5)]
     assert [r[M.LR] for r in reports] == [1e-3, 1e-3, 1e-5, 1e-5]
     assert all(math.isfinite(r[M.TRAIN_LOSS]) for r in reports)
+
+
+def test_early_stopping_waits_for_gradual_unfreeze_to_unfreeze():
+    # min_delta so large that no epoch counts as progress: patience 1 would stop at epoch 2,
+    # but the frozen phase (3 epochs) must not spend it
+    cfg = TrialConfig.from_dict({"model": "small_cnn", "strategy": "gradual_unfreeze",
+                                 "unfreeze_epoch": 3, "max_epochs": 10, "pretrained": "false",
+                                 "early_stop_patience": 1, "early_stop_min_delta": 100.0})
+    reports = []
+    fit(cfg, create_model("small_cnn", 3, "false").net, create_strategy(cfg),
+        tiny_trial_data(3, 32, 12), torch.device("cpu"), lambda m, s: reports.append(m))
+    assert [r[M.EPOCH] for r in reports] == [1, 2, 3, 4]
+    assert reports[-1][M.STOP_REASON] == M.EARLY_STOPPING

@@ -153,6 +153,8 @@ def fit(cfg: TrialConfig, net: Net, strategy: Strategy, data: TrialData, device:
             stop = M.DIVERGED
         else:
             _track_best(state, net, data, val_loss, val_acc, val_probs, cfg, device, dtype)
+            if epoch < strategy.patience_start:
+                state.bad_epochs = 0
             schedule.step(val_loss)
             if cfg.early_stop_patience and state.bad_epochs >= cfg.early_stop_patience:
                 stop = M.EARLY_STOPPING

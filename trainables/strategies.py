@@ -35,6 +35,11 @@ class Strategy:
     def aux_weight(self) -> float:
         return self.cfg.aux_weight if self.aux_heads else 0.0
 
+    @property
+    def patience_start(self) -> int:
+        """First epoch (0-based) whose lack of progress counts towards early stopping."""
+        return 0
+
     def on_epoch_start(self, net: Net, optimizer: optim.Optimizer, epoch: int) -> None:
         """Called before each epoch (0-based); idempotent, so a resumed trial gets it right."""
 
@@ -64,6 +69,11 @@ class FeatureExtractor(Strategy):
 class GradualUnfreeze(Strategy):
     """Head only for the first ``unfreeze_epoch`` epochs, then everything trains with the
     learning rate dropped to ``unfreeze_lr``."""
+
+    @property
+    def patience_start(self) -> int:
+        # A frozen phase that stalls must not spend the patience of the unfrozen one.
+        return self.cfg.unfreeze_epoch
 
     def on_epoch_start(self, net, optimizer, epoch):
         frozen = epoch < self.cfg.unfreeze_epoch
