@@ -14,11 +14,10 @@ def _f(value, spec=".3f") -> str:
 
 
 class ProgressCallback(Callback):
-    def __init__(self, variant, total: int, stream=sys.stdout):
+    def __init__(self, variant, total: int):
         self.variant = variant
         self.total = total
         self.done = 0
-        self.stream = stream
         self.started = time.monotonic()
 
     def _name(self, trial) -> str:
@@ -26,7 +25,7 @@ class ProgressCallback(Callback):
 
     def _print(self, text: str) -> None:
         elapsed = time.monotonic() - self.started
-        print(f"[{elapsed:7.0f}s {self.done}/{self.total} done] {text}", file=self.stream,
+        print(f"[{elapsed:7.0f}s {self.done}/{self.total} done] {text}", file=sys.stdout,
               flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):

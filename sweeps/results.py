@@ -46,7 +46,7 @@ def trial_row(trial_id: str, variant: str, config: dict, last: dict, status: str
     }
     row.update({key: _plain(config.get(key)) for key in varied_keys})
     row["wall_s"] = round(float(last.get("time_total_s", 0.0)), 1)
-    row["error"] = error
+    row["error"] = error or last.get(M.ERROR_MESSAGE) or ""
     return row
 
 

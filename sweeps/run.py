@@ -13,6 +13,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -43,6 +44,8 @@ def build_parser() -> Parser:
                                   "train/ val/ test/; default: the embedded demo digits")
     p.add_argument("--storage", default="runs", help="where experiments go (default: ./runs)")
     p.add_argument("--name", help="experiment name (default: SPACE-YYYYmmdd-HHMMSS)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing experiment of the same name")
     p.add_argument("--num-samples", type=int, default=1,
                    help="repeat every variant with this many seeds (default 1)")
     p.add_argument("--max-epochs", type=int, help="cap every trial at this many epochs")
@@ -55,7 +58,7 @@ def build_parser() -> Parser:
     p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                    help="join this Ray cluster instead of starting one (default: $RAY_ADDRESS)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the 8:1:1 split")
+    p.add_argument("--split-seed", type=int, help="seed of the 8:1:1 split (default 0)")
     p.add_argument("--split-file", help="reuse the split.csv of an earlier experiment")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a trial-config field (repeatable; see --list-keys)")
@@ -118,10 +121,13 @@ def check_weights(cfgs: list[TrialConfig]) -> tuple[str, ...]:
     return tuple(unavailable)
 
 
-def check_storage(storage: Path, name: str) -> Path:
+def check_storage(storage: Path, name: str, overwrite: bool = False) -> Path:
     experiment = storage / name
-    if experiment.exists() and any(experiment.iterdir()):
-        raise UserError(f"experiment {experiment} already exists; choose another --name")
+    if experiment.exists() and not experiment.is_dir():
+        raise UserError(f"experiment path {experiment} is a file; choose another --name")
+    if experiment.exists() and any(experiment.iterdir()) and not overwrite:
+        raise UserError(f"experiment {experiment} already exists; choose another --name "
+                        "or pass --overwrite to replace it")
     probe = storage
     while not probe.exists():
         probe = probe.parent
@@ -141,8 +147,12 @@ def check_args(args) -> None:
         raise UserError(f"--cpus-per-trial {args.cpus_per_trial}: must be above 0")
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
         raise UserError(f"--gpus-per-trial {args.gpus_per_trial}: must be 0 or more")
-    if args.name and (args.name in (".", "..") or "/" in args.name):
+    if args.name is not None and (args.name.strip(" .") == "" or "/" in args.name
+                                  or "\\" in args.name):
         raise UserError(f"--name {args.name!r}: use a plain folder name without '/'")
+    if args.split_file and args.split_seed is not None:
+        raise UserError("--split-file and --split-seed conflict: a reused split has no seed; "
+                        "drop one of them")
 
 
 # ------------------------------------------------------------------ the sweep
@@ -157,10 +167,15 @@ def start_ray(address: str | None):
     return ray.init(**kwargs)
 
 
-def resources(args) -> dict[str, float]:
-    import ray
+def local_resources() -> dict[str, float]:
+    """What a local Ray instance started by this run will have."""
+    import torch
 
-    total = ray.cluster_resources()
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+def resources(args, total: dict[str, float]) -> dict[str, float]:
+    """Per-trial resources; a request the cluster can never satisfy is an error now."""
     gpus = args.gpus_per_trial
     if gpus is None:
         gpus = 1.0 if total.get("GPU", 0) >= 1 else 0.0
@@ -242,17 +257,22 @@ def report(table, experiment: Path, to_markdown) -> int:
         return 1
     print()
     print((experiment / RESULTS_MD).read_text())
-    errors = int((table["stop_reason"] == M.ERROR).sum())
-    diverged = table.loc[table["stop_reason"] == M.DIVERGED, "variant"].tolist()
+    reasons = table["stop_reason"]
     print(f"{len(table)} trials: " + ", ".join(
-        f"{n} {reason}" for reason, n in table["stop_reason"].value_counts().items()))
-    if diverged:
-        print(f"diverged (loss went NaN/Inf; try a lower lr): {', '.join(diverged)}")
-    if errors:
-        print(f"{errors} trial(s) failed; their errors are in the 'error' column")
+        f"{n} {reason}" for reason, n in reasons.value_counts().items()))
+    hints = {M.DIVERGED: "loss went NaN/Inf: try a lower lr",
+             M.OOM: "out of memory: smaller batch_size, or fewer trials per GPU",
+             M.ERROR: "see the 'error' column"}
+    for reason, hint in hints.items():
+        variants = table.loc[reasons == reason, "variant"].tolist()
+        if variants:
+            print(f"{reason} ({hint}): {', '.join(variants)}")
+    failed = int(reasons.isin(M.FAILED).sum())
+    if failed:
+        print(f"{failed} of {len(table)} trials failed")
     print(f"table: {experiment / RESULTS_CSV}")
     print(f"TensorBoard: tensorboard --logdir '{experiment}'")
-    return 1 if errors else 0
+    return 1 if failed else 0
 
 
 def prepare_data(args, cfgs: list[TrialConfig]):
@@ -262,18 +282,42 @@ def prepare_data(args, cfgs: list[TrialConfig]):
     root = args.data if args.data is not None else D.demo_root(cache_dir)
     source = D.discover(root)
     if args.split_file:
+        if source.presplit:
+            raise UserError(f"--split-file conflicts with --data {source.root}, which is "
+                            "already split into train/ val/ test/; drop --split-file")
         source = D.apply_split_file(source, args.split_file)
     if args.smoke:
         source = D.limit_per_class(source, SMOKE_IMAGES_PER_CLASS)
     sizes = sorted({c.image_size for c in cfgs})
-    handle, data_report = D.prepare(source, sizes[0], cache_dir, split_seed=args.split_seed)
+    handle, data_report = D.prepare(source, sizes[0], cache_dir, split_seed=args.split_seed or 0)
     for size in sizes[1:]:
         handle.images(size)  # decode every size once here, not in racing trials
     skipped = data_report["images_skipped"]
     print(f"data: {data_report['images_used']} images in {len(handle.class_names)} classes "
           f"from {source.root}" + (f"; skipped {skipped} unreadable (see data_report.json)"
                                    if skipped else ""), file=sys.stderr)
+    for line in data_warnings(data_report):
+        print(f"warning: {line}", file=sys.stderr)
     return handle, data_report
+
+
+IMBALANCE_WARNING_RATIO = 3.0
+
+
+def data_warnings(report: dict) -> list[str]:
+    """What in the data deserves a look before trusting the table."""
+    lines = []
+    if report["leakage"]:
+        lines.append(f"{len(report['leakage'])} image(s) appear in more than one split (same "
+                     "bytes): test scores are inflated; see 'leakage' in data_report.json")
+    if report["label_conflicts"]:
+        lines.append(f"{len(report['label_conflicts'])} image(s) appear under different "
+                     "classes; see 'label_conflicts' in data_report.json")
+    if report["imbalance_ratio"] >= IMBALANCE_WARNING_RATIO:
+        lines.append(f"classes are imbalanced (largest/smallest training class = "
+                     f"{report['imbalance_ratio']:g}); watch test_macro_f1, and consider "
+                     "--set objective=weighted_ce or --set sampler=balanced")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,14 +343,20 @@ def main(argv: list[str] | None = None) -> int:
     overrides.update(parse_overrides(args.overrides))
     param_space = resolve_param_space(space, overrides, args.num_samples)
     cfgs = validate(grid_configs(param_space))
+    if not args.address:  # check before any work; a cluster is asked once joined
+        resources(args, local_resources())
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = Path(args.storage).expanduser().resolve()
-    experiment = check_storage(storage, name)
+    experiment = check_storage(storage, name, args.overwrite)
     handle, data_report = prepare_data(args, cfgs)
     unavailable = check_weights(cfgs)
-    start_ray(args.address)
-    per_trial = resources(args)
+    import ray
 
+    start_ray(args.address)
+    per_trial = resources(args, ray.cluster_resources())
+
+    if args.overwrite and experiment.exists():
+        shutil.rmtree(experiment)
     experiment.mkdir(parents=True, exist_ok=True)
     D.write_split(handle, data_report, experiment / "split.csv")
     (experiment / "data_report.json").write_text(json.dumps(data_report, indent=1))

@@ -45,13 +45,29 @@ def _one_class_folder(path: Path) -> Path:
     (["--space", "googlenet_strategies", "--num-samples", "0"], ["--num-samples"]),
     (["--smoke"], ["--space NAME"]),
     (["--space", "googlenet_strategies", "--bogus"], ["unrecognized arguments: --bogus"]),
+    (["--space", "googlenet_strategies", "--data", "{tmp}/afile"], ["is a file"]),
+    (["--space", "googlenet_strategies", "--storage", "{tmp}/afile/runs"],
+     ["not a writable directory"]),
+    (["--space", "googlenet_strategies", "--name", "a/b"], ["plain folder name"]),
+    (["--space", "googlenet_strategies", "--split-file", "{tmp}/split.csv", "--split-seed", "3"],
+     ["--split-file and --split-seed conflict"]),
+    (["--space", "googlenet_strategies", "--data", "{tmp}/pre", "--split-file",
+      "{tmp}/split.csv"], ["already split", "drop --split-file"]),
+    (["--space", "googlenet_strategies", "--gpus-per-trial", "1", "--smoke"],
+     ["--gpus-per-trial 1 but the Ray cluster has 0 GPUs"]),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, args, needles):
     (tmp_path / "empty").mkdir()
+    (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "split.csv").write_text("path,split\n")
     _one_class_folder(tmp_path / "one")
+    for split in ("train", "val", "test"):
+        make_image_folder(tmp_path / "pre" / split, per_class=3)
     storage = tmp_path / "storage"
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    result = run_cli([*args, "--storage", str(storage)], cwd=tmp_path)
+    if "--storage" not in args:
+        args += ["--storage", str(storage)]
+    result = run_cli(args, cwd=tmp_path)
     _one_line_error(result, *needles)
     assert not storage.exists()
 
@@ -151,3 +167,69 @@ def test_existing_experiment_is_not_overwritten(tmp_path):
                       "--name", "taken"], cwd=tmp_path)
     _one_line_error(result, "already exists")
     assert (tmp_path / "runs" / "taken" / "results.csv").read_text() == "keep me"
+
+
+def test_odd_paths_and_image_kinds_through_a_whole_sweep(tmp_path):
+    """Brackets, colons, spaces and Korean letters in data and storage paths; every common
+    image kind; a truncated JPEG. Then the same name again, refused, then --overwrite."""
+    from test_real_data import make_odd_dataset
+
+    data = make_odd_dataset(tmp_path)
+    storage = tmp_path / "결과 runs [1] (a:b)"
+    args = ["--space", "googlenet_strategies", "--data", str(data), "--smoke", "--storage",
+            str(storage), "--name", "odd: name [1]", "--set", "model=small_cnn",
+            "--set", "strategy=base", "--set", "objective=ce"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    experiment = storage / "odd: name [1]"
+    table = pd.read_csv(experiment / "results.csv")
+    assert len(table) == 1 and table.loc[0, "stop_reason"] == "completed"
+    assert 0 <= table.loc[0, "test_acc"] <= 1
+    report = json.loads((experiment / "data_report.json").read_text(encoding="utf-8"))
+    assert [s["path"] for items in report["skipped"].values() for s in items] == \
+        ["잎마름병 (blight)/cut_off.jpg"]
+    split = pd.read_csv(experiment / "split.csv")
+    assert "정상: healthy" in set(split["class"])
+    trial_dir = next(p for p in experiment.iterdir() if p.is_dir() and p.name.startswith("base"))
+    events = EventAccumulator(str(trial_dir))
+    events.Reload()
+    assert "val_loss" in events.Tags()["scalars"]
+    assert any(trial_dir.glob("checkpoint_*/predictions.npz"))
+
+    again = run_cli(args, cwd=tmp_path)
+    _one_line_error(again, "already exists", "--overwrite")
+    assert (experiment / "results.csv").exists()
+    replaced = run_cli([*args, "--overwrite"], cwd=tmp_path)
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    assert len(pd.read_csv(experiment / "results.csv")) == 1
+
+
+def test_a_failing_trial_is_tabled_and_the_others_go_on(tmp_path, monkeypatch, capsys):
+    """vgg16 cannot run on 16 px images (its fifth pooling has nothing left to pool); the
+    small CNN can. Both run in one sweep on a real local Ray instance."""
+    import ray
+    from ray import tune
+
+    import search_spaces
+    from sweeps import run
+
+    space = search_spaces.Space(
+        name="mixed", description="one model that fails, one that trains",
+        param_space={"model": tune.grid_search(["small_cnn", "vgg16"]), "strategy": "base",
+                     "pretrained": "false", "image_size": 16, "max_epochs": 2},
+        variant_keys=("model",))
+    monkeypatch.setattr(search_spaces, "registry", lambda: {"mixed": space})
+    data = make_image_folder(tmp_path / "imgs", per_class=10)
+    try:
+        code = run.main(["--space", "mixed", "--data", str(data), "--storage",
+                         str(tmp_path / "runs"), "--name", "mixed"])
+    finally:
+        ray.shutdown()
+    assert code == 1
+    table = pd.read_csv(tmp_path / "runs" / "mixed" / "results.csv").set_index("variant")
+    assert table.loc["small_cnn", "stop_reason"] == "completed"
+    assert table.loc["small_cnn", "epochs"] == 2
+    assert table.loc["vgg16", "stop_reason"] == "error"
+    assert "too small" in table.loc["vgg16", "error"]
+    out = capsys.readouterr().out
+    assert "1 of 2 trials failed" in out and "error (see the 'error' column): vgg16" in out

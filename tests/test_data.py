@@ -79,7 +79,7 @@ def _one_class(root: Path) -> Path:
 
 def test_decode_is_cached_by_content(image_folder, tmp_path):
     source = D.discover(image_folder)
-    digest = D.content_digest(source.root, source.paths)
+    digest = D.content_digest(source.paths, D.file_hashes(source.root, source.paths))
     first = D.decode_cached(source.root, source.paths, digest, 16, tmp_path / "cache")
     stamp = first.images.stat().st_mtime_ns
     again = D.decode_cached(source.root, source.paths, digest, 16, tmp_path / "cache")
@@ -93,7 +93,7 @@ def test_decode_is_cached_by_content(image_folder, tmp_path):
     assert D.decode_cached(source.root, source.paths, digest, 20, tmp_path / "cache").images \
         != first.images
     write_image(image_folder / "red" / "img_000.JPG", (0, 0, 0), np.random.default_rng(1))
-    assert D.content_digest(source.root, source.paths) != digest
+    assert D.content_digest(source.paths, D.file_hashes(source.root, source.paths)) != digest
 
 
 def test_corrupt_images_are_skipped_counted_and_listed(image_folder, tmp_path):

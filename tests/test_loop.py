@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from tests_support import tiny_trial_data
@@ -90,3 +91,54 @@ def test_resume_continues_where_the_checkpoint_stopped(tmp_path):
     assert math.isclose(second[-1][M.TRAIN_LOSS], full[-1][M.TRAIN_LOSS], rel_tol=1e-4)
     for (name, a), b in zip(full_net.state_dict().items(), resumed_net.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5), name
+
+
+class _OutOfMemoryNet(torch.nn.Module):
+    """Stands in for a model too big for the device: its forward pass runs out of memory."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.is_head = inner.is_head
+
+    def forward(self, x):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_out_of_memory_ends_the_trial_with_a_hint():
+    cfg = TrialConfig.from_dict({"model": "small_cnn", "pretrained": "false", "max_epochs": 3})
+    net = _OutOfMemoryNet(create_model("small_cnn", 3, "false").net)
+    reports = []
+    fit(cfg, net, create_strategy(cfg), tiny_trial_data(), CPU,
+        lambda m, s: reports.append(m))
+    assert len(reports) == 1 and reports[0][M.STOP_REASON] == M.OOM
+    assert "smaller batch_size" in reports[0][M.ERROR_MESSAGE]
+
+
+def test_other_errors_are_not_mistaken_for_out_of_memory():
+    class Broken(_OutOfMemoryNet):
+        def forward(self, x):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    cfg = TrialConfig.from_dict({"model": "small_cnn", "pretrained": "false"})
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        fit(cfg, Broken(create_model("small_cnn", 3, "false").net), create_strategy(cfg),
+            tiny_trial_data(), CPU, lambda m, s: None)
+
+
+def test_balanced_sampler_draws_classes_equally():
+    from trainables.loop import _sampler
+
+    data = tiny_trial_data(n=12)
+    data.train_labels = np.array([0] * 9 + [1] * 2 + [2] * 1)
+    for kind, expect_balanced in (("balanced", True), ("shuffle", False)):
+        cfg = TrialConfig.from_dict({"sampler": kind})
+        drawn = []
+        for seed in range(200):
+            sampler = _sampler(cfg, data, torch.Generator().manual_seed(seed))
+            drawn += [int(data.train_labels[i]) for i in sampler]
+        share = np.bincount(drawn, minlength=3) / len(drawn)
+        if expect_balanced:
+            assert np.allclose(share, 1 / 3, atol=0.03), share
+        else:
+            assert np.allclose(share, [9 / 12, 2 / 12, 1 / 12]), share

@@ -22,8 +22,8 @@ def tiny_trial_data(num_classes: int = 3, image_size: int = 32, n: int = 12,
     xte, yte = make(max(num_classes, n // 2))
     return TrialData(
         train=torch.utils.data.TensorDataset(xtr, ytr),
+        train_labels=ytr.numpy(),
         val=EvalSplit(xva, yva, np.arange(len(yva))),
         test=EvalSplit(xte, yte, np.arange(len(yte)) + 1000),
         num_classes=num_classes,
-        class_counts=torch.bincount(ytr, minlength=num_classes).tolist(),
     )

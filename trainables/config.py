@@ -29,6 +29,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "scheduler": ("step", "plateau", "cosine", "none"),
     "optimizer": ("adam", "adamw", "sgd"),
     "augment": ("notebook", "none"),
+    "sampler": ("shuffle", "balanced"),
 }
 
 # (low, high, what) bounds, inclusive unless noted in the check below.
@@ -90,6 +91,7 @@ class TrialConfig:
     # data
     image_size: int = 224
     augment: str = "notebook"
+    sampler: str = "shuffle"  # balanced: draw every class equally often (imbalanced data)
     # run
     seed: int = 0
     amp: bool = True

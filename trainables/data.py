@@ -215,16 +215,20 @@ def load_size_for(image_size: int) -> int:
     return int(round(image_size / 0.875))
 
 
-def content_digest(root: Path, paths: tuple[str, ...]) -> str:
-    """Key of a file list: relative paths and file bytes, so moving the root keeps the cache."""
-    digest = hashlib.sha256(f"v{CACHE_VERSION}".encode())
-
-    def file_hash(path: str) -> bytes:
-        return hashlib.sha1((root / path).read_bytes()).digest()
+def file_hashes(root: Path, paths: tuple[str, ...]) -> list[str]:
+    """sha1 of every file's bytes (read in parallel)."""
+    def one(path: str) -> str:
+        return hashlib.sha1((root / path).read_bytes()).hexdigest()
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        for path, file_digest in zip(paths, pool.map(file_hash, paths)):
-            digest.update(path.encode("utf-8") + b"\0" + file_digest)
+        return list(pool.map(one, paths))
+
+
+def content_digest(paths: tuple[str, ...], hashes: list[str]) -> str:
+    """Key of a file list: relative paths and file bytes, so moving the root keeps the cache."""
+    digest = hashlib.sha256(f"v{CACHE_VERSION}".encode())
+    for path, file_hash in zip(paths, hashes):
+        digest.update(f"{path}\0{file_hash}\n".encode("utf-8"))
     return digest.hexdigest()[:24]
 
 
@@ -232,10 +236,15 @@ def decode_image(path: Path, size: int) -> np.ndarray:
     """Decode to RGB as the camera meant it (EXIF rotation), resize the shorter side to
     ``size`` and centre-crop a ``size`` x ``size`` square. Returns HWC uint8."""
     with Image.open(path) as image:
+        image.draft("RGB", (size, size))  # JPEG: decode big photos at a reduced scale, fast
         image = ImageOps.exif_transpose(image)
-        if image.mode.startswith("I"):  # 16/32-bit grayscale: rescale to 8 bits
+        if image.mode.startswith("I"):  # 16-bit (or 32-bit) grayscale: to 8 bits by depth
             wide = np.asarray(image).astype(np.int64)
-            image = Image.fromarray((wide * 255 // max(1, int(wide.max()))).astype(np.uint8))
+            top = 255 if wide.max() <= 255 else 65535 if wide.max() <= 65535 else wide.max()
+            image = Image.fromarray((wide * 255 // top).astype(np.uint8))
+        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+            rgba = image.convert("RGBA")  # transparent areas become white, not black
+            image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
         image = image.convert("RGB")
         width, height = image.size
         scale = size / min(width, height)
@@ -282,12 +291,14 @@ def _decode_all(root: Path, paths, size: int, npy: Path, meta: Path, progress: b
         except Exception as exc:  # any undecodable file is skipped, whatever the library raised
             bad[paths[i]] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
 
-    step = max(1, len(paths) // 10)
+    step = max(1000, len(paths) // 10)
+    if progress:
+        print(f"decoding {len(paths)} images at {size}px (once; cached for later sweeps)",
+              file=sys.stderr, flush=True)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         for done, _ in enumerate(pool.map(work, range(len(paths))), 1):
-            if progress and (done % step == 0 or done == len(paths)):
-                print(f"decoding {len(paths)} images at {size}px: {done}/{len(paths)}",
-                      file=sys.stderr, flush=True)
+            if progress and done % step == 0 and done < len(paths):
+                print(f"decoded {done}/{len(paths)}", file=sys.stderr, flush=True)
     array.flush()
     del array
     os.replace(tmp, npy)
@@ -330,7 +341,8 @@ class DataHandle:
 def prepare(source: DataSource, image_size: int, cache_dir: Path, split_seed: int = 0,
             progress: bool = True) -> tuple[DataHandle, dict]:
     """Decode (once), drop unreadable images, split, and return the handle and a data report."""
-    digest = content_digest(source.root, source.paths)
+    hashes = file_hashes(source.root, source.paths)
+    digest = content_digest(source.paths, hashes)
     cache = decode_cached(source.root, source.paths, digest, load_size_for(image_size),
                           Path(cache_dir), progress=progress)
     keep = [i for i, path in enumerate(source.paths) if path not in cache.bad]
@@ -339,14 +351,42 @@ def prepare(source: DataSource, image_size: int, cache_dir: Path, split_seed: in
         raise UserError(f"--data {source.root}: none of the {len(source.paths)} images could "
                         "be decoded; check that they are real image files")
     _check_classes(usable)
-    splits = usable.splits or tuple(stratified_split(usable.labels, seed=split_seed))
+    groups = duplicate_groups([hashes[i] for i in keep])
     if usable.presplit:
+        splits = list(usable.splits)
         for split in SPLITS:
             if split not in splits:
                 raise UserError(f"--data {source.root}: the {split}/ folder has no usable image")
+    else:
+        splits = stratified_split(usable.labels, seed=split_seed)
+        for group in groups:  # copies of one image stay together, so they cannot leak
+            for i in group[1:]:
+                splits[i] = splits[group[0]]
     handle = DataHandle(str(source.root), source.paths, digest, str(cache_dir),
                         source.class_names, tuple(keep), usable.labels, tuple(splits))
-    return handle, data_report(source, handle, cache.bad)
+    report = data_report(source, handle, cache.bad)
+    report.update(duplicates_report(handle, groups))
+    return handle, report
+
+
+def duplicate_groups(hashes: list[str]) -> list[list[int]]:
+    """Indices of files with identical bytes, one list per image that occurs more than once."""
+    by_hash: dict[str, list[int]] = {}
+    for i, file_hash in enumerate(hashes):
+        by_hash.setdefault(file_hash, []).append(i)
+    return [group for group in by_hash.values() if len(group) > 1]
+
+
+def duplicates_report(handle: DataHandle, groups: list[list[int]]) -> dict:
+    """Exact copies: how many, which cross splits (leakage), which carry different labels."""
+    def describe(group):
+        return [{"path": handle.files[handle.rows[i]], "split": handle.splits[i],
+                 "class": handle.class_names[handle.labels[i]]} for i in group]
+
+    leaks = [describe(g) for g in groups if len({handle.splits[i] for i in g}) > 1]
+    conflicts = [describe(g) for g in groups if len({handle.labels[i] for i in g}) > 1]
+    return {"duplicate_images": sum(len(g) - 1 for g in groups),
+            "leakage": leaks, "label_conflicts": conflicts}
 
 
 def data_report(source: DataSource, handle: DataHandle, bad: dict[str, str]) -> dict:
@@ -357,7 +397,9 @@ def data_report(source: DataSource, handle: DataHandle, bad: dict[str, str]) -> 
     for path, why in sorted(bad.items()):
         skipped[source.class_names[source.labels[source.paths.index(path)]]].append(
             {"path": path, "reason": why})
+    train = [counts[name]["train"] for name in handle.class_names]
     return {
+        "imbalance_ratio": round(max(train) / max(1, min(train)), 2),
         "root": str(source.root),
         "presplit": source.presplit,
         "classes": list(handle.class_names),

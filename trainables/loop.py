@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
 
 from trainables import metrics as M
 from trainables.config import TrialConfig
@@ -38,10 +38,14 @@ class EvalSplit:
 @dataclass
 class TrialData:
     train: Dataset  # yields (float image tensor, label), augmented
+    train_labels: np.ndarray
     val: EvalSplit
     test: EvalSplit
     num_classes: int
-    class_counts: list[int]  # training images per class
+
+    @property
+    def class_counts(self) -> list[int]:
+        return np.bincount(self.train_labels, minlength=self.num_classes).tolist()
 
 
 @dataclass
@@ -134,22 +138,36 @@ def fit(cfg: TrialConfig, net: Net, strategy: Strategy, data: TrialData, device:
         generator.set_state(resume["generator"])
         torch.set_rng_state(resume["torch_rng"])  # augmentation draws from the global RNG
         state = resume["fit"]
-    loader = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
-                        generator=generator, num_workers=0, pin_memory=device.type == "cuda")
+    loader = DataLoader(data.train, batch_size=cfg.batch_size, drop_last=False,
+                        sampler=_sampler(cfg, data, generator), num_workers=0,
+                        pin_memory=device.type == "cuda")
     metrics: dict = {}
     for epoch in range(state.epoch, cfg.max_epochs):
         started = time.perf_counter()
         strategy.on_epoch_start(net, optimizer, epoch)
         strategy.train_mode(net)
         lr = optimizer.param_groups[0]["lr"]
-        train_loss, train_acc = train_one_epoch(net, loader, criterion, optimizer, scaler, device,
-                                                strategy.aux_weight, dtype)
-        val_loss, val_acc, val_probs = (math.nan, math.nan, None)
-        if math.isfinite(train_loss):
-            val_loss, val_acc, val_probs = evaluate(net, data.val, cfg.batch_size, device, dtype)
+        train_loss, train_acc = val_loss, val_acc = math.nan, math.nan
+        val_probs, error = None, ""
+        try:
+            train_loss, train_acc = train_one_epoch(net, loader, criterion, optimizer, scaler,
+                                                    device, strategy.aux_weight, dtype)
+            if math.isfinite(train_loss):
+                val_loss, val_acc, val_probs = evaluate(net, data.val, cfg.batch_size, device,
+                                                        dtype)
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            error = (f"out of memory at batch_size={cfg.batch_size} on {device.type}: use a "
+                     "smaller batch_size or image_size, or fewer trials per GPU")
+            optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
         state.epoch = epoch + 1
         stop = ""
-        if not math.isfinite(val_loss):
+        if error:
+            stop = M.OOM
+        elif not math.isfinite(val_loss):
             stop = M.DIVERGED
         else:
             _track_best(state, net, data, val_loss, val_acc, val_probs, cfg, device, dtype)
@@ -164,6 +182,7 @@ def fit(cfg: TrialConfig, net: Net, strategy: Strategy, data: TrialData, device:
             M.EPOCH: state.epoch, M.TRAIN_LOSS: train_loss, M.TRAIN_ACC: train_acc,
             M.VAL_LOSS: val_loss, M.VAL_ACC: val_acc, M.LR: lr,
             M.EPOCH_TIME: time.perf_counter() - started, **state.best, M.STOP_REASON: stop,
+            M.ERROR_MESSAGE: error,
         }
         report(metrics, {
             "model": net.state_dict(), "optimizer": optimizer.state_dict(),
@@ -173,6 +192,24 @@ def fit(cfg: TrialConfig, net: Net, strategy: Strategy, data: TrialData, device:
         if stop:
             break
     return metrics
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    text = str(exc)
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text \
+        or "can't allocate memory" in text
+
+
+def _sampler(cfg: TrialConfig, data: TrialData, generator: torch.Generator):
+    """Shuffle, or with ``sampler=balanced`` draw each class equally often."""
+    if cfg.sampler == "balanced":
+        counts = np.bincount(data.train_labels, minlength=data.num_classes)
+        weights = 1.0 / counts[data.train_labels]
+        return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double),
+                                     num_samples=len(weights), replacement=True,
+                                     generator=generator)
+    return RandomSampler(data.train, generator=generator)
 
 
 def _track_best(state: FitState, net: Net, data: TrialData, val_loss: float, val_acc: float,

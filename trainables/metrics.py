@@ -16,6 +16,7 @@ TEST_ACC = "test_acc"  # test split, scored with the best-val-loss weights
 TEST_MACRO_F1 = "test_macro_f1"
 PRETRAINED = "pretrained"  # 1 when pretrained weights were really loaded
 STOP_REASON = "stop_reason"  # empty while the trial runs
+ERROR_MESSAGE = "error"  # why a trial stopped on its own with oom
 
 # What ASHA and early stopping watch.
 METRIC = VAL_LOSS
@@ -25,8 +26,10 @@ MODE = "min"
 COMPLETED = "completed"
 EARLY_STOPPING = "early_stopping"
 DIVERGED = "diverged"
+OOM = "oom"
 ASHA = "asha"
 ERROR = "error"
+FAILED = (DIVERGED, OOM, ERROR)  # stop reasons that count as failed trials
 
 SCALARS = (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC, LR, EPOCH_TIME,
            BEST_VAL_LOSS, BEST_VAL_ACC, TEST_ACC, TEST_MACRO_F1)

@@ -58,10 +58,10 @@ def build_trial_data(handle: DataHandle, cfg: TrialConfig) -> TrialData:
     eval_tf = create_eval_transform(cfg)
     return TrialData(
         train=DecodedImages(images, rows[tr], labels[tr], create_train_transform(cfg)),
+        train_labels=labels[tr],
         val=_eval_split(images, rows[va], labels[va], eval_tf),
         test=_eval_split(images, rows[te], labels[te], eval_tf),
         num_classes=handle.num_classes,
-        class_counts=np.bincount(labels[tr], minlength=handle.num_classes).tolist(),
     )
 
 
