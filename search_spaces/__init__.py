@@ -3,11 +3,34 @@ that ``python sweeps/run.py --space NAME`` runs. Adding a study is adding one mo
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
+import random
 from dataclasses import dataclass
 from typing import Any
 
 from trainables.errors import UserError
+
+
+class PerModel:
+    """A value that depends on the trial's model: a number, or a (low, high) range drawn
+    log-uniformly. Use through ``per_model``; the result table shows the value each trial got."""
+
+    def __init__(self, table: dict[str, float | tuple[float, float]]):
+        self.table = dict(table)
+
+    def __call__(self, config: dict[str, Any]) -> float:
+        value = self.table[config["model"]]
+        if isinstance(value, tuple):
+            low, high = value
+            return float(math.exp(random.uniform(math.log(low), math.log(high))))
+        return value
+
+
+def per_model(table: dict[str, float | tuple[float, float]]):
+    from ray import tune
+
+    return tune.sample_from(PerModel(table))
 
 
 @dataclass(frozen=True)
@@ -19,6 +42,9 @@ class Space:
     trial's variant id (its row key and its TensorBoard run name), joined with '-'.
     ``grace_period`` is ASHA's minimum number of epochs; None means ``unfreeze_epoch + 2``,
     so a gradual_unfreeze trial is never cut before its backbone has trained.
+    ``search``: ``grid`` runs every grid point, ``--num-samples`` times with different
+    seeds; ``tpe`` lets Optuna's TPE sampler pick points, ``--num-samples`` (default
+    ``budget``) being the number of trials.
     """
 
     name: str
@@ -27,6 +53,8 @@ class Space:
     variant_keys: tuple[str, ...]
     grace_period: int | None = None
     reduction_factor: int = 3
+    search: str = "grid"
+    budget: int = 20
 
     def variant(self, config: dict[str, Any]) -> str:
         return "-".join(str(config.get(key)) for key in self.variant_keys)

@@ -51,7 +51,8 @@ def trial_row(trial_id: str, variant: str, config: dict, last: dict, status: str
 
 
 def by_variant(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds per variant, ranked by mean test accuracy."""
+    """Mean and std over seeds per variant, ranked by mean test accuracy. Give it only the
+    trials that produced a result: a stuck or failed trial is no measurement."""
     grouped = table.groupby("variant")
     out = grouped[SCORE_COLUMNS].agg(["mean", "std"])
     out.columns = [f"{col}_{stat}" for col, stat in out.columns]
@@ -67,22 +68,27 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    return table.to_markdown(index=False, floatfmt=".4f")
+    return table.to_markdown(index=False, floatfmt=".4g")
 
 
-def write_tables(rows: list[dict], directory: Path) -> pd.DataFrame:
-    """Write results.csv / results.md (and the per-variant table when a variant has
-    several seeds); returns the per-trial table, sorted by test accuracy."""
+def write_tables(rows: list[dict], directory: Path, aggregate: bool = True) -> pd.DataFrame:
+    """Write results.csv / results.md (and, with ``aggregate``, the per-variant table when a
+    variant has several seeds); returns the per-trial table: results first, by test
+    accuracy, then the trials that gave none (failed, stuck at chance)."""
     table = pd.DataFrame(rows)
-    table = table.sort_values([M.TEST_ACC, "variant"], ascending=[False, True],
-                              na_position="last").reset_index(drop=True)
+    table["_no_result"] = table["stop_reason"].isin(M.NOT_A_RESULT)
+    table = table.sort_values(["_no_result", M.TEST_ACC, "variant"],
+                              ascending=[True, False, True], na_position="last")
+    table = table.drop(columns="_no_result").reset_index(drop=True)
     _atomic_write(directory / RESULTS_CSV, table.to_csv(index=False))
     shown = table.drop(columns=["error"]) if not table["error"].any() else table
     markdown = "# Trials\n\n" + to_markdown(shown) + "\n"
-    if table["variant"].duplicated().any():
-        summary = by_variant(table)
+    results = table[~table["stop_reason"].isin(M.NOT_A_RESULT)]
+    if aggregate and table["variant"].duplicated().any() and not results.empty:
+        summary = by_variant(results)
         _atomic_write(directory / BY_VARIANT_CSV, summary.to_csv(index=False))
-        markdown += "\n# By variant (mean and std over seeds)\n\n" + to_markdown(summary) + "\n"
+        markdown += ("\n# By variant (mean and std over seeds; failed and stuck trials "
+                     "left out)\n\n" + to_markdown(summary) + "\n")
     _atomic_write(directory / RESULTS_MD, markdown)
     return table
 
@@ -98,11 +104,14 @@ def _error_text(trial) -> str:
 class ResultTableCallback(Callback):
     """Rewrites the result table in ``directory`` whenever a trial finishes."""
 
-    def __init__(self, directory: Path, variant: Callable[[dict], str], varied_keys: list[str]):
+    def __init__(self, directory: Path, variant: Callable[[dict], str], varied_keys: list[str],
+                 aggregate: bool = True):
         self.directory = Path(directory)
         self.variant = variant
         self.varied_keys = varied_keys
+        self.aggregate = aggregate
         self.table: pd.DataFrame | None = None
+        self.configs: dict[str, dict] = {}  # trial id -> the config Tune gave it
 
     def rows(self, trials, just_completed=None) -> list[dict]:
         rows = []
@@ -110,6 +119,7 @@ class ResultTableCallback(Callback):
             # Tune calls on_trial_complete before it marks the trial TERMINATED.
             status = "TERMINATED" if t is just_completed else t.status
             if status in ("TERMINATED", "ERROR"):
+                self.configs[t.trial_id] = {k: _plain(v) for k, v in t.config.items()}
                 rows.append(trial_row(t.trial_id, self.variant(t.config), t.config,
                                       t.last_result or {}, status, _error_text(t),
                                       self.varied_keys))
@@ -118,7 +128,7 @@ class ResultTableCallback(Callback):
     def _write(self, trials, just_completed=None) -> None:
         rows = self.rows(trials, just_completed)
         if rows:
-            self.table = write_tables(rows, self.directory)
+            self.table = write_tables(rows, self.directory, self.aggregate)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._write(trials, just_completed=trial)

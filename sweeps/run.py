@@ -10,7 +10,6 @@ writes its table and exits with status 1.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import shutil
@@ -18,10 +17,10 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 from trainables import metrics as M
-from trainables.config import TrialConfig, describe_keys, parse_overrides
+from sweeps.plan import make_plan
+from trainables.config import TrialConfig, describe_keys, load_config_file, parse_overrides
 from trainables.errors import UserError
 
 SMOKE_IMAGES_PER_CLASS = 10
@@ -46,8 +45,9 @@ def build_parser() -> Parser:
     p.add_argument("--name", help="experiment name (default: SPACE-YYYYmmdd-HHMMSS)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing experiment of the same name")
-    p.add_argument("--num-samples", type=int, default=1,
-                   help="repeat every variant with this many seeds (default 1)")
+    p.add_argument("--num-samples", type=int,
+                   help="grid spaces: repeat every variant with this many seeds (default 1); "
+                        "searched spaces: the number of trials (default: the space's budget)")
     p.add_argument("--max-epochs", type=int, help="cap every trial at this many epochs")
     p.add_argument("--smoke", action="store_true",
                    help=f"shrink to seconds: {SMOKE_IMAGES_PER_CLASS} images per class, 32px, "
@@ -60,6 +60,8 @@ def build_parser() -> Parser:
                    help="join this Ray cluster instead of starting one (default: $RAY_ADDRESS)")
     p.add_argument("--split-seed", type=int, help="seed of the 8:1:1 split (default 0)")
     p.add_argument("--split-file", help="reuse the split.csv of an earlier experiment")
+    p.add_argument("--config", help="a JSON file of config fields (e.g. a search's "
+                                    "best_config.json); --set wins over it")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a trial-config field (repeatable; see --list-keys)")
     return p
@@ -67,48 +69,17 @@ def build_parser() -> Parser:
 
 # ------------------------------------------------------------------ checks before any write
 
-def grid_configs(param_space: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every grid point of ``param_space`` (other Tune domains sampled once), to validate."""
-    fixed, grids = {}, {}
-    for key, value in param_space.items():
-        if isinstance(value, dict) and "grid_search" in value:
-            grids[key] = value["grid_search"]
-        elif hasattr(value, "sample"):
-            fixed[key] = value.sample()
-        else:
-            fixed[key] = value
-    return [{**fixed, **dict(zip(grids, combo))} for combo in itertools.product(*grids.values())]
-
-
-def resolve_param_space(space, overrides: dict, num_samples: int) -> dict[str, Any]:
-    from ray import tune
-
-    param_space = {**space.param_space, **overrides}
-    first_seed = int(overrides.get("seed", TrialConfig.seed))
-    seeds = list(range(first_seed, first_seed + num_samples))
-    param_space["seed"] = tune.grid_search(seeds) if num_samples > 1 else seeds[0]
-    return param_space
-
-
-def validate(configs: list[dict]) -> list[TrialConfig]:
-    from trainables.models import check_model
-    from trainables.strategies import create_strategy
-
-    checked = []
-    for config in configs:
-        cfg = TrialConfig.from_dict(config)
-        check_model(cfg.model, create_strategy(cfg).aux_heads)
-        checked.append(cfg)
-    return checked
-
-
 def check_weights(cfgs: list[TrialConfig]) -> tuple[str, ...]:
     """Fetch each model's pretrained weights once, before the trials ask for them.
     Returns the models whose weights cannot be had (trials then train from scratch)."""
-    from trainables.models import fetch_pretrained, weights_location
+    from trainables.models import (fetch_pretrained, hub_reachable, is_timm_model,
+                                   use_hub_offline, weights_location)
 
+    wanted = sorted({c.model for c in cfgs if c.pretrained != "false"})
+    if any(map(is_timm_model, wanted)) and not hub_reachable():
+        use_hub_offline()
     unavailable = []
-    for model in sorted({c.model for c in cfgs if c.pretrained != "false"}):
+    for model in wanted:
         reason = fetch_pretrained(model)
         if reason is None:
             continue
@@ -139,7 +110,7 @@ def check_storage(storage: Path, name: str, overwrite: bool = False) -> Path:
 def check_args(args) -> None:
     if not args.space:
         raise UserError("no study given: pass --space NAME (see --list-spaces)")
-    if args.num_samples < 1:
+    if args.num_samples is not None and args.num_samples < 1:
         raise UserError(f"--num-samples {args.num_samples}: must be at least 1")
     if args.max_epochs is not None and args.max_epochs < 1:
         raise UserError(f"--max-epochs {args.max_epochs}: must be at least 1")
@@ -195,14 +166,15 @@ def trial_name(space):
     return name
 
 
-def run_sweep(args, space, param_space: dict, cfgs: list[TrialConfig], handle,
-              unavailable: tuple[str, ...], experiment: Path, per_trial: dict) -> int:
+def run_sweep(args, space, plan, handle, unavailable: tuple[str, ...], experiment: Path,
+              per_trial: dict) -> int:
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
 
+    from sweeps.plan import create_searcher
     from sweeps.progress import ProgressCallback
-    from sweeps.results import ResultTableCallback, to_markdown
+    from sweeps.results import ResultTableCallback
     from sweeps.tb_logging import TensorBoardCallback
     from trainables.trainable import train_trial
 
@@ -211,45 +183,60 @@ def run_sweep(args, space, param_space: dict, cfgs: list[TrialConfig], handle,
     # Keeping one checkpoint per trial makes Tune snapshot the experiment state after every
     # checkpoint, and warn about it each time; the snapshot is a small JSON write.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    cfgs = plan.configs
     max_t = max(c.max_epochs for c in cfgs)
-    grace = space.grace_period or max(c.unfreeze_epoch for c in cfgs) + 2
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
-                              grace_period=min(grace, max_t),
+    grace = min(max_t, space.grace_period or max(c.unfreeze_epoch for c in cfgs) + 2)
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=grace,
                               reduction_factor=space.reduction_factor)
-    varied = varied_keys(param_space)
-    table = ResultTableCallback(experiment, space.variant, varied)
+    table = ResultTableCallback(experiment, space.variant, plan.varied,
+                                aggregate=not plan.searched)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=handle, unavailable_weights=unavailable),
         per_trial)
     name = trial_name(space)
     tuner = tune.Tuner(
         trainable,
-        param_space=param_space,
+        param_space=plan.param_space,
         tune_config=tune.TuneConfig(
-            metric=M.METRIC, mode=M.MODE, scheduler=scheduler, num_samples=1,
+            metric=M.METRIC, mode=M.MODE, scheduler=scheduler, num_samples=plan.num_samples,
+            search_alg=create_searcher(plan, seed=cfgs[0].seed),
             max_concurrent_trials=args.max_concurrent, reuse_actors=True,
             trial_name_creator=name, trial_dirname_creator=name),
         run_config=tune.RunConfig(
             name=experiment.name, storage_path=str(experiment.parent),
             callbacks=[CSVLoggerCallback(), JsonLoggerCallback(),
-                       TensorBoardCallback(varied, space.variant), table,
-                       ProgressCallback(space.variant, len(cfgs))],
+                       TensorBoardCallback(plan.varied, space.variant), table,
+                       ProgressCallback(space.variant, plan.trials)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=0),
             verbose=0),  # ProgressCallback prints one line per epoch instead
     )
-    print(f"sweep {space.name}: {len(cfgs)} trial(s), ASHA grace {min(grace, max_t)} epochs, "
+    how = "chosen by Optuna TPE" if plan.searched else "grid"
+    print(f"sweep {space.name}: {plan.trials} trial(s), {how}, ASHA grace {grace} epochs, "
           f"max {max_t} epochs -> {experiment}", file=sys.stderr, flush=True)
     tuner.fit()
-    return report(table.table, experiment, to_markdown)
+    code = report(table.table, experiment)
+    if plan.searched and table.table is not None:
+        save_best(table, space, experiment)
+    return code
 
 
-def varied_keys(param_space: dict) -> list[str]:
-    return [k for k, v in param_space.items() if isinstance(v, dict) and "grid_search" in v
-            or hasattr(v, "sample")]
+def save_best(table, space, experiment: Path) -> None:
+    """The searched configuration with the lowest validation loss, saved to re-run."""
+    rows = table.table[~table.table["stop_reason"].isin(M.NOT_A_RESULT)]
+    if rows.empty:
+        print("no searched trial gave a result; nothing to save as best")
+        return
+    best = rows.loc[rows[M.BEST_VAL_LOSS].idxmin()]
+    config = {k: v for k, v in table.configs[best["trial_id"]].items()}
+    path = experiment / "best_config.json"
+    path.write_text(json.dumps(config, indent=1))
+    print(f"best configuration (lowest validation loss: trial {best['trial_id']}, "
+          f"val_loss {best[M.BEST_VAL_LOSS]:.4f}, test_acc {best[M.TEST_ACC]:.4f}): {path}")
+    print(f"re-run it: python sweeps/run.py --space {space.name} --config '{path}'")
 
 
-def report(table, experiment: Path, to_markdown) -> int:
+def report(table, experiment: Path) -> int:
     from sweeps.results import RESULTS_CSV, RESULTS_MD
 
     if table is None or table.empty:
@@ -260,7 +247,9 @@ def report(table, experiment: Path, to_markdown) -> int:
     reasons = table["stop_reason"]
     print(f"{len(table)} trials: " + ", ".join(
         f"{n} {reason}" for reason, n in reasons.value_counts().items()))
-    hints = {M.DIVERGED: "loss went NaN/Inf: try a lower lr",
+    hints = {M.STUCK_AT_CHANCE: "never above chance: the learning rate is the likely cause "
+                                "(too high, or too low), or a frozen untrained backbone",
+             M.DIVERGED: "loss went NaN/Inf or exploded: try a lower lr",
              M.OOM: "out of memory: smaller batch_size, or fewer trials per GPU",
              M.ERROR: "see the 'error' column"}
     for reason, hint in hints.items():
@@ -277,6 +266,7 @@ def report(table, experiment: Path, to_markdown) -> int:
 
 def prepare_data(args, cfgs: list[TrialConfig]):
     from trainables import data as D
+    from trainables.transforms import resolve_preprocess
 
     cache_dir = D.default_cache_dir()
     root = args.data if args.data is not None else D.demo_root(cache_dir)
@@ -288,10 +278,11 @@ def prepare_data(args, cfgs: list[TrialConfig]):
         source = D.apply_split_file(source, args.split_file)
     if args.smoke:
         source = D.limit_per_class(source, SMOKE_IMAGES_PER_CLASS)
-    sizes = sorted({c.image_size for c in cfgs})
-    handle, data_report = D.prepare(source, sizes[0], cache_dir, split_seed=args.split_seed or 0)
-    for size in sizes[1:]:
-        handle.images(size)  # decode every size once here, not in racing trials
+    sizes = sorted({(p.load_size, p.interpolation) for p in map(resolve_preprocess, cfgs)})
+    handle, data_report = D.prepare(source, sizes[0][0], cache_dir,
+                                    split_seed=args.split_seed or 0, interpolation=sizes[0][1])
+    for load_size, interpolation in sizes[1:]:
+        handle.images(load_size, interpolation, progress=True)  # here, not in racing trials
     skipped = data_report["images_skipped"]
     print(f"data: {data_report['images_used']} images in {len(handle.class_names)} classes "
           f"from {source.root}" + (f"; skipped {skipped} unreadable (see data_report.json)"
@@ -340,9 +331,11 @@ def main(argv: list[str] | None = None) -> int:
                  **(SMOKE_OVERRIDES if args.smoke else {})}
     if args.max_epochs:
         overrides["max_epochs"] = args.max_epochs
+    if args.config:
+        overrides.update(load_config_file(args.config))
     overrides.update(parse_overrides(args.overrides))
-    param_space = resolve_param_space(space, overrides, args.num_samples)
-    cfgs = validate(grid_configs(param_space))
+    plan = make_plan(space, overrides, args.num_samples, args.smoke)
+    cfgs = plan.configs
     if not args.address:  # check before any work; a cluster is asked once joined
         resources(args, local_resources())
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -365,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         "overrides": overrides, "num_samples": args.num_samples, "split_seed": args.split_seed,
         "split_file": args.split_file,
         "data": data_report["root"], "pretrained_unavailable": list(unavailable)}, indent=1))
-    return run_sweep(args, space, param_space, cfgs, handle, unavailable, experiment, per_trial)
+    return run_sweep(args, space, plan, handle, unavailable, experiment, per_trial)
 
 
 def cli() -> None:

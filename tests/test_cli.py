@@ -75,8 +75,10 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, args, needle
 def test_list_spaces_describes_each_space(tmp_path):
     result = run_cli(["--list-spaces"], cwd=tmp_path)
     assert result.returncode == 0
-    assert result.stdout.startswith("googlenet_strategies")
-    assert "12 variants" in result.stdout
+    lines = dict(line.split(None, 1) for line in result.stdout.strip().splitlines())
+    assert {"googlenet_strategies", "cnn_comparison", "timm_zoo", "lr_batch_tpe"} <= set(lines)
+    assert "12 variants" in lines["googlenet_strategies"]
+    assert "TPE" in lines["lr_batch_tpe"]
 
 
 def test_smoke_sweep_of_the_googlenet_study(tmp_path):

@@ -64,7 +64,7 @@ def test_best_checkpoint_is_the_lowest_val_loss():
 def test_early_stopping_ends_a_trial_that_stops_improving():
     # a learning rate too small to move the loss by min_delta: patience runs out
     reports, _, _ = _run({"max_epochs": 20, "lr": 1e-9, "early_stop_patience": 2,
-                          "early_stop_min_delta": 0.01})
+                          "early_stop_min_delta": 0.01, "chance_epochs": 0})
     assert reports[-1][M.STOP_REASON] == M.EARLY_STOPPING
     assert len(reports) == 3  # epoch 1 sets the best, epochs 2 and 3 fail to beat it
 
@@ -142,3 +142,24 @@ def test_balanced_sampler_draws_classes_equally():
             assert np.allclose(share, 1 / 3, atol=0.03), share
         else:
             assert np.allclose(share, [9 / 12, 2 / 12, 1 / 12]), share
+
+
+def test_a_trial_that_never_leaves_chance_is_stopped_and_marked():
+    # a learning rate too small to learn anything: validation accuracy stays at 1/3
+    reports, _, _ = _run({"max_epochs": 20, "lr": 1e-9, "early_stop_patience": 0,
+                          "chance_epochs": 3})
+    assert [r[M.EPOCH] for r in reports] == [1, 2, 3]
+    assert reports[-1][M.STOP_REASON] == M.STUCK_AT_CHANCE
+    assert reports[-1][M.BEST_VAL_ACC] <= 1 / 3 + 0.03
+
+
+def test_a_learning_trial_is_not_called_stuck():
+    reports, _, _ = _run({"max_epochs": 5, "early_stop_patience": 0, "chance_epochs": 2})
+    assert reports[-1][M.STOP_REASON] == M.COMPLETED
+
+
+def test_a_learning_rate_that_diverges_ends_the_trial_as_diverged():
+    reports, _, _ = _run({"max_epochs": 20, "optimizer": "sgd", "lr": 10.0, "momentum": 0.9,
+                          "early_stop_patience": 0, "chance_epochs": 0})
+    assert reports[-1][M.STOP_REASON] == M.DIVERGED
+    assert len(reports) < 20

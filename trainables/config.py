@@ -28,7 +28,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss": ("ce", "focal", "weighted_ce"),
     "scheduler": ("step", "plateau", "cosine", "none"),
     "optimizer": ("adam", "adamw", "sgd"),
-    "augment": ("notebook", "none"),
+    "augment": ("notebook", "autoaugment", "randaugment", "trivialaugment", "none"),
     "sampler": ("shuffle", "balanced"),
 }
 
@@ -51,7 +51,12 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "max_epochs": (1, 100_000),
     "early_stop_patience": (0, 100_000),
     "early_stop_min_delta": (0.0, 1e6),
-    "image_size": (16, 2048),
+    "image_size": (0, 2048),
+    "head_dropout": (0.0, 0.95),
+    "head_hidden": (0, 65_536),
+    "random_erasing": (0.0, 1.0),
+    "chance_epochs": (0, 100_000),
+    "chance_margin": (0.0, 1.0),
     "seed": (0, 2**31 - 1),
 }
 
@@ -63,6 +68,8 @@ class TrialConfig:
     # model
     model: str = "googlenet"
     pretrained: str = "auto"
+    head_dropout: float = 0.0  # dropout before the classifier
+    head_hidden: int = 0  # >0: a hidden layer of this width (with ReLU) in the classifier
     # fine-tuning strategy (see trainables/strategies.py)
     strategy: str = "base"
     aux_weight: float = 0.3
@@ -88,9 +95,13 @@ class TrialConfig:
     max_epochs: int = 50
     early_stop_patience: int = 5
     early_stop_min_delta: float = 1e-3
+    # stop a trial whose val accuracy is within chance_margin of chance after chance_epochs
+    chance_epochs: int = 3
+    chance_margin: float = 0.03
     # data
-    image_size: int = 224
+    image_size: int = 0  # 0: the model's own pretrained input size
     augment: str = "notebook"
+    random_erasing: float = 0.0  # probability of RandomErasing after the policy
     sampler: str = "shuffle"  # balanced: draw every class equally often (imbalanced data)
     # run
     seed: int = 0
@@ -106,6 +117,9 @@ class TrialConfig:
             value = getattr(self, name)
             if not low <= value <= high:
                 raise UserError(f"bad value {name}={value!r}: must lie in [{low:g}, {high:g}]")
+        if 0 < self.image_size < 16:
+            raise UserError(f"bad value image_size={self.image_size}: use 16 or more, "
+                            "or 0 for the model's own input size")
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> "TrialConfig":
@@ -179,6 +193,27 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             raise UserError(unknown_key_message(key))
         overrides[key] = coerce(key, value)
     return overrides
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Config fields from a JSON object (such as a search's best_config.json)."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except OSError as exc:
+        raise UserError(f"--config {path}: cannot be read ({exc.strerror}); pass a JSON file "
+                        "of config fields") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--config {path}: not valid JSON ({exc.msg}, line {exc.lineno})") \
+            from None
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path}: expected a JSON object of config fields")
+    for key in data:
+        if key not in FIELD_TYPES:
+            raise UserError(f"--config {path}: {unknown_key_message(key)}")
+    return {key: coerce(key, value) for key, value in data.items()}
 
 
 def describe_keys() -> str:

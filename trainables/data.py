@@ -210,11 +210,6 @@ def apply_split_file(source: DataSource, split_file: str | os.PathLike) -> DataS
 
 # ---------------------------------------------------------------- decode once
 
-def load_size_for(image_size: int) -> int:
-    """Decoded side length: the usual resize-256-then-crop-224 ratio."""
-    return int(round(image_size / 0.875))
-
-
 def file_hashes(root: Path, paths: tuple[str, ...]) -> list[str]:
     """sha1 of every file's bytes (read in parallel)."""
     def one(path: str) -> str:
@@ -232,7 +227,10 @@ def content_digest(paths: tuple[str, ...], hashes: list[str]) -> str:
     return digest.hexdigest()[:24]
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
+RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def decode_image(path: Path, size: int, interpolation: str = "bilinear") -> np.ndarray:
     """Decode to RGB as the camera meant it (EXIF rotation), resize the shorter side to
     ``size`` and centre-crop a ``size`` x ``size`` square. Returns HWC uint8."""
     with Image.open(path) as image:
@@ -249,7 +247,7 @@ def decode_image(path: Path, size: int) -> np.ndarray:
         width, height = image.size
         scale = size / min(width, height)
         new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        image = image.resize((new_w, new_h), RESAMPLE[interpolation], reducing_gap=3.0)
         left, top = (new_w - size) // 2, (new_h - size) // 2
         image = image.crop((left, top, left + size, top + size))
         return np.asarray(image, dtype=np.uint8)
@@ -262,7 +260,8 @@ class DecodedCache:
 
 
 def decode_cached(root: Path, paths: tuple[str, ...], digest: str, size: int,
-                  cache_dir: Path, progress: bool = False) -> DecodedCache:
+                  cache_dir: Path, progress: bool = False,
+                  interpolation: str = "bilinear") -> DecodedCache:
     """Decode every path at ``size`` once, into ``cache_dir``; later calls only read the index.
 
     Safe to call from many processes at once: a file lock makes one decode and the rest wait.
@@ -270,16 +269,17 @@ def decode_cached(root: Path, paths: tuple[str, ...], digest: str, size: int,
     """
     folder = Path(cache_dir) / "decoded"
     folder.mkdir(parents=True, exist_ok=True)
-    stem = folder / f"{digest}-{size}"
+    stem = folder / f"{digest}-{size}-{interpolation}"
     npy, meta = stem.with_suffix(".npy"), stem.with_suffix(".json")
     with FileLock(str(stem) + ".lock"):
         if not (npy.exists() and meta.exists()):
-            _decode_all(root, paths, size, npy, meta, progress)
+            _decode_all(root, paths, size, interpolation, npy, meta, progress)
         bad = json.loads(meta.read_text())["bad"]
     return DecodedCache(npy, bad)
 
 
-def _decode_all(root: Path, paths, size: int, npy: Path, meta: Path, progress: bool) -> None:
+def _decode_all(root: Path, paths, size: int, interpolation: str, npy: Path, meta: Path,
+                progress: bool) -> None:
     tmp = npy.with_name(npy.name + ".tmp.npy")
     array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                       shape=(len(paths), size, size, 3))
@@ -287,7 +287,7 @@ def _decode_all(root: Path, paths, size: int, npy: Path, meta: Path, progress: b
 
     def work(i: int) -> None:
         try:
-            array[i] = decode_image(root / paths[i], size)
+            array[i] = decode_image(root / paths[i], size, interpolation)
         except Exception as exc:  # any undecodable file is skipped, whatever the library raised
             bad[paths[i]] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
 
@@ -331,20 +331,21 @@ class DataHandle:
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(np.asarray(self.splits) == split)
 
-    def images(self, image_size: int) -> np.ndarray:
-        """The decoded uint8 images (memory-mapped, N x S x S x 3) for this image size."""
-        cache = decode_cached(Path(self.root), self.files, self.digest,
-                              load_size_for(image_size), Path(self.cache_dir))
+    def images(self, load_size: int, interpolation: str = "bilinear",
+               progress: bool = False) -> np.ndarray:
+        """The decoded uint8 images (memory-mapped, N x S x S x 3) at this size."""
+        cache = decode_cached(Path(self.root), self.files, self.digest, load_size,
+                              Path(self.cache_dir), progress, interpolation)
         return np.load(cache.images, mmap_mode="r")
 
 
-def prepare(source: DataSource, image_size: int, cache_dir: Path, split_seed: int = 0,
-            progress: bool = True) -> tuple[DataHandle, dict]:
+def prepare(source: DataSource, load_size: int, cache_dir: Path, split_seed: int = 0,
+            progress: bool = True, interpolation: str = "bilinear") -> tuple[DataHandle, dict]:
     """Decode (once), drop unreadable images, split, and return the handle and a data report."""
     hashes = file_hashes(source.root, source.paths)
     digest = content_digest(source.paths, hashes)
-    cache = decode_cached(source.root, source.paths, digest, load_size_for(image_size),
-                          Path(cache_dir), progress=progress)
+    cache = decode_cached(source.root, source.paths, digest, load_size, Path(cache_dir),
+                          progress, interpolation)
     keep = [i for i, path in enumerate(source.paths) if path not in cache.bad]
     usable = _subset(source, keep)
     if not usable.paths:

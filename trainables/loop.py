@@ -152,7 +152,7 @@ def fit(cfg: TrialConfig, net: Net, strategy: Strategy, data: TrialData, device:
         try:
             train_loss, train_acc = train_one_epoch(net, loader, criterion, optimizer, scaler,
                                                     device, strategy.aux_weight, dtype)
-            if math.isfinite(train_loss):
+            if not diverged(train_loss, data.num_classes):
                 val_loss, val_acc, val_probs = evaluate(net, data.val, cfg.batch_size, device,
                                                         dtype)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
@@ -174,7 +174,9 @@ def fit(cfg: TrialConfig, net: Net, strategy: Strategy, data: TrialData, device:
             if epoch < strategy.patience_start:
                 state.bad_epochs = 0
             schedule.step(val_loss)
-            if cfg.early_stop_patience and state.bad_epochs >= cfg.early_stop_patience:
+            if stuck_at_chance(cfg, state, data, strategy.patience_start):
+                stop = M.STUCK_AT_CHANCE
+            elif cfg.early_stop_patience and state.bad_epochs >= cfg.early_stop_patience:
                 stop = M.EARLY_STOPPING
             elif state.epoch >= cfg.max_epochs:
                 stop = M.COMPLETED
@@ -192,6 +194,30 @@ def fit(cfg: TrialConfig, net: Net, strategy: Strategy, data: TrialData, device:
         if stop:
             break
     return metrics
+
+
+DIVERGENCE_FACTOR = 50.0
+
+
+def diverged(train_loss: float, num_classes: int) -> bool:
+    """NaN/Inf, or a loss far beyond what even an untrained model scores (ln K for K
+    classes): BatchNorm can keep an exploding loss finite for many epochs."""
+    limit = DIVERGENCE_FACTOR * max(1.0, math.log(num_classes))
+    return not math.isfinite(train_loss) or train_loss > limit
+
+
+def chance_level(labels: torch.Tensor, num_classes: int) -> float:
+    """Accuracy of always answering the most frequent class (1/num_classes if balanced)."""
+    return float(torch.bincount(labels, minlength=num_classes).max()) / max(1, len(labels))
+
+
+def stuck_at_chance(cfg: TrialConfig, state: FitState, data: TrialData, start: int) -> bool:
+    """True once ``chance_epochs`` epochs (counted from ``start``, after any frozen phase)
+    have passed without the best validation accuracy leaving chance level."""
+    if not cfg.chance_epochs or state.epoch < start + cfg.chance_epochs:
+        return False
+    chance = chance_level(data.val.y, data.num_classes)
+    return state.best[M.BEST_VAL_ACC] <= chance + cfg.chance_margin
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -26,10 +26,12 @@ MODE = "min"
 COMPLETED = "completed"
 EARLY_STOPPING = "early_stopping"
 DIVERGED = "diverged"
+STUCK_AT_CHANCE = "stuck_at_chance"
 OOM = "oom"
 ASHA = "asha"
 ERROR = "error"
 FAILED = (DIVERGED, OOM, ERROR)  # stop reasons that count as failed trials
+NOT_A_RESULT = (*FAILED, STUCK_AT_CHANCE)  # rows left out of the per-variant ranking
 
 SCALARS = (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC, LR, EPOCH_TIME,
            BEST_VAL_LOSS, BEST_VAL_ACC, TEST_ACC, TEST_MACRO_F1)

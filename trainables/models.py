@@ -7,6 +7,7 @@ new classifier heads (the rest is the backbone that strategies freeze).
 from __future__ import annotations
 
 import os
+import socket
 import warnings
 from dataclasses import dataclass
 
@@ -48,6 +49,54 @@ class Net(nn.Module):
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    """How a model wants its input: its pretrained input size, resize interpolation,
+    normalisation, and the centre-crop fraction used at evaluation."""
+
+    input_size: int = 224
+    interpolation: str = "bilinear"
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # ImageNet
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    crop_pct: float = 0.875
+
+
+def data_config(name: str) -> DataConfig:
+    """The model's own preprocessing: timm's pretrained config (what ``resolve_data_config``
+    reads), or torchvision's ImageNet recipe (224 px, bilinear, crop 0.875)."""
+    timm_name = _timm_name(name)
+    if not timm_name:
+        return DataConfig()
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(timm_name)
+    if cfg is None:
+        return DataConfig()
+    interpolation = cfg.interpolation if cfg.interpolation in ("bilinear", "bicubic") \
+        else "bilinear"
+    return DataConfig(int(cfg.input_size[-1]), interpolation, tuple(cfg.mean), tuple(cfg.std),
+                      float(cfg.crop_pct or 0.875))
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """Classifier head shape: dropout before it, and an optional hidden layer."""
+
+    dropout: float = 0.0
+    hidden: int = 0
+
+    def build(self, in_features: int, num_classes: int) -> nn.Module:
+        if not self.dropout and not self.hidden:
+            return nn.Linear(in_features, num_classes)
+        layers = [nn.Dropout(self.dropout)] if self.dropout else []
+        if self.hidden:
+            layers += [nn.Linear(in_features, self.hidden), nn.ReLU(inplace=True)]
+            if self.dropout:
+                layers.append(nn.Dropout(self.dropout))
+            in_features = self.hidden
+        return nn.Sequential(*layers, nn.Linear(in_features, num_classes))
+
+
+@dataclass(frozen=True)
 class BuiltModel:
     net: Net
     pretrained: bool  # whether pretrained weights were really loaded
@@ -56,7 +105,7 @@ class BuiltModel:
 class SmallCNN(nn.Module):
     """Four conv blocks and a linear head: a from-scratch baseline that trains fast on CPU."""
 
-    def __init__(self, num_classes: int = 1000, width: int = 32):
+    def __init__(self, num_classes: int = 1000, width: int = 32, head: HeadSpec = HeadSpec()):
         super().__init__()
         layers, channels = [], 3
         for i in range(4):
@@ -65,7 +114,7 @@ class SmallCNN(nn.Module):
                        nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             channels = out
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(channels, num_classes)
+        self.head = head.build(channels, num_classes)
 
     def forward(self, x):
         return self.head(self.features(x))
@@ -85,6 +134,10 @@ def _timm_name(name: str) -> str | None:
     return bare if timm.is_model(bare) else None
 
 
+def is_timm_model(name: str) -> bool:
+    return _timm_name(name) is not None
+
+
 def check_model(name: str, aux_heads: bool = False) -> None:
     """Raise UserError unless the factory can build ``name`` (with aux heads if asked)."""
     if not (name in TORCHVISION_HEADS or name == CUSTOM or _timm_name(name)):
@@ -96,23 +149,26 @@ def check_model(name: str, aux_heads: bool = False) -> None:
 
 
 def create_model(name: str, num_classes: int, pretrained: str = "auto",
-                 aux_heads: bool = False, offline: bool = False) -> BuiltModel:
+                 aux_heads: bool = False, offline: bool = False, head: HeadSpec = HeadSpec(),
+                 image_size: int = 0) -> BuiltModel:
     """Build ``name`` with its classifier(s) resized to ``num_classes``.
 
     ``pretrained``: ``true`` loads weights or raises UserError; ``auto`` tries and falls back
     to random initialisation with a warning; ``false`` never loads. ``offline`` skips the
-    attempt (the sweep driver already found the weights unavailable).
+    attempt (the sweep driver already found the weights unavailable). ``head`` shapes the
+    main classifier; ``image_size`` (if not 0) is passed to timm models that fix their input
+    size at creation (ViT, Swin).
     """
     check_model(name, aux_heads)
     if name == CUSTOM:
         if pretrained == "true":
             raise UserError("small_cnn has no pretrained weights; use --set pretrained=false")
-        return BuiltModel(Net(SmallCNN(num_classes), ("head",)), False)
+        return BuiltModel(Net(SmallCNN(num_classes, head=head), ("head",)), False)
     want = pretrained != "false"
     loaded, reason = False, "the sweep driver found them unavailable"
     if want and not offline:
         try:
-            body = _build(name, aux_heads, pretrained=True)
+            body = _build(name, aux_heads, pretrained=True, image_size=image_size)
             loaded = True
         except Exception as exc:  # network, missing file, corrupt cache: all mean "not here"
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
@@ -124,16 +180,21 @@ def create_model(name: str, num_classes: int, pretrained: str = "auto",
             warnings.warn(f"pretrained weights for '{name}' unavailable ({reason}); "
                           "training from random initialisation (pretrained=false in the table)")
     if not loaded:
-        body = _build(name, aux_heads, pretrained=False)
-    heads = _replace_heads(name, body, num_classes)
+        body = _build(name, aux_heads, pretrained=False, image_size=image_size)
+    heads = _replace_heads(name, body, num_classes, head)
     return BuiltModel(Net(body, heads), loaded)
 
 
-def _build(name: str, aux_heads: bool, pretrained: bool) -> nn.Module:
+def _build(name: str, aux_heads: bool, pretrained: bool, image_size: int = 0) -> nn.Module:
     timm_name = _timm_name(name)
     if timm_name:
         import timm
 
+        if image_size and image_size != data_config(name).input_size:
+            try:  # transformers fix their patch grid at creation
+                return timm.create_model(timm_name, pretrained=pretrained, img_size=image_size)
+            except TypeError:  # convolutional models take any size and no img_size argument
+                pass
         return timm.create_model(timm_name, pretrained=pretrained)
     import torchvision
 
@@ -150,22 +211,32 @@ def _build(name: str, aux_heads: bool, pretrained: bool) -> nn.Module:
     return torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
 
 
-def _replace_heads(name: str, body: nn.Module, num_classes: int) -> tuple[str, ...]:
+def _replace_heads(name: str, body: nn.Module, num_classes: int,
+                   spec: HeadSpec = HeadSpec()) -> tuple[str, ...]:
+    """Swap the classifier layer(s) for new ones of ``num_classes`` outputs (the first, main
+    one shaped by ``spec``); returns their module paths."""
     if _timm_name(name):
         body.reset_classifier(num_classes)
-        head = body.pretrained_cfg.get("classifier") or "head"
-        return tuple(head) if isinstance(head, (list, tuple)) else (head,)
+        names = body.pretrained_cfg.get("classifier") or "head"
+        names = tuple(names) if isinstance(names, (list, tuple)) else (names,)
+        paths = list(names)
+    else:
+        paths = list(TORCHVISION_HEADS[name])
     present = []
-    for path in TORCHVISION_HEADS[name]:
+    for i, path in enumerate(paths):
         *parents, attr = path.split(".")
         parent = body
         for part in parents:
             parent = getattr(parent, part, None)
-        if parent is None:
-            continue  # GoogLeNet's aux heads are switched off (set to None)
-        old = getattr(parent, attr)
-        setattr(parent, attr, nn.Linear(old.in_features, num_classes))
+        old = getattr(parent, attr, None) if parent is not None else None
+        if not isinstance(old, nn.Linear):
+            continue  # GoogLeNet's aux heads switched off (None), or a head timm left empty
+        new = spec.build(old.in_features, num_classes) if i == 0 \
+            else nn.Linear(old.in_features, num_classes)
+        setattr(parent, attr, new)
         present.append(path)
+    if _timm_name(name):
+        return tuple(present) or names
     if name == "googlenet":  # the whole auxiliary branch is head, not backbone
         present = ["fc"] + [p.split(".")[0] for p in present if p.startswith("aux")]
     return tuple(present)
@@ -182,6 +253,28 @@ def weights_location(name: str) -> str:
     url = get_model_weights(name).DEFAULT.url
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url)) + \
         " (set TORCH_HOME)"
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (or $HF_ENDPOINT) answers a TCP connect."""
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def use_hub_offline() -> None:
+    """Read timm weights from the local Hugging Face cache only, with no network retries
+    (which take most of a minute per file when the hub cannot be reached). Trials started
+    from this process inherit it through the environment."""
+    import huggingface_hub.constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
 def fetch_pretrained(name: str) -> str | None:

@@ -21,9 +21,10 @@ from trainables import metrics as M
 from trainables.config import TrialConfig
 from trainables.data import DataHandle
 from trainables.loop import EvalSplit, FitState, TrialData, fit
-from trainables.models import create_model
+from trainables.models import HeadSpec, create_model
 from trainables.strategies import create_strategy
-from trainables.transforms import create_eval_transform, create_train_transform
+from trainables.transforms import (create_eval_transform, create_train_transform,
+                                   resolve_preprocess)
 
 STATE_FILE = "state.pt"
 BEST_WEIGHTS_FILE = "best_model.pt"
@@ -51,13 +52,14 @@ def _eval_split(images: np.ndarray, rows: np.ndarray, labels: np.ndarray, transf
 
 
 def build_trial_data(handle: DataHandle, cfg: TrialConfig) -> TrialData:
-    """Split views over the shared decoded images at this trial's image size."""
-    images = handle.images(cfg.image_size)
+    """Split views over the shared decoded images, preprocessed as this trial's model wants."""
+    pre = resolve_preprocess(cfg)
+    images = handle.images(pre.load_size, pre.interpolation)
     rows, labels = np.asarray(handle.rows), np.asarray(handle.labels)
     tr, va, te = (handle.indices(s) for s in ("train", "val", "test"))
-    eval_tf = create_eval_transform(cfg)
+    eval_tf = create_eval_transform(pre)
     return TrialData(
-        train=DecodedImages(images, rows[tr], labels[tr], create_train_transform(cfg)),
+        train=DecodedImages(images, rows[tr], labels[tr], create_train_transform(cfg, pre)),
         train_labels=labels[tr],
         val=_eval_split(images, rows[va], labels[va], eval_tf),
         test=_eval_split(images, rows[te], labels[te], eval_tf),
@@ -107,7 +109,9 @@ def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, 
         torch.backends.cudnn.benchmark = True
     strategy = create_strategy(cfg)
     built = create_model(cfg.model, data.num_classes, cfg.pretrained, strategy.aux_heads,
-                         offline=cfg.model in unavailable_weights)
+                         offline=cfg.model in unavailable_weights,
+                         head=HeadSpec(cfg.head_dropout, cfg.head_hidden),
+                         image_size=cfg.image_size)
     trial_data = build_trial_data(data, cfg)
     checkpoint = tune.get_checkpoint()
     resume = None

@@ -1,39 +1,70 @@
-"""Train and eval transforms on decoded uint8 CHW tensors (torchvision.transforms.v2).
+"""Preprocessing and augmentation on decoded uint8 CHW tensors (torchvision.transforms.v2).
 
-Augmentation is for training only; evaluation is deterministic: the decoded image is the
-resized square, and evaluation centre-crops ``image_size`` from it (resize 256, crop 224).
+Each model's input size, resize interpolation and normalisation come from its own
+pretrained config (``models.data_config``), not one global recipe. Decoding resizes the
+shorter side to ``image_size / crop_pct`` and keeps the centre square; evaluation then
+centre-crops ``image_size`` (for torchvision models: resize 256, crop 224). Augmentation
+is for training only.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torchvision.transforms import v2
 
 from trainables.config import TrialConfig
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from trainables.models import data_config
 
 
-def _to_float() -> list:
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+@dataclass(frozen=True)
+class Preprocess:
+    image_size: int  # what the model sees
+    load_size: int  # what is decoded and cached
+    interpolation: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
 
 
-def create_train_transform(cfg: TrialConfig) -> v2.Compose:
-    """The ``augment`` policy named in the config, ending in a normalised float tensor."""
-    size = cfg.image_size
+def resolve_preprocess(cfg: TrialConfig) -> Preprocess:
+    """The trial's preprocessing: the model's own, with ``image_size`` overriding its size."""
+    model = data_config(cfg.model)
+    size = cfg.image_size or model.input_size
+    load = max(size, int(round(size / model.crop_pct)))
+    return Preprocess(size, load, model.interpolation, model.mean, model.std)
+
+
+def _to_float(pre: Preprocess) -> list:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)]
+
+
+def _policy(name: str) -> list:
+    if name == "autoaugment":
+        return [v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)]
+    if name == "randaugment":
+        return [v2.RandAugment()]
+    if name == "trivialaugment":
+        return [v2.TrivialAugmentWide()]
+    # "notebook": what the fine-tuning notebooks do
+    return [v2.RandomRotation(15), v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+            v2.RandomAffine(degrees=0, translate=(0.1, 0.1)),
+            v2.RandomApply([v2.GaussianBlur(kernel_size=3)], p=0.2)]
+
+
+def create_train_transform(cfg: TrialConfig, pre: Preprocess) -> v2.Compose:
+    """Random resized crop and flip, the ``augment`` policy, normalisation, and
+    RandomErasing with probability ``random_erasing``."""
     if cfg.augment == "none":
-        return v2.Compose([v2.CenterCrop(size), *_to_float()])
-    # "notebook": the augmentation the fine-tuning notebooks use
-    return v2.Compose([
-        v2.RandomResizedCrop(size, scale=(0.7, 1.0), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomRotation(15),
-        v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
-        v2.RandomAffine(degrees=0, translate=(0.1, 0.1)),
-        v2.RandomApply([v2.GaussianBlur(kernel_size=3)], p=0.2),
-        *_to_float(),
-    ])
+        steps = [v2.CenterCrop(pre.image_size), *_to_float(pre)]
+    else:
+        interpolation = v2.InterpolationMode(pre.interpolation)
+        steps = [v2.RandomResizedCrop(pre.image_size, scale=(0.7, 1.0),
+                                      interpolation=interpolation, antialias=True),
+                 v2.RandomHorizontalFlip(), *_policy(cfg.augment), *_to_float(pre)]
+    if cfg.random_erasing:
+        steps.append(v2.RandomErasing(p=cfg.random_erasing))
+    return v2.Compose(steps)
 
 
-def create_eval_transform(cfg: TrialConfig) -> v2.Compose:
-    return v2.Compose([v2.CenterCrop(cfg.image_size), *_to_float()])
+def create_eval_transform(pre: Preprocess) -> v2.Compose:
+    return v2.Compose([v2.CenterCrop(pre.image_size), *_to_float(pre)])

@@ -1,0 +1,106 @@
+"""From a space and the command line to what Ray Tune runs: the param space, the trial
+configs to validate before anything starts, and the searcher."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from trainables.config import TrialConfig
+
+SMOKE_BUDGET = 4  # trials of a searched space under --smoke
+
+
+def is_grid(value: Any) -> bool:
+    return isinstance(value, dict) and "grid_search" in value
+
+
+def is_domain(value: Any) -> bool:
+    from ray.tune.search.sample import Domain
+
+    return isinstance(value, Domain)
+
+
+def _is_searchable(value: Any) -> bool:
+    """A distribution a searcher can sample (not a sample_from that depends on the config)."""
+    from ray.tune.search.sample import Function
+
+    return is_domain(value) and not isinstance(value, Function)
+
+
+@dataclass(frozen=True)
+class Plan:
+    param_space: dict[str, Any]
+    configs: list[TrialConfig]  # every grid point, with one draw of each distribution
+    trials: int  # how many trials the sweep will run
+    num_samples: int  # Tune's num_samples
+    searched: bool  # a searcher (TPE) picks the points
+    varied: list[str]  # keys whose values differ between trials
+
+
+def make_plan(space, overrides: dict[str, Any], num_samples: int | None,
+              smoke: bool = False) -> Plan:
+    """Merge the space with the overrides (an override replaces a grid or a distribution)
+    and decide how many trials run: grid points x seeds, or a searcher's budget."""
+    from ray import tune
+
+    param_space = {**space.param_space, **overrides}
+    searched = space.search == "tpe" and any(map(_is_searchable, param_space.values()))
+    if searched:
+        budget = num_samples or space.budget
+        budget = min(budget, SMOKE_BUDGET) if smoke else budget
+        param_space.setdefault("seed", TrialConfig.seed)
+    else:
+        first = int(overrides.get("seed", TrialConfig.seed))
+        seeds = list(range(first, first + (num_samples or 1)))
+        param_space["seed"] = tune.grid_search(seeds) if len(seeds) > 1 else seeds[0]
+    configs = validate(grid_configs(param_space))
+    varied = [k for k, v in param_space.items() if is_grid(v) or is_domain(v)]
+    return Plan(param_space, configs, budget if searched else len(configs),
+                budget if searched else 1, searched, varied)
+
+
+def grid_configs(param_space: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every grid point of ``param_space``, other Tune domains sampled once (a
+    ``sample_from`` is called with the point, as Tune does), so each can be validated."""
+    from ray.tune.search.sample import Function
+
+    fixed = {k: v for k, v in param_space.items() if not (is_grid(v) or is_domain(v))}
+    grids = {k: v["grid_search"] for k, v in param_space.items() if is_grid(v)}
+    points = []
+    for combo in itertools.product(*grids.values()):
+        point = {**fixed, **dict(zip(grids, combo))}
+        for key, value in param_space.items():
+            if isinstance(value, Function):
+                point[key] = value.func(point)
+            elif is_domain(value):
+                point[key] = value.sample()
+        points.append(point)
+    return points
+
+
+def validate(configs: list[dict]) -> list[TrialConfig]:
+    """TrialConfig for every point, and the model checks; raises UserError on the first bad one."""
+    from trainables.models import check_model
+    from trainables.strategies import create_strategy
+
+    checked = []
+    for config in configs:
+        cfg = TrialConfig.from_dict(config)
+        check_model(cfg.model, create_strategy(cfg).aux_heads)
+        checked.append(cfg)
+    return checked
+
+
+def create_searcher(plan: Plan, seed: int):
+    """Optuna's TPE sampler, with few enough trials in flight that it learns from
+    finished ones: a fifth of the budget, between 1 and 4."""
+    if not plan.searched:
+        return None
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed), seed=seed)
+    return ConcurrencyLimiter(searcher, max_concurrent=max(1, min(4, plan.trials // 5)))
