@@ -235,3 +235,37 @@ def test_a_failing_trial_is_tabled_and_the_others_go_on(tmp_path, monkeypatch, c
     assert "too small" in table.loc["vgg16", "error"]
     out = capsys.readouterr().out
     assert "1 of 2 trials failed" in out and "error (see the 'error' column): vgg16" in out
+
+
+@pytest.mark.parametrize("space, trials", [("cnn_comparison", 6), ("timm_zoo", 6)])
+def test_each_grid_study_runs_in_smoke(tmp_path, space, trials):
+    result = run_cli(["--space", space, "--smoke", "--storage", str(tmp_path), "--name", "s"],
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "s" / "results.csv")
+    assert len(table) == trials and table["test_acc"].between(0, 1).all()
+    assert table["model"].nunique() == trials and table["lr"].nunique() > 1  # per-model lr
+
+
+def test_tpe_search_saves_its_best_config_and_it_re_runs(tmp_path):
+    result = run_cli(["--space", "lr_batch_tpe", "--smoke", "--set", "model=small_cnn",
+                      "--storage", str(tmp_path), "--name", "tpe"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "tpe" / "results.csv")
+    assert len(table) == 4 and table["lr"].nunique() == 4
+    assert table["lr"].between(1e-5, 1e-1).all()
+    assert set(table["batch_size"]) <= {16, 32, 64}
+    assert not (tmp_path / "tpe" / "results_by_variant.csv").exists()  # no seeds to average
+    best = json.loads((tmp_path / "tpe" / "best_config.json").read_text())
+    scored = table[~table["stop_reason"].isin(["diverged", "stuck_at_chance", "error", "oom"])]
+    assert best["lr"] == scored.loc[scored["best_val_loss"].idxmin(), "lr"]
+    assert f"--config '{tmp_path / 'tpe' / 'best_config.json'}'" in result.stdout
+
+    again = run_cli(["--space", "lr_batch_tpe", "--smoke", "--config",
+                     str(tmp_path / "tpe" / "best_config.json"), "--storage", str(tmp_path),
+                     "--name", "rerun"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun = pd.read_csv(tmp_path / "rerun" / "results.csv")
+    assert len(rerun) == 1 and "grid" in again.stderr
+    assert math.isclose(rerun.loc[0, "best_val_loss"],
+                        scored.loc[scored["best_val_loss"].idxmin(), "best_val_loss"], rel_tol=1e-4)

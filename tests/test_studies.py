@@ -1,0 +1,137 @@
+"""The studies' building blocks: per-model preprocessing, heads, augmentation policies,
+searched spaces, the per-variant ranking, config files."""
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from search_spaces import registry
+from sweeps.plan import make_plan
+from sweeps.results import write_tables
+from trainables import metrics as M
+from trainables.config import TrialConfig, load_config_file
+from trainables.errors import UserError
+from trainables.models import HeadSpec, create_model
+from trainables.strategies import create_strategy, set_backbone_frozen
+from trainables.transforms import create_train_transform, resolve_preprocess
+
+
+@pytest.mark.parametrize("model, size, load, interpolation, mean0", [
+    ("googlenet", 224, 256, "bilinear", 0.485),
+    ("vgg16", 224, 256, "bilinear", 0.485),
+    ("vit_base_patch16_224", 224, 249, "bicubic", 0.5),
+    ("tf_efficientnetv2_s", 300, 300, "bicubic", 0.5),
+    ("swinv2_tiny_window8_256", 256, 284, "bicubic", 0.485),
+])
+def test_each_model_brings_its_own_preprocessing(model, size, load, interpolation, mean0):
+    pre = resolve_preprocess(TrialConfig(model=model))
+    assert (pre.image_size, pre.load_size, pre.interpolation) == (size, load, interpolation)
+    assert pre.mean[0] == mean0
+    # an explicit image_size wins, the model's crop ratio and normalisation stay
+    assert resolve_preprocess(TrialConfig(model=model, image_size=32)).image_size == 32
+
+
+def test_decode_cache_keeps_sizes_and_interpolations_apart(image_folder, tmp_path):
+    from trainables import data as D
+
+    handle, _ = D.prepare(D.discover(image_folder), 32, tmp_path / "c", progress=False)
+    a = handle.images(32, "bilinear")
+    b = handle.images(32, "bicubic")
+    c = handle.images(40, "bicubic")
+    assert a.filename != b.filename != c.filename and c.shape[1] == 40
+
+
+def test_a_vit_at_another_size_is_built_for_it():
+    net = create_model("vit_base_patch16_224", 4, "false", image_size=32).net.eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, 32, 32))[0].shape == (1, 4)
+
+
+def test_head_with_dropout_and_hidden_layer_is_the_trainable_part():
+    cfg = TrialConfig(model="resnet18", strategy="feature_extractor", head_dropout=0.3,
+                      head_hidden=64, pretrained="false")
+    net = create_model("resnet18", 5, "false", head=HeadSpec(0.3, 64)).net
+    layers = [type(m).__name__ for m in net.body.fc]
+    assert layers == ["Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    assert net.body.fc[1].out_features == 64 and net.body.fc[4].out_features == 5
+    set_backbone_frozen(net, True)
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable == {"body.fc.1.weight", "body.fc.1.bias", "body.fc.4.weight", "body.fc.4.bias"}
+    assert create_strategy(cfg).aux_heads is False
+
+
+@pytest.mark.parametrize("policy", ["notebook", "autoaugment", "randaugment",
+                                    "trivialaugment", "none"])
+def test_every_augmentation_policy_runs_on_decoded_images(policy):
+    cfg = TrialConfig(model="small_cnn", augment=policy, image_size=32, random_erasing=0.5)
+    transform = create_train_transform(cfg, resolve_preprocess(cfg))
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (3, 37, 37), dtype=torch.uint8)
+    out = transform(image)
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+
+
+def test_tpe_space_is_searched_with_a_budget():
+    space = registry()["lr_batch_tpe"]
+    plan = make_plan(space, {}, num_samples=None)
+    assert plan.searched and plan.trials == 20 and plan.num_samples == 20
+    assert {"lr", "batch_size", "optimizer", "weight_decay", "label_smoothing"} <= set(plan.varied)
+    assert make_plan(space, {}, None, smoke=True).trials == 4
+    # every searched key fixed (a best_config.json): no search left, a plain run
+    fixed = make_plan(space, {"lr": 0.01, "batch_size": 16, "optimizer": "sgd",
+                              "weight_decay": 1e-4, "label_smoothing": 0.0}, num_samples=2)
+    assert not fixed.searched and fixed.trials == 2
+
+
+def test_grid_space_repeats_variants_over_seeds():
+    space = registry()["cnn_comparison"]
+    plan = make_plan(space, {}, num_samples=3)
+    assert not plan.searched and plan.trials == 6 * 3
+    lrs = {c.model: c.lr for c in plan.configs}
+    assert lrs["vgg16"] == 1e-5 and lrs["small_cnn"] == 1e-3  # each model's own
+
+
+def test_timm_zoo_draws_each_lr_inside_the_models_range():
+    from search_spaces.timm_zoo import LEARNING_RATE_RANGES
+
+    for _ in range(20):
+        for cfg in make_plan(registry()["timm_zoo"], {}, None).configs:
+            low, high = LEARNING_RATE_RANGES[cfg.model]
+            assert low <= cfg.lr <= high and cfg.image_size == 0
+
+
+def _row(variant, seed, test_acc, stop=M.COMPLETED):
+    return {"trial_id": f"{variant}{seed}", "variant": variant, "status": "TERMINATED",
+            "stop_reason": stop, "epochs": 5, "best_epoch": 4, M.BEST_VAL_LOSS: 0.5,
+            M.BEST_VAL_ACC: test_acc, M.TEST_ACC: test_acc, M.TEST_MACRO_F1: test_acc,
+            "pretrained": False, "seed": seed, "wall_s": 1.0, "error": ""}
+
+
+def test_variants_are_ranked_by_mean_over_seeds_without_stuck_trials(tmp_path):
+    rows = [_row("a", 0, 0.90), _row("a", 1, 0.80), _row("b", 0, 0.86), _row("b", 1, 0.86),
+            _row("b", 2, 0.10, M.STUCK_AT_CHANCE), _row("c", 0, 0.99, M.DIVERGED)]
+    table = write_tables(rows, tmp_path)
+    assert set(table["stop_reason"][-2:]) == {M.STUCK_AT_CHANCE, M.DIVERGED}  # at the bottom
+    summary = pd.read_csv(tmp_path / "results_by_variant.csv")
+    assert list(summary["variant"]) == ["b", "a"]  # 0.86 beats 0.85; c gave no result
+    assert list(summary["trials"]) == [2, 2]
+    assert math.isclose(summary.loc[1, "test_acc_std"], np.std([0.9, 0.8], ddof=1))
+    assert math.isclose(summary.loc[0, "test_acc_std"], 0.0)
+
+
+def test_config_file_round_trip_and_errors(tmp_path):
+    path = tmp_path / "best.json"
+    path.write_text(json.dumps({"lr": 0.003, "batch_size": 64, "optimizer": "adamw"}))
+    assert load_config_file(str(path)) == {"lr": 0.003, "batch_size": 64, "optimizer": "adamw"}
+    path.write_text(json.dumps({"lrr": 0.003}))
+    with pytest.raises(UserError, match="did you mean 'lr'"):
+        load_config_file(str(path))
+    path.write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_config_file(str(path))
+    with pytest.raises(UserError, match="cannot be read"):
+        load_config_file(str(tmp_path / "missing.json"))
