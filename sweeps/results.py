@@ -29,7 +29,7 @@ def _plain(value: Any) -> Any:
 
 
 def trial_row(trial_id: str, variant: str, config: dict, last: dict, status: str,
-              error: str, varied_keys: list[str]) -> dict:
+              error: str, varied_keys: list[str], retries: int = 0) -> dict:
     """One table row from a trial's config and its last reported metrics."""
     if status == "ERROR":
         stop = M.ERROR
@@ -45,6 +45,7 @@ def trial_row(trial_id: str, variant: str, config: dict, last: dict, status: str
         "pretrained": bool(last.get(M.PRETRAINED, 0)),
     }
     row.update({key: _plain(config.get(key)) for key in varied_keys})
+    row["retries"] = retries  # times the trial's worker died and it went on from a checkpoint
     row["wall_s"] = round(float(last.get("time_total_s", 0.0)), 1)
     row["error"] = error or last.get(M.ERROR_MESSAGE) or ""
     return row
@@ -111,7 +112,6 @@ class ResultTableCallback(Callback):
         self.varied_keys = varied_keys
         self.aggregate = aggregate
         self.table: pd.DataFrame | None = None
-        self.configs: dict[str, dict] = {}  # trial id -> the config Tune gave it
 
     def rows(self, trials, just_completed=None) -> list[dict]:
         rows = []
@@ -119,10 +119,9 @@ class ResultTableCallback(Callback):
             # Tune calls on_trial_complete before it marks the trial TERMINATED.
             status = "TERMINATED" if t is just_completed else t.status
             if status in ("TERMINATED", "ERROR"):
-                self.configs[t.trial_id] = {k: _plain(v) for k, v in t.config.items()}
                 rows.append(trial_row(t.trial_id, self.variant(t.config), t.config,
                                       t.last_result or {}, status, _error_text(t),
-                                      self.varied_keys))
+                                      self.varied_keys, t.run_metadata.num_failures))
         return rows
 
     def _write(self, trials, just_completed=None) -> None:

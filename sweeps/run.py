@@ -24,6 +24,7 @@ from trainables.config import TrialConfig, describe_keys, load_config_file, pars
 from trainables.errors import UserError
 
 SMOKE_IMAGES_PER_CLASS = 10
+SWEEP_FILE = "sweep.json"  # the run's resolved arguments, for --resume
 SMOKE_OVERRIDES = {"max_epochs": 2, "image_size": 32}
 DEMO_OVERRIDES = {"image_size": 32}  # the demo digits are 8x8 scans: 224px would only cost time
 
@@ -45,6 +46,14 @@ def build_parser() -> Parser:
     p.add_argument("--name", help="experiment name (default: SPACE-YYYYmmdd-HHMMSS)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing experiment of the same name")
+    p.add_argument("--resume", metavar="EXPERIMENT_DIR",
+                   help="continue an interrupted sweep: finished trials stay, unfinished ones "
+                        "go on from their checkpoints")
+    p.add_argument("--retry-errored", action="store_true",
+                   help="with --resume: also rerun trials that ended in error")
+    p.add_argument("--max-failures", type=int, default=2,
+                   help="retry a trial whose worker died up to N times, from its last "
+                        "checkpoint (default 2)")
     p.add_argument("--num-samples", type=int,
                    help="grid spaces: repeat every variant with this many seeds (default 1); "
                         "searched spaces: the number of trials (default: the space's budget)")
@@ -107,7 +116,38 @@ def check_storage(storage: Path, name: str, overwrite: bool = False) -> Path:
     return experiment
 
 
+RESUME_CONFLICTS = ("space", "data", "name", "num_samples", "max_epochs", "config",
+                    "split_file", "split_seed")
+
+
+def resumed_args(cli) -> argparse.Namespace:
+    """The interrupted run's own arguments (from its sweep.json), to continue it."""
+    given = [f"--{k.replace('_', '-')}" for k in RESUME_CONFLICTS if getattr(cli, k) is not None]
+    given += ["--set"] * bool(cli.overrides) + ["--smoke"] * cli.smoke \
+        + ["--overwrite"] * cli.overwrite
+    if given:
+        raise UserError(f"--resume conflicts with {', '.join(given)}: a resumed sweep keeps "
+                        "its own settings; drop them")
+    experiment = Path(cli.resume).expanduser().resolve()
+    meta = experiment / SWEEP_FILE
+    if not meta.is_file():
+        raise UserError(f"--resume {experiment}: no {SWEEP_FILE} there; point it at an "
+                        "experiment folder that sweeps/run.py wrote")
+    saved = json.loads(meta.read_text())
+    args = argparse.Namespace(**saved["args"])
+    args.resume, args.retry_errored = str(experiment), cli.retry_errored
+    args.storage, args.name, args.overwrite = str(experiment.parent), experiment.name, False
+    args.address = cli.address
+    if not saved.get("presplit"):  # replay the very split the sweep started with
+        args.split_file, args.split_seed = str(experiment / "split.csv"), None
+    return args
+
+
 def check_args(args) -> None:
+    if args.retry_errored and not args.resume:
+        raise UserError("--retry-errored only works with --resume EXPERIMENT_DIR")
+    if args.max_failures < 0:
+        raise UserError(f"--max-failures {args.max_failures}: must be 0 or more")
     if not args.space:
         raise UserError("no study given: pass --space NAME (see --list-spaces)")
     if args.num_samples is not None and args.num_samples < 1:
@@ -194,6 +234,14 @@ def run_sweep(args, space, plan, handle, unavailable: tuple[str, ...], experimen
         tune.with_parameters(train_trial, data=handle, unavailable_weights=unavailable),
         per_trial)
     name = trial_name(space)
+    if args.resume:
+        if not tune.Tuner.can_restore(str(experiment)):
+            raise UserError(f"--resume {experiment}: no Ray Tune experiment state there "
+                            "(the sweep stopped before its first trial started); start it anew")
+        print(f"resuming {experiment}", file=sys.stderr, flush=True)
+        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True,
+                                   resume_errored=args.retry_errored, restart_errored=False)
+        return finish(tuner.fit(), args, space, plan, experiment)
     tuner = tune.Tuner(
         trainable,
         param_space=plan.param_space,
@@ -208,27 +256,39 @@ def run_sweep(args, space, plan, handle, unavailable: tuple[str, ...], experimen
                        TensorBoardCallback(plan.varied, space.variant), table,
                        ProgressCallback(space.variant, plan.trials)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            failure_config=tune.FailureConfig(max_failures=0),
+            failure_config=tune.FailureConfig(max_failures=args.max_failures),
             verbose=0),  # ProgressCallback prints one line per epoch instead
     )
     how = "chosen by Optuna TPE" if plan.searched else "grid"
     print(f"sweep {space.name}: {plan.trials} trial(s), {how}, ASHA grace {grace} epochs, "
           f"max {max_t} epochs -> {experiment}", file=sys.stderr, flush=True)
-    tuner.fit()
-    code = report(table.table, experiment)
-    if plan.searched and table.table is not None:
-        save_best(table, space, experiment)
+    return finish(tuner.fit(), args, space, plan, experiment)
+
+
+def finish(results, args, space, plan, experiment: Path) -> int:
+    """Print the table the callback wrote, the summary, and a search's best configuration."""
+    import pandas as pd
+
+    from sweeps.results import RESULTS_CSV
+
+    path = experiment / RESULTS_CSV
+    table = pd.read_csv(path, keep_default_na=False, na_values=[""]) if path.exists() else None
+    code = report(table, experiment)
+    if plan.searched and table is not None:
+        configs = {r.metrics.get("trial_id"): r.config for r in results if r.metrics}
+        save_best(table, configs, space, experiment)
     return code
 
 
-def save_best(table, space, experiment: Path) -> None:
+def save_best(table, configs: dict, space, experiment: Path) -> None:
     """The searched configuration with the lowest validation loss, saved to re-run."""
-    rows = table.table[~table.table["stop_reason"].isin(M.NOT_A_RESULT)]
+    rows = table[~table["stop_reason"].isin(M.NOT_A_RESULT)]
     if rows.empty:
         print("no searched trial gave a result; nothing to save as best")
         return
     best = rows.loc[rows[M.BEST_VAL_LOSS].idxmin()]
-    config = {k: v for k, v in table.configs[best["trial_id"]].items()}
+    config = {k: v.item() if hasattr(v, "item") else v
+              for k, v in configs[best["trial_id"]].items()}
     path = experiment / "best_config.json"
     path.write_text(json.dumps(config, indent=1))
     print(f"best configuration (lowest validation loss: trial {best['trial_id']}, "
@@ -271,13 +331,13 @@ def prepare_data(args, cfgs: list[TrialConfig]):
     cache_dir = D.default_cache_dir()
     root = args.data if args.data is not None else D.demo_root(cache_dir)
     source = D.discover(root)
+    if args.smoke:
+        source = D.limit_per_class(source, SMOKE_IMAGES_PER_CLASS)
     if args.split_file:
         if source.presplit:
             raise UserError(f"--split-file conflicts with --data {source.root}, which is "
                             "already split into train/ val/ test/; drop --split-file")
         source = D.apply_split_file(source, args.split_file)
-    if args.smoke:
-        source = D.limit_per_class(source, SMOKE_IMAGES_PER_CLASS)
     sizes = sorted({(p.load_size, p.interpolation) for p in map(resolve_preprocess, cfgs)})
     handle, data_report = D.prepare(source, sizes[0][0], cache_dir,
                                     split_seed=args.split_seed or 0, interpolation=sizes[0][1])
@@ -322,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_keys:
         print(describe_keys())
         return 0
+    if args.resume:
+        args = resumed_args(args)
     check_args(args)
     from search_spaces import get_space
     from trainables import data as D
@@ -340,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         resources(args, local_resources())
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = Path(args.storage).expanduser().resolve()
-    experiment = check_storage(storage, name, args.overwrite)
+    experiment = storage / name if args.resume else check_storage(storage, name, args.overwrite)
     handle, data_report = prepare_data(args, cfgs)
     unavailable = check_weights(cfgs)
     import ray
@@ -348,16 +410,16 @@ def main(argv: list[str] | None = None) -> int:
     start_ray(args.address)
     per_trial = resources(args, ray.cluster_resources())
 
-    if args.overwrite and experiment.exists():
-        shutil.rmtree(experiment)
-    experiment.mkdir(parents=True, exist_ok=True)
-    D.write_split(handle, data_report, experiment / "split.csv")
-    (experiment / "data_report.json").write_text(json.dumps(data_report, indent=1))
-    (experiment / "sweep.json").write_text(json.dumps({
-        "argv": sys.argv[1:] if argv is None else argv, "space": space.name,
-        "overrides": overrides, "num_samples": args.num_samples, "split_seed": args.split_seed,
-        "split_file": args.split_file,
-        "data": data_report["root"], "pretrained_unavailable": list(unavailable)}, indent=1))
+    if not args.resume:
+        if args.overwrite and experiment.exists():
+            shutil.rmtree(experiment)
+        experiment.mkdir(parents=True, exist_ok=True)
+        D.write_split(handle, data_report, experiment / "split.csv")
+        (experiment / "data_report.json").write_text(json.dumps(data_report, indent=1))
+        (experiment / SWEEP_FILE).write_text(json.dumps({
+            "args": {**vars(args), "name": name}, "space": space.name, "overrides": overrides,
+            "presplit": data_report["presplit"], "data": data_report["root"],
+            "pretrained_unavailable": list(unavailable)}, indent=1))
     return run_sweep(args, space, plan, handle, unavailable, experiment, per_trial)
 
 

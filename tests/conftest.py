@@ -53,10 +53,24 @@ def offline_hub(monkeypatch):
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
 
 
+def _cli_command(args: list[str]) -> tuple[list[str], dict]:
+    return ([sys.executable, str(ROOT / "sweeps" / "run.py"), *args],
+            dict(os.environ, PYTHONWARNINGS="ignore"))
+
+
 def run_cli(args: list[str], cwd: Path, timeout: int = 300):
     """Run ``python sweeps/run.py ARGS`` as a user would, in a fresh process."""
     import subprocess
 
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, str(ROOT / "sweeps" / "run.py"), *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    command, env = _cli_command(args)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def start_cli(args: list[str], cwd: Path, log: Path):
+    """Start ``python sweeps/run.py ARGS`` in the background; output goes to ``log``."""
+    import subprocess
+
+    command, env = _cli_command(args)
+    with open(log, "w") as out:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
