@@ -43,6 +43,7 @@ def trial_row(trial_id: str, variant: str, config: dict, last: dict, status: str
         **{key: last.get(key, math.nan) for key in
            (M.BEST_VAL_LOSS, M.BEST_VAL_ACC, M.TEST_ACC, M.TEST_MACRO_F1)},
         "pretrained": bool(last.get(M.PRETRAINED, 0)),
+        M.NODE: last.get(M.NODE, ""),
     }
     row.update({key: _plain(config.get(key)) for key in varied_keys})
     row["retries"] = retries  # times the trial's worker died and it went on from a checkpoint

@@ -54,7 +54,9 @@ def _one_class_folder(path: Path) -> Path:
     (["--space", "googlenet_strategies", "--data", "{tmp}/pre", "--split-file",
       "{tmp}/split.csv"], ["already split", "drop --split-file"]),
     (["--space", "googlenet_strategies", "--gpus-per-trial", "1", "--smoke"],
-     ["--gpus-per-trial 1 but the Ray cluster has 0 GPUs"]),
+     ["--gpus-per-trial 1 fits on no node", "0 GPUs"]),
+    (["--space", "googlenet_strategies", "--cpus-per-trial", "64", "--smoke"],
+     ["--cpus-per-trial 64", "fits on no node"]),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, args, needles):
     (tmp_path / "empty").mkdir()

@@ -15,6 +15,7 @@ BEST_VAL_ACC = "best_val_acc"
 TEST_ACC = "test_acc"  # test split, scored with the best-val-loss weights
 TEST_MACRO_F1 = "test_macro_f1"
 PRETRAINED = "pretrained"  # 1 when pretrained weights were really loaded
+NODE = "node"  # the Ray node that ran the trial (first 8 hex digits of its id)
 STOP_REASON = "stop_reason"  # empty while the trial runs
 ERROR_MESSAGE = "error"  # why a trial stopped on its own with oom
 

@@ -99,6 +99,7 @@ def load_checkpoint(directory: Path) -> dict:
 def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, ...] = ()) -> None:
     """Ray Tune function trainable. ``data`` and ``unavailable_weights`` come through
     ``tune.with_parameters``; ``config`` is this trial's point in the search space."""
+    import ray
     from ray import tune
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint saved" per epoch
@@ -122,10 +123,12 @@ def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, 
             "num_classes": data.num_classes, "aux_heads": strategy.aux_heads,
             "pretrained": built.pretrained}
 
+    node = ray.get_runtime_context().get_node_id()[:8]
+
     def report(metrics: dict, state: dict) -> None:
         with tempfile.TemporaryDirectory() as directory:
             save_checkpoint(Path(directory), state, meta)
-            tune.report({**metrics, M.PRETRAINED: int(built.pretrained)},
+            tune.report({**metrics, M.PRETRAINED: int(built.pretrained), M.NODE: node},
                         checkpoint=tune.Checkpoint.from_directory(directory))
 
     net = built.net

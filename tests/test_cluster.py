@@ -1,0 +1,89 @@
+"""A real two-node Ray cluster on this machine: a head and a worker started as separate
+processes (``ray start``), and a sweep submitted to it with --address.
+
+Ray advertises a node's network address, not loopback, whenever one exists, so the whole
+cluster runs inside a private network namespace that has nothing but loopback: every byte
+stays on 127.0.0.1.
+"""
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT, make_image_folder
+
+BIN = Path(sys.executable).parent
+CLUSTER_SCRIPT = r"""
+set -u
+ip link set lo up
+export RAY_AUTH_MODE=token RAY_AUTH_TOKEN={token} PYTHONWARNINGS=ignore
+ADDRESS=127.0.0.1:{port}
+"{bin}/ray" start --head --port {port} --num-cpus 1 --num-gpus 0 --include-dashboard false \
+    --disable-usage-stats --block > "{logs}/head.log" 2>&1 &
+HEAD=$!
+nodes() {{ "{bin}/python" -c "import ray; ray.init(address='$ADDRESS', logging_level='ERROR'); \
+print(sum(n['Alive'] for n in ray.nodes()))" 2>/dev/null; }}
+for i in $(seq 60); do [ "$(nodes)" = 1 ] && break; sleep 1; done
+"{bin}/ray" start --address $ADDRESS --num-cpus 1 --num-gpus 0 --disable-usage-stats \
+    --block > "{logs}/worker.log" 2>&1 &
+WORKER=$!
+for i in $(seq 60); do [ "$(nodes)" = 2 ] && break; sleep 1; done
+echo "nodes up: $(nodes)"
+"{bin}/python" "{root}/sweeps/run.py" --address $ADDRESS {args}
+CODE=$?
+kill -TERM $WORKER; wait $WORKER
+kill -TERM $HEAD; wait $HEAD
+exit $CODE
+"""
+
+
+def _can_make_network_namespace() -> bool:
+    if not (shutil.which("unshare") and shutil.which("ip")):
+        return False
+    return subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _can_make_network_namespace(),
+                    reason="needs unshare -n (root) for a loopback-only network namespace")
+def test_a_sweep_on_a_two_node_cluster_uses_both_nodes(tmp_path):
+    data = make_image_folder(tmp_path / "imgs", per_class=10)
+    with socket.socket() as s:  # any free port; the namespace has its own port space anyway
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = (f"--space single --set model=small_cnn --set image_size=32 --max-epochs 3 "
+            f"--num-samples 4 --data '{data}' --storage '{tmp_path / 'runs'}' --name two")
+    script = CLUSTER_SCRIPT.format(token=secrets.token_hex(16), port=port, bin=BIN,
+                                   logs=tmp_path, root=ROOT, args=args)
+    result = subprocess.run(["unshare", "-n", "bash", "-c", script], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=400)
+    assert "nodes up: 2" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "runs" / "two" / "results.csv")
+    assert len(table) == 4 and (table["stop_reason"] == "completed").all()
+    assert table["node"].nunique() == 2  # trials ran on both nodes, one table holds them all
+
+
+def test_cluster_yaml_is_valid_for_the_pinned_ray_and_keeps_ports_closed():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    validate_config(prepare_config(config))  # what `ray up` does: defaults, then the schema
+    text = (ROOT / "cluster.yaml").read_text()
+    readme = (ROOT / "README.md").read_text()
+    install = "pip install torch==2.14.1 torchvision==0.29.1 -e '.[test]'"
+    assert install in readme and any(install in c for c in config["setup_commands"])
+    for node in config["available_node_types"].values():
+        assert "IpPermissions" not in str(node["node_config"])  # no port opened to the world
+    start = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in start and "--ray-client-server-port" not in start
+    for secret in ("aws_secret_access_key", "AKIA", "password", "token:"):
+        assert secret not in text
+    gpu = config["available_node_types"]["gpu_worker"]
+    assert gpu["min_workers"] == 0 and gpu["max_workers"] >= 1
+    assert config["available_node_types"]["head"]["resources"].get("GPU", 0) == 0
