@@ -13,6 +13,7 @@ from typing import Any, Callable
 import pandas as pd
 from ray.tune import Callback
 
+from sweeps.storage import Store
 from trainables import metrics as M
 
 RESULTS_CSV = "results.csv"
@@ -63,17 +64,11 @@ def by_variant(table: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def to_markdown(table: pd.DataFrame) -> str:
     return table.to_markdown(index=False, floatfmt=".4g")
 
 
-def write_tables(rows: list[dict], directory: Path, aggregate: bool = True) -> pd.DataFrame:
+def write_tables(rows: list[dict], store: Store, aggregate: bool = True) -> pd.DataFrame:
     """Write results.csv / results.md (and, with ``aggregate``, the per-variant table when a
     variant has several seeds); returns the per-trial table: results first, by test
     accuracy, then the trials that gave none (failed, stuck at chance)."""
@@ -82,16 +77,16 @@ def write_tables(rows: list[dict], directory: Path, aggregate: bool = True) -> p
     table = table.sort_values(["_no_result", M.TEST_ACC, "variant"],
                               ascending=[True, False, True], na_position="last")
     table = table.drop(columns="_no_result").reset_index(drop=True)
-    _atomic_write(directory / RESULTS_CSV, table.to_csv(index=False))
+    store.write_text(RESULTS_CSV, table.to_csv(index=False))
     shown = table.drop(columns=["error"]) if not table["error"].any() else table
     markdown = "# Trials\n\n" + to_markdown(shown) + "\n"
     results = table[~table["stop_reason"].isin(M.NOT_A_RESULT)]
     if aggregate and table["variant"].duplicated().any() and not results.empty:
         summary = by_variant(results)
-        _atomic_write(directory / BY_VARIANT_CSV, summary.to_csv(index=False))
+        store.write_text(BY_VARIANT_CSV, summary.to_csv(index=False))
         markdown += ("\n# By variant (mean and std over seeds; failed and stuck trials "
                      "left out)\n\n" + to_markdown(summary) + "\n")
-    _atomic_write(directory / RESULTS_MD, markdown)
+    store.write_text(RESULTS_MD, markdown)
     return table
 
 
@@ -104,11 +99,11 @@ def _error_text(trial) -> str:
 
 
 class ResultTableCallback(Callback):
-    """Rewrites the result table in ``directory`` whenever a trial finishes."""
+    """Rewrites the result table in the experiment's store whenever a trial finishes."""
 
-    def __init__(self, directory: Path, variant: Callable[[dict], str], varied_keys: list[str],
+    def __init__(self, store: Store, variant: Callable[[dict], str], varied_keys: list[str],
                  aggregate: bool = True):
-        self.directory = Path(directory)
+        self.store = store
         self.variant = variant
         self.varied_keys = varied_keys
         self.aggregate = aggregate
@@ -128,7 +123,7 @@ class ResultTableCallback(Callback):
     def _write(self, trials, just_completed=None) -> None:
         rows = self.rows(trials, just_completed)
         if rows:
-            self.table = write_tables(rows, self.directory, self.aggregate)
+            self.table = write_tables(rows, self.store, self.aggregate)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._write(trials, just_completed=trial)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -20,11 +19,13 @@ from pathlib import Path
 
 from trainables import metrics as M
 from sweeps.plan import make_plan
+from sweeps.storage import Store
 from trainables.config import TrialConfig, describe_keys, load_config_file, parse_overrides
 from trainables.errors import UserError
 
 SMOKE_IMAGES_PER_CLASS = 10
 SWEEP_FILE = "sweep.json"  # the run's resolved arguments, for --resume
+BEST_CONFIG = "best_config.json"
 SMOKE_OVERRIDES = {"max_epochs": 2, "image_size": 32}
 DEMO_OVERRIDES = {"image_size": 32}  # the demo digits are 8x8 scans: 224px would only cost time
 
@@ -101,19 +102,13 @@ def check_weights(cfgs: list[TrialConfig]) -> tuple[str, ...]:
     return tuple(unavailable)
 
 
-def check_storage(storage: Path, name: str, overwrite: bool = False) -> Path:
-    experiment = storage / name
-    if experiment.exists() and not experiment.is_dir():
-        raise UserError(f"experiment path {experiment} is a file; choose another --name")
-    if experiment.exists() and any(experiment.iterdir()) and not overwrite:
-        raise UserError(f"experiment {experiment} already exists; choose another --name "
+def check_storage(store: Store, storage_arg: str, overwrite: bool = False) -> None:
+    if not store.is_uri and Path(store.root).is_file():
+        raise UserError(f"experiment path {store} is a file; choose another --name")
+    if store.has_content() and not overwrite:
+        raise UserError(f"experiment {store} already exists; choose another --name "
                         "or pass --overwrite to replace it")
-    probe = storage
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise UserError(f"--storage {storage}: not a writable directory; pass one you can write")
-    return experiment
+    store.check_writable(storage_arg)
 
 
 RESUME_CONFLICTS = ("space", "data", "name", "num_samples", "max_epochs", "config",
@@ -128,19 +123,31 @@ def resumed_args(cli) -> argparse.Namespace:
     if given:
         raise UserError(f"--resume conflicts with {', '.join(given)}: a resumed sweep keeps "
                         "its own settings; drop them")
-    experiment = Path(cli.resume).expanduser().resolve()
-    meta = experiment / SWEEP_FILE
-    if not meta.is_file():
-        raise UserError(f"--resume {experiment}: no {SWEEP_FILE} there; point it at an "
+    store = Store.from_location(cli.resume)
+    if not store.exists(SWEEP_FILE):
+        raise UserError(f"--resume {store}: no {SWEEP_FILE} there; point it at an "
                         "experiment folder that sweeps/run.py wrote")
-    saved = json.loads(meta.read_text())
+    saved = json.loads(store.read_text(SWEEP_FILE))
     args = argparse.Namespace(**saved["args"])
-    args.resume, args.retry_errored = str(experiment), cli.retry_errored
-    args.storage, args.name, args.overwrite = str(experiment.parent), experiment.name, False
+    args.resume, args.retry_errored = cli.resume, cli.retry_errored
+    args.storage, args.name, args.overwrite = store.storage_path, store.name, False
     args.address = cli.address
     if not saved.get("presplit"):  # replay the very split the sweep started with
-        args.split_file, args.split_seed = str(experiment / "split.csv"), None
+        args.split_file, args.split_seed = _local_copy(store, "split.csv"), None
     return args
+
+
+def _local_copy(store: Store, relative: str) -> str:
+    """A local file with the content of ``relative`` in the store (the store's own file when
+    it is local)."""
+    if not store.is_uri:
+        return f"{store.root}/{relative}"
+    import tempfile
+
+    handle, path = tempfile.mkstemp(suffix=f"-{relative}")
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        out.write(store.read_text(relative))
+    return path
 
 
 def check_args(args) -> None:
@@ -173,9 +180,9 @@ def start_ray(address: str | None):
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
-    if address:
-        return ray.init(address=address, **kwargs)
-    return ray.init(**kwargs)
+    # "local": always a fresh instance for this run, never a cluster that `ray start` left
+    # recorded on this machine (possibly long dead)
+    return ray.init(address=address or "local", **kwargs)
 
 
 def local_resources() -> list[dict[str, float]]:
@@ -227,7 +234,7 @@ def trial_name(space):
     return name
 
 
-def run_sweep(args, space, plan, handle, unavailable: tuple[str, ...], experiment: Path,
+def run_sweep(args, space, plan, handle, unavailable: tuple[str, ...], store: Store,
               per_trial: dict) -> int:
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -249,20 +256,20 @@ def run_sweep(args, space, plan, handle, unavailable: tuple[str, ...], experimen
     grace = min(max_t, space.grace_period or max(c.unfreeze_epoch for c in cfgs) + 2)
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=grace,
                               reduction_factor=space.reduction_factor)
-    table = ResultTableCallback(experiment, space.variant, plan.varied,
+    table = ResultTableCallback(store, space.variant, plan.varied,
                                 aggregate=not plan.searched)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=handle, unavailable_weights=unavailable),
         per_trial)
     name = trial_name(space)
     if args.resume:
-        if not tune.Tuner.can_restore(str(experiment)):
-            raise UserError(f"--resume {experiment}: no Ray Tune experiment state there "
+        if not tune.Tuner.can_restore(store.location):
+            raise UserError(f"--resume {store}: no Ray Tune experiment state there "
                             "(the sweep stopped before its first trial started); start it anew")
-        print(f"resuming {experiment}", file=sys.stderr, flush=True)
-        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True,
+        print(f"resuming {store}", file=sys.stderr, flush=True)
+        tuner = tune.Tuner.restore(store.location, trainable, resume_unfinished=True,
                                    resume_errored=args.retry_errored, restart_errored=False)
-        return finish(tuner.fit(), args, space, plan, experiment)
+        return finish(tuner.fit(), space, plan, store)
     tuner = tune.Tuner(
         trainable,
         param_space=plan.param_space,
@@ -272,7 +279,7 @@ def run_sweep(args, space, plan, handle, unavailable: tuple[str, ...], experimen
             max_concurrent_trials=args.max_concurrent, reuse_actors=True,
             trial_name_creator=name, trial_dirname_creator=name),
         run_config=tune.RunConfig(
-            name=experiment.name, storage_path=str(experiment.parent),
+            name=store.name, storage_path=store.storage_path,
             callbacks=[CSVLoggerCallback(), JsonLoggerCallback(),
                        TensorBoardCallback(plan.varied, space.variant), table,
                        ProgressCallback(space.variant, plan.trials)],
@@ -282,26 +289,30 @@ def run_sweep(args, space, plan, handle, unavailable: tuple[str, ...], experimen
     )
     how = "chosen by Optuna TPE" if plan.searched else "grid"
     print(f"sweep {space.name}: {plan.trials} trial(s), {how}, ASHA grace {grace} epochs, "
-          f"max {max_t} epochs -> {experiment}", file=sys.stderr, flush=True)
-    return finish(tuner.fit(), args, space, plan, experiment)
+          f"max {max_t} epochs -> {store}", file=sys.stderr, flush=True)
+    return finish(tuner.fit(), space, plan, store)
 
 
-def finish(results, args, space, plan, experiment: Path) -> int:
+def finish(results, space, plan, store: Store) -> int:
     """Print the table the callback wrote, the summary, and a search's best configuration."""
+    import io
+
     import pandas as pd
 
     from sweeps.results import RESULTS_CSV
 
-    path = experiment / RESULTS_CSV
-    table = pd.read_csv(path, keep_default_na=False, na_values=[""]) if path.exists() else None
-    code = report(table, experiment)
+    table = None
+    if store.exists(RESULTS_CSV):
+        table = pd.read_csv(io.StringIO(store.read_text(RESULTS_CSV)), keep_default_na=False,
+                            na_values=[""])
+    code = report(table, store)
     if plan.searched and table is not None:
         configs = {r.metrics.get("trial_id"): r.config for r in results if r.metrics}
-        save_best(table, configs, space, experiment)
+        save_best(table, configs, space, store)
     return code
 
 
-def save_best(table, configs: dict, space, experiment: Path) -> None:
+def save_best(table, configs: dict, space, store: Store) -> None:
     """The searched configuration with the lowest validation loss, saved to re-run."""
     rows = table[~table["stop_reason"].isin(M.NOT_A_RESULT)]
     if rows.empty:
@@ -310,21 +321,21 @@ def save_best(table, configs: dict, space, experiment: Path) -> None:
     best = rows.loc[rows[M.BEST_VAL_LOSS].idxmin()]
     config = {k: v.item() if hasattr(v, "item") else v
               for k, v in configs[best["trial_id"]].items()}
-    path = experiment / "best_config.json"
-    path.write_text(json.dumps(config, indent=1))
+    store.write_text(BEST_CONFIG, json.dumps(config, indent=1))
+    where = f"{store.root}/{BEST_CONFIG}" if not store.is_uri else f"{store}/{BEST_CONFIG}"
     print(f"best configuration (lowest validation loss: trial {best['trial_id']}, "
-          f"val_loss {best[M.BEST_VAL_LOSS]:.4f}, test_acc {best[M.TEST_ACC]:.4f}): {path}")
-    print(f"re-run it: python sweeps/run.py --space {space.name} --config '{path}'")
+          f"val_loss {best[M.BEST_VAL_LOSS]:.4f}, test_acc {best[M.TEST_ACC]:.4f}): {where}")
+    print(f"re-run it: python sweeps/run.py --space {space.name} --config '{where}'")
 
 
-def report(table, experiment: Path) -> int:
+def report(table, store: Store) -> int:
     from sweeps.results import RESULTS_CSV, RESULTS_MD
 
     if table is None or table.empty:
         print("no trial finished; nothing to tabulate", file=sys.stderr)
         return 1
     print()
-    print((experiment / RESULTS_MD).read_text())
+    print(store.read_text(RESULTS_MD))
     reasons = table["stop_reason"]
     print(f"{len(table)} trials: " + ", ".join(
         f"{n} {reason}" for reason, n in reasons.value_counts().items()))
@@ -340,8 +351,8 @@ def report(table, experiment: Path) -> int:
     failed = int(reasons.isin(M.FAILED).sum())
     if failed:
         print(f"{failed} of {len(table)} trials failed")
-    print(f"table: {experiment / RESULTS_CSV}")
-    print(f"TensorBoard: tensorboard --logdir '{experiment}'")
+    print(f"table: {store}/{RESULTS_CSV}" if store.is_uri else f"table: {store.root}/{RESULTS_CSV}")
+    print(f"TensorBoard: tensorboard --logdir '{store}'")
     return 1 if failed else 0
 
 
@@ -422,24 +433,24 @@ def main(argv: list[str] | None = None) -> int:
     if not args.address:  # check before any work; a cluster is asked once joined
         resources(args, local_resources())
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage = Path(args.storage).expanduser().resolve()
-    experiment = storage / name if args.resume else check_storage(storage, name, args.overwrite)
+    store = Store(args.storage, name)
+    if not args.resume:
+        check_storage(store, args.storage, args.overwrite)
     handle, data_report = prepare_data(args, cfgs)
     unavailable = check_weights(cfgs)
     start_ray(args.address)
     per_trial = resources(args, cluster_nodes())
 
     if not args.resume:
-        if args.overwrite and experiment.exists():
-            shutil.rmtree(experiment)
-        experiment.mkdir(parents=True, exist_ok=True)
-        D.write_split(handle, data_report, experiment / "split.csv")
-        (experiment / "data_report.json").write_text(json.dumps(data_report, indent=1))
-        (experiment / SWEEP_FILE).write_text(json.dumps({
+        if args.overwrite:
+            store.remove()
+        store.write_text("split.csv", D.split_csv(handle, data_report))
+        store.write_text("data_report.json", json.dumps(data_report, indent=1))
+        store.write_text(SWEEP_FILE, json.dumps({
             "args": {**vars(args), "name": name}, "space": space.name, "overrides": overrides,
             "presplit": data_report["presplit"], "data": data_report["root"],
             "pretrained_unavailable": list(unavailable)}, indent=1))
-    return run_sweep(args, space, plan, handle, unavailable, experiment, per_trial)
+    return run_sweep(args, space, plan, handle, unavailable, store, per_trial)
 
 
 def cli() -> None:

@@ -60,8 +60,13 @@ def test_a_sweep_on_a_two_node_cluster_uses_both_nodes(tmp_path):
             f"--num-samples 4 --data '{data}' --storage '{tmp_path / 'runs'}' --name two")
     script = CLUSTER_SCRIPT.format(token=secrets.token_hex(16), port=port, bin=BIN,
                                    logs=tmp_path, root=ROOT, args=args)
-    result = subprocess.run(["unshare", "-n", "bash", "-c", script], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=400)
+    try:
+        result = subprocess.run(["unshare", "-n", "bash", "-c", script], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=400)
+    finally:  # `ray start` records its cluster for later ray.init() calls; it is gone now
+        record = Path("/tmp/ray/ray_current_cluster")
+        if record.exists() and record.read_text().strip().endswith(f":{port}"):
+            record.unlink()
     assert "nodes up: 2" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = pd.read_csv(tmp_path / "runs" / "two" / "results.csv")

@@ -127,7 +127,7 @@ def test_split_file_is_saved_and_reused(image_folder, tmp_path):
     (image_folder / "red" / "broken.png").write_bytes(b"\x89PNG not really")
     source = D.discover(image_folder)
     handle, report = D.prepare(source, 32, tmp_path / "cache", progress=False, split_seed=5)
-    D.write_split(handle, report, tmp_path / "split.csv")
+    (tmp_path / "split.csv").write_text(D.split_csv(handle, report))
     lines = (tmp_path / "split.csv").read_text().splitlines()
     assert lines[0] == "path,class,label,split" and len(lines) == 38
     assert "red/broken.png,red,2,skipped" in lines

@@ -11,6 +11,7 @@ import torch
 from search_spaces import registry
 from sweeps.plan import make_plan
 from sweeps.results import write_tables
+from sweeps.storage import Store
 from trainables import metrics as M
 from trainables.config import TrialConfig, load_config_file
 from trainables.errors import UserError
@@ -114,7 +115,7 @@ def _row(variant, seed, test_acc, stop=M.COMPLETED):
 def test_variants_are_ranked_by_mean_over_seeds_without_stuck_trials(tmp_path):
     rows = [_row("a", 0, 0.90), _row("a", 1, 0.80), _row("b", 0, 0.86), _row("b", 1, 0.86),
             _row("b", 2, 0.10, M.STUCK_AT_CHANCE), _row("c", 0, 0.99, M.DIVERGED)]
-    table = write_tables(rows, tmp_path)
+    table = write_tables(rows, Store.from_location(str(tmp_path)))
     assert set(table["stop_reason"][-2:]) == {M.STUCK_AT_CHANCE, M.DIVERGED}  # at the bottom
     summary = pd.read_csv(tmp_path / "results_by_variant.csv")
     assert list(summary["variant"]) == ["b", "a"]  # 0.86 beats 0.85; c gave no result

@@ -412,19 +412,21 @@ def data_report(source: DataSource, handle: DataHandle, bad: dict[str, str]) -> 
     }
 
 
-def write_split(handle: DataHandle, report: dict, path: Path) -> None:
-    """Save the split (one row per image found; unreadable ones as 'skipped') so it can be
-    audited and reused with --split-file."""
+def split_csv(handle: DataHandle, report: dict) -> str:
+    """The split as CSV text, one row per image found (unreadable ones as 'skipped'), so it
+    can be audited and reused with --split-file."""
     import csv
+    import io
 
-    with open(path, "w", newline="", encoding="utf-8") as out:
-        writer = csv.writer(out)
-        writer.writerow(["path", "class", "label", "split"])
-        for row, label, split in zip(handle.rows, handle.labels, handle.splits):
-            writer.writerow([handle.files[row], handle.class_names[label], label, split])
-        for name, items in report["skipped"].items():
-            for item in items:
-                writer.writerow([item["path"], name, handle.class_names.index(name), SKIPPED])
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["path", "class", "label", "split"])
+    for row, label, split in zip(handle.rows, handle.labels, handle.splits):
+        writer.writerow([handle.files[row], handle.class_names[label], label, split])
+    for name, items in report["skipped"].items():
+        for item in items:
+            writer.writerow([item["path"], name, handle.class_names.index(name), SKIPPED])
+    return out.getvalue()
 
 
 # ---------------------------------------------------------------- demo data
