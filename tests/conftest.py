@@ -29,6 +29,16 @@ def make_image_folder(root: Path, per_class: int = 12, seed: int = 0) -> Path:
     return root
 
 
+def make_one_class_folder(root: Path) -> Path:
+    """An image folder with a single class: something no classifier can be trained on."""
+    make_image_folder(root, per_class=4)
+    for name in ("green", "blue"):
+        for f in (root / name).iterdir():
+            f.unlink()
+        (root / name).rmdir()
+    return root
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "images")

@@ -9,7 +9,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import make_image_folder, run_cli
+from conftest import make_image_folder, make_one_class_folder, run_cli
 
 REQUIRED_COLUMNS = {"trial_id", "variant", "status", "stop_reason", "epochs", "best_val_loss",
                     "best_val_acc", "test_acc", "test_macro_f1", "pretrained", "wall_s"}
@@ -22,15 +22,6 @@ def _one_line_error(result, *needles):
     assert lines[0].startswith("error: ") and "Traceback" not in result.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
-
-
-def _one_class_folder(path: Path) -> Path:
-    make_image_folder(path, per_class=4)
-    for name in ("green", "blue"):
-        for f in (path / name).iterdir():
-            f.unlink()
-        (path / name).rmdir()
-    return path
 
 
 @pytest.mark.parametrize("args, needles", [
@@ -62,7 +53,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, args, needle
     (tmp_path / "empty").mkdir()
     (tmp_path / "afile").write_text("not a folder")
     (tmp_path / "split.csv").write_text("path,split\n")
-    _one_class_folder(tmp_path / "one")
+    make_one_class_folder(tmp_path / "one")
     for split in ("train", "val", "test"):
         make_image_folder(tmp_path / "pre" / split, per_class=3)
     storage = tmp_path / "storage"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import COLOURS, make_image_folder, write_image
+from conftest import make_image_folder, make_one_class_folder, write_image
 from trainables import data as D
 from trainables.errors import UserError
 
@@ -61,20 +61,11 @@ def test_presplit_with_different_classes_is_refused(tmp_path):
     (lambda p: p / "missing", "no such directory"),
     (lambda p: (p / "file.txt").write_text("x") and p / "file.txt", "is a file"),
     (lambda p: (p / "empty").mkdir() or p / "empty", "found no images"),
-    (lambda p: _one_class(p / "one"), "only one class"),
+    (lambda p: make_one_class_folder(p / "one"), "only one class"),
 ])
 def test_bad_roots_are_user_errors(tmp_path, make, message):
     with pytest.raises(UserError, match=message):
         D.discover(make(tmp_path))
-
-
-def _one_class(root: Path) -> Path:
-    make_image_folder(root, per_class=4)
-    for name in ("green", "blue"):
-        for f in (root / name).iterdir():
-            f.unlink()
-        (root / name).rmdir()
-    return root
 
 
 def test_decode_is_cached_by_content(image_folder, tmp_path):
