@@ -5,8 +5,10 @@ ends, so a crash never leaves a half-written table nor loses finished trials' ro
 """
 from __future__ import annotations
 
+import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +19,7 @@ from sweeps.storage import Store
 from trainables import metrics as M
 
 RESULTS_CSV = "results.csv"
+BEST_CONFIG = "best_config.json"
 RESULTS_MD = "results.md"
 BY_VARIANT_CSV = "results_by_variant.csv"
 
@@ -133,3 +136,64 @@ class ResultTableCallback(Callback):
 
     def on_experiment_end(self, trials, **info):
         self._write(trials)
+
+
+# ------------------------------------------------------------------ end of a run
+
+def finish(results, space, plan, store: Store) -> int:
+    """Print the table the callback wrote, the summary, and a search's best configuration."""
+    import io
+
+    import pandas as pd
+
+    table = None
+    if store.exists(RESULTS_CSV):
+        table = pd.read_csv(io.StringIO(store.read_text(RESULTS_CSV)), keep_default_na=False,
+                            na_values=[""])
+    code = report(table, store)
+    if plan.searched and table is not None:
+        configs = {r.metrics.get("trial_id"): r.config for r in results if r.metrics}
+        save_best(table, configs, space, store)
+    return code
+
+
+def save_best(table, configs: dict, space, store: Store) -> None:
+    """The searched configuration with the lowest validation loss, saved to re-run."""
+    rows = table[~table["stop_reason"].isin(M.NOT_A_RESULT)]
+    if rows.empty:
+        print("no searched trial gave a result; nothing to save as best")
+        return
+    best = rows.loc[rows[M.BEST_VAL_LOSS].idxmin()]
+    config = {k: v.item() if hasattr(v, "item") else v
+              for k, v in configs[best["trial_id"]].items()}
+    store.write_text(BEST_CONFIG, json.dumps(config, indent=1))
+    where = f"{store.root}/{BEST_CONFIG}" if not store.is_uri else f"{store}/{BEST_CONFIG}"
+    print(f"best configuration (lowest validation loss: trial {best['trial_id']}, "
+          f"val_loss {best[M.BEST_VAL_LOSS]:.4f}, test_acc {best[M.TEST_ACC]:.4f}): {where}")
+    print(f"re-run it: python sweeps/run.py --space {space.name} --config '{where}'")
+
+
+def report(table, store: Store) -> int:
+    if table is None or table.empty:
+        print("no trial finished; nothing to tabulate", file=sys.stderr)
+        return 1
+    print()
+    print(store.read_text(RESULTS_MD))
+    reasons = table["stop_reason"]
+    print(f"{len(table)} trials: " + ", ".join(
+        f"{n} {reason}" for reason, n in reasons.value_counts().items()))
+    hints = {M.STUCK_AT_CHANCE: "never above chance: the learning rate is the likely cause "
+                                "(too high, or too low), or a frozen untrained backbone",
+             M.DIVERGED: "loss went NaN/Inf or exploded: try a lower lr",
+             M.OOM: "out of memory: smaller batch_size, or fewer trials per GPU",
+             M.ERROR: "see the 'error' column"}
+    for reason, hint in hints.items():
+        variants = table.loc[reasons == reason, "variant"].tolist()
+        if variants:
+            print(f"{reason} ({hint}): {', '.join(variants)}")
+    failed = int(reasons.isin(M.FAILED).sum())
+    if failed:
+        print(f"{failed} of {len(table)} trials failed")
+    print(f"table: {store}/{RESULTS_CSV}" if store.is_uri else f"table: {store.root}/{RESULTS_CSV}")
+    print(f"TensorBoard: tensorboard --logdir '{store}'")
+    return 1 if failed else 0

@@ -17,15 +17,15 @@ import time
 import warnings
 from pathlib import Path
 
-from trainables import metrics as M
+from sweeps.cluster import cluster_nodes, local_resources, resources, start_ray
 from sweeps.plan import make_plan
 from sweeps.storage import Store
+from trainables import metrics as M
 from trainables.config import TrialConfig, describe_keys, load_config_file, parse_overrides
 from trainables.errors import UserError
 
 SMOKE_IMAGES_PER_CLASS = 10
 SWEEP_FILE = "sweep.json"  # the run's resolved arguments, for --resume
-BEST_CONFIG = "best_config.json"
 SMOKE_OVERRIDES = {"max_epochs": 2, "image_size": 32}
 DEMO_OVERRIDES = {"image_size": 32}  # the demo digits are 8x8 scans: 224px would only cost time
 
@@ -175,58 +175,6 @@ def check_args(args) -> None:
 
 # ------------------------------------------------------------------ the sweep
 
-def start_ray(address: str | None):
-    import ray
-
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
-    # "local": always a fresh instance for this run, never a cluster that `ray start` left
-    # recorded on this machine (possibly long dead)
-    return ray.init(address=address or "local", **kwargs)
-
-
-def local_resources() -> list[dict[str, float]]:
-    """The one node a local Ray instance started by this run will have."""
-    import torch
-
-    return [{"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}]
-
-
-AUTOSCALING_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` leaves it on the head
-
-
-def cluster_nodes() -> list[dict[str, float]] | None:
-    """Resources of every node a trial could land on: the live nodes, and the node types the
-    autoscaler may add. None when some node type's size is unknown (nothing can be ruled out)."""
-    import ray
-    import yaml
-
-    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
-    bootstrap = Path(AUTOSCALING_CONFIG).expanduser()
-    if bootstrap.is_file():
-        for node_type in yaml.safe_load(bootstrap.read_text()).get(
-                "available_node_types", {}).values():
-            if not node_type.get("resources"):
-                return None
-            nodes.append(node_type["resources"])
-    return nodes
-
-
-def resources(args, nodes: list[dict[str, float]] | None) -> dict[str, float]:
-    """Per-trial resources. A trial runs on one node, so a request that no node can hold
-    would wait forever: that is an error now."""
-    gpus = args.gpus_per_trial
-    if gpus is None:
-        gpus = 1.0 if nodes is not None and any(n.get("GPU", 0) >= 1 for n in nodes) else 0.0
-    if nodes is not None and not any(n.get("CPU", 0) >= args.cpus_per_trial
-                                     and n.get("GPU", 0) >= gpus for n in nodes):
-        biggest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
-        raise UserError(f"--cpus-per-trial {args.cpus_per_trial:g} --gpus-per-trial {gpus:g} "
-                        f"fits on no node (the largest has {biggest.get('CPU', 0):g} CPUs, "
-                        f"{biggest.get('GPU', 0):g} GPUs); ask for less")
-    return {"cpu": args.cpus_per_trial, "gpu": gpus}
-
-
 def trial_name(space):
     def name(trial) -> str:
         label = f"{space.variant(trial.config)}_s{trial.config.get('seed', 0)}_{trial.trial_id}"
@@ -242,7 +190,7 @@ def run_sweep(args, space, plan, handle, unavailable: tuple[str, ...], store: St
 
     from sweeps.plan import create_searcher
     from sweeps.progress import ProgressCallback
-    from sweeps.results import ResultTableCallback
+    from sweeps.results import ResultTableCallback, finish
     from sweeps.tb_logging import TensorBoardCallback
     from trainables.trainable import train_trial
 
@@ -291,69 +239,6 @@ def run_sweep(args, space, plan, handle, unavailable: tuple[str, ...], store: St
     print(f"sweep {space.name}: {plan.trials} trial(s), {how}, ASHA grace {grace} epochs, "
           f"max {max_t} epochs -> {store}", file=sys.stderr, flush=True)
     return finish(tuner.fit(), space, plan, store)
-
-
-def finish(results, space, plan, store: Store) -> int:
-    """Print the table the callback wrote, the summary, and a search's best configuration."""
-    import io
-
-    import pandas as pd
-
-    from sweeps.results import RESULTS_CSV
-
-    table = None
-    if store.exists(RESULTS_CSV):
-        table = pd.read_csv(io.StringIO(store.read_text(RESULTS_CSV)), keep_default_na=False,
-                            na_values=[""])
-    code = report(table, store)
-    if plan.searched and table is not None:
-        configs = {r.metrics.get("trial_id"): r.config for r in results if r.metrics}
-        save_best(table, configs, space, store)
-    return code
-
-
-def save_best(table, configs: dict, space, store: Store) -> None:
-    """The searched configuration with the lowest validation loss, saved to re-run."""
-    rows = table[~table["stop_reason"].isin(M.NOT_A_RESULT)]
-    if rows.empty:
-        print("no searched trial gave a result; nothing to save as best")
-        return
-    best = rows.loc[rows[M.BEST_VAL_LOSS].idxmin()]
-    config = {k: v.item() if hasattr(v, "item") else v
-              for k, v in configs[best["trial_id"]].items()}
-    store.write_text(BEST_CONFIG, json.dumps(config, indent=1))
-    where = f"{store.root}/{BEST_CONFIG}" if not store.is_uri else f"{store}/{BEST_CONFIG}"
-    print(f"best configuration (lowest validation loss: trial {best['trial_id']}, "
-          f"val_loss {best[M.BEST_VAL_LOSS]:.4f}, test_acc {best[M.TEST_ACC]:.4f}): {where}")
-    print(f"re-run it: python sweeps/run.py --space {space.name} --config '{where}'")
-
-
-def report(table, store: Store) -> int:
-    from sweeps.results import RESULTS_CSV, RESULTS_MD
-
-    if table is None or table.empty:
-        print("no trial finished; nothing to tabulate", file=sys.stderr)
-        return 1
-    print()
-    print(store.read_text(RESULTS_MD))
-    reasons = table["stop_reason"]
-    print(f"{len(table)} trials: " + ", ".join(
-        f"{n} {reason}" for reason, n in reasons.value_counts().items()))
-    hints = {M.STUCK_AT_CHANCE: "never above chance: the learning rate is the likely cause "
-                                "(too high, or too low), or a frozen untrained backbone",
-             M.DIVERGED: "loss went NaN/Inf or exploded: try a lower lr",
-             M.OOM: "out of memory: smaller batch_size, or fewer trials per GPU",
-             M.ERROR: "see the 'error' column"}
-    for reason, hint in hints.items():
-        variants = table.loc[reasons == reason, "variant"].tolist()
-        if variants:
-            print(f"{reason} ({hint}): {', '.join(variants)}")
-    failed = int(reasons.isin(M.FAILED).sum())
-    if failed:
-        print(f"{failed} of {len(table)} trials failed")
-    print(f"table: {store}/{RESULTS_CSV}" if store.is_uri else f"table: {store.root}/{RESULTS_CSV}")
-    print(f"TensorBoard: tensorboard --logdir '{store}'")
-    return 1 if failed else 0
 
 
 def prepare_data(args, cfgs: list[TrialConfig]):

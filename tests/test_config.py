@@ -1,7 +1,7 @@
 import pytest
 
 from search_spaces import registry
-from sweeps.plan import grid_configs, make_plan, validate
+from sweeps.plan import grid_configs, validate
 from trainables.config import FIELD_TYPES, OBJECTIVES, TrialConfig, parse_overrides
 from trainables.errors import UserError
 

@@ -1,6 +1,4 @@
-import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -285,9 +285,9 @@ def _decode_all(root: Path, paths, size: int, interpolation: str, npy: Path, met
                                       shape=(len(paths), size, size, 3))
     bad: dict[str, str] = {}
 
-    def work(i: int) -> None:
+    def work(i: int, out: np.ndarray = array) -> None:
         try:
-            array[i] = decode_image(root / paths[i], size, interpolation)
+            out[i] = decode_image(root / paths[i], size, interpolation)
         except Exception as exc:  # any undecodable file is skipped, whatever the library raised
             bad[paths[i]] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
 

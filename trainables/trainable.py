@@ -123,13 +123,13 @@ def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, 
             "num_classes": data.num_classes, "aux_heads": strategy.aux_heads,
             "pretrained": built.pretrained}
 
-    node = ray.get_runtime_context().get_node_id()[:8]
+    extra = {M.PRETRAINED: int(built.pretrained),
+             M.NODE: ray.get_runtime_context().get_node_id()[:8]}
 
     def report(metrics: dict, state: dict) -> None:
         with tempfile.TemporaryDirectory() as directory:
             save_checkpoint(Path(directory), state, meta)
-            tune.report({**metrics, M.PRETRAINED: int(built.pretrained), M.NODE: node},
-                        checkpoint=tune.Checkpoint.from_directory(directory))
+            tune.report({**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(directory))
 
     net = built.net
     try:

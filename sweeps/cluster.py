@@ -1,0 +1,59 @@
+"""Ray itself: start or join a cluster, and size each trial's request against its nodes."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from trainables.errors import UserError
+
+
+def start_ray(address: str | None):
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+    # "local": always a fresh instance for this run, never a cluster that `ray start` left
+    # recorded on this machine (possibly long dead)
+    return ray.init(address=address or "local", **kwargs)
+
+
+def local_resources() -> list[dict[str, float]]:
+    """The one node a local Ray instance started by this run will have."""
+    import torch
+
+    return [{"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}]
+
+
+AUTOSCALING_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` leaves it on the head
+
+
+def cluster_nodes() -> list[dict[str, float]] | None:
+    """Resources of every node a trial could land on: the live nodes, and the node types the
+    autoscaler may add. None when some node type's size is unknown (nothing can be ruled out)."""
+    import ray
+    import yaml
+
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    bootstrap = Path(AUTOSCALING_CONFIG).expanduser()
+    if bootstrap.is_file():
+        for node_type in yaml.safe_load(bootstrap.read_text()).get(
+                "available_node_types", {}).values():
+            if not node_type.get("resources"):
+                return None
+            nodes.append(node_type["resources"])
+    return nodes
+
+
+def resources(args, nodes: list[dict[str, float]] | None) -> dict[str, float]:
+    """Per-trial resources. A trial runs on one node, so a request that no node can hold
+    would wait forever: that is an error now."""
+    gpus = args.gpus_per_trial
+    if gpus is None:
+        gpus = 1.0 if nodes is not None and any(n.get("GPU", 0) >= 1 for n in nodes) else 0.0
+    if nodes is not None and not any(n.get("CPU", 0) >= args.cpus_per_trial
+                                     and n.get("GPU", 0) >= gpus for n in nodes):
+        biggest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
+        raise UserError(f"--cpus-per-trial {args.cpus_per_trial:g} --gpus-per-trial {gpus:g} "
+                        f"fits on no node (the largest has {biggest.get('CPU', 0):g} CPUs, "
+                        f"{biggest.get('GPU', 0):g} GPUs); ask for less")
+    return {"cpu": args.cpus_per_trial, "gpu": gpus}
