@@ -144,3 +144,12 @@ def test_demo_data_is_real_digits(tmp_path):
     with Image.open(root / source.paths[0]) as image:
         assert image.size == (32, 32)
     assert D.demo_root(tmp_path) == root  # second call reuses the folder
+
+
+def test_a_class_left_without_a_usable_image_is_named(image_folder, tmp_path):
+    broken = image_folder / "purple (scans)"
+    broken.mkdir()
+    (broken / "a.jpg").write_bytes(b"\xff\xd8\xff not a real jpeg")
+    (broken / "b.png").write_text("nope")
+    with pytest.raises(UserError, match=r"purple \(scans\) hold no usable image"):
+        D.prepare(D.discover(image_folder), 16, tmp_path / "cache", progress=False)
