@@ -217,7 +217,7 @@ def test_a_failing_trial_is_tabled_and_the_others_go_on(tmp_path, monkeypatch, c
     data = make_image_folder(tmp_path / "imgs", per_class=10)
     try:
         code = run.main(["--space", "mixed", "--data", str(data), "--storage",
-                         str(tmp_path / "runs"), "--name", "mixed"])
+                         str(tmp_path / "runs"), "--name", "mixed", "--max-failures", "0"])
     finally:
         ray.shutdown()
     assert code == 1
