@@ -83,7 +83,7 @@ def check_weights(cfgs: list[TrialConfig]) -> tuple[str, ...]:
     """Fetch each model's pretrained weights once, before the trials ask for them.
     Returns the models whose weights cannot be had (trials then train from scratch)."""
     from trainables.models import (fetch_pretrained, hub_reachable, is_timm_model,
-                                   use_hub_offline, weights_location)
+                                   use_hub_offline, weights_unavailable)
 
     wanted = sorted({c.model for c in cfgs if c.pretrained != "false"})
     if any(map(is_timm_model, wanted)) and not hub_reachable():
@@ -94,8 +94,7 @@ def check_weights(cfgs: list[TrialConfig]) -> tuple[str, ...]:
         if reason is None:
             continue
         if any(c.model == model and c.pretrained == "true" for c in cfgs):
-            raise UserError(f"pretrained weights for '{model}' could not be loaded ({reason}); "
-                            f"pre-seed {weights_location(model)} or use --set pretrained=false")
+            raise weights_unavailable(model, reason)
         print(f"warning: no pretrained weights for {model} ({reason}); its trials train from "
               f"random initialisation (pretrained=False in the table)", file=sys.stderr)
         unavailable.append(model)

@@ -30,6 +30,8 @@ def _one_line_error(result, *needles):
                                                                "did you mean 'lr'"]),
     (["--space", "googlenet_strategies", "--set", "batch_size=big"], ["batch_size", "int"]),
     (["--space", "googlenet_strategies", "--set", "model=resnet19"], ["unknown model"]),
+    (["--space", "single", "--set", "model=small_cnn", "--set", "pretrained=true"],
+     ["small_cnn has no pretrained weights", "--set pretrained=false"]),
     (["--space", "googlenet_strategies", "--data", "{tmp}/missing"], ["no such directory"]),
     (["--space", "googlenet_strategies", "--data", "{tmp}/empty"], ["found no images"]),
     (["--space", "googlenet_strategies", "--data", "{tmp}/one"], ["only one class"]),

@@ -138,14 +138,16 @@ def is_timm_model(name: str) -> bool:
     return _timm_name(name) is not None
 
 
-def check_model(name: str, aux_heads: bool = False) -> None:
-    """Raise UserError unless the factory can build ``name`` (with aux heads if asked)."""
+def check_model(name: str, aux_heads: bool = False, pretrained: str = "auto") -> None:
+    """Raise UserError unless the factory can build ``name`` as asked (aux heads, weights)."""
     if not (name in TORCHVISION_HEADS or name == CUSTOM or _timm_name(name)):
         raise UserError(f"unknown model '{name}': use one of {', '.join(known_models())} "
                         "or a timm model name (see timm.list_models())")
     if aux_heads and name not in AUX_MODELS:
         raise UserError(f"model '{name}' has no auxiliary heads; use strategy=base "
                         f"(auxiliary heads exist on {', '.join(sorted(AUX_MODELS))})")
+    if name == CUSTOM and pretrained == "true":
+        raise weights_unavailable(name, "")
 
 
 def create_model(name: str, num_classes: int, pretrained: str = "auto",
@@ -159,10 +161,8 @@ def create_model(name: str, num_classes: int, pretrained: str = "auto",
     main classifier; ``image_size`` (if not 0) is passed to timm models that fix their input
     size at creation (ViT, Swin).
     """
-    check_model(name, aux_heads)
+    check_model(name, aux_heads, pretrained)
     if name == CUSTOM:
-        if pretrained == "true":
-            raise UserError("small_cnn has no pretrained weights; use --set pretrained=false")
         return BuiltModel(Net(SmallCNN(num_classes, head=head), ("head",)), False)
     want = pretrained != "false"
     loaded, reason = False, "the sweep driver found them unavailable"
@@ -171,11 +171,10 @@ def create_model(name: str, num_classes: int, pretrained: str = "auto",
             body = _build(name, aux_heads, pretrained=True, image_size=image_size)
             loaded = True
         except Exception as exc:  # network, missing file, corrupt cache: all mean "not here"
-            reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
+            reason = _reason(exc)
     if want and not loaded:
         if pretrained == "true":
-            raise UserError(f"pretrained weights for '{name}' could not be loaded ({reason}); "
-                            f"pre-seed {weights_location(name)} or use --set pretrained=false")
+            raise weights_unavailable(name, reason)
         if not offline:  # the driver has said it once for the whole sweep
             warnings.warn(f"pretrained weights for '{name}' unavailable ({reason}); "
                           "training from random initialisation (pretrained=false in the table)")
@@ -242,6 +241,19 @@ def _replace_heads(name: str, body: nn.Module, num_classes: int,
     return tuple(present)
 
 
+def _reason(exc: BaseException) -> str:
+    """One short line saying why loading failed."""
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
+
+
+def weights_unavailable(name: str, reason: str) -> UserError:
+    """The error for ``pretrained=true`` when the weights cannot be had."""
+    if name == CUSTOM:
+        return UserError("small_cnn has no pretrained weights; use --set pretrained=false")
+    return UserError(f"pretrained weights for '{name}' could not be loaded ({reason}); "
+                     f"pre-seed {weights_location(name)} or use --set pretrained=false")
+
+
 def weights_location(name: str) -> str:
     """Where pretrained weights for ``name`` are looked up on this machine."""
     if _timm_name(name):
@@ -290,4 +302,4 @@ def fetch_pretrained(name: str) -> str | None:
             _build(name, aux_heads=False, pretrained=True)
         return None
     except Exception as exc:
-        return f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
+        return _reason(exc)
