@@ -5,6 +5,7 @@ ends, so a crash never leaves a half-written table nor loses finished trials' ro
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -23,8 +24,6 @@ BEST_CONFIG = "best_config.json"
 RESULTS_MD = "results.md"
 BY_VARIANT_CSV = "results_by_variant.csv"
 
-FIXED_COLUMNS = ["trial_id", "variant", "status", "stop_reason", "epochs", "best_epoch",
-                 M.BEST_VAL_LOSS, M.BEST_VAL_ACC, M.TEST_ACC, M.TEST_MACRO_F1, "pretrained"]
 SCORE_COLUMNS = [M.TEST_ACC, M.TEST_MACRO_F1, M.BEST_VAL_ACC, M.BEST_VAL_LOSS, "epochs"]
 
 
@@ -110,7 +109,6 @@ class ResultTableCallback(Callback):
         self.variant = variant
         self.varied_keys = varied_keys
         self.aggregate = aggregate
-        self.table: pd.DataFrame | None = None
 
     def rows(self, trials, just_completed=None) -> list[dict]:
         rows = []
@@ -126,7 +124,7 @@ class ResultTableCallback(Callback):
     def _write(self, trials, just_completed=None) -> None:
         rows = self.rows(trials, just_completed)
         if rows:
-            self.table = write_tables(rows, self.store, self.aggregate)
+            write_tables(rows, self.store, self.aggregate)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._write(trials, just_completed=trial)
@@ -142,10 +140,6 @@ class ResultTableCallback(Callback):
 
 def finish(results, space, plan, store: Store) -> int:
     """Print the table the callback wrote, the summary, and a search's best configuration."""
-    import io
-
-    import pandas as pd
-
     table = None
     if store.exists(RESULTS_CSV):
         table = pd.read_csv(io.StringIO(store.read_text(RESULTS_CSV)), keep_default_na=False,
@@ -164,10 +158,9 @@ def save_best(table, configs: dict, space, store: Store) -> None:
         print("no searched trial gave a result; nothing to save as best")
         return
     best = rows.loc[rows[M.BEST_VAL_LOSS].idxmin()]
-    config = {k: v.item() if hasattr(v, "item") else v
-              for k, v in configs[best["trial_id"]].items()}
+    config = {k: _plain(v) for k, v in configs[best["trial_id"]].items()}
     store.write_text(BEST_CONFIG, json.dumps(config, indent=1))
-    where = f"{store.root}/{BEST_CONFIG}" if not store.is_uri else f"{store}/{BEST_CONFIG}"
+    where = f"{store}/{BEST_CONFIG}"
     print(f"best configuration (lowest validation loss: trial {best['trial_id']}, "
           f"val_loss {best[M.BEST_VAL_LOSS]:.4f}, test_acc {best[M.TEST_ACC]:.4f}): {where}")
     print(f"re-run it: python sweeps/run.py --space {space.name} --config '{where}'")
@@ -194,6 +187,6 @@ def report(table, store: Store) -> int:
     failed = int(reasons.isin(M.FAILED).sum())
     if failed:
         print(f"{failed} of {len(table)} trials failed")
-    print(f"table: {store}/{RESULTS_CSV}" if store.is_uri else f"table: {store.root}/{RESULTS_CSV}")
+    print(f"table: {store}/{RESULTS_CSV}")
     print(f"TensorBoard: tensorboard --logdir '{store}'")
     return 1 if failed else 0

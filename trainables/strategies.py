@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn, optim
+from torch import optim
 
 from trainables.config import TrialConfig
 from trainables.models import Net
@@ -93,7 +93,3 @@ STRATEGIES: dict[str, type[Strategy]] = {
 
 def create_strategy(cfg: TrialConfig) -> Strategy:
     return STRATEGIES[cfg.strategy](cfg)
-
-
-def count_trainable(net: nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters() if p.requires_grad)
