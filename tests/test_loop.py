@@ -69,11 +69,24 @@ def test_early_stopping_ends_a_trial_that_stops_improving():
     assert len(reports) == 3  # epoch 1 sets the best, epochs 2 and 3 fail to beat it
 
 
+class _NaNNet(torch.nn.Module):
+    """A model whose first weight turns NaN: every loss after that is NaN."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.is_head = inner.is_head
+        next(inner.parameters()).data.view(-1)[0] = float("nan")
+
+    def forward(self, x):
+        return self.inner(x)
+
+
 def test_nan_loss_ends_the_trial_as_diverged():
-    data = tiny_trial_data(n=16)
-    x, y = data.train.tensors
-    x[0, 0, 0, 0] = float("nan")
-    reports, _, _ = _run({"max_epochs": 5}, data=data)
+    cfg = TrialConfig.from_dict({"model": "small_cnn", "pretrained": "false", "max_epochs": 5})
+    reports = []
+    fit(cfg, _NaNNet(create_model("small_cnn", 3, "false").net), create_strategy(cfg),
+        tiny_trial_data(n=16), CPU, lambda m, s: reports.append(m))
     assert len(reports) == 1 and reports[0][M.STOP_REASON] == M.DIVERGED
     assert math.isnan(reports[0][M.TRAIN_LOSS])
 

@@ -3,6 +3,7 @@ import math
 import torch
 
 from trainables import metrics as M
+from trainables.batches import training_batches
 from trainables.config import TrialConfig
 from trainables.loop import fit, train_one_epoch
 from trainables.models import create_model
@@ -17,7 +18,7 @@ def _step(cfg, net, strategy, epoch=0):
     optimizer = create_optimizer(cfg, net.parameters())
     strategy.on_epoch_start(net, optimizer, epoch)
     strategy.train_mode(net)
-    loader = torch.utils.data.DataLoader(data.train, batch_size=8)
+    loader = training_batches(cfg, data, range(len(data.train_rows)), torch.device("cpu"))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     return train_one_epoch(net, loader, create_loss(cfg, [1, 1, 1]), optimizer, scaler,
                            torch.device("cpu"), strategy.aux_weight, None)

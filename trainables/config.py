@@ -30,6 +30,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("adam", "adamw", "sgd"),
     "augment": ("notebook", "autoaugment", "randaugment", "trivialaugment", "none"),
     "sampler": ("shuffle", "balanced"),
+    "data_path": ("auto", "device", "loader"),
 }
 
 # (low, high, what) bounds, inclusive unless noted in the check below.
@@ -58,6 +59,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "chance_epochs": (0, 100_000),
     "chance_margin": (0.0, 1.0),
     "seed": (0, 2**31 - 1),
+    "loader_workers": (0, 256),
 }
 
 
@@ -105,7 +107,13 @@ class TrialConfig:
     sampler: str = "shuffle"  # balanced: draw every class equally often (imbalanced data)
     # run
     seed: int = 0
-    amp: bool = True
+    amp: bool = True  # CUDA: bf16 autocast (fp16 with loss scaling where bf16 is missing)
+    # speed (trainables/batches.py, benchmarks/README.md)
+    data_path: str = "auto"  # device: batched augmentation on the training device; loader:
+    # per-image transforms in a DataLoader; auto: device
+    loader_workers: int = 0  # DataLoader worker processes of the loader path
+    channels_last: bool = True  # CUDA: channels-last memory format for model and batches
+    compile: bool = False  # torch.compile the model (pays a compile once per trial)
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():

@@ -8,6 +8,7 @@ ensembles, so every trial, however it stops, carries the scores of its best chec
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -17,31 +18,40 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
-from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
+from torch.utils.data import RandomSampler, WeightedRandomSampler
 
 from trainables import metrics as M
+from trainables.batches import Normalize, training_batches
 from trainables.config import TrialConfig
 from trainables.models import Net
 from trainables.objectives import create_loss, create_optimizer, create_schedule
 from trainables.strategies import Strategy
+from trainables.transforms import Preprocess
 
 
 @dataclass
 class EvalSplit:
-    """A preprocessed evaluation split: normalised float images, labels and sample ids."""
+    """An evaluation split, centre-cropped once: uint8 N x 3 x S x S images (normalised
+    batch by batch), labels and sample ids."""
 
     x: torch.Tensor
     y: torch.Tensor
     ids: np.ndarray
 
+    def to(self, device: torch.device) -> "EvalSplit":
+        return EvalSplit(self.x.to(device), self.y, self.ids)
+
 
 @dataclass
 class TrialData:
-    train: Dataset  # yields (float image tensor, label), augmented
+    images: np.ndarray  # every decoded image, N x H x W x 3 uint8 (a memory map)
+    images_key: tuple  # names ``images`` for the per-worker device copy
+    train_rows: np.ndarray  # rows of ``images`` in the training split
     train_labels: np.ndarray
     val: EvalSplit
     test: EvalSplit
     num_classes: int
+    preprocess: Preprocess
 
     @property
     def class_counts(self) -> list[int]:
@@ -70,37 +80,49 @@ def amp_dtype(cfg: TrialConfig, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def train_one_epoch(net: Net, loader: DataLoader, criterion, optimizer, scaler,
-                    device: torch.device, aux_weight: float, dtype) -> tuple[float, float]:
-    """One pass over ``loader``. Returns (mean loss, accuracy); the loss is NaN if it diverged."""
-    total_loss, correct, seen = 0.0, 0, 0
-    for x, y in loader:
+def train_one_epoch(net, loader, criterion, optimizer, scaler, device: torch.device,
+                    aux_weight: float, dtype, check_every: int = 50) -> tuple[float, float]:
+    """One pass over ``loader``. Returns (mean loss, accuracy); the loss is NaN if it diverged.
+
+    Loss and accuracy add up on the device; the host waits for it only every
+    ``check_every`` steps (to stop a diverged epoch early) and at the end, so a GPU is never
+    left idle between steps while the host reads a number."""
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for step, (x, y) in enumerate(loader, 1):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits, aux = net(x)
             loss = criterion(logits, y)
             if aux_weight:
                 loss = loss + aux_weight * sum(criterion(a, y) for a in aux)
-        if not torch.isfinite(loss):
-            return math.nan, correct / max(seen, 1)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        total_loss += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
+        total_loss += loss.detach().float() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
-    return total_loss / max(seen, 1), correct / max(seen, 1)
+        if step % check_every == 0 and not torch.isfinite(total_loss):
+            break
+    accuracy = correct.item() / max(seen, 1)
+    mean_loss = total_loss.item() / max(seen, 1)
+    return (mean_loss if math.isfinite(mean_loss) else math.nan), accuracy
 
 
 @torch.inference_mode()
-def evaluate(net: Net, split: EvalSplit, batch_size: int, device: torch.device,
-             dtype=None) -> tuple[float, float, np.ndarray]:
-    """Mean cross-entropy, accuracy and softmax probabilities on a preprocessed split."""
-    net.eval()
+def evaluate(net, split: EvalSplit, normalize: Normalize, batch_size: int,
+             device: torch.device, dtype=None,
+             channels_last: bool = False) -> tuple[float, float, np.ndarray]:
+    """Mean cross-entropy, accuracy and softmax probabilities on a centre-cropped split.
+    ``net`` is the model or its compiled form; it is put in eval mode here."""
+    getattr(net, "_orig_mod", net).eval()
     outputs = []
     for start in range(0, len(split.y), batch_size):
-        x = split.x[start:start + batch_size].to(device, non_blocking=True)
+        x = normalize(split.x[start:start + batch_size].to(device, non_blocking=True))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits, _ = net(x)
         outputs.append(logits.float().cpu())
@@ -124,6 +146,9 @@ def fit(cfg: TrialConfig, net: Net, strategy: Strategy, data: TrialData, device:
     last metrics reported; their ``stop_reason`` says why training ended.
     """
     net.to(device)
+    fast = device.type == "cuda" and cfg.channels_last
+    if fast:
+        net.to(memory_format=torch.channels_last)
     criterion = create_loss(cfg, data.class_counts).to(device)
     optimizer = create_optimizer(cfg, net.parameters())
     schedule = create_schedule(cfg, optimizer)
@@ -138,9 +163,14 @@ def fit(cfg: TrialConfig, net: Net, strategy: Strategy, data: TrialData, device:
         generator.set_state(resume["generator"])
         torch.set_rng_state(resume["torch_rng"])  # augmentation draws from the global RNG
         state = resume["fit"]
-    loader = DataLoader(data.train, batch_size=cfg.batch_size, drop_last=False,
-                        sampler=_sampler(cfg, data, generator), num_workers=0,
-                        pin_memory=device.type == "cuda")
+    loader = training_batches(cfg, data, _sampler(cfg, data, generator), device)
+    if device.type == "cuda":  # evaluation images go to the device once per trial
+        data = dataclasses.replace(data, val=data.val.to(device), test=data.test.to(device))
+    normalize = Normalize(data.preprocess.mean, data.preprocess.std)
+    model = torch.compile(net) if cfg.compile else net
+
+    def score(split: EvalSplit):
+        return evaluate(model, split, normalize, cfg.batch_size, device, dtype, fast)
     metrics: dict = {}
     for epoch in range(state.epoch, cfg.max_epochs):
         started = time.perf_counter()
@@ -150,11 +180,10 @@ def fit(cfg: TrialConfig, net: Net, strategy: Strategy, data: TrialData, device:
         train_loss, train_acc = val_loss, val_acc = math.nan, math.nan
         val_probs, error = None, ""
         try:
-            train_loss, train_acc = train_one_epoch(net, loader, criterion, optimizer, scaler,
+            train_loss, train_acc = train_one_epoch(model, loader, criterion, optimizer, scaler,
                                                     device, strategy.aux_weight, dtype)
             if not diverged(train_loss, data.num_classes):
-                val_loss, val_acc, val_probs = evaluate(net, data.val, cfg.batch_size, device,
-                                                        dtype)
+                val_loss, val_acc, val_probs = score(data.val)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -170,7 +199,7 @@ def fit(cfg: TrialConfig, net: Net, strategy: Strategy, data: TrialData, device:
         elif not math.isfinite(val_loss):
             stop = M.DIVERGED
         else:
-            _track_best(state, net, data, val_loss, val_acc, val_probs, cfg, device, dtype)
+            _track_best(state, net, data, val_loss, val_acc, val_probs, cfg, score)
             if epoch < strategy.patience_start:
                 state.bad_epochs = 0
             schedule.step(val_loss)
@@ -235,11 +264,11 @@ def _sampler(cfg: TrialConfig, data: TrialData, generator: torch.Generator):
         return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double),
                                      num_samples=len(weights), replacement=True,
                                      generator=generator)
-    return RandomSampler(data.train, generator=generator)
+    return RandomSampler(range(len(data.train_rows)), generator=generator)
 
 
 def _track_best(state: FitState, net: Net, data: TrialData, val_loss: float, val_acc: float,
-                val_probs: np.ndarray, cfg: TrialConfig, device, dtype) -> None:
+                val_probs: np.ndarray, cfg: TrialConfig, score) -> None:
     """Keep the best weights by validation loss, score them on test, count patience."""
     best_loss = state.best[M.BEST_VAL_LOSS]
     if math.isnan(best_loss) or val_loss < best_loss - cfg.early_stop_min_delta:
@@ -248,7 +277,7 @@ def _track_best(state: FitState, net: Net, data: TrialData, val_loss: float, val
         state.bad_epochs += 1
     if not (math.isnan(best_loss) or val_loss < best_loss):
         return
-    _, test_acc, test_probs = evaluate(net, data.test, cfg.batch_size, device, dtype)
+    _, test_acc, test_probs = score(data.test)
     state.best = {
         M.BEST_EPOCH: state.epoch, M.BEST_VAL_LOSS: val_loss, M.BEST_VAL_ACC: val_acc,
         M.TEST_ACC: test_acc,

@@ -15,40 +15,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from trainables import metrics as M
+from trainables.batches import centre_crop, nchw
 from trainables.config import TrialConfig
 from trainables.data import DataHandle
 from trainables.loop import EvalSplit, FitState, TrialData, fit
 from trainables.models import HeadSpec, create_model
 from trainables.strategies import create_strategy
-from trainables.transforms import (create_eval_transform, create_train_transform,
-                                   resolve_preprocess)
+from trainables.transforms import resolve_preprocess
 
 STATE_FILE = "state.pt"
 BEST_WEIGHTS_FILE = "best_model.pt"
 PREDICTIONS_FILE = "predictions.npz"
 META_FILE = "meta.json"
-
-
-class DecodedImages(Dataset):
-    """Training view of the decoded uint8 images: one augmented float tensor per item."""
-
-    def __init__(self, images: np.ndarray, rows: np.ndarray, labels: np.ndarray, transform):
-        self.images, self.rows, self.labels, self.transform = images, rows, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int):
-        image = torch.from_numpy(np.array(self.images[self.rows[i]])).permute(2, 0, 1)
-        return self.transform(image), int(self.labels[i])
-
-
-def _eval_split(images: np.ndarray, rows: np.ndarray, labels: np.ndarray, transform) -> EvalSplit:
-    batch = torch.from_numpy(np.array(images[rows])).permute(0, 3, 1, 2)
-    return EvalSplit(transform(batch).contiguous(), torch.as_tensor(labels, dtype=torch.long), rows)
 
 
 def build_trial_data(handle: DataHandle, cfg: TrialConfig) -> TrialData:
@@ -57,14 +37,15 @@ def build_trial_data(handle: DataHandle, cfg: TrialConfig) -> TrialData:
     images = handle.images(pre.load_size, pre.interpolation)
     rows, labels = np.asarray(handle.rows), np.asarray(handle.labels)
     tr, va, te = (handle.indices(s) for s in ("train", "val", "test"))
-    eval_tf = create_eval_transform(pre)
+
+    def eval_split(part: np.ndarray) -> EvalSplit:
+        crop = centre_crop(nchw(images)[rows[part]], pre.image_size).contiguous()
+        return EvalSplit(crop, torch.as_tensor(labels[part], dtype=torch.long), rows[part])
+
     return TrialData(
-        train=DecodedImages(images, rows[tr], labels[tr], create_train_transform(cfg, pre)),
-        train_labels=labels[tr],
-        val=_eval_split(images, rows[va], labels[va], eval_tf),
-        test=_eval_split(images, rows[te], labels[te], eval_tf),
-        num_classes=handle.num_classes,
-    )
+        images=images, images_key=(handle.digest, pre.load_size, pre.interpolation),
+        train_rows=rows[tr], train_labels=labels[tr], val=eval_split(va), test=eval_split(te),
+        num_classes=handle.num_classes, preprocess=pre)
 
 
 def seed_everything(seed: int) -> None:

@@ -64,7 +64,3 @@ def create_train_transform(cfg: TrialConfig, pre: Preprocess) -> v2.Compose:
     if cfg.random_erasing:
         steps.append(v2.RandomErasing(p=cfg.random_erasing))
     return v2.Compose(steps)
-
-
-def create_eval_transform(pre: Preprocess) -> v2.Compose:
-    return v2.Compose([v2.CenterCrop(pre.image_size), *_to_float(pre)])

@@ -1,0 +1,273 @@
+"""Training batches: the two data paths, and the batched augmentation of the device path.
+
+Both paths start from the decoded uint8 images (``data.py``'s decode-once cache) and draw
+the same sample order from the same seeded sampler.
+
+``loader``: a DataLoader runs ``transforms.create_train_transform`` image by image on the
+CPU, the way the notebooks do (minus the JPEG decoding every epoch).
+
+``device``: the trial's decoded images are copied to the training device once (a worker
+that Ray reuses for its next trial keeps them there), each step gathers its batch there
+and ``BatchAugment`` augments all of it in a few batched kernels, with fresh random
+parameters for every image. On a GPU this keeps the data path off the critical path.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+
+from trainables.config import TrialConfig
+from trainables.transforms import Preprocess, _policy, create_train_transform
+
+
+def use_device_path(cfg: TrialConfig, device: torch.device) -> bool:
+    """``data_path=auto`` picks the device path everywhere: it is the faster one on CPU as
+    well as on GPU (benchmarks/README.md, data path)."""
+    return cfg.data_path in ("auto", "device")
+
+
+def nchw(images: np.ndarray) -> torch.Tensor:
+    """An N x H x W x 3 uint8 array (a read-only memory map too) as an N x 3 x H x W tensor
+    view with channels-last strides; nothing is copied or written."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        return torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2)
+
+
+def centre_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop N x C x H x W to the centre ``size`` square, as torchvision's CenterCrop does."""
+    top = int(round((images.shape[-2] - size) / 2.0))
+    left = int(round((images.shape[-1] - size) / 2.0))
+    return images[..., top:top + size, left:left + size]
+
+
+class Normalize:
+    """uint8 N x 3 x H x W on any device -> float32, scaled to [0, 1] and standardised."""
+
+    def __init__(self, mean, std):
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+        if self.mean.device != x.device:  # once per device, not every batch
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
+        return (x - self.mean) / self.std
+
+
+# ------------------------------------------------------------------ the loader path
+
+class DecodedImages(Dataset):
+    """Per-image view of the decoded uint8 images: one augmented float tensor per item."""
+
+    def __init__(self, images: np.ndarray, rows: np.ndarray, labels: np.ndarray, transform):
+        self.images, self.rows, self.labels, self.transform = images, rows, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        image = torch.from_numpy(np.array(self.images[self.rows[i]])).permute(2, 0, 1)
+        return self.transform(image), int(self.labels[i])
+
+
+# ------------------------------------------------------------------ the device path
+
+def _sample_boxes(n: int, scale: tuple[float, float], ratio: tuple[float, float],
+                  tries: int = 10) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Width and height (as fractions of a square image's side) of boxes whose area is a
+    uniform fraction in ``scale`` and whose log aspect ratio is uniform in ``ratio``;
+    like torchvision, up to ``tries`` draws per image, the first that fits wins.
+    Returns (w, h, found)."""
+    area = torch.empty(n, tries).uniform_(*scale)
+    log_ratio = torch.empty(n, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]))
+    aspect = log_ratio.exp()
+    w, h = (area * aspect).sqrt(), (area / aspect).sqrt()
+    fits = (w <= 1) & (h <= 1)
+    first = fits.float().argmax(1, keepdim=True)  # index of the first fitting draw
+    found = fits.any(1)
+    return w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1), found
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+
+
+def _uniform(n: int, low: float, high: float) -> torch.Tensor:
+    return torch.empty(n).uniform_(low, high)
+
+
+class BatchAugment:
+    """The train transform of ``transforms.py`` for a whole uint8 batch at once.
+
+    Geometry (random resized crop with scale 0.7-1 and ratio 3/4-4/3, horizontal flip, and
+    for ``notebook`` rotation up to 15 degrees and translation up to 10%) is composed into
+    one affine map per image and resampled once with ``grid_sample`` (the CPU path resamples
+    for each step). Colour jitter applies brightness, contrast and saturation in a fixed
+    order (torchvision shuffles the order). Gaussian blur, normalisation and random erasing
+    follow. The AutoAugment-family policies have no batched form: they run image by image,
+    on the device. Random parameters come from torch's global generator, which checkpoints
+    save, so a resumed trial continues the same augmentation stream.
+    """
+
+    def __init__(self, cfg: TrialConfig, pre: Preprocess):
+        self.size = pre.image_size
+        self.augment = cfg.augment
+        self.erasing = cfg.random_erasing
+        self.mode = pre.interpolation if pre.interpolation in ("bilinear", "bicubic") \
+            else "bilinear"
+        self.normalize = Normalize(pre.mean, pre.std)
+        self.policy = None
+        if cfg.augment not in ("notebook", "none"):
+            self.policy = _policy(cfg.augment)[0]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 B x 3 x H x W (square, on any device) -> normalised float B x 3 x S x S."""
+        if self.augment == "none":
+            x = centre_crop(images, self.size).float().div_(255)
+        else:
+            x = self._geometry(images.float().div_(255))
+        if self.augment == "notebook":
+            x = self._blur(self._colour(x))
+        elif self.policy is not None:
+            as_bytes = x.mul(255).round_().to(torch.uint8)
+            x = torch.stack([self.policy(image) for image in as_bytes]).float().div_(255)
+        x = self.normalize(x)
+        if self.erasing:
+            x = self._erase(x)
+        return x
+
+    def _geometry(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        w, h, found = _sample_boxes(n, (0.7, 1.0), (3 / 4, 4 / 3))
+        w, h = torch.where(found, w, 1.0), torch.where(found, h, 1.0)
+        centre = torch.stack([torch.rand(n) * (1 - w) + w / 2,
+                              torch.rand(n) * (1 - h) + h / 2], 1) * 2 - 1
+        flip = torch.where(torch.rand(n) < 0.5, -1.0, 1.0)
+        if self.augment == "notebook":
+            angle = torch.deg2rad(_uniform(n, -15.0, 15.0))
+            shift = torch.empty(n, 2).uniform_(-0.2, 0.2)  # 10% of the side; [-1, 1] spans 2
+        else:
+            angle, shift = torch.zeros(n), torch.zeros(n, 2)
+        cos, sin = angle.cos(), angle.sin()
+        # output point p -> undo the shift and the rotation -> point q of the crop -> input
+        rotate = torch.stack([torch.stack([cos, sin], 1), torch.stack([-sin, cos], 1)], 1)
+        scale = torch.diag_embed(torch.stack([flip * w, h], 1))
+        linear = scale @ rotate
+        offset = centre - (linear @ shift.unsqueeze(2)).squeeze(2)
+        theta = _to(torch.cat([linear, offset.unsqueeze(2)], 2), x)
+        grid = F.affine_grid(theta, [n, x.shape[1], self.size, self.size], align_corners=False)
+        out = F.grid_sample(x, grid, mode=self.mode, padding_mode="zeros", align_corners=False)
+        return out.clamp_(0, 1) if self.mode == "bicubic" else out
+
+    @staticmethod
+    def _colour(x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        factors = _to(torch.empty(3, n, 1, 1, 1).uniform_(0.8, 1.2), x)
+        brightness, contrast, saturation = factors
+        x = (x * brightness).clamp_(0, 1)
+        mean = _gray(x).mean((2, 3), keepdim=True)
+        x = (contrast * x + (1 - contrast) * mean).clamp_(0, 1)
+        return (saturation * x + (1 - saturation) * _gray(x)).clamp_(0, 1)
+
+    @staticmethod
+    def _blur(x: torch.Tensor, p: float = 0.2) -> torch.Tensor:
+        """GaussianBlur(kernel_size=3, sigma in [0.1, 2], reflect padding) on a random fifth
+        of the batch: a separable 3-tap filter as three shifted multiply-adds per axis (on
+        CPU and GPU faster than a depthwise convolution). Images not chosen get the
+        identity taps, so every batch has one fixed shape of work."""
+        n = x.shape[0]
+        chosen = (torch.rand(n) < p).view(n, 1)
+        sigma = _uniform(n, 0.1, 2.0).view(n, 1)
+        taps = torch.exp(-torch.tensor([-1.0, 0.0, 1.0]) ** 2 / (2 * sigma ** 2))
+        taps = torch.where(chosen, taps / taps.sum(1, keepdim=True),
+                           torch.tensor([0.0, 1.0, 0.0]))
+        side, centre = (_to(t.view(n, 1, 1, 1), x) for t in (taps[:, 0], taps[:, 1]))
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        rows = centre * padded[:, :, 1:-1] + side * (padded[:, :, :-2] + padded[:, :, 2:])
+        return centre * rows[..., 1:-1] + side * (rows[..., :-2] + rows[..., 2:])
+
+    def _erase(self, x: torch.Tensor) -> torch.Tensor:
+        """RandomErasing(p, scale 0.02-0.33, ratio 0.3-3.3, value 0) on normalised images."""
+        n, size = x.shape[0], x.shape[-1]
+        w, h, found = _sample_boxes(n, (0.02, 0.33), (0.3, 3.3))
+        chosen = (torch.rand(n) < self.erasing) & found
+        top = (torch.rand(n) * (1 - h) * size).floor()
+        left = (torch.rand(n) * (1 - w) * size).floor()
+        height = torch.where(chosen, (h * size).round(), 0.0)
+        box = _to(torch.stack([top, top + height, left, left + (w * size).round()], 1), x)
+        where = torch.arange(size, dtype=x.dtype, device=x.device)
+        rows = (where >= box[:, 0:1]) & (where < box[:, 1:2])
+        cols = (where >= box[:, 2:3]) & (where < box[:, 3:4])
+        return x.masked_fill((rows[:, :, None] & cols[:, None, :])[:, None], 0.0)
+
+
+def _to(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Move a few random parameters drawn on the host to the batch's device without making
+    the host wait for the device (a blocking copy would stall every step)."""
+    return values.to(like.device, like.dtype, non_blocking=True)
+
+
+class DeviceBatches:
+    """Iterates (augmented images, labels) on the device; images never leave it."""
+
+    def __init__(self, images: torch.Tensor, rows: np.ndarray, labels: np.ndarray,
+                 sampler: Sampler, batch_size: int, augment: BatchAugment,
+                 channels_last: bool = False):
+        device = images.device
+        self.images = images
+        self.rows = torch.as_tensor(rows, dtype=torch.long, device=device)
+        self.labels = torch.as_tensor(labels, dtype=torch.long, device=device)
+        self.batches = BatchSampler(sampler, batch_size, drop_last=False)
+        self.augment = augment
+        self.layout = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in self.batches:
+            index = torch.as_tensor(batch, dtype=torch.long).to(self.rows.device,
+                                                                non_blocking=True)
+            x = self.augment(self.images.index_select(0, self.rows[index]))
+            # the gathered images keep the cache's channels-last strides: make the layout the
+            # model expects explicit (on CPU, convolutions on channels-last input run slower)
+            yield x.contiguous(memory_format=self.layout), self.labels[index]
+
+
+_RESIDENT: dict = {}  # (key, device) -> the decoded images on that device, for reused workers
+
+
+def resident_images(key: tuple, images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The decoded images as an N x 3 x H x W uint8 tensor on ``device``, copied there once
+    per worker process. On the CPU the memory-mapped file is used in place."""
+    if device.type == "cpu":
+        return nchw(images)
+    if (key, str(device)) not in _RESIDENT:
+        _RESIDENT.clear()  # one data set at a time: a new size replaces the old copy
+        host = torch.from_numpy(np.ascontiguousarray(images))
+        _RESIDENT[(key, str(device))] = host.to(device).permute(0, 3, 1, 2)
+    return _RESIDENT[(key, str(device))]
+
+
+def training_batches(cfg: TrialConfig, data, sampler: Sampler, device: torch.device):
+    """The training batches of one epoch (a ``loop.TrialData``), by the path that
+    ``cfg.data_path`` selects."""
+    pre = data.preprocess
+    if use_device_path(cfg, device):
+        images = resident_images(data.images_key, data.images, device)
+        return DeviceBatches(images, data.train_rows, data.train_labels, sampler,
+                             cfg.batch_size, BatchAugment(cfg, pre),
+                             channels_last=cfg.channels_last and device.type == "cuda")
+    dataset = DecodedImages(data.images, data.train_rows, data.train_labels,
+                            create_train_transform(cfg, pre))
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
+                      num_workers=cfg.loader_workers, pin_memory=device.type == "cuda",
+                      persistent_workers=cfg.loader_workers > 0)
