@@ -66,6 +66,9 @@ def build_parser() -> Parser:
     p.add_argument("--gpus-per-trial", type=float,
                    help="GPUs per trial, fractions allowed (default: 1 if the cluster has GPUs)")
     p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    p.add_argument("--scheduler", choices=("asha", "fifo"), default="asha",
+                   help="asha (default): stop weak trials early; fifo: run every trial to "
+                        "its own end (early stopping still applies)")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                    help="join this Ray cluster instead of starting one (default: $RAY_ADDRESS)")
     p.add_argument("--split-seed", type=int, help="seed of the 8:1:1 split (default 0)")
@@ -185,7 +188,7 @@ def run_sweep(args, space, plan, handle, unavailable: tuple[str, ...], store: St
               per_trial: dict) -> int:
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from sweeps.plan import create_searcher
     from sweeps.progress import ProgressCallback
@@ -202,7 +205,8 @@ def run_sweep(args, space, plan, handle, unavailable: tuple[str, ...], store: St
     max_t = max(c.max_epochs for c in cfgs)
     grace = min(max_t, space.grace_period or max(c.unfreeze_epoch for c in cfgs) + 2)
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=grace,
-                              reduction_factor=space.reduction_factor)
+                              reduction_factor=space.reduction_factor) \
+        if args.scheduler == "asha" else FIFOScheduler()
     table = ResultTableCallback(store, space.variant, plan.varied,
                                 aggregate=not plan.searched)
     trainable = tune.with_resources(
@@ -235,7 +239,8 @@ def run_sweep(args, space, plan, handle, unavailable: tuple[str, ...], store: St
             verbose=0),  # ProgressCallback prints one line per epoch instead
     )
     how = "chosen by Optuna TPE" if plan.searched else "grid"
-    print(f"sweep {space.name}: {plan.trials} trial(s), {how}, ASHA grace {grace} epochs, "
+    pruning = f"ASHA grace {grace} epochs" if args.scheduler == "asha" else "no pruning"
+    print(f"sweep {space.name}: {plan.trials} trial(s), {how}, {pruning}, "
           f"max {max_t} epochs -> {store}", file=sys.stderr, flush=True)
     return finish(tuner.fit(), space, plan, store)
 
