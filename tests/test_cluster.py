@@ -52,11 +52,11 @@ def _can_make_network_namespace() -> bool:
 @pytest.mark.skipif(not _can_make_network_namespace(),
                     reason="needs unshare -n (root) for a loopback-only network namespace")
 def test_a_sweep_on_a_two_node_cluster_uses_both_nodes(tmp_path):
-    data = make_image_folder(tmp_path / "imgs", per_class=10)
+    data = make_image_folder(tmp_path / "imgs", per_class=40)
     with socket.socket() as s:  # any free port; the namespace has its own port space anyway
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    args = (f"--space single --set model=small_cnn --set image_size=32 --max-epochs 3 "
+    args = (f"--space single --set model=small_cnn --set image_size=64 --max-epochs 4 "
             f"--num-samples 4 --data '{data}' --storage '{tmp_path / 'runs'}' --name two")
     script = CLUSTER_SCRIPT.format(token=secrets.token_hex(16), port=port, bin=BIN,
                                    logs=tmp_path, root=ROOT, args=args)
