@@ -44,10 +44,11 @@ def trial_row(trial_id: str, variant: str, config: dict, last: dict, status: str
         "trial_id": trial_id, "variant": variant, "status": status, "stop_reason": stop,
         "epochs": int(last.get(M.EPOCH, 0)), "best_epoch": int(last.get(M.BEST_EPOCH, 0)),
         **{key: last.get(key, math.nan) for key in
-           (M.BEST_VAL_LOSS, M.BEST_VAL_ACC, M.TEST_ACC, M.TEST_MACRO_F1)},
+           (M.BEST_VAL_LOSS, M.BEST_VAL_ACC, M.TEST_ACC, M.TEST_MACRO_F1, *M.TEST_INTERVALS)},
         "pretrained": bool(last.get(M.PRETRAINED, 0)),
         M.NODE: last.get(M.NODE, ""),
     }
+    row.update({key: last[key] for key in (M.TEST_ACC_TTA, M.TEST_MACRO_F1_TTA) if key in last})
     row.update({key: _plain(config.get(key)) for key in varied_keys})
     row["retries"] = retries  # times the trial's worker died and it went on from a checkpoint
     row["wall_s"] = round(float(last.get("time_total_s", 0.0)), 1)
@@ -70,6 +71,21 @@ def to_markdown(table: pd.DataFrame) -> str:
     return table.to_markdown(index=False, floatfmt=".4g")
 
 
+def with_intervals(table: pd.DataFrame) -> pd.DataFrame:
+    """For reading: each test metric as 'value [low, high]' (its 95% bootstrap interval)
+    in place of its three numeric columns."""
+    out = table.copy()
+    for metric in (M.TEST_ACC, M.TEST_MACRO_F1):
+        low, high = f"{metric}_low", f"{metric}_high"
+        if low not in out:
+            continue
+        out[metric] = [f"{v:.4f} [{lo:.3f}, {hi:.3f}]" if pd.notna(v) and pd.notna(lo)
+                       else ("" if pd.isna(v) else f"{v:.4f}")
+                       for v, lo, hi in zip(out[metric], out[low], out[high])]
+        out = out.drop(columns=[low, high])
+    return out
+
+
 def write_tables(rows: list[dict], store: Store, aggregate: bool = True) -> pd.DataFrame:
     """Write results.csv / results.md (and, with ``aggregate``, the per-variant table when a
     variant has several seeds); returns the per-trial table: results first, by test
@@ -81,7 +97,8 @@ def write_tables(rows: list[dict], store: Store, aggregate: bool = True) -> pd.D
     table = table.drop(columns="_no_result").reset_index(drop=True)
     store.write_text(RESULTS_CSV, table.to_csv(index=False))
     shown = table.drop(columns=["error"]) if not table["error"].any() else table
-    markdown = "# Trials\n\n" + to_markdown(shown) + "\n"
+    markdown = ("# Trials (test metrics with their 95% bootstrap interval)\n\n"
+                + to_markdown(with_intervals(shown)) + "\n")
     results = table[~table["stop_reason"].isin(M.NOT_A_RESULT)]
     if aggregate and table["variant"].duplicated().any() and not results.empty:
         summary = by_variant(results)

@@ -176,3 +176,61 @@ def test_a_learning_rate_that_diverges_ends_the_trial_as_diverged():
                           "early_stop_patience": 0, "chance_epochs": 0})
     assert reports[-1][M.STOP_REASON] == M.DIVERGED
     assert len(reports) < 20
+
+
+def test_test_metrics_carry_their_bootstrap_interval():
+    from trainables import evaluation as E
+
+    reports, state, _ = _run({"max_epochs": 3, "early_stop_patience": 0})
+    last = reports[-1]
+    p = state["fit"].predictions
+    predicted = p["test_probs"].argmax(1)
+    assert (last[M.TEST_ACC_LOW], last[M.TEST_ACC_HIGH]) == E.accuracy_interval(
+        p["test_labels"], predicted)
+    assert (last[M.TEST_MACRO_F1_LOW], last[M.TEST_MACRO_F1_HIGH]) == E.macro_f1_interval(
+        p["test_labels"], predicted, 3)
+    assert last[M.TEST_ACC_LOW] <= last[M.TEST_ACC] <= last[M.TEST_ACC_HIGH]
+    assert M.TEST_ACC_TTA not in last  # tta is off by default
+
+
+class _LeftRight(torch.nn.Module):
+    """Class 0 scores the left half's brightness, class 1 the right half's: mirroring the
+    image swaps the two scores."""
+
+    def forward(self, x):
+        half = x.shape[-1] // 2
+        left, right = x[..., :half].mean((1, 2, 3)), x[..., half:].mean((1, 2, 3))
+        return torch.stack([left, right, torch.zeros_like(left)], 1), []
+
+
+def test_evaluate_with_flip_scores_the_mirror_images():
+    from trainables.batches import Normalize
+    from trainables.loop import EvalSplit, evaluate
+
+    x = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    x[0, :, :, :2] = 255  # bright left half
+    x[1, :, :, 2:] = 255  # bright right half
+    split = EvalSplit(x, torch.tensor([0, 1]), np.array(["a", "b"]))
+    normalize = Normalize((0, 0, 0), (1, 1, 1))
+    _, acc, probs = evaluate(_LeftRight(), split, normalize, 8, CPU)
+    _, acc_flip, probs_flip = evaluate(_LeftRight(), split, normalize, 8, CPU, flip=True)
+    assert acc == 1.0 and acc_flip == 0.0
+    assert probs_flip == pytest.approx(probs[[1, 0]])  # mirrored image 0 looks like image 1
+
+
+def test_tta_column_is_the_flip_average_of_the_best_weights():
+    from trainables import evaluation as E
+    from trainables.batches import Normalize
+    from trainables.loop import evaluate
+
+    data = tiny_trial_data(n=48)
+    reports, state, net = _run({"max_epochs": 3, "early_stop_patience": 0, "tta": True}, data)
+    net.load_state_dict(state["fit"].best_weights)
+    normalize = Normalize(data.preprocess.mean, data.preprocess.std)
+    plain = evaluate(net, data.test, normalize, 8, CPU)[2]
+    mirrored = evaluate(net, data.test, normalize, 8, CPU, flip=True)[2]
+    labels = data.test.y.numpy()
+    mean = (plain + mirrored) / 2
+    assert reports[-1][M.TEST_ACC_TTA] == E.accuracy(labels, mean.argmax(1))
+    assert reports[-1][M.TEST_MACRO_F1_TTA] == E.macro_f1(labels, mean.argmax(1), 3)
+    assert reports[-1][M.TEST_ACC] == E.accuracy(labels, plain.argmax(1))

@@ -105,6 +105,8 @@ class TrialConfig:
     augment: str = "notebook"
     random_erasing: float = 0.0  # probability of RandomErasing after the policy
     sampler: str = "shuffle"  # balanced: draw every class equally often (imbalanced data)
+    # evaluation
+    tta: bool = False  # also score test on the mean of image and horizontal flip: test_acc_tta
     # run
     seed: int = 0
     amp: bool = True  # CUDA: bf16 autocast (fp16 with loss scaling where bf16 is missing)

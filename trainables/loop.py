@@ -17,12 +17,12 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import f1_score
 from torch.utils.data import RandomSampler, WeightedRandomSampler
 
 from trainables import metrics as M
 from trainables.batches import Normalize, training_batches
 from trainables.config import TrialConfig
+from trainables.evaluation import accuracy, macro_f1, test_summary
 from trainables.models import Net
 from trainables.objectives import create_loss, create_optimizer, create_schedule
 from trainables.strategies import Strategy
@@ -36,7 +36,7 @@ class EvalSplit:
 
     x: torch.Tensor
     y: torch.Tensor
-    ids: np.ndarray
+    ids: np.ndarray  # the images' paths as split.csv writes them: what ensembles align on
 
     def to(self, device: torch.device) -> "EvalSplit":
         return EvalSplit(self.x.to(device), self.y, self.ids)
@@ -66,7 +66,8 @@ class FitState:
     bad_epochs: int = 0
     best: dict = field(default_factory=lambda: {
         M.BEST_EPOCH: 0, M.BEST_VAL_LOSS: math.nan, M.BEST_VAL_ACC: math.nan,
-        M.TEST_ACC: math.nan, M.TEST_MACRO_F1: math.nan})
+        M.TEST_ACC: math.nan, M.TEST_MACRO_F1: math.nan,
+        **{key: math.nan for key in M.TEST_INTERVALS}})
     best_weights: dict | None = None
     predictions: dict | None = None  # val/test probabilities, labels, ids of the best weights
 
@@ -113,14 +114,17 @@ def train_one_epoch(net, loader, criterion, optimizer, scaler, device: torch.dev
 
 @torch.inference_mode()
 def evaluate(net, split: EvalSplit, normalize: Normalize, batch_size: int,
-             device: torch.device, dtype=None,
-             channels_last: bool = False) -> tuple[float, float, np.ndarray]:
-    """Mean cross-entropy, accuracy and softmax probabilities on a centre-cropped split.
-    ``net`` is the model or its compiled form; it is put in eval mode here."""
+             device: torch.device, dtype=None, channels_last: bool = False,
+             flip: bool = False) -> tuple[float, float, np.ndarray]:
+    """Mean cross-entropy, accuracy and softmax probabilities on a centre-cropped split
+    (``flip``: of its horizontally mirrored images). ``net`` is the model or its compiled
+    form; it is put in eval mode here."""
     getattr(net, "_orig_mod", net).eval()
     outputs = []
     for start in range(0, len(split.y), batch_size):
         x = normalize(split.x[start:start + batch_size].to(device, non_blocking=True))
+        if flip:
+            x = x.flip(-1)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -131,11 +135,6 @@ def evaluate(net, split: EvalSplit, normalize: Normalize, batch_size: int,
     probs = logits.softmax(1).numpy()
     acc = float((probs.argmax(1) == split.y.numpy()).mean())
     return loss, acc, probs
-
-
-def macro_f1(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> float:
-    return float(f1_score(labels, probs.argmax(1), labels=list(range(num_classes)),
-                          average="macro", zero_division=0))
 
 
 def fit(cfg: TrialConfig, net: Net, strategy: Strategy, data: TrialData, device: torch.device,
@@ -169,8 +168,8 @@ def fit(cfg: TrialConfig, net: Net, strategy: Strategy, data: TrialData, device:
     normalize = Normalize(data.preprocess.mean, data.preprocess.std)
     model = torch.compile(net) if cfg.compile else net
 
-    def score(split: EvalSplit):
-        return evaluate(model, split, normalize, cfg.batch_size, device, dtype, fast)
+    def score(split: EvalSplit, flip: bool = False):
+        return evaluate(model, split, normalize, cfg.batch_size, device, dtype, fast, flip)
     metrics: dict = {}
     for epoch in range(state.epoch, cfg.max_epochs):
         started = time.perf_counter()
@@ -277,12 +276,19 @@ def _track_best(state: FitState, net: Net, data: TrialData, val_loss: float, val
         state.bad_epochs += 1
     if not (math.isnan(best_loss) or val_loss < best_loss):
         return
-    _, test_acc, test_probs = score(data.test)
+    _, _, test_probs = score(data.test)
+    test = test_summary(data.test.y.numpy(), test_probs, data.num_classes)
     state.best = {
         M.BEST_EPOCH: state.epoch, M.BEST_VAL_LOSS: val_loss, M.BEST_VAL_ACC: val_acc,
-        M.TEST_ACC: test_acc,
-        M.TEST_MACRO_F1: macro_f1(data.test.y.numpy(), test_probs, data.num_classes),
+        M.TEST_ACC: test["acc"], M.TEST_ACC_LOW: test["acc_low"], M.TEST_ACC_HIGH: test["acc_high"],
+        M.TEST_MACRO_F1: test["macro_f1"], M.TEST_MACRO_F1_LOW: test["macro_f1_low"],
+        M.TEST_MACRO_F1_HIGH: test["macro_f1_high"],
     }
+    if cfg.tta:
+        labels = data.test.y.numpy()
+        mean = (test_probs + score(data.test, flip=True)[2]) / 2
+        state.best[M.TEST_ACC_TTA] = accuracy(labels, mean.argmax(1))
+        state.best[M.TEST_MACRO_F1_TTA] = macro_f1(labels, mean.argmax(1), data.num_classes)
     state.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
     state.predictions = {
         "val_probs": val_probs, "val_labels": data.val.y.numpy(), "val_ids": data.val.ids,

@@ -14,6 +14,12 @@ BEST_VAL_LOSS = "best_val_loss"
 BEST_VAL_ACC = "best_val_acc"
 TEST_ACC = "test_acc"  # test split, scored with the best-val-loss weights
 TEST_MACRO_F1 = "test_macro_f1"
+# 95% percentile-bootstrap interval bounds of the two test metrics (trainables/evaluation.py)
+TEST_ACC_LOW, TEST_ACC_HIGH = "test_acc_low", "test_acc_high"
+TEST_MACRO_F1_LOW, TEST_MACRO_F1_HIGH = "test_macro_f1_low", "test_macro_f1_high"
+TEST_INTERVALS = (TEST_ACC_LOW, TEST_ACC_HIGH, TEST_MACRO_F1_LOW, TEST_MACRO_F1_HIGH)
+# with tta=true: the same weights scored on the mean of each test image and its mirror image
+TEST_ACC_TTA, TEST_MACRO_F1_TTA = "test_acc_tta", "test_macro_f1_tta"
 PRETRAINED = "pretrained"  # 1 when pretrained weights were really loaded
 NODE = "node"  # the Ray node that ran the trial (first 8 hex digits of its id)
 STOP_REASON = "stop_reason"  # empty while the trial runs

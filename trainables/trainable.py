@@ -20,6 +20,7 @@ from trainables import metrics as M
 from trainables.batches import centre_crop, nchw
 from trainables.config import TrialConfig
 from trainables.data import DataHandle
+from trainables.evaluation import per_class_report
 from trainables.loop import EvalSplit, FitState, TrialData, fit
 from trainables.models import HeadSpec, create_model
 from trainables.strategies import create_strategy
@@ -28,6 +29,7 @@ from trainables.transforms import resolve_preprocess
 STATE_FILE = "state.pt"
 BEST_WEIGHTS_FILE = "best_model.pt"
 PREDICTIONS_FILE = "predictions.npz"
+TEST_REPORT_FILE = "test_report.json"  # per-class precision/recall/F1 and confusion matrix
 META_FILE = "meta.json"
 
 
@@ -40,7 +42,8 @@ def build_trial_data(handle: DataHandle, cfg: TrialConfig) -> TrialData:
 
     def eval_split(part: np.ndarray) -> EvalSplit:
         crop = centre_crop(nchw(images)[rows[part]], pre.image_size).contiguous()
-        return EvalSplit(crop, torch.as_tensor(labels[part], dtype=torch.long), rows[part])
+        paths = np.asarray([handle.files[r] for r in rows[part]], dtype=str)  # as in split.csv
+        return EvalSplit(crop, torch.as_tensor(labels[part], dtype=torch.long), paths)
 
     return TrialData(
         images=images, images_key=(handle.digest, pre.load_size, pre.interpolation),
@@ -63,6 +66,10 @@ def save_checkpoint(directory: Path, state: dict, meta: dict) -> None:
         torch.save(fit_state.best_weights, directory / BEST_WEIGHTS_FILE)
     if fit_state.predictions is not None:
         np.savez(directory / PREDICTIONS_FILE, **fit_state.predictions)
+        p = fit_state.predictions
+        names = meta.get("class_names") or [str(i) for i in range(p["test_probs"].shape[1])]
+        report = per_class_report(p["test_labels"], p["test_probs"].argmax(1), names)
+        (directory / TEST_REPORT_FILE).write_text(json.dumps(report, indent=1))
     (directory / META_FILE).write_text(json.dumps(meta, indent=1))
 
 

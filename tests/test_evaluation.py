@@ -1,0 +1,107 @@
+"""Statistics and ensembles on small fixed arrays, checked against hand-computed values."""
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from trainables import evaluation as E
+
+
+def test_mcnemar_exact_for_few_discordant_pairs():
+    labels = np.zeros(10, dtype=int)
+    a = np.array([0, 0, 0, 0, 0, 0, 0, 0, 1, 1])  # right on 8
+    b = np.array([0, 0, 1, 1, 1, 1, 1, 1, 0, 1])  # right on 3: b=6 only-A, c=1 only-B
+    result = E.mcnemar(labels, a, b)
+    assert (result.only_a, result.only_b, result.exact) == (6, 1, True)
+    # two-sided binomial, n=7, p=1/2: P(X<=1) + P(X>=6) = 2 * (1 + 7) / 2**7
+    assert result.p_value == pytest.approx(16 / 128)
+    assert "not distinguishable" in result.line("A", "B")
+
+
+def test_mcnemar_chi_square_for_many_discordant_pairs():
+    labels = np.zeros(100, dtype=int)
+    a = np.zeros(100, dtype=int)
+    b = np.zeros(100, dtype=int)
+    a[:10] = 1  # A wrong on 10 that B gets right: c = 10
+    b[10:40] = 1  # B wrong on 30 that A gets right: b = 30
+    result = E.mcnemar(labels, a, b)
+    assert (result.only_a, result.only_b, result.exact) == (30, 10, False)
+    statistic = (abs(30 - 10) - 1) ** 2 / 40  # 9.025
+    assert result.p_value == pytest.approx(math.erfc(math.sqrt(statistic / 2)))  # chi2(1) tail
+    assert "a real difference" in result.line("A", "B")
+
+
+def test_mcnemar_of_identical_predictions_is_p_one():
+    labels = np.array([0, 1, 2])
+    assert E.mcnemar(labels, labels, labels).p_value == 1.0
+
+
+def test_bootstrap_intervals_match_a_plain_loop_over_the_same_resamples():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, 12)  # small: some resamples miss a class
+    predicted = np.where(rng.random(12) < 0.7, labels, rng.integers(0, 4, 12))
+    idx = E.bootstrap_indices(12, samples=300, seed=5)
+    assert any(len(set(labels[i]) | set(predicted[i])) < 4 for i in idx)
+    accs = [np.mean(labels[i] == predicted[i]) for i in idx]
+    # sklearn's default: the mean over the classes present in truth or prediction
+    f1s = [f1_score(labels[i], predicted[i], average="macro", zero_division=0) for i in idx]
+    low, high = E.accuracy_interval(labels, predicted, samples=300, seed=5)
+    assert (low, high) == pytest.approx(tuple(np.percentile(accs, [2.5, 97.5])))
+    low, high = E.macro_f1_interval(labels, predicted, 4, samples=300, seed=5)
+    assert (low, high) == pytest.approx(tuple(np.percentile(f1s, [2.5, 97.5])))
+    point = E.accuracy(labels, predicted)
+    assert low <= E.macro_f1(labels, predicted, 4) <= high and 0.4 < point < 1
+
+
+def test_a_perfect_classifier_has_a_zero_width_interval_and_the_summary_holds_all():
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    probs = np.eye(3)[labels] * 0.9 + 0.1 / 3
+    summary = E.test_summary(labels, probs, 3)
+    assert summary == {"acc": 1.0, "acc_low": 1.0, "acc_high": 1.0, "macro_f1": 1.0,
+                       "macro_f1_low": 1.0, "macro_f1_high": 1.0}
+
+
+def test_per_class_report_by_hand():
+    labels = np.array([0, 0, 1, 1, 1, 2])
+    predicted = np.array([0, 1, 1, 1, 0, 0])
+    report = E.per_class_report(labels, predicted, ["a", "b", "c"])
+    assert report["confusion"] == [[1, 1, 0], [1, 2, 0], [1, 0, 0]]
+    a, b, c = report["classes"]
+    assert (a["precision"], a["recall"], a["support"]) == (pytest.approx(1 / 3), 0.5, 2)
+    assert (b["precision"], b["recall"], b["f1"]) == (pytest.approx(2 / 3), pytest.approx(2 / 3),
+                                                      pytest.approx(2 / 3))
+    assert (c["precision"], c["recall"], c["f1"], c["class"]) == (0, 0, 0, "c")
+
+
+def test_soft_and_hard_votes_by_hand():
+    m1 = np.array([[0.6, 0.4], [0.2, 0.8], [0.55, 0.45]])
+    m2 = np.array([[0.1, 0.9], [0.3, 0.7], [0.6, 0.4]])
+    m3 = np.array([[0.7, 0.3], [0.9, 0.1], [0.1, 0.9]])
+    soft = E.soft_vote([m1, m2, m3])
+    assert soft == pytest.approx(np.array([[1.4, 1.6], [1.4, 1.6], [1.25, 1.75]]) / 3)
+    # votes: row 0: 0,1,0 -> 0; row 1: 1,1,0 -> 1; row 2: 0,0,1 -> 0 (soft vote says 1)
+    assert E.hard_vote([m1, m2, m3]).tolist() == [0, 1, 0]
+    weighted = E.soft_vote([m1, m3], [3, 1])
+    assert weighted[0] == pytest.approx([(3 * 0.6 + 0.7) / 4, (3 * 0.4 + 0.3) / 4])
+    # two members that disagree everywhere: every row ties, the soft vote decides
+    assert E.hard_vote([m1, m3]).tolist() == [0, 0, 1]
+
+
+def test_greedy_selection_finds_the_complementary_pair():
+    labels = np.array([0, 0, 1, 1])
+    # a is sure and right on the first half, unsure-wrong on the second; b the reverse;
+    # c is a weak all-rounder that beats each of them alone (3/4) but not the pair (4/4)
+    a = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
+    b = np.array([[0.4, 0.6], [0.4, 0.6], [0.1, 0.9], [0.1, 0.9]])
+    c = np.array([[0.6, 0.4], [0.6, 0.4], [0.4, 0.6], [0.6, 0.4]])
+    # alone: a 2/4, b 2/4, c 3/4 -> step 1 takes c. Step 2: c+a 2/4 (row 2 ties, goes to
+    # class 0), c+b 4/4, c+c 3/4 -> b. Step 3: +a and +c both stay 4/4; log loss 0.485 for
+    # a+b+c against 0.546 for 2c+b -> a, and 0.485 beats step 2's 0.526, so it is kept.
+    assert E.greedy_selection([a, b, c], labels, steps=1).tolist() == [0, 0, 1]
+    assert E.greedy_selection([a, b, c], labels, steps=2).tolist() == [0, 1, 1]
+    assert E.greedy_selection([a, b, c], labels, steps=3).tolist() == [1, 1, 1]
+    counts = E.greedy_selection([a, b, c], labels, steps=30)
+    mean = E.soft_vote([a, b, c], counts)
+    assert E.accuracy(labels, mean.argmax(1)) == 1.0
+    assert E.log_loss(labels, mean) <= E.log_loss(labels, E.soft_vote([a, b, c])) + 1e-12

@@ -1,0 +1,159 @@
+"""Numbers with their uncertainty, and ensembles, from saved class probabilities.
+
+Everything here works on plain arrays: ``labels`` (n,) ints, ``probs`` (n, classes) rows that
+sum to one. The trainable calls :func:`test_summary` when a trial's best weights change; the
+ensemble and report commands call the rest on the probabilities the trials saved.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import binomtest, chi2
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+BOOTSTRAP_SAMPLES = 2000
+LEVEL = 0.95
+
+
+def accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
+    return float(np.mean(labels == predicted)) if len(labels) else float("nan")
+
+
+def macro_f1(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> float:
+    return float(f1_score(labels, predicted, labels=list(range(num_classes)), average="macro",
+                          zero_division=0))
+
+
+def bootstrap_indices(n: int, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> np.ndarray:
+    """(samples, n) row indices drawn with replacement; a fixed seed makes every trial's
+    interval use the same resamples, so intervals of different trials compare like for like."""
+    return np.random.default_rng(seed).integers(0, n, size=(samples, n))
+
+
+def percentile_interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def accuracy_interval(labels, predicted, samples=BOOTSTRAP_SAMPLES, seed=0, level=LEVEL):
+    """Percentile bootstrap interval of accuracy over test images."""
+    idx = bootstrap_indices(len(labels), samples, seed)
+    correct = (np.asarray(labels) == np.asarray(predicted)).astype(np.float64)
+    return percentile_interval(correct[idx].mean(axis=1), level)
+
+
+def macro_f1_interval(labels, predicted, num_classes, samples=BOOTSTRAP_SAMPLES, seed=0,
+                      level=LEVEL):
+    """Percentile bootstrap interval of macro-F1. The mean runs over the classes a resample
+    holds (as truth or prediction): a class no resample image shows has no F1 to count."""
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    idx = bootstrap_indices(len(labels), samples, seed)
+    # per resample, confusion counts by (true, predicted) pair, vectorised over resamples
+    pair = labels[idx] * num_classes + predicted[idx]
+    offsets = np.arange(len(idx))[:, None] * num_classes * num_classes
+    counts = np.bincount((pair + offsets).ravel(), minlength=len(idx) * num_classes ** 2)
+    counts = counts.reshape(len(idx), num_classes, num_classes)
+    tp = np.einsum("sii->si", counts)
+    denominator = counts.sum(axis=1) + counts.sum(axis=2)  # predicted + true = 2tp + fp + fn
+    present = denominator > 0
+    f1 = np.divide(2 * tp, denominator, out=np.zeros(tp.shape), where=present)
+    return percentile_interval(f1.sum(axis=1) / present.sum(axis=1), level)
+
+
+def test_summary(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> dict[str, float]:
+    """Accuracy and macro-F1 of ``probs`` with their 95% bootstrap intervals."""
+    predicted = probs.argmax(1)
+    acc_low, acc_high = accuracy_interval(labels, predicted)
+    f1_low, f1_high = macro_f1_interval(labels, predicted, num_classes)
+    return {"acc": accuracy(labels, predicted), "acc_low": acc_low, "acc_high": acc_high,
+            "macro_f1": macro_f1(labels, predicted, num_classes),
+            "macro_f1_low": f1_low, "macro_f1_high": f1_high}
+
+
+def per_class_report(labels, predicted, class_names: list[str]) -> dict:
+    """Per-class precision, recall, F1 and support, and the confusion matrix (rows: true)."""
+    k = len(class_names)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=list(range(k)), zero_division=0)
+    return {"classes": [{"class": name, "precision": float(p), "recall": float(r),
+                         "f1": float(f), "support": int(s)}
+                        for name, p, r, f, s in zip(class_names, precision, recall, f1, support)],
+            "confusion": confusion_matrix(labels, predicted, labels=list(range(k))).tolist()}
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """Paired comparison of two classifiers on the same images."""
+    only_a: int  # images A got right and B wrong
+    only_b: int
+    p_value: float
+    exact: bool
+
+    def line(self, a: str, b: str, alpha: float = 0.05) -> str:
+        verdict = ("a real difference" if self.p_value < alpha else
+                   "not distinguishable")
+        how = "exact binomial" if self.exact else "chi-square, continuity-corrected"
+        return (f"McNemar {a} vs {b}: {self.only_a} images only {a} got right, {self.only_b} "
+                f"only {b}; p = {self.p_value:.4g} ({how}) -> {verdict} at {alpha:g}")
+
+
+def mcnemar(labels, predicted_a, predicted_b, exact_below: int = 25) -> McNemar:
+    """McNemar's test on the discordant pairs; exact (two-sided binomial, p = 1/2) when
+    they number fewer than ``exact_below``, else chi-square with continuity correction."""
+    labels = np.asarray(labels)
+    right_a, right_b = np.asarray(predicted_a) == labels, np.asarray(predicted_b) == labels
+    b, c = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))
+    if b + c == 0:
+        return McNemar(b, c, 1.0, True)
+    if b + c < exact_below:
+        return McNemar(b, c, float(binomtest(b, b + c, 0.5).pvalue), True)
+    statistic = (abs(b - c) - 1) ** 2 / (b + c)
+    return McNemar(b, c, float(chi2.sf(statistic, 1)), False)
+
+
+# ---- ensembles ----
+
+def soft_vote(probs: list[np.ndarray], weights=None) -> np.ndarray:
+    """Weighted mean of the members' probabilities."""
+    weights = np.ones(len(probs)) if weights is None else np.asarray(weights, dtype=np.float64)
+    return np.tensordot(weights / weights.sum(), np.stack(probs), axes=1)
+
+
+def hard_vote(probs: list[np.ndarray], weights=None) -> np.ndarray:
+    """Predicted classes by (weighted) majority of the members' own predictions; a tie goes
+    to the tied class with the larger mean probability, then to the lower class index."""
+    stacked = np.stack(probs)
+    weights = np.ones(len(probs)) if weights is None else np.asarray(weights, dtype=np.float64)
+    votes = np.zeros(stacked.shape[1:])
+    for member, w in zip(stacked.argmax(2), weights):
+        votes[np.arange(len(member)), member] += w
+    tied = votes == votes.max(1, keepdims=True)
+    return np.where(tied, soft_vote(probs, weights), -1.0).argmax(1)
+
+
+def log_loss(labels, probs) -> float:
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1))))
+
+
+def greedy_selection(val_probs: list[np.ndarray], val_labels: np.ndarray,
+                     steps: int = 25) -> np.ndarray:
+    """Ensemble selection with replacement (Caruana et al., 2004) on the validation split:
+    start empty, at each step add the member (again, if it helps most) whose addition gives
+    the best validation accuracy, ties broken by lower log loss then lower index; keep the
+    best prefix. Returns each member's count, to use as soft-vote weights."""
+    counts = np.zeros(len(val_probs), dtype=np.int64)
+    total = np.zeros_like(val_probs[0], dtype=np.float64)
+    best_score, best_counts = None, counts.copy()
+    for step in range(1, steps + 1):
+        scores = []
+        for probs in val_probs:
+            mean = (total + probs) / step
+            scores.append((accuracy(val_labels, mean.argmax(1)), -log_loss(val_labels, mean)))
+        pick = max(range(len(val_probs)), key=lambda i: (scores[i], -i))
+        counts[pick] += 1
+        total += val_probs[pick]
+        if best_score is None or scores[pick] > best_score:
+            best_score, best_counts = scores[pick], counts.copy()
+    return best_counts
