@@ -1,0 +1,146 @@
+"""Build ensembles from a finished experiment's saved probabilities.
+
+    python sweeps/ensemble.py EXPERIMENT_DIR [--top 5] [--trials ID ID ...]
+
+Members are chosen on the validation split only (ranked by validation loss; greedy selection
+scores on validation) and every ensemble is scored once on the test split. The table (best
+single model vs soft vote, hard vote and greedy selection, with members and weights, 95%
+bootstrap intervals and McNemar's test against the best single model) is printed and saved
+as ensembles.csv / ensembles.md in the experiment folder.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sweeps.experiment import TrialPredictions, load_experiment, load_trials
+from trainables import evaluation as E
+from trainables.errors import UserError
+
+ENSEMBLES_CSV = "ensembles.csv"
+ENSEMBLES_MD = "ensembles.md"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temp file and rename: a reader never sees half a table."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def score_row(name: str, members: list[TrialPredictions], weights, predicted_val, predicted_test,
+              val_labels, test_labels, num_classes: int) -> dict:
+    acc_low, acc_high = E.accuracy_interval(test_labels, predicted_test)
+    f1_low, f1_high = E.macro_f1_interval(test_labels, predicted_test, num_classes)
+    row = {
+        "ensemble": name,
+        "members": " ".join(f"{m.variant}[{m.trial_id}]" for m in members),
+        "weights": " ".join(f"{w:g}" for w in weights),
+        "val_acc": E.accuracy(val_labels, predicted_val),
+        "test_acc": E.accuracy(test_labels, predicted_test),
+        "test_acc_low": acc_low, "test_acc_high": acc_high,
+        "test_macro_f1": E.macro_f1(test_labels, predicted_test, num_classes),
+        "test_macro_f1_low": f1_low, "test_macro_f1_high": f1_high,
+    }
+    return row
+
+
+def build(trials: list[TrialPredictions], val_labels, test_labels, num_classes: int,
+          ranking: list[str], top: int, steps: int) -> tuple[pd.DataFrame, list[str]]:
+    """The ensemble table and McNemar lines. ``ranking`` orders trial ids best first by
+    validation loss; the best single model and the top-k votes follow it."""
+    by_id = {t.trial_id: t for t in trials}
+    ranked = [by_id[i] for i in ranking if i in by_id]
+    best = ranked[0]
+    reference = best.test_probs.argmax(1)
+    rows = [score_row("best single (lowest val loss)", [best], [1], best.val_probs.argmax(1),
+                      reference, val_labels, test_labels, num_classes)]
+    lines = []
+    chosen = ranked[:top]
+    soft_val = E.soft_vote([m.val_probs for m in chosen])
+    soft_test = E.soft_vote([m.test_probs for m in chosen])
+    candidates = [
+        (f"soft vote, top {len(chosen)}", chosen, [1] * len(chosen),
+         soft_val.argmax(1), soft_test.argmax(1)),
+        (f"hard vote, top {len(chosen)}", chosen, [1] * len(chosen),
+         E.hard_vote([m.val_probs for m in chosen]), E.hard_vote([m.test_probs for m in chosen])),
+    ]
+    counts = E.greedy_selection([m.val_probs for m in ranked], val_labels, steps=steps)
+    picked = [(m, c) for m, c in zip(ranked, counts) if c > 0]
+    members, weights = [m for m, _ in picked], [int(c) for _, c in picked]
+    candidates.append((
+        f"greedy selection ({sum(weights)} picks)", members, weights,
+        E.soft_vote([m.val_probs for m in members], weights).argmax(1),
+        E.soft_vote([m.test_probs for m in members], weights).argmax(1)))
+    for name, members, weights, predicted_val, predicted_test in candidates:
+        row = score_row(name, members, weights, predicted_val, predicted_test, val_labels,
+                        test_labels, num_classes)
+        test = E.mcnemar(test_labels, predicted_test, reference)
+        row.update(mcnemar_only_ensemble=test.only_a, mcnemar_only_single=test.only_b,
+                   mcnemar_p=test.p_value)
+        rows.append(row)
+        lines.append(test.line(name, "best single"))
+    return pd.DataFrame(rows), lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("experiment", metavar="EXPERIMENT_DIR")
+    parser.add_argument("--trials", nargs="+", metavar="ID",
+                        help="build from exactly these trials (trial_id column of results.csv)")
+    parser.add_argument("--top", type=int, default=5,
+                        help="members of the soft and hard votes: the K trials with the lowest "
+                             "validation loss (default 5)")
+    parser.add_argument("--steps", type=int, default=25,
+                        help="picks of greedy selection, with replacement (default 25)")
+    args = parser.parse_args(argv)
+    if args.top < 2:
+        raise UserError(f"--top {args.top}: an ensemble needs at least 2 members")
+    if args.steps < 1:
+        raise UserError(f"--steps {args.steps}: must be 1 or more")
+    experiment = load_experiment(args.experiment)
+    trials, refused = load_trials(experiment, args.trials, strict=args.trials is not None)
+    for reason in refused:
+        print(f"left out: {reason}", file=sys.stderr)
+    if len(trials) < 2:
+        raise UserError(f"{experiment.root}: {len(trials)} trial(s) with usable probabilities; "
+                        "an ensemble needs at least 2")
+    table = experiment.table.set_index("trial_id")
+    ranking = sorted((t.trial_id for t in trials),
+                     key=lambda i: (table.loc[i, "best_val_loss"], i))
+    result, lines = build(trials, experiment.val_labels, experiment.test_labels,
+                          len(experiment.class_names), ranking, args.top, args.steps)
+    markdown = result.to_markdown(index=False, floatfmt=".4g")
+    write_atomic(experiment.root / ENSEMBLES_CSV, result.to_csv(index=False))
+    write_atomic(experiment.root / ENSEMBLES_MD,
+                 "# Ensembles (chosen on validation, scored once on test)\n\n" + markdown
+                 + "\n\n" + "\n".join(f"- {line}" for line in lines) + "\n")
+    print(markdown)
+    print()
+    for line in lines:
+        print(line)
+    print("greedy selection's val_acc is what it optimised: read its test_acc instead")
+    print(f"table: {experiment.root / ENSEMBLES_CSV}")
+    return 0
+
+
+def cli() -> None:
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        code = main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    cli()

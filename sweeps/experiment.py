@@ -1,0 +1,135 @@
+"""Read a finished experiment back: its result table, its split, and each trial's saved
+validation and test probabilities, checked to line up image by image.
+
+The ensemble and report commands start here. Experiments on remote storage are read from a
+local copy (``aws s3 sync URI DIR`` or the like).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from trainables import metrics as M
+from trainables.errors import UserError
+from trainables.trainable import META_FILE, PREDICTIONS_FILE, TEST_REPORT_FILE
+
+RESULTS_CSV = "results.csv"
+SPLIT_CSV = "split.csv"
+
+
+@dataclass
+class TrialPredictions:
+    """One trial's probabilities from its best weights (lowest validation loss)."""
+    trial_id: str
+    variant: str
+    directory: Path  # the checkpoint they came from
+    val_probs: np.ndarray
+    test_probs: np.ndarray
+    meta: dict
+
+    @property
+    def test_report(self) -> dict | None:
+        path = self.directory / TEST_REPORT_FILE
+        return json.loads(path.read_text()) if path.exists() else None
+
+
+@dataclass
+class Experiment:
+    root: Path
+    table: pd.DataFrame  # results.csv
+    val_ids: np.ndarray  # image paths of the validation split, in split.csv order
+    test_ids: np.ndarray
+    val_labels: np.ndarray
+    test_labels: np.ndarray
+    class_names: list[str]
+
+    def trial_dir(self, trial_id: str) -> Path | None:
+        found = sorted(p for p in self.root.glob(f"*_{trial_id}") if p.is_dir())
+        return found[0] if found else None
+
+    def results(self) -> pd.DataFrame:
+        """Trials that produced a result (not failed, not stuck at chance)."""
+        return self.table[~self.table["stop_reason"].isin(M.NOT_A_RESULT)]
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    root = Path(path)
+    if "://" in str(path):
+        raise UserError(f"{path}: experiments on remote storage are read from a local copy; "
+                        "sync it to a folder first and pass that folder")
+    if not (root / RESULTS_CSV).exists():
+        raise UserError(f"{root}: no {RESULTS_CSV} here; pass the experiment folder that "
+                        "sweeps/run.py printed (STORAGE/NAME)")
+    if not (root / SPLIT_CSV).exists():
+        raise UserError(f"{root}: no {SPLIT_CSV}; without the experiment's split the trials' "
+                        "probabilities cannot be checked to line up")
+    table = pd.read_csv(root / RESULTS_CSV, keep_default_na=False, na_values=[""],
+                        dtype={"trial_id": str})
+    split = pd.read_csv(root / SPLIT_CSV, keep_default_na=False, dtype={"path": str})
+    classes = split[split["split"] != "skipped"].drop_duplicates("label").sort_values("label")
+    val, test = split[split["split"] == "val"], split[split["split"] == "test"]
+    return Experiment(root, table, val["path"].to_numpy(str), test["path"].to_numpy(str),
+                      val["label"].to_numpy(np.int64), test["label"].to_numpy(np.int64),
+                      classes["class"].astype(str).tolist())
+
+
+def _latest_checkpoint(trial_dir: Path) -> Path | None:
+    checkpoints = sorted(trial_dir.glob("checkpoint_*"), key=lambda p: p.name)
+    return checkpoints[-1] if checkpoints else None
+
+
+def load_trial(experiment: Experiment, trial_id: str) -> TrialPredictions:
+    """One trial's saved probabilities, or UserError saying why they cannot be used."""
+    rows = experiment.table[experiment.table["trial_id"] == trial_id]
+    if rows.empty:
+        raise UserError(f"trial {trial_id}: not in {experiment.root / RESULTS_CSV}; its "
+                        "trial_id column lists the trials")
+    trial_dir = experiment.trial_dir(trial_id)
+    checkpoint = _latest_checkpoint(trial_dir) if trial_dir else None
+    if checkpoint is None or not (checkpoint / PREDICTIONS_FILE).exists():
+        raise UserError(f"trial {trial_id}: no saved probabilities (it ended before its first "
+                        "validation); leave it out")
+    with np.load(checkpoint / PREDICTIONS_FILE) as npz:
+        saved = {key: npz[key] for key in npz.files}
+    for part, ids, labels in (("val", experiment.val_ids, experiment.val_labels),
+                              ("test", experiment.test_ids, experiment.test_labels)):
+        got = saved.get(f"{part}_ids")
+        if got is None or got.dtype.kind not in "US":
+            raise UserError(f"trial {trial_id}: its {part} probabilities carry no image paths "
+                            "(saved by an older version); re-run it to use it here")
+        if len(got) != len(ids) or not np.array_equal(got.astype(str), ids):
+            raise UserError(f"trial {trial_id}: its {part} probabilities were made on a "
+                            f"different split than {experiment.root / SPLIT_CSV} "
+                            f"({len(got)} images against {len(ids)}, or other images); "
+                            "not mixing it in")
+        if not np.array_equal(saved[f"{part}_labels"], labels):
+            raise UserError(f"trial {trial_id}: its {part} labels differ from the split's; "
+                            "not mixing it in")
+        probs = saved[f"{part}_probs"]
+        if probs.shape != (len(ids), len(experiment.class_names)):
+            raise UserError(f"trial {trial_id}: {part} probabilities of shape {probs.shape}, "
+                            f"expected ({len(ids)}, {len(experiment.class_names)})")
+    meta_path = checkpoint / META_FILE
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    return TrialPredictions(trial_id, str(rows.iloc[0]["variant"]), checkpoint,
+                            saved["val_probs"], saved["test_probs"], meta)
+
+
+def load_trials(experiment: Experiment, trial_ids: list[str] | None = None,
+                strict: bool = True) -> tuple[list[TrialPredictions], list[str]]:
+    """The named trials (every trial with a result when None). With ``strict`` a trial that
+    cannot be used is an error; otherwise it is left out and its reason returned."""
+    ids = trial_ids if trial_ids is not None else experiment.results()["trial_id"].tolist()
+    loaded, refused = [], []
+    for trial_id in ids:
+        try:
+            loaded.append(load_trial(experiment, str(trial_id)))
+        except UserError as error:
+            if strict:
+                raise
+            refused.append(str(error))
+    return loaded, refused
