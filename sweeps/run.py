@@ -64,7 +64,9 @@ def build_parser() -> Parser:
                         "2 epochs")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float,
-                   help="GPUs per trial, fractions allowed (default: 1 if the cluster has GPUs)")
+                   help="GPUs per trial, fractions allowed (default, if the cluster has GPUs: "
+                        "0.5 when every model is small (small_cnn, resnet18, googlenet, "
+                        "mobilenet_v2), else 1)")
     p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
     p.add_argument("--scheduler", choices=("asha", "fifo"), default="asha",
                    help="asha (default): stop weak trials early; fifo: run every trial to "
@@ -320,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = make_plan(space, overrides, args.num_samples, args.smoke)
     cfgs = plan.configs
     if not args.address:  # check before any work; a cluster is asked once joined
-        resources(args, local_resources())
+        resources(args, local_resources(), tuple(c.model for c in cfgs))
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     store = Store(args.storage, name)
     if not args.resume:
@@ -328,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     handle, data_report = prepare_data(args, cfgs)
     unavailable = check_weights(cfgs)
     start_ray(args.address)
-    per_trial = resources(args, cluster_nodes())
+    per_trial = resources(args, cluster_nodes(), tuple(c.model for c in cfgs))
 
     if not args.resume:
         if args.overwrite:
