@@ -1,0 +1,131 @@
+"""After a real sweep: ensembles, the HTML report (opened in headless Chromium), TensorBoard's
+evaluation plots (read back with TensorBoard's reader), export and predict."""
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import make_image_folder, run_cli
+from sweeps import ensemble, export, predict, report
+from trainables import evaluation as E
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """Three seeds of a small CNN with tta on three colour classes: quick, and accurate
+    enough that the numbers below mean something."""
+    tmp = tmp_path_factory.mktemp("after")
+    data = make_image_folder(tmp / "imgs", per_class=30)
+    result = run_cli(["--space", "single", "--set", "model=small_cnn", "--set", "image_size=32",
+                      "--set", "tta=true", "--max-epochs", "3", "--num-samples", "3",
+                      "--data", str(data), "--storage", str(tmp / "runs"), "--name", "exp"],
+                     cwd=tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp / "runs" / "exp", data
+
+
+def test_result_table_has_intervals_tta_and_per_class_reports(experiment):
+    root, _ = experiment
+    table = pd.read_csv(root / "results.csv")
+    assert (table["test_acc_low"] <= table["test_acc"]).all()
+    assert (table["test_acc"] <= table["test_acc_high"]).all()
+    assert (table["test_macro_f1_low"] <= table["test_macro_f1_high"]).all()
+    assert table["test_acc_tta"].between(0, 1).all()
+    assert "[" in (root / "results.md").read_text()  # 'value [low, high]' in the markdown
+    reports = sorted(root.glob("*/checkpoint_*/test_report.json"))
+    assert len(reports) == 3
+    saved = json.loads(reports[0].read_text())
+    assert [c["class"] for c in saved["classes"]] == ["blue", "green", "red"]
+    assert sum(map(sum, saved["confusion"])) == sum(c["support"] for c in saved["classes"])
+
+
+def test_ensembles_of_a_real_sweep(experiment, capsys):
+    root, _ = experiment
+    assert ensemble.main([str(root), "--top", "3"]) == 0
+    table = pd.read_csv(root / "ensembles.csv")
+    assert len(table) == 4 and table["test_acc"].between(0, 1).all()
+    # the soft vote, recomputed from the saved probabilities
+    split = pd.read_csv(root / "split.csv")
+    labels = split.loc[split["split"] == "test", "label"].to_numpy()
+    probs = [np.load(p)["test_probs"] for p in sorted(root.glob("*/checkpoint_*/predictions.npz"))]
+    soft = E.accuracy(labels, E.soft_vote(probs).argmax(1))
+    assert table.set_index("ensemble").loc["soft vote, top 3", "test_acc"] == pytest.approx(soft)
+    assert "McNemar" in capsys.readouterr().out
+
+
+def test_report_renders_in_a_real_browser_and_tensorboard_gets_the_evaluation(experiment,
+                                                                              tmp_path):
+    root, _ = experiment
+    assert report.main([str(root)]) == 0
+    out = root / "report"
+    for name in ("report.html", "learning_curves.png", "test_accuracy.png"):
+        assert (out / name).stat().st_size > 1000, name
+    assert len(list(out.glob("confusion_*.png"))) == 2
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4 and "McNemar" in page
+    table = pd.read_csv(root / "results.csv")
+    assert all(str(t) in page for t in table["trial_id"])
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    best = table.loc[table["test_acc"].idxmax(), "trial_id"]
+    trial_dir = next(root.glob(f"*_{best}"))
+    events = EventAccumulator(str(trial_dir), size_guidance={"images": 0, "tensors": 0})
+    events.Reload()
+    assert "test/confusion_matrix" in events.Tags()["images"]
+    image = events.Images("test/confusion_matrix")[0]
+    assert image.width > 100 and image.height > 100
+    curves = [t for t in events.Tags()["tensors"] if t.startswith("test/pr_curve/")]
+    assert sorted(curves) == ["test/pr_curve/blue", "test/pr_curve/green", "test/pr_curve/red"]
+    pr = np.asarray(events.Tensors("test/pr_curve/red")[0].tensor_proto.float_val)
+    assert pr.size > 0 and np.isfinite(pr).all()
+
+    if CHROMIUM is None:
+        pytest.skip("Chromium not installed (apt-get install chromium); .ci/run installs it")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,1600"]
+    url = (out / "report.html").as_uri()
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert '<table class="dataframe ranked">' in dom and best in dom  # as the browser parsed it
+    assert dom.count("<img") == 4
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", url], capture_output=True,
+                   timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.shape == (1600, 1280) and pixels.std() > 10  # not a blank page
+    assert (pixels < 128).mean() > 0.01  # text, table rules and plots drawn in dark ink
+
+
+def test_export_and_predict_reproduce_the_trial_test_accuracy(experiment, tmp_path):
+    root, data = experiment
+    out = tmp_path / "export"
+    assert export.main([str(root), "--out", str(out)]) == 0
+    spec = json.loads((out / "spec.json").read_text())
+    table = pd.read_csv(root / "results.csv").set_index("trial_id")
+    row = table.loc[spec["source"]["trial_id"]]
+    assert row["best_val_loss"] == table["best_val_loss"].min()
+    assert spec["class_names"] == ["blue", "green", "red"] and spec["image_size"] == 32
+    # predict the experiment's test images from their files, as a user would
+    split = pd.read_csv(root / "split.csv")
+    test = split[split["split"] == "test"]
+    images = tmp_path / "test_images"
+    for path in test["path"]:
+        (images / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(data / path, images / path)
+    csv = tmp_path / "pred.csv"
+    assert predict.main([str(out), str(images), "--out", str(csv)]) == 0
+    predicted = pd.read_csv(csv).set_index("path").loc[test["path"], "predicted"]
+    accuracy = (predicted.to_numpy() == test["class"].to_numpy()).mean()
+    assert accuracy == pytest.approx(row["test_acc"])
+    assert predict.main([str(out), str(images), "--out", str(csv), "--tta"]) == 0
+    predicted = pd.read_csv(csv).set_index("path").loc[test["path"], "predicted"]
+    assert (predicted.to_numpy() == test["class"].to_numpy()).mean() == pytest.approx(
+        row["test_acc_tta"])
