@@ -14,14 +14,13 @@ import argparse
 import os
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from sweeps.experiment import TrialPredictions, load_experiment, load_trials
 from trainables import evaluation as E
+from sweeps.cli import run as run_command
 from trainables.errors import UserError
 
 ENSEMBLES_CSV = "ensembles.csv"
@@ -133,13 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli() -> None:
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    try:
-        code = main()
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        code = 2
-    sys.exit(code)
+    run_command(main)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,7 @@ weights of that trial, spec.json and model.torchscript.pt.
 from __future__ import annotations
 
 import argparse
-import sys
-import warnings
+import json
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ import torch
 from sweeps.experiment import load_experiment
 from trainables import metrics as M
 from trainables.config import TrialConfig
+from sweeps.cli import run as run_command
 from trainables.errors import UserError
 from trainables.export import ExportSpec, write_export
 from trainables.trainable import BEST_WEIGHTS_FILE, META_FILE
@@ -25,8 +25,6 @@ from trainables.transforms import resolve_preprocess
 
 
 def main(argv: list[str] | None = None) -> int:
-    import json
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", metavar="EXPERIMENT_DIR")
     parser.add_argument("--trial", metavar="ID", help="trial_id to export (default: the trial "
@@ -77,13 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli() -> None:
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    try:
-        code = main()
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        code = 2
-    sys.exit(code)
+    run_command(main)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import torch
 
 from sweeps.ensemble import write_atomic
 from trainables.data import IMAGE_EXTENSIONS, _images_under, decode_image
+from sweeps.cli import run as run_command
 from trainables.errors import UserError
 from trainables.export import TORCHSCRIPT_FILE, load_export, preprocess
 
@@ -60,10 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be 1 or more")
+    spec, net = load_export(args.export)
     root = Path(args.images)
     if not root.is_dir():
         raise UserError(f"{root}: not a folder; pass the folder that holds the images")
-    spec, net = load_export(args.export)
     if args.torchscript:
         with warnings.catch_warnings():  # deprecated in favour of torch.export; still works
             warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
@@ -92,13 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli() -> None:
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    try:
-        code = main()
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        code = 2
-    sys.exit(code)
+    run_command(main)
 
 
 if __name__ == "__main__":

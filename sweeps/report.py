@@ -15,8 +15,6 @@ import argparse
 import base64
 import html
 import json
-import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ from sweeps.experiment import Experiment, TrialPredictions, load_experiment, loa
 from sweeps.results import with_intervals
 from trainables import evaluation as E
 from trainables import metrics as M
+from sweeps.cli import run as run_command
 from trainables.errors import UserError
 
 REPORT_DIR = "report"
@@ -301,13 +300,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli() -> None:
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    try:
-        code = main()
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        code = 2
-    sys.exit(code)
+    run_command(main)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 from sweeps.cluster import cluster_nodes, local_resources, resources, start_ray
@@ -22,6 +21,7 @@ from sweeps.plan import make_plan
 from sweeps.storage import Store
 from trainables import metrics as M
 from trainables.config import TrialConfig, describe_keys, load_config_file, parse_overrides
+from sweeps.cli import run as run_command
 from trainables.errors import UserError
 
 SMOKE_IMAGES_PER_CLASS = 10
@@ -345,16 +345,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli() -> None:
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    try:
-        code = main()
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        code = 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        code = 130
-    sys.exit(code)
+    run_command(main)
 
 
 if __name__ == "__main__":

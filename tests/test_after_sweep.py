@@ -24,9 +24,12 @@ def experiment(tmp_path_factory):
     data = make_image_folder(tmp / "imgs", per_class=30)
     result = run_cli(["--space", "single", "--set", "model=small_cnn", "--set", "image_size=32",
                       "--set", "tta=true", "--max-epochs", "3", "--num-samples", "3",
+                      "--scheduler", "fifo",
                       "--data", str(data), "--storage", str(tmp / "runs"), "--name", "exp"],
                      cwd=tmp)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "no pruning" in result.stderr
+    assert (pd.read_csv(tmp / "runs" / "exp" / "results.csv")["epochs"] == 3).all()
     return tmp / "runs" / "exp", data
 
 

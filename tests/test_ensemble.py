@@ -93,3 +93,23 @@ def test_missing_probabilities_and_bad_folders_are_one_line_errors(tmp_path):
         ensemble.main([str(tmp_path)])
     with pytest.raises(UserError, match="not in .*results.csv"):
         ensemble.main([str(root), "--trials", "c1", "zz"])
+
+
+@pytest.mark.parametrize("command, args, needle", [
+    ("ensemble.py", ["{tmp}"], "no results.csv here"),
+    ("report.py", ["{tmp}"], "no results.csv here"),
+    ("export.py", ["{tmp}"], "no results.csv here"),
+    ("predict.py", ["{tmp}", "{tmp}/nothing"], "no spec.json"),
+])
+def test_each_command_ends_bad_input_in_one_line_and_exit_2(tmp_path, command, args, needle):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    result = subprocess.run([sys.executable, str(ROOT / "sweeps" / command),
+                             *[a.format(tmp=tmp_path) for a in args]],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+    assert needle in result.stderr and not list(tmp_path.iterdir())
