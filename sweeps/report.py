@@ -152,7 +152,7 @@ def confusion_figure(matrix: np.ndarray, class_names: list[str], title: str):
 
 def best_two(results: pd.DataFrame) -> tuple[str, str] | None:
     """The table's best trial and the best trial of another variant (the runner-up)."""
-    ranked = results.sort_values(M.TEST_ACC, ascending=False)
+    ranked = results.sort_values(M.TEST_ACC, ascending=False, kind="stable")
     if ranked.empty:
         return None
     first = ranked.iloc[0]
@@ -211,7 +211,7 @@ def build_report(experiment: Experiment, out: Path, compare: list[str] | None,
         lines.append(test.line(f"{a.variant}[{a.trial_id}]", f"{b.variant}[{b.trial_id}]"))
 
     figures = []
-    ranked = results.sort_values(M.TEST_ACC, ascending=False)
+    ranked = results.sort_values(M.TEST_ACC, ascending=False, kind="stable")
     best_trial = None
     for trial_id in ranked["trial_id"].astype(str).head(confusion):
         try:

@@ -234,7 +234,8 @@ def test_a_failing_trial_is_tabled_and_the_others_go_on(tmp_path, monkeypatch, c
 
 @pytest.mark.parametrize("space, trials", [("cnn_comparison", 6), ("timm_zoo", 6)])
 def test_each_grid_study_runs_in_smoke(tmp_path, space, trials):
-    result = run_cli(["--space", space, "--smoke", "--storage", str(tmp_path), "--name", "s"],
+    result = run_cli(["--space", space, "--smoke", "--max-epochs", "1", "--storage", str(tmp_path),
+                      "--name", "s"],
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(tmp_path / "s" / "results.csv")
