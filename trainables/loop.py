@@ -107,9 +107,9 @@ def train_one_epoch(net, loader, criterion, optimizer, scaler, device: torch.dev
         seen += len(y)
         if step % check_every == 0 and not torch.isfinite(total_loss):
             break
-    accuracy = correct.item() / max(seen, 1)
+    acc = correct.item() / max(seen, 1)
     mean_loss = total_loss.item() / max(seen, 1)
-    return (mean_loss if math.isfinite(mean_loss) else math.nan), accuracy
+    return (mean_loss if math.isfinite(mean_loss) else math.nan), acc
 
 
 @torch.inference_mode()
