@@ -201,7 +201,8 @@ def build_report(experiment: Experiment, out: Path, compare: list[str] | None,
     group_key = _group_key(experiment)
     bars = accuracy_by_group(results, group_key)
     accuracy_chart(bars, out / "test_accuracy.png")
-    sections.append(("Test accuracy by " + (group_key or "variant"),
+    sections.append(("Test accuracy by " + (group_key or "variant")
+                     + " (trials that gave a result)",
                      _image(out / "test_accuracy.png")))
 
     pair = tuple(compare) if compare else best_two(results)

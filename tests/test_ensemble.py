@@ -59,7 +59,7 @@ def test_ensemble_table_by_hand(tmp_path, capsys):
     assert (soft["mcnemar_only_ensemble"], soft["mcnemar_only_single"]) == (1, 0)
     assert soft["mcnemar_p"] == pytest.approx(1.0)
     out = capsys.readouterr().out
-    assert "McNemar soft vote, top 3 vs best single: 1 images only" in out
+    assert "McNemar soft vote, top 3 vs best single: 1 image only" in out
     assert (root / "ensembles.md").read_text().startswith("# Ensembles")
 
 

@@ -95,7 +95,8 @@ class McNemar:
         verdict = ("a real difference" if self.p_value < alpha else
                    "not distinguishable")
         how = "exact binomial" if self.exact else "chi-square, continuity-corrected"
-        return (f"McNemar {a} vs {b}: {self.only_a} images only {a} got right, {self.only_b} "
+        images = "image" if self.only_a == 1 else "images"
+        return (f"McNemar {a} vs {b}: {self.only_a} {images} only {a} got right, {self.only_b} "
                 f"only {b}; p = {self.p_value:.4g} ({how}) -> {verdict} at {alpha:g}")
 
 
