@@ -171,6 +171,8 @@ def tensorboard_evaluation(experiment: Experiment, trial: TrialPredictions) -> P
     labels, predicted = experiment.test_labels, trial.test_probs.argmax(1)
     matrix = np.asarray(E.per_class_report(labels, predicted, experiment.class_names)["confusion"])
     trial_dir = experiment.trial_dir(trial.trial_id)
+    for earlier in experiment.root.glob(f"*/events.out.tfevents.*{TB_SUFFIX}"):
+        earlier.unlink()  # a report made again replaces its plots instead of adding more
     writer = SummaryWriter(log_dir=str(trial_dir), filename_suffix=TB_SUFFIX)
     fig = confusion_figure(matrix, experiment.class_names, f"{trial.variant}: test")
     writer.add_figure("test/confusion_matrix", fig, global_step=0, close=True)
@@ -207,9 +209,16 @@ def build_report(experiment: Experiment, out: Path, compare: list[str] | None,
 
     pair = tuple(compare) if compare else best_two(results)
     if pair:
-        a, b = (load_trial(experiment, t) for t in pair)
-        test = E.mcnemar(experiment.test_labels, a.test_probs.argmax(1), b.test_probs.argmax(1))
-        lines.append(test.line(f"{a.variant}[{a.trial_id}]", f"{b.variant}[{b.trial_id}]"))
+        try:
+            a, b = (load_trial(experiment, t) for t in pair)
+        except UserError as error:
+            if compare:  # named by the user: their pair or nothing
+                raise
+            lines.append(f"no McNemar test: {error}")
+        else:
+            test = E.mcnemar(experiment.test_labels, a.test_probs.argmax(1),
+                             b.test_probs.argmax(1))
+            lines.append(test.line(f"{a.variant}[{a.trial_id}]", f"{b.variant}[{b.trial_id}]"))
 
     figures = []
     ranked = results.sort_values(M.TEST_ACC, ascending=False, kind="stable")

@@ -93,6 +93,9 @@ def test_report_renders_in_a_real_browser_and_tensorboard_gets_the_evaluation(ex
     assert sorted(curves) == [f"test/pr_curve/{d}" for d in DIGITS]
     pr = np.asarray(events.Tensors("test/pr_curve/7")[0].tensor_proto.float_val)
     assert pr.size > 0 and np.isfinite(pr).all()
+    assert report.main([str(root), "--compare", str(table["trial_id"].iloc[-1]), best]) == 0
+    assert len(list(root.glob("*/events.out.tfevents.*.evaluation"))) == 1  # replaced, not added
+    assert str(table["trial_id"].iloc[-1]) in (out / "report.html").read_text().split("McNemar")[1]
 
     if CHROMIUM is None:
         pytest.skip("Chromium not installed (apt-get install chromium); .ci/run installs it")
