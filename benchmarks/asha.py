@@ -1,9 +1,11 @@
-"""Benchmark 4 (issue: fast sweeps): what ASHA saves. The same grid (``lr_grid``: six learning
-rates x two optimizers, same seeds) once with ASHA and once with every trial run to its end
-(``--scheduler fifo``): epochs spent, wall time, and the best validation accuracy each finds.
-One local Ray cluster per sweep, as a user runs it; ``--rounds`` repeats both, side by side.
+"""Benchmark 4 (issue: fast sweeps): what ASHA saves. The same grid (default ``lr_grid``: six
+learning rates x two optimizers, same seeds) once with the space's ASHA settings and once with
+every trial run to its end (``--scheduler fifo``): epochs spent, wall time, and the best
+validation accuracy each finds. One local Ray cluster per sweep, as a user runs it;
+``--rounds`` repeats both, side by side.
 
     python benchmarks/asha.py --rounds 2                      # CPU here, demo digits
+    python benchmarks/asha.py --space googlenet_strategies --rounds 1
 """
 from __future__ import annotations
 
@@ -16,15 +18,19 @@ from _common import machine, median, run_sweep
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="small_cnn")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--space", default="lr_grid", help="a grid space (default lr_grid)")
+    parser.add_argument("--model", help="--set model=NAME (lr_grid: default small_cnn)")
+    parser.add_argument("--epochs", type=int,
+                        help="--max-epochs (default: the space's own; lr_grid: 20)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--data", help="image folder (default: the demo digits)")
     args = parser.parse_args()
     print(machine(), flush=True)
     storage = Path(tempfile.mkdtemp(prefix="bench-asha-"))
-    common = ["--space", "lr_grid", "--set", f"model={args.model}",
-              "--max-epochs", str(args.epochs), *(["--data", args.data] if args.data else [])]
+    common = ["--space", args.space,
+              *(["--set", f"model={args.model}"] if args.model else []),
+              *(["--max-epochs", str(args.epochs)] if args.epochs else []),
+              *(["--data", args.data] if args.data else [])]
     rows = {"asha": [], "fifo": []}
     for round_ in range(args.rounds):
         for scheduler in rows:
@@ -34,7 +40,7 @@ def main() -> None:
             rows[scheduler].append({
                 "seconds": seconds, "epochs": int(table["epochs"].sum()),
                 "best_val_acc": float(table["best_val_acc"].max()),
-                "picked": f"{best['optimizer']} lr={best['lr']:g}",
+                "picked": str(best["variant"]),
                 "picked_test_acc": float(best["test_acc"])})
             print(f"round {round_} {scheduler}: {rows[scheduler][-1]}", flush=True)
     print(f"\n{'scheduler':<9} {'epochs':>7} {'wall s':>8} {'best val acc':>13} "
