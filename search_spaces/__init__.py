@@ -40,8 +40,10 @@ class Space:
     ``param_space`` maps TrialConfig fields to constants or Ray Tune domains
     (``tune.grid_search`` for a grid). ``variant_keys`` name the fields whose values make a
     trial's variant id (its row key and its TensorBoard run name), joined with '-'.
-    ``grace_period`` is ASHA's minimum number of epochs; None means ``unfreeze_epoch + 2``,
-    so a gradual_unfreeze trial is never cut before its backbone has trained.
+    ``grace_period`` is ASHA's minimum number of epochs; None means ``unfreeze_epoch + 2``.
+    Either way a gradual_unfreeze trial is never cut before ``unfreeze_epoch + 2``, so its
+    backbone has trained. ``benchmarks/asha_replay.py`` measures what a setting saves and
+    what it gets wrong on a sweep run with ``--scheduler fifo``.
     ``search``: ``grid`` runs every grid point, ``--num-samples`` times with different
     seeds; ``tpe`` lets Optuna's TPE sampler pick points, ``--num-samples`` (default
     ``budget``) being the number of trials.

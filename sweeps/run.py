@@ -186,6 +186,16 @@ def trial_name(space):
     return name
 
 
+def asha_grace(space, cfgs: list[TrialConfig]) -> int:
+    """ASHA's grace period: the space's own (else ``unfreeze_epoch + 2``), never less than
+    ``unfreeze_epoch + 2`` for a gradual_unfreeze trial (so its backbone has trained before
+    ASHA compares it), never more than the longest trial."""
+    unfrozen = max((c.unfreeze_epoch + 2 for c in cfgs if c.strategy == "gradual_unfreeze"),
+                   default=0)
+    grace = space.grace_period or max(c.unfreeze_epoch for c in cfgs) + 2
+    return min(max(c.max_epochs for c in cfgs), max(grace, unfrozen))
+
+
 def run_sweep(args, space, plan, handle, unavailable: tuple[str, ...], store: Store,
               per_trial: dict) -> int:
     from ray import tune
@@ -205,7 +215,7 @@ def run_sweep(args, space, plan, handle, unavailable: tuple[str, ...], store: St
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     cfgs = plan.configs
     max_t = max(c.max_epochs for c in cfgs)
-    grace = min(max_t, space.grace_period or max(c.unfreeze_epoch for c in cfgs) + 2)
+    grace = asha_grace(space, cfgs)
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=grace,
                               reduction_factor=space.reduction_factor) \
         if args.scheduler == "asha" else FIFOScheduler()
