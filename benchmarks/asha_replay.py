@@ -25,14 +25,13 @@ from types import SimpleNamespace
 
 import pandas as pd
 
-import _common  # noqa: F401  (puts the project on sys.path)
-
 
 def load(experiment: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     table = pd.read_csv(experiment / "results.csv", dtype={"trial_id": str})
     progress = {}
+    trial_dirs = [p for p in experiment.iterdir() if p.is_dir()]
     for trial_id in table["trial_id"]:
-        folders = [p for p in experiment.iterdir() if p.is_dir() and p.name.endswith(trial_id)]
+        folders = [p for p in trial_dirs if p.name.endswith(trial_id)]
         if len(folders) != 1:
             raise SystemExit(f"{experiment}: expected one folder for trial {trial_id}, "
                              f"found {len(folders)}")
@@ -40,14 +39,16 @@ def load(experiment: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     return table.sort_values("trial_id").reset_index(drop=True), progress
 
 
-def replay(table, progress, grace: int, rf: int, max_t: int, concurrent: int,
+def replay(table, progress, grace: int | None, rf: int, max_t: int, concurrent: int,
            metric: str = "val_loss") -> dict:
     """Trials start in trial order on ``concurrent`` slots; an epoch ends after the seconds it
     took in the full run; ASHA (Ray's own bracket) sees each epoch's ``metric`` as it ends
-    (``val_loss`` is minimised, as the sweeps do; ``val_acc`` maximised, to compare)."""
+    (``val_loss`` is minimised, as the sweeps do; ``val_acc`` maximised, to compare).
+    ``grace=None``: no ASHA, every trial runs all its recorded epochs."""
     from ray.tune.schedulers.async_hyperband import _Bracket
 
-    bracket = _Bracket(min_t=grace, max_t=max_t, reduction_factor=rf, s=0)
+    bracket = None if grace is None else _Bracket(min_t=grace, max_t=max_t,
+                                                  reduction_factor=rf, s=0)
     waiting = list(table["trial_id"])
     events: list[tuple[float, str, int]] = []  # (time an epoch ends, trial, its row index)
     ended: dict[str, int] = {}
@@ -65,8 +66,8 @@ def replay(table, progress, grace: int, rf: int, max_t: int, concurrent: int,
         rows = progress[trial]
         epoch = int(rows["epoch"].iloc[row])
         sign = -1.0 if metric == "val_loss" else 1.0  # Ray's reward: larger is better
-        action = bracket.on_result(SimpleNamespace(trial_id=trial), epoch,
-                                   sign * float(rows[metric].iloc[row]))
+        action = None if bracket is None else bracket.on_result(
+            SimpleNamespace(trial_id=trial), epoch, sign * float(rows[metric].iloc[row]))
         if action == "STOP" or row + 1 == len(rows):
             ended[trial] = row
             start(clock)
@@ -104,7 +105,7 @@ def main() -> None:
     variant = dict(zip(table["trial_id"], table["variant"]))
     full = {t: float(p["test_acc"].iloc[-1]) for t, p in progress.items()}
     full_epochs = sum(len(p) for p in progress.values())
-    full_run = replay(table, progress, grace=10 ** 6, rf=3, max_t=10 ** 6,
+    full_run = replay(table, progress, grace=None, rf=3, max_t=args.max_t,
                       concurrent=args.concurrent)
     pick = table.loc[table["best_val_loss"].idxmin()]
     print(f"{args.fifo_experiment}: {len(table)} trials of {sweep['space']}; run to their end: "

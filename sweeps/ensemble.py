@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from sweeps.cli import run as run_command
 from sweeps.experiment import TrialPredictions, load_experiment, load_trials
 from trainables import evaluation as E
-from sweeps.cli import run as run_command
 from trainables.errors import UserError
 
 ENSEMBLES_CSV = "ensembles.csv"

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
+from sweeps.cli import run as run_command
 from sweeps.experiment import load_experiment
 from trainables import metrics as M
 from trainables.config import TrialConfig
-from sweeps.cli import run as run_command
 from trainables.errors import UserError
 from trainables.export import ExportSpec, write_export
 from trainables.trainable import BEST_WEIGHTS_FILE, META_FILE

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from sweeps.cli import run as run_command
 from sweeps.ensemble import write_atomic
 from trainables.data import IMAGE_EXTENSIONS, _images_under, decode_image
-from sweeps.cli import run as run_command
 from trainables.errors import UserError
 from trainables.export import TORCHSCRIPT_FILE, load_export, preprocess
 

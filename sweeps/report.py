@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sweeps.cli import run as run_command
 from sweeps.ensemble import write_atomic
 from sweeps.experiment import Experiment, TrialPredictions, load_experiment, load_trial
 from sweeps.results import with_intervals
 from trainables import evaluation as E
 from trainables import metrics as M
-from sweeps.cli import run as run_command
 from trainables.errors import UserError
 
 REPORT_DIR = "report"

@@ -16,12 +16,12 @@ import sys
 import time
 from pathlib import Path
 
+from sweeps.cli import run as run_command
 from sweeps.cluster import cluster_nodes, local_resources, resources, start_ray
 from sweeps.plan import make_plan
 from sweeps.storage import Store
 from trainables import metrics as M
 from trainables.config import TrialConfig, describe_keys, load_config_file, parse_overrides
-from sweeps.cli import run as run_command
 from trainables.errors import UserError
 
 SMOKE_IMAGES_PER_CLASS = 10

@@ -96,7 +96,6 @@ def test_grid_space_repeats_variants_over_seeds():
     assert lrs["vgg16"] == 1e-5 and lrs["small_cnn"] == 1e-3  # each model's own
 
 
-
 def test_asha_grace_is_the_spaces_own_but_waits_for_gradual_unfreeze():
     from sweeps.run import asha_grace
 
@@ -112,6 +111,7 @@ def test_asha_grace_is_the_spaces_own_but_waits_for_gradual_unfreeze():
     # without gradual_unfreeze trials a late unfreeze_epoch changes nothing
     grid = make_plan(spaces["lr_grid"], {"unfreeze_epoch": 20}, None).configs
     assert asha_grace(spaces["lr_grid"], grid) == 2
+
 
 def test_timm_zoo_draws_each_lr_inside_the_models_range():
     from search_spaces.timm_zoo import LEARNING_RATE_RANGES
