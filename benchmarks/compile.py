@@ -19,11 +19,7 @@ import torch
 from trainables import data as D
 from trainables import metrics as M
 from trainables.config import TrialConfig
-from trainables.loop import fit
-from trainables.models import create_model
-from trainables.strategies import create_strategy
-from trainables.trainable import build_trial_data
-from trainables.transforms import resolve_preprocess
+from trainables.trial import build_trial, preprocess_for
 
 VARIANTS = {
     "plain": {"channels_last": False, "compile": False},
@@ -49,15 +45,14 @@ def main() -> None:
     base = {"model": args.model, "pretrained": "false", "batch_size": args.batch_size,
             "max_epochs": args.epochs, "early_stop_patience": 0, "chance_epochs": 0,
             "lr": 1e-3}
-    pre = resolve_preprocess(TrialConfig.from_dict(base))
+    pre = preprocess_for(TrialConfig.from_dict(base))
     handle, _ = D.prepare(D.discover(root), pre.load_size, Path(tempfile.mkdtemp()),
                           progress=False, interpolation=pre.interpolation)
     print(f"{'variant':<22} {'epoch 1 s':>10} {'later epochs s (median)':>24} "
           f"{'val acc':>8} {'stop':>10}")
     for name in args.variants.split(","):
         cfg = TrialConfig.from_dict({**base, **VARIANTS[name]})
-        torch.manual_seed(0)
-        net = create_model(cfg.model, handle.num_classes, "false").net
+        trial = build_trial(cfg, handle)  # seeded: every variant starts from the same weights
         reports, times = [], []
         last = [time.perf_counter()]
 
@@ -67,7 +62,7 @@ def main() -> None:
             last[0] = now
             reports.append(metrics)
 
-        fit(cfg, net, create_strategy(cfg), build_trial_data(handle, cfg), device, report)
+        trial.fit(device, report)
         later = median(times[1:]) if len(times) > 1 else float("nan")
         print(f"{name:<22} {times[0]:>10.2f} {later:>24.2f} "
               f"{reports[-1][M.VAL_ACC]:>8.3f} {reports[-1][M.STOP_REASON]:>10}", flush=True)

@@ -36,9 +36,8 @@ from trainables import data as D
 from trainables.batches import training_batches
 from trainables.config import TrialConfig
 from trainables.loop import amp_dtype, train_one_epoch
-from trainables.models import create_model
 from trainables.objectives import create_loss, create_optimizer
-from trainables.trainable import build_trial_data
+from trainables.trial import build_trial, preprocess_for
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -140,16 +139,15 @@ def main() -> None:
                                      "image_size": args.image_size,
                                      "batch_size": args.batch_size, "loader_workers": args.workers})
         with Timer(device) as decode:
-            from trainables.transforms import resolve_preprocess
-            pre = resolve_preprocess(cfg)
+            pre = preprocess_for(cfg)
             handle, _ = D.prepare(source, pre.load_size, cache, progress=False,
                                   interpolation=pre.interpolation)
-        trial = build_trial_data(handle, cfg)
+        built = build_trial(cfg, handle)  # the model and data views a trial of cfg gets
+        trial = built.data
         print(f"\n{model}: decode-once cache of {len(handle.files)} images in "
               f"{decode.seconds:.1f} s (once per data set and size, shared by every trial)",
               flush=True)
-        net = (DataOnly() if model == "none" else
-               create_model(model, handle.num_classes, "false").net).to(device)
+        net = (DataOnly() if model == "none" else built.net).to(device)
         if device.type == "cuda":
             net = net.to(memory_format=torch.channels_last)
         net.train()

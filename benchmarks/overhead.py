@@ -34,31 +34,23 @@ def plain_loop(args) -> None:
     """``--plain``: the N trials as a bare loop over fit(), data prepared once."""
     import torch
 
+    from sweeps.spec import DEMO_OVERRIDES
     from trainables import data as D
     from trainables.config import TrialConfig, parse_overrides
-    from trainables.loop import fit
-    from trainables.models import create_model
-    from trainables.strategies import create_strategy
-    from trainables.trainable import build_trial_data, seed_everything
-    from trainables.transforms import resolve_preprocess
+    from trainables.trial import build_trial, preprocess_for
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
-    from sweeps.run import DEMO_OVERRIDES
-
     base = parse_overrides(settings(args, args.plain)[1::2])
     if not args.data:
-        base = {**DEMO_OVERRIDES, **base}  # as sweeps/run.py does for the demo digits
-    pre = resolve_preprocess(TrialConfig.from_dict(base))
+        base = {**DEMO_OVERRIDES, **base}  # as the sweep does for the demo digits
+    pre = preprocess_for(TrialConfig.from_dict(base))
     root = args.data or D.demo_root(D.default_cache_dir())
     handle, _ = D.prepare(D.discover(root), pre.load_size, D.default_cache_dir(),
                           progress=False, interpolation=pre.interpolation)
     for seed in range(args.trials):
-        cfg = TrialConfig.from_dict({**base, "seed": seed})
-        seed_everything(seed)
-        net = create_model(cfg.model, handle.num_classes, "false").net
-        fit(cfg, net, create_strategy(cfg), build_trial_data(handle, cfg), device,
-            lambda metrics, state: None)
+        trial = build_trial(TrialConfig.from_dict({**base, "seed": seed}), handle)
+        trial.fit(device, lambda metrics, state: None)
 
 
 def main() -> None:

@@ -59,7 +59,9 @@ class Space:
     budget: int = 20
 
     def variant(self, config: dict[str, Any]) -> str:
-        return "-".join(str(config.get(key)) for key in self.variant_keys)
+        from trainables.record import variant_name
+
+        return variant_name(config, self.variant_keys)
 
 
 def _discover() -> dict[str, Space]:

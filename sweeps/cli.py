@@ -1,11 +1,47 @@
-"""How every command ends: a UserError is one line on stderr and exit status 2."""
+"""What every command shares: a parser whose mistakes are one line, range-checked numbers,
+and how a command ends (a UserError is one line on stderr and exit status 2)."""
 from __future__ import annotations
 
+import argparse
 import sys
 import warnings
 from typing import Callable, NoReturn
 
 from trainables.errors import UserError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block), raised as a UserError."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (see --help)")
+
+
+def parser(doc: str, prog: str) -> Parser:
+    """A command's parser; its description is the first paragraph of the module's doc."""
+    return Parser(prog=prog, description=(doc or "").split("\n\n")[0],
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def number(kind: type = int, low: float | None = None, high: float | None = None,
+           above: float | None = None) -> Callable[[str], float]:
+    """An argparse ``type`` that parses ``kind`` and checks its range (``above``: strictly)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}"
+                                             f", got {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if low is not None and value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low:g}, got {text}")
+        if above is not None and value <= above:
+            raise argparse.ArgumentTypeError(f"must be above {above:g}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:g}, got {text}")
+        return value
+    return parse
 
 
 def run(main: Callable[[], int]) -> NoReturn:

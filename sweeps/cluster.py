@@ -44,27 +44,25 @@ def cluster_nodes() -> list[dict[str, float]] | None:
     return nodes
 
 
-# Models small enough that two trials sharing a GPU train more images per second than one
-# trial alone: measured for resnet18 on an H100 (1.32x, benchmarks/README.md, packing); the
-# others here cost less compute per image than resnet18.
-SHARED_GPU_MODELS = {"small_cnn", "resnet18", "googlenet", "mobilenet_v2"}
-SHARED_GPU_FRACTION = 0.5
-
-
-def resources(args, nodes: list[dict[str, float]] | None,
-              models: tuple[str, ...] = ()) -> dict[str, float]:
+def resources(cpus_per_trial: float | None, gpus_per_trial: float | None,
+              nodes: list[dict[str, float]] | None, models: tuple[str, ...] = ()
+              ) -> dict[str, float]:
     """Per-trial resources. A trial runs on one node, so a request that no node can hold
-    would wait forever: that is an error now. Without --gpus-per-trial, a sweep whose models
-    are all small shares each GPU between two trials."""
-    gpus = args.gpus_per_trial
+    would wait forever: that is an error now. Without --gpus-per-trial, each trial asks for
+    the largest default GPU share among the sweep's models (the model registry's
+    ``gpu_share``)."""
+    from trainables.models import model_spec
+
+    cpus = 1.0 if cpus_per_trial is None else cpus_per_trial
+    gpus = gpus_per_trial
     if gpus is None:
         has_gpu = nodes is not None and any(n.get("GPU", 0) >= 1 for n in nodes)
-        small = bool(models) and set(models) <= SHARED_GPU_MODELS
-        gpus = (SHARED_GPU_FRACTION if small else 1.0) if has_gpu else 0.0
-    if nodes is not None and not any(n.get("CPU", 0) >= args.cpus_per_trial
-                                     and n.get("GPU", 0) >= gpus for n in nodes):
+        share = max((model_spec(m).gpu_share for m in set(models)), default=1.0)
+        gpus = share if has_gpu else 0.0
+    if nodes is not None and not any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus
+                                     for n in nodes):
         biggest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
-        raise UserError(f"--cpus-per-trial {args.cpus_per_trial:g} --gpus-per-trial {gpus:g} "
+        raise UserError(f"--cpus-per-trial {cpus:g} --gpus-per-trial {gpus:g} "
                         f"fits on no node (the largest has {biggest.get('CPU', 0):g} CPUs, "
                         f"{biggest.get('GPU', 0):g} GPUs); ask for less")
-    return {"cpu": args.cpus_per_trial, "gpu": gpus}
+    return {"cpu": cpus, "gpu": gpus}

@@ -10,29 +10,18 @@ as ensembles.csv / ensembles.md in the experiment folder.
 """
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-import tempfile
-from pathlib import Path
 
 import pandas as pd
 
-from sweeps.cli import run as run_command
+from sweeps import cli
 from sweeps.experiment import TrialPredictions, load_experiment, load_trials
+from sweeps.storage import write_atomic
 from trainables import evaluation as E
 from trainables.errors import UserError
 
 ENSEMBLES_CSV = "ensembles.csv"
 ENSEMBLES_MD = "ensembles.md"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file and rename: a reader never sees half a table."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def score_row(name: str, members: list[TrialPredictions], weights, predicted_val, predicted_test,
@@ -91,20 +80,16 @@ def build(trials: list[TrialPredictions], val_labels, test_labels, num_classes: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.parser(__doc__, "python sweeps/ensemble.py")
     parser.add_argument("experiment", metavar="EXPERIMENT_DIR")
     parser.add_argument("--trials", nargs="+", metavar="ID",
                         help="build from exactly these trials (trial_id column of results.csv)")
-    parser.add_argument("--top", type=int, default=5,
+    parser.add_argument("--top", type=cli.number(int, low=2), default=5,
                         help="members of the soft and hard votes: the K trials with the lowest "
                              "validation loss (default 5)")
-    parser.add_argument("--steps", type=int, default=25,
+    parser.add_argument("--steps", type=cli.number(int, low=1), default=25,
                         help="picks of greedy selection, with replacement (default 25)")
     args = parser.parse_args(argv)
-    if args.top < 2:
-        raise UserError(f"--top {args.top}: an ensemble needs at least 2 members")
-    if args.steps < 1:
-        raise UserError(f"--steps {args.steps}: must be 1 or more")
     experiment = load_experiment(args.experiment)
     trials, refused = load_trials(experiment, args.trials, strict=args.trials is not None)
     for reason in refused:
@@ -131,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cli() -> None:
-    run_command(main)
+def cli_main() -> None:
+    cli.run(main)
 
 
 if __name__ == "__main__":
-    cli()
+    cli_main()

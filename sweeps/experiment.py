@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from trainables import checkpoint
 from trainables import metrics as M
 from trainables.errors import UserError
-from trainables.trainable import META_FILE, PREDICTIONS_FILE, TEST_REPORT_FILE
 
 RESULTS_CSV = "results.csv"
 SPLIT_CSV = "split.csv"
+SWEEP_JSON = "sweep.json"
 
 
 @dataclass
@@ -29,12 +30,10 @@ class TrialPredictions:
     directory: Path  # the checkpoint they came from
     val_probs: np.ndarray
     test_probs: np.ndarray
-    meta: dict
 
     @property
     def test_report(self) -> dict | None:
-        path = self.directory / TEST_REPORT_FILE
-        return json.loads(path.read_text()) if path.exists() else None
+        return checkpoint.read_test_report(self.directory)
 
 
 @dataclass
@@ -46,6 +45,7 @@ class Experiment:
     val_labels: np.ndarray
     test_labels: np.ndarray
     class_names: list[str]
+    variant_keys: tuple[str, ...] = ()  # the study's, as sweep.json recorded them
 
     def trial_dir(self, trial_id: str) -> Path | None:
         found = sorted(p for p in self.root.glob(f"*_{trial_id}") if p.is_dir())
@@ -67,19 +67,37 @@ def load_experiment(path: str | Path) -> Experiment:
     if not (root / SPLIT_CSV).exists():
         raise UserError(f"{root}: no {SPLIT_CSV}; without the experiment's split the trials' "
                         "probabilities cannot be checked to line up")
-    table = pd.read_csv(root / RESULTS_CSV, keep_default_na=False, na_values=[""],
-                        dtype={"trial_id": str})
-    split = pd.read_csv(root / SPLIT_CSV, keep_default_na=False, dtype={"path": str})
+    table = _read_csv(root / RESULTS_CSV, dtype={"trial_id": str, "variant": str},
+                      na_values=[""])
+    if not {"trial_id", "variant", "stop_reason", M.BEST_VAL_LOSS} <= set(table.columns):
+        raise UserError(f"{root / RESULTS_CSV}: not a result table of sweeps/run.py (columns "
+                        "missing); pass the experiment folder that sweeps/run.py printed")
+    split = _read_csv(root / SPLIT_CSV, dtype={"path": str})
+    if not {"path", "class", "label", "split"} <= set(split.columns):
+        raise UserError(f"{root / SPLIT_CSV}: not a split of sweeps/run.py (columns missing)")
     classes = split[split["split"] != "skipped"].drop_duplicates("label").sort_values("label")
     val, test = split[split["split"] == "val"], split[split["split"] == "test"]
     return Experiment(root, table, val["path"].to_numpy(str), test["path"].to_numpy(str),
                       val["label"].to_numpy(np.int64), test["label"].to_numpy(np.int64),
-                      classes["class"].astype(str).tolist())
+                      classes["class"].astype(str).tolist(), _variant_keys(root))
 
 
-def _latest_checkpoint(trial_dir: Path) -> Path | None:
-    checkpoints = sorted(trial_dir.glob("checkpoint_*"), key=lambda p: p.name)
-    return checkpoints[-1] if checkpoints else None
+def _variant_keys(root: Path) -> tuple[str, ...]:
+    """The study's variant keys from sweep.json; none when it is missing or unreadable (the
+    report then shows one bar per variant)."""
+    try:
+        keys = json.loads((root / SWEEP_JSON).read_text(encoding="utf-8"))["variant_keys"]
+        return tuple(str(k) for k in keys)
+    except (OSError, ValueError, KeyError, TypeError):
+        return ()
+
+
+def _read_csv(path: Path, **kwargs) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, keep_default_na=False, **kwargs)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not a readable table ({type(exc).__name__}); the experiment "
+                        "folder is damaged or still being written") from None
 
 
 def load_trial(experiment: Experiment, trial_id: str) -> TrialPredictions:
@@ -89,12 +107,11 @@ def load_trial(experiment: Experiment, trial_id: str) -> TrialPredictions:
         raise UserError(f"trial {trial_id}: not in {experiment.root / RESULTS_CSV}; its "
                         "trial_id column lists the trials")
     trial_dir = experiment.trial_dir(trial_id)
-    checkpoint = _latest_checkpoint(trial_dir) if trial_dir else None
-    if checkpoint is None or not (checkpoint / PREDICTIONS_FILE).exists():
+    latest = checkpoint.latest(trial_dir) if trial_dir else None
+    saved = checkpoint.read_predictions(latest) if latest else None
+    if saved is None:
         raise UserError(f"trial {trial_id}: no saved probabilities (it ended before its first "
                         "validation); leave it out")
-    with np.load(checkpoint / PREDICTIONS_FILE) as npz:
-        saved = {key: npz[key] for key in npz.files}
     for part, ids, labels in (("val", experiment.val_ids, experiment.val_labels),
                               ("test", experiment.test_ids, experiment.test_labels)):
         got = saved.get(f"{part}_ids")
@@ -113,10 +130,8 @@ def load_trial(experiment: Experiment, trial_id: str) -> TrialPredictions:
         if probs.shape != (len(ids), len(experiment.class_names)):
             raise UserError(f"trial {trial_id}: {part} probabilities of shape {probs.shape}, "
                             f"expected ({len(ids)}, {len(experiment.class_names)})")
-    meta_path = checkpoint / META_FILE
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    return TrialPredictions(trial_id, str(rows.iloc[0]["variant"]), checkpoint,
-                            saved["val_probs"], saved["test_probs"], meta)
+    return TrialPredictions(trial_id, str(rows.iloc[0]["variant"]), latest,
+                            saved["val_probs"], saved["test_probs"])
 
 
 def load_trials(experiment: Experiment, trial_ids: list[str] | None = None,

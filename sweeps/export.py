@@ -4,28 +4,23 @@
 
 The default trial is the one with the lowest validation loss among those that gave a result
 (chosen on validation, as a model to ship should be; not on test). The folder holds the best
-weights of that trial, spec.json and model.torchscript.pt.
+weights of that trial, spec.json (the trial's own record of its model and preprocessing)
+and model.torchscript.pt.
 """
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
-import torch
-
-from sweeps.cli import run as run_command
+from sweeps import cli
 from sweeps.experiment import load_experiment
+from trainables import checkpoint
 from trainables import metrics as M
-from trainables.config import TrialConfig
+from trainables.deploy import ExportSpec, write_export
 from trainables.errors import UserError
-from trainables.export import ExportSpec, write_export
-from trainables.trainable import BEST_WEIGHTS_FILE, META_FILE
-from trainables.transforms import resolve_preprocess
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.parser(__doc__, "python sweeps/export.py")
     parser.add_argument("experiment", metavar="EXPERIMENT_DIR")
     parser.add_argument("--trial", metavar="ID", help="trial_id to export (default: the trial "
                                                       "with the lowest validation loss)")
@@ -45,26 +40,20 @@ def main(argv: list[str] | None = None) -> int:
     row = rows.iloc[0]
     trial_id = str(row["trial_id"])
     trial_dir = experiment.trial_dir(trial_id)
-    checkpoints = sorted(trial_dir.glob("checkpoint_*")) if trial_dir else []
-    if not checkpoints or not (checkpoints[-1] / BEST_WEIGHTS_FILE).exists():
-        raise UserError(f"trial {trial_id}: no saved best weights (it ended before its first "
+    latest = checkpoint.latest(trial_dir) if trial_dir else None
+    if latest is None:
+        raise UserError(f"trial {trial_id}: no checkpoint (it ended before its first "
                         "validation); export another trial")
-    checkpoint = checkpoints[-1]
-    meta = json.loads((checkpoint / META_FILE).read_text())
-    cfg = TrialConfig.from_dict(meta["config"])
-    pre = resolve_preprocess(cfg)
-    spec = ExportSpec(
-        model=cfg.model, num_classes=int(meta["num_classes"]),
-        class_names=[str(c) for c in meta["class_names"]], aux_heads=bool(meta["aux_heads"]),
-        head_dropout=cfg.head_dropout, head_hidden=cfg.head_hidden, image_size=pre.image_size,
-        load_size=pre.load_size, interpolation=pre.interpolation, mean=list(pre.mean),
-        std=list(pre.std),
-        source={"experiment": str(experiment.root.resolve()), "trial_id": trial_id,
-                "variant": str(row["variant"]), "best_epoch": int(row["best_epoch"]),
-                "best_val_loss": float(row[M.BEST_VAL_LOSS]),
-                "test_acc": float(row[M.TEST_ACC]), "pretrained": bool(meta["pretrained"])})
-    weights = torch.load(checkpoint / BEST_WEIGHTS_FILE, map_location="cpu", weights_only=True)
     out = Path(args.out or experiment.root / f"export-{trial_id}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; pass a folder to export into")
+    record = checkpoint.read_record(latest)
+    weights = checkpoint.read_best_weights(latest)
+    spec = ExportSpec.from_record(record, source={
+        "experiment": str(experiment.root.resolve()), "trial_id": trial_id,
+        "variant": str(row["variant"]), "best_epoch": int(row["best_epoch"]),
+        "best_val_loss": float(row[M.BEST_VAL_LOSS]), "test_acc": float(row[M.TEST_ACC]),
+        "weights": record.model.weights})
     difference = write_export(out, spec, weights)
     print(f"exported {row['variant']} [{trial_id}] (best epoch {int(row['best_epoch'])}, "
           f"val_loss {row[M.BEST_VAL_LOSS]:.4f}, test_acc {row[M.TEST_ACC]:.4f}) to {out}")
@@ -74,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cli() -> None:
-    run_command(main)
+def cli_main() -> None:
+    cli.run(main)
 
 
 if __name__ == "__main__":
-    cli()
+    cli_main()

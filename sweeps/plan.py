@@ -87,7 +87,7 @@ def validate(configs: list[dict]) -> list[TrialConfig]:
     checked = []
     for config in configs:
         cfg = TrialConfig.from_dict(config)
-        check_model(cfg.model, create_strategy(cfg).aux_heads, cfg.pretrained)
+        check_model(cfg.model, create_strategy(cfg).aux_heads, cfg.pretrained, cfg.weights)
         checked.append(cfg)
     return checked
 

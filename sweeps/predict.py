@@ -8,7 +8,6 @@ with the reason in the ``error`` column; the others are still predicted.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from pathlib import Path
@@ -17,11 +16,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sweeps.cli import run as run_command
-from sweeps.ensemble import write_atomic
-from trainables.data import IMAGE_EXTENSIONS, _images_under, decode_image
+from sweeps import cli
+from sweeps.storage import write_atomic
+from trainables.data import IMAGE_EXTENSIONS, decode_image, images_under
+from trainables.deploy import TORCHSCRIPT_FILE, load_export, preprocess
 from trainables.errors import UserError
-from trainables.export import TORCHSCRIPT_FILE, load_export, preprocess
 
 
 def predict(net, spec, paths: list[Path], batch_size: int, tta: bool):
@@ -48,19 +47,23 @@ def predict(net, spec, paths: list[Path], batch_size: int, tta: bool):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.parser(__doc__, "python sweeps/predict.py")
     parser.add_argument("export", metavar="EXPORT_DIR")
     parser.add_argument("images", metavar="IMAGES_DIR")
     parser.add_argument("--out", default="predictions.csv", help="CSV to write "
                                                                  "(default predictions.csv)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=cli.number(int, low=1), default=64)
     parser.add_argument("--tta", action="store_true",
                         help="average each image's probabilities with its mirror image's")
     parser.add_argument("--torchscript", action="store_true",
                         help=f"run {TORCHSCRIPT_FILE} instead of the rebuilt model")
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size {args.batch_size}: must be 1 or more")
+    out = Path(args.out)
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; name the CSV file to write")
+    if not out.resolve().parent.is_dir():
+        raise UserError(f"--out {out}: its folder {out.resolve().parent} does not exist; "
+                        "create it or write elsewhere")
     spec, net = load_export(args.export)
     root = Path(args.images)
     if not root.is_dir():
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         def model(x):
             return net(x)[0]
-    paths = _images_under(root)
+    paths = images_under(root)
     if not paths:
         raise UserError(f"{root}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under it")
     done, probs, errors = predict(model, spec, paths, args.batch_size, args.tta)
@@ -84,7 +87,6 @@ def main(argv: list[str] | None = None) -> int:
     failed = pd.DataFrame({"path": [str(p.relative_to(root)) for p in errors],
                            "error": list(errors.values())})
     table = pd.concat([table, failed], ignore_index=True).sort_values("path")
-    out = Path(args.out)
     write_atomic(out.resolve(), table.to_csv(index=False))
     print(f"{len(done)} images predicted, {len(errors)} unreadable -> {out}")
     for path, error in list(errors.items())[:5]:
@@ -92,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if errors else 0
 
 
-def cli() -> None:
-    run_command(main)
+def cli_main() -> None:
+    cli.run(main)
 
 
 if __name__ == "__main__":
-    cli()
+    cli_main()

@@ -1,21 +1,17 @@
-"""The result table: one row per trial, written from what Tune recorded.
+"""The result table: one row per trial, from the recorder's trial entries.
 
-A Tune callback rewrites the table (atomically: temp file, then rename) each time a trial
-ends, so a crash never leaves a half-written table nor loses finished trials' rows.
+The recorder rewrites the table (atomically: temp file, then rename) each time a trial ends,
+so a crash never leaves a half-written table nor loses finished trials' rows.
 """
 from __future__ import annotations
 
 import io
 import json
 import math
-import os
 import sys
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
-from ray.tune import Callback
-
 from sweeps.storage import Store
 from trainables import metrics as M
 
@@ -31,28 +27,27 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def trial_row(trial_id: str, variant: str, config: dict, last: dict, status: str,
-              error: str, varied_keys: list[str], retries: int = 0) -> dict:
-    """One table row from a trial's config and its last reported metrics."""
-    if status == "ERROR":
-        stop = M.ERROR
-    elif last.get(M.STOP_REASON):
-        stop = last[M.STOP_REASON]
-    else:
-        stop = M.ASHA  # ended without saying why: the scheduler stopped it
+UNFINISHED = "unfinished"  # the sweep stopped (Ctrl-C, a fault) before this trial ended
+
+
+def trial_row(entry, varied_keys: list[str]) -> dict:
+    """One table row from what the recorder knows of a trial (``recorder.TrialEntry``)."""
+    last = entry.last
     row = {
-        "trial_id": trial_id, "variant": variant, "status": status, "stop_reason": stop,
+        "trial_id": entry.trial_id, "variant": entry.variant, "status": entry.status,
+        "stop_reason": entry.stop_reason or UNFINISHED,
         "epochs": int(last.get(M.EPOCH, 0)), "best_epoch": int(last.get(M.BEST_EPOCH, 0)),
         **{key: last.get(key, math.nan) for key in
            (M.BEST_VAL_LOSS, M.BEST_VAL_ACC, M.TEST_ACC, M.TEST_MACRO_F1, *M.TEST_INTERVALS)},
         "pretrained": bool(last.get(M.PRETRAINED, 0)),
+        M.WEIGHTS: last.get(M.WEIGHTS, ""),
         M.NODE: last.get(M.NODE, ""),
     }
     row.update({key: last[key] for key in (M.TEST_ACC_TTA, M.TEST_MACRO_F1_TTA) if key in last})
-    row.update({key: _plain(config.get(key)) for key in varied_keys})
-    row["retries"] = retries  # times the trial's worker died and it went on from a checkpoint
+    row.update({key: _plain(entry.config.get(key)) for key in varied_keys})
+    row["retries"] = entry.retries  # times the trial's worker died and it went on
     row["wall_s"] = round(float(last.get("time_total_s", 0.0)), 1)
-    row["error"] = error or last.get(M.ERROR_MESSAGE) or ""
+    row["error"] = entry.error or last.get(M.ERROR_MESSAGE) or ""
     return row
 
 
@@ -109,62 +104,17 @@ def write_tables(rows: list[dict], store: Store, aggregate: bool = True) -> pd.D
     return table
 
 
-def _error_text(trial) -> str:
-    path = trial.error_file
-    if not path or not os.path.exists(path):
-        return "trial failed (no error file)" if trial.status == "ERROR" else ""
-    lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1].strip()[:300] if lines else ""
-
-
-class ResultTableCallback(Callback):
-    """Rewrites the result table in the experiment's store whenever a trial finishes."""
-
-    def __init__(self, store: Store, variant: Callable[[dict], str], varied_keys: list[str],
-                 aggregate: bool = True):
-        self.store = store
-        self.variant = variant
-        self.varied_keys = varied_keys
-        self.aggregate = aggregate
-
-    def rows(self, trials, just_completed=None) -> list[dict]:
-        rows = []
-        for t in trials:
-            # Tune calls on_trial_complete before it marks the trial TERMINATED.
-            status = "TERMINATED" if t is just_completed else t.status
-            if status in ("TERMINATED", "ERROR"):
-                rows.append(trial_row(t.trial_id, self.variant(t.config), t.config,
-                                      t.last_result or {}, status, _error_text(t),
-                                      self.varied_keys, t.run_metadata.num_failures))
-        return rows
-
-    def _write(self, trials, just_completed=None) -> None:
-        rows = self.rows(trials, just_completed)
-        if rows:
-            write_tables(rows, self.store, self.aggregate)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._write(trials, just_completed=trial)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._write(trials)
-
-    def on_experiment_end(self, trials, **info):
-        self._write(trials)
-
-
 # ------------------------------------------------------------------ end of a run
 
-def finish(results, space, plan, store: Store) -> int:
-    """Print the table the callback wrote, the summary, and a search's best configuration."""
+def finish(recorder, space, plan, store: Store) -> int:
+    """Print the table the recorder wrote, the summary, and a search's best configuration."""
     table = None
     if store.exists(RESULTS_CSV):
         table = pd.read_csv(io.StringIO(store.read_text(RESULTS_CSV)), keep_default_na=False,
-                            na_values=[""])
+                            na_values=[""], dtype={"trial_id": str, "variant": str})
     code = report(table, store)
     if plan.searched and table is not None:
-        configs = {r.metrics.get("trial_id"): r.config for r in results if r.metrics}
-        save_best(table, configs, space, store)
+        save_best(table, recorder.configs(), space, store)
     return code
 
 
@@ -192,6 +142,7 @@ def report(table, store: Store) -> int:
     reasons = table["stop_reason"]
     print(f"{len(table)} trials: " + ", ".join(
         f"{n} {reason}" for reason, n in reasons.value_counts().items()))
+    table = table.assign(variant=table["variant"].astype(str))
     hints = {M.STUCK_AT_CHANCE: "never above chance: the learning rate is the likely cause "
                                 "(too high, or too low), or a frozen untrained backbone",
              M.DIVERGED: "loss went NaN/Inf or exploded: try a lower lr",

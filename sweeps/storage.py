@@ -12,6 +12,19 @@ from urllib.parse import urlsplit, urlunsplit
 from trainables.errors import UserError
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temp file beside ``path`` and rename: a reader never sees half a file, and
+    a failed write leaves no temp file behind."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 class Store:
     def __init__(self, storage: str, name: str):
         self.name = name
@@ -78,9 +91,7 @@ class Store:
         if not self.is_uri:
             path = Path(self._path(relative))
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
+            write_atomic(path, text)
             return
         with self.fs.open_output_stream(self._path(relative)) as handle:
             handle.write(text.encode("utf-8"))

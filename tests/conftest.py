@@ -44,6 +44,19 @@ def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "images")
 
 
+@pytest.fixture(scope="session")
+def colour_handle(tmp_path_factory):
+    """A prepared data handle over a real image folder: three noisy colours, 40 images each,
+    split 8:1:1 and decoded at 37 px (a 32 px model's load size). Shared by the tests that
+    fit small trials."""
+    from trainables import data as D
+
+    base = tmp_path_factory.mktemp("colours")
+    root = make_image_folder(base / "images", per_class=40)
+    handle, _ = D.prepare(D.discover(root), 37, base / "cache", progress=False)
+    return handle
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch) -> Path:
     """Decoded images go to a per-session temp cache, never the user's."""

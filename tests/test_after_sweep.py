@@ -123,7 +123,7 @@ def test_export_and_predict_reproduce_the_trial_test_accuracy(experiment, tmp_pa
     table = pd.read_csv(root / "results.csv").set_index("trial_id")
     row = table.loc[spec["source"]["trial_id"]]
     assert row["best_val_loss"] == table["best_val_loss"].min()
-    assert spec["class_names"] == DIGITS and spec["image_size"] == 32
+    assert spec["class_names"] == DIGITS and spec["preprocess"]["image_size"] == 32
     # predict the experiment's test images from their files, as a user would
     split = pd.read_csv(root / "split.csv")
     test = split[split["split"] == "test"]

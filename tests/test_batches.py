@@ -6,15 +6,17 @@ import pytest
 import torch
 
 from tests_support import tiny_trial_data
+from trainables.augment import AUGMENTS, augment_spec
 from trainables.batches import BatchAugment, training_batches
 from trainables.config import TrialConfig
-from trainables.transforms import Preprocess, create_train_transform
+from trainables.record import Preprocess
+from trainables.transforms import create_train_transform
 
 PRE = Preprocess(64, 64, "bilinear", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
 
-def _augment(**overrides):
-    return BatchAugment(TrialConfig.from_dict({"model": "small_cnn", **overrides}), PRE)
+def _augment(augment: str, random_erasing: float = 0.0):
+    return BatchAugment(augment_spec(augment), PRE, random_erasing)
 
 
 def _ramp_images(n: int, size: int = 64) -> torch.Tensor:
@@ -73,11 +75,11 @@ def test_notebook_geometry_rotates_at_most_15_degrees():
 
 
 def test_no_augmentation_matches_the_per_image_transform_exactly():
-    cfg = TrialConfig.from_dict({"model": "small_cnn", "augment": "none"})
+    spec = augment_spec("none")
     pre = Preprocess(48, 64, "bilinear", (0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
     images = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8)
-    batched = BatchAugment(cfg, pre)(images)
-    single = create_train_transform(cfg, pre)
+    batched = BatchAugment(spec, pre)(images)
+    single = create_train_transform(spec, pre)
     expected = torch.stack([single(image) for image in images])
     assert batched.shape == (5, 3, 48, 48)
     assert torch.allclose(batched, expected, atol=1e-6)
@@ -87,7 +89,7 @@ def test_colour_jitter_stays_within_its_factors():
     torch.manual_seed(2)
     grey = torch.full((400, 3, 8, 8), 128 / 255)
     # on a flat grey image contrast and saturation change nothing: only brightness shows
-    centre = _augment(augment="notebook")._colour(grey)
+    centre = _augment("notebook")._colour(grey, augment_spec("notebook").jitter)
     assert torch.equal(centre, centre[:, :, :1, :1].expand_as(centre))
     assert centre.min() >= 128 / 255 * 0.8 - 1e-4 and centre.max() <= 128 / 255 * 1.2 + 1e-4
     brightness = centre.mean((1, 2, 3))
@@ -110,8 +112,7 @@ def test_random_erasing_blanks_a_box_of_the_promised_size():
         assert box.all()
 
 
-@pytest.mark.parametrize("policy", ["notebook", "autoaugment", "randaugment",
-                                    "trivialaugment", "none"])
+@pytest.mark.parametrize("policy", AUGMENTS.names())
 def test_every_policy_runs_batched(policy):
     torch.manual_seed(0)
     images = torch.randint(0, 256, (6, 3, 72, 72), dtype=torch.uint8)
@@ -142,7 +143,7 @@ def test_batched_blur_equals_torchvision_gaussian_blur():
 
     x = torch.rand(4, 3, 20, 20)
     torch.manual_seed(0)
-    out = BatchAugment._blur(x, p=1.0)
+    out = BatchAugment._blur(x, 1.0)
     torch.manual_seed(0)
     torch.rand(4)  # the draw that chose the images
     sigma = torch.empty(4).uniform_(0.1, 2.0)

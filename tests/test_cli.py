@@ -120,9 +120,10 @@ def _check_tensorboard(trial_dir: Path) -> None:
     strategy, objective = variant.split("-")
     assert start.hparams["strategy"].string_value == strategy
     assert start.hparams["objective"].string_value == objective
-    end = plugin_data_pb2.HParamsPluginData.FromString(
-        content["_hparams_/session_end_info"]).session_end_info
-    assert end.status == 1  # STATUS_SUCCESS
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/experiment"]).experiment
+    assert {h.name for h in experiment.hparam_infos} == {"variant", "strategy", "objective"}
+    assert "best_val_loss" in {m.name.tag for m in experiment.metric_infos}
 
 
 def _check_checkpoint(trial_dir: Path, num_test: int) -> None:

@@ -6,9 +6,9 @@ from trainables.config import FIELD_TYPES, OBJECTIVES, TrialConfig, parse_overri
 from trainables.errors import UserError
 
 
-def test_defaults_are_valid():
+def test_defaults_validate_and_round_trip():
     cfg = TrialConfig()
-    assert cfg.model == "googlenet" and cfg.aux_weight == 0.3 and cfg.unfreeze_lr == 1e-5
+    assert TrialConfig.from_dict(cfg.to_dict()) == cfg
 
 
 def test_unknown_key_is_rejected_with_a_suggestion():

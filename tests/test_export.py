@@ -1,7 +1,9 @@
-"""Export folders rebuild exactly the trained architecture, and refuse weights that do not
-fit their spec with a message that names the mismatch."""
+"""Export folders rebuild exactly the trained network from the trial's record, reproduce its
+probabilities through predict.py, and refuse weights that do not fit their spec with a
+message that names the mismatch."""
 import csv
 import json
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -10,16 +12,21 @@ import torch
 from PIL import Image
 
 from sweeps import predict
+from tests_support import fit_trial
+from trainables import checkpoint
+from trainables.deploy import ExportSpec, load_export, write_export
 from trainables.errors import UserError
-from trainables.export import ExportSpec, load_export, write_export
+from trainables.models import MODELS, create_model
+from trainables.record import Preprocess
+
+TORCHVISION = [n for n in MODELS if MODELS[n].family == "torchvision"]
 
 
 def spec_for(model="small_cnn", aux_heads=False, num_classes=3, image_size=32):
-    return ExportSpec(model=model, num_classes=num_classes,
-                      class_names=[f"c{i}" for i in range(num_classes)], aux_heads=aux_heads,
-                      head_dropout=0.0, head_hidden=0, image_size=image_size,
-                      load_size=image_size + 4, interpolation="bilinear",
-                      mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], source={"trial_id": "t"})
+    build = create_model(model, num_classes, "false", aux_heads).build
+    return ExportSpec(build, Preprocess(image_size, image_size + 4, "bilinear", (0.5,) * 3,
+                                        (0.25,) * 3),
+                      [f"c{i}" for i in range(num_classes)], source={"trial_id": "t"})
 
 
 def test_export_round_trip_and_torchscript_agree(tmp_path):
@@ -39,21 +46,26 @@ def test_export_round_trip_and_torchscript_agree(tmp_path):
 def test_googlenet_aux_heads_mismatch_is_named(tmp_path):
     trained = spec_for("googlenet", aux_heads=True, image_size=64)
     weights = trained.build().state_dict()
+    without = replace(trained, model=replace(trained.model, aux_heads=False,
+                                             arch={**trained.model.arch, "aux_logits": False}))
     with pytest.raises(UserError, match=r"unexpected body\.aux1\..*aux_heads must be true"):
-        write_export(tmp_path / "a", replace(trained, aux_heads=False), weights)
+        write_export(tmp_path / "a", without, weights)
     plain = spec_for("googlenet", aux_heads=False, image_size=64)
     write_export(tmp_path / "b", plain, plain.build().state_dict())
     spec_file = tmp_path / "b" / "spec.json"
-    spec_file.write_text(json.dumps({**json.loads(spec_file.read_text()), "aux_heads": True}))
+    raw = json.loads(spec_file.read_text())
+    raw["model"].update(aux_heads=True, arch={**raw["model"]["arch"], "aux_logits": True})
+    spec_file.write_text(json.dumps(raw))
     with pytest.raises(UserError, match=r"missing body\.aux1\..*aux_heads must be false"):
         load_export(tmp_path / "b")
 
 
 def test_vgg16_bn_weights_are_refused_by_a_vgg16_spec(tmp_path):
     bn = spec_for("vgg16_bn", image_size=32)
+    vgg = replace(bn, model=replace(bn.model, model="vgg16"))
     with pytest.raises(UserError, match=r"model=vgg16.*running_mean.*batch-norm layers that "
                                         r"vgg16 lacks"):
-        write_export(tmp_path / "x", replace(bn, model="vgg16"), bn.build().state_dict())
+        write_export(tmp_path / "x", vgg, bn.build().state_dict())
 
 
 def test_num_classes_mismatch_names_the_shape(tmp_path):
@@ -61,7 +73,7 @@ def test_num_classes_mismatch_names_the_shape(tmp_path):
     write_export(tmp_path / "e", spec, spec.build().state_dict())
     other = spec_for(num_classes=5)
     torch.save(other.build().state_dict(), tmp_path / "e" / "weights.pt")
-    with pytest.raises(UserError, match=r"shape mismatch.*weights \(5,.*spec \(3,"):
+    with pytest.raises(UserError, match=r"shape mismatch.*file \(5,.*model \(3,"):
         load_export(tmp_path / "e")
 
 
@@ -94,3 +106,62 @@ def test_predict_writes_every_image_and_names_the_unreadable(tmp_path):
     traced = [r for r in csv.DictReader((tmp_path / "ts.csv").open()) if not r["error"]]
     assert np.allclose([[float(r[f"p_c{k}"]) for k in range(3)] for r in traced], probs,
                        atol=1e-5)
+
+
+# ---------------------------------------------------------------- a trial, reproduced
+
+def seed_torch_home(torch_home, name: str) -> None:
+    """Put a randomly initialised file where torchvision looks for ``name``'s default
+    weights: loading it is a real pretrained load (and turns on what torchvision turns on
+    with weights, such as GoogLeNet's input transform)."""
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    kwargs = {"num_classes": len(weights.meta["categories"])}
+    if name == "googlenet":
+        kwargs.update(aux_logits=True, init_weights=True)
+    torch.manual_seed(123)
+    state = torchvision.models.get_model(name, weights=None, **kwargs).state_dict()
+    folder = torch_home / "hub" / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(state, folder / os.path.basename(weights.url))
+
+
+def exported_probabilities(fitted, tmp_path, handle) -> tuple[np.ndarray, np.ndarray]:
+    """The trial's own test probabilities, and predict.py's from the image files through
+    an export made from the trial's checkpoint."""
+    saved = tmp_path / "checkpoint"
+    saved.mkdir()
+    checkpoint.save(saved, fitted.state, fitted.trial.record)
+    spec = ExportSpec.from_record(checkpoint.read_record(saved), source={"trial_id": "t"})
+    write_export(tmp_path / "export", spec, checkpoint.read_best_weights(saved))
+    out = tmp_path / "pred.csv"
+    assert predict.main([str(tmp_path / "export"), handle.root, "--out", str(out)]) == 0
+    rows = {r["path"]: r for r in csv.DictReader(out.open())}
+    names = fitted.trial.record.class_names
+    predictions = fitted.state["fit"].predictions
+    predicted = np.array([[float(rows[path][f"p_{c}"]) for c in names]
+                          for path in predictions["test_ids"]])
+    return predictions["test_probs"], predicted
+
+
+CASES = [(model, False, pretrained) for model in TORCHVISION for pretrained in (False, True)]
+CASES += [("googlenet", True, False), ("googlenet", True, True), ("small_cnn", False, False)]
+
+
+@pytest.mark.parametrize("model, aux, pretrained", CASES)
+def test_export_and_predict_reproduce_the_trials_probabilities(model, aux, pretrained,
+                                                               colour_handle, tmp_path,
+                                                               monkeypatch, offline_hub):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    if pretrained:
+        seed_torch_home(tmp_path / "torch", model)
+    fitted = fit_trial(colour_handle, {  # plain SGD: no optimizer state to save for VGG16
+        "model": model, "strategy": "finetuned" if aux else "base", "max_epochs": 1,
+        "batch_size": 32, "optimizer": "sgd", "momentum": 0.0, "lr": 1e-3,
+        "pretrained": "true" if pretrained else "false"})
+    assert fitted.trial.record.model.pretrained is pretrained
+    if model == "googlenet":  # what torchvision switches on with weights is recorded
+        assert fitted.trial.record.model.arch["transform_input"] is pretrained
+    trial_probs, predicted = exported_probabilities(fitted, tmp_path, colour_handle)
+    assert np.abs(trial_probs - predicted).max() < 1e-4

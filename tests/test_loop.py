@@ -1,43 +1,19 @@
+"""The training loop, through trials built as every trial is (``build_trial``) on real image
+files: learning, the best checkpoint, early stopping, divergence, out of memory, resume."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from tests_support import tiny_trial_data
+from tests_support import CPU, fit_trial, tiny_trial_data
+from trainables import checkpoint
 from trainables import metrics as M
 from trainables.config import TrialConfig
-from trainables.loop import fit
-from trainables.models import create_model
-from trainables.strategies import create_strategy
-from trainables.trainable import load_checkpoint, save_checkpoint
-
-CPU = torch.device("cpu")
 
 
-def _run(overrides: dict, data=None, resume=None, seed=0, checkpoints=None):
-    """fit() a small CNN; with ``checkpoints`` (a folder), write each epoch's checkpoint
-    there inside ``report``, as the Tune trainable does."""
-    cfg = TrialConfig.from_dict({"model": "small_cnn", "pretrained": "false", "lr": 3e-3,
-                                 "scheduler": "none", "batch_size": 8, **overrides})
-    torch.manual_seed(seed)
-    net = create_model(cfg.model, 3, "false").net
-    reports, last_state = [], {}
-
-    def report(metrics, state):
-        reports.append(metrics)
-        last_state.update(state)
-        if checkpoints is not None:
-            directory = checkpoints / f"epoch_{metrics[M.EPOCH]}"
-            directory.mkdir(parents=True)
-            save_checkpoint(directory, state, meta={})
-
-    fit(cfg, net, create_strategy(cfg), data or tiny_trial_data(n=48), CPU, report, resume)
-    return reports, last_state, net
-
-
-def test_fit_learns_and_reports_every_epoch():
-    reports, _, _ = _run({"max_epochs": 6, "early_stop_patience": 0})
+def test_fit_learns_and_reports_every_epoch(colour_handle):
+    reports = fit_trial(colour_handle, {"max_epochs": 6, "early_stop_patience": 0}).reports
     assert [r[M.EPOCH] for r in reports] == [1, 2, 3, 4, 5, 6]
     assert reports[-1][M.STOP_REASON] == M.COMPLETED
     assert all(r[M.STOP_REASON] == "" for r in reports[:-1])
@@ -48,23 +24,25 @@ def test_fit_learns_and_reports_every_epoch():
         assert math.isfinite(reports[-1][key])
 
 
-def test_best_checkpoint_is_the_lowest_val_loss():
-    reports, state, _ = _run({"max_epochs": 5, "early_stop_patience": 0})
+def test_best_checkpoint_is_the_lowest_val_loss(colour_handle):
+    fitted = fit_trial(colour_handle, {"max_epochs": 5, "early_stop_patience": 0})
+    reports, state = fitted.reports, fitted.state
     best = min(reports, key=lambda r: r[M.VAL_LOSS])
     last = reports[-1]
     assert last[M.BEST_EPOCH] == best[M.EPOCH]
     assert last[M.BEST_VAL_LOSS] == best[M.VAL_LOSS]
     predictions = state["fit"].predictions
-    assert predictions["test_probs"].shape == (24, 3)
+    assert predictions["test_probs"].shape == (len(colour_handle.indices("test")), 3)
     assert np.allclose(predictions["test_probs"].sum(1), 1.0, atol=1e-5)
     acc = (predictions["test_probs"].argmax(1) == predictions["test_labels"]).mean()
     assert acc == last[M.TEST_ACC]
 
 
-def test_early_stopping_ends_a_trial_that_stops_improving():
+def test_early_stopping_ends_a_trial_that_stops_improving(colour_handle):
     # a learning rate too small to move the loss by min_delta: patience runs out
-    reports, _, _ = _run({"max_epochs": 20, "lr": 1e-9, "early_stop_patience": 2,
-                          "early_stop_min_delta": 0.01, "chance_epochs": 0})
+    reports = fit_trial(colour_handle, {"max_epochs": 20, "lr": 1e-9, "early_stop_patience": 2,
+                                        "early_stop_min_delta": 0.01,
+                                        "chance_epochs": 0}).reports
     assert reports[-1][M.STOP_REASON] == M.EARLY_STOPPING
     assert len(reports) == 3  # epoch 1 sets the best, epochs 2 and 3 fail to beat it
 
@@ -82,22 +60,22 @@ class _NaNNet(torch.nn.Module):
         return self.inner(x)
 
 
-def test_nan_loss_ends_the_trial_as_diverged():
-    cfg = TrialConfig.from_dict({"model": "small_cnn", "pretrained": "false", "max_epochs": 5})
-    reports = []
-    fit(cfg, _NaNNet(create_model("small_cnn", 3, "false").net), create_strategy(cfg),
-        tiny_trial_data(n=16), CPU, lambda m, s: reports.append(m))
+def test_nan_loss_ends_the_trial_as_diverged(colour_handle):
+    reports = fit_trial(colour_handle, {"max_epochs": 5}, wrap=_NaNNet).reports
     assert len(reports) == 1 and reports[0][M.STOP_REASON] == M.DIVERGED
     assert math.isnan(reports[0][M.TRAIN_LOSS])
 
 
-def test_resume_continues_where_the_checkpoint_stopped(tmp_path):
+def test_resume_continues_where_the_checkpoint_stopped(colour_handle, tmp_path):
     common = {"max_epochs": 4, "early_stop_patience": 0}
-    full, _, full_net = _run(common, checkpoints=tmp_path)
-    resumed_state = load_checkpoint(tmp_path / "epoch_2")
+    full = fit_trial(colour_handle, common, checkpoints=tmp_path)
+    full_net = full.trial.net
+    resumed_state = checkpoint.load(tmp_path / "epoch_2")
     assert resumed_state["fit"].epoch == 2 and resumed_state["fit"].best_weights is not None
+    assert checkpoint.read_record(tmp_path / "epoch_2") == full.trial.record
     # a different global seed: everything that matters must come from the checkpoint
-    second, _, resumed_net = _run(common, resume=resumed_state, seed=99)
+    again = fit_trial(colour_handle, common, resume=resumed_state, reseed=99)
+    second, full, resumed_net = again.reports, full.reports, again.trial.net
     assert [r[M.EPOCH] for r in second] == [3, 4]
     assert second[-1][M.STOP_REASON] == M.COMPLETED
     # same data order and weights as the uninterrupted run
@@ -118,72 +96,76 @@ class _OutOfMemoryNet(torch.nn.Module):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
 
-def test_out_of_memory_ends_the_trial_with_a_hint():
-    cfg = TrialConfig.from_dict({"model": "small_cnn", "pretrained": "false", "max_epochs": 3})
-    net = _OutOfMemoryNet(create_model("small_cnn", 3, "false").net)
-    reports = []
-    fit(cfg, net, create_strategy(cfg), tiny_trial_data(), CPU,
-        lambda m, s: reports.append(m))
+def test_out_of_memory_ends_the_trial_with_a_hint(colour_handle):
+    reports = fit_trial(colour_handle, {"max_epochs": 3}, wrap=_OutOfMemoryNet).reports
     assert len(reports) == 1 and reports[0][M.STOP_REASON] == M.OOM
     assert "smaller batch_size" in reports[0][M.ERROR_MESSAGE]
 
 
-def test_other_errors_are_not_mistaken_for_out_of_memory():
+def test_other_errors_are_not_mistaken_for_out_of_memory(colour_handle):
     class Broken(_OutOfMemoryNet):
         def forward(self, x):
             raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
-    cfg = TrialConfig.from_dict({"model": "small_cnn", "pretrained": "false"})
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
-        fit(cfg, Broken(create_model("small_cnn", 3, "false").net), create_strategy(cfg),
-            tiny_trial_data(), CPU, lambda m, s: None)
+        fit_trial(colour_handle, {"max_epochs": 2}, wrap=Broken)
 
 
 def test_balanced_sampler_draws_classes_equally():
-    from trainables.loop import _sampler
+    from trainables.loop import train_sampler
 
     data = tiny_trial_data(n=12)
     data.train_labels = np.array([0] * 9 + [1] * 2 + [2] * 1)
-    for kind, expect_balanced in (("balanced", True), ("shuffle", False)):
-        cfg = TrialConfig.from_dict({"sampler": kind})
-        drawn = []
-        for seed in range(200):
-            sampler = _sampler(cfg, data, torch.Generator().manual_seed(seed))
-            drawn += [int(data.train_labels[i]) for i in sampler]
-        share = np.bincount(drawn, minlength=3) / len(drawn)
-        if expect_balanced:
-            assert np.allclose(share, 1 / 3, atol=0.03), share
-        else:
-            assert np.allclose(share, [9 / 12, 2 / 12, 1 / 12]), share
+    cfg = TrialConfig.from_dict({"sampler": "balanced"})
+    drawn = []
+    for seed in range(200):
+        sampler = train_sampler(cfg, data, torch.Generator().manual_seed(seed))
+        drawn += [int(data.train_labels[i]) for i in sampler]
+    share = np.bincount(drawn, minlength=3) / len(drawn)
+    assert np.allclose(share, 1 / 3, atol=0.03), share
 
 
-def test_a_trial_that_never_leaves_chance_is_stopped_and_marked():
-    # a learning rate too small to learn anything: validation accuracy stays at 1/3
-    reports, _, _ = _run({"max_epochs": 20, "lr": 1e-9, "early_stop_patience": 0,
-                          "chance_epochs": 3})
+def test_shuffle_sampler_draws_every_image_once_per_epoch_in_a_seeded_order():
+    from trainables.loop import train_sampler
+
+    data = tiny_trial_data(n=12)
+    cfg = TrialConfig.from_dict({"sampler": "shuffle"})
+    orders = [list(train_sampler(cfg, data, torch.Generator().manual_seed(seed)))
+              for seed in (0, 0, 1)]
+    assert sorted(orders[0]) == list(range(12))  # each image exactly once
+    assert orders[0] == orders[1]  # the seed fixes the order ...
+    assert orders[0] != orders[2] and orders[0] != list(range(12))  # ... and it is shuffled
+
+
+def test_a_trial_that_never_leaves_chance_is_stopped_and_marked(colour_handle):
+    # a learning rate too small to learn anything: validation accuracy stays at chance
+    reports = fit_trial(colour_handle, {"max_epochs": 20, "lr": 1e-12,
+                                        "early_stop_patience": 0, "chance_epochs": 3}).reports
     assert [r[M.EPOCH] for r in reports] == [1, 2, 3]
     assert reports[-1][M.STOP_REASON] == M.STUCK_AT_CHANCE
     assert reports[-1][M.BEST_VAL_ACC] <= 1 / 3 + 0.03
 
 
-def test_a_learning_trial_is_not_called_stuck():
-    reports, _, _ = _run({"max_epochs": 5, "early_stop_patience": 0, "chance_epochs": 2})
+def test_a_learning_trial_is_not_called_stuck(colour_handle):
+    reports = fit_trial(colour_handle, {"max_epochs": 5, "early_stop_patience": 0,
+                                        "chance_epochs": 2}).reports
     assert reports[-1][M.STOP_REASON] == M.COMPLETED
 
 
-def test_a_learning_rate_that_diverges_ends_the_trial_as_diverged():
-    reports, _, _ = _run({"max_epochs": 20, "optimizer": "sgd", "lr": 10.0, "momentum": 0.9,
-                          "early_stop_patience": 0, "chance_epochs": 0})
+def test_a_learning_rate_that_diverges_ends_the_trial_as_diverged(colour_handle):
+    reports = fit_trial(colour_handle, {"max_epochs": 20, "optimizer": "sgd", "lr": 10.0,
+                                        "momentum": 0.9, "early_stop_patience": 0,
+                                        "chance_epochs": 0}).reports
     assert reports[-1][M.STOP_REASON] == M.DIVERGED
     assert len(reports) < 20
 
 
-def test_test_metrics_carry_their_bootstrap_interval():
+def test_test_metrics_carry_their_bootstrap_interval(colour_handle):
     from trainables import evaluation as E
 
-    reports, state, _ = _run({"max_epochs": 3, "early_stop_patience": 0})
-    last = reports[-1]
-    p = state["fit"].predictions
+    fitted = fit_trial(colour_handle, {"max_epochs": 3, "early_stop_patience": 0})
+    last = fitted.last
+    p = fitted.state["fit"].predictions
     predicted = p["test_probs"].argmax(1)
     assert (last[M.TEST_ACC_LOW], last[M.TEST_ACC_HIGH]) == E.accuracy_interval(
         p["test_labels"], predicted)
@@ -218,14 +200,14 @@ def test_evaluate_with_flip_scores_the_mirror_images():
     assert probs_flip == pytest.approx(probs[[1, 0]])  # mirrored image 0 looks like image 1
 
 
-def test_tta_column_is_the_flip_average_of_the_best_weights():
+def test_tta_column_is_the_flip_average_of_the_best_weights(colour_handle):
     from trainables import evaluation as E
     from trainables.batches import Normalize
     from trainables.loop import evaluate
 
-    data = tiny_trial_data(n=48)
-    reports, state, net = _run({"max_epochs": 3, "early_stop_patience": 0, "tta": True}, data)
-    net.load_state_dict(state["fit"].best_weights)
+    fitted = fit_trial(colour_handle, {"max_epochs": 3, "early_stop_patience": 0, "tta": True})
+    reports, data, net = fitted.reports, fitted.trial.data, fitted.trial.net
+    net.load_state_dict(fitted.state["fit"].best_weights)
     normalize = Normalize(data.preprocess.mean, data.preprocess.std)
     plain = evaluate(net, data.test, normalize, 8, CPU)[2]
     mirrored = evaluate(net, data.test, normalize, 8, CPU, flip=True)[2]

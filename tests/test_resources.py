@@ -1,29 +1,34 @@
 """Per-trial resource requests, against the nodes a cluster reports."""
-from argparse import Namespace
-
 import pytest
 
 from sweeps.cluster import resources
 from trainables.errors import UserError
+from trainables.models import MODELS
 
 GPU_NODE = [{"CPU": 16.0, "GPU": 1.0}]
 CPU_NODE = [{"CPU": 2.0, "GPU": 0.0}]
 
 
-def ask(gpus=None, cpus=1.0):
-    return Namespace(gpus_per_trial=gpus, cpus_per_trial=cpus)
+@pytest.mark.parametrize("model", MODELS.names())
+def test_each_model_asks_for_its_own_gpu_share(model):
+    assert resources(None, None, GPU_NODE, (model,)) == {"cpu": 1.0,
+                                                          "gpu": MODELS[model].gpu_share}
 
 
-def test_small_models_share_a_gpu_by_default_and_larger_ones_do_not():
-    assert resources(ask(), GPU_NODE, ("resnet18", "small_cnn")) == {"cpu": 1.0, "gpu": 0.5}
-    assert resources(ask(), GPU_NODE, ("resnet18", "resnet50")) == {"cpu": 1.0, "gpu": 1.0}
-    assert resources(ask(), GPU_NODE, ()) == {"cpu": 1.0, "gpu": 1.0}
-    assert resources(ask(0.25), GPU_NODE, ("resnet50",)) == {"cpu": 1.0, "gpu": 0.25}
+def test_a_mixed_sweep_asks_for_the_largest_share_and_the_user_wins():
+    small = [n for n in MODELS if MODELS[n].gpu_share < 1]
+    large = [n for n in MODELS if MODELS[n].gpu_share == 1]
+    assert small and large  # both kinds exist, so the rule below is exercised
+    assert resources(None, None, GPU_NODE, (small[0], large[0]))["gpu"] == 1.0
+    assert resources(None, None, GPU_NODE, tuple(small))["gpu"] == max(
+        MODELS[n].gpu_share for n in small)
+    assert resources(None, 0.25, GPU_NODE, (large[0],)) == {"cpu": 1.0, "gpu": 0.25}
+    assert resources(None, None, GPU_NODE, ())["gpu"] == 1.0
 
 
 def test_no_gpu_means_cpu_trials_and_an_impossible_request_is_an_error():
-    assert resources(ask(), CPU_NODE, ("resnet18",)) == {"cpu": 1.0, "gpu": 0.0}
+    assert resources(None, None, CPU_NODE, ("resnet18",)) == {"cpu": 1.0, "gpu": 0.0}
     with pytest.raises(UserError, match="fits on no node.*largest has 2 CPUs, 0 GPUs"):
-        resources(ask(1.0), CPU_NODE, ("resnet18",))
+        resources(None, 1.0, CPU_NODE, ("resnet18",))
     with pytest.raises(UserError, match="--cpus-per-trial 4"):
-        resources(ask(cpus=4.0), CPU_NODE)
+        resources(4.0, None, CPU_NODE)

@@ -1,10 +1,70 @@
-"""Small in-memory trial data for loop and strategy tests (the real loader is tested
-in test_data.py and through the command line)."""
+"""Trials for the loop and strategy tests, built the way every trial is (``build_trial``) on
+real image files; and small in-memory data for tests of the loop's parts."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
 import numpy as np
 import torch
 
+from trainables import checkpoint
+from trainables import metrics as M
+from trainables.config import TrialConfig
 from trainables.loop import EvalSplit, TrialData
-from trainables.transforms import Preprocess
+from trainables.record import Preprocess
+from trainables.trial import Trial, build_trial
+
+CPU = torch.device("cpu")
+SMALL = {"model": "small_cnn", "pretrained": "false", "image_size": 32, "lr": 3e-3,
+         "scheduler": "none", "batch_size": 8}
+
+
+@dataclass
+class Fitted:
+    trial: Trial
+    reports: list[dict] = field(default_factory=list)
+    state: dict = field(default_factory=dict)  # the last state fit() handed to report
+
+    @property
+    def last(self) -> dict:
+        return self.reports[-1]
+
+
+def fit_trial(handle, overrides: dict | None = None, checkpoints: Path | None = None,
+              resume: dict | None = None, wrap=None, reseed: int | None = None,
+              hook=None) -> Fitted:
+    """Build a trial of a small CNN (``overrides`` on top) and fit it on CPU. With
+    ``checkpoints`` (a folder), each epoch's checkpoint is written there as the trainable
+    writes it; ``wrap`` sees the built network and may replace it (to make it fail);
+    ``hook(net, optimizer, epoch)`` runs after the strategy's epoch start; ``reseed``
+    reseeds torch's global generator after building, so that only ``resume`` can restore
+    the stream."""
+    cfg = TrialConfig.from_dict({**SMALL, **(overrides or {})})
+    trial = build_trial(cfg, handle, variant="test")
+    if wrap is not None:
+        trial.net = wrap(trial.net)
+    if hook is not None:
+        start = trial.strategy.on_epoch_start
+
+        def spied(net, optimizer, epoch):
+            start(net, optimizer, epoch)
+            hook(net, optimizer, epoch)
+        trial.strategy.on_epoch_start = spied
+    if reseed is not None:
+        torch.manual_seed(reseed)
+    fitted = Fitted(trial)
+
+    def report(metrics, state):
+        fitted.reports.append(metrics)
+        fitted.state = state
+        if checkpoints is not None:
+            directory = checkpoints / f"epoch_{metrics[M.EPOCH]}"
+            directory.mkdir(parents=True)
+            checkpoint.save(directory, state, trial.record)
+
+    trial.fit(CPU, report, resume)
+    return fitted
 
 
 def tiny_trial_data(num_classes: int = 3, image_size: int = 32, n: int = 12,

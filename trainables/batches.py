@@ -22,13 +22,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
+from trainables.augment import (BLUR_SIGMA, ERASING_RATIO, ERASING_SCALE, AugmentSpec,
+                                augment_spec)
 from trainables.config import TrialConfig
-from trainables.transforms import Preprocess, _policy, create_train_transform
+from trainables.record import Preprocess
+from trainables.transforms import create_train_transform, policy_transform
 
 
-def use_device_path(cfg: TrialConfig, device: torch.device) -> bool:
-    """``data_path=auto`` picks the device path everywhere: it is the faster one on CPU as
-    well as on GPU (benchmarks/README.md, data path)."""
+def use_device_path(cfg: TrialConfig) -> bool:
+    """``data_path=auto`` picks the device path on every device: it is the faster one on CPU
+    as well as on GPU (benchmarks/README.md, data path)."""
     return cfg.data_path in ("auto", "device")
 
 
@@ -105,55 +108,60 @@ def _uniform(n: int, low: float, high: float) -> torch.Tensor:
 
 
 class BatchAugment:
-    """The train transform of ``transforms.py`` for a whole uint8 batch at once.
+    """An ``AugmentSpec`` applied to a whole uint8 batch at once.
 
-    Geometry (random resized crop with scale 0.7-1 and ratio 3/4-4/3, horizontal flip, and
-    for ``notebook`` rotation up to 15 degrees and translation up to 10%) is composed into
-    one affine map per image and resampled once with ``grid_sample`` (the CPU path resamples
-    for each step). Colour jitter applies brightness, contrast and saturation in a fixed
-    order (torchvision shuffles the order). Gaussian blur, normalisation and random erasing
-    follow. The AutoAugment-family policies have no batched form: they run image by image,
-    on the device. Random parameters come from torch's global generator, which checkpoints
-    save, so a resumed trial continues the same augmentation stream.
+    Geometry (random resized crop, horizontal flip, rotation and translation) is composed
+    into one affine map per image and resampled once with ``grid_sample`` (the per-image
+    path resamples for each step). Colour jitter applies brightness, contrast and saturation
+    in a fixed order (torchvision shuffles the order). Gaussian blur, normalisation and
+    random erasing follow. The AutoAugment-family policies have no batched form: they run
+    image by image, on the device. Random parameters come from torch's global generator,
+    which checkpoints save, so a resumed trial continues the same augmentation stream.
     """
 
-    def __init__(self, cfg: TrialConfig, pre: Preprocess):
+    def __init__(self, spec: AugmentSpec, pre: Preprocess, random_erasing: float = 0.0):
+        self.spec = spec
         self.size = pre.image_size
-        self.augment = cfg.augment
-        self.erasing = cfg.random_erasing
+        self.erasing = random_erasing
         self.mode = pre.interpolation if pre.interpolation in ("bilinear", "bicubic") \
             else "bilinear"
         self.normalize = Normalize(pre.mean, pre.std)
-        self.policy = None
-        if cfg.augment not in ("notebook", "none"):
-            self.policy = _policy(cfg.augment)[0]
+        self.policy = policy_transform(spec.policy) if spec.policy else None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 B x 3 x H x W (square, on any device) -> normalised float B x 3 x S x S."""
-        if self.augment == "none":
+        spec = self.spec
+        if spec.crop_scale is None:
             x = centre_crop(images, self.size).float().div_(255)
+            if spec.flip:
+                flip = (torch.rand(len(x)) < 0.5).to(x.device, non_blocking=True)
+                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         else:
             x = self._geometry(images.float().div_(255))
-        if self.augment == "notebook":
-            x = self._blur(self._colour(x))
-        elif self.policy is not None:
+        if self.policy is not None:
             as_bytes = x.mul(255).round_().to(torch.uint8)
             x = torch.stack([self.policy(image) for image in as_bytes]).float().div_(255)
+        else:
+            if spec.jitter:
+                x = self._colour(x, spec.jitter)
+            if spec.blur:
+                x = self._blur(x, spec.blur)
         x = self.normalize(x)
         if self.erasing:
             x = self._erase(x)
         return x
 
     def _geometry(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        w, h, found = _sample_boxes(n, (0.7, 1.0), (3 / 4, 4 / 3))
+        n, spec = x.shape[0], self.spec
+        w, h, found = _sample_boxes(n, spec.crop_scale, spec.crop_ratio)
         w, h = torch.where(found, w, 1.0), torch.where(found, h, 1.0)
         centre = torch.stack([torch.rand(n) * (1 - w) + w / 2,
                               torch.rand(n) * (1 - h) + h / 2], 1) * 2 - 1
-        flip = torch.where(torch.rand(n) < 0.5, -1.0, 1.0)
-        if self.augment == "notebook":
-            angle = torch.deg2rad(_uniform(n, -15.0, 15.0))
-            shift = torch.empty(n, 2).uniform_(-0.2, 0.2)  # 10% of the side; [-1, 1] spans 2
+        flip = torch.where(torch.rand(n) < 0.5, -1.0, 1.0) if spec.flip else torch.ones(n)
+        if spec.rotation or spec.translate:
+            angle = torch.deg2rad(_uniform(n, -spec.rotation, spec.rotation))
+            # a fraction of the side; the grid's [-1, 1] spans the side twice over
+            shift = torch.empty(n, 2).uniform_(-2 * spec.translate, 2 * spec.translate)
         else:
             angle, shift = torch.zeros(n), torch.zeros(n, 2)
         cos, sin = angle.cos(), angle.sin()
@@ -168,9 +176,9 @@ class BatchAugment:
         return out.clamp_(0, 1) if self.mode == "bicubic" else out
 
     @staticmethod
-    def _colour(x: torch.Tensor) -> torch.Tensor:
+    def _colour(x: torch.Tensor, strength: float) -> torch.Tensor:
         n = x.shape[0]
-        factors = _to(torch.empty(3, n, 1, 1, 1).uniform_(0.8, 1.2), x)
+        factors = _to(torch.empty(3, n, 1, 1, 1).uniform_(1 - strength, 1 + strength), x)
         brightness, contrast, saturation = factors
         x = (x * brightness).clamp_(0, 1)
         mean = _gray(x).mean((2, 3), keepdim=True)
@@ -178,14 +186,14 @@ class BatchAugment:
         return (saturation * x + (1 - saturation) * _gray(x)).clamp_(0, 1)
 
     @staticmethod
-    def _blur(x: torch.Tensor, p: float = 0.2) -> torch.Tensor:
-        """GaussianBlur(kernel_size=3, sigma in [0.1, 2], reflect padding) on a random fifth
-        of the batch: a separable 3-tap filter as three shifted multiply-adds per axis (on
+    def _blur(x: torch.Tensor, p: float) -> torch.Tensor:
+        """GaussianBlur(kernel_size=3, sigma in BLUR_SIGMA, reflect padding) on a random
+        share ``p`` of the batch: a separable 3-tap filter as three shifted multiply-adds per axis (on
         CPU and GPU faster than a depthwise convolution). Images not chosen get the
         identity taps, so every batch has one fixed shape of work."""
         n = x.shape[0]
         chosen = (torch.rand(n) < p).view(n, 1)
-        sigma = _uniform(n, 0.1, 2.0).view(n, 1)
+        sigma = _uniform(n, *BLUR_SIGMA).view(n, 1)
         taps = torch.exp(-torch.tensor([-1.0, 0.0, 1.0]) ** 2 / (2 * sigma ** 2))
         taps = torch.where(chosen, taps / taps.sum(1, keepdim=True),
                            torch.tensor([0.0, 1.0, 0.0]))
@@ -195,9 +203,9 @@ class BatchAugment:
         return centre * rows[..., 1:-1] + side * (rows[..., :-2] + rows[..., 2:])
 
     def _erase(self, x: torch.Tensor) -> torch.Tensor:
-        """RandomErasing(p, scale 0.02-0.33, ratio 0.3-3.3, value 0) on normalised images."""
+        """RandomErasing(p, its default scale and ratio, value 0) on normalised images."""
         n, size = x.shape[0], x.shape[-1]
-        w, h, found = _sample_boxes(n, (0.02, 0.33), (0.3, 3.3))
+        w, h, found = _sample_boxes(n, ERASING_SCALE, ERASING_RATIO)
         chosen = (torch.rand(n) < self.erasing) & found
         top = (torch.rand(n) * (1 - h) * size).floor()
         left = (torch.rand(n) * (1 - w) * size).floor()
@@ -260,14 +268,14 @@ def resident_images(key: tuple, images: np.ndarray, device: torch.device) -> tor
 def training_batches(cfg: TrialConfig, data, sampler: Sampler, device: torch.device):
     """The training batches of one epoch (a ``loop.TrialData``), by the path that
     ``cfg.data_path`` selects."""
-    pre = data.preprocess
-    if use_device_path(cfg, device):
+    pre, spec = data.preprocess, augment_spec(cfg.augment)
+    if use_device_path(cfg):
         images = resident_images(data.images_key, data.images, device)
         return DeviceBatches(images, data.train_rows, data.train_labels, sampler,
-                             cfg.batch_size, BatchAugment(cfg, pre),
+                             cfg.batch_size, BatchAugment(spec, pre, cfg.random_erasing),
                              channels_last=cfg.channels_last and device.type == "cuda")
     dataset = DecodedImages(data.images, data.train_rows, data.train_labels,
-                            create_train_transform(cfg, pre))
+                            create_train_transform(spec, pre, cfg.random_erasing))
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
                       num_workers=cfg.loader_workers, pin_memory=device.type == "cuda",
                       persistent_workers=cfg.loader_workers > 0)

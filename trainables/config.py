@@ -21,17 +21,24 @@ OBJECTIVES: dict[str, dict[str, Any]] = {
     "weighted_ce": dict(loss="weighted_ce", label_smoothing=0.0, scheduler="step"),
 }
 
-CHOICES: dict[str, tuple[str, ...]] = {
+FIXED_CHOICES: dict[str, tuple[str, ...]] = {
     "pretrained": ("auto", "true", "false"),
-    "strategy": ("base", "finetuned", "feature_extractor", "gradual_unfreeze"),
     "objective": tuple(OBJECTIVES),
-    "loss": ("ce", "focal", "weighted_ce"),
-    "scheduler": ("step", "plateau", "cosine", "none"),
-    "optimizer": ("adam", "adamw", "sgd"),
-    "augment": ("notebook", "autoaugment", "randaugment", "trivialaugment", "none"),
     "sampler": ("shuffle", "balanced"),
     "data_path": ("auto", "device", "loader"),
 }
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+    """The allowed values of every key that takes a name: the factories' registries (so a
+    registered optimizer, loss, schedule, strategy or recipe is a valid value at once)."""
+    from trainables.augment import AUGMENTS
+    from trainables.objectives import LOSSES, OPTIMIZERS, SCHEDULES
+    from trainables.strategies import STRATEGIES
+
+    return {**FIXED_CHOICES, "strategy": STRATEGIES.names(), "loss": LOSSES.names(),
+            "scheduler": SCHEDULES.names(), "optimizer": OPTIMIZERS.names(),
+            "augment": AUGMENTS.names()}
 
 # (low, high, what) bounds, inclusive unless noted in the check below.
 BOUNDS: dict[str, tuple[float, float]] = {
@@ -70,6 +77,9 @@ class TrialConfig:
     # model
     model: str = "googlenet"
     pretrained: str = "auto"
+    # which pretrained weights: a torchvision weights name (IMAGENET1K_V1, ...) or a timm
+    # pretrained tag; empty: the library's default (see python sweeps/weights.py list)
+    weights: str = ""
     head_dropout: float = 0.0  # dropout before the classifier
     head_hidden: int = 0  # >0: a hidden layer of this width (with ReLU) in the classifier
     # fine-tuning strategy (see trainables/strategies.py)
@@ -118,7 +128,7 @@ class TrialConfig:
     compile: bool = False  # torch.compile the model (pays a compile once per trial)
 
     def __post_init__(self) -> None:
-        for name, allowed in CHOICES.items():
+        for name, allowed in choices().items():
             value = getattr(self, name)
             if value not in allowed:
                 raise UserError(
@@ -130,6 +140,9 @@ class TrialConfig:
         if 0 < self.image_size < 16:
             raise UserError(f"bad value image_size={self.image_size}: use 16 or more, "
                             "or 0 for the model's own input size")
+        if self.weights and self.pretrained == "false":
+            raise UserError(f"weights={self.weights} conflicts with pretrained=false: drop one "
+                            "of them")
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> "TrialConfig":
@@ -229,8 +242,9 @@ def load_config_file(path: str) -> dict[str, Any]:
 def describe_keys() -> str:
     """One line per config key with its type and default, for --list-keys."""
     defaults = TrialConfig()
+    allowed_values = choices()
     lines = []
     for name, kind in FIELD_TYPES.items():
-        allowed = f"  ({' | '.join(CHOICES[name])})" if name in CHOICES else ""
+        allowed = f"  ({' | '.join(allowed_values[name])})" if name in allowed_values else ""
         lines.append(f"{name:22s} {kind.__name__:5s} default {getattr(defaults, name)!r}{allowed}")
     return "\n".join(lines)

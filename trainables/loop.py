@@ -26,7 +26,7 @@ from trainables.evaluation import accuracy, macro_f1, test_summary
 from trainables.models import Net
 from trainables.objectives import create_loss, create_optimizer, create_schedule
 from trainables.strategies import Strategy
-from trainables.transforms import Preprocess
+from trainables.record import Preprocess
 
 
 @dataclass
@@ -162,7 +162,7 @@ def fit(cfg: TrialConfig, net: Net, strategy: Strategy, data: TrialData, device:
         generator.set_state(resume["generator"])
         torch.set_rng_state(resume["torch_rng"])  # augmentation draws from the global RNG
         state = resume["fit"]
-    loader = training_batches(cfg, data, _sampler(cfg, data, generator), device)
+    loader = training_batches(cfg, data, train_sampler(cfg, data, generator), device)
     if device.type == "cuda":  # evaluation images go to the device once per trial
         data = dataclasses.replace(data, val=data.val.to(device), test=data.test.to(device))
     normalize = Normalize(data.preprocess.mean, data.preprocess.std)
@@ -255,7 +255,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
         or "can't allocate memory" in text
 
 
-def _sampler(cfg: TrialConfig, data: TrialData, generator: torch.Generator):
+def train_sampler(cfg: TrialConfig, data: TrialData, generator: torch.Generator):
     """Shuffle, or with ``sampler=balanced`` draw each class equally often."""
     if cfg.sampler == "balanced":
         counts = np.bincount(data.train_labels, minlength=data.num_classes)

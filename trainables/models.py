@@ -2,31 +2,71 @@
 
 Every model comes back wrapped in ``Net``, whose forward returns ``(logits, aux_logits)``
 so the loop never branches on model family, and which knows which of its modules are the
-new classifier heads (the rest is the backbone that strategies freeze).
+new classifier heads (the rest is the backbone that strategies freeze). With it comes a
+``ModelBuild``: what the network was built with, the weights actually loaded included, from
+which ``rebuild`` makes the same architecture again (for export and prediction).
 """
 from __future__ import annotations
 
-import os
-import socket
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from trainables import weights as W
 from trainables.errors import UserError
+from trainables.registry import Registry
 
-# torchvision name -> module paths of its classifier layers to replace (main head first)
-TORCHVISION_HEADS: dict[str, tuple[str, ...]] = {
-    "resnet18": ("fc",),
-    "resnet50": ("fc",),
-    "vgg16": ("classifier.6",),
-    "mobilenet_v2": ("classifier.1",),
-    "googlenet": ("fc", "aux1.fc2", "aux2.fc2"),
-}
-AUX_MODELS = {"googlenet"}
-CUSTOM = "small_cnn"
 TIMM_PREFIX = "timm/"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: where it comes from, its classifier layers, and how much of a GPU
+    one of its trials takes by default."""
+
+    name: str
+    family: str  # "torchvision" | "timm" | "custom"
+    heads: tuple[str, ...] = ()  # torchvision: classifier module paths, main head first
+    aux_heads: bool = False  # has auxiliary classifiers that a strategy may train
+    # default share of a GPU per trial: models whose step is short train more images per
+    # second two to a GPU (benchmarks/README.md, packing); larger ones get a whole GPU
+    gpu_share: float = 1.0
+
+    @property
+    def timm_name(self) -> str:
+        return self.name[len(TIMM_PREFIX):] if self.name.startswith(TIMM_PREFIX) else self.name
+
+
+MODELS: Registry[ModelSpec] = Registry("model")
+for _spec in (
+    ModelSpec("resnet18", "torchvision", ("fc",), gpu_share=0.5),
+    ModelSpec("resnet50", "torchvision", ("fc",)),
+    ModelSpec("vgg16", "torchvision", ("classifier.6",)),
+    ModelSpec("mobilenet_v2", "torchvision", ("classifier.1",), gpu_share=0.5),
+    ModelSpec("googlenet", "torchvision", ("fc", "aux1.fc2", "aux2.fc2"), aux_heads=True,
+              gpu_share=0.5),
+    ModelSpec("small_cnn", "custom", ("head",), gpu_share=0.5),
+    ModelSpec("tf_efficientnetv2_s", "timm"),
+    ModelSpec("convnext_tiny", "timm"),
+    ModelSpec("vit_base_patch16_224", "timm"),
+    ModelSpec("swinv2_tiny_window8_256", "timm"),
+):
+    MODELS.add(_spec.name, _spec)
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The registered model, or any other timm model (``timm/NAME`` or a bare timm name)."""
+    if name in MODELS:
+        return MODELS[name]
+    import timm
+
+    spec = ModelSpec(name, "timm")
+    if timm.is_model(spec.timm_name):
+        return spec
+    raise UserError(f"unknown model '{name}': use one of {', '.join(MODELS.names())} "
+                    "or a timm model name (see timm.list_models())")
 
 
 class Net(nn.Module):
@@ -63,12 +103,12 @@ class DataConfig:
 def data_config(name: str) -> DataConfig:
     """The model's own preprocessing: timm's pretrained config (what ``resolve_data_config``
     reads), or torchvision's ImageNet recipe (224 px, bilinear, crop 0.875)."""
-    timm_name = _timm_name(name)
-    if not timm_name:
+    spec = model_spec(name)
+    if spec.family != "timm":
         return DataConfig()
     import timm
 
-    cfg = timm.models.get_pretrained_cfg(timm_name)
+    cfg = timm.models.get_pretrained_cfg(spec.timm_name)
     if cfg is None:
         return DataConfig()
     interpolation = cfg.interpolation if cfg.interpolation in ("bilinear", "bicubic") \
@@ -97,9 +137,37 @@ class HeadSpec:
 
 
 @dataclass(frozen=True)
+class ModelBuild:
+    """What a trial's network was built with: enough to build the same architecture again.
+    ``weights`` names the pretrained weights really loaded ("" for random initialisation);
+    ``arch`` holds constructor arguments that loading them implied (GoogLeNet's
+    ``transform_input``, a transformer's ``img_size``)."""
+
+    model: str
+    num_classes: int
+    aux_heads: bool = False
+    head_dropout: float = 0.0
+    head_hidden: int = 0
+    weights: str = ""
+    arch: dict = field(default_factory=dict)
+
+    @property
+    def pretrained(self) -> bool:
+        return bool(self.weights)
+
+    @property
+    def head(self) -> HeadSpec:
+        return HeadSpec(self.head_dropout, self.head_hidden)
+
+
+@dataclass(frozen=True)
 class BuiltModel:
     net: Net
-    pretrained: bool  # whether pretrained weights were really loaded
+    build: ModelBuild
+
+    @property
+    def pretrained(self) -> bool:
+        return self.build.pretrained
 
 
 class SmallCNN(nn.Module):
@@ -120,107 +188,128 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def known_models() -> list[str]:
-    """Names the factory builds without timm's catalogue (every timm name works too)."""
-    return [*TORCHVISION_HEADS, CUSTOM]
-
-
-def _timm_name(name: str) -> str | None:
-    import timm
-
-    bare = name[len(TIMM_PREFIX):] if name.startswith(TIMM_PREFIX) else name
-    if name in TORCHVISION_HEADS or name == CUSTOM:
-        return None
-    return bare if timm.is_model(bare) else None
-
-
-def is_timm_model(name: str) -> bool:
-    return _timm_name(name) is not None
-
-
-def check_model(name: str, aux_heads: bool = False, pretrained: str = "auto") -> None:
+def check_model(name: str, aux_heads: bool = False, pretrained: str = "auto",
+                weights: str = "") -> None:
     """Raise UserError unless the factory can build ``name`` as asked (aux heads, weights)."""
-    if not (name in TORCHVISION_HEADS or name == CUSTOM or _timm_name(name)):
-        raise UserError(f"unknown model '{name}': use one of {', '.join(known_models())} "
-                        "or a timm model name (see timm.list_models())")
-    if aux_heads and name not in AUX_MODELS:
+    spec = model_spec(name)
+    if aux_heads and not spec.aux_heads:
+        with_aux = ", ".join(n for n in MODELS if MODELS[n].aux_heads)
         raise UserError(f"model '{name}' has no auxiliary heads; use strategy=base "
-                        f"(auxiliary heads exist on {', '.join(sorted(AUX_MODELS))})")
-    if name == CUSTOM and pretrained == "true":
-        raise weights_unavailable(name, "")
+                        f"(auxiliary heads exist on {with_aux})")
+    if spec.family == "custom" and (pretrained == "true" or weights):
+        raise W.weights_unavailable(name, "")
+    if weights:
+        W.resolve_tag(spec, weights)
 
 
 def create_model(name: str, num_classes: int, pretrained: str = "auto",
                  aux_heads: bool = False, offline: bool = False, head: HeadSpec = HeadSpec(),
-                 image_size: int = 0) -> BuiltModel:
+                 image_size: int = 0, weights: str = "") -> BuiltModel:
     """Build ``name`` with its classifier(s) resized to ``num_classes``.
 
     ``pretrained``: ``true`` loads weights or raises UserError; ``auto`` tries and falls back
-    to random initialisation with a warning; ``false`` never loads. ``offline`` skips the
-    attempt (the sweep driver already found the weights unavailable). ``head`` shapes the
-    main classifier; ``image_size`` (if not 0) is passed to timm models that fix their input
-    size at creation (ViT, Swin).
+    to random initialisation with a warning; ``false`` never loads. ``weights`` picks the
+    variant (default: the library's default). ``offline`` skips the attempt (the sweep
+    driver already found the weights unavailable). ``head`` shapes the main classifier;
+    ``image_size`` (if not 0) is passed to timm models that fix their input size at
+    creation (ViT, Swin).
     """
-    check_model(name, aux_heads, pretrained)
-    if name == CUSTOM:
-        return BuiltModel(Net(SmallCNN(num_classes, head=head), ("head",)), False)
-    want = pretrained != "false"
-    loaded, reason = False, "the sweep driver found them unavailable"
+    check_model(name, aux_heads, pretrained, weights)
+    spec = model_spec(name)
+    arch = _arch(spec, aux_heads, image_size)
+    want = pretrained != "false" and spec.family != "custom"
+    loaded, reason, body = "", "the sweep driver found them unavailable", None
     if want and not offline:
+        tag = W.resolve_tag(spec, weights)
         try:
-            body = _build(name, aux_heads, pretrained=True, image_size=image_size)
-            loaded = True
+            body, arch = _build(spec, arch, tag)
+            loaded = tag
         except Exception as exc:  # network, missing file, corrupt cache: all mean "not here"
-            reason = _reason(exc)
+            reason = W.short_reason(exc)
     if want and not loaded:
         if pretrained == "true":
-            raise weights_unavailable(name, reason)
+            raise W.weights_unavailable(name, reason, weights)
         if not offline:  # the driver has said it once for the whole sweep
             warnings.warn(f"pretrained weights for '{name}' unavailable ({reason}); "
                           "training from random initialisation (pretrained=false in the table)")
-    if not loaded:
-        body = _build(name, aux_heads, pretrained=False, image_size=image_size)
-    heads = _replace_heads(name, body, num_classes, head)
-    return BuiltModel(Net(body, heads), loaded)
+    if body is None:
+        body, arch = _build(spec, arch, "", init=True)
+    build = ModelBuild(name, num_classes, aux_heads, head.dropout, head.hidden, loaded, arch)
+    return BuiltModel(_with_heads(spec, body, build), build)
 
 
-def _build(name: str, aux_heads: bool, pretrained: bool, image_size: int = 0) -> nn.Module:
-    timm_name = _timm_name(name)
-    if timm_name:
+def rebuild(build: ModelBuild, empty: bool = False) -> Net:
+    """The architecture ``build`` describes, without loading any pretrained weights: the
+    trial's own weights are loaded into it next. ``empty``: skip the library's weight
+    initialisation (for VGG16 seconds of work that loading overwrites) wherever every
+    buffer is saved in the state dict; the values are then garbage until weights load."""
+    spec = model_spec(build.model)
+    if empty:
+        try:
+            with torch.device("meta"):
+                body, _ = _build(spec, dict(build.arch), "", init=False)
+                net = _with_heads(spec, body, build)
+        except Exception:  # a model that reads tensor values while it is built
+            net = None
+        if net is not None and set(dict(net.named_buffers())) <= set(net.state_dict()):
+            return net.to_empty(device="cpu")
+    body, _ = _build(spec, dict(build.arch), "", init=False)
+    return _with_heads(spec, body, build)
+
+
+def _arch(spec: ModelSpec, aux_heads: bool, image_size: int) -> dict:
+    """Constructor arguments asked for before any weights are loaded."""
+    if spec.name == "googlenet":
+        return {"aux_logits": aux_heads}
+    if spec.family == "timm" and image_size and image_size != data_config(spec.name).input_size:
+        return {"img_size": image_size}  # transformers fix their patch grid at creation
+    return {}
+
+
+def _build(spec: ModelSpec, arch: dict, tag: str, init: bool = True) -> tuple[nn.Module, dict]:
+    """The library's network with pretrained weights ``tag`` ("" for none); returns it with
+    the constructor arguments it was really built with."""
+    if spec.family == "custom":
+        return SmallCNN(), {}
+    if spec.family == "timm":
         import timm
 
-        if image_size and image_size != data_config(name).input_size:
-            try:  # transformers fix their patch grid at creation
-                return timm.create_model(timm_name, pretrained=pretrained, img_size=image_size)
-            except TypeError:  # convolutional models take any size and no img_size argument
-                pass
-        return timm.create_model(timm_name, pretrained=pretrained)
+        name = f"{spec.timm_name}.{tag}" if tag else spec.timm_name
+        local = W.local_timm_file(spec.timm_name, tag) if tag else None
+        extra = {"pretrained_cfg_overlay": {"file": str(local)}} if local else {}
+        try:
+            return timm.create_model(name, pretrained=bool(tag), **extra, **arch), arch
+        except TypeError:
+            if "img_size" not in arch:
+                raise
+            # a convolutional model: it takes any input size and no img_size argument
+            arch = {k: v for k, v in arch.items() if k != "img_size"}
+            return timm.create_model(name, pretrained=bool(tag), **extra, **arch), arch
     import torchvision
 
-    if name == "googlenet" and pretrained:
-        # torchvision loads GoogLeNet weights only into a model with aux heads (and its own
-        # input transform); drop the heads afterwards when the strategy does not use them.
-        body = torchvision.models.get_model(name, weights="DEFAULT", aux_logits=True)
-        if not aux_heads:
-            body.aux_logits, body.aux1, body.aux2 = False, None, None
-        return body
-    if name == "googlenet":
-        return torchvision.models.get_model(name, weights=None, aux_logits=aux_heads,
-                                            transform_input=False, init_weights=True)
-    return torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
+    kwargs = dict(arch)
+    if spec.name == "googlenet" and not tag:
+        kwargs.setdefault("transform_input", False)
+        kwargs["init_weights"] = init  # torchvision's own initialisation, for training
+    elif spec.name == "googlenet" and not kwargs.get("aux_logits"):
+        # with weights torchvision refuses aux_logits=False; left out, it loads them into
+        # a model with aux heads and then drops the heads
+        kwargs.pop("aux_logits", None)
+    body = torchvision.models.get_model(spec.name, weights=tag or None, **kwargs)
+    if spec.name == "googlenet":  # torchvision turns its input transform on with weights
+        arch = {**arch, "transform_input": bool(body.transform_input)}
+    return body, arch
 
 
-def _replace_heads(name: str, body: nn.Module, num_classes: int,
-                   spec: HeadSpec = HeadSpec()) -> tuple[str, ...]:
+def _with_heads(spec: ModelSpec, body: nn.Module, build: ModelBuild) -> Net:
     """Swap the classifier layer(s) for new ones of ``num_classes`` outputs (the first, main
-    one shaped by ``spec``); returns their module paths."""
-    if _timm_name(name):
-        body.reset_classifier(num_classes)
+    one shaped by the head spec), and wrap the body in ``Net``."""
+    if spec.family == "timm":
+        body.reset_classifier(build.num_classes)
         names = body.pretrained_cfg.get("classifier") or "head"
-        names = tuple(names) if isinstance(names, (list, tuple)) else (names,)
-        paths = list(names)
+        paths = list(names) if isinstance(names, (list, tuple)) else [names]
     else:
-        paths = list(TORCHVISION_HEADS[name])
+        paths = list(spec.heads)
     present = []
     for i, path in enumerate(paths):
         *parents, attr = path.split(".")
@@ -230,76 +319,34 @@ def _replace_heads(name: str, body: nn.Module, num_classes: int,
         old = getattr(parent, attr, None) if parent is not None else None
         if not isinstance(old, nn.Linear):
             continue  # GoogLeNet's aux heads switched off (None), or a head timm left empty
-        new = spec.build(old.in_features, num_classes) if i == 0 \
-            else nn.Linear(old.in_features, num_classes)
+        new = build.head.build(old.in_features, build.num_classes) if i == 0 \
+            else nn.Linear(old.in_features, build.num_classes)
         setattr(parent, attr, new)
         present.append(path)
-    if _timm_name(name):
-        return tuple(present) or names
-    if name == "googlenet":  # the whole auxiliary branch is head, not backbone
+    if spec.family == "timm":
+        return Net(body, tuple(present) or tuple(paths))
+    if spec.name == "googlenet":  # the whole auxiliary branch is head, not backbone
         present = ["fc"] + [p.split(".")[0] for p in present if p.startswith("aux")]
-    return tuple(present)
+    return Net(body, tuple(present))
 
 
-def _reason(exc: BaseException) -> str:
-    """One short line saying why loading failed."""
-    return f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
-
-
-def weights_unavailable(name: str, reason: str) -> UserError:
-    """The error for ``pretrained=true`` when the weights cannot be had."""
-    if name == CUSTOM:
-        return UserError("small_cnn has no pretrained weights; use --set pretrained=false")
-    return UserError(f"pretrained weights for '{name}' could not be loaded ({reason}); "
-                     f"pre-seed {weights_location(name)} or use --set pretrained=false")
-
-
-def weights_location(name: str) -> str:
-    """Where pretrained weights for ``name`` are looked up on this machine."""
-    if _timm_name(name):
-        from huggingface_hub.constants import HF_HUB_CACHE
-
-        return f"the Hugging Face cache ({HF_HUB_CACHE}, set HF_HOME)"
-    from torchvision.models import get_model_weights
-
-    url = get_model_weights(name).DEFAULT.url
-    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url)) + \
-        " (set TORCH_HOME)"
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub (or $HF_ENDPOINT) answers a TCP connect."""
-    from urllib.parse import urlparse
-
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def use_hub_offline() -> None:
-    """Read timm weights from the local Hugging Face cache only, with no network retries
-    (which take most of a minute per file when the hub cannot be reached). Trials started
-    from this process inherit it through the environment."""
-    import huggingface_hub.constants
-
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    huggingface_hub.constants.HF_HUB_OFFLINE = True
-
-
-def fetch_pretrained(name: str) -> str | None:
-    """Make sure pretrained weights for ``name`` are in the local cache, downloading once.
-
-    Returns None when they are there, else the reason they could not be had.
-    """
-    if name == CUSTOM:
-        return "small_cnn has no pretrained weights"
+def fetch_pretrained(name: str, weights: str = "") -> str | None:
+    """Make sure the pretrained weights ``weights`` of ``name`` are on this machine,
+    downloading them once. Returns None when they are, else the reason they are not."""
+    spec = model_spec(name)
+    if spec.family == "custom":
+        return f"{name} has no pretrained weights"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _build(name, aux_heads=False, pretrained=True)
+            _build(spec, _arch(spec, False, 0), W.resolve_tag(spec, weights))
         return None
+    except UserError:
+        raise
     except Exception as exc:
-        return _reason(exc)
+        return W.short_reason(exc)
+
+
+def known_models() -> list[str]:
+    """Names the factory builds without timm's catalogue (every timm name works too)."""
+    return [n for n in MODELS if MODELS[n].family != "timm"]

@@ -1,15 +1,24 @@
-"""Loss, optimizer and learning-rate schedule factories.
+"""Loss, optimizer and learning-rate schedule factories, each in its registry.
 
 Every schedule answers the same ``step(val_loss)`` call once per epoch, so the loop never
 branches on schedule type.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn, optim
 
-from trainables.config import TrialConfig
+from trainables.registry import Registry
+
+if TYPE_CHECKING:
+    from trainables.config import TrialConfig
+
+LOSSES: Registry[Callable[["TrialConfig", list[int]], nn.Module]] = Registry("loss")
+OPTIMIZERS: Registry[Callable[["TrialConfig", list], optim.Optimizer]] = Registry("optimizer")
+SCHEDULES: Registry[Callable[["TrialConfig", optim.Optimizer], object]] = Registry("scheduler")
 
 
 class FocalLoss(nn.Module):
@@ -35,38 +44,75 @@ def class_weights(class_counts: list[int]) -> torch.Tensor:
     return counts.sum() / (len(counts) * counts)
 
 
-def create_loss(cfg: TrialConfig, class_counts: list[int]) -> nn.Module:
-    if cfg.loss == "focal":
-        return FocalLoss(cfg.focal_gamma)
-    weight = class_weights(class_counts) if cfg.loss == "weighted_ce" else None
-    return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+@LOSSES.register("ce")
+def _cross_entropy(cfg: "TrialConfig", class_counts: list[int]) -> nn.Module:
+    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
 
-def create_optimizer(cfg: TrialConfig, params) -> optim.Optimizer:
+@LOSSES.register("focal")
+def _focal(cfg: "TrialConfig", class_counts: list[int]) -> nn.Module:
+    return FocalLoss(cfg.focal_gamma)
+
+
+@LOSSES.register("weighted_ce")
+def _weighted_cross_entropy(cfg: "TrialConfig", class_counts: list[int]) -> nn.Module:
+    return nn.CrossEntropyLoss(weight=class_weights(class_counts),
+                               label_smoothing=cfg.label_smoothing)
+
+
+def create_loss(cfg: "TrialConfig", class_counts: list[int]) -> nn.Module:
+    return LOSSES[cfg.loss](cfg, class_counts)
+
+
+@OPTIMIZERS.register("adam")
+def _adam(cfg: "TrialConfig", params: list) -> optim.Optimizer:
+    return optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(cfg: "TrialConfig", params: list) -> optim.Optimizer:
+    return optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@OPTIMIZERS.register("sgd")
+def _sgd(cfg: "TrialConfig", params: list) -> optim.Optimizer:
+    return optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                     nesterov=cfg.momentum > 0)
+
+
+def create_optimizer(cfg: "TrialConfig", params) -> optim.Optimizer:
     """All parameters go to the optimizer; frozen ones simply get no gradient, so unfreezing
     later needs no new optimizer."""
-    params = list(params)
-    if cfg.optimizer == "sgd":
-        return optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                         weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
-    cls = optim.AdamW if cfg.optimizer == "adamw" else optim.Adam
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return OPTIMIZERS[cfg.optimizer](cfg, list(params))
+
+
+@SCHEDULES.register("step")
+def _step(cfg: "TrialConfig", optimizer: optim.Optimizer):
+    return optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.step_gamma)
+
+
+@SCHEDULES.register("plateau")
+def _plateau(cfg: "TrialConfig", optimizer: optim.Optimizer):
+    return optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.plateau_factor,
+                                                patience=cfg.plateau_patience, min_lr=cfg.min_lr)
+
+
+@SCHEDULES.register("cosine")
+def _cosine(cfg: "TrialConfig", optimizer: optim.Optimizer):
+    return optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.max_epochs,
+                                                eta_min=cfg.min_lr)
+
+
+@SCHEDULES.register("none")
+def _constant(cfg: "TrialConfig", optimizer: optim.Optimizer):
+    return None
 
 
 class Schedule:
     """A learning-rate schedule stepped once per epoch with the validation loss."""
 
-    def __init__(self, cfg: TrialConfig, optimizer: optim.Optimizer):
-        sched = optim.lr_scheduler
-        self.inner = None
-        if cfg.scheduler == "step":
-            self.inner = sched.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.step_gamma)
-        elif cfg.scheduler == "plateau":
-            self.inner = sched.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.plateau_factor,
-                                                 patience=cfg.plateau_patience, min_lr=cfg.min_lr)
-        elif cfg.scheduler == "cosine":
-            self.inner = sched.CosineAnnealingLR(optimizer, T_max=cfg.max_epochs,
-                                                 eta_min=cfg.min_lr)
+    def __init__(self, inner):
+        self.inner = inner
 
     def step(self, val_loss: float) -> None:
         if isinstance(self.inner, optim.lr_scheduler.ReduceLROnPlateau):
@@ -82,5 +128,5 @@ class Schedule:
             self.inner.load_state_dict(state)
 
 
-def create_schedule(cfg: TrialConfig, optimizer: optim.Optimizer) -> Schedule:
-    return Schedule(cfg, optimizer)
+def create_schedule(cfg: "TrialConfig", optimizer: optim.Optimizer) -> Schedule:
+    return Schedule(SCHEDULES[cfg.scheduler](cfg, optimizer))

@@ -1,35 +1,44 @@
 """Fine-tuning strategies: training-time behaviour behind one small interface, not new loops.
 
 The loop calls ``strategy.train_mode(net)`` before each training epoch and
-``strategy.on_epoch_start(net, optimizer, epoch)`` with the 0-based epoch index.
+``strategy.on_epoch_start(net, optimizer, epoch)`` with the 0-based epoch index. A strategy
+also owns the rules that follow from it: whether it needs auxiliary heads, from which epoch
+early stopping counts, and the earliest epoch at which a scheduler may compare it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from torch import optim
 
-from trainables.config import TrialConfig
-from trainables.models import Net
+from trainables.registry import Registry
+
+if TYPE_CHECKING:
+    from trainables.config import TrialConfig
+    from trainables.models import Net
+
+STRATEGIES: Registry[type["Strategy"]] = Registry("strategy")
 
 
-def set_backbone_frozen(net: Net, frozen: bool) -> None:
+def set_backbone_frozen(net: "Net", frozen: bool) -> None:
     """Freeze or unfreeze every parameter outside the classifier heads."""
     for name, param in net.named_parameters():
         if not net.is_head(name):
             param.requires_grad = not frozen
 
 
-def backbone_frozen(net: Net) -> bool:
+def backbone_frozen(net: "Net") -> bool:
     return not any(p.requires_grad for n, p in net.named_parameters() if not net.is_head(n))
 
 
-@dataclass
+@STRATEGIES.register("base")
 class Strategy:
     """``base``: every layer trains, no auxiliary heads."""
 
-    cfg: TrialConfig
-    aux_heads: bool = False
+    aux_heads = False  # whether the model must be built with its auxiliary classifiers
+
+    def __init__(self, cfg: "TrialConfig"):
+        self.cfg = cfg
 
     @property
     def aux_weight(self) -> float:
@@ -40,10 +49,16 @@ class Strategy:
         """First epoch (0-based) whose lack of progress counts towards early stopping."""
         return 0
 
-    def on_epoch_start(self, net: Net, optimizer: optim.Optimizer, epoch: int) -> None:
+    @property
+    def earliest_comparison(self) -> int:
+        """The first epoch (1-based) at which comparing this trial with others says anything
+        about the strategy: ASHA's grace period is never shorter for it."""
+        return 1
+
+    def on_epoch_start(self, net: "Net", optimizer: optim.Optimizer, epoch: int) -> None:
         """Called before each epoch (0-based); idempotent, so a resumed trial gets it right."""
 
-    def train_mode(self, net: Net) -> None:
+    def train_mode(self, net: "Net") -> None:
         """Put ``net`` in training mode; a frozen backbone stays in eval mode so its
         BatchNorm statistics do not drift."""
         frozen = backbone_frozen(net)
@@ -51,14 +66,15 @@ class Strategy:
             module.training = not frozen or net.is_head(name)
 
 
+@STRATEGIES.register("finetuned")
 class Finetuned(Strategy):
     """Like ``base``, with GoogLeNet's auxiliary heads on and their loss counted
     (``aux_weight``, 0.3 as in the paper; 0 keeps the heads but leaves them out of the loss)."""
 
-    def __init__(self, cfg: TrialConfig):
-        super().__init__(cfg, aux_heads=True)
+    aux_heads = True
 
 
+@STRATEGIES.register("feature_extractor")
 class FeatureExtractor(Strategy):
     """Backbone frozen (and in eval mode) for the whole run; only the head trains."""
 
@@ -66,6 +82,7 @@ class FeatureExtractor(Strategy):
         set_backbone_frozen(net, True)
 
 
+@STRATEGIES.register("gradual_unfreeze")
 class GradualUnfreeze(Strategy):
     """Head only for the first ``unfreeze_epoch`` epochs, then everything trains with the
     learning rate dropped to ``unfreeze_lr``."""
@@ -75,6 +92,11 @@ class GradualUnfreeze(Strategy):
         # A frozen phase that stalls must not spend the patience of the unfrozen one.
         return self.cfg.unfreeze_epoch
 
+    @property
+    def earliest_comparison(self) -> int:
+        # two epochs after the unfreeze, so the backbone has trained before it is judged
+        return self.cfg.unfreeze_epoch + 2
+
     def on_epoch_start(self, net, optimizer, epoch):
         frozen = epoch < self.cfg.unfreeze_epoch
         set_backbone_frozen(net, frozen)
@@ -83,13 +105,5 @@ class GradualUnfreeze(Strategy):
                 group["lr"] = self.cfg.unfreeze_lr
 
 
-STRATEGIES: dict[str, type[Strategy]] = {
-    "base": Strategy,
-    "finetuned": Finetuned,
-    "feature_extractor": FeatureExtractor,
-    "gradual_unfreeze": GradualUnfreeze,
-}
-
-
-def create_strategy(cfg: TrialConfig) -> Strategy:
+def create_strategy(cfg: "TrialConfig") -> Strategy:
     return STRATEGIES[cfg.strategy](cfg)

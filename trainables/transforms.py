@@ -1,4 +1,5 @@
-"""Preprocessing and augmentation on decoded uint8 CHW tensors (torchvision.transforms.v2).
+"""Preprocessing, and the per-image training transforms (torchvision.transforms.v2) of the
+``loader`` data path, built from the recipe in ``augment.py``.
 
 Each model's input size, resize interpolation and normalisation come from its own
 pretrained config (``models.data_config``), not one global recipe. Decoding resizes the
@@ -8,22 +9,13 @@ is for training only.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torchvision.transforms import v2
 
+from trainables.augment import BLUR_KERNEL, BLUR_SIGMA, AugmentSpec
 from trainables.config import TrialConfig
 from trainables.models import data_config
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    image_size: int  # what the model sees
-    load_size: int  # what is decoded and cached
-    interpolation: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+from trainables.record import Preprocess
 
 
 def resolve_preprocess(cfg: TrialConfig) -> Preprocess:
@@ -34,33 +26,39 @@ def resolve_preprocess(cfg: TrialConfig) -> Preprocess:
     return Preprocess(size, load, model.interpolation, model.mean, model.std)
 
 
-def _to_float(pre: Preprocess) -> list:
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)]
+def policy_transform(name: str) -> v2.Transform:
+    """An AutoAugment-family policy, on uint8 images."""
+    policies = {"autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET),
+                "randaugment": v2.RandAugment, "trivialaugment": v2.TrivialAugmentWide}
+    return policies[name]()
 
 
-def _policy(name: str) -> list:
-    if name == "autoaugment":
-        return [v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)]
-    if name == "randaugment":
-        return [v2.RandAugment()]
-    if name == "trivialaugment":
-        return [v2.TrivialAugmentWide()]
-    # "notebook": what the fine-tuning notebooks do
-    return [v2.RandomRotation(15), v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
-            v2.RandomAffine(degrees=0, translate=(0.1, 0.1)),
-            v2.RandomApply([v2.GaussianBlur(kernel_size=3)], p=0.2)]
-
-
-def create_train_transform(cfg: TrialConfig, pre: Preprocess) -> v2.Compose:
-    """Random resized crop and flip, the ``augment`` policy, normalisation, and
-    RandomErasing with probability ``random_erasing``."""
-    if cfg.augment == "none":
-        steps = [v2.CenterCrop(pre.image_size), *_to_float(pre)]
+def create_train_transform(spec: AugmentSpec, pre: Preprocess,
+                           random_erasing: float = 0.0) -> v2.Compose:
+    """The recipe ``spec`` for one uint8 CHW image, then normalisation, then RandomErasing
+    with probability ``random_erasing``."""
+    if spec.crop_scale is None:
+        steps = [v2.CenterCrop(pre.image_size)]
     else:
-        interpolation = v2.InterpolationMode(pre.interpolation)
-        steps = [v2.RandomResizedCrop(pre.image_size, scale=(0.7, 1.0),
-                                      interpolation=interpolation, antialias=True),
-                 v2.RandomHorizontalFlip(), *_policy(cfg.augment), *_to_float(pre)]
-    if cfg.random_erasing:
-        steps.append(v2.RandomErasing(p=cfg.random_erasing))
+        steps = [v2.RandomResizedCrop(pre.image_size, scale=spec.crop_scale,
+                                      ratio=spec.crop_ratio, antialias=True,
+                                      interpolation=v2.InterpolationMode(pre.interpolation))]
+    if spec.flip:
+        steps.append(v2.RandomHorizontalFlip())
+    if spec.policy:
+        steps.append(policy_transform(spec.policy))
+    else:
+        if spec.rotation:
+            steps.append(v2.RandomRotation(spec.rotation))
+        if spec.jitter:
+            steps.append(v2.ColorJitter(brightness=spec.jitter, contrast=spec.jitter,
+                                        saturation=spec.jitter))
+        if spec.translate:
+            steps.append(v2.RandomAffine(degrees=0, translate=(spec.translate,) * 2))
+        if spec.blur:
+            steps.append(v2.RandomApply([v2.GaussianBlur(BLUR_KERNEL, sigma=BLUR_SIGMA)],
+                                        p=spec.blur))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)]
+    if random_erasing:
+        steps.append(v2.RandomErasing(p=random_erasing))
     return v2.Compose(steps)

@@ -1,6 +1,6 @@
 """A trained model as a folder that rebuilds exactly what was trained.
 
-The folder holds ``spec.json`` (architecture, classes, input size, normalisation),
+The folder holds ``spec.json`` (the trial record's model build and preprocessing, classes),
 ``weights.pt`` (the state dict) and ``model.torchscript.pt`` (the same network traced, for
 use without this package). :func:`load_export` rebuilds the architecture from the spec and
 loads the weights strictly: a spec that does not match the weights is refused with a message
@@ -18,34 +18,59 @@ import torch
 from torch import nn
 
 from trainables.errors import UserError
-from trainables.models import HeadSpec, create_model
+from trainables.models import ModelBuild, rebuild
+from trainables.record import Preprocess, TrialRecord
+from trainables.weights import mismatch
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "weights.pt"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
-FORMAT = 1
+FORMAT = 2  # 2: the model and preprocessing as the trial recorded them
 
 
 @dataclass(frozen=True)
 class ExportSpec:
-    model: str
-    num_classes: int
+    """What the network is and what it expects: the trial record's model build and
+    preprocessing, its classes, and where it came from."""
+
+    model: ModelBuild
+    preprocess: Preprocess
     class_names: list[str]
-    aux_heads: bool
-    head_dropout: float
-    head_hidden: int
-    image_size: int  # what the network sees: a centre crop of ...
-    load_size: int  # ... the image with its shorter side resized to this
-    interpolation: str
-    mean: list[float]
-    std: list[float]
     source: dict  # experiment, trial, variant and scores it came from
     format: int = FORMAT
 
-    def build(self) -> nn.Module:
-        return create_model(self.model, self.num_classes, "false", self.aux_heads,
-                            head=HeadSpec(self.head_dropout, self.head_hidden),
-                            image_size=self.image_size).net
+    @classmethod
+    def from_record(cls, record: TrialRecord, source: dict) -> "ExportSpec":
+        return cls(record.model, record.preprocess, list(record.class_names), source)
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocess.image_size
+
+    @property
+    def load_size(self) -> int:
+        return self.preprocess.load_size
+
+    @property
+    def interpolation(self) -> str:
+        return self.preprocess.interpolation
+
+    def build(self, empty: bool = False) -> nn.Module:
+        """The network (``empty``: uninitialised, for weights to be loaded into)."""
+        return rebuild(self.model, empty)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "ExportSpec":
+        return cls(ModelBuild(**raw["model"]), Preprocess.from_json(raw["preprocess"]),
+                   [str(c) for c in raw["class_names"]], dict(raw["source"]),
+                   int(raw["format"]))
 
 
 class Logits(nn.Module):
@@ -62,12 +87,12 @@ class Logits(nn.Module):
 def write_export(folder: Path, spec: ExportSpec, weights: dict) -> float:
     """Write the three files; returns the largest difference between the traced network's
     logits and the eager network's on a random input (the trace is checked, not trusted)."""
-    net = spec.build()
+    net = spec.build(empty=True)
     check_weights(net, weights, spec)
     net.load_state_dict(weights)
     net.eval()
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / SPEC_FILE).write_text(json.dumps(asdict(spec), indent=1))
+    (folder / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=1))
     torch.save(weights, folder / WEIGHTS_FILE)
     example = torch.randn(2, 3, spec.image_size, spec.image_size,
                           generator=torch.Generator().manual_seed(0))
@@ -87,52 +112,38 @@ def read_spec(folder: Path) -> ExportSpec:
     if not path.exists():
         raise UserError(f"{folder}: no {SPEC_FILE}; pass a folder written by sweeps/export.py")
     try:
-        raw = json.loads(path.read_text())
-        spec = ExportSpec(**raw)
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"{path}: not a valid export spec ({exc}); re-export the trial") from None
-    if spec.format != FORMAT:
-        raise UserError(f"{path}: export format {spec.format}, this version reads {FORMAT}; "
-                        "re-export the trial")
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        if raw.get("format") != FORMAT:
+            raise UserError(f"{path}: export format {raw.get('format')}, this version reads "
+                            f"{FORMAT}; re-export the trial")
+        spec = ExportSpec.from_json(raw)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise UserError(f"{path}: not a valid export spec ({type(exc).__name__}: {exc}); "
+                        "re-export the trial") from None
     if len(spec.class_names) != spec.num_classes:
         raise UserError(f"{path}: {len(spec.class_names)} class names for num_classes "
                         f"{spec.num_classes}; they must agree")
     return spec
 
 
-def _keys(names, limit: int = 3) -> str:
-    names = sorted(names)
-    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
-
-
 def check_weights(net: nn.Module, weights: dict, spec: ExportSpec) -> None:
     """UserError naming how ``weights`` and the architecture of ``spec`` differ, if they do."""
-    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    given = {k: tuple(v.shape) for k, v in weights.items()}
-    missing, unexpected = expected.keys() - given.keys(), given.keys() - expected.keys()
-    shapes = [k for k in expected.keys() & given.keys() if expected[k] != given[k]]
-    if not (missing or unexpected or shapes):
+    expected = net.state_dict()
+    problems = mismatch(expected, weights)
+    if not problems:
         return
-    what = f"model={spec.model}, num_classes={spec.num_classes}, aux_heads={spec.aux_heads}"
-    problems = []
-    if missing:
-        problems.append(f"missing {_keys(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {_keys(unexpected)}")
-    if shapes:
-        k = sorted(shapes)[0]
-        problems.append(f"{len(shapes)} shape mismatch(es), e.g. {k}: weights {given[k]}, "
-                        f"spec {expected[k]}")
+    missing, unexpected = expected.keys() - weights.keys(), weights.keys() - expected.keys()
+    what = (f"model={spec.model.model}, num_classes={spec.num_classes}, "
+            f"aux_heads={spec.model.aux_heads}")
     hint = ""
-    if any(".aux" in k for k in unexpected) and not spec.aux_heads:
+    if any(".aux" in k for k in unexpected) and not spec.model.aux_heads:
         hint = "; the weights have auxiliary heads: aux_heads must be true"
-    elif any(".aux" in k for k in missing) and spec.aux_heads:
+    elif any(".aux" in k for k in missing) and spec.model.aux_heads:
         hint = "; the weights have no auxiliary heads: aux_heads must be false"
     elif any(k.endswith("running_mean") for k in unexpected):
-        hint = f"; the weights have batch-norm layers that {spec.model} lacks (a _bn variant?)"
+        hint = f"; the weights have batch-norm layers that {spec.model.model} lacks (a _bn variant?)"
     elif any(k.endswith("running_mean") for k in missing):
-        hint = f"; {spec.model} has batch-norm layers the weights lack (a variant without _bn?)"
+        hint = f"; {spec.model.model} has batch-norm layers the weights lack (a variant without _bn?)"
     raise UserError(f"the weights do not fit the spec ({what}): " + "; ".join(problems) + hint)
 
 
@@ -142,8 +153,12 @@ def load_export(folder: str | Path) -> tuple[ExportSpec, nn.Module]:
     spec = read_spec(folder)
     if not (folder / WEIGHTS_FILE).exists():
         raise UserError(f"{folder}: no {WEIGHTS_FILE}; re-export the trial")
-    weights = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-    net = spec.build()
+    try:
+        weights = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, pickled code
+        raise UserError(f"{folder / WEIGHTS_FILE}: cannot be read ({type(exc).__name__}); "
+                        "re-export the trial") from None
+    net = spec.build(empty=True)
     check_weights(net, weights, spec)
     net.load_state_dict(weights)
     return spec, net.eval()
@@ -155,4 +170,4 @@ def preprocess(images: np.ndarray, spec: ExportSpec) -> torch.Tensor:
     from trainables.batches import Normalize, centre_crop, nchw
 
     crop = centre_crop(nchw(images), spec.image_size)
-    return Normalize(spec.mean, spec.std)(crop.contiguous())
+    return Normalize(spec.preprocess.mean, spec.preprocess.std)(crop.contiguous())

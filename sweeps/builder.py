@@ -1,0 +1,96 @@
+"""From a resolved sweep to the Ray Tune ``Tuner`` that runs it (or restores it): the
+scheduler, the searcher, the trainable with its data, and the recorder with its sinks."""
+from __future__ import annotations
+
+import os
+
+from sweeps.plan import create_searcher
+from sweeps.spec import Sweep
+from trainables import metrics as M
+from trainables.data import DataHandle
+from trainables.errors import UserError
+
+
+def _name_creator(sweep: Sweep):
+    def name(trial) -> str:
+        label = f"{sweep.variant(trial.config)}_s{trial.config.get('seed', 0)}_{trial.trial_id}"
+        return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
+    return name
+
+
+def _trainable(sweep: Sweep, handle: DataHandle, unavailable: tuple[str, ...],
+               per_trial: dict[str, float]):
+    from ray import tune
+
+    from trainables.trainable import train_trial
+
+    return tune.with_resources(
+        tune.with_parameters(train_trial, data=handle, unavailable_weights=unavailable,
+                             variant_keys=sweep.variant_keys),
+        per_trial)
+
+
+def _environment() -> None:
+    # The recorder writes progress.csv and TensorBoard; Tune's own loggers would write
+    # them again (and its CSV logger keeps every trial's file open).
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    # Keeping one checkpoint per trial makes Tune snapshot the experiment state after every
+    # checkpoint, and warn about it each time; the snapshot is a small JSON write.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+def build_tuner(sweep: Sweep, handle: DataHandle, unavailable: tuple[str, ...],
+                per_trial: dict[str, float]):
+    """A new Tuner for ``sweep``."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from sweeps.progress import ProgressLines
+    from sweeps.recorder import ProgressCsv, TrialRecorder
+    from sweeps.tb_logging import TensorBoardSink
+
+    _environment()
+    spec, plan = sweep.spec, sweep.plan
+    if spec.scheduler == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=sweep.max_epochs,
+                                  grace_period=sweep.grace,
+                                  reduction_factor=sweep.space.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    recorder = TrialRecorder(
+        sweep.variant, sweep.store, plan.varied,
+        sinks=[ProgressCsv(), TensorBoardSink(plan.varied), ProgressLines(plan.trials)],
+        scheduler_stop=M.ASHA if spec.scheduler == "asha" else M.STOPPED,
+        aggregate=not plan.searched)
+    name = _name_creator(sweep)
+    return tune.Tuner(
+        _trainable(sweep, handle, unavailable, per_trial),
+        param_space=plan.param_space,
+        tune_config=tune.TuneConfig(
+            metric=M.METRIC, mode=M.MODE, scheduler=scheduler, num_samples=plan.num_samples,
+            search_alg=create_searcher(plan, seed=plan.configs[0].seed),
+            max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
+            trial_name_creator=name, trial_dirname_creator=name),
+        run_config=tune.RunConfig(
+            name=sweep.store.name, storage_path=sweep.store.storage_path,
+            callbacks=[recorder],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            verbose=0),  # the progress lines instead of Tune's status tables
+    )
+
+
+def restore_tuner(sweep: Sweep, handle: DataHandle, unavailable: tuple[str, ...],
+                  per_trial: dict[str, float]):
+    """The Tuner of an interrupted sweep: finished trials stay, unfinished ones go on from
+    their checkpoints (errored ones too with --retry-errored)."""
+    from ray import tune
+
+    _environment()
+    location = sweep.store.location
+    if not tune.Tuner.can_restore(location):
+        raise UserError(f"--resume {sweep.store}: no Ray Tune experiment state there (the "
+                        "sweep stopped before its first trial started); start it anew")
+    return tune.Tuner.restore(location, _trainable(sweep, handle, unavailable, per_trial),
+                              resume_unfinished=True, resume_errored=sweep.spec.retry_errored,
+                              restart_errored=False)

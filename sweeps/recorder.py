@@ -1,0 +1,248 @@
+"""One Ray Tune callback turns Tune's events into trial entries and feeds everything the
+driver writes from them: each trial's progress.csv, TensorBoard, the progress lines, and the
+result table. The variant of a trial is worked out once, here.
+
+A storage error in any of them (a full disk, a lost permission, a store that went away)
+stops the sweep where it is, as an interruption does: the last good table stays, trials in
+flight keep their checkpoints, and the driver says what failed and how to resume.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ray.tune import Callback
+
+from sweeps.results import write_tables, trial_row
+from sweeps.storage import Store, write_atomic
+from trainables import metrics as M
+
+FINISHED = ("TERMINATED", "ERROR")
+PROGRESS_CSV = "progress.csv"
+_ACTIVE: list["TrialRecorder"] = []  # the recorder of the sweep running in this process
+
+
+@dataclass
+class TrialEntry:
+    """What the driver knows of one trial."""
+
+    trial_id: str
+    variant: str
+    config: dict
+    path: str  # the trial's folder on this machine, where Tune writes its files
+    last: dict = field(default_factory=dict)  # the latest reported metrics
+    status: str = "PENDING"
+    stop_reason: str = ""
+    error: str = ""
+    retries: int = 0
+
+
+class TrialRecorder(Callback):
+    """``sinks``: objects with ``start(entry)``, ``result(entry, result)``, ``end(entry)`` and
+    ``close()``. ``scheduler_stop`` is the stop reason of a trial that ended without giving
+    one (the scheduler stopped it)."""
+
+    def __init__(self, variant: Callable[[dict], str], store: Store, varied_keys: list[str],
+                 sinks: list, scheduler_stop: str, aggregate: bool = True):
+        self.variant = variant
+        self.store = store
+        self.varied_keys = varied_keys
+        self.sinks = sinks
+        self.scheduler_stop = scheduler_stop
+        self.aggregate = aggregate
+        self.entries: dict[str, TrialEntry] = {}
+        self.fault: str = ""  # the storage error that stopped the sweep
+
+    def setup(self, **info):
+        # Tune calls this when the sweep starts, also on a recorder it restored from an
+        # interrupted sweep's state: the driver finds the one in use through active()
+        _ACTIVE[:] = [self]
+
+    # ---------------------------------------------------------------- entries
+
+    def _entry(self, trial) -> TrialEntry:
+        entry = self.entries.get(trial.trial_id)
+        if entry is None:
+            config = {k: _plain(v) for k, v in trial.config.items()}
+            entry = TrialEntry(trial.trial_id, self.variant(config), config,
+                               str(trial.local_path))
+            self.entries[trial.trial_id] = entry
+            if trial.checkpoint is not None:  # resumed: go on with the files it had
+                self._safely(self._restore_files, trial, entry)
+        return entry
+
+    def _restore_files(self, trial, entry: TrialEntry) -> None:
+        """A resumed sweep's driver writes into a fresh local folder that Tune copies into
+        the store: bring the trial's progress.csv from the store first, as Tune's own logger
+        does, so its earlier epochs are not lost."""
+        relative = f"{Path(trial.path).name}/{PROGRESS_CSV}"
+        local = Path(entry.path) / PROGRESS_CSV
+        if self.store.exists(relative) and not local.exists():
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_text(self.store.read_text(relative), encoding="utf-8")
+
+    def configs(self) -> dict[str, dict]:
+        return {trial_id: entry.config for trial_id, entry in self.entries.items()}
+
+    def rows(self, unfinished: bool = False) -> list[dict]:
+        """Table rows of the finished trials (and, with ``unfinished``, of the others)."""
+        return [trial_row(e, self.varied_keys) for e in self.entries.values()
+                if unfinished or e.status in FINISHED]
+
+    # ---------------------------------------------------------------- Tune's events
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        entry = self._entry(trial)
+        entry.status = "RUNNING"
+        self._each("start", entry)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        entry = self._entry(trial)
+        entry.last = {k: _plain(v) for k, v in result.items() if not isinstance(v, dict)}
+        entry.retries = trial.run_metadata.num_failures
+        self._each("result", entry, entry.last)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        entry = self._entry(trial)
+        entry.status = "TERMINATED"
+        entry.stop_reason = entry.last.get(M.STOP_REASON) or self.scheduler_stop
+        entry.retries = trial.run_metadata.num_failures
+        self._end(entry)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        entry = self._entry(trial)
+        entry.status, entry.stop_reason = "ERROR", M.ERROR
+        entry.error = _error_text(trial.error_file)
+        entry.retries = trial.run_metadata.num_failures
+        self._end(entry)
+
+    def on_experiment_end(self, trials, **info):
+        for trial in trials:  # trials that never started still get a row: unfinished
+            entry = self._entry(trial)
+            if entry.status not in FINISHED:
+                entry.status = str(trial.status)
+        self.write_table(unfinished=True)
+        self._each("close")
+
+    # ---------------------------------------------------------------- resume
+
+    def get_state(self) -> dict:
+        return {"entries": [asdict(e) for e in self.entries.values() if e.status in FINISHED]}
+
+    def set_state(self, state: dict) -> None:
+        for raw in state.get("entries", []):
+            entry = TrialEntry(**raw)
+            self.entries[entry.trial_id] = entry
+
+    # ---------------------------------------------------------------- writing
+
+    def _end(self, entry: TrialEntry) -> None:
+        self._each("end", entry)
+        self.write_table()
+
+    def write_table(self, unfinished: bool = False) -> None:
+        rows = self.rows(unfinished)
+        if rows:
+            self._safely(write_tables, rows, self.store, self.aggregate)
+
+    def _each(self, method: str, *args) -> None:
+        for sink in self.sinks:
+            self._safely(getattr(sink, method), *args)
+
+    def _safely(self, write, *args) -> None:
+        if self.fault:  # the sweep is stopping; write nothing more
+            return
+        try:
+            write(*args)
+        except OSError as exc:  # disk full, permission lost, a store that went away
+            where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+            self.fault = (f"{exc.strerror or str(exc) or type(exc).__name__}"
+                          f"{where}").splitlines()[0][:300]
+            # out of Tune's loop, as an interruption: unfinished trials stay resumable
+            raise StorageFault(self.fault) from exc
+
+
+class StorageFault(Exception):
+    """A write of the driver's failed; the sweep stops and can be resumed."""
+
+
+def active() -> TrialRecorder | None:
+    return _ACTIVE[0] if _ACTIVE else None
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+def _error_text(path: str | None) -> str:
+    """The last line of a trial's error file: the exception and its message."""
+    if not path or not os.path.exists(path):
+        return "trial failed (no error file)"
+    lines = [line for line in Path(path).read_text(errors="replace").splitlines()
+             if line.strip()]
+    return lines[-1].strip()[:300] if lines else ""
+
+
+class ProgressCsv:
+    """Each trial's progress.csv: one row per reported epoch, every scalar Tune reported.
+    A trial that went on from an earlier checkpoint runs some epochs again: their earlier
+    rows are replaced, so each epoch appears once, as it counted."""
+
+    def __init__(self):
+        self.columns: dict[str, list[str]] = {}
+        self.last_epoch: dict[str, int] = {}
+
+    def start(self, entry: TrialEntry) -> None:
+        pass
+
+    def result(self, entry: TrialEntry, result: dict) -> None:
+        path = Path(entry.path) / PROGRESS_CSV
+        if entry.trial_id not in self.columns:
+            self._open(entry.trial_id, path, result)
+        epoch = int(result.get(M.EPOCH, 0))
+        if epoch <= self.last_epoch[entry.trial_id]:
+            self._truncate(path, epoch)
+        self.last_epoch[entry.trial_id] = epoch
+        out = io.StringIO()
+        writer = csv.DictWriter(out, self.columns[entry.trial_id], extrasaction="ignore",
+                                lineterminator="\n")
+        if not path.exists() or not path.stat().st_size:
+            writer.writeheader()
+        writer.writerow(result)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(out.getvalue())
+
+    def _open(self, trial_id: str, path: Path, result: dict) -> None:
+        columns, last = list(result), 0
+        if path.exists() and path.stat().st_size:  # a resumed trial: its own columns
+            with open(path, newline="", encoding="utf-8") as handle:
+                rows = list(csv.DictReader(handle))
+                columns = list(rows[0].keys()) if rows else columns
+            last = max((int(float(r.get(M.EPOCH) or 0)) for r in rows), default=0)
+        self.columns[trial_id], self.last_epoch[trial_id] = columns, last
+
+    @staticmethod
+    def _truncate(path: Path, epoch: int) -> None:
+        """Keep the rows of the epochs before ``epoch``."""
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns = reader.fieldnames or []
+            kept = [r for r in reader if int(float(r.get(M.EPOCH) or 0)) < epoch]
+        out = io.StringIO()
+        writer = csv.DictWriter(out, columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(kept)
+        write_atomic(path, out.getvalue())
+
+    def end(self, entry: TrialEntry) -> None:
+        self.columns.pop(entry.trial_id, None)
+        self.last_epoch.pop(entry.trial_id, None)
+
+    def close(self) -> None:
+        self.columns.clear()
+        self.last_epoch.clear()

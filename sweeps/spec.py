@@ -1,0 +1,201 @@
+"""The sweep as the user asked for it (``SweepSpec``, frozen, from the command line or from an
+interrupted sweep's ``sweep.json``) and as it resolves (``Sweep``: the space, the overrides,
+the plan of trials, the scheduler's settings, the store). ``sweep.json`` records both, and
+everything after the sweep reads the study's shape from it, not from today's registry."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from sweeps.plan import Plan, make_plan
+from sweeps.storage import Store
+from trainables.config import load_config_file, parse_overrides
+from trainables.errors import UserError
+
+SWEEP_FILE = "sweep.json"
+SMOKE_IMAGES_PER_CLASS = 10
+SMOKE_OVERRIDES = {"max_epochs": 2, "image_size": 32}
+DEMO_OVERRIDES = {"image_size": 32}  # the demo digits are 8x8 scans: 224px would only cost time
+DEFAULT_GRACE = 7  # ASHA's grace period for a space that sets none
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """Every command-line setting of one sweep."""
+
+    space: str | None = None
+    data: str | None = None
+    storage: str = "runs"
+    name: str | None = None
+    overwrite: bool = False
+    resume: str | None = None
+    retry_errored: bool = False
+    max_failures: int = 2
+    num_samples: int | None = None
+    max_epochs: int | None = None
+    smoke: bool = False
+    max_per_class: int | None = None
+    cpus_per_trial: float | None = None
+    gpus_per_trial: float | None = None
+    max_concurrent: int | None = None
+    scheduler: str = "asha"
+    address: str | None = None
+    split_seed: int | None = None
+    split_file: str | None = None
+    config: str | None = None
+    overrides: tuple[str, ...] = ()
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "SweepSpec":
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        values["overrides"] = tuple(values.get("overrides") or ())
+        return cls(**values)
+
+    def check(self) -> None:
+        """What the parser cannot see: flags that conflict, names that cannot be folders."""
+        if self.retry_errored and not self.resume:
+            raise UserError("--retry-errored only works with --resume EXPERIMENT_DIR")
+        if not self.space:
+            raise UserError("no study given: pass --space NAME (see --list-spaces)")
+        if self.name is not None:
+            if self.name.strip(" .") == "" or "/" in self.name or "\\" in self.name:
+                raise UserError(f"--name {self.name!r}: use a plain folder name without '/'")
+            if len(self.name.encode("utf-8")) > 200:
+                raise UserError(f"--name: {len(self.name.encode('utf-8'))} bytes long; use a "
+                                "name of at most 200 bytes (file systems refuse longer folder "
+                                "names)")
+        if self.split_file and self.split_seed is not None:
+            raise UserError("--split-file and --split-seed conflict: a reused split has no "
+                            "seed; drop one of them")
+
+
+RESUME_CONFLICTS = ("space", "data", "name", "num_samples", "max_epochs", "config",
+                    "split_file", "split_seed", "max_per_class")
+
+
+def resumed(cli: SweepSpec) -> SweepSpec:
+    """The interrupted sweep's own spec (from its sweep.json), to continue it."""
+    given = [f"--{k.replace('_', '-')}" for k in RESUME_CONFLICTS if getattr(cli, k) is not None]
+    given += ["--set"] * bool(cli.overrides) + ["--smoke"] * cli.smoke \
+        + ["--overwrite"] * cli.overwrite
+    if given:
+        raise UserError(f"--resume conflicts with {', '.join(given)}: a resumed sweep keeps "
+                        "its own settings; drop them")
+    store = Store.from_location(cli.resume)
+    saved = read_sweep_json(store, "--resume")
+    try:
+        known = {f.name for f in fields(SweepSpec)}
+        args = {k: v for k, v in saved["args"].items() if k in known}
+        spec = replace(SweepSpec(**args), overrides=tuple(args.get("overrides") or ()))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"--resume {store}: {SWEEP_FILE} lacks the sweep's settings ({exc}); "
+                        "start the sweep anew") from None
+    spec = replace(spec, resume=cli.resume, retry_errored=cli.retry_errored,
+                   storage=store.storage_path, name=store.name, overwrite=False,
+                   address=cli.address)
+    if not saved.get("presplit"):  # replay the very split the sweep started with
+        spec = replace(spec, split_file=_local_copy(store, "split.csv"), split_seed=None)
+    return spec
+
+
+def read_sweep_json(store: Store, flag: str) -> dict:
+    if not store.exists(SWEEP_FILE):
+        raise UserError(f"{flag} {store}: no {SWEEP_FILE} there; point it at an experiment "
+                        "folder that sweeps/run.py wrote")
+    try:
+        saved = json.loads(store.read_text(SWEEP_FILE))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{flag} {store}: {SWEEP_FILE} is damaged ({type(exc).__name__}); "
+                        "start the sweep anew under another --name") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{flag} {store}: {SWEEP_FILE} is not a sweep record; start the sweep "
+                        "anew under another --name")
+    return saved
+
+
+def _local_copy(store: Store, relative: str) -> str:
+    """A local file with the content of ``relative`` in the store (the store's own file when
+    it is local)."""
+    if not store.is_uri:
+        return f"{store.root}/{relative}"
+    import os
+    import tempfile
+
+    handle, path = tempfile.mkstemp(suffix=f"-{relative}")
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        out.write(store.read_text(relative))
+    return path
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The spec resolved: what will run, and where."""
+
+    spec: SweepSpec
+    space: Any  # search_spaces.Space
+    overrides: dict[str, Any]
+    plan: Plan
+    name: str
+    store: Store
+    grace: int  # ASHA's grace period, in epochs
+    max_epochs: int  # the longest trial, ASHA's horizon
+
+    @property
+    def variant_keys(self) -> tuple[str, ...]:
+        return tuple(self.space.variant_keys)
+
+    def variant(self, config: dict) -> str:
+        return self.space.variant(config)
+
+    def stop_points(self) -> tuple[int, ...]:
+        """The epochs at which the scheduler may stop a trial (ASHA's rungs)."""
+        if self.spec.scheduler != "asha":
+            return ()
+        points, rung = [], self.grace
+        while rung < self.max_epochs:
+            points.append(rung)
+            rung *= self.space.reduction_factor
+        return tuple(points)
+
+    def to_json(self, data_report: dict, unavailable: tuple[str, ...]) -> str:
+        return json.dumps({
+            "args": {**asdict(self.spec), "name": self.name}, "space": self.space.name,
+            "variant_keys": list(self.variant_keys), "overrides": self.overrides,
+            "plan": {"trials": self.plan.trials, "searched": self.plan.searched,
+                     "varied": self.plan.varied, "scheduler": self.spec.scheduler,
+                     "grace": self.grace, "max_epochs": self.max_epochs,
+                     "reduction_factor": self.space.reduction_factor},
+            "presplit": data_report["presplit"], "data": data_report["root"],
+            "pretrained_unavailable": list(unavailable)}, indent=1)
+
+
+def asha_grace(space, configs) -> int:
+    """ASHA's grace period: the space's own (else DEFAULT_GRACE), never shorter than the
+    earliest epoch at which any trial's strategy may be compared, never longer than the
+    longest trial."""
+    from trainables.strategies import create_strategy
+
+    earliest = max(create_strategy(c).earliest_comparison for c in configs)
+    longest = max(c.max_epochs for c in configs)
+    return min(longest, max(space.grace_period or DEFAULT_GRACE, earliest))
+
+
+def resolve(spec: SweepSpec) -> Sweep:
+    """Space, overrides and plan, every trial config validated; nothing is written."""
+    from search_spaces import get_space
+
+    space = get_space(spec.space)
+    overrides = {**(DEMO_OVERRIDES if spec.data is None else {}),
+                 **(SMOKE_OVERRIDES if spec.smoke else {})}
+    if spec.config:
+        overrides.update(load_config_file(spec.config))
+    overrides.update(parse_overrides(list(spec.overrides)))
+    if spec.max_epochs:  # caps every trial, whatever else set max_epochs
+        overrides["max_epochs"] = spec.max_epochs
+    plan = make_plan(space, overrides, spec.num_samples, spec.smoke)
+    name = spec.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Sweep(spec, space, overrides, plan, name, Store(spec.storage, name),
+                 asha_grace(space, plan.configs), max(c.max_epochs for c in plan.configs))

@@ -1,0 +1,113 @@
+"""A trial checkpoint's file layout: the one module that writes and reads it.
+
+    checkpoint_NNNNNN/
+      state.pt          everything a restarted trial needs to go on exactly (model,
+                        optimizer, schedule, random generators, loop state)
+      best_model.pt     weights of the best validation epoch so far
+      predictions.npz   validation and test probabilities of those weights, with labels and
+                        the images' paths as split.csv writes them
+      test_report.json  per-class precision, recall, F1 and the confusion matrix on test
+      trial.json        the trial record (trainables/trial.py)
+
+Reading needs only json and numpy (and torch for the weights), so the after-sweep commands
+import this module, not the training code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from trainables.errors import UserError
+
+if TYPE_CHECKING:
+    from trainables.record import TrialRecord
+
+STATE_FILE = "state.pt"
+BEST_WEIGHTS_FILE = "best_model.pt"
+PREDICTIONS_FILE = "predictions.npz"
+TEST_REPORT_FILE = "test_report.json"
+RECORD_FILE = "trial.json"
+CHECKPOINT_GLOB = "checkpoint_*"
+
+
+def save(directory: Path, state: dict, record: "TrialRecord") -> None:
+    """Write a resumable checkpoint: training state, best weights, best predictions, record."""
+    import torch
+
+    from trainables.evaluation import per_class_report
+
+    fit_state = state["fit"]
+    light = dict(state, fit=dataclasses.replace(fit_state, best_weights=None, predictions=None))
+    torch.save(light, directory / STATE_FILE)
+    if fit_state.best_weights is not None:
+        torch.save(fit_state.best_weights, directory / BEST_WEIGHTS_FILE)
+    if fit_state.predictions is not None:
+        np.savez(directory / PREDICTIONS_FILE, **fit_state.predictions)
+        p = fit_state.predictions
+        report = per_class_report(p["test_labels"], p["test_probs"].argmax(1),
+                                  list(record.class_names))
+        (directory / TEST_REPORT_FILE).write_text(json.dumps(report, indent=1))
+    (directory / RECORD_FILE).write_text(json.dumps(record.to_json(), indent=1))
+
+
+def load(directory: Path) -> dict:
+    """The training state to resume from, best weights and predictions included."""
+    import torch
+
+    state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
+    fit_state = state["fit"]
+    if (directory / BEST_WEIGHTS_FILE).exists():
+        fit_state.best_weights = read_best_weights(directory)
+    fit_state.predictions = read_predictions(directory)
+    return state
+
+
+def latest(trial_dir: Path) -> Path | None:
+    """The trial's newest checkpoint folder (Ray Tune keeps one), if it has one."""
+    found = sorted(p for p in Path(trial_dir).glob(CHECKPOINT_GLOB) if p.is_dir())
+    return found[-1] if found else None
+
+
+def read_record(directory: Path) -> "TrialRecord":
+    from trainables.record import TrialRecord
+
+    path = Path(directory) / RECORD_FILE
+    if not path.exists():
+        raise UserError(f"{directory}: no {RECORD_FILE} (a checkpoint of an older version); "
+                        "re-run the trial with this version")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc}); the checkpoint is damaged") from None
+    return TrialRecord.from_json(raw, str(path))
+
+
+def read_predictions(directory: Path) -> dict | None:
+    path = Path(directory) / PREDICTIONS_FILE
+    if not path.exists():
+        return None
+    with np.load(path) as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+def read_best_weights(directory: Path) -> dict:
+    import torch
+
+    path = Path(directory) / BEST_WEIGHTS_FILE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{directory}: no {BEST_WEIGHTS_FILE} (the trial ended before its "
+                        "first validation)") from None
+    except Exception as exc:  # truncated or not a torch file
+        raise UserError(f"{path}: cannot be read ({type(exc).__name__}); the checkpoint is "
+                        "damaged") from None
+
+
+def read_test_report(directory: Path) -> dict | None:
+    path = Path(directory) / TEST_REPORT_FILE
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,20 @@
+"""Find images, split them, decode them once, and hand trials a small picklable handle.
+
+    source.py   what a data root holds (an image folder, or train/ val/ test/)
+    split.py    drawn (stratified, seeded) or reused splits, and split.csv
+    decode.py   decode once per size into a memory-mapped cache keyed by content
+    handle.py   prepare(): the handle every trial gets, and the data report
+    demo.py     data sets that ship inside packages, as image folders
+"""
+from trainables.data.decode import (decode_cached, decode_image, default_cache_dir,
+                                    content_digest, file_hashes)
+from trainables.data.demo import demo_root
+from trainables.data.handle import DataHandle, prepare
+from trainables.data.source import (IMAGE_EXTENSIONS, SPLITS, DataSource, discover,
+                                    images_under, limit_per_class)
+from trainables.data.split import SKIPPED, apply_split_file, split_csv, stratified_split
+
+__all__ = ["DataHandle", "DataSource", "IMAGE_EXTENSIONS", "SKIPPED", "SPLITS",
+           "apply_split_file", "content_digest", "decode_cached", "decode_image",
+           "default_cache_dir", "demo_root", "discover", "file_hashes", "images_under",
+           "limit_per_class", "prepare", "split_csv", "stratified_split"]

@@ -1,0 +1,124 @@
+"""Decode once: every usable image is decoded once per size into a uint8 array on disk,
+keyed by the files' content; trials on a node memory-map that one file instead of decoding
+again."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+from PIL import Image, ImageOps
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """Where decoded images and the demo data live: $VISIONSWEEP_CACHE or ~/.cache/visionsweep."""
+    env = os.environ.get("VISIONSWEEP_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "visionsweep"
+
+
+def file_hashes(root: Path, paths: tuple[str, ...]) -> list[str]:
+    """sha1 of every file's bytes (read in parallel)."""
+    def one(path: str) -> str:
+        return hashlib.sha1((root / path).read_bytes()).hexdigest()
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        return list(pool.map(one, paths))
+
+
+def content_digest(paths: tuple[str, ...], hashes: list[str]) -> str:
+    """Key of a file list: relative paths and file bytes, so moving the root keeps the cache."""
+    digest = hashlib.sha256(f"v{CACHE_VERSION}".encode())
+    for path, file_hash in zip(paths, hashes):
+        digest.update(f"{path}\0{file_hash}\n".encode("utf-8"))
+    return digest.hexdigest()[:24]
+
+
+RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def decode_image(path: Path, size: int, interpolation: str = "bilinear") -> np.ndarray:
+    """Decode to RGB as the camera meant it (EXIF rotation), resize the shorter side to
+    ``size`` and centre-crop a ``size`` x ``size`` square. Returns HWC uint8."""
+    with Image.open(path) as image:
+        image.draft("RGB", (size, size))  # JPEG: decode big photos at a reduced scale, fast
+        image = ImageOps.exif_transpose(image)
+        if image.mode.startswith("I"):  # 16-bit (or 32-bit) grayscale: to 8 bits by depth
+            wide = np.asarray(image).astype(np.int64)
+            top = 255 if wide.max() <= 255 else 65535 if wide.max() <= 65535 else wide.max()
+            image = Image.fromarray((wide * 255 // top).astype(np.uint8))
+        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+            rgba = image.convert("RGBA")  # transparent areas become white, not black
+            image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+        image = image.convert("RGB")
+        width, height = image.size
+        scale = size / min(width, height)
+        new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+        image = image.resize((new_w, new_h), RESAMPLE[interpolation], reducing_gap=3.0)
+        left, top = (new_w - size) // 2, (new_h - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+        return np.asarray(image, dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class DecodedCache:
+    images: Path  # .npy, shape (len(paths), size, size, 3), uint8
+    bad: dict[str, str] = field(default_factory=dict)  # relative path -> why it was skipped
+
+
+def decode_cached(root: Path, paths: tuple[str, ...], digest: str, size: int,
+                  cache_dir: Path, progress: bool = False,
+                  interpolation: str = "bilinear") -> DecodedCache:
+    """Decode every path at ``size`` once, into ``cache_dir``; later calls only read the index.
+
+    Safe to call from many processes at once: a file lock makes one decode and the rest wait.
+    Corrupt or unreadable files get a zero image and are listed in ``bad``.
+    """
+    folder = Path(cache_dir) / "decoded"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder / f"{digest}-{size}-{interpolation}"
+    npy, meta = stem.with_suffix(".npy"), stem.with_suffix(".json")
+    with FileLock(str(stem) + ".lock"):
+        if not (npy.exists() and meta.exists()):
+            _decode_all(root, paths, size, interpolation, npy, meta, progress)
+        bad = json.loads(meta.read_text())["bad"]
+    return DecodedCache(npy, bad)
+
+
+def _decode_all(root: Path, paths, size: int, interpolation: str, npy: Path, meta: Path,
+                progress: bool) -> None:
+    tmp = npy.with_name(npy.name + ".tmp.npy")
+    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                      shape=(len(paths), size, size, 3))
+    bad: dict[str, str] = {}
+
+    def work(i: int, out: np.ndarray = array) -> None:
+        try:
+            out[i] = decode_image(root / paths[i], size, interpolation)
+        except Exception as exc:  # any undecodable file is skipped, whatever the library raised
+            bad[paths[i]] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+
+    step = max(1000, len(paths) // 10)
+    if progress:
+        print(f"decoding {len(paths)} images at {size}px (once; cached for later sweeps)",
+              file=sys.stderr, flush=True)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        for done, _ in enumerate(pool.map(work, range(len(paths))), 1):
+            if progress and done % step == 0 and done < len(paths):
+                print(f"decoded {done}/{len(paths)}", file=sys.stderr, flush=True)
+    array.flush()
+    del array
+    os.replace(tmp, npy)
+    meta_tmp = meta.with_name(meta.name + ".tmp")
+    meta_tmp.write_text(json.dumps({"bad": bad, "count": len(paths), "size": size}))
+    os.replace(meta_tmp, meta)

@@ -1,0 +1,46 @@
+"""Name -> factory registries. A factory registers itself with a decorator (as timm's
+``register_model`` does), and the allowed values of a config key are its registry's names,
+so a new optimizer, loss, schedule, strategy or augmentation recipe is one function."""
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Generic, Iterator, TypeVar
+
+from trainables.errors import UserError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str):
+        self.kind = kind  # what a name stands for, as the config key is called
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: ``@LOSSES.register("focal")`` above a factory (or a value passed to it)."""
+        def add(item: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} '{name}' registered twice")
+            self._items[name] = item
+            return item
+        return add
+
+    def add(self, name: str, item: T) -> T:
+        return self.register(name)(item)
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __getitem__(self, name: str) -> T:
+        if name not in self._items:
+            close = difflib.get_close_matches(str(name), self._items, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"bad value {self.kind}={name!r}{hint}: choose one of "
+                            f"{', '.join(self._items)}")
+        return self._items[name]

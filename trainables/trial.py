@@ -1,0 +1,81 @@
+"""One trial, resolved once: ``build_trial(cfg, handle)`` turns a config and the data handle
+into the model, strategy, data and the trial's record (``record.py``), without Ray. The
+trainable, the tests and the benchmarks all build their trials here.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from trainables.batches import centre_crop, nchw
+from trainables.config import TrialConfig
+from trainables.data import DataHandle
+from trainables.loop import EvalSplit, Report, TrialData, fit
+from trainables.models import HeadSpec, Net, create_model
+from trainables.record import Preprocess, TrialRecord, variant_name
+from trainables.strategies import Strategy, create_strategy
+from trainables.transforms import resolve_preprocess
+
+__all__ = ["Trial", "TrialRecord", "build_trial", "preprocess_for", "seed_everything",
+           "trial_data", "variant_name"]
+
+@dataclass
+class Trial:
+    cfg: TrialConfig
+    strategy: Strategy
+    net: Net
+    data: TrialData
+    record: TrialRecord
+
+    def fit(self, device: torch.device, report: Report, resume: dict | None = None) -> dict:
+        return fit(self.cfg, self.net, self.strategy, self.data, device, report, resume)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def preprocess_for(cfg: TrialConfig) -> Preprocess:
+    """The preprocessing a trial of ``cfg`` will use (the driver decodes at its size)."""
+    return resolve_preprocess(cfg)
+
+
+def trial_data(handle: DataHandle, pre: Preprocess) -> TrialData:
+    """Split views over the shared decoded images, preprocessed as this trial's model wants."""
+    images = handle.images(pre.load_size, pre.interpolation)
+    rows, labels = np.asarray(handle.rows), np.asarray(handle.labels)
+    tr, va, te = (handle.indices(s) for s in ("train", "val", "test"))
+
+    def eval_split(part: np.ndarray) -> EvalSplit:
+        crop = centre_crop(nchw(images)[rows[part]], pre.image_size).contiguous()
+        paths = np.asarray([handle.files[r] for r in rows[part]], dtype=str)  # as in split.csv
+        return EvalSplit(crop, torch.as_tensor(labels[part], dtype=torch.long), paths)
+
+    return TrialData(
+        images=images, images_key=(handle.digest, pre.load_size, pre.interpolation),
+        train_rows=rows[tr], train_labels=labels[tr], val=eval_split(va), test=eval_split(te),
+        num_classes=handle.num_classes, preprocess=pre)
+
+
+def build_trial(cfg: TrialConfig, handle: DataHandle, variant: str = "",
+                offline_weights: bool = False) -> Trial:
+    """Seed, build the strategy, the model (loading its pretrained weights unless
+    ``offline_weights``: the driver found them unavailable) and the data views, and record
+    what they resolved to."""
+    seed_everything(cfg.seed)
+    strategy = create_strategy(cfg)
+    built = create_model(cfg.model, handle.num_classes, cfg.pretrained, strategy.aux_heads,
+                         offline=offline_weights,
+                         head=HeadSpec(cfg.head_dropout, cfg.head_hidden),
+                         image_size=cfg.image_size, weights=cfg.weights)
+    pre = preprocess_for(cfg)
+    data = trial_data(handle, pre)
+    record = TrialRecord(variant=variant, config=cfg.to_dict(), model=built.build,
+                         preprocess=pre, class_names=tuple(handle.class_names),
+                         data={"root": handle.root, "digest": handle.digest})
+    return Trial(cfg, strategy, built.net, data, record)

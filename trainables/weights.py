@@ -1,0 +1,316 @@
+"""Pretrained weights: which variants a model has, where each is looked up on this machine,
+and how a local file is put there (checked first), so an offline machine or cluster can be
+seeded by hand.
+
+torchvision's weights live in the torch hub cache (``$TORCH_HOME/hub/checkpoints/`` under
+the published file name); timm's come from the Hugging Face cache, or from this project's
+local store (``$VISIONSWEEP_CACHE/weights/timm/NAME.TAG/``), which timm reads through
+``pretrained_cfg_overlay=dict(file=...)``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from trainables.errors import UserError
+
+if TYPE_CHECKING:
+    from trainables.models import ModelSpec
+
+# torchvision publishes NAME-HASH.pth, HASH being the first hex digits of the file's sha256
+PUBLISHED_NAME = re.compile(r"^(?P<stem>.+)-(?P<hash>[0-9a-f]{6,})\.(pth|pt)$")
+
+
+def short_reason(exc: BaseException) -> str:
+    """One short line saying why loading failed."""
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
+
+
+# ---------------------------------------------------------------- variants and places
+
+def _torchvision_enum(name: str):
+    from torchvision.models import get_model_weights
+
+    return get_model_weights(name)
+
+
+def tags(spec: "ModelSpec") -> tuple[list[str], str]:
+    """The model's weights variants and its default one."""
+    if spec.family == "torchvision":
+        enum = _torchvision_enum(spec.name)
+        return [m for m in enum.__members__ if m != "DEFAULT"], enum.DEFAULT.name
+    if spec.family == "timm":
+        import timm
+
+        found = [t.split(".", 1)[1] for t in timm.list_pretrained(f"{spec.timm_name}.*")]
+        default = timm.models.get_pretrained_cfg(spec.timm_name)
+        return found, (default.tag if default is not None and default.tag else "")
+    return [], ""
+
+
+def resolve_tag(spec: "ModelSpec", tag: str) -> str:
+    """The variant ``tag`` names ("" or DEFAULT: the library's default), or UserError."""
+    known, default = tags(spec)
+    if not tag or tag == "DEFAULT":
+        if not default:
+            raise weights_unavailable(spec.name, "the library publishes none")
+        return default
+    if tag not in known:
+        shown = ", ".join(known[:8]) + (", ..." if len(known) > 8 else "")
+        raise UserError(f"bad value weights={tag!r} for {spec.name}: choose one of {shown} "
+                        "(python sweeps/weights.py list shows them all)")
+    return tag
+
+
+def torchvision_file(name: str, tag: str) -> Path:
+    """Where torchvision looks for ``name``'s weights ``tag`` (and puts a download)."""
+    url = _torchvision_enum(name)[tag].url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def timm_store() -> Path:
+    from trainables.data.decode import default_cache_dir
+
+    return default_cache_dir() / "weights" / "timm"
+
+
+def local_timm_file(timm_name: str, tag: str) -> Path | None:
+    """A weights file added with ``sweeps/weights.py add`` for this timm model and tag."""
+    folder = timm_store() / f"{timm_name}.{tag}"
+    files = sorted(folder.glob("*")) if folder.is_dir() else []
+    files = [f for f in files if not f.name.startswith(".")]
+    return files[0] if files else None
+
+
+def _hf_cached(timm_name: str, tag: str) -> Path | None:
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(f"{timm_name}.{tag}")
+    if cfg is None or not cfg.hf_hub_id:
+        return None
+    for filename in ("model.safetensors", "pytorch_model.bin", cfg.hf_hub_filename):
+        if filename:
+            found = try_to_load_from_cache(cfg.hf_hub_id, filename)
+            if isinstance(found, str):
+                return Path(found)
+    return None
+
+
+@dataclass(frozen=True)
+class Variant:
+    tag: str
+    default: bool
+    path: Path | None  # where it is on this machine; None: not here
+    expected: str  # where it would be looked up
+
+
+def variants(spec: "ModelSpec") -> list[Variant]:
+    """Every weights variant of ``spec`` and whether (and where) this machine has it."""
+    known, default = tags(spec)
+    out = []
+    for tag in known:
+        if spec.family == "torchvision":
+            place = torchvision_file(spec.name, tag)
+            out.append(Variant(tag, tag == default, place if place.is_file() else None,
+                               str(place)))
+        else:
+            here = local_timm_file(spec.timm_name, tag) or _hf_cached(spec.timm_name, tag)
+            out.append(Variant(tag, tag == default, here,
+                               f"{timm_store() / f'{spec.timm_name}.{tag}'} or the Hugging "
+                               "Face cache"))
+    return out
+
+
+def location(spec: "ModelSpec", tag: str) -> str:
+    """Where the weights ``tag`` of ``spec`` are looked up, for messages."""
+    if spec.family == "torchvision":
+        return f"{torchvision_file(spec.name, tag)} (set TORCH_HOME)"
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return (f"{timm_store() / f'{spec.timm_name}.{tag}'} or the Hugging Face cache "
+            f"({HF_HUB_CACHE}, set HF_HOME)")
+
+
+def weights_unavailable(name: str, reason: str, tag: str = "") -> UserError:
+    """The error for ``pretrained=true`` when the weights cannot be had."""
+    from trainables.models import model_spec
+
+    spec = model_spec(name)
+    if spec.family == "custom":
+        return UserError(f"{name} has no pretrained weights; use --set pretrained=false")
+    try:
+        where = location(spec, resolve_tag(spec, tag))
+    except UserError:
+        where = "the weights cache"
+    return UserError(f"pretrained weights for '{name}' could not be loaded ({reason}); add a "
+                     f"file with python sweeps/weights.py add FILE --model {name}, pre-seed "
+                     f"{where}, or use --set pretrained=false")
+
+
+# ---------------------------------------------------------------- the hub
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (or $HF_ENDPOINT) answers a TCP connect."""
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def use_hub_offline() -> None:
+    """Read timm weights from the local Hugging Face cache only, with no network retries
+    (which take most of a minute per file when the hub cannot be reached). Trials started
+    from this process inherit it through the environment."""
+    import huggingface_hub.constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+
+# ---------------------------------------------------------------- adding a file
+
+def read_state_dict(path: Path) -> dict:
+    """A state dict from a .safetensors, .pth, .pt or .bin file, or UserError."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, pickled code: all unusable
+        raise UserError(f"{path}: not a readable weights file ({short_reason(exc)}); pass the "
+                        "state dict file as published") from None
+    for key in ("state_dict", "model"):  # training checkpoints wrap it
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise UserError(f"{path}: holds no state dict of tensors; pass the weights file itself")
+    return state
+
+
+def mismatch(expected: dict, given: dict, limit: int = 3) -> list[str]:
+    """How the tensors ``given`` differ from an architecture's ``expected`` state dict:
+    missing keys, unexpected keys, shape mismatches; empty when they fit exactly."""
+    def keys(names) -> str:
+        names = sorted(names)
+        return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)"
+                                           if len(names) > limit else "")
+
+    problems = []
+    missing, unexpected = expected.keys() - given.keys(), given.keys() - expected.keys()
+    if missing:
+        problems.append(f"missing {keys(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {keys(unexpected)}")
+    shapes = sorted(k for k in expected.keys() & given.keys()
+                    if tuple(expected[k].shape) != tuple(given[k].shape))
+    if shapes:
+        k = shapes[0]
+        problems.append(f"{len(shapes)} shape mismatch(es), e.g. {k}: file "
+                        f"{tuple(given[k].shape)}, model {tuple(expected[k].shape)}")
+    return problems
+
+
+def _reference_state(spec: "ModelSpec", tag: str) -> dict:
+    """The state dict the published weights ``tag`` of ``spec`` fill, exactly."""
+    if spec.family == "torchvision":
+        import torchvision
+
+        meta = _torchvision_enum(spec.name)[tag].meta
+        kwargs = {"num_classes": len(meta["categories"])}
+        if spec.name == "googlenet":
+            kwargs.update(aux_logits=True, init_weights=False)
+        with torch.device("meta"):
+            return torchvision.models.get_model(spec.name, weights=None, **kwargs).state_dict()
+    import timm
+
+    # on the CPU: some timm models read tensor values while they are built
+    return timm.create_model(f"{spec.timm_name}.{tag}", pretrained=False).state_dict()
+
+
+def _published_tag(spec: "ModelSpec", filename: str) -> str | None:
+    """The variant whose published file is called ``filename``, if one is."""
+    if spec.family != "torchvision":
+        return None
+    enum = _torchvision_enum(spec.name)
+    for tag in tags(spec)[0]:
+        if os.path.basename(enum[tag].url) == filename:
+            return tag
+    return None
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Added:
+    tag: str
+    path: Path
+    verified: bool  # its sha256 matched the published file name
+
+
+def add(file: str | os.PathLike, model: str, tag: str = "") -> Added:
+    """Check that ``file`` holds weights of ``model`` (strictly: every key, every shape) and
+    put it where trials look for variant ``tag`` (from a published file name, else the
+    library's default). A file named as torchvision publishes it must match its sha256."""
+    from trainables.models import model_spec
+
+    path = Path(file).expanduser()
+    spec = model_spec(model)
+    if spec.family == "custom":
+        raise UserError(f"{model} has no pretrained weights to add; it always starts from "
+                        "random initialisation")
+    if not path.is_file():
+        raise UserError(f"{path}: no such file; pass the weights file to add")
+    published = _published_tag(spec, path.name)
+    if published and tag and tag != "DEFAULT" and tag != published:
+        raise UserError(f"{path.name} is {model}'s published {published} file, not {tag}; "
+                        f"drop --weights or pass --weights {published}")
+    match = PUBLISHED_NAME.match(path.name)
+    if spec.family == "torchvision" and match and not published:
+        raise UserError(f"{path.name} is not a file torchvision publishes for {model} (its "
+                        f"variants: {', '.join(tags(spec)[0])}); pass the right model, or "
+                        "rename a file of your own")
+    tag = published or resolve_tag(spec, tag)
+    verified = False
+    if published:
+        digest = sha256(path)
+        if not digest.startswith(match.group("hash")):
+            raise UserError(f"{path}: its sha256 starts {digest[:len(match.group('hash'))]}, "
+                            f"its name promises {match.group('hash')}; the file is damaged or "
+                            "not the published one")
+        verified = True
+    problems = mismatch(_reference_state(spec, tag), read_state_dict(path))
+    if problems:
+        raise UserError(f"{path} does not fit {model} ({tag}): " + "; ".join(problems))
+    if spec.family == "torchvision":
+        destination = torchvision_file(spec.name, tag)
+    else:
+        destination = timm_store() / f"{spec.timm_name}.{tag}" / path.name
+        shutil.rmtree(destination.parent, ignore_errors=True)  # one file per variant
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")
+    os.close(handle)
+    shutil.copyfile(path, tmp)
+    os.replace(tmp, destination)
+    return Added(tag, destination, verified)
