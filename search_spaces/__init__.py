@@ -7,30 +7,40 @@ import math
 import pkgutil
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from trainables.errors import UserError
 
 
-class PerModel:
-    """A value that depends on the trial's model: a number, or a (low, high) range drawn
-    log-uniformly. Use through ``per_model``; the result table shows the value each trial got."""
+class PerKey:
+    """A value that depends on another key of the trial's config (its model, its
+    strategy): a number, or a (low, high) range drawn log-uniformly. Use through
+    ``per_model`` or ``per_key``; the result table shows the value each trial got."""
 
-    def __init__(self, table: dict[str, float | tuple[float, float]]):
+    def __init__(self, key: str, table: dict[str, float | tuple[float, float]]):
+        self.key = key
         self.table = dict(table)
 
     def __call__(self, config: dict[str, Any]) -> float:
-        value = self.table[config["model"]]
+        choice = config[self.key]
+        if choice not in self.table:
+            raise UserError(f"no value for {self.key}={choice} in this study's table; "
+                            f"it has {', '.join(self.table)}")
+        value = self.table[choice]
         if isinstance(value, tuple):
             low, high = value
             return float(math.exp(random.uniform(math.log(low), math.log(high))))
         return value
 
 
-def per_model(table: dict[str, float | tuple[float, float]]):
+def per_key(key: str, table: dict[str, float | tuple[float, float]]):
     from ray import tune
 
-    return tune.sample_from(PerModel(table))
+    return tune.sample_from(PerKey(key, table))
+
+
+def per_model(table: dict[str, float | tuple[float, float]]):
+    return per_key("model", table)
 
 
 @dataclass(frozen=True)
@@ -46,7 +56,9 @@ class Space:
     what it gets wrong on a sweep run with ``--scheduler fifo``.
     ``search``: ``grid`` runs every grid point, ``--num-samples`` times with different
     seeds; ``tpe`` lets Optuna's TPE sampler pick points, ``--num-samples`` (default
-    ``budget``) being the number of trials.
+    ``budget``) being the number of trials. ``expand``, if given, turns the param space
+    (with the command line's overrides merged in) into the one that runs: for a grid that
+    depends on the settings, such as the strategies a model allows.
     """
 
     name: str
@@ -57,6 +69,7 @@ class Space:
     reduction_factor: int = 3
     search: str = "grid"
     budget: int = 20
+    expand: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def variant(self, config: dict[str, Any]) -> str:
         from trainables.record import variant_name

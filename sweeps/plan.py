@@ -44,7 +44,10 @@ def make_plan(space, overrides: dict[str, Any], num_samples: int | None,
     and decide how many trials run: grid points x seeds, or a searcher's budget."""
     from ray import tune
 
-    param_space = {**space.param_space, **overrides}
+    grids = {k: tune.grid_search(v) for k, v in overrides.items() if isinstance(v, list)}
+    param_space = {**space.param_space, **overrides, **grids}
+    if space.expand is not None:  # a space whose grid depends on the settings
+        param_space = space.expand(param_space)
     searched = space.search == "tpe" and any(map(_is_searchable, param_space.values()))
     if searched:
         budget = num_samples or space.budget

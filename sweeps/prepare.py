@@ -16,8 +16,7 @@ IMBALANCE_WARNING_RATIO = 3.0
 def prepare_data(spec: SweepSpec, cfgs: list[TrialConfig]) -> tuple[D.DataHandle, dict]:
     """The data handle every trial gets, and the data report."""
     cache_dir = D.default_cache_dir()
-    root = spec.data if spec.data is not None else D.demo_root(cache_dir)
-    source = D.discover(root)
+    source = D.discover(D.resolve_data(spec.data, cache_dir))
     per_class = SMOKE_IMAGES_PER_CLASS if spec.smoke else spec.max_per_class
     if per_class:
         source = D.limit_per_class(source, per_class)

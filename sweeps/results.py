@@ -44,7 +44,9 @@ def trial_row(entry, varied_keys: list[str]) -> dict:
         M.NODE: last.get(M.NODE, ""),
     }
     row.update({key: last[key] for key in (M.TEST_ACC_TTA, M.TEST_MACRO_F1_TTA) if key in last})
-    row.update({key: _plain(entry.config.get(key)) for key in varied_keys})
+    # a varied key named like a column above (pretrained, weights) keeps the column's
+    # meaning (what was really loaded); its asked-for value is in the variant name
+    row.update({key: _plain(entry.config.get(key)) for key in varied_keys if key not in row})
     row["retries"] = entry.retries  # times the trial's worker died and it went on
     row["wall_s"] = round(float(last.get("time_total_s", 0.0)), 1)
     row["error"] = entry.error or last.get(M.ERROR_MESSAGE) or ""

@@ -145,10 +145,15 @@ class Sweep:
 
     @property
     def variant_keys(self) -> tuple[str, ...]:
-        return tuple(self.space.variant_keys)
+        """The space's variant keys, then every key the command line made a grid of."""
+        extra = [k for k, v in self.overrides.items()
+                 if isinstance(v, list) and k not in self.space.variant_keys]
+        return (*self.space.variant_keys, *extra)
 
     def variant(self, config: dict) -> str:
-        return self.space.variant(config)
+        from trainables.record import variant_name
+
+        return variant_name(config, self.variant_keys)
 
     def stop_points(self) -> tuple[int, ...]:
         """The epochs at which the scheduler may stop a trial (ASHA's rungs)."""

@@ -140,9 +140,6 @@ class TrialConfig:
         if 0 < self.image_size < 16:
             raise UserError(f"bad value image_size={self.image_size}: use 16 or more, "
                             "or 0 for the model's own input size")
-        if self.weights and self.pretrained == "false":
-            raise UserError(f"weights={self.weights} conflicts with pretrained=false: drop one "
-                            "of them")
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> "TrialConfig":
@@ -205,16 +202,25 @@ def coerce(key: str, value: Any) -> Any:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """Parse ``--set KEY=VALUE`` items into typed values, rejecting unknown keys."""
+    """Parse ``--set KEY=VALUE`` items into typed values, rejecting unknown keys. A value in
+    brackets, ``KEY=[A,B,C]``, is a list: a grid over those values."""
     overrides: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        key = key.strip()
+        key, value = key.strip(), value.strip()
         if not sep or not key:
             raise UserError(f"bad --set '{item}': write it as KEY=VALUE, e.g. --set lr=0.001")
         if key not in FIELD_TYPES:
             raise UserError(unknown_key_message(key))
-        overrides[key] = coerce(key, value)
+        if value.startswith("[") and value.endswith("]"):
+            values = [v.strip() for v in value[1:-1].split(",") if v.strip()]
+            if key == "seed" or len(values) < 2 or len(set(values)) < len(values):
+                hint = "use --num-samples for seeds" if key == "seed" else \
+                    "list two or more different values"
+                raise UserError(f"bad --set '{item}': {hint}, e.g. --set lr=[0.001,0.0003]")
+            overrides[key] = [coerce(key, v) for v in values]
+        else:
+            overrides[key] = coerce(key, value)
     return overrides
 
 

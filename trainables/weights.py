@@ -142,16 +142,22 @@ def location(spec: "ModelSpec", tag: str) -> str:
 
 
 def weights_unavailable(name: str, reason: str, tag: str = "") -> UserError:
-    """The error for ``pretrained=true`` when the weights cannot be had."""
+    """The error for ``pretrained=true`` when the weights cannot be had; it names another
+    variant of the model that is on this machine, if one is."""
     from trainables.models import model_spec
 
     spec = model_spec(name)
     if spec.family == "custom":
         return UserError(f"{name} has no pretrained weights; use --set pretrained=false")
     try:
-        where = location(spec, resolve_tag(spec, tag))
+        wanted = resolve_tag(spec, tag)
+        where = location(spec, wanted)
+        here = [v.tag for v in variants(spec) if v.path is not None and v.tag != wanted]
     except UserError:
-        where = "the weights cache"
+        where, here = "the weights cache", []
+    if here:
+        return UserError(f"pretrained weights for '{name}' could not be loaded ({reason}); "
+                         f"{here[0]} is on this machine: pass --set weights={here[0]}")
     return UserError(f"pretrained weights for '{name}' could not be loaded ({reason}); add a "
                      f"file with python sweeps/weights.py add FILE --model {name}, pre-seed "
                      f"{where}, or use --set pretrained=false")
