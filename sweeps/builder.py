@@ -26,7 +26,8 @@ def _trainable(sweep: Sweep, handle: DataHandle, unavailable: tuple[str, ...],
 
     return tune.with_resources(
         tune.with_parameters(train_trial, data=handle, unavailable_weights=unavailable,
-                             variant_keys=sweep.variant_keys),
+                             variant_keys=sweep.variant_keys,
+                             stop_points=sweep.stop_points()),
         per_trial)
 
 

@@ -7,14 +7,46 @@ from pathlib import Path
 from trainables.errors import UserError
 
 
+CONNECT_TIMEOUT_S = 10.0
+
+
+def check_reachable(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """A UserError within ``timeout`` seconds when nothing answers at HOST:PORT (Ray itself
+    would retry for minutes). 'auto' and ray:// addresses are left to Ray."""
+    import socket
+
+    if not address or address == "auto" or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address}: write it as HOST:PORT (the head node's GCS "
+                        "port, 6379 by default), or 'auto'")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(f"--address {address}: no Ray cluster answers there ({reason}, "
+                        f"waited up to {timeout:g} s); start one with 'ray start --head' or "
+                        "check the address") from None
+
+
 def start_ray(address: str | None):
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
-    # "local": always a fresh instance for this run, never a cluster that `ray start` left
-    # recorded on this machine (possibly long dead)
-    return ray.init(address=address or "local", **kwargs)
+    try:
+        # "local": always a fresh instance for this run, never a cluster that `ray start`
+        # left recorded on this machine (possibly long dead)
+        context = ray.init(address=address or "local", **kwargs)
+        if not address:  # a local instance of ours: it must not outlive this process
+            from sweeps import reaper
+
+            reaper.start()
+        return context
+    except ConnectionError as exc:
+        raise UserError(f"--address {address}: cannot join the Ray cluster there "
+                        f"({str(exc).splitlines()[0][:160]})") from None
 
 
 def local_resources() -> list[dict[str, float]]:

@@ -48,6 +48,12 @@ def data_warnings(report: dict) -> list[str]:
     if report["label_conflicts"]:
         lines.append(f"{len(report['label_conflicts'])} image(s) appear under different "
                      "classes; see 'label_conflicts' in data_report.json")
+    if report["presplit"]:
+        empty = [f"{name} in {split}/" for name, counts in report["counts"].items()
+                 for split, n in counts.items() if n == 0]
+        if empty:
+            lines.append(f"no usable image of {', '.join(empty)}: such a class is not trained, "
+                         "validated or tested there; add images to those folders")
     if report["imbalance_ratio"] >= IMBALANCE_WARNING_RATIO:
         lines.append(f"classes are imbalanced (largest/smallest training class = "
                      f"{report['imbalance_ratio']:g}); watch test_macro_f1, and consider "
@@ -61,7 +67,8 @@ def check_weights(cfgs: list[TrialConfig]) -> tuple[str, ...]:
     from trainables.models import fetch_pretrained, model_spec
     from trainables.weights import hub_reachable, use_hub_offline, weights_unavailable
 
-    wanted = sorted({(c.model, c.weights) for c in cfgs if c.pretrained != "false"})
+    wanted = sorted({(c.model, c.weights) for c in cfgs if c.pretrained != "false"
+                     and model_spec(c.model).family != "custom"})  # small_cnn has none
     if any(model_spec(m).family == "timm" for m, _ in wanted) and not hub_reachable():
         use_hub_offline()
     unavailable = []

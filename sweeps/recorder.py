@@ -20,6 +20,7 @@ from ray.tune import Callback
 from sweeps.results import write_tables, trial_row
 from sweeps.storage import Store, write_atomic
 from trainables import metrics as M
+from trainables.faults import DRIVER_SIGNALS, before_write, die, fault
 
 FINISHED = ("TERMINATED", "ERROR")
 PROGRESS_CSV = "progress.csv"
@@ -56,6 +57,7 @@ class TrialRecorder(Callback):
         self.aggregate = aggregate
         self.entries: dict[str, TrialEntry] = {}
         self.fault: str = ""  # the storage error that stopped the sweep
+        self._signalled: set[str] = set()
 
     def setup(self, **info):
         # Tune calls this when the sweep starts, also on a recorder it restored from an
@@ -105,6 +107,12 @@ class TrialRecorder(Callback):
         entry.last = {k: _plain(v) for k, v in result.items() if not isinstance(v, dict)}
         entry.retries = trial.run_metadata.num_failures
         self._each("result", entry, entry.last)
+        finished = sum(e.status in FINISHED for e in self.entries.values())
+        for name, signum in DRIVER_SIGNALS.items():  # the tests' faults (trainables/faults.py)
+            after = fault(name)
+            if after is not None and finished >= after and name not in self._signalled:
+                self._signalled.add(name)
+                die(signum)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         entry = self._entry(trial)
@@ -121,12 +129,18 @@ class TrialRecorder(Callback):
         self._end(entry)
 
     def on_experiment_end(self, trials, **info):
-        for trial in trials:  # trials that never started still get a row: unfinished
+        # The sweep ends with every trial finished, unless it was stopped (a signal, a
+        # storage fault): a trial that never got to its end is unfinished, however Tune
+        # marks it while it shuts down, and --resume goes on with it.
+        for trial in trials:
             entry = self._entry(trial)
             if entry.status not in FINISHED:
-                entry.status = str(trial.status)
+                entry.status = "INTERRUPTED" if entry.last else "NOT_STARTED"
         self.write_table(unfinished=True)
         self._each("close")
+
+    def finished(self) -> int:
+        return sum(e.status in FINISHED for e in self.entries.values())
 
     # ---------------------------------------------------------------- resume
 
@@ -214,6 +228,7 @@ class ProgressCsv:
             writer.writeheader()
         writer.writerow(result)
         path.parent.mkdir(parents=True, exist_ok=True)
+        before_write(path)
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(out.getvalue())
 

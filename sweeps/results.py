@@ -27,15 +27,12 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-UNFINISHED = "unfinished"  # the sweep stopped (Ctrl-C, a fault) before this trial ended
-
-
 def trial_row(entry, varied_keys: list[str]) -> dict:
     """One table row from what the recorder knows of a trial (``recorder.TrialEntry``)."""
     last = entry.last
     row = {
         "trial_id": entry.trial_id, "variant": entry.variant, "status": entry.status,
-        "stop_reason": entry.stop_reason or UNFINISHED,
+        "stop_reason": entry.stop_reason or M.UNFINISHED,
         "epochs": int(last.get(M.EPOCH, 0)), "best_epoch": int(last.get(M.BEST_EPOCH, 0)),
         **{key: last.get(key, math.nan) for key in
            (M.BEST_VAL_LOSS, M.BEST_VAL_ACC, M.TEST_ACC, M.TEST_MACRO_F1, *M.TEST_INTERVALS)},
@@ -145,7 +142,8 @@ def report(table, store: Store) -> int:
     print(f"{len(table)} trials: " + ", ".join(
         f"{n} {reason}" for reason, n in reasons.value_counts().items()))
     table = table.assign(variant=table["variant"].astype(str))
-    hints = {M.STUCK_AT_CHANCE: "never above chance: the learning rate is the likely cause "
+    hints = {M.UNFINISHED: "the sweep stopped before they ended; --resume goes on with them",
+             M.STUCK_AT_CHANCE: "never above chance: the learning rate is the likely cause "
                                 "(too high, or too low), or a frozen untrained backbone",
              M.DIVERGED: "loss went NaN/Inf or exploded: try a lower lr",
              M.OOM: "out of memory: smaller batch_size, or fewer trials per GPU",

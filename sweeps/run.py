@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
-from pathlib import Path
 
 from sweeps import cli
-from sweeps.cluster import cluster_nodes, local_resources, resources, start_ray
+from sweeps.claim import check_new
+from sweeps.cluster import (check_reachable, cluster_nodes, local_resources, resources,
+                            start_ray)
+from sweeps.interrupt import GracefulStop
 from sweeps.spec import (SMOKE_IMAGES_PER_CLASS, SWEEP_FILE, Sweep, SweepSpec, resolve,
                          resumed)
-from sweeps.storage import Store
-from trainables.errors import UserError
 
 ZERO = cli.number(int, low=0)
 ONE = cli.number(int, low=1)
@@ -75,19 +76,11 @@ def get_args_parser() -> cli.Parser:
     return p
 
 
-def check_storage(store: Store, storage_arg: str, overwrite: bool = False) -> None:
-    if not store.is_uri and Path(store.root).is_file():
-        raise UserError(f"experiment path {store} is a file; choose another --name")
-    if store.has_content() and not overwrite:
-        raise UserError(f"experiment {store} already exists; choose another --name "
-                        "or pass --overwrite to replace it")
-    store.check_writable(storage_arg)
-
-
-def run_sweep(sweep: Sweep) -> int:
+def run_sweep(sweep: Sweep, command: list[str]) -> int:
     """Prepare the data and the weights, start (or join) Ray, write the sweep's own files,
     run the trials and print the table."""
     from sweeps.builder import build_tuner, restore_tuner
+    from sweeps.claim import check_data_apart, claim_new, claim_resumed
     from sweeps.prepare import check_weights, prepare_data
     from sweeps.recorder import active
     from sweeps.results import finish
@@ -98,8 +91,15 @@ def run_sweep(sweep: Sweep) -> int:
     if not spec.address:  # checked before any work; a cluster is asked once joined
         per_trial = resources(spec.cpus_per_trial, spec.gpus_per_trial, local_resources(),
                               models)
+    check_reachable(spec.address)
     handle, data_report = prepare_data(spec, cfgs)
+    check_data_apart(store, data_report["root"])
     unavailable = check_weights(cfgs)
+    # every input is checked: the experiment folder is claimed before anything is written
+    if spec.resume:
+        claim_resumed(store)
+    else:
+        claim_new(store, spec.overwrite, command)
     start_ray(spec.address)
     if spec.address:
         per_trial = resources(spec.cpus_per_trial, spec.gpus_per_trial, cluster_nodes(),
@@ -108,8 +108,6 @@ def run_sweep(sweep: Sweep) -> int:
         print(f"resuming {store}", file=sys.stderr, flush=True)
         tuner = restore_tuner(sweep, handle, unavailable, per_trial)
     else:
-        if spec.overwrite:
-            store.remove()
         store.write_text("split.csv", split_csv(handle, data_report))
         store.write_text("data_report.json", json.dumps(data_report, indent=1))
         store.write_text(SWEEP_FILE, sweep.to_json(data_report, unavailable))
@@ -119,8 +117,27 @@ def run_sweep(sweep: Sweep) -> int:
             else "no pruning"
         print(f"sweep {sweep.space.name}: {sweep.plan.trials} trial(s), {how}, {pruning}, "
               f"max {sweep.max_epochs} epochs -> {store}", file=sys.stderr, flush=True)
-    tuner.fit()
-    return finish(active(), sweep.space, sweep.plan, store)
+    with GracefulStop() as stop:
+        try:
+            tuner.fit()
+        except Exception:
+            recorder = active()
+            if recorder is None or not recorder.fault:
+                raise
+    recorder = active()
+    code = finish(recorder, sweep.space, sweep.plan, store)
+    resume = f"python sweeps/run.py --resume '{store}'"
+    left = f"{sweep.plan.trials - recorder.finished()} of {sweep.plan.trials} trial(s) unfinished"
+    if recorder.fault:
+        print(f"error: the sweep stopped: a write failed ({recorder.fault}); {left}; fix "
+              f"it (free space, permissions, the store), then resume: {resume}",
+              file=sys.stderr)
+        return 1
+    if stop.signal is not None:
+        print(f"interrupted ({signal.Signals(stop.signal).name}): {left}, every finished one "
+              f"is in the table; resume: {resume}", file=sys.stderr)
+        return stop.exit_code
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,9 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         spec = resumed(spec)
     spec.check()
     sweep = resolve(spec)
-    if not spec.resume:
-        check_storage(sweep.store, spec.storage, spec.overwrite)
-    return run_sweep(sweep)
+    if not spec.resume:  # before any work; checked again when the folder is claimed
+        check_new(sweep.store, spec.overwrite)
+        sweep.store.check_writable(spec.storage)
+    return run_sweep(sweep, ["sweeps/run.py", *(sys.argv[1:] if argv is None else argv)])
 
 
 def cli_main() -> None:

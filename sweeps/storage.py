@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from trainables.errors import UserError
+from trainables.faults import before_write
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -18,6 +19,7 @@ def write_atomic(path: Path, text: str) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
+        before_write(path)
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     except BaseException:
@@ -71,9 +73,10 @@ class Store:
         return self.fs.get_file_info(self._path(relative)).type != pyarrow.fs.FileType.NotFound
 
     def has_content(self) -> bool:
+        """Anything in the folder but a claim's lock file (``sweeps/claim.py``)."""
         if not self.is_uri:
             root = Path(self.root)
-            return root.is_dir() and any(root.iterdir())
+            return root.is_dir() and any(e.name != ".visionsweep.lock" for e in root.iterdir())
         import pyarrow.fs
 
         selector = pyarrow.fs.FileSelector(self.root, allow_not_found=True)
@@ -93,6 +96,7 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, text)
             return
+        before_write(self._path(relative))
         with self.fs.open_output_stream(self._path(relative)) as handle:
             handle.write(text.encode("utf-8"))
 

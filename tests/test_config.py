@@ -78,9 +78,14 @@ def test_every_space_key_is_a_config_field(name):
 
 @pytest.mark.parametrize("name", list(registry()))
 def test_every_grid_point_of_every_space_validates(name):
-    configs = grid_configs(registry()[name].param_space)
+    from sweeps.plan import make_plan
+
+    space = registry()[name]
+    param_space = space.expand(space.param_space) if space.expand else space.param_space
+    configs = grid_configs(param_space)
     assert configs
     assert len(validate(configs)) == len(configs)
+    assert len(make_plan(space, {}, None).configs) == len(configs)
 
 
 def test_googlenet_strategies_is_the_twelve_variant_grid():

@@ -216,3 +216,19 @@ def test_tta_column_is_the_flip_average_of_the_best_weights(colour_handle):
     assert reports[-1][M.TEST_ACC_TTA] == E.accuracy(labels, mean.argmax(1))
     assert reports[-1][M.TEST_MACRO_F1_TTA] == E.macro_f1(labels, mean.argmax(1), 3)
     assert reports[-1][M.TEST_ACC] == E.accuracy(labels, plain.argmax(1))
+
+
+def test_checkpoints_are_written_where_a_trial_may_stop_and_within_their_time_budget():
+    from trainables.checkpoint import CheckpointPolicy
+
+    policy = CheckpointPolicy(budget=0.02, stop_points=(7,))
+    written = []
+    for epoch in range(1, 13):
+        if policy.due(epoch, epoch_seconds=10.0, stopping=epoch == 12):
+            written.append(epoch)
+            policy.saved(4.0)  # a checkpoint costs 4 s: due again after 200 s of training
+    # the first (its cost unknown yet), the scheduler's rung, then every 20 epochs of 10 s
+    # would be due: none more before the trial stops at 12, where the last one is written
+    assert written == [1, 7, 12]
+    every = CheckpointPolicy(budget=0.0)
+    assert all(every.due(epoch, 10.0, False) for epoch in range(1, 5))

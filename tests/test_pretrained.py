@@ -4,12 +4,10 @@ cells): the weights are ImageNet's, the weights command seeds them, --set weight
 them, a frozen backbone keeps them, and they make fine-tuning work where random
 initialisation does not."""
 import importlib.resources
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch

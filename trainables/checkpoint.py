@@ -34,6 +34,32 @@ RECORD_FILE = "trial.json"
 CHECKPOINT_GLOB = "checkpoint_*"
 
 
+class CheckpointPolicy:
+    """When a trial writes a checkpoint: at the epoch it stops on its own, at every epoch
+    where the scheduler may stop it (ASHA's rungs: after such a report the trial may get no
+    other chance), and otherwise as often as keeps checkpoints under ``budget`` of its
+    training time, measured. With ``budget`` 0, every epoch.
+
+    Between checkpoints the epochs report their metrics only; a trial restarted after a
+    crash goes on from its last checkpoint and runs the epochs since again, with the same
+    random streams, so it ends where it would have ended."""
+
+    def __init__(self, budget: float, stop_points: tuple[int, ...] = ()):
+        self.budget = budget
+        self.stop_points = set(stop_points)
+        self.cost = 0.0  # seconds the last checkpoint took (0 before the first: one is due)
+        self.since = 0.0  # training seconds since the last checkpoint
+
+    def due(self, epoch: int, epoch_seconds: float, stopping: bool) -> bool:
+        self.since += epoch_seconds
+        if stopping or epoch in self.stop_points or self.budget <= 0:
+            return True
+        return self.since * self.budget >= self.cost
+
+    def saved(self, seconds: float) -> None:
+        self.cost, self.since = seconds, 0.0
+
+
 def save(directory: Path, state: dict, record: "TrialRecord") -> None:
     """Write a resumable checkpoint: training state, best weights, best predictions, record."""
     import torch

@@ -67,6 +67,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "chance_margin": (0.0, 1.0),
     "seed": (0, 2**31 - 1),
     "loader_workers": (0, 256),
+    "checkpoint_budget": (0.0, 1.0),
 }
 
 
@@ -126,6 +127,9 @@ class TrialConfig:
     loader_workers: int = 0  # DataLoader worker processes of the loader path
     channels_last: bool = True  # CUDA: channels-last memory format for model and batches
     compile: bool = False  # torch.compile the model (pays a compile once per trial)
+    # largest share of a trial's time spent writing checkpoints (0: one every epoch); a
+    # checkpoint is also written wherever the trial may stop (trainables/checkpoint.py)
+    checkpoint_budget: float = 0.02
 
     def __post_init__(self) -> None:
         for name, allowed in choices().items():
@@ -236,6 +240,9 @@ def load_config_file(path: str) -> dict[str, Any]:
                         "of config fields") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"--config {path}: not valid JSON ({exc.msg}, line {exc.lineno})") \
+            from None
+    except UnicodeDecodeError:
+        raise UserError(f"--config {path}: not UTF-8 text; pass a JSON file of config fields") \
             from None
     if not isinstance(data, dict):
         raise UserError(f"--config {path}: expected a JSON object of config fields")

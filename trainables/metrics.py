@@ -38,9 +38,10 @@ STUCK_AT_CHANCE = "stuck_at_chance"
 OOM = "oom"
 ASHA = "asha"
 STOPPED = "stopped"  # ended by the scheduler without a reason of its own (not ASHA)
+UNFINISHED = "unfinished"  # the sweep stopped (a signal, a storage fault) before it ended
 ERROR = "error"
 FAILED = (DIVERGED, OOM, ERROR)  # stop reasons that count as failed trials
-NOT_A_RESULT = (*FAILED, STUCK_AT_CHANCE)  # rows left out of the per-variant ranking
+NOT_A_RESULT = (*FAILED, STUCK_AT_CHANCE, UNFINISHED)  # left out of per-variant rankings
 
 SCALARS = (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC, LR, EPOCH_TIME,
            BEST_VAL_LOSS, BEST_VAL_ACC, TEST_ACC, TEST_MACRO_F1)

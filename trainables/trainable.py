@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -15,14 +16,16 @@ from trainables import checkpoint
 from trainables import metrics as M
 from trainables.config import TrialConfig
 from trainables.data import DataHandle
+from trainables.faults import die, fault
 from trainables.trial import build_trial, variant_name
 
 
 def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, ...] = (),
-                variant_keys: tuple[str, ...] = ()) -> None:
+                variant_keys: tuple[str, ...] = (), stop_points: tuple[int, ...] = ()) -> None:
     """Ray Tune function trainable. ``data``, ``unavailable_weights`` (models whose weights
-    the driver could not find) and ``variant_keys`` come through ``tune.with_parameters``;
-    ``config`` is this trial's point in the search space."""
+    the driver could not find), ``variant_keys`` and ``stop_points`` (the epochs at which
+    the scheduler may stop a trial) come through ``tune.with_parameters``; ``config`` is
+    this trial's point in the search space."""
     import ray
     from ray import tune
 
@@ -42,10 +45,21 @@ def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, 
     extra = {M.PRETRAINED: int(record.model.pretrained), M.WEIGHTS: record.model.weights,
              M.NODE: ray.get_runtime_context().get_node_id()[:8]}
 
+    kill_at = fault("kill_worker_at_epoch") if resume is None else None
+    policy = checkpoint.CheckpointPolicy(cfg.checkpoint_budget, stop_points)
+
     def report(metrics: dict, state: dict) -> None:
-        with tempfile.TemporaryDirectory() as directory:
-            checkpoint.save(Path(directory), state, record)
-            tune.report({**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(directory))
+        if not policy.due(metrics[M.EPOCH], metrics[M.EPOCH_TIME], bool(metrics[M.STOP_REASON])):
+            tune.report({**metrics, **extra})
+        else:
+            started = time.perf_counter()
+            with tempfile.TemporaryDirectory() as directory:
+                checkpoint.save(Path(directory), state, record)
+                tune.report({**metrics, **extra},
+                            checkpoint=tune.Checkpoint.from_directory(directory))
+            policy.saved(time.perf_counter() - started)
+        if metrics[M.EPOCH] == kill_at:  # the tests' lost worker (trainables/faults.py)
+            die()
 
     try:
         trial.fit(device, report, resume=resume)

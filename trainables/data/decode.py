@@ -28,9 +28,13 @@ def default_cache_dir() -> Path:
 
 
 def file_hashes(root: Path, paths: tuple[str, ...]) -> list[str]:
-    """sha1 of every file's bytes (read in parallel)."""
+    """sha1 of every file's bytes (read in parallel); a file that cannot be read gets a
+    marker instead (its decoding fails next, and says why)."""
     def one(path: str) -> str:
-        return hashlib.sha1((root / path).read_bytes()).hexdigest()
+        try:
+            return hashlib.sha1((root / path).read_bytes()).hexdigest()
+        except OSError as exc:
+            return f"unreadable: {exc.strerror or type(exc).__name__}"
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         return list(pool.map(one, paths))

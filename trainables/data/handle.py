@@ -52,11 +52,13 @@ def prepare(source: DataSource, load_size: int, cache_dir: Path, split_seed: int
     digest = content_digest(source.paths, hashes)
     cache = decode_cached(source.root, source.paths, digest, load_size, Path(cache_dir),
                           progress, interpolation)
-    keep = [i for i, path in enumerate(source.paths) if path not in cache.bad]
+    bad = {**cache.bad, **{path: why for path, _, why in source.rejected}}
+    keep = [i for i, path in enumerate(source.paths) if path not in bad]
     usable = subset(source, keep)
     if not usable.paths:
-        raise UserError(f"--data {source.root}: none of the {len(source.paths)} images could "
-                        "be decoded; check that they are real image files")
+        raise UserError(f"--data {source.root}: none of the {len(bad)} images could be read; "
+                        "check that they are real image files (data_report.json would list "
+                        "why)")
     check_classes(usable)
     groups = duplicate_groups([hashes[i] for i in keep])
     if usable.presplit:
@@ -71,7 +73,7 @@ def prepare(source: DataSource, load_size: int, cache_dir: Path, split_seed: int
                 splits[i] = splits[group[0]]
     handle = DataHandle(str(source.root), source.paths, digest, str(cache_dir),
                         source.class_names, tuple(keep), usable.labels, tuple(splits))
-    report = data_report(source, handle, cache.bad)
+    report = data_report(source, handle, bad)
     report.update(duplicates_report(handle, groups))
     return handle, report
 
@@ -100,17 +102,18 @@ def data_report(source: DataSource, handle: DataHandle, bad: dict[str, str]) -> 
     counts = {name: {split: 0 for split in SPLITS} for name in handle.class_names}
     for label, split in zip(handle.labels, handle.splits):
         counts[handle.class_names[label]][split] += 1
+    label_of = dict(zip(source.paths, source.labels))
+    label_of.update({path: label for path, label, _ in source.rejected})
     skipped = {name: [] for name in handle.class_names}
     for path, why in sorted(bad.items()):
-        skipped[source.class_names[source.labels[source.paths.index(path)]]].append(
-            {"path": path, "reason": why})
+        skipped[source.class_names[label_of[path]]].append({"path": path, "reason": why})
     train = [counts[name]["train"] for name in handle.class_names]
     return {
         "imbalance_ratio": round(max(train) / max(1, min(train)), 2),
         "root": str(source.root),
         "presplit": source.presplit,
         "classes": list(handle.class_names),
-        "images_found": len(source.paths),
+        "images_found": len(source.paths) + len(source.rejected),
         "images_used": len(handle.rows),
         "images_skipped": len(bad),
         "counts": counts,

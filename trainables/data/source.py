@@ -2,7 +2,9 @@
 holding ``train/``, ``val/`` and ``test/`` class folders (used as given)."""
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +25,8 @@ class DataSource:
     paths: tuple[str, ...]
     labels: tuple[int, ...]
     splits: tuple[str, ...] | None  # None: not split yet
+    # files named like images that cannot be read at all: (path as shown, label, reason)
+    rejected: tuple[tuple[str, int, str], ...] = ()
 
     @property
     def presplit(self) -> bool:
@@ -39,15 +43,53 @@ def _class_dirs(folder: Path) -> list[Path]:
 
 
 def images_under(folder: Path) -> list[Path]:
-    """Every visible file under ``folder`` (recursively, sorted) with an image extension."""
-    found = []
+    """Every visible, readable file under ``folder`` (recursively, sorted) with an image
+    extension."""
+    return scan(folder)[0]
+
+
+def scan(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The image files under ``folder``, and those named like images that cannot be read,
+    each with the reason (never opened: a fifo or a device would block the reader)."""
+    found, rejected = [], []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if visible(Path(d)))
         for name in sorted(filenames):
             path = Path(dirpath, name)
-            if visible(path) and path.suffix.lower() in IMAGE_EXTENSIONS:
-                found.append(path)
-    return found
+            if not visible(path) or path.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            reason = unreadable(path)
+            (rejected.append((path, reason)) if reason else found.append(path))
+    return found, rejected
+
+
+def unreadable(path: Path) -> str:
+    """Why ``path`` cannot be read as an image file, or "" when it can be tried."""
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not valid UTF-8 text; rename the file"
+    try:
+        info = os.stat(path)  # follows links
+    except FileNotFoundError:
+        return "a symbolic link to nothing (a broken link)"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        return f"cannot be read ({exc.strerror})"
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a named pipe" if stat.S_ISFIFO(info.st_mode) else "a socket"
+                if stat.S_ISSOCK(info.st_mode) else "a device" if stat.S_ISCHR(info.st_mode)
+                or stat.S_ISBLK(info.st_mode) else "not a file")
+        return f"{kind}, not an image file"
+    if not os.access(path, os.R_OK):
+        return "permission denied"
+    return ""
+
+
+def shown(path: str | Path) -> str:
+    """A path as text that can be written anywhere (undecodable bytes replaced)."""
+    return os.fsencode(str(path)).decode("utf-8", "replace")
 
 
 def discover(root: str | os.PathLike) -> DataSource:
@@ -60,15 +102,24 @@ def discover(root: str | os.PathLike) -> DataSource:
         raise UserError(f"--data {root}: is a file, not a directory; point it at a folder "
                         "with one subfolder of images per class")
     root = root.resolve()
-    if all((root / split).is_dir() for split in SPLITS):
+    present = [split for split in SPLITS if (root / split).is_dir()]
+    if len(present) == len(SPLITS):
         return _discover_presplit(root)
+    if present:
+        missing = [f"{split}/" for split in SPLITS if split not in present]
+        raise UserError(f"--data {root}: has {' and '.join(p + '/' for p in present)} but no "
+                        f"{' or '.join(missing)}; a pre-split root needs all of train/ val/ "
+                        "test/ (or give a folder of class folders, to be split here)")
     classes = _class_dirs(root)
-    paths, labels = [], []
+    paths, labels, rejected = [], [], []
     for label, class_dir in enumerate(classes):
-        for path in images_under(class_dir):
+        found, bad = scan(class_dir)
+        for path in found:
             paths.append(path.relative_to(root).as_posix())
             labels.append(label)
-    source = DataSource(root, tuple(c.name for c in classes), tuple(paths), tuple(labels), None)
+        rejected += [(shown(path.relative_to(root).as_posix()), label, why) for path, why in bad]
+    source = DataSource(root, tuple(c.name for c in classes), tuple(paths), tuple(labels), None,
+                        tuple(rejected))
     check_classes(source)
     return source
 
@@ -76,20 +127,24 @@ def discover(root: str | os.PathLike) -> DataSource:
 def _discover_presplit(root: Path) -> DataSource:
     per_split = {split: [c.name for c in _class_dirs(root / split)] for split in SPLITS}
     if not per_split["train"] == per_split["val"] == per_split["test"]:
-        train = set(per_split["train"])
-        diffs = [f"{split} has {sorted(set(names) ^ train)}" for split, names in per_split.items()
-                 if split != "train" and set(names) != train]
-        raise UserError(f"--data {root}: train/val/test class folders differ ({'; '.join(diffs)} "
-                        "beyond train's); give every split the same class folders")
+        every = set().union(*map(set, per_split.values()))
+        lacks = [f"{split}/ lacks {', '.join(sorted(every - set(names)))}"
+                 for split, names in per_split.items() if every - set(names)]
+        raise UserError(f"--data {root}: the splits' class folders differ ({'; '.join(lacks)}); "
+                        "give train/, val/ and test/ the same class folders")
     classes = per_split["train"]
-    paths, labels, splits = [], [], []
+    paths, labels, splits, rejected = [], [], [], []
     for split in SPLITS:
         for label, name in enumerate(classes):
-            for path in images_under(root / split / name):
+            found, bad = scan(root / split / name)
+            for path in found:
                 paths.append(path.relative_to(root).as_posix())
                 labels.append(label)
                 splits.append(split)
-    source = DataSource(root, tuple(classes), tuple(paths), tuple(labels), tuple(splits))
+            rejected += [(shown(path.relative_to(root).as_posix()), label, why)
+                         for path, why in bad]
+    source = DataSource(root, tuple(classes), tuple(paths), tuple(labels), tuple(splits),
+                        tuple(rejected))
     check_classes(source)
     return source
 

@@ -1,0 +1,48 @@
+"""Faults on cue, for the tests: what a full disk, a lost worker or a killed driver does to a
+sweep, at a chosen moment instead of a moment found by polling. Off unless the environment
+variable VISIONSWEEP_FAULTS names some (trial workers inherit it from the driver):
+
+    disk_full_after=N      the driver's N+1-th file write fails with ENOSPC, and every later one
+    kill_worker_at_epoch=N a trial's worker kills itself (SIGKILL) right after reporting
+                           epoch N, on its first attempt only
+    kill_driver_after=N    the driver kills itself (SIGKILL) at the first epoch report after
+                           N trials have finished
+    interrupt_driver_after=N, terminate_driver_after=N
+                           the same moment, with SIGINT (Ctrl-C) or SIGTERM instead
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+ENV = "VISIONSWEEP_FAULTS"
+_writes = [0]
+
+
+def fault(name: str) -> int | None:
+    """The value of fault ``name``, if VISIONSWEEP_FAULTS sets it."""
+    for item in os.environ.get(ENV, "").split(","):
+        key, _, value = item.partition("=")
+        if key.strip() == name:
+            return int(value)
+    return None
+
+
+def before_write(path) -> None:
+    """Called before each file write of the driver: a full disk, when asked for."""
+    limit = fault("disk_full_after")
+    if limit is None:
+        return
+    _writes[0] += 1
+    if _writes[0] > limit:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+DRIVER_SIGNALS = {"kill_driver_after": signal.SIGKILL,
+                  "interrupt_driver_after": signal.SIGINT,
+                  "terminate_driver_after": signal.SIGTERM}
+
+
+def die(signum: int = signal.SIGKILL) -> None:
+    os.kill(os.getpid(), signum)
