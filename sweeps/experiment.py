@@ -69,7 +69,8 @@ def load_experiment(path: str | Path) -> Experiment:
                         "probabilities cannot be checked to line up")
     table = _read_csv(root / RESULTS_CSV, dtype={"trial_id": str, "variant": str},
                       na_values=[""])
-    if not {"trial_id", "variant", "stop_reason", M.BEST_VAL_LOSS} <= set(table.columns):
+    if not {"trial_id", "variant", "stop_reason", "best_epoch", M.BEST_VAL_LOSS,
+            M.TEST_ACC} <= set(table.columns):
         raise UserError(f"{root / RESULTS_CSV}: not a result table of sweeps/run.py (columns "
                         "missing); pass the experiment folder that sweeps/run.py printed")
     split = _read_csv(root / SPLIT_CSV, dtype={"path": str})

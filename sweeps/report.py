@@ -174,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help=f"folder of the report (default EXPERIMENT_DIR/{REPORT_DIR})")
     args = parser.parse_args(argv)
     experiment = load_experiment(args.experiment)
+    for trial_id in args.compare or ():
+        if trial_id not in set(experiment.table["trial_id"]):
+            raise UserError(f"trial {trial_id}: not in {experiment.root}/results.csv; its "
+                            "trial_id column lists the trials")
     path, lines = build_report(experiment, Path(args.out or experiment.root / REPORT_DIR),
                                args.compare, args.confusion)
     for line in lines:

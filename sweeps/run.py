@@ -15,12 +15,13 @@ import signal
 import sys
 
 from sweeps import cli
-from sweeps.claim import check_new
+from sweeps.claim import check_data_apart, check_new
 from sweeps.cluster import (check_reachable, cluster_nodes, local_resources, resources,
                             start_ray)
 from sweeps.interrupt import GracefulStop
 from sweeps.spec import (SMOKE_IMAGES_PER_CLASS, SWEEP_FILE, Sweep, SweepSpec, resolve,
                          resumed)
+from trainables.data import resolve_data
 
 ZERO = cli.number(int, low=0)
 ONE = cli.number(int, low=1)
@@ -80,7 +81,7 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
     """Prepare the data and the weights, start (or join) Ray, write the sweep's own files,
     run the trials and print the table."""
     from sweeps.builder import build_tuner, restore_tuner
-    from sweeps.claim import check_data_apart, claim_new, claim_resumed
+    from sweeps.claim import claim_new, claim_resumed
     from sweeps.prepare import check_weights, prepare_data
     from sweeps.recorder import active
     from sweeps.results import finish
@@ -93,7 +94,6 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
                               models)
     check_reachable(spec.address)
     handle, data_report = prepare_data(spec, cfgs)
-    check_data_apart(store, data_report["root"])
     unavailable = check_weights(cfgs)
     # every input is checked: the experiment folder is claimed before anything is written
     if spec.resume:
@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep = resolve(spec)
     if not spec.resume:  # before any work; checked again when the folder is claimed
         check_new(sweep.store, spec.overwrite)
+        check_data_apart(sweep.store, resolve_data(spec.data))
         sweep.store.check_writable(spec.storage)
     return run_sweep(sweep, ["sweeps/run.py", *(sys.argv[1:] if argv is None else argv)])
 

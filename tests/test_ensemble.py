@@ -24,7 +24,8 @@ def write_experiment(root, trials: dict, val_ids=VAL, test_ids=TEST):
     rows = []
     for trial_id, (loss, val, test) in trials.items():
         rows.append({"trial_id": trial_id, "variant": f"v{trial_id}", "stop_reason": "completed",
-                     "best_val_loss": loss})
+                     "best_epoch": 1, "best_val_loss": loss,
+                     "test_acc": float(np.mean(np.argmax(test, 1) == LABELS))})
         checkpoint = root / f"small_cnn_s0_{trial_id}" / "checkpoint_000001"
         checkpoint.mkdir(parents=True)
         np.savez(checkpoint / "predictions.npz", val_probs=np.asarray(val, float),

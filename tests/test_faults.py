@@ -177,3 +177,21 @@ def test_ray_started_by_a_killed_driver_does_not_outlive_it(images, tmp_path, mo
     while _live_ray_processes() - before and time.monotonic() < deadline:
         time.sleep(1)
     assert not _live_ray_processes() - before
+
+
+def test_two_sweeps_of_one_name_started_together_one_runs_one_is_refused(images, tmp_path):
+    from conftest import start_cli
+
+    args = [*SLOW_TRIAL, "--data", str(images), "--max-epochs", "2", "--num-samples", "2",
+            "--storage", str(tmp_path / "runs"), "--name", "same"]
+    drivers = [start_cli(args, cwd=tmp_path, log=tmp_path / f"driver{i}.log") for i in (0, 1)]
+    codes = sorted(driver.wait(timeout=300) for driver in drivers)
+    logs = [(tmp_path / f"driver{i}.log").read_text() for i in (0, 1)]
+    assert codes == [0, 2], logs
+    refused = next(log for log in logs if "error: " in log)
+    error = [line for line in refused.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and ("in use by a running sweep" in error[0]
+                                or "already exists" in error[0]), error
+    table = pd.read_csv(tmp_path / "runs" / "same" / "results.csv")
+    assert len(table) == 2 and table["trial_id"].is_unique  # one sweep's trials, whole
+    assert sorted(table["seed"]) == [0, 1]
