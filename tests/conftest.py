@@ -76,6 +76,50 @@ def offline_hub(monkeypatch):
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
 
 
+@pytest.fixture(scope="session")
+def ray_address(tmp_path_factory):
+    """One Ray instance for the command-line tests whose trials need nothing from their
+    driver's environment: a head started with ``ray start``, as on a cluster, that each
+    driver joins with --address (saving Ray's start and stop every sweep). The fault tests
+    and the pretrained sweep start Ray of their own, as a user's laptop run does."""
+    import secrets
+    import socket
+    import subprocess
+    import time
+
+    logs = tmp_path_factory.mktemp("ray-head")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    token = secrets.token_hex(16)
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
+               PYTHONWARNINGS="ignore")
+    ray = str(Path(sys.executable).parent / "ray")
+    with open(logs / "head.log", "w") as log:
+        head = subprocess.Popen([ray, "start", "--head", "--port", str(port), "--num-cpus", "2",
+                                 "--num-gpus", "0", "--include-dashboard", "false",
+                                 "--disable-usage-stats", "--block"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=logs)
+    deadline = time.monotonic() + 120
+    while True:  # the head is up once its GCS port answers
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if head.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((logs / "head.log").read_text()[-2000:])
+            time.sleep(0.5)
+    with pytest.MonkeyPatch.context() as patch:  # the drivers' credentials for the head
+        patch.setenv("RAY_AUTH_MODE", "token")
+        patch.setenv("RAY_AUTH_TOKEN", token)
+        yield f"127.0.0.1:{port}"
+    head.terminate()  # `ray start --block` stops the head's processes when it ends
+    head.wait(timeout=60)
+    record = Path("/tmp/ray/ray_current_cluster")  # `ray start` recorded it for ray.init()
+    if record.exists() and record.read_text().strip().endswith(f":{port}"):
+        record.unlink()
+
+
 def _cli_command(args: list[str]) -> tuple[list[str], dict]:
     return ([sys.executable, str(ROOT / "sweeps" / "run.py"), *args],
             dict(os.environ, PYTHONWARNINGS="ignore"))

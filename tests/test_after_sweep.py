@@ -21,7 +21,7 @@ DIGITS = [str(d) for d in range(10)]
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
+def experiment(tmp_path_factory, ray_address):
     """The demo digits (1,797 real scans, 10 classes), three seeds of a small CNN for two
     epochs with tta on: quick, and far enough above chance for the numbers to mean something."""
     tmp = tmp_path_factory.mktemp("after")
@@ -29,7 +29,8 @@ def experiment(tmp_path_factory):
         mp.setenv("VISIONSWEEP_CACHE", str(tmp / "cache"))
         result = run_cli(["--space", "single", "--set", "model=small_cnn", "--set", "tta=true",
                           "--max-epochs", "2", "--num-samples", "3", "--scheduler", "fifo",
-                          "--storage", str(tmp / "runs"), "--name", "exp"], cwd=tmp)
+                          "--storage", str(tmp / "runs"), "--name", "exp",
+                          "--address", ray_address], cwd=tmp)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "no pruning" in result.stderr
     root = tmp / "runs" / "exp"

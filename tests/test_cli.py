@@ -46,10 +46,11 @@ def test_list_spaces_describes_each_space(tmp_path):
     assert "TPE" in lines["lr_batch_tpe"]
 
 
-def test_smoke_sweep_of_the_googlenet_study(tmp_path):
+def test_smoke_sweep_of_the_googlenet_study(tmp_path, ray_address):
     """The README's main command in --smoke form: 12 trials through Ray Tune on the demo data."""
     result = run_cli(["--space", "googlenet_strategies", "--smoke", "--storage",
-                      str(tmp_path / "runs"), "--name", "smoke"], cwd=tmp_path)
+                      str(tmp_path / "runs"), "--name", "smoke", "--address", ray_address],
+                     cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     experiment = tmp_path / "runs" / "smoke"
     table = pd.read_csv(experiment / "results.csv")
@@ -105,7 +106,7 @@ def _check_checkpoint(trial_dir: Path, num_test: int) -> None:
     assert (checkpoints[0] / "best_model.pt").exists()
 
 
-def test_seeds_corrupt_images_and_odd_paths(tmp_path):
+def test_seeds_corrupt_images_and_odd_paths(tmp_path, ray_address):
     """--num-samples repeats a variant over seeds; a broken image is skipped and listed."""
     data = make_image_folder(tmp_path / "my data [v2] (copy)", per_class=10)
     good = (data / "red" / "img_001.png").read_bytes()
@@ -113,7 +114,8 @@ def test_seeds_corrupt_images_and_odd_paths(tmp_path):
     result = run_cli(["--space", "googlenet_strategies", "--data", str(data), "--num-samples",
                       "2", "--set", "strategy=base", "--set", "objective=ce", "--set",
                       "model=small_cnn", "--set", "image_size=32", "--max-epochs", "3",
-                      "--storage", str(tmp_path / "runs"), "--name", "seeds"], cwd=tmp_path)
+                      "--storage", str(tmp_path / "runs"), "--name", "seeds",
+                      "--address", ray_address], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     experiment = tmp_path / "runs" / "seeds"
     table = pd.read_csv(experiment / "results.csv")
@@ -137,7 +139,7 @@ def test_existing_experiment_is_not_overwritten(tmp_path):
     assert (tmp_path / "runs" / "taken" / "results.csv").read_text() == "keep me"
 
 
-def test_odd_paths_and_image_kinds_through_a_whole_sweep(tmp_path):
+def test_odd_paths_and_image_kinds_through_a_whole_sweep(tmp_path, ray_address):
     """Brackets, colons, spaces and Korean letters in data and storage paths; every common
     image kind; a truncated JPEG. Then the same name again, refused, then --overwrite."""
     from test_real_data import make_odd_dataset
@@ -146,7 +148,7 @@ def test_odd_paths_and_image_kinds_through_a_whole_sweep(tmp_path):
     storage = tmp_path / "결과 runs [1] (a:b)"
     args = ["--space", "googlenet_strategies", "--data", str(data), "--smoke", "--storage",
             str(storage), "--name", "odd: name [1]", "--set", "model=small_cnn",
-            "--set", "strategy=base", "--set", "objective=ce"]
+            "--set", "strategy=base", "--set", "objective=ce", "--address", ray_address]
     result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     experiment = storage / "odd: name [1]"
@@ -172,7 +174,8 @@ def test_odd_paths_and_image_kinds_through_a_whole_sweep(tmp_path):
     assert len(pd.read_csv(experiment / "results.csv")) == 1
 
 
-def test_a_failing_trial_is_tabled_and_the_others_go_on(tmp_path, monkeypatch, capsys):
+def test_a_failing_trial_is_tabled_and_the_others_go_on(tmp_path, monkeypatch, capsys,
+                                                      ray_address):
     """vgg16 cannot run on 16 px images (its fifth pooling has nothing left to pool); the
     small CNN can. Both run in one sweep on a real local Ray instance."""
     import ray
@@ -190,7 +193,8 @@ def test_a_failing_trial_is_tabled_and_the_others_go_on(tmp_path, monkeypatch, c
     data = make_image_folder(tmp_path / "imgs", per_class=10)
     try:
         code = run.main(["--space", "mixed", "--data", str(data), "--storage",
-                         str(tmp_path / "runs"), "--name", "mixed", "--max-failures", "0"])
+                         str(tmp_path / "runs"), "--name", "mixed", "--max-failures", "0",
+                         "--address", ray_address])
     finally:
         ray.shutdown()
     assert code == 1
@@ -204,19 +208,19 @@ def test_a_failing_trial_is_tabled_and_the_others_go_on(tmp_path, monkeypatch, c
 
 
 @pytest.mark.parametrize("space, trials", [("cnn_comparison", 6), ("timm_zoo", 6)])
-def test_each_grid_study_runs_in_smoke(tmp_path, space, trials):
+def test_each_grid_study_runs_in_smoke(tmp_path, space, trials, ray_address):
     result = run_cli(["--space", space, "--smoke", "--max-epochs", "1", "--storage", str(tmp_path),
-                      "--name", "s"],
-                     cwd=tmp_path)
+                      "--name", "s", "--address", ray_address], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(tmp_path / "s" / "results.csv")
     assert len(table) == trials and table["test_acc"].between(0, 1).all()
     assert table["model"].nunique() == trials and table["lr"].nunique() > 1  # per-model lr
 
 
-def test_tpe_search_saves_its_best_config_and_it_re_runs(tmp_path):
+def test_tpe_search_saves_its_best_config_and_it_re_runs(tmp_path, ray_address):
     result = run_cli(["--space", "lr_batch_tpe", "--smoke", "--set", "model=small_cnn",
-                      "--storage", str(tmp_path), "--name", "tpe"], cwd=tmp_path)
+                      "--storage", str(tmp_path), "--name", "tpe", "--address", ray_address],
+                     cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(tmp_path / "tpe" / "results.csv")
     assert len(table) == 4 and table["lr"].nunique() == 4
@@ -230,7 +234,7 @@ def test_tpe_search_saves_its_best_config_and_it_re_runs(tmp_path):
 
     again = run_cli(["--space", "lr_batch_tpe", "--smoke", "--config",
                      str(tmp_path / "tpe" / "best_config.json"), "--storage", str(tmp_path),
-                     "--name", "rerun"], cwd=tmp_path)
+                     "--name", "rerun", "--address", ray_address], cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     rerun = pd.read_csv(tmp_path / "rerun" / "results.csv")
     assert len(rerun) == 1 and "grid" in again.stderr
