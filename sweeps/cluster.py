@@ -77,20 +77,22 @@ def cluster_nodes() -> list[dict[str, float]] | None:
 
 
 def resources(cpus_per_trial: float | None, gpus_per_trial: float | None,
-              nodes: list[dict[str, float]] | None, models: tuple[str, ...] = ()
-              ) -> dict[str, float]:
+              nodes: list[dict[str, float]] | None, models: tuple[str, ...] = (),
+              concurrent: int | None = None) -> dict[str, float]:
     """Per-trial resources. A trial runs on one node, so a request that no node can hold
     would wait forever: that is an error now. Without --gpus-per-trial, each trial asks for
     the largest default GPU share among the sweep's models (the model registry's
-    ``gpu_share``)."""
+    ``gpu_share``); without --cpus-per-trial, for its part of a node's CPUs: the node's
+    CPUs over the trials that share it (``concurrent`` at most, when fewer can run)."""
     from trainables.models import model_spec
 
-    cpus = 1.0 if cpus_per_trial is None else cpus_per_trial
     gpus = gpus_per_trial
     if gpus is None:
         has_gpu = nodes is not None and any(n.get("GPU", 0) >= 1 for n in nodes)
         share = max((model_spec(m).gpu_share for m in set(models)), default=1.0)
         gpus = share if has_gpu else 0.0
+    cpus = cpus_per_trial if cpus_per_trial is not None else node_share(nodes, gpus,
+                                                                          concurrent)
     if nodes is not None and not any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus
                                      for n in nodes):
         biggest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
@@ -98,3 +100,20 @@ def resources(cpus_per_trial: float | None, gpus_per_trial: float | None,
                         f"fits on no node (the largest has {biggest.get('CPU', 0):g} CPUs, "
                         f"{biggest.get('GPU', 0):g} GPUs); ask for less")
     return {"cpu": cpus, "gpu": gpus}
+
+
+def node_share(nodes: list[dict[str, float]] | None, gpus: float,
+               concurrent: int | None = None) -> float:
+    """CPUs per trial that let the trials sharing a node use all of it: a node holds as
+    many trials as its GPUs allow (as its CPUs, without GPUs), and at most ``concurrent``;
+    the smallest share over the nodes that can hold a trial, so a trial fits on any."""
+    shares = []
+    for node in nodes or []:
+        cpus, node_gpus = node.get("CPU", 0), node.get("GPU", 0)
+        if cpus < 1 or node_gpus < gpus:
+            continue
+        trials = node_gpus / gpus if gpus else cpus
+        if concurrent:
+            trials = min(trials, concurrent)
+        shares.append(max(1, int(cpus // max(1.0, trials))))
+    return float(min(shares)) if shares else 1.0

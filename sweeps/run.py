@@ -56,7 +56,8 @@ def get_args_parser() -> cli.Parser:
     p.add_argument("--max-per-class", type=ONE, metavar="N",
                    help="use the first N images of each class (of each split when pre-split)")
     p.add_argument("--cpus-per-trial", type=cli.number(float, above=0),
-                   help="CPUs per trial (default 1)")
+                   help="CPUs per trial (default: a node's CPUs over the trials that share "
+                        "it, at least 1)")
     p.add_argument("--gpus-per-trial", type=cli.number(float, low=0),
                    help="GPUs per trial, fractions allowed (default, if the cluster has GPUs: "
                         "each model's own share from the model registry: half a GPU for small "
@@ -89,9 +90,10 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
 
     spec, store, cfgs = sweep.spec, sweep.store, sweep.plan.configs
     models = tuple(c.model for c in cfgs)
+    concurrent = min(spec.max_concurrent or sweep.plan.trials, sweep.plan.trials)
     if not spec.address:  # checked before any work; a cluster is asked once joined
         per_trial = resources(spec.cpus_per_trial, spec.gpus_per_trial, local_resources(),
-                              models)
+                              models, concurrent)
     check_reachable(spec.address)
     handle, data_report = prepare_data(spec, cfgs)
     unavailable = check_weights(cfgs)
@@ -103,7 +105,7 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
     start_ray(spec.address)
     if spec.address:
         per_trial = resources(spec.cpus_per_trial, spec.gpus_per_trial, cluster_nodes(),
-                              models)
+                              models, concurrent)
     if spec.resume:
         print(f"resuming {store}", file=sys.stderr, flush=True)
         tuner = restore_tuner(sweep, handle, unavailable, per_trial)

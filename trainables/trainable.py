@@ -31,6 +31,10 @@ def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, 
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint saved" per epoch
     cfg = TrialConfig.from_dict(config)
+    # as many threads as the trial has CPUs (Ray's own setting follows the actor, which a
+    # reused actor carries over from its previous trial)
+    cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
