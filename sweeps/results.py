@@ -38,6 +38,7 @@ def trial_row(entry, varied_keys: list[str]) -> dict:
            (M.BEST_VAL_LOSS, M.BEST_VAL_ACC, M.TEST_ACC, M.TEST_MACRO_F1, *M.TEST_INTERVALS)},
         "pretrained": bool(last.get(M.PRETRAINED, 0)),
         M.WEIGHTS: last.get(M.WEIGHTS, ""),
+        **{key: last.get(key, math.nan) for key in M.COSTS},
         M.NODE: last.get(M.NODE, ""),
     }
     row.update({key: last[key] for key in (M.TEST_ACC_TTA, M.TEST_MACRO_F1_TTA) if key in last})

@@ -105,3 +105,28 @@ def test_greedy_selection_finds_the_complementary_pair():
     mean = E.soft_vote([a, b, c], counts)
     assert E.accuracy(labels, mean.argmax(1)) == 1.0
     assert E.log_loss(labels, mean) <= E.log_loss(labels, E.soft_vote([a, b, c])) + 1e-12
+
+
+def test_stacking_learns_what_voting_cannot():
+    """Member a is always confidently wrong (its probabilities inverted: informative, but
+    only to a model that learns to turn them round); member b is right 60% of the time,
+    barely. The soft vote follows a and is always wrong; stacking's logistic regression,
+    fit on validation alone, turns a round and is always right on test."""
+    rng = np.random.default_rng(0)
+
+    def members(labels):
+        inverted = np.where(labels == 0, 0.3, 0.7) + rng.uniform(-0.05, 0.05, len(labels))
+        right = rng.random(len(labels)) < 0.6
+        weak = np.where((labels == 0) == right, 0.55, 0.45)
+        return [np.stack([inverted, 1 - inverted], 1), np.stack([weak, 1 - weak], 1)]
+
+    val_labels, test_labels = np.repeat([0, 1], 20), np.repeat([0, 1], 20)
+    val, test = members(val_labels), members(test_labels)
+    assert E.accuracy(test_labels, E.soft_vote(test).argmax(1)) == 0.0
+    assert E.accuracy(test_labels, E.hard_vote(test)) < 0.5
+    stacked = E.stacking(val, val_labels, test)
+    assert stacked is not None and stacked.folds == 5
+    assert E.accuracy(test_labels, stacked.test_predicted) == 1.0
+    assert E.accuracy(val_labels, stacked.val_predicted) >= 0.95  # out of fold
+    # a class with one validation image: no fold can hold it, so no stacking
+    assert E.stacking(val, np.r_[0, np.ones(39, int)], test) is None

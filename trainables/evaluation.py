@@ -6,6 +6,7 @@ ensemble and report commands call the rest on the probabilities the trials saved
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,3 +159,39 @@ def greedy_selection(val_probs: list[np.ndarray], val_labels: np.ndarray,
         if best_score is None or scores[pick] > best_score:
             best_score, best_counts = scores[pick], counts.copy()
     return best_counts
+
+
+@dataclass(frozen=True)
+class Stacked:
+    val_predicted: np.ndarray  # validation classes predicted out of fold (an honest val_acc)
+    test_predicted: np.ndarray
+    c: float  # the inverse regularisation strength cross-validation chose
+    folds: int
+
+
+def stacking(val_probs: list[np.ndarray], val_labels: np.ndarray,
+             test_probs: list[np.ndarray], seed: int = 0) -> Stacked | None:
+    """A regularised logistic-regression meta-model over the members' probabilities (each
+    member's class probabilities side by side), fit on the validation split alone: its
+    regularisation is chosen by stratified cross-validation inside validation, the model is
+    then fit on all of validation and applied to test once. None when some class has fewer
+    than two validation images (no fold could hold it)."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    labels = np.asarray(val_labels)
+    folds = min(5, int(np.bincount(labels).min()) if len(labels) else 0)
+    if folds < 2 or len(np.unique(labels)) < 2:
+        return None
+    x_val, x_test = np.concatenate(val_probs, 1), np.concatenate(test_probs, 1)
+    split = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    # chosen by log loss (a proper score); scikit-learn 1.9 wants its new defaults stated
+    options = {"l1_ratios": (0.0,), "use_legacy_attributes": False}
+    known = inspect.signature(LogisticRegressionCV).parameters
+    meta = LogisticRegressionCV(Cs=10, cv=split, max_iter=5000, scoring="neg_log_loss",
+                                **{k: v for k, v in options.items() if k in known})
+    meta.fit(x_val, labels)
+    c = float(np.atleast_1d(meta.C_)[0])
+    out_of_fold = cross_val_predict(LogisticRegression(C=c, max_iter=5000), x_val, labels,
+                                    cv=split)
+    return Stacked(out_of_fold, meta.predict(x_test), c, folds)

@@ -23,6 +23,11 @@ TEST_ACC_TTA, TEST_MACRO_F1_TTA = "test_acc_tta", "test_macro_f1_tta"
 PRETRAINED = "pretrained"  # 1 when pretrained weights were really loaded
 WEIGHTS = "weights"  # which: a torchvision weights name or a timm tag ("" for none)
 NODE = "node"  # the Ray node that ran the trial (first 8 hex digits of its id)
+# what the model costs to deploy (trainables/costs.py): parameters, FLOPs per image at its
+# input size, megabytes of weights; latency is measured by the report, on one machine
+PARAMS, FLOPS, WEIGHTS_MB = "params", "flops", "weights_mb"
+COSTS = (PARAMS, FLOPS, WEIGHTS_MB)
+LATENCY_B1, LATENCY_B32 = "latency_b1_ms", "latency_b32_ms"
 STOP_REASON = "stop_reason"  # empty while the trial runs
 ERROR_MESSAGE = "error"  # why a trial stopped on its own with oom
 

@@ -15,6 +15,7 @@ import torch
 from trainables import checkpoint
 from trainables import metrics as M
 from trainables.config import TrialConfig
+from trainables.costs import model_costs
 from trainables.data import DataHandle
 from trainables.faults import die, fault
 from trainables.trial import build_trial, variant_name
@@ -47,7 +48,8 @@ def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, 
             resume = checkpoint.load(Path(directory))
     record = trial.record
     extra = {M.PRETRAINED: int(record.model.pretrained), M.WEIGHTS: record.model.weights,
-             M.NODE: ray.get_runtime_context().get_node_id()[:8]}
+             M.NODE: ray.get_runtime_context().get_node_id()[:8],
+             **model_costs(trial.net, record.preprocess.image_size)}
 
     kill_at = fault("kill_worker_at_epoch") if resume is None else None
     policy = checkpoint.CheckpointPolicy(cfg.checkpoint_budget, stop_points)
