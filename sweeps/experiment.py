@@ -46,6 +46,9 @@ class Experiment:
     test_labels: np.ndarray
     class_names: list[str]
     variant_keys: tuple[str, ...] = ()  # the study's, as sweep.json recorded them
+    varied: tuple[str, ...] = ()  # every config key whose value differed between trials
+    data_root: str = ""  # where the images were, as sweep.json recorded it
+    searched: bool = False  # a searcher chose the trials (no per-variant table)
 
     def trial_dir(self, trial_id: str) -> Path | None:
         found = sorted(p for p in self.root.glob(f"*_{trial_id}") if p.is_dir())
@@ -78,19 +81,24 @@ def load_experiment(path: str | Path) -> Experiment:
         raise UserError(f"{root / SPLIT_CSV}: not a split of sweeps/run.py (columns missing)")
     classes = split[split["split"] != "skipped"].drop_duplicates("label").sort_values("label")
     val, test = split[split["split"] == "val"], split[split["split"] == "test"]
+    sweep = _sweep_json(root)
+    plan = sweep.get("plan") if isinstance(sweep.get("plan"), dict) else {}
     return Experiment(root, table, val["path"].to_numpy(str), test["path"].to_numpy(str),
                       val["label"].to_numpy(np.int64), test["label"].to_numpy(np.int64),
-                      classes["class"].astype(str).tolist(), _variant_keys(root))
+                      classes["class"].astype(str).tolist(),
+                      tuple(str(k) for k in sweep.get("variant_keys") or ()),
+                      tuple(str(k) for k in plan.get("varied") or ()),
+                      str(sweep.get("data") or ""), bool(plan.get("searched")))
 
 
-def _variant_keys(root: Path) -> tuple[str, ...]:
-    """The study's variant keys from sweep.json; none when it is missing or unreadable (the
-    report then shows one bar per variant)."""
+def _sweep_json(root: Path) -> dict:
+    """sweep.json, or nothing when it is missing or unreadable (the report then shows one
+    bar per variant and no importance)."""
     try:
-        keys = json.loads((root / SWEEP_JSON).read_text(encoding="utf-8"))["variant_keys"]
-        return tuple(str(k) for k in keys)
-    except (OSError, ValueError, KeyError, TypeError):
-        return ()
+        saved = json.loads((root / SWEEP_JSON).read_text(encoding="utf-8"))
+        return saved if isinstance(saved, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def _read_csv(path: Path, **kwargs) -> pd.DataFrame:

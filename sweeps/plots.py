@@ -125,3 +125,117 @@ def confusion_figure(matrix: np.ndarray, class_names: list[str], title: str):
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def parallel_coordinates(table: pd.DataFrame, keys: list[str], score: str, path: Path) -> bool:
+    """Every trial as a line across its settings and its score (colour: the score, darker is
+    lower, i.e. better for a loss). Numeric axes run from their smallest value to their
+    largest (log-spaced when they span a factor of 10 or more); categories sit evenly."""
+    plt = pyplot()
+    rows = table.dropna(subset=[score])
+    axes_keys = [k for k in keys if k in rows and rows[k].nunique() > 1] + [score]
+    if len(rows) < 2 or len(axes_keys) < 2:
+        return False
+    positions, ticks = {}, {}
+    for key in axes_keys:
+        values = rows[key]
+        numeric = pd.to_numeric(values, errors="coerce")
+        if numeric.notna().all() and not values.map(lambda v: isinstance(v, bool)).any():
+            low, high = float(numeric.min()), float(numeric.max())
+            logged = low > 0 and high / low >= 10
+            scale = np.log10 if logged else (lambda v: v)
+            span = (scale(high) - scale(low)) or 1.0
+            positions[key] = (scale(numeric.to_numpy(float)) - scale(low)) / span
+            ticks[key] = [(0.0, f"{low:.3g}"), (1.0, f"{high:.3g}")]
+        else:
+            categories = sorted(values.astype(str).unique())
+            where = {c: i / max(1, len(categories) - 1) for i, c in enumerate(categories)}
+            positions[key] = values.astype(str).map(where).to_numpy(float)
+            ticks[key] = [(where[c], c) for c in categories]
+    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(axes_keys)), 4.5))
+    colour = plt.get_cmap("viridis_r")
+    scores = rows[score].to_numpy(float)
+    spread = (scores.max() - scores.min()) or 1.0
+    x = np.arange(len(axes_keys))
+    for i in range(len(rows)):
+        ax.plot(x, [positions[k][i] for k in axes_keys], alpha=0.7, linewidth=1.2,
+                color=colour((scores[i] - scores.min()) / spread))
+    for j, key in enumerate(axes_keys):
+        ax.axvline(j, color="#888", linewidth=0.8)
+        for y, label in ticks[key]:
+            ax.text(j + 0.03, y, label, fontsize=7, va="center")
+    ax.set_xticks(x, axes_keys)
+    ax.set_yticks([])
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(f"Every trial's settings and {score} (darker: lower)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def pareto_figure(panels: list[tuple[pd.DataFrame, str, str]], path: Path) -> None:
+    """Test accuracy (with its 95% interval) against each cost: one panel per (table, cost
+    column, axis label); the variants on the Pareto front are filled and joined."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (best, cost, label) in zip(axes[0], panels):
+        low = (best[M.TEST_ACC] - best[M.TEST_ACC_LOW]).clip(lower=0)
+        high = (best[M.TEST_ACC_HIGH] - best[M.TEST_ACC]).clip(lower=0)
+        ax.errorbar(best[cost], best[M.TEST_ACC], yerr=[low, high], fmt="none", ecolor="#999",
+                    capsize=3)
+        front = best[best["front"]]
+        ax.scatter(best[cost], best[M.TEST_ACC], facecolors="none", edgecolors="#1f77b4",
+                   s=40, label="dominated")
+        ax.scatter(front[cost], front[M.TEST_ACC], color="#1f77b4", s=40, label="Pareto front")
+        ax.plot(front[cost], front[M.TEST_ACC], color="#1f77b4", linewidth=1)
+        for _, row in best.iterrows():
+            ax.annotate(str(row["variant"]), (row[cost], row[M.TEST_ACC]), fontsize=7,
+                        xytext=(4, 4), textcoords="offset points")
+        if best[cost].max() / max(best[cost].min(), 1e-12) >= 10:
+            ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy (95% interval)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Accuracy against deployment cost (each variant's best trial by "
+                 "validation loss)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def heatmaps(frames: list[tuple[pd.DataFrame, str]], path: Path) -> None:
+    """Variants (rows) by classes (columns), one panel per (table, title), values 0 to 1."""
+    plt = pyplot()
+    rows, cols = frames[0][0].shape
+    fig, axes = plt.subplots(1, len(frames), squeeze=False,
+                             figsize=(len(frames) * (2.5 + 0.5 * cols), 1.5 + 0.35 * rows))
+    for ax, (frame, title) in zip(axes[0], frames):
+        image = ax.imshow(frame.to_numpy(float), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+        for i in range(rows):
+            for j in range(cols):
+                ax.text(j, i, f"{frame.iat[i, j]:.2f}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(cols), frame.columns, rotation=90, fontsize=7)
+        ax.set_yticks(range(rows), frame.index, fontsize=7)
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def thumbnails(images: list[np.ndarray], captions: list[str], path: Path,
+               per_row: int = 6) -> None:
+    plt = pyplot()
+    rows = (len(images) + per_row - 1) // per_row
+    fig, axes = plt.subplots(rows, per_row, figsize=(2.2 * per_row, 2.6 * rows),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.flat, images, captions):
+        ax.imshow(image)
+        ax.set_title(caption, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -4,7 +4,10 @@
 
 Writes EXPERIMENT_DIR/report/report.html (self-contained: the plots are embedded) and the
 PNGs: learning curves per variant, test accuracy by strategy group with 95% intervals,
-confusion matrices of the best trials. The ranked table carries each test metric's 95%
+confusion matrices of the best trials; which settings mattered (fANOVA and PED-ANOVA
+importance, parallel coordinates); what each variant costs (parameters, FLOPs, weights,
+CPU latency measured here, Pareto plots of accuracy against them; the latency is added to
+results.csv); where each variant fails (per-class recall and F1, the hardest test images). The ranked table carries each test metric's 95%
 bootstrap interval, and McNemar's test says whether the winner is distinguishable from the
 runner-up (or from any trial named with --compare). The best trial's confusion matrix and
 precision-recall curves also go to TensorBoard, under that trial.
@@ -18,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sweeps import cli
+from sweeps import cli, report_sections
 from sweeps.experiment import Experiment, TrialPredictions, load_experiment, load_trial
 from sweeps.plots import (accuracy_by_group, accuracy_chart, confusion_figure,
                           learning_curves, pyplot)
@@ -72,7 +75,8 @@ def _image(path: Path) -> str:
 
 
 def build_report(experiment: Experiment, out: Path, compare: list[str] | None,
-                 confusion: int) -> tuple[Path, list[str]]:
+                 confusion: int, latency_rounds: int = 5, threads: int = 1
+                 ) -> tuple[Path, list[str]]:
     out.mkdir(parents=True, exist_ok=True)
     results = experiment.results()
     if results.empty:
@@ -129,6 +133,15 @@ def build_report(experiment: Experiment, out: Path, compare: list[str] | None,
         lines.append(f"TensorBoard: confusion matrix and PR curves of {best_trial.variant}"
                      f"[{best_trial.trial_id}] in {where}")
 
+    sections.append(report_sections.settings(experiment, out, _image))
+    section, note = report_sections.costs(experiment, out, _image, latency_rounds, threads)
+    sections.append(section)
+    lines.append(note)
+    section, skipped = report_sections.failures(experiment, out, _image)
+    sections.append(section)
+    lines += skipped
+
+    experiment = load_experiment(experiment.root)  # with the latency just measured
     table = with_intervals(experiment.table.drop(columns=["error"], errors="ignore"))
     page = _page(experiment, sections, table, lines)
     path = out / "report.html"
@@ -172,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confusion", type=cli.number(int, low=0), default=2,
                         help="confusion matrices for this many of the best trials (default 2)")
     parser.add_argument("--out", help=f"folder of the report (default EXPERIMENT_DIR/{REPORT_DIR})")
+    parser.add_argument("--latency-rounds", type=cli.number(int, low=0), default=5,
+                        help="interleaved rounds of the CPU latency measurement (0: none)")
+    parser.add_argument("--threads", type=cli.number(int, low=1), default=1,
+                        help="CPU threads while latency is measured (default 1)")
     args = parser.parse_args(argv)
     experiment = load_experiment(args.experiment)
     for trial_id in args.compare or ():
@@ -179,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"trial {trial_id}: not in {experiment.root}/results.csv; its "
                             "trial_id column lists the trials")
     path, lines = build_report(experiment, Path(args.out or experiment.root / REPORT_DIR),
-                               args.compare, args.confusion)
+                               args.compare, args.confusion, args.latency_rounds, args.threads)
     for line in lines:
         print(line)
     print(f"report: {path}")

@@ -71,15 +71,25 @@ def test_ensembles_of_a_real_sweep(experiment, capsys):
 def test_report_renders_in_a_real_browser_and_tensorboard_gets_the_evaluation(experiment,
                                                                               tmp_path):
     root, _ = experiment
-    assert report.main([str(root)]) == 0
+    assert report.main([str(root), "--latency-rounds", "2"]) == 0
     out = root / "report"
-    for name in ("report.html", "learning_curves.png", "test_accuracy.png"):
+    figures = ("learning_curves", "test_accuracy", "parallel_coordinates", "pareto",
+               "per_class", "hardest")
+    for name in ("report.html", *(f"{f}.png" for f in figures)):
         assert (out / name).stat().st_size > 1000, name
     assert len(list(out.glob("confusion_*.png"))) == 2
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4 and "McNemar" in page
+    assert page.count("data:image/png;base64,") == len(figures) + 2 and "McNemar" in page
+    for section in ("Which settings mattered", "What each variant costs to deploy",
+                    "Where each variant fails", "interleaved rounds"):
+        assert section in page, section
     table = pd.read_csv(root / "results.csv")
     assert all(str(t) in page for t in table["trial_id"])
+    # the costs went into the table: one architecture, so one latency for every trial
+    assert (table["params"] > 0).all() and (table["flops"] > 0).all()
+    assert table["latency_b1_ms"].nunique() == 1 and (table["latency_b1_ms"] > 0).all()
+    assert table["latency_b32_ms"].iloc[0] > table["latency_b1_ms"].iloc[0]
+    assert "latency_b1_ms" in (root / "results.md").read_text()
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -107,7 +117,7 @@ def test_report_renders_in_a_real_browser_and_tensorboard_gets_the_evaluation(ex
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True,
                          timeout=120).stdout
     assert '<table class="dataframe ranked">' in dom and best in dom  # as the browser parsed it
-    assert dom.count("<img") == 4
+    assert dom.count("<img") == len(figures) + 2
     shot = tmp_path / "shot.png"
     subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", url], capture_output=True,
                    timeout=120)

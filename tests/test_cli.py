@@ -218,12 +218,12 @@ def test_each_grid_study_runs_in_smoke(tmp_path, space, trials, ray_address):
 
 
 def test_tpe_search_saves_its_best_config_and_it_re_runs(tmp_path, ray_address):
-    result = run_cli(["--space", "lr_batch_tpe", "--smoke", "--set", "model=small_cnn",
-                      "--storage", str(tmp_path), "--name", "tpe", "--address", ray_address],
-                     cwd=tmp_path)
+    result = run_cli(["--space", "lr_batch_tpe", "--smoke", "--num-samples", "8",
+                      "--set", "model=small_cnn", "--storage", str(tmp_path), "--name", "tpe",
+                      "--address", ray_address], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(tmp_path / "tpe" / "results.csv")
-    assert len(table) == 4 and table["lr"].nunique() == 4
+    assert len(table) == 8 and table["lr"].nunique() == 8
     assert table["lr"].between(1e-5, 1e-1).all()
     assert set(table["batch_size"]) <= {16, 32, 64}
     assert not (tmp_path / "tpe" / "results_by_variant.csv").exists()  # no seeds to average
@@ -240,3 +240,14 @@ def test_tpe_search_saves_its_best_config_and_it_re_runs(tmp_path, ray_address):
     assert len(rerun) == 1 and "grid" in again.stderr
     assert math.isclose(rerun.loc[0, "best_val_loss"],
                         scored.loc[scored["best_val_loss"].idxmin(), "best_val_loss"], rel_tol=1e-4)
+
+    # the report of a searched study says which of the searched settings mattered
+    from sweeps import report
+
+    assert report.main([str(tmp_path / "tpe"), "--latency-rounds", "1"]) == 0
+    page = (tmp_path / "tpe" / "report" / "report.html").read_text()
+    assert "Which settings mattered" in page and "fANOVA" in page
+    assert (tmp_path / "tpe" / "report" / "parallel_coordinates.png").stat().st_size > 1000
+    searched = {"lr", "batch_size", "optimizer", "weight_decay", "label_smoothing"}
+    assert all(key in page.split("Which settings mattered")[1] for key in searched)
+    assert not (tmp_path / "tpe" / "results_by_variant.csv").exists()  # still not a grid

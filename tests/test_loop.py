@@ -221,14 +221,15 @@ def test_tta_column_is_the_flip_average_of_the_best_weights(colour_handle):
 def test_checkpoints_are_written_where_a_trial_may_stop_and_within_their_time_budget():
     from trainables.checkpoint import CheckpointPolicy
 
+    state = {"model": {"w": torch.zeros(15_000_000)}}  # 60 MB: estimated at 0.4 s
     policy = CheckpointPolicy(budget=0.02, stop_points=(7,))
     written = []
-    for epoch in range(1, 13):
-        if policy.due(epoch, epoch_seconds=10.0, stopping=epoch == 12):
+    for epoch in range(1, 16):
+        if policy.due(epoch, epoch_seconds=10.0, stopping=epoch == 15, state=state):
             written.append(epoch)
-            policy.saved(4.0)  # a checkpoint costs 4 s: due again after 200 s of training
-    # the first (its cost unknown yet), the scheduler's rung, then every 20 epochs of 10 s
-    # would be due: none more before the trial stops at 12, where the last one is written
-    assert written == [1, 7, 12]
+            policy.saved(4.0)  # measured: 4 s, due again after 200 s of training
+    # before any is written, 0.4 s is due after 20 s of training (epoch 2); then every 20
+    # epochs of 10 s would be due, so only the scheduler's rung and the trial's end
+    assert written == [2, 7, 15]
     every = CheckpointPolicy(budget=0.0)
     assert all(every.due(epoch, 10.0, False) for epoch in range(1, 5))

@@ -8,6 +8,8 @@
                         the images' paths as split.csv writes them
       test_report.json  per-class precision, recall, F1 and the confusion matrix on test
       trial.json        the trial record (trainables/trial.py)
+      final.json        in the last checkpoint of a trial that ended (which has no
+                        state.pt: it is never resumed): its last reported metrics
 
 Reading needs only json and numpy (and torch for the weights), so the after-sweep commands
 import this module, not the training code.
@@ -31,6 +33,7 @@ BEST_WEIGHTS_FILE = "best_model.pt"
 PREDICTIONS_FILE = "predictions.npz"
 TEST_REPORT_FILE = "test_report.json"
 RECORD_FILE = "trial.json"
+FINAL_FILE = "final.json"  # the last checkpoint of a trial that ended: its last metrics
 CHECKPOINT_GLOB = "checkpoint_*"
 
 
@@ -38,37 +41,67 @@ class CheckpointPolicy:
     """When a trial writes a checkpoint: at the epoch it stops on its own, at every epoch
     where the scheduler may stop it (ASHA's rungs: after such a report the trial may get no
     other chance), and otherwise as often as keeps checkpoints under ``budget`` of its
-    training time, measured. With ``budget`` 0, every epoch.
+    training time. A checkpoint's cost is measured each time one is written; before the
+    first, it is estimated from the bytes it will hold. With ``budget`` 0, every epoch.
 
     Between checkpoints the epochs report their metrics only; a trial restarted after a
     crash goes on from its last checkpoint and runs the epochs since again, with the same
     random streams, so it ends where it would have ended."""
 
+    WRITE_RATE = 150e6  # bytes per second to estimate the first checkpoint's cost with
+
     def __init__(self, budget: float, stop_points: tuple[int, ...] = ()):
         self.budget = budget
         self.stop_points = set(stop_points)
-        self.cost = 0.0  # seconds the last checkpoint took (0 before the first: one is due)
+        self.cost: float | None = None  # seconds the last checkpoint took
         self.since = 0.0  # training seconds since the last checkpoint
 
-    def due(self, epoch: int, epoch_seconds: float, stopping: bool) -> bool:
+    def due(self, epoch: int, epoch_seconds: float, stopping: bool,
+            state: dict | None = None) -> bool:
         self.since += epoch_seconds
         if stopping or epoch in self.stop_points or self.budget <= 0:
             return True
-        return self.since * self.budget >= self.cost
+        cost = self.cost if self.cost is not None else state_bytes(state) / self.WRITE_RATE
+        return self.since * self.budget >= cost
 
     def saved(self, seconds: float) -> None:
         self.cost, self.since = seconds, 0.0
 
 
-def save(directory: Path, state: dict, record: "TrialRecord") -> None:
-    """Write a resumable checkpoint: training state, best weights, best predictions, record."""
+def state_bytes(state: dict | None) -> int:
+    """Bytes of the tensors a checkpoint of ``state`` holds (model, optimizer, best weights)."""
+    import torch
+
+    total, todo = 0, [state]
+    while todo:
+        item = todo.pop()
+        if torch.is_tensor(item):
+            total += item.numel() * item.element_size()
+        elif isinstance(item, dict):
+            todo += list(item.values())
+        elif isinstance(item, (list, tuple)):
+            todo += list(item)
+        elif hasattr(item, "best_weights"):  # the loop's FitState
+            todo.append(item.best_weights)
+    return total
+
+
+def save(directory: Path, state: dict, record: "TrialRecord", final: dict | None = None) -> None:
+    """Write a checkpoint: best weights, best predictions, record, and the training state to
+    go on from; or, for the last checkpoint of a trial that has ended (``final``: its last
+    metrics), no training state, since a finished trial is never resumed: for VGG16 with
+    Adam, 550 MB instead of 2.2 GB."""
     import torch
 
     from trainables.evaluation import per_class_report
 
     fit_state = state["fit"]
-    light = dict(state, fit=dataclasses.replace(fit_state, best_weights=None, predictions=None))
-    torch.save(light, directory / STATE_FILE)
+    if final is None:
+        light = dict(state, fit=dataclasses.replace(fit_state, best_weights=None,
+                                                    predictions=None))
+        torch.save(light, directory / STATE_FILE)
+    else:
+        (directory / FINAL_FILE).write_text(json.dumps(final, default=str))
     if fit_state.best_weights is not None:
         torch.save(fit_state.best_weights, directory / BEST_WEIGHTS_FILE)
     if fit_state.predictions is not None:
@@ -78,6 +111,12 @@ def save(directory: Path, state: dict, record: "TrialRecord") -> None:
                                   list(record.class_names))
         (directory / TEST_REPORT_FILE).write_text(json.dumps(report, indent=1))
     (directory / RECORD_FILE).write_text(json.dumps(record.to_json(), indent=1))
+
+
+def final_metrics(directory: Path) -> dict | None:
+    """The last metrics of a trial that had ended when this checkpoint was written."""
+    path = Path(directory) / FINAL_FILE
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def load(directory: Path) -> dict:

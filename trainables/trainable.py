@@ -45,6 +45,10 @@ def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, 
     saved = tune.get_checkpoint()
     if saved is not None:
         with saved.as_directory() as directory:
+            final = checkpoint.final_metrics(Path(directory))
+            if final is not None:  # it had ended: its driver died before it heard so
+                tune.report(final)  # its last checkpoint stays the one restored
+                return
             resume = checkpoint.load(Path(directory))
     record = trial.record
     extra = {M.PRETRAINED: int(record.model.pretrained), M.WEIGHTS: record.model.weights,
@@ -55,12 +59,14 @@ def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, 
     policy = checkpoint.CheckpointPolicy(cfg.checkpoint_budget, stop_points)
 
     def report(metrics: dict, state: dict) -> None:
-        if not policy.due(metrics[M.EPOCH], metrics[M.EPOCH_TIME], bool(metrics[M.STOP_REASON])):
+        stopping = bool(metrics[M.STOP_REASON])
+        if not policy.due(metrics[M.EPOCH], metrics[M.EPOCH_TIME], stopping, state):
             tune.report({**metrics, **extra})
         else:
             started = time.perf_counter()
             with tempfile.TemporaryDirectory() as directory:
-                checkpoint.save(Path(directory), state, record)
+                checkpoint.save(Path(directory), state, record,
+                                final={**metrics, **extra} if stopping else None)
                 tune.report({**metrics, **extra},
                             checkpoint=tune.Checkpoint.from_directory(directory))
             policy.saved(time.perf_counter() - started)

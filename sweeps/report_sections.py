@@ -1,0 +1,100 @@
+"""The report's answers beyond the ranking, each a section of the page: which settings
+mattered, what each variant costs to deploy, where each variant fails."""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from sweeps import insight, plots
+from sweeps.experiment import Experiment, load_trial
+from sweeps.results import write_tables
+from sweeps.storage import Store
+from trainables import metrics as M
+from trainables.errors import UserError
+
+Section = tuple[str, str]  # (title, HTML)
+
+
+def _table(frame: pd.DataFrame) -> str:
+    return frame.to_html(classes="ranked", border=0, na_rep="",
+                         float_format=lambda v: f"{v:.3g}")
+
+
+def settings(experiment: Experiment, out: Path, image: Callable[[Path], str]) -> Section:
+    """Hyperparameter importance (fANOVA, PED-ANOVA) and parallel coordinates."""
+    found = insight.importance(experiment)
+    parts = [f"<p>{html.escape(found.note)}</p>"]
+    if not found.table.empty:
+        parts.insert(0, _table(found.table))
+    keys = found.keys or [k for k in experiment.varied if k in experiment.table]
+    if plots.parallel_coordinates(experiment.results(), keys, M.BEST_VAL_LOSS,
+                                  out / "parallel_coordinates.png"):
+        parts.append(image(out / "parallel_coordinates.png"))
+    return "Which settings mattered", "\n".join(parts)
+
+
+def costs(experiment: Experiment, out: Path, image: Callable[[Path], str],
+          rounds: int, threads: int) -> tuple[Section, str]:
+    """Size, FLOPs and measured latency per variant, the accuracy-cost Pareto plots; the
+    latency goes into results.csv / results.md too. Returns the section and a line."""
+    table = experiment.table
+    note = "latency not measured (--latency-rounds 0)"
+    if rounds:
+        measured, note = insight.latencies(experiment, rounds=rounds, threads=threads)
+        table = table.drop(columns=[M.LATENCY_B1, M.LATENCY_B32], errors="ignore").merge(
+            measured, on="trial_id", how="left")
+        write_tables(table.to_dict("records"), Store.from_location(str(experiment.root)),
+                     aggregate=not experiment.searched)
+    panels = [(insight.pareto(table, cost), cost, label)
+              for cost, label in ((M.LATENCY_B1, "CPU latency, batch 1 (ms)"),
+                                  (M.WEIGHTS_MB, "weights (MB)"), (M.FLOPS, "FLOPs per image"))
+              if cost in table and table[cost].notna().any()]
+    columns = ["variant", M.TEST_ACC, M.TEST_ACC_LOW, M.TEST_ACC_HIGH, *M.COSTS,
+               M.LATENCY_B1, M.LATENCY_B32, "front"]
+    parts = [f"<p>{html.escape(note)}. Parameters, FLOPs (per image, at the trial's input "
+             "size) and weights as each trial reported them.</p>"]
+    if panels:
+        plots.pareto_figure(panels, out / "pareto.png")
+        best = panels[0][0]
+        parts.append(_table(best[[c for c in columns if c in best]].set_index("variant")))
+        parts.append(image(out / "pareto.png"))
+    return ("What each variant costs to deploy", "\n".join(parts)), note
+
+
+def failures(experiment: Experiment, out: Path, image: Callable[[Path], str],
+             count: int = 12) -> tuple[Section, list[str]]:
+    """Per-class recall and F1 by variant, and the test images most trials get wrong."""
+    parts, lines = [], []
+    recall, f1 = insight.per_class(experiment)
+    if not recall.empty:
+        plots.heatmaps([(recall, "recall on test"), (f1, "F1 on test")],
+                       out / "per_class.png")
+        parts.append("<p>Each cell: the variant's mean over its seeds.</p>")
+        parts.append(image(out / "per_class.png"))
+    probabilities = {}
+    for trial_id in experiment.results()["trial_id"].astype(str):
+        try:
+            probabilities[trial_id] = load_trial(experiment, trial_id).test_probs
+        except UserError as error:
+            lines.append(f"left out of the hardest images: {error}")
+    hard = insight.hardest(experiment, probabilities, count)
+    if hard:
+        from trainables.data import decode_image
+
+        shown, captions = [], []
+        for item in hard:
+            try:
+                shown.append(decode_image(Path(experiment.data_root) / item.path, 128))
+            except OSError:
+                continue  # moved or deleted since the sweep: listed below all the same
+            captions.append(f"{item.label}, called {item.mistaken_for}\n"
+                            f"by {item.wrong} of {item.trials} trials")
+        if shown:
+            plots.thumbnails(shown, captions, out / "hardest.png")
+            parts.append(image(out / "hardest.png"))
+        parts.append(_table(pd.DataFrame([item.__dict__ for item in hard])))
+    return ("Where each variant fails", "\n".join(parts) or "<p>no test report saved</p>"), \
+        lines
