@@ -3,6 +3,7 @@ scheduler, the searcher, the trainable with its data, and the recorder with its 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from sweeps.plan import create_searcher
 from sweeps.spec import Sweep
@@ -58,9 +59,11 @@ def build_tuner(sweep: Sweep, handle: DataHandle, unavailable: tuple[str, ...],
                                   reduction_factor=sweep.space.reduction_factor)
     else:
         scheduler = FIFOScheduler()
+    sinks = [ProgressCsv(), TensorBoardSink(plan.varied), ProgressLines(plan.trials)]
+    if spec.tracking:
+        sinks.append(_tracking(sweep))
     recorder = TrialRecorder(
-        sweep.variant, sweep.store, plan.varied,
-        sinks=[ProgressCsv(), TensorBoardSink(plan.varied), ProgressLines(plan.trials)],
+        sweep.variant, sweep.store, plan.varied, sinks=sinks,
         scheduler_stop=M.ASHA if spec.scheduler == "asha" else M.STOPPED,
         aggregate=not plan.searched)
     name = _name_creator(sweep)
@@ -69,7 +72,8 @@ def build_tuner(sweep: Sweep, handle: DataHandle, unavailable: tuple[str, ...],
         param_space=plan.param_space,
         tune_config=tune.TuneConfig(
             metric=M.METRIC, mode=M.MODE, scheduler=scheduler, num_samples=plan.num_samples,
-            search_alg=create_searcher(plan, seed=plan.configs[0].seed),
+            search_alg=create_searcher(plan, seed=plan.configs[0].seed,
+                                       journal=_optuna_journal(sweep)),
             max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
             trial_name_creator=name, trial_dirname_creator=name),
         run_config=tune.RunConfig(
@@ -79,6 +83,34 @@ def build_tuner(sweep: Sweep, handle: DataHandle, unavailable: tuple[str, ...],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             verbose=0),  # the progress lines instead of Tune's status tables
     )
+
+
+def _tracking(sweep: Sweep):
+    from dataclasses import asdict
+
+    from sweeps.tracking import Tracking
+
+    spec = sweep.spec
+    params = {f"arg.{k}": v for k, v in asdict(spec).items() if v not in (None, (), False)}
+    params.update({"plan.trials": sweep.plan.trials, "plan.searched": sweep.plan.searched,
+                   "plan.scheduler": spec.scheduler, "plan.grace": sweep.grace,
+                   "plan.max_epochs": sweep.max_epochs})
+    tags = {"visionsweep.space": sweep.space.name, "visionsweep.experiment": str(sweep.store),
+            "visionsweep.varied": ",".join(sweep.plan.varied),
+            "visionsweep.variant_keys": ",".join(sweep.variant_keys)}
+    return Tracking(spec.tracking, sweep.store, spec.tracking_experiment or sweep.space.name,
+                    sweep.name, params, tags)
+
+
+OPTUNA_JOURNAL = "optuna.journal"
+
+
+def _optuna_journal(sweep: Sweep) -> str | None:
+    """Where a searched study keeps its Optuna study: inside a local experiment, so that
+    optuna-dashboard opens it and a resumed search goes on with its history."""
+    if not sweep.plan.searched or sweep.store.is_uri:
+        return None
+    return str(Path(sweep.store.root) / OPTUNA_JOURNAL)
 
 
 def restore_tuner(sweep: Sweep, handle: DataHandle, unavailable: tuple[str, ...],

@@ -124,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     print("greedy selection's val_acc is what it optimised, stacking's is out of fold: "
           "compare test_acc")
     print(f"table: {experiment.root / ENSEMBLES_CSV}")
+    from sweeps.tracking import log_files
+
+    tracked = log_files(experiment.root, [experiment.root / ENSEMBLES_CSV,
+                                          experiment.root / ENSEMBLES_MD], "ensembles")
+    if tracked:
+        print(tracked)
     return 0
 
 

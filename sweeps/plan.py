@@ -49,9 +49,8 @@ def make_plan(space, overrides: dict[str, Any], num_samples: int | None,
     if space.expand is not None:  # a space whose grid depends on the settings
         param_space = space.expand(param_space)
     searched = space.search == "tpe" and any(map(_is_searchable, param_space.values()))
-    if searched:
-        budget = num_samples or space.budget
-        budget = min(budget, SMOKE_BUDGET) if smoke else budget
+    if searched:  # --smoke shrinks a search to SMOKE_BUDGET trials, unless told how many
+        budget = num_samples or (min(space.budget, SMOKE_BUDGET) if smoke else space.budget)
         param_space.setdefault("seed", TrialConfig.seed)
     else:
         first = int(overrides.get("seed", TrialConfig.seed))
@@ -95,15 +94,46 @@ def validate(configs: list[dict]) -> list[TrialConfig]:
     return checked
 
 
-def create_searcher(plan: Plan, seed: int):
+def create_searcher(plan: Plan, seed: int, journal: str | None = None):
     """Optuna's TPE sampler, with few enough trials in flight that it learns from
-    finished ones: a fifth of the budget, between 1 and 4."""
+    finished ones: a fifth of the budget, between 1 and 4. With ``journal``, the Optuna
+    study lives in that journal file (optuna-dashboard opens it)."""
     if not plan.searched:
         return None
     import optuna
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed), seed=seed)
+    storage = None
+    if journal:
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        storage = JournalStorage(JournalFileBackend(journal))
+    searcher = ResumableOptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed), seed=seed,
+                                     storage=storage, study_name="sweep" if storage else None)
     return ConcurrencyLimiter(searcher, max_concurrent=max(1, min(4, plan.trials // 5)))
+
+
+def _resumable_optuna_search():
+    from optuna.trial import TrialState
+    from ray.tune.search.optuna import OptunaSearch
+
+    class ResumableOptunaSearch(OptunaSearch):
+        """Ray Tune's OptunaSearch, whose study may outlive its driver (a journal file): a
+        trial asked for just before the driver died is in the study but in no state Tune
+        saved, so Tune never runs it again. Restored, this searcher records such a trial as
+        failed instead of leaving it running in the study forever."""
+
+        def restore(self, checkpoint_path: str):
+            super().restore(checkpoint_path)
+            owned = {trial._trial_id for trial in self._ot_trials.values()}
+            for lost in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if lost._trial_id not in owned:
+                    self._ot_study.tell(lost.number, state=TrialState.FAIL)
+
+    return ResumableOptunaSearch
+
+
+def ResumableOptunaSearch(**kwargs):  # noqa: N802 - a class, built when Optuna is imported
+    return _resumable_optuna_search()(**kwargs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,6 +25,7 @@ from trainables.faults import DRIVER_SIGNALS, before_write, die, fault
 
 FINISHED = ("TERMINATED", "ERROR")
 PROGRESS_CSV = "progress.csv"
+TABLE_BUDGET = 0.02  # at most this share of the sweep's time goes to rewriting its table
 _ACTIVE: list["TrialRecorder"] = []  # the recorder of the sweep running in this process
 
 
@@ -156,7 +158,24 @@ class TrialRecorder(Callback):
 
     def _end(self, entry: TrialEntry) -> None:
         self._each("end", entry)
+        self._dirty = True
+        self._table_when_due()
+
+    def on_step_end(self, iteration, trials, **info):
+        if getattr(self, "_dirty", False):
+            self._table_when_due()
+
+    def _table_when_due(self) -> None:
+        """Rewrite the table when a trial has ended, unless that would take more than
+        TABLE_BUDGET of the sweep's time (a table of hundreds of rows, trials ending every
+        second): then at the next step when it is due, and always at the end."""
+        now = time.monotonic()
+        last, cost = getattr(self, "_table_at", 0.0), getattr(self, "_table_cost", 0.0)
+        if (now - last) * TABLE_BUDGET < cost:
+            return
         self.write_table()
+        self._table_at, self._dirty = time.monotonic(), False
+        self._table_cost = self._table_at - now
 
     def write_table(self, unfinished: bool = False) -> None:
         rows = self.rows(unfinished)

@@ -197,7 +197,11 @@ def main(argv: list[str] | None = None) -> int:
                             "trial_id column lists the trials")
     path, lines = build_report(experiment, Path(args.out or experiment.root / REPORT_DIR),
                                args.compare, args.confusion, args.latency_rounds, args.threads)
-    for line in lines:
+    from sweeps.tracking import log_files
+
+    tracked = log_files(experiment.root, sorted(path.parent.glob("*.html"))
+                        + sorted(path.parent.glob("*.png")), "report")
+    for line in [*lines, tracked] if tracked else lines:
         print(line)
     print(f"report: {path}")
     return 0

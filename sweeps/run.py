@@ -75,6 +75,11 @@ def get_args_parser() -> cli.Parser:
                                     "best_config.json); --set wins over it")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a trial-config field (repeatable; see --list-keys)")
+    p.add_argument("--tracking", metavar="URI", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                   help="log the sweep to this MLflow tracking server (default: "
+                        "$MLFLOW_TRACKING_URI; off when neither is set)")
+    p.add_argument("--tracking-experiment", metavar="NAME",
+                   help="the MLflow experiment to log to (default: the study's name)")
     return p
 
 
@@ -95,6 +100,10 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
         per_trial = resources(spec.cpus_per_trial, spec.gpus_per_trial, local_resources(),
                               models, concurrent)
     check_reachable(spec.address)
+    if spec.tracking:
+        from sweeps import tracking
+
+        tracking.check(spec.tracking)
     handle, data_report = prepare_data(spec, cfgs)
     unavailable = check_weights(cfgs)
     # every input is checked: the experiment folder is claimed before anything is written

@@ -47,6 +47,8 @@ class SweepSpec:
     split_file: str | None = None
     config: str | None = None
     overrides: tuple[str, ...] = ()
+    tracking: str | None = None  # an MLflow tracking URI
+    tracking_experiment: str | None = None  # the MLflow experiment (default: the study)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "SweepSpec":

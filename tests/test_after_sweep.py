@@ -58,7 +58,8 @@ def test_ensembles_of_a_real_sweep(experiment, capsys):
     root, _ = experiment
     assert ensemble.main([str(root), "--top", "3"]) == 0
     table = pd.read_csv(root / "ensembles.csv")
-    assert len(table) == 4 and table["test_acc"].between(0, 1).all()
+    assert len(table) == 5 and table["test_acc"].between(0, 1).all()
+    assert table["ensemble"].str.startswith("stacking, top 3").sum() == 1
     # the soft vote, recomputed from the saved probabilities
     split = pd.read_csv(root / "split.csv")
     labels = split.loc[split["split"] == "test", "label"].to_numpy()

@@ -116,6 +116,8 @@ CASES = [
              "--name", "someones_files", "--overwrite"], "not an experiment of this tool"),
     ("run", ["--space", "single", "--set", "model=small_cnn", "--data", "{g}/imgs",
              "--address", "127.0.0.1:9"], "no Ray cluster answers there"),
+    ("run", ["--space", "single", "--set", "model=small_cnn", "--data", "{g}/imgs",
+             "--tracking", "http://127.0.0.1:9"], "the MLflow tracking server cannot be used"),
     # ensemble, report, export
     ("ensemble", ["{g}/exp", "--top", "1"], "--top: must be at least 2"),
     ("ensemble", ["{g}/exp", "--steps", "0"], "--steps: must be at least 1"),

@@ -150,3 +150,22 @@ def test_batched_blur_equals_torchvision_gaussian_blur():
     expected = torch.stack([TF.gaussian_blur(x[i], [3, 3], [float(sigma[i])] * 2)
                             for i in range(4)])
     assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_images_over_their_device_budget_train_from_host_memory_with_the_same_results(
+        colour_handle):
+    """A tiny budget sends the decoded images to the host path: batches gathered from the
+    memory map one at a time. Same seed, same data: the same trial, epoch by epoch, bit for
+    bit (here, on the CPU)."""
+    from tests_support import fit_trial
+    from trainables import metrics as M
+
+    runs = {}
+    for budget in (0.0, 0.001):  # 0: in place; 0.001 MB: far less than the images
+        fitted = fit_trial(colour_handle, {"max_epochs": 3, "early_stop_patience": 0,
+                                           "image_budget_mb": budget})
+        runs[budget] = fitted.reports
+    assert {r[M.IMAGES_ON] for r in runs[0.0]} == {"device"}
+    assert {r[M.IMAGES_ON] for r in runs[0.001]} == {"host"}
+    for key in (M.TRAIN_LOSS, M.VAL_LOSS, M.BEST_VAL_ACC, M.TEST_ACC):  # bit for bit
+        assert [r[key] for r in runs[0.0]] == [r[key] for r in runs[0.001]], key

@@ -174,8 +174,7 @@ def test_odd_paths_and_image_kinds_through_a_whole_sweep(tmp_path, ray_address):
     assert len(pd.read_csv(experiment / "results.csv")) == 1
 
 
-def test_a_failing_trial_is_tabled_and_the_others_go_on(tmp_path, monkeypatch, capsys,
-                                                      ray_address):
+def test_a_failing_trial_is_tabled_and_the_others_go_on(tmp_path, monkeypatch, capsys):
     """vgg16 cannot run on 16 px images (its fifth pooling has nothing left to pool); the
     small CNN can. Both run in one sweep on a real local Ray instance."""
     import ray
@@ -193,8 +192,7 @@ def test_a_failing_trial_is_tabled_and_the_others_go_on(tmp_path, monkeypatch, c
     data = make_image_folder(tmp_path / "imgs", per_class=10)
     try:
         code = run.main(["--space", "mixed", "--data", str(data), "--storage",
-                         str(tmp_path / "runs"), "--name", "mixed", "--max-failures", "0",
-                         "--address", ray_address])
+                         str(tmp_path / "runs"), "--name", "mixed", "--max-failures", "0"])
     finally:
         ray.shutdown()
     assert code == 1
@@ -207,23 +205,57 @@ def test_a_failing_trial_is_tabled_and_the_others_go_on(tmp_path, monkeypatch, c
     assert "1 of 2 trials failed" in out and "error (see the 'error' column): vgg16" in out
 
 
-@pytest.mark.parametrize("space, trials", [("cnn_comparison", 6), ("timm_zoo", 6)])
-def test_each_grid_study_runs_in_smoke(tmp_path, space, trials, ray_address):
-    result = run_cli(["--space", space, "--smoke", "--max-epochs", "1", "--storage", str(tmp_path),
-                      "--name", "s", "--address", ray_address], cwd=tmp_path)
+@pytest.mark.parametrize("space, models", [("cnn_comparison", "small_cnn,googlenet"),
+                                           ("timm_zoo", "tf_efficientnetv2_s,resnet50")])
+def test_each_grid_study_runs_in_smoke(tmp_path, space, models, ray_address):
+    """Two of each study's models, end to end (every registered model's forward pass is in
+    test_models.py): each with its own learning rate from the study's table."""
+    result = run_cli(["--space", space, "--smoke", "--max-epochs", "1", "--set",
+                      f"model=[{models}]", "--storage", str(tmp_path), "--name", "s",
+                      "--address", ray_address], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(tmp_path / "s" / "results.csv")
-    assert len(table) == trials and table["test_acc"].between(0, 1).all()
-    assert table["model"].nunique() == trials and table["lr"].nunique() > 1  # per-model lr
+    assert len(table) == 2 and table["test_acc"].between(0, 1).all()
+    assert set(table["model"]) == set(models.split(",")) and table["lr"].nunique() == 2
 
 
-def test_tpe_search_saves_its_best_config_and_it_re_runs(tmp_path, ray_address):
-    result = run_cli(["--space", "lr_batch_tpe", "--smoke", "--num-samples", "8",
+def test_tpe_search_resumed_keeps_its_optuna_study_saves_its_best_config_and_it_re_runs(
+        tmp_path, ray_address, monkeypatch):
+    """A TPE search whose driver is killed after three trials, resumed: the Optuna journal
+    in the experiment holds every trial once, in one study (the resumed searcher is still
+    TPE, asking the study that holds the first three); then the best configuration is
+    saved and re-runs, and the report says which searched settings mattered."""
+    import pickle
+
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    experiment = tmp_path / "tpe"
+    monkeypatch.setenv("VISIONSWEEP_FAULTS", "kill_driver_after=3")
+    killed = run_cli(["--space", "lr_batch_tpe", "--smoke", "--num-samples", "8",
                       "--set", "model=small_cnn", "--storage", str(tmp_path), "--name", "tpe",
                       "--address", ray_address], cwd=tmp_path)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    journal = JournalStorage(JournalFileBackend(str(experiment / "optuna.journal")))
+    before = [t for t in optuna.load_study(study_name="sweep", storage=journal).trials
+              if t.state.name == "COMPLETE"]
+    assert len(before) == 3
+    monkeypatch.delenv("VISIONSWEEP_FAULTS")
+    result = run_cli(["--resume", str(experiment), "--address", ray_address], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(tmp_path / "tpe" / "results.csv")
     assert len(table) == 8 and table["lr"].nunique() == 8
+    study = optuna.load_study(study_name="sweep", storage=JournalStorage(
+        JournalFileBackend(str(experiment / "optuna.journal"))))
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 8 and not [t for t in study.trials if t.state.name == "RUNNING"]
+    assert [t.params for t in done[:3]] == [t.params for t in before]
+    assert sorted(round(t.params["lr"], 12) for t in done) == sorted(
+        round(v, 12) for v in table["lr"])
+    searcher = pickle.loads(sorted(experiment.glob("searcher-state-*.pkl"))[-1].read_bytes())
+    assert type(searcher["_sampler"]).__name__ == "TPESampler"
+
     assert table["lr"].between(1e-5, 1e-1).all()
     assert set(table["batch_size"]) <= {16, 32, 64}
     assert not (tmp_path / "tpe" / "results_by_variant.csv").exists()  # no seeds to average

@@ -88,7 +88,7 @@ def tiny_trial_data(num_classes: int = 3, image_size: int = 32, n: int = 12,
                          parts[i][1], rows[i])
 
     return TrialData(
-        images=images, images_key=("tiny", seed), train_rows=rows[0],
+        images=images, train_rows=rows[0],
         train_labels=parts[0][1].numpy(), val=split(1), test=split(2),
         num_classes=num_classes,
         preprocess=Preprocess(image_size, image_size, "bilinear", (0.5,) * 3, (0.25,) * 3),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -252,28 +253,96 @@ class DeviceBatches:
 
 _RESIDENT: dict = {}  # (key, device) -> the decoded images on that device, for reused workers
 
+# Without --set image_budget_mb, the decoded images may take this share of the trial's part
+# of its GPU's memory (the model, its activations and the optimizer need the rest).
+DEVICE_IMAGE_SHARE = 0.5
 
-def resident_images(key: tuple, images: np.ndarray, device: torch.device) -> torch.Tensor:
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a trial keeps its decoded images, and why."""
+
+    where: str  # "device" (a copy on the training device, or the memory map on the CPU) or
+    # "host" (batches gathered from the memory map, copied to the device one at a time)
+    reason: str
+    resident: torch.Tensor | None = None  # the device copy (N x 3 x H x W), if one was made
+
+
+def image_placement(cfg: TrialConfig, images: np.ndarray, device: torch.device,
+                    gpu_fraction: float = 1.0) -> Placement:
+    """Resident on the device when the images fit its budget (``image_budget_mb``, or on a
+    GPU a share of the trial's part of its memory), else batch by batch from host memory:
+    slower, not failing. On the CPU the memory map is read in place either way."""
+    size = images.nbytes
+    if cfg.image_budget_mb:
+        budget, whose = cfg.image_budget_mb * 1e6, "image_budget_mb"
+    elif device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        budget = min(DEVICE_IMAGE_SHARE * total * gpu_fraction, 0.9 * free)
+        whose = f"{DEVICE_IMAGE_SHARE:.0%} of this trial's {gpu_fraction:g} of the GPU"
+    else:
+        return Placement("device", f"{size / 1e6:.0f} MB of decoded images, read in place "
+                                   "from the memory map", nchw(images))
+    if size > budget:
+        return Placement("host", f"{size / 1e6:.0f} MB of decoded images exceed the budget of "
+                                 f"{budget / 1e6:.0f} MB ({whose}): batches are gathered in "
+                                 "host memory and copied over, slower but within memory")
+    return Placement("device", f"{size / 1e6:.0f} MB of decoded images fit the budget of "
+                               f"{budget / 1e6:.0f} MB ({whose})",
+                     resident_images_on(images, device))
+
+
+def resident_images_on(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """The decoded images as an N x 3 x H x W uint8 tensor on ``device``, copied there once
     per worker process. On the CPU the memory-mapped file is used in place."""
     if device.type == "cpu":
         return nchw(images)
-    if (key, str(device)) not in _RESIDENT:
+    key = (getattr(images, "filename", None) or id(images), images.shape, str(device))
+    if key not in _RESIDENT:
         _RESIDENT.clear()  # one data set at a time: a new size replaces the old copy
         host = torch.from_numpy(np.ascontiguousarray(images))
-        _RESIDENT[(key, str(device))] = host.to(device).permute(0, 3, 1, 2)
-    return _RESIDENT[(key, str(device))]
+        _RESIDENT[key] = host.to(device).permute(0, 3, 1, 2)
+    return _RESIDENT[key]
 
 
-def training_batches(cfg: TrialConfig, data, sampler: Sampler, device: torch.device):
+class HostBatches(DeviceBatches):
+    """Like DeviceBatches, for images that stay in host memory: each step gathers its batch
+    from the memory map (in the same order), pins it and copies it to the device without
+    waiting, so the copy of one batch overlaps the compute of the one before."""
+
+    def __init__(self, images: np.ndarray, rows: np.ndarray, labels: np.ndarray,
+                 sampler: Sampler, batch_size: int, augment: BatchAugment, device: torch.device,
+                 channels_last: bool = False):
+        super().__init__(nchw(images), rows, labels, sampler, batch_size, augment, channels_last)
+        self.host_images, self.host_rows, self.device = images, np.asarray(rows), device
+        self.labels = self.labels.to(device)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in self.batches:
+            gathered = torch.from_numpy(self.host_images[self.host_rows[batch]])
+            if self.device.type == "cuda":
+                gathered = gathered.pin_memory()
+            x = gathered.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+            x = self.augment(x)
+            index = torch.as_tensor(batch, dtype=torch.long, device=self.labels.device)
+            yield x.contiguous(memory_format=self.layout), self.labels[index]
+
+
+def training_batches(cfg: TrialConfig, data, sampler: Sampler, device: torch.device,
+                     placement: Placement | None = None):
     """The training batches of one epoch (a ``loop.TrialData``), by the path that
-    ``cfg.data_path`` selects."""
+    ``cfg.data_path`` selects, from where ``placement`` put the images."""
     pre, spec = data.preprocess, augment_spec(cfg.augment)
-    if use_device_path(cfg):
-        images = resident_images(data.images_key, data.images, device)
-        return DeviceBatches(images, data.train_rows, data.train_labels, sampler,
+    placement = placement or image_placement(cfg, data.images, device)
+    layout = cfg.channels_last and device.type == "cuda"
+    if use_device_path(cfg) and placement.resident is not None:
+        return DeviceBatches(placement.resident, data.train_rows, data.train_labels, sampler,
                              cfg.batch_size, BatchAugment(spec, pre, cfg.random_erasing),
-                             channels_last=cfg.channels_last and device.type == "cuda")
+                             channels_last=layout)
+    if use_device_path(cfg):
+        return HostBatches(data.images, data.train_rows, data.train_labels, sampler,
+                           cfg.batch_size, BatchAugment(spec, pre, cfg.random_erasing), device,
+                           channels_last=layout)
     dataset = DecodedImages(data.images, data.train_rows, data.train_labels,
                             create_train_transform(spec, pre, cfg.random_erasing))
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,

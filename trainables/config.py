@@ -68,6 +68,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "seed": (0, 2**31 - 1),
     "loader_workers": (0, 256),
     "checkpoint_budget": (0.0, 1.0),
+    "image_budget_mb": (0.0, 1e9),
 }
 
 
@@ -130,6 +131,9 @@ class TrialConfig:
     # largest share of a trial's time spent writing checkpoints (0: one every epoch); a
     # checkpoint is also written wherever the trial may stop (trainables/checkpoint.py)
     checkpoint_budget: float = 0.02
+    # megabytes of decoded images a trial may keep on its device (0: half of the trial's
+    # part of the GPU's memory); beyond it, batches come from host memory
+    image_budget_mb: float = 0.0
 
     def __post_init__(self) -> None:
         for name, allowed in choices().items():

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import RandomSampler, WeightedRandomSampler
 
 from trainables import metrics as M
-from trainables.batches import Normalize, training_batches
+from trainables.batches import Normalize, centre_crop, image_placement, training_batches
 from trainables.config import TrialConfig
 from trainables.evaluation import accuracy, macro_f1, test_summary
 from trainables.models import Net
@@ -31,21 +31,32 @@ from trainables.record import Preprocess
 
 @dataclass
 class EvalSplit:
-    """An evaluation split, centre-cropped once: uint8 N x 3 x S x S images (normalised
-    batch by batch), labels and sample ids."""
+    """An evaluation split as a view: the images it is drawn from (uint8 N x 3 x H x W: the
+    memory-mapped decoded images, or their copy on the training device), the rows of them
+    it holds (all of them when None), the centre crop it is scored at (none when 0), its
+    labels and sample ids. Batches are gathered and cropped one at a time, so no split is
+    ever copied whole."""
 
     x: torch.Tensor
     y: torch.Tensor
     ids: np.ndarray  # the images' paths as split.csv writes them: what ensembles align on
+    rows: torch.Tensor | None = None
+    size: int = 0
 
-    def to(self, device: torch.device) -> "EvalSplit":
-        return EvalSplit(self.x.to(device), self.y, self.ids)
+    def batch(self, start: int, end: int) -> torch.Tensor:
+        """uint8 images start..end of the split, centre-cropped, contiguous."""
+        x = self.x[start:end] if self.rows is None else \
+            self.x.index_select(0, self.rows[start:end].to(self.x.device))
+        return (centre_crop(x, self.size) if self.size else x).contiguous()
+
+    def drawn_from(self, images: torch.Tensor) -> "EvalSplit":
+        """The same split, gathered from ``images`` (a copy of its source elsewhere)."""
+        return dataclasses.replace(self, x=images)
 
 
 @dataclass
 class TrialData:
     images: np.ndarray  # every decoded image, N x H x W x 3 uint8 (a memory map)
-    images_key: tuple  # names ``images`` for the per-worker device copy
     train_rows: np.ndarray  # rows of ``images`` in the training split
     train_labels: np.ndarray
     val: EvalSplit
@@ -122,7 +133,7 @@ def evaluate(net, split: EvalSplit, normalize: Normalize, batch_size: int,
     getattr(net, "_orig_mod", net).eval()
     outputs = []
     for start in range(0, len(split.y), batch_size):
-        x = normalize(split.x[start:start + batch_size].to(device, non_blocking=True))
+        x = normalize(split.batch(start, start + batch_size).to(device, non_blocking=True))
         if flip:
             x = x.flip(-1)
         if channels_last:
@@ -138,11 +149,12 @@ def evaluate(net, split: EvalSplit, normalize: Normalize, batch_size: int,
 
 
 def fit(cfg: TrialConfig, net: Net, strategy: Strategy, data: TrialData, device: torch.device,
-        report: Report, resume: dict | None = None) -> dict:
+        report: Report, resume: dict | None = None, gpu_fraction: float = 1.0) -> dict:
     """Train ``net`` under ``cfg``; call ``report(metrics, state)`` once per epoch.
 
     ``state`` holds everything needed to resume (pass it back as ``resume``). Returns the
     last metrics reported; their ``stop_reason`` says why training ended.
+    ``gpu_fraction``: the share of the GPU this trial has (its image budget scales with it).
     """
     net.to(device)
     fast = device.type == "cuda" and cfg.channels_last
@@ -162,9 +174,13 @@ def fit(cfg: TrialConfig, net: Net, strategy: Strategy, data: TrialData, device:
         generator.set_state(resume["generator"])
         torch.set_rng_state(resume["torch_rng"])  # augmentation draws from the global RNG
         state = resume["fit"]
-    loader = training_batches(cfg, data, train_sampler(cfg, data, generator), device)
-    if device.type == "cuda":  # evaluation images go to the device once per trial
-        data = dataclasses.replace(data, val=data.val.to(device), test=data.test.to(device))
+    placement = image_placement(cfg, data.images, device, gpu_fraction)
+    print(f"images: {placement.where} ({placement.reason})", flush=True)
+    loader = training_batches(cfg, data, train_sampler(cfg, data, generator), device,
+                              placement)
+    if placement.resident is not None:  # evaluation gathers from the device copy too
+        data = dataclasses.replace(data, val=data.val.drawn_from(placement.resident),
+                                   test=data.test.drawn_from(placement.resident))
     normalize = Normalize(data.preprocess.mean, data.preprocess.std)
     model = torch.compile(net) if cfg.compile else net
 
@@ -212,7 +228,7 @@ def fit(cfg: TrialConfig, net: Net, strategy: Strategy, data: TrialData, device:
             M.EPOCH: state.epoch, M.TRAIN_LOSS: train_loss, M.TRAIN_ACC: train_acc,
             M.VAL_LOSS: val_loss, M.VAL_ACC: val_acc, M.LR: lr,
             M.EPOCH_TIME: time.perf_counter() - started, **state.best, M.STOP_REASON: stop,
-            M.ERROR_MESSAGE: error,
+            M.ERROR_MESSAGE: error, M.IMAGES_ON: placement.where,
         }
         report(metrics, {
             "model": net.state_dict(), "optimizer": optimizer.state_dict(),

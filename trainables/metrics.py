@@ -29,6 +29,8 @@ PARAMS, FLOPS, WEIGHTS_MB = "params", "flops", "weights_mb"
 COSTS = (PARAMS, FLOPS, WEIGHTS_MB)
 LATENCY_B1, LATENCY_B32 = "latency_b1_ms", "latency_b32_ms"
 STOP_REASON = "stop_reason"  # empty while the trial runs
+IMAGES_ON = "images_on"  # device: the decoded images on the training device; host: batches
+# gathered in host memory and copied over (they exceed the device budget)
 ERROR_MESSAGE = "error"  # why a trial stopped on its own with oom
 
 # What ASHA and early stopping watch.

@@ -34,8 +34,8 @@ def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, 
     cfg = TrialConfig.from_dict(config)
     # as many threads as the trial has CPUs (Ray's own setting follows the actor, which a
     # reused actor carries over from its previous trial)
-    cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
-    torch.set_num_threads(max(1, int(cpus)))
+    resources = tune.get_context().get_trial_resources().required_resources
+    torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -74,7 +74,7 @@ def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, 
             die()
 
     try:
-        trial.fit(device, report, resume=resume)
+        trial.fit(device, report, resume=resume, gpu_fraction=resources.get("GPU", 1.0) or 1.0)
     finally:
         # Free the model before the next trial reuses this worker (ASHA stops land here too).
         del trial

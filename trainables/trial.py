@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trainables.batches import centre_crop, nchw
+from trainables.batches import nchw
 from trainables.config import TrialConfig
 from trainables.data import DataHandle
 from trainables.loop import EvalSplit, Report, TrialData, fit
@@ -30,8 +30,10 @@ class Trial:
     data: TrialData
     record: TrialRecord
 
-    def fit(self, device: torch.device, report: Report, resume: dict | None = None) -> dict:
-        return fit(self.cfg, self.net, self.strategy, self.data, device, report, resume)
+    def fit(self, device: torch.device, report: Report, resume: dict | None = None,
+            gpu_fraction: float = 1.0) -> dict:
+        return fit(self.cfg, self.net, self.strategy, self.data, device, report, resume,
+                   gpu_fraction)
 
 
 def seed_everything(seed: int) -> None:
@@ -52,13 +54,13 @@ def trial_data(handle: DataHandle, pre: Preprocess) -> TrialData:
     tr, va, te = (handle.indices(s) for s in ("train", "val", "test"))
 
     def eval_split(part: np.ndarray) -> EvalSplit:
-        crop = centre_crop(nchw(images)[rows[part]], pre.image_size).contiguous()
         paths = np.asarray([handle.files[r] for r in rows[part]], dtype=str)  # as in split.csv
-        return EvalSplit(crop, torch.as_tensor(labels[part], dtype=torch.long), paths)
+        return EvalSplit(nchw(images), torch.as_tensor(labels[part], dtype=torch.long), paths,
+                         rows=torch.as_tensor(rows[part], dtype=torch.long),
+                         size=pre.image_size)
 
     return TrialData(
-        images=images, images_key=(handle.digest, pre.load_size, pre.interpolation),
-        train_rows=rows[tr], train_labels=labels[tr], val=eval_split(va), test=eval_split(te),
+        images=images, train_rows=rows[tr], train_labels=labels[tr], val=eval_split(va), test=eval_split(te),
         num_classes=handle.num_classes, preprocess=pre)
 
 

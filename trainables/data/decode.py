@@ -7,9 +7,13 @@ import hashlib
 import json
 import os
 import sys
+import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from filelock import FileLock
@@ -27,17 +31,52 @@ def default_cache_dir() -> Path:
     return Path(base) / "visionsweep"
 
 
-def file_hashes(root: Path, paths: tuple[str, ...]) -> list[str]:
-    """sha1 of every file's bytes (read in parallel); a file that cannot be read gets a
-    marker instead (its decoding fails next, and says why)."""
+def ordered_map(work: Callable, items, workers: int | None = None, window: int = 256):
+    """``map(work, items)`` on a thread pool, in order, with at most ``window`` items in
+    flight: memory stays bounded however many items there are."""
+    items = iter(items)
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:
+        pending = deque(pool.submit(work, item) for item in islice(items, window))
+        while pending:
+            yield pending.popleft().result()
+            for item in islice(items, 1):
+                pending.append(pool.submit(work, item))
+
+
+class Progress:
+    """A line every tenth of the way (and at least every 1,000 items) on stderr."""
+
+    def __init__(self, what: str, total: int, show: bool):
+        self.what, self.total, self.show = what, total, show
+        self.step = max(1000, total // 10)
+        self.started = time.monotonic()
+
+    def __call__(self, done: int) -> None:
+        if self.show and (done % self.step == 0 or done == self.total) and done:
+            rate = done / max(time.monotonic() - self.started, 1e-9)
+            print(f"{self.what} {done}/{self.total} ({rate:.0f}/s)", file=sys.stderr,
+                  flush=True)
+
+
+def file_hashes(root: Path, paths: tuple[str, ...], progress: bool = False) -> list[str]:
+    """sha1 of every file's bytes (read in parallel, streamed); a file that cannot be read
+    gets a marker instead (its decoding fails next, and says why)."""
     def one(path: str) -> str:
         try:
-            return hashlib.sha1((root / path).read_bytes()).hexdigest()
+            digest = hashlib.sha1()
+            with open(root / path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            return digest.hexdigest()
         except OSError as exc:
             return f"unreadable: {exc.strerror or type(exc).__name__}"
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        return list(pool.map(one, paths))
+    tick = Progress("hashed", len(paths), progress and len(paths) >= 5000)
+    hashes = []
+    for done, value in enumerate(ordered_map(one, paths), 1):
+        hashes.append(value)
+        tick(done)
+    return hashes
 
 
 def content_digest(paths: tuple[str, ...], hashes: list[str]) -> str:
@@ -112,14 +151,12 @@ def _decode_all(root: Path, paths, size: int, interpolation: str, npy: Path, met
         except Exception as exc:  # any undecodable file is skipped, whatever the library raised
             bad[paths[i]] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
 
-    step = max(1000, len(paths) // 10)
     if progress:
         print(f"decoding {len(paths)} images at {size}px (once; cached for later sweeps)",
               file=sys.stderr, flush=True)
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        for done, _ in enumerate(pool.map(work, range(len(paths))), 1):
-            if progress and done % step == 0 and done < len(paths):
-                print(f"decoded {done}/{len(paths)}", file=sys.stderr, flush=True)
+    tick = Progress("decoded", len(paths), progress)
+    for done, _ in enumerate(ordered_map(work, range(len(paths))), 1):
+        tick(done)
     array.flush()
     del array
     os.replace(tmp, npy)

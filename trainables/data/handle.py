@@ -48,7 +48,7 @@ class DataHandle:
 def prepare(source: DataSource, load_size: int, cache_dir: Path, split_seed: int = 0,
             progress: bool = True, interpolation: str = "bilinear") -> tuple[DataHandle, dict]:
     """Decode (once), drop unreadable images, split, and return the handle and a data report."""
-    hashes = file_hashes(source.root, source.paths)
+    hashes = file_hashes(source.root, source.paths, progress)
     digest = content_digest(source.paths, hashes)
     cache = decode_cached(source.root, source.paths, digest, load_size, Path(cache_dir),
                           progress, interpolation)
