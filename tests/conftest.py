@@ -76,6 +76,33 @@ def offline_hub(monkeypatch):
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(process, port: int, log: Path, timeout: float = 120) -> None:
+    """Until a server ``process`` we started answers on ``port`` (its log, if it dies)."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(log.read_text()[-2000:])
+            time.sleep(0.5)
+
+
+HEAD_ENV: dict[str, str] = {}  # how a driver authenticates to the session's Ray head
+
+
 @pytest.fixture(scope="session")
 def ray_address(tmp_path_factory):
     """One Ray instance for the command-line tests whose trials need nothing from their
@@ -83,14 +110,10 @@ def ray_address(tmp_path_factory):
     driver joins with --address (saving Ray's start and stop every sweep). The fault tests
     and the pretrained sweep start Ray of their own, as a user's laptop run does."""
     import secrets
-    import socket
     import subprocess
-    import time
 
     logs = tmp_path_factory.mktemp("ray-head")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     token = secrets.token_hex(16)
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
                PYTHONWARNINGS="ignore")
@@ -100,19 +123,15 @@ def ray_address(tmp_path_factory):
                                  "--num-gpus", "0", "--include-dashboard", "false",
                                  "--disable-usage-stats", "--block"],
                                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=logs)
-    deadline = time.monotonic() + 120
-    while True:  # the head is up once its GCS port answers
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if head.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((logs / "head.log").read_text()[-2000:])
-            time.sleep(0.5)
-    with pytest.MonkeyPatch.context() as patch:  # the drivers' credentials for the head
-        patch.setenv("RAY_AUTH_MODE", "token")
-        patch.setenv("RAY_AUTH_TOKEN", token)
+    wait_for_port(head, port, logs / "head.log")  # the head is up once its GCS port answers
+    # the drivers' credentials for the head, given only to the command lines that join it:
+    # set in this process, they would reach the Ray instances that in-process tests start
+    # and make those demand a token their already-imported driver never sends
+    HEAD_ENV.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    try:
         yield f"127.0.0.1:{port}"
+    finally:
+        HEAD_ENV.clear()
     head.terminate()  # `ray start --block` stops the head's processes when it ends
     head.wait(timeout=60)
     record = Path("/tmp/ray/ray_current_cluster")  # `ray start` recorded it for ray.init()
@@ -121,8 +140,10 @@ def ray_address(tmp_path_factory):
 
 
 def _cli_command(args: list[str]) -> tuple[list[str], dict]:
-    return ([sys.executable, str(ROOT / "sweeps" / "run.py"), *args],
-            dict(os.environ, PYTHONWARNINGS="ignore"))
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    if "--address" in args:
+        env.update(HEAD_ENV)
+    return [sys.executable, str(ROOT / "sweeps" / "run.py"), *args], env
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 300):
