@@ -16,7 +16,12 @@ from torch import nn
 
 from trainables import weights as W
 from trainables.errors import UserError
+from trainables.nets import HeadSpec, Net, SmallCNN
 from trainables.registry import Registry
+
+__all__ = ["BuiltModel", "DataConfig", "HeadSpec", "MODELS", "ModelBuild", "ModelSpec", "Net",
+           "SmallCNN", "check_model", "create_model", "data_config", "fetch_pretrained",
+           "known_models", "model_spec", "rebuild"]
 
 TIMM_PREFIX = "timm/"
 
@@ -69,25 +74,6 @@ def model_spec(name: str) -> ModelSpec:
                     "or a timm model name (see timm.list_models())")
 
 
-class Net(nn.Module):
-    """A classifier whose forward always returns ``(logits, [aux_logits, ...])``."""
-
-    def __init__(self, body: nn.Module, head_prefixes: tuple[str, ...]):
-        super().__init__()
-        self.body = body
-        self.head_prefixes = tuple(f"body.{p}" for p in head_prefixes)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        out = self.body(x)
-        if isinstance(out, tuple):  # GoogLeNet in training mode: (logits, aux2, aux1)
-            return out[0], [aux for aux in out[1:] if aux is not None]
-        return out, []
-
-    def is_head(self, name: str) -> bool:
-        """Whether parameter/module ``name`` belongs to a classifier head."""
-        return any(name == p or name.startswith(p + ".") for p in self.head_prefixes)
-
-
 @dataclass(frozen=True)
 class DataConfig:
     """How a model wants its input: its pretrained input size, resize interpolation,
@@ -115,25 +101,6 @@ def data_config(name: str) -> DataConfig:
         else "bilinear"
     return DataConfig(int(cfg.input_size[-1]), interpolation, tuple(cfg.mean), tuple(cfg.std),
                       float(cfg.crop_pct or 0.875))
-
-
-@dataclass(frozen=True)
-class HeadSpec:
-    """Classifier head shape: dropout before it, and an optional hidden layer."""
-
-    dropout: float = 0.0
-    hidden: int = 0
-
-    def build(self, in_features: int, num_classes: int) -> nn.Module:
-        if not self.dropout and not self.hidden:
-            return nn.Linear(in_features, num_classes)
-        layers = [nn.Dropout(self.dropout)] if self.dropout else []
-        if self.hidden:
-            layers += [nn.Linear(in_features, self.hidden), nn.ReLU(inplace=True)]
-            if self.dropout:
-                layers.append(nn.Dropout(self.dropout))
-            in_features = self.hidden
-        return nn.Sequential(*layers, nn.Linear(in_features, num_classes))
 
 
 @dataclass(frozen=True)
@@ -168,24 +135,6 @@ class BuiltModel:
     @property
     def pretrained(self) -> bool:
         return self.build.pretrained
-
-
-class SmallCNN(nn.Module):
-    """Four conv blocks and a linear head: a from-scratch baseline that trains fast on CPU."""
-
-    def __init__(self, num_classes: int = 1000, width: int = 32, head: HeadSpec = HeadSpec()):
-        super().__init__()
-        layers, channels = [], 3
-        for i in range(4):
-            out = width * 2 ** i
-            layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out),
-                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
-            channels = out
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = head.build(channels, num_classes)
-
-    def forward(self, x):
-        return self.head(self.features(x))
 
 
 def check_model(name: str, aux_heads: bool = False, pretrained: str = "auto",
