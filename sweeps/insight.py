@@ -125,12 +125,12 @@ def latencies(experiment: Experiment, rounds: int = 5, threads: int = 1) -> tupl
 
 
 def pareto(table: pd.DataFrame, cost: str) -> pd.DataFrame:
-    """Per variant, its best trial by validation loss: ``cost``, test accuracy and its
-    interval, and whether it is on the Pareto front (no variant is as cheap and better,
-    or cheaper and as good)."""
+    """Per variant that gave a result, its best trial by validation loss: ``cost``, test
+    accuracy and its interval, and whether it is on the Pareto front (no variant is as
+    cheap and better, or cheaper and as good)."""
     from trainables.costs import pareto_front
 
-    rows = table.dropna(subset=[cost, M.TEST_ACC])
+    rows = table[~table["stop_reason"].isin(M.NOT_A_RESULT)].dropna(subset=[cost, M.TEST_ACC])
     best = rows.loc[rows.groupby("variant")[M.BEST_VAL_LOSS].idxmin()].copy()
     best["front"] = pareto_front(best[cost].tolist(), best[M.TEST_ACC].tolist())
     return best.sort_values(cost)

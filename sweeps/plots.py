@@ -176,7 +176,7 @@ def parallel_coordinates(table: pd.DataFrame, keys: list[str], score: str, path:
 
 def pareto_figure(panels: list[tuple[pd.DataFrame, str, str]], path: Path) -> None:
     """Test accuracy (with its 95% interval) against each cost: one panel per (table, cost
-    column, axis label); the variants on the Pareto front are filled and joined."""
+    column, axis label); the variants on the Pareto front are filled, joined and named."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, (best, cost, label) in zip(axes[0], panels):
@@ -189,9 +189,9 @@ def pareto_figure(panels: list[tuple[pd.DataFrame, str, str]], path: Path) -> No
                    s=40, label="dominated")
         ax.scatter(front[cost], front[M.TEST_ACC], color="#1f77b4", s=40, label="Pareto front")
         ax.plot(front[cost], front[M.TEST_ACC], color="#1f77b4", linewidth=1)
-        for _, row in best.iterrows():
+        for i, (_, row) in enumerate(front.iterrows()):  # the others: in the page's table
             ax.annotate(str(row["variant"]), (row[cost], row[M.TEST_ACC]), fontsize=7,
-                        xytext=(4, 4), textcoords="offset points")
+                        xytext=(4, -10 - 9 * (i % 3)), textcoords="offset points")
         if best[cost].max() / max(best[cost].min(), 1e-12) >= 10:
             ax.set_xscale("log")
         ax.set_xlabel(label)
@@ -210,7 +210,7 @@ def heatmaps(frames: list[tuple[pd.DataFrame, str]], path: Path) -> None:
     plt = pyplot()
     rows, cols = frames[0][0].shape
     fig, axes = plt.subplots(1, len(frames), squeeze=False,
-                             figsize=(len(frames) * (2.5 + 0.5 * cols), 1.5 + 0.35 * rows))
+                             figsize=(len(frames) * (4.0 + 0.5 * cols), 1.5 + 0.35 * rows))
     for ax, (frame, title) in zip(axes[0], frames):
         image = ax.imshow(frame.to_numpy(float), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
         for i in range(rows):
