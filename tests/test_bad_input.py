@@ -205,3 +205,42 @@ def test_a_special_file_named_like_an_image_is_skipped_not_waited_on(tmp_path):
     csv_text = D.split_csv(handle, report)
     assert csv_text.count(",skipped") == 4
     json.dumps(report).encode("utf-8")  # writable as the data report is
+
+
+def test_max_epochs_caps_every_trial_whatever_else_sets_max_epochs(tmp_path):
+    from sweeps.spec import SweepSpec, resolve
+
+    config = tmp_path / "best.json"
+    config.write_text(json.dumps({"max_epochs": 50, "lr": 0.01}))
+    sweep = resolve(SweepSpec(space="lr_grid", config=str(config), max_epochs=2,
+                              overrides=("max_epochs=40",)))
+    assert {c.max_epochs for c in sweep.plan.configs} == {2} and sweep.max_epochs == 2
+
+
+def test_an_empty_split_of_a_class_is_warned_about(tmp_path):
+    from sweeps.prepare import data_warnings
+    from trainables import data as D
+
+    for split in ("train", "val", "test"):
+        make_image_folder(tmp_path / "pre" / split, per_class=3)
+    for image in (tmp_path / "pre" / "val" / "red").iterdir():
+        image.unlink()
+    _, report = D.prepare(D.discover(tmp_path / "pre"), 16, tmp_path / "cache", progress=False)
+    lines = data_warnings(report)
+    assert any("no usable image of red in val/" in line for line in lines), lines
+
+
+def test_a_failed_sweep_whose_variants_are_numbers_still_sums_up(tmp_path, capsys):
+    """The README's own resnet_lr example: the variant is the learning rate."""
+    from sweeps.results import report, write_tables
+    from sweeps.storage import Store
+
+    rows = [{"trial_id": f"t{i}", "variant": lr, "status": "TERMINATED", "stop_reason": stop,
+             "epochs": 1, "best_epoch": 1, "best_val_loss": 0.5, "best_val_acc": 0.5,
+             "test_acc": 0.5, "test_macro_f1": 0.5, "error": ""}
+            for i, (lr, stop) in enumerate([(0.001, "completed"), (0.01, "diverged")])]
+    store = Store.from_location(str(tmp_path / "exp"))
+    table = write_tables(rows, store)
+    assert report(table, store) == 1
+    assert "diverged (loss went NaN/Inf or exploded: try a lower lr): 0.01" in \
+        capsys.readouterr().out

@@ -2,17 +2,15 @@
 store, read back with MlflowClient, across a killed and resumed driver. (A searched study's
 Optuna journal is checked in test_cli.py, with the search.)"""
 import json
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import make_image_folder, run_cli
+from conftest import free_port, make_image_folder, run_cli, wait_for_port
 from trainables.config import TrialConfig
 
 
@@ -20,24 +18,14 @@ from trainables.config import TrialConfig
 def mlflow_server(tmp_path_factory):
     """``mlflow server`` with a SQLite backend store on a free loopback port."""
     base = tmp_path_factory.mktemp("mlflow")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     mlflow = str(Path(sys.executable).parent / "mlflow")
     server = subprocess.Popen([mlflow, "server", "--backend-store-uri",
                                f"sqlite:///{base / 'mlflow.db'}", "--default-artifact-root",
                                str(base / "artifacts"), "--host", "127.0.0.1", "--port",
                                str(port), "--workers", "1"],
                               stdout=open(base / "server.log", "w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((base / "server.log").read_text()[-2000:])
-            time.sleep(0.5)
+    wait_for_port(server, port, base / "server.log")
     yield f"http://127.0.0.1:{port}"
     server.terminate()
     server.wait(timeout=30)
@@ -103,9 +91,7 @@ def test_a_tracking_server_that_goes_away_costs_the_tracking_not_the_sweep(mlflo
     sink.start(entry)
     sink.result(entry, {"epoch": 1, "val_loss": 0.5})
     assert not sink.broken and json.loads(store.read_text("tracking.json"))["trials"]["t1"]
-    with socket.socket() as probe:  # the server is gone: nothing answers at its address
-        probe.bind(("127.0.0.1", 0))
-        sink.uri = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    sink.uri = f"http://127.0.0.1:{free_port()}"  # the server is gone: nothing answers
     sink.result(entry, {"epoch": 2, "val_loss": 0.4})  # no exception: a warning, once
     sink.end(entry)
     sink.close()
