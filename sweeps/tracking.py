@@ -24,6 +24,7 @@ from trainables import metrics as M
 from trainables.errors import UserError
 
 TRACKING_FILE = "tracking.json"
+EXPERIMENT_KIND = "custom_model_development"  # MLflow's UI opens it as model training
 ARTIFACTS = ("results.csv", "results.md", "results_by_variant.csv", "best_config.json",
              "sweep.json", "data_report.json", "split.csv")
 
@@ -77,7 +78,7 @@ class Tracking:
             return self.state
         found = client.get_experiment_by_name(self.experiment)
         experiment_id = found.experiment_id if found else client.create_experiment(
-            self.experiment)
+            self.experiment, tags={"mlflow.experimentKind": EXPERIMENT_KIND})
         run = client.create_run(experiment_id, run_name=self.run_name,
                                 tags={**self.tags, "visionsweep.kind": "sweep"})
         for key, value in self.params.items():

@@ -50,6 +50,7 @@ def test_a_tracked_sweep_killed_and_resumed_is_one_run_with_a_child_per_trial(
 
     client = MlflowClient(mlflow_server)
     found = client.get_experiment_by_name("colours")
+    assert found.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's mode
     runs = client.search_runs([found.experiment_id])
     sweeps = [r for r in runs if r.data.tags.get("visionsweep.kind") == "sweep"]
     trials = {r.data.tags["trial_id"]: r for r in runs
