@@ -1,9 +1,13 @@
 """Where teams keep their runs, for real: an MLflow tracking server on loopback with a SQLite
-store, read back with MlflowClient, across a killed and resumed driver. (A searched study's
-Optuna journal is checked in test_cli.py, with the search.)"""
+store, read back with MlflowClient, across a killed and resumed driver; and one over a
+PostgreSQL server started for the test. (A searched study's Optuna journal is checked in
+test_cli.py, with the search.)"""
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -14,21 +18,95 @@ from conftest import free_port, make_image_folder, run_cli, wait_for_port
 from trainables.config import TrialConfig
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """``mlflow server`` with a SQLite backend store on a free loopback port."""
-    base = tmp_path_factory.mktemp("mlflow")
+def start_mlflow(base: Path, backend_store: str):
+    """``mlflow server`` over ``backend_store`` on a free loopback port: (process, URI)."""
     port = free_port()
     mlflow = str(Path(sys.executable).parent / "mlflow")
-    server = subprocess.Popen([mlflow, "server", "--backend-store-uri",
-                               f"sqlite:///{base / 'mlflow.db'}", "--default-artifact-root",
-                               str(base / "artifacts"), "--host", "127.0.0.1", "--port",
-                               str(port), "--workers", "1"],
+    server = subprocess.Popen([mlflow, "server", "--backend-store-uri", backend_store,
+                               "--default-artifact-root", str(base / "artifacts"), "--host",
+                               "127.0.0.1", "--port", str(port), "--workers", "1"],
                               stdout=open(base / "server.log", "w"), stderr=subprocess.STDOUT)
     wait_for_port(server, port, base / "server.log")
-    yield f"http://127.0.0.1:{port}"
+    return server, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """``mlflow server`` with a SQLite backend store."""
+    base = tmp_path_factory.mktemp("mlflow")
+    server, uri = start_mlflow(base, f"sqlite:///{base / 'mlflow.db'}")
+    yield uri
     server.terminate()
     server.wait(timeout=30)
+
+
+def _postgres_bin() -> Path | None:
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))  # Debian's layout
+    return versions[-1].parent if versions else None
+
+
+@pytest.fixture
+def postgres():
+    """A PostgreSQL server of its own (Debian's packages: initdb, pg_ctl) on a free loopback
+    port, trust authentication, database ``mlflow``: its URI. As root, PostgreSQL runs as
+    the ``postgres`` user, which it insists on."""
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
+    as_user: list[str] = []
+    base = Path(tempfile.mkdtemp(prefix="visionsweep-pg-"))  # outside pytest's 0700 tree
+    if os.geteuid() == 0:
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(base, "postgres")
+    port = free_port()
+    data = base / "data"
+
+    def pg(tool: str, *args: str) -> None:
+        subprocess.run([*as_user, str(bin_dir / tool), *args], check=True,
+                       capture_output=True, timeout=60)
+
+    pg("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+    pg("pg_ctl", "-D", str(data), "-l", str(base / "server.log"), "-w", "start", "-o",
+       f"-p {port} -k {base} -c listen_addresses=127.0.0.1")
+    try:
+        pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mlflow")
+        yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
+    finally:
+        pg("pg_ctl", "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def read_back(client, experiment_name: str, experiment: Path, epochs: int):
+    """What MLflow holds of a tracked sweep, checked against its results.csv: one parent run
+    with the sweep's files, one child per trial with its whole config and every epoch."""
+    found = client.get_experiment_by_name(experiment_name)
+    assert found.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's mode
+    runs = client.search_runs([found.experiment_id])
+    sweeps = [r for r in runs if r.data.tags.get("visionsweep.kind") == "sweep"]
+    trials = {r.data.tags["trial_id"]: r for r in runs
+              if r.data.tags.get("visionsweep.kind") == "trial"}
+    assert len(sweeps) == 1  # a resumed sweep goes on with its own runs
+    parent = sweeps[0]
+    assert parent.info.status == "FINISHED"
+    assert {"results.csv", "sweep.json", "data_report.json", "split.csv"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)}
+    table = pd.read_csv(experiment / "results.csv", dtype={"trial_id": str})
+    assert set(trials) == set(table["trial_id"])  # one child per trial, no more
+    every_field = {f.name for f in fields(TrialConfig)}
+    for row in table.itertuples():
+        child = trials[row.trial_id]
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert set(child.data.params) == every_field  # its whole config
+        assert child.data.tags["stop_reason"] == row.stop_reason == "completed"
+        assert child.info.status == "FINISHED"
+        history = client.get_metric_history(child.info.run_id, "val_loss")
+        assert {m.step for m in history} == set(range(1, epochs + 1))  # every epoch, once
+        assert child.data.metrics["test_acc"] == pytest.approx(row.test_acc)
+        assert child.data.metrics["test_acc_high"] == pytest.approx(row.test_acc_high)
+    return parent
 
 
 def test_a_tracked_sweep_killed_and_resumed_is_one_run_with_a_child_per_trial(
@@ -49,30 +127,8 @@ def test_a_tracked_sweep_killed_and_resumed_is_one_run_with_a_child_per_trial(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     client = MlflowClient(mlflow_server)
-    found = client.get_experiment_by_name("colours")
-    assert found.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's mode
-    runs = client.search_runs([found.experiment_id])
-    sweeps = [r for r in runs if r.data.tags.get("visionsweep.kind") == "sweep"]
-    trials = {r.data.tags["trial_id"]: r for r in runs
-              if r.data.tags.get("visionsweep.kind") == "trial"}
-    assert len(sweeps) == 1  # the resumed sweep went on with its own runs
-    parent = sweeps[0]
-    assert parent.info.status == "FINISHED" and parent.data.params["arg.space"] == "single"
-    assert {"results.csv", "sweep.json", "data_report.json", "split.csv"} <= {
-        a.path for a in client.list_artifacts(parent.info.run_id)}
-    table = pd.read_csv(experiment / "results.csv", dtype={"trial_id": str})
-    assert set(trials) == set(table["trial_id"])  # one child per trial, no more
-    every_field = {f.name for f in fields(TrialConfig)}
-    for row in table.itertuples():
-        child = trials[row.trial_id]
-        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert set(child.data.params) == every_field  # its whole config
-        assert child.data.tags["stop_reason"] == row.stop_reason == "completed"
-        assert child.info.status == "FINISHED"
-        history = client.get_metric_history(child.info.run_id, "val_loss")
-        assert {m.step for m in history} == {1, 2, 3}  # every epoch, re-run ones once more
-        assert child.data.metrics["test_acc"] == pytest.approx(row.test_acc)
-        assert child.data.metrics["test_acc_high"] == pytest.approx(row.test_acc_high)
+    parent = read_back(client, "colours", experiment, epochs=3)
+    assert parent.data.params["arg.space"] == "single"
     # what report.py makes joins the sweep's run
     from sweeps import report
 
@@ -99,3 +155,28 @@ def test_a_tracking_server_that_goes_away_costs_the_tracking_not_the_sweep(mlflo
     assert sink.broken
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
     assert len(warnings) == 1 and "MLflow tracking stopped" in warnings[0]
+
+
+def test_a_sweep_tracked_on_a_postgresql_backed_mlflow_server(postgres, tmp_path,
+                                                              ray_address):
+    """Where a team keeps its runs: MLflow over PostgreSQL, read back as with SQLite, and
+    the runs found in PostgreSQL's own tables."""
+    import psycopg
+    from mlflow.tracking import MlflowClient
+
+    server, uri = start_mlflow(tmp_path, postgres)
+    try:
+        data = make_image_folder(tmp_path / "imgs", per_class=10)
+        result = run_cli(["--space", "single", "--set", "model=small_cnn", "--set",
+                          "image_size=16", "--set", "early_stop_patience=0", "--data", str(data),
+                          "--max-epochs", "2", "--num-samples", "2", "--scheduler", "fifo",
+                          "--tracking", uri, "--address", ray_address,
+                          "--storage", str(tmp_path / "runs"), "--name", "pg"], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        parent = read_back(MlflowClient(uri), "single", tmp_path / "runs" / "pg", epochs=2)
+        with psycopg.connect(postgres) as db:
+            names = dict(db.execute("SELECT run_uuid, name FROM runs").fetchall())
+        assert len(names) == 3 and names[parent.info.run_id] == parent.info.run_name
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
