@@ -18,7 +18,7 @@ from typing import Callable
 
 from ray.tune import Callback
 
-from sweeps.results import write_tables, trial_row
+from sweeps.results import plain, trial_row, write_tables
 from sweeps.storage import Store, write_atomic
 from trainables import metrics as M
 from trainables.faults import DRIVER_SIGNALS, before_write, die, fault
@@ -60,6 +60,9 @@ class TrialRecorder(Callback):
         self.entries: dict[str, TrialEntry] = {}
         self.fault: str = ""  # the storage error that stopped the sweep
         self._signalled: set[str] = set()
+        self._dirty = False  # a trial ended since the table was last written
+        self._table_at = 0.0  # when it was last written (time.monotonic)
+        self._table_cost = 0.0  # and how long that took
 
     def setup(self, **info):
         # Tune calls this when the sweep starts, also on a recorder it restored from an
@@ -71,7 +74,7 @@ class TrialRecorder(Callback):
     def _entry(self, trial) -> TrialEntry:
         entry = self.entries.get(trial.trial_id)
         if entry is None:
-            config = {k: _plain(v) for k, v in trial.config.items()}
+            config = {k: plain(v) for k, v in trial.config.items()}
             entry = TrialEntry(trial.trial_id, self.variant(config), config,
                                str(trial.local_path))
             self.entries[trial.trial_id] = entry
@@ -106,13 +109,12 @@ class TrialRecorder(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         entry = self._entry(trial)
-        entry.last = {k: _plain(v) for k, v in result.items() if not isinstance(v, dict)}
+        entry.last = {k: plain(v) for k, v in result.items() if not isinstance(v, dict)}
         entry.retries = trial.run_metadata.num_failures
         self._each("result", entry, entry.last)
-        finished = sum(e.status in FINISHED for e in self.entries.values())
         for name, signum in DRIVER_SIGNALS.items():  # the tests' faults (trainables/faults.py)
             after = fault(name)
-            if after is not None and finished >= after and name not in self._signalled:
+            if after is not None and name not in self._signalled and self.finished() >= after:
                 self._signalled.add(name)
                 die(signum)
 
@@ -162,7 +164,7 @@ class TrialRecorder(Callback):
         self._table_when_due()
 
     def on_step_end(self, iteration, trials, **info):
-        if getattr(self, "_dirty", False):
+        if self._dirty:
             self._table_when_due()
 
     def _table_when_due(self) -> None:
@@ -170,8 +172,7 @@ class TrialRecorder(Callback):
         TABLE_BUDGET of the sweep's time (a table of hundreds of rows, trials ending every
         second): then at the next step when it is due, and always at the end."""
         now = time.monotonic()
-        last, cost = getattr(self, "_table_at", 0.0), getattr(self, "_table_cost", 0.0)
-        if (now - last) * TABLE_BUDGET < cost:
+        if (now - self._table_at) * TABLE_BUDGET < self._table_cost:
             return
         self.write_table()
         self._table_at, self._dirty = time.monotonic(), False
@@ -205,10 +206,6 @@ class StorageFault(Exception):
 
 def active() -> TrialRecorder | None:
     return _ACTIVE[0] if _ACTIVE else None
-
-
-def _plain(value):
-    return value.item() if hasattr(value, "item") else value
 
 
 def _error_text(path: str | None) -> str:

@@ -23,7 +23,8 @@ BY_VARIANT_CSV = "results_by_variant.csv"
 SCORE_COLUMNS = [M.TEST_ACC, M.TEST_MACRO_F1, M.BEST_VAL_ACC, M.BEST_VAL_LOSS, "epochs"]
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A numpy or torch scalar as the Python number it holds; anything else as it is."""
     return value.item() if hasattr(value, "item") else value
 
 
@@ -44,7 +45,7 @@ def trial_row(entry, varied_keys: list[str]) -> dict:
     row.update({key: last[key] for key in (M.TEST_ACC_TTA, M.TEST_MACRO_F1_TTA) if key in last})
     # a varied key named like a column above (pretrained, weights) keeps the column's
     # meaning (what was really loaded); its asked-for value is in the variant name
-    row.update({key: _plain(entry.config.get(key)) for key in varied_keys if key not in row})
+    row.update({key: plain(entry.config.get(key)) for key in varied_keys if key not in row})
     row["retries"] = entry.retries  # times the trial's worker died and it went on
     row["wall_s"] = round(float(last.get("time_total_s", 0.0)), 1)
     row["error"] = entry.error or last.get(M.ERROR_MESSAGE) or ""
@@ -125,7 +126,7 @@ def save_best(table, configs: dict, space, store: Store) -> None:
         print("no searched trial gave a result; nothing to save as best")
         return
     best = rows.loc[rows[M.BEST_VAL_LOSS].idxmin()]
-    config = {k: _plain(v) for k, v in configs[best["trial_id"]].items()}
+    config = {k: plain(v) for k, v in configs[best["trial_id"]].items()}
     store.write_text(BEST_CONFIG, json.dumps(config, indent=1))
     where = f"{store}/{BEST_CONFIG}"
     print(f"best configuration (lowest validation loss: trial {best['trial_id']}, "
