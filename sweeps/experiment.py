@@ -54,6 +54,11 @@ class Experiment:
         found = sorted(p for p in self.root.glob(f"*_{trial_id}") if p.is_dir())
         return found[0] if found else None
 
+    def latest_checkpoint(self, trial_id: str) -> Path | None:
+        """The trial's newest checkpoint folder, if the trial and a checkpoint exist."""
+        trial_dir = self.trial_dir(trial_id)
+        return checkpoint.latest(trial_dir) if trial_dir else None
+
     def results(self) -> pd.DataFrame:
         """Trials that produced a result (not failed, not stuck at chance)."""
         return self.table[~self.table["stop_reason"].isin(M.NOT_A_RESULT)]
@@ -115,8 +120,7 @@ def load_trial(experiment: Experiment, trial_id: str) -> TrialPredictions:
     if rows.empty:
         raise UserError(f"trial {trial_id}: not in {experiment.root / RESULTS_CSV}; its "
                         "trial_id column lists the trials")
-    trial_dir = experiment.trial_dir(trial_id)
-    latest = checkpoint.latest(trial_dir) if trial_dir else None
+    latest = experiment.latest_checkpoint(trial_id)
     saved = checkpoint.read_predictions(latest) if latest else None
     if saved is None:
         raise UserError(f"trial {trial_id}: no saved probabilities (it ended before its first "

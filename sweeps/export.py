@@ -39,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = rows.loc[[rows[M.BEST_VAL_LOSS].idxmin()]]
     row = rows.iloc[0]
     trial_id = str(row["trial_id"])
-    trial_dir = experiment.trial_dir(trial_id)
-    latest = checkpoint.latest(trial_dir) if trial_dir else None
+    latest = experiment.latest_checkpoint(trial_id)
     if latest is None:
         raise UserError(f"trial {trial_id}: no checkpoint (it ended before its first "
                         "validation); export another trial")

@@ -96,8 +96,7 @@ def latencies(experiment: Experiment, rounds: int = 5, threads: int = 1) -> tupl
 
     nets, of_trial = {}, {}
     for trial_id in experiment.results()["trial_id"].astype(str):
-        trial_dir = experiment.trial_dir(trial_id)
-        latest = checkpoint.latest(trial_dir) if trial_dir else None
+        latest = experiment.latest_checkpoint(trial_id)
         if latest is None:
             continue
         try:
@@ -143,8 +142,7 @@ def per_class(experiment: Experiment) -> tuple[pd.DataFrame, pd.DataFrame]:
     variant's seeds, from each trial's test report."""
     recall, f1 = {}, {}
     for _, row in experiment.results().iterrows():
-        trial_dir = experiment.trial_dir(str(row["trial_id"]))
-        latest = checkpoint.latest(trial_dir) if trial_dir else None
+        latest = experiment.latest_checkpoint(str(row["trial_id"]))
         report = checkpoint.read_test_report(latest) if latest else None
         if report is None:
             continue

@@ -7,9 +7,10 @@ PNGs: learning curves per variant, test accuracy by strategy group with 95% inte
 confusion matrices of the best trials; which settings mattered (fANOVA and PED-ANOVA
 importance, parallel coordinates); what each variant costs (parameters, FLOPs, weights,
 CPU latency measured here, Pareto plots of accuracy against them; the latency is added to
-results.csv); where each variant fails (per-class recall and F1, the hardest test images). The ranked table carries each test metric's 95%
-bootstrap interval, and McNemar's test says whether the winner is distinguishable from the
-runner-up (or from any trial named with --compare). The best trial's confusion matrix and
+results.csv); where each variant fails (per-class recall and F1, the hardest test images).
+The ranked table carries each test metric's 95% bootstrap interval, and McNemar's test
+says whether the winner is distinguishable from the runner-up (or from any trial named
+with --compare). The best trial's confusion matrix and
 precision-recall curves also go to TensorBoard, under that trial.
 """
 from __future__ import annotations
@@ -47,14 +48,20 @@ def best_two(results: pd.DataFrame) -> tuple[str, str] | None:
     return (str(first["trial_id"]), str(others.iloc[0]["trial_id"])) if len(others) else None
 
 
+def confusion_on_test(experiment: Experiment, trial: TrialPredictions) -> np.ndarray:
+    """The trial's confusion matrix on the test split (rows: true class)."""
+    predicted = trial.test_probs.argmax(1)
+    return np.asarray(E.per_class_report(experiment.test_labels, predicted,
+                                         experiment.class_names)["confusion"])
+
+
 def tensorboard_evaluation(experiment: Experiment, trial: TrialPredictions) -> Path:
     """The trial's test confusion matrix (image) and per-class precision-recall curves,
     written beside its training curves so TensorBoard shows them under the same run."""
     from torch.utils.tensorboard import SummaryWriter
 
     plt = pyplot()
-    labels, predicted = experiment.test_labels, trial.test_probs.argmax(1)
-    matrix = np.asarray(E.per_class_report(labels, predicted, experiment.class_names)["confusion"])
+    labels, matrix = experiment.test_labels, confusion_on_test(experiment, trial)
     trial_dir = experiment.trial_dir(trial.trial_id)
     for earlier in experiment.root.glob(f"*/events.out.tfevents.*{TB_SUFFIX}"):
         earlier.unlink()  # a report made again replaces its plots instead of adding more
@@ -116,10 +123,7 @@ def build_report(experiment: Experiment, out: Path, compare: list[str] | None,
             lines.append(f"no confusion matrix: {error}")
             continue
         best_trial = best_trial or trial
-        matrix = np.asarray(E.per_class_report(experiment.test_labels,
-                                               trial.test_probs.argmax(1),
-                                               experiment.class_names)["confusion"])
-        fig = confusion_figure(matrix, experiment.class_names,
+        fig = confusion_figure(confusion_on_test(experiment, trial), experiment.class_names,
                                f"{trial.variant} [{trial_id}]: test")
         path = out / f"confusion_{trial_id}.png"
         fig.savefig(path, dpi=90)
