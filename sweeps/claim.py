@@ -18,11 +18,11 @@ import socket
 import time
 from pathlib import Path
 
-from sweeps.storage import Store
+from sweeps.storage import CLAIM_LOCK, Store
 from trainables.errors import UserError
 
 MARKER = ".visionsweep"
-LOCK = ".visionsweep.lock"
+LOCK = CLAIM_LOCK
 
 _HELD: list = []  # open lock files of this process: the lock lasts as long as the driver
 

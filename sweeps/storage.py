@@ -12,6 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 from trainables.errors import UserError
 from trainables.faults import before_write
 
+CLAIM_LOCK = ".visionsweep.lock"  # the lock a sweep holds in its folder (sweeps/claim.py)
+
 
 def write_atomic(path: Path, text: str) -> None:
     """Write via a temp file beside ``path`` and rename: a reader never sees half a file, and
@@ -76,7 +78,7 @@ class Store:
         """Anything in the folder but a claim's lock file (``sweeps/claim.py``)."""
         if not self.is_uri:
             root = Path(self.root)
-            return root.is_dir() and any(e.name != ".visionsweep.lock" for e in root.iterdir())
+            return root.is_dir() and any(e.name != CLAIM_LOCK for e in root.iterdir())
         import pyarrow.fs
 
         selector = pyarrow.fs.FileSelector(self.root, allow_not_found=True)

@@ -50,6 +50,17 @@ def check(uri: str) -> None:
                         f"({reason}); start it (mlflow server ...) or check the URI") from None
 
 
+def _metrics(values: dict, keys, step: int) -> list:
+    """MLflow metrics of ``values[key]`` for each key that holds a number (not a flag, not
+    NaN: no measurement), at ``step``."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(key, float(values[key]), now, step) for key in keys
+            if isinstance(values.get(key), (int, float)) and not isinstance(values[key], bool)
+            and values[key] == values[key]]
+
+
 def _plain(value):
     return value if isinstance(value, (int, float, str, bool)) else str(value)
 
@@ -140,28 +151,19 @@ class Tracking:
         self._safely(self._log, entry, result)
 
     def _log(self, entry, result: dict) -> None:
-        from mlflow.entities import Metric
-
-        step = int(result.get(M.EPOCH, 0))
-        now = int(time.time() * 1000)
-        metrics = [Metric(key, float(result[key]), now, step) for key in M.SCALARS
-                   if isinstance(result.get(key), (int, float))
-                   and not isinstance(result.get(key), bool)
-                   and result[key] == result[key]]  # NaN is no measurement
+        metrics = _metrics(result, M.SCALARS, int(result.get(M.EPOCH, 0)))
         _client(self.uri).log_batch(self._run_id(entry), metrics=metrics)
 
     def end(self, entry) -> None:
         self._safely(self._finish, entry)
 
     def _finish(self, entry) -> None:
-        from mlflow.entities import Metric, RunTag
+        from mlflow.entities import RunTag
 
         client, run_id = _client(self.uri), self._run_id(entry)
-        last, now = entry.last, int(time.time() * 1000)
+        last = entry.last
         keys = (*M.TEST_INTERVALS, M.TEST_ACC_TTA, M.TEST_MACRO_F1_TTA, *M.COSTS, M.BEST_EPOCH)
-        metrics = [Metric(key, float(last[key]), now, int(last.get(M.EPOCH, 0)))
-                   for key in keys if isinstance(last.get(key), (int, float))
-                   and last[key] == last[key]]
+        metrics = _metrics(last, keys, int(last.get(M.EPOCH, 0)))
         tags = [RunTag("stop_reason", entry.stop_reason or M.UNFINISHED),
                 RunTag("status", entry.status), RunTag("weights", str(last.get(M.WEIGHTS, "")))]
         if entry.error:
