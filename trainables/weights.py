@@ -9,7 +9,6 @@ local store (``$VISIONSWEEP_CACHE/weights/timm/NAME.TAG/``), which timm reads th
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -83,9 +82,14 @@ def timm_store() -> Path:
     return default_cache_dir() / "weights" / "timm"
 
 
+def timm_folder(timm_name: str, tag: str) -> Path:
+    """Where ``sweeps/weights.py add`` puts the file of this timm model and tag."""
+    return timm_store() / f"{timm_name}.{tag}"
+
+
 def local_timm_file(timm_name: str, tag: str) -> Path | None:
     """A weights file added with ``sweeps/weights.py add`` for this timm model and tag."""
-    folder = timm_store() / f"{timm_name}.{tag}"
+    folder = timm_folder(timm_name, tag)
     files = sorted(folder.glob("*")) if folder.is_dir() else []
     files = [f for f in files if not f.name.startswith(".")]
     return files[0] if files else None
@@ -126,8 +130,8 @@ def variants(spec: "ModelSpec") -> list[Variant]:
         else:
             here = local_timm_file(spec.timm_name, tag) or _hf_cached(spec.timm_name, tag)
             out.append(Variant(tag, tag == default, here,
-                               f"{timm_store() / f'{spec.timm_name}.{tag}'} or the Hugging "
-                               "Face cache"))
+                               f"{timm_folder(spec.timm_name, tag)} or the Hugging Face "
+                               "cache"))
     return out
 
 
@@ -137,7 +141,7 @@ def location(spec: "ModelSpec", tag: str) -> str:
         return f"{torchvision_file(spec.name, tag)} (set TORCH_HOME)"
     from huggingface_hub.constants import HF_HUB_CACHE
 
-    return (f"{timm_store() / f'{spec.timm_name}.{tag}'} or the Hugging Face cache "
+    return (f"{timm_folder(spec.timm_name, tag)} or the Hugging Face cache "
             f"({HF_HUB_CACHE}, set HF_HOME)")
 
 
@@ -261,11 +265,9 @@ def _published_tag(spec: "ModelSpec", filename: str) -> str | None:
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from trainables.data.decode import hash_file
+
+    return hash_file(path, "sha256")
 
 
 @dataclass(frozen=True)
@@ -312,7 +314,7 @@ def add(file: str | os.PathLike, model: str, tag: str = "") -> Added:
     if spec.family == "torchvision":
         destination = torchvision_file(spec.name, tag)
     else:
-        destination = timm_store() / f"{spec.timm_name}.{tag}" / path.name
+        destination = timm_folder(spec.timm_name, tag) / path.name
         shutil.rmtree(destination.parent, ignore_errors=True)  # one file per variant
     destination.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")

@@ -58,16 +58,21 @@ class Progress:
                   flush=True)
 
 
+def hash_file(path: Path, algorithm: str = "sha1") -> str:
+    """The hex digest of a file's bytes, read a megabyte at a time."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def file_hashes(root: Path, paths: tuple[str, ...], progress: bool = False) -> list[str]:
     """sha1 of every file's bytes (read in parallel, streamed); a file that cannot be read
     gets a marker instead (its decoding fails next, and says why)."""
     def one(path: str) -> str:
         try:
-            digest = hashlib.sha1()
-            with open(root / path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            return digest.hexdigest()
+            return hash_file(root / path)
         except OSError as exc:
             return f"unreadable: {exc.strerror or type(exc).__name__}"
 
