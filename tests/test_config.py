@@ -94,3 +94,9 @@ def test_googlenet_strategies_is_the_twelve_variant_grid():
     variants = {space.variant(c) for c in configs}
     assert len(configs) == 12 and len(variants) == 12
     assert "finetuned-ls_plateau" in variants
+
+
+def test_a_variant_key_the_config_leaves_out_is_named_by_its_default():
+    single = registry()["single"]  # sets no model: the trial trains the default one
+    assert single.variant({}) == TrialConfig.model == "googlenet"
+    assert single.variant({"model": "resnet18"}) == "resnet18"

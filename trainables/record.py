@@ -28,8 +28,12 @@ RECORD_FORMAT = 1
 
 
 def variant_name(config: Mapping[str, Any], keys: tuple[str, ...] | list[str]) -> str:
-    """A trial's variant id: the values of the study's variant keys, joined with '-'."""
-    return "-".join(str(config.get(key)) for key in keys)
+    """A trial's variant id: the values of the study's variant keys, joined with '-'. A key
+    the trial's config leaves out has its default value (``single`` sets no model)."""
+    from trainables.config import TrialConfig
+
+    return "-".join(str(config[key] if key in config else getattr(TrialConfig, key, None))
+                    for key in keys)
 
 
 @dataclass(frozen=True)
