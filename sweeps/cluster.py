@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from trainables.errors import UserError
@@ -30,6 +31,34 @@ def check_reachable(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> 
                         "check the address") from None
 
 
+@contextmanager
+def _own_process_group():
+    """Within it, the processes ``ray.init`` starts (GCS, raylet, their helpers) start in a
+    process group of their own. A signal sent to the driver's whole group (what `timeout`,
+    systemd and batch schedulers send on a stop) then reaches the driver alone, which stops
+    the sweep and writes its table while Ray still runs; sent to Ray's processes as well, it
+    ended GCS first and left the driver hanging without a table. Ray still ties them to the
+    driver (Linux's parent-death signal) and the watchdog in reaper.py still finds them.
+    Skipped where Ray cannot tie them to the driver (Ray then needs them in its group)."""
+    from ray._private import services, utils
+
+    popen = getattr(services, "ConsolePopen", None)
+    if os.name != "posix" or popen is None or not utils.detect_fate_sharing_support():
+        yield
+        return
+
+    class InOwnGroup(popen):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("start_new_session", True)
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = InOwnGroup
+    try:
+        yield
+    finally:
+        services.ConsolePopen = popen
+
+
 def start_ray(address: str | None):
     import ray
 
@@ -38,11 +67,13 @@ def start_ray(address: str | None):
     try:
         # "local": always a fresh instance for this run, never a cluster that `ray start`
         # left recorded on this machine (possibly long dead)
-        context = ray.init(address=address or "local", **kwargs)
-        if not address:  # a local instance of ours: it must not outlive this process
-            from sweeps import reaper
+        if address:
+            return ray.init(address=address, **kwargs)
+        with _own_process_group():
+            context = ray.init(address="local", **kwargs)
+        from sweeps import reaper  # a local instance of ours: it must not outlive this process
 
-            reaper.start()
+        reaper.start()
         return context
     except ConnectionError as exc:
         raise UserError(f"--address {address}: cannot join the Ray cluster there "

@@ -21,7 +21,7 @@ from ray.tune import Callback
 from sweeps.results import plain, trial_row, write_tables
 from sweeps.storage import Store, write_atomic
 from trainables import metrics as M
-from trainables.faults import DRIVER_SIGNALS, before_write, die, fault
+from trainables.faults import DRIVER_SIGNALS, GROUP_SIGNALS, before_write, die, fault
 
 FINISHED = ("TERMINATED", "ERROR")
 PROGRESS_CSV = "progress.csv"
@@ -116,7 +116,7 @@ class TrialRecorder(Callback):
             after = fault(name)
             if after is not None and name not in self._signalled and self.finished() >= after:
                 self._signalled.add(name)
-                die(signum)
+                die(signum, group=name in GROUP_SIGNALS)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         entry = self._entry(trial)

@@ -146,13 +146,14 @@ def _cli_command(args: list[str]) -> tuple[list[str], dict]:
     return [sys.executable, str(ROOT / "sweeps" / "run.py"), *args], env
 
 
-def run_cli(args: list[str], cwd: Path, timeout: int = 300):
-    """Run ``python sweeps/run.py ARGS`` as a user would, in a fresh process."""
+def run_cli(args: list[str], cwd: Path, timeout: int = 300, own_group: bool = False):
+    """Run ``python sweeps/run.py ARGS`` as a user would, in a fresh process (``own_group``:
+    in a process group of its own, as a shell starts a job)."""
     import subprocess
 
     command, env = _cli_command(args)
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, start_new_session=own_group)
 
 
 def start_cli(args: list[str], cwd: Path, log: Path):

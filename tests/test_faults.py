@@ -92,15 +92,18 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_a_trial(images, tmp
 
 
 @pytest.mark.parametrize("fault, code, name", [("interrupt_driver_after=1", 130, "SIGINT"),
-                                               ("terminate_driver_after=1", 143, "SIGTERM")])
+                                               ("terminate_driver_after=1", 143, "SIGTERM"),
+                                               ("terminate_group_after=1", 143, "SIGTERM")])
 def test_ctrl_c_and_sigterm_stop_cleanly_mark_unfinished_trials_and_resume(
         images, tmp_path, monkeypatch, fault, code, name):
+    # terminate_group: SIGTERM to the driver's whole process group, as `timeout` or systemd
+    # stop a job; the local Ray instance the driver started must not be stopped by it first
     _with_fault(monkeypatch, fault)
     experiment = tmp_path / "runs" / "stop"
     args = [*SLOW_TRIAL, "--data", str(images), "--max-epochs", "3", "--num-samples", "3",
             "--max-concurrent", "1", "--scheduler", "fifo", "--storage",
             str(tmp_path / "runs"), "--name", "stop"]
-    stopped = run_cli(args, cwd=tmp_path)
+    stopped = run_cli(args, cwd=tmp_path, own_group=True)
     assert stopped.returncode == code, stopped.stderr[-3000:]
     assert f"interrupted ({name}): 2 of 3 trial(s) unfinished" in stopped.stderr
     assert f"python sweeps/run.py --resume '{experiment}'" in stopped.stderr

@@ -9,6 +9,9 @@ variable VISIONSWEEP_FAULTS names some (trial workers inherit it from the driver
                            N trials have finished
     interrupt_driver_after=N, terminate_driver_after=N
                            the same moment, with SIGINT (Ctrl-C) or SIGTERM instead
+    terminate_group_after=N
+                           the same moment, SIGTERM to the driver's whole process group (as
+                           `timeout`, systemd and batch schedulers stop a job)
 """
 from __future__ import annotations
 
@@ -41,8 +44,13 @@ def before_write(path) -> None:
 
 DRIVER_SIGNALS = {"kill_driver_after": signal.SIGKILL,
                   "interrupt_driver_after": signal.SIGINT,
-                  "terminate_driver_after": signal.SIGTERM}
+                  "terminate_driver_after": signal.SIGTERM,
+                  "terminate_group_after": signal.SIGTERM}
+GROUP_SIGNALS = {"terminate_group_after"}
 
 
-def die(signum: int = signal.SIGKILL) -> None:
-    os.kill(os.getpid(), signum)
+def die(signum: int = signal.SIGKILL, group: bool = False) -> None:
+    if group:
+        os.killpg(os.getpgrp(), signum)
+    else:
+        os.kill(os.getpid(), signum)
