@@ -137,6 +137,7 @@ CASES = [
     ("predict", ["{g}/export", "{g}/imgs", "--batch-size", "0"], "must be at least 1"),
     # weights
     ("weights", ["add", "{g}/missing.pth", "--model", "resnet18"], "no such file"),
+    ("weights", ["add", "{g}/imgs", "--model", "resnet18"], "imgs: a folder"),
     ("weights", ["add", "{g}/notes.pth", "--model", "resnet18"], "not a readable weights file"),
     ("weights", ["add", "{g}/tiny.pth", "--model", "resnet19"], "unknown model 'resnet19'"),
     ("weights", ["add", "{g}/tiny.pth", "--model", "small_cnn"], "has no pretrained weights"),

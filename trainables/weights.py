@@ -289,7 +289,9 @@ def add(file: str | os.PathLike, model: str, tag: str = "") -> Added:
         raise UserError(f"{model} has no pretrained weights to add; it always starts from "
                         "random initialisation")
     if not path.is_file():
-        raise UserError(f"{path}: no such file; pass the weights file to add")
+        what = ("a folder" if path.is_dir() else "not a regular file" if path.exists()
+                else "no such file")
+        raise UserError(f"{path}: {what}; pass the weights file to add")
     published = _published_tag(spec, path.name)
     if published and tag and tag != "DEFAULT" and tag != published:
         raise UserError(f"{path.name} is {model}'s published {published} file, not {tag}; "
