@@ -18,7 +18,7 @@ import torch
 
 from sweeps import cli
 from sweeps.storage import write_atomic
-from trainables.data import IMAGE_EXTENSIONS, decode_image, images_under
+from trainables.data import IMAGE_EXTENSIONS, decode_image, scan, shown
 from trainables.deploy import TORCHSCRIPT_FILE, load_export, preprocess
 from trainables.errors import UserError
 
@@ -75,22 +75,27 @@ def main(argv: list[str] | None = None) -> int:
     else:
         def model(x):
             return net(x)[0]
-    paths = images_under(root)
-    if not paths:
+    paths, rejected = scan(root)  # rejected: named like images, never opened (pipes, ...)
+    if not paths and not rejected:
         raise UserError(f"{root}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under it")
     done, probs, errors = predict(model, spec, paths, args.batch_size, args.tta)
-    table = pd.DataFrame({"path": [str(p.relative_to(root)) for p in done],
+    errors.update(rejected)
+
+    def name(path: Path) -> str:
+        return shown(path.relative_to(root))
+
+    table = pd.DataFrame({"path": [name(p) for p in done],
                           "predicted": [spec.class_names[i] for i in probs.argmax(1)],
                           "probability": probs.max(1) if len(done) else [],
                           **{f"p_{name}": probs[:, k] for k, name in enumerate(spec.class_names)},
                           "error": ""})
-    failed = pd.DataFrame({"path": [str(p.relative_to(root)) for p in errors],
+    failed = pd.DataFrame({"path": [name(p) for p in errors],
                            "error": list(errors.values())})
     table = pd.concat([table, failed], ignore_index=True).sort_values("path")
     write_atomic(out.resolve(), table.to_csv(index=False))
     print(f"{len(done)} images predicted, {len(errors)} unreadable -> {out}")
     for path, error in list(errors.items())[:5]:
-        print(f"unreadable: {path.relative_to(root)}: {error}", file=sys.stderr)
+        print(f"unreadable: {name(path)}: {error}", file=sys.stderr)
     return 1 if errors else 0
 
 

@@ -13,6 +13,7 @@ import torch
 from conftest import ROOT, make_image_folder, make_one_class_folder
 from sweeps import cli, ensemble, export, predict, report, run, weights
 from test_ensemble import A, C, write_experiment
+from trainables.errors import UserError
 
 COMMANDS = {"run": run.main, "ensemble": ensemble.main, "report": report.main,
             "export": export.main, "predict": predict.main, "weights": weights.main}
@@ -195,6 +196,9 @@ def test_a_special_file_named_like_an_image_is_skipped_not_waited_on(tmp_path):
     odd = os.fsencode(str(root / "red")) + b"/caf\xe9.png"
     with open(odd, "wb") as handle:
         handle.write((root / "red" / "img_001.png").read_bytes())
+    os.mkdir(os.fsencode(str(root / "blue")) + b"/f\xf6tos")  # a folder inside a class
+    with open(os.fsencode(str(root / "blue")) + b"/f\xf6tos/a.png", "wb") as handle:
+        handle.write((root / "blue" / "img_001.png").read_bytes())
     handle, report = D.prepare(D.discover(root), 16, tmp_path / "cache", progress=False)
     reasons = {item["path"]: item["reason"] for items in report["skipped"].values()
                for item in items}
@@ -202,10 +206,15 @@ def test_a_special_file_named_like_an_image_is_skipped_not_waited_on(tmp_path):
     assert reasons["green/gone.png"] == "a symbolic link to nothing (a broken link)"
     assert reasons["blue/loop.png"] == "a symbolic link loop"
     assert "not valid UTF-8" in reasons["red/caf\ufffd.png"]
-    assert report["images_used"] == 18 and report["images_skipped"] == 4
+    assert "a folder on its path is not named in valid UTF-8" in reasons["blue/f\ufffdtos/a.png"]
+    assert report["images_used"] == 18 and report["images_skipped"] == 5
     csv_text = D.split_csv(handle, report)
-    assert csv_text.count(",skipped") == 4
+    assert csv_text.count(",skipped") == 5
     json.dumps(report).encode("utf-8")  # writable as the data report is
+    # a class folder so named is one line: its name would be every table's class name
+    os.mkdir(os.fsencode(str(root)) + b"/caf\xe9")
+    with pytest.raises(UserError, match="class folder .*caf\ufffd: its name is not valid"):
+        D.discover(root)
 
 
 def test_max_epochs_caps_every_trial_whatever_else_sets_max_epochs(tmp_path):

@@ -88,14 +88,20 @@ def test_predict_writes_every_image_and_names_the_unreadable(tmp_path):
         Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(
             images / f"{i}.png")
     (images / "broken.jpg").write_bytes(b"not a jpeg")
+    os.mkfifo(images / "pipe.png")  # never opened: a reader would wait on it for ever
+    with open(os.fsencode(str(images)) + b"/caf\xe9.png", "wb") as handle:  # not UTF-8
+        handle.write((images / "0.png").read_bytes())
     out = tmp_path / "pred.csv"
     code = predict.main([str(tmp_path / "exp"), str(tmp_path / "imgs"), "--out", str(out),
                          "--batch-size", "2"])
     assert code == 1  # some images could not be read; the rest are in the table
-    rows = list(csv.DictReader(out.open()))
-    assert len(rows) == 6 and rows[0]["path"] == "sub/0.png"
-    broken = {r["path"]: r for r in rows}["sub/broken.jpg"]
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert len(rows) == 8 and rows[0]["path"] == "sub/0.png"
+    by_path = {r["path"]: r for r in rows}
+    broken = by_path["sub/broken.jpg"]
     assert broken["predicted"] == "" and "UnidentifiedImageError" in broken["error"]
+    assert by_path["sub/pipe.png"]["error"] == "a named pipe, not an image file"
+    assert "not valid UTF-8" in by_path["sub/caf\ufffd.png"]["error"]
     good = [r for r in rows if not r["error"]]
     probs = np.array([[float(r[f"p_c{k}"]) for k in range(3)] for r in good])
     assert len(good) == 5 and np.allclose(probs.sum(1), 1, atol=1e-5)

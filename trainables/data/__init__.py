@@ -11,10 +11,10 @@ from trainables.data.decode import (decode_cached, decode_image, default_cache_d
 from trainables.data.demo import demo_root, resolve_data
 from trainables.data.handle import DataHandle, prepare
 from trainables.data.source import (IMAGE_EXTENSIONS, SPLITS, DataSource, discover,
-                                    images_under, limit_per_class)
+                                    limit_per_class, scan, shown)
 from trainables.data.split import SKIPPED, apply_split_file, split_csv, stratified_split
 
 __all__ = ["DataHandle", "DataSource", "IMAGE_EXTENSIONS", "SKIPPED", "SPLITS",
            "apply_split_file", "content_digest", "decode_cached", "decode_image",
-           "default_cache_dir", "demo_root", "discover", "file_hashes", "images_under",
-           "limit_per_class", "prepare", "resolve_data", "split_csv", "stratified_split"]
+           "default_cache_dir", "demo_root", "discover", "file_hashes", "limit_per_class",
+           "prepare", "resolve_data", "scan", "shown", "split_csv", "stratified_split"]

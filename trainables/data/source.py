@@ -38,14 +38,21 @@ def visible(entry: Path) -> bool:
     return not entry.name.startswith((".", "__")) and entry.name != "Thumbs.db"
 
 
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes in a file name (os.fsdecode's surrogates)
+        return False
+    return True
+
+
 def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and visible(p))
-
-
-def images_under(folder: Path) -> list[Path]:
-    """Every visible, readable file under ``folder`` (recursively, sorted) with an image
-    extension."""
-    return scan(folder)[0]
+    found = sorted(p for p in folder.iterdir() if p.is_dir() and visible(p))
+    for path in found:
+        if not _utf8(path.name):  # class names go into every table, report and export
+            raise UserError(f"--data: class folder {shown(path)}: its name is not valid UTF-8 "
+                            "text; rename the folder")
+    return found
 
 
 def scan(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -54,20 +61,20 @@ def scan(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     found, rejected = [], []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if visible(Path(d)))
+        odd_folder = not _utf8(os.path.relpath(dirpath, folder))
         for name in sorted(filenames):
             path = Path(dirpath, name)
             if not visible(path) or path.suffix.lower() not in IMAGE_EXTENSIONS:
                 continue
-            reason = unreadable(path)
+            reason = ("a folder on its path is not named in valid UTF-8 text; rename the "
+                      "folder" if odd_folder else unreadable(path))
             (rejected.append((path, reason)) if reason else found.append(path))
     return found, rejected
 
 
 def unreadable(path: Path) -> str:
     """Why ``path`` cannot be read as an image file, or "" when it can be tried."""
-    try:
-        path.name.encode("utf-8")
-    except UnicodeEncodeError:
+    if not _utf8(path.name):
         return "its name is not valid UTF-8 text; rename the file"
     try:
         info = os.stat(path)  # follows links
