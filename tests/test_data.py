@@ -122,10 +122,22 @@ def test_split_file_is_saved_and_reused(image_folder, tmp_path):
     assert "red/broken.png,red,2,skipped" in lines
     # reused: the same images land in the same splits, whatever the seed
     reused = D.apply_split_file(source, tmp_path / "split.csv")
-    handle2, _ = D.prepare(reused, 32, tmp_path / "cache", progress=False, split_seed=99)
+    handle2, report2 = D.prepare(reused, 32, tmp_path / "cache", progress=False, split_seed=99)
     before = {handle.files[r]: s for r, s in zip(handle.rows, handle.splits)}
     after = {handle2.files[r]: s for r, s in zip(handle2.rows, handle2.splits)}
     assert before == after
+    # the same files as before: their decoded images come from the cache (a resumed sweep
+    # decodes nothing again), and the unreadable one is still reported
+    assert handle2.digest == handle.digest and len(list((tmp_path / "cache").rglob("*.npy"))) == 1
+    assert report2["skipped"] == report["skipped"] and report2["images_found"] == 37
+    # an image the split skipped stays out, even once it can be read
+    (image_folder / "red" / "broken.png").write_bytes((image_folder / "red" /
+                                                       "img_001.png").read_bytes())
+    handle3, report3 = D.prepare(D.apply_split_file(D.discover(image_folder),
+                                                    tmp_path / "split.csv"),
+                                 32, tmp_path / "cache", progress=False)
+    assert {handle3.files[r] for r in handle3.rows} == set(before)
+    assert "reused split.csv" in report3["skipped"]["red"][0]["reason"]
 
 
 def test_split_file_from_other_data_is_refused(image_folder, tmp_path):

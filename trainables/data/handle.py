@@ -9,7 +9,7 @@ import numpy as np
 
 from trainables.data.decode import content_digest, decode_cached, file_hashes
 from trainables.data.source import SPLITS, DataSource, check_classes, subset
-from trainables.data.split import stratified_split
+from trainables.data.split import SKIPPED, stratified_split
 from trainables.errors import UserError
 
 
@@ -53,6 +53,10 @@ def prepare(source: DataSource, load_size: int, cache_dir: Path, split_seed: int
     cache = decode_cached(source.root, source.paths, digest, load_size, Path(cache_dir),
                           progress, interpolation)
     bad = {**cache.bad, **{path: why for path, _, why in source.rejected}}
+    if source.splits is not None:  # a reused split: what it skipped stays out
+        bad.update({path: "skipped in the reused split.csv (unreadable when it was drawn)"
+                    for path, split in zip(source.paths, source.splits)
+                    if split == SKIPPED and path not in bad})
     keep = [i for i, path in enumerate(source.paths) if path not in bad]
     usable = subset(source, keep)
     if not usable.paths:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from trainables.data.source import SPLITS, DataSource, subset
+from trainables.data.source import SPLITS, DataSource
 from trainables.errors import UserError
 
 if TYPE_CHECKING:
@@ -67,8 +67,9 @@ def apply_split_file(source: DataSource, split_file: str | os.PathLike) -> DataS
     if missing:
         raise UserError(f"--split-file {path}: {len(missing)} image(s) of --data are not in it "
                         f"(first: {missing[0]}); the file must come from the same data")
-    keep = [i for i, p in enumerate(source.paths) if assigned[p] != SKIPPED]
-    return replace(subset(source, keep), splits=tuple(assigned[source.paths[i]] for i in keep))
+    # what it skipped stays in (prepare() skips it again): the same files as when the split
+    # was drawn, so the decoded images of that sweep are found in the cache, not decoded again
+    return replace(source, splits=tuple(assigned[path] for path in source.paths))
 
 
 def split_csv(handle: "DataHandle", report: dict) -> str:
