@@ -254,3 +254,29 @@ def test_a_failed_sweep_whose_variants_are_numbers_still_sums_up(tmp_path, capsy
     assert report(table, store) == 1
     assert "diverged (loss went NaN/Inf or exploded: try a lower lr): 0.01" in \
         capsys.readouterr().out
+
+
+def test_a_damaged_checkpoint_file_is_named_in_one_line(tmp_path):
+    """The files after-sweep tools read from a checkpoint: truncated or foreign, each is a
+    UserError that names it (ensemble.py leaves such a trial out, report.py goes on without
+    its part, export.py stops)."""
+    import numpy as np
+
+    from trainables import checkpoint
+
+    np.savez(tmp_path / checkpoint.PREDICTIONS_FILE, val_probs=np.zeros((2, 3)))
+    whole = (tmp_path / checkpoint.PREDICTIONS_FILE).read_bytes()
+    assert set(checkpoint.read_predictions(tmp_path)) == {"val_probs"}
+    damaged = {checkpoint.PREDICTIONS_FILE: [whole[:100], b"garbage"],
+               checkpoint.TEST_REPORT_FILE: [b'{"a":', b"\xff\xfe"],
+               checkpoint.FINAL_FILE: [b"[1, 2"],
+               checkpoint.RECORD_FILE: [b"{broken"]}
+    read = {checkpoint.PREDICTIONS_FILE: checkpoint.read_predictions,
+            checkpoint.TEST_REPORT_FILE: checkpoint.read_test_report,
+            checkpoint.FINAL_FILE: checkpoint.final_metrics,
+            checkpoint.RECORD_FILE: checkpoint.read_record}
+    for name, contents in damaged.items():
+        for content in contents:
+            (tmp_path / name).write_bytes(content)
+            with pytest.raises(UserError, match=f"{name}: .*the checkpoint is damaged"):
+                read[name](tmp_path)

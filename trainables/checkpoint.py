@@ -113,10 +113,19 @@ def save(directory: Path, state: dict, record: "TrialRecord", final: dict | None
     (directory / RECORD_FILE).write_text(json.dumps(record.to_json(), indent=1))
 
 
+def _read_json(path: Path) -> dict | None:
+    """A checkpoint's JSON file, None when absent; a damaged one is a UserError."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc}); the checkpoint is damaged") from None
+
+
 def final_metrics(directory: Path) -> dict | None:
     """The last metrics of a trial that had ended when this checkpoint was written."""
-    path = Path(directory) / FINAL_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+    return _read_json(Path(directory) / FINAL_FILE)
 
 
 def load(directory: Path) -> dict:
@@ -141,13 +150,10 @@ def read_record(directory: Path) -> "TrialRecord":
     from trainables.record import TrialRecord
 
     path = Path(directory) / RECORD_FILE
-    if not path.exists():
+    raw = _read_json(path)
+    if raw is None:
         raise UserError(f"{directory}: no {RECORD_FILE} (a checkpoint of an older version); "
                         "re-run the trial with this version")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc}); the checkpoint is damaged") from None
     return TrialRecord.from_json(raw, str(path))
 
 
@@ -155,8 +161,12 @@ def read_predictions(directory: Path) -> dict | None:
     path = Path(directory) / PREDICTIONS_FILE
     if not path.exists():
         return None
-    with np.load(path) as npz:
-        return {key: npz[key] for key in npz.files}
+    try:
+        with np.load(path) as npz:
+            return {key: npz[key] for key in npz.files}
+    except Exception as exc:  # truncated, not an npz, or not ours (pickled objects refused)
+        raise UserError(f"{path}: cannot be read ({type(exc).__name__}); the checkpoint is "
+                        "damaged") from None
 
 
 def read_best_weights(directory: Path) -> dict:
@@ -174,5 +184,4 @@ def read_best_weights(directory: Path) -> dict:
 
 
 def read_test_report(directory: Path) -> dict | None:
-    path = Path(directory) / TEST_REPORT_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+    return _read_json(Path(directory) / TEST_REPORT_FILE)
