@@ -24,7 +24,7 @@ def prepare_data(spec: SweepSpec, cfgs: list[TrialConfig]) -> tuple[D.DataHandle
         if source.presplit:
             raise UserError(f"--split-file conflicts with --data {source.root}, which is "
                             "already split into train/ val/ test/; drop --split-file")
-        source = D.apply_split_file(source, spec.split_file)
+        source = D.apply_split_file(source, spec.split_file, resumed=spec.resume)
     sizes = sorted({(p.load_size, p.interpolation) for p in map(preprocess_for, cfgs)})
     handle, report = D.prepare(source, sizes[0][0], cache_dir, split_seed=spec.split_seed or 0,
                                interpolation=sizes[0][1])

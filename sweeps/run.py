@@ -19,8 +19,8 @@ from sweeps.claim import check_data_apart, check_new
 from sweeps.cluster import (check_reachable, cluster_nodes, local_resources, resources,
                             start_ray)
 from sweeps.interrupt import GracefulStop
-from sweeps.spec import (SMOKE_IMAGES_PER_CLASS, SWEEP_FILE, Sweep, SweepSpec, resolve,
-                         resumed)
+from sweeps.spec import (SMOKE_IMAGES_PER_CLASS, SWEEP_FILE, Sweep, SweepSpec, check_same_data,
+                         resolve, resumed)
 from trainables.data import resolve_data
 
 ZERO = cli.number(int, low=0)
@@ -105,6 +105,8 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
 
         tracking.check(spec.tracking)
     handle, data_report = prepare_data(spec, cfgs)
+    if spec.resume:
+        check_same_data(store, handle.digest, data_report["root"])
     unavailable = check_weights(cfgs)
     # every input is checked: the experiment folder is claimed before anything is written
     if spec.resume:
@@ -121,7 +123,7 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
     else:
         store.write_text("split.csv", split_csv(handle, data_report))
         store.write_text("data_report.json", json.dumps(data_report, indent=1))
-        store.write_text(SWEEP_FILE, sweep.to_json(data_report, unavailable))
+        store.write_text(SWEEP_FILE, sweep.to_json(data_report, unavailable, handle.digest))
         tuner = build_tuner(sweep, handle, unavailable, per_trial)
         how = "chosen by Optuna TPE" if sweep.plan.searched else "grid"
         pruning = f"ASHA grace {sweep.grace} epochs" if spec.scheduler == "asha" \

@@ -103,6 +103,16 @@ def resumed(cli: SweepSpec) -> SweepSpec:
     return spec
 
 
+def check_same_data(store: Store, digest: str, root: str) -> None:
+    """A resumed sweep must see the images it began with: its finished trials were scored on
+    them and its unfinished ones go on with them."""
+    began = read_sweep_json(store, "--resume").get("data_digest")
+    if began and began != digest:  # (sweeps of older versions did not record it)
+        raise UserError(f"--resume {store}: the images under {root} changed since the sweep "
+                        "began (their contents differ); restore them, or start a new sweep "
+                        f"(--split-file {store}/split.csv reuses its split)")
+
+
 def read_sweep_json(store: Store, flag: str) -> dict:
     if not store.exists(SWEEP_FILE):
         raise UserError(f"{flag} {store}: no {SWEEP_FILE} there; point it at an experiment "
@@ -167,7 +177,7 @@ class Sweep:
             rung *= self.space.reduction_factor
         return tuple(points)
 
-    def to_json(self, data_report: dict, unavailable: tuple[str, ...]) -> str:
+    def to_json(self, data_report: dict, unavailable: tuple[str, ...], digest: str) -> str:
         return json.dumps({
             "args": {**asdict(self.spec), "name": self.name}, "space": self.space.name,
             "variant_keys": list(self.variant_keys), "overrides": self.overrides,
@@ -176,6 +186,7 @@ class Sweep:
                      "grace": self.grace, "max_epochs": self.max_epochs,
                      "reduction_factor": self.space.reduction_factor},
             "presplit": data_report["presplit"], "data": data_report["root"],
+            "data_digest": digest,  # of the image files' contents: --resume checks it
             "pretrained_unavailable": list(unavailable)}, indent=1)
 
 

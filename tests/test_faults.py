@@ -84,6 +84,22 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_a_trial(images, tmp
     first_dir = next(d for d in _trial_dirs(experiment) if d.name.endswith(first["trial_id"]))
     first_pids = _progress(first_dir)["pid"].tolist()
 
+    # the images changed meanwhile (one added; one rewritten): refused in one line
+    red = sorted((images / "red").glob("*.png"))
+    original = red[0].read_bytes()
+    for change in ("added", "rewritten"):
+        if change == "added":
+            (images / "red" / "late.png").write_bytes(original)
+        else:
+            red[0].write_bytes(red[1].read_bytes())
+        try:
+            refused = run_cli(["--resume", str(experiment)], cwd=tmp_path)
+        finally:
+            (images / "red" / "late.png").unlink(missing_ok=True)
+            red[0].write_bytes(original)
+        assert refused.returncode == 2, refused.stderr[-3000:]
+        assert "changed since the sweep began" in refused.stderr.strip().splitlines()[-1]
+
     table = _resume_completes(experiment, tmp_path, 3, monkeypatch)
     assert sorted(table["seed"]) == [0, 1, 2]
     again = table.set_index("trial_id").loc[first["trial_id"]]

@@ -44,8 +44,10 @@ def stratified_split(labels: list[int] | tuple[int, ...], fractions=(0.8, 0.1, 0
     return out.tolist()
 
 
-def apply_split_file(source: DataSource, split_file: str | os.PathLike) -> DataSource:
-    """Use the split of an earlier experiment (its split.csv) instead of drawing a new one."""
+def apply_split_file(source: DataSource, split_file: str | os.PathLike,
+                     resumed: str | None = None) -> DataSource:
+    """Use the split of an earlier experiment (its split.csv) instead of drawing a new one;
+    ``resumed``: the experiment being resumed, whose own split this is (for messages)."""
     path = Path(split_file).expanduser()
     try:
         with open(path, newline="", encoding="utf-8") as handle:
@@ -64,6 +66,10 @@ def apply_split_file(source: DataSource, split_file: str | os.PathLike) -> DataS
     if bad:
         raise UserError(f"--split-file {path}: unknown split(s) {bad}; use train, val, test")
     missing = [p for p in source.paths if p not in assigned]
+    if missing and resumed:
+        raise UserError(f"--resume {resumed}: {len(missing)} image(s) under {source.root} are "
+                        f"not in its split.csv (first: {missing[0]}): the images changed since "
+                        "the sweep began; restore them, or start a new sweep")
     if missing:
         raise UserError(f"--split-file {path}: {len(missing)} image(s) of --data are not in it "
                         f"(first: {missing[0]}); the file must come from the same data")
