@@ -199,8 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         if trial_id not in set(experiment.table["trial_id"]):
             raise UserError(f"trial {trial_id}: not in {experiment.root}/results.csv; its "
                             "trial_id column lists the trials")
-    path, lines = build_report(experiment, Path(args.out or experiment.root / REPORT_DIR),
-                               args.compare, args.confusion, args.latency_rounds, args.threads)
+    out = Path(args.out) if args.out else experiment.root / REPORT_DIR
+    check_out(out, experiment.data_root)
+    path, lines = build_report(experiment, out, args.compare, args.confusion,
+                               args.latency_rounds, args.threads)
     from sweeps.tracking import log_files
 
     tracked = log_files(experiment.root, sorted(path.parent.glob("*.html"))
@@ -209,6 +211,17 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     print(f"report: {path}")
     return 0
+
+
+def check_out(out: Path, data_root: str) -> None:
+    """The report's folder: not a file, and not inside the images the sweep trained on (its
+    figures are PNG files: in a class folder they would be trained on next time)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; name a folder for the report")
+    data = Path(data_root).resolve() if data_root else None
+    if data and (out.resolve() == data or data in out.resolve().parents):
+        raise UserError(f"--out {out}: lies inside the data folder {data}, where its images "
+                        "would be taken for training images; write the report elsewhere")
 
 
 def cli_main() -> None:

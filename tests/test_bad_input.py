@@ -32,6 +32,8 @@ def ground(tmp_path_factory) -> Path:
     for split in ("train", "test"):  # a pre-split root without val/
         make_image_folder(base / "partial" / split, per_class=3)
     write_experiment(base / "exp", {"c1": (0.5, C, C), "a1": (0.6, A, A)})
+    write_experiment(base / "exp_of_imgs", {"c1": (0.5, C, C), "a1": (0.6, A, A)})
+    (base / "exp_of_imgs" / "sweep.json").write_text(json.dumps({"data": str(base / "imgs")}))
     (base / "empty_exp").mkdir()
     (base / "empty_exp" / "results.csv").write_text("")
     (base / "empty_exp" / "split.csv").write_text("path,class,label,split\n")
@@ -126,6 +128,8 @@ CASES = [
     ("ensemble", ["{g}/a_file"], "no results.csv here"),
     ("report", ["{g}/exp", "--confusion", "-1"], "--confusion: must be at least 0"),
     ("report", ["{g}/exp", "--compare", "c1", "zz"], "trial zz: not in"),
+    ("report", ["{g}/exp", "--out", "{g}/a_file"], "is a file; name a folder"),
+    ("report", ["{g}/exp_of_imgs", "--out", "{g}/imgs/red/report"], "inside the data folder"),
     ("export", ["{g}/exp", "--out", "{g}/a_file"], "is a file"),
     ("export", ["{g}/exp", "--trial", "zz"], "trial zz: not in"),
     ("export", ["{g}/exp"], "no trial.json"),
