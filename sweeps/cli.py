@@ -44,7 +44,9 @@ def number(kind: type = int, low: float | None = None, high: float | None = None
     return parse
 
 
-def run(main: Callable[[], int]) -> NoReturn:
+def run(main: Callable[[], int], cleanup: Callable[[], None] | None = None) -> NoReturn:
+    """Run a command's ``main``: a UserError is one line and exit status 2, Ctrl-C exit
+    status 130. ``cleanup`` runs last; a Ctrl-C during it cuts it short, quietly."""
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         code = main()
@@ -54,4 +56,9 @@ def run(main: Callable[[], int]) -> NoReturn:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
+    if cleanup is not None:
+        try:
+            cleanup()
+        except KeyboardInterrupt:
+            code = code or 130
     sys.exit(code)

@@ -4,11 +4,20 @@ them), the trials are stopped, and the driver writes the table and says how to r
 A second signal quits at once."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class _TunesResumeAdvice(logging.Filter):
+    """Tune's own "Resume experiment with: Tuner.restore(...)": the driver says how to resume
+    this sweep (python sweeps/run.py --resume ...), and Tune's way would lose its settings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
 
 
 class GracefulStop:
@@ -22,6 +31,7 @@ class GracefulStop:
     def __enter__(self) -> "GracefulStop":
         # Tune would otherwise take SIGINT for itself, and we could not tell it came
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        logging.getLogger("ray.tune.tune").addFilter(_TunesResumeAdvice())
         for signum in EXIT_CODES:
             self._previous[signum] = signal.signal(signum, self._handle)
         return self

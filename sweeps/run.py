@@ -178,8 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     return run_sweep(sweep, ["sweeps/run.py", *(sys.argv[1:] if argv is None else argv)])
 
 
+def stop_ray() -> None:
+    """Shut down the Ray instance of this run here, not in Ray's exit hook, where a second
+    Ctrl-C printed a traceback (what a Ctrl-C cuts short, the watchdog in reaper.py ends)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 def cli_main() -> None:
-    cli.run(main)
+    cli.run(main, cleanup=stop_ray)
 
 
 if __name__ == "__main__":

@@ -284,3 +284,16 @@ def test_a_damaged_checkpoint_file_is_named_in_one_line(tmp_path):
             (tmp_path / name).write_bytes(content)
             with pytest.raises(UserError, match=f"{name}: .*the checkpoint is damaged"):
                 read[name](tmp_path)
+
+
+def test_a_ctrl_c_during_the_last_cleanup_ends_quietly(capsys):
+    """run.py shuts Ray down as its command ends (not in Ray's exit hook, where a second
+    Ctrl-C printed a traceback): a Ctrl-C there cuts it short with exit status 130."""
+    def interrupted():
+        raise KeyboardInterrupt
+
+    for code, expected in ((0, 130), (143, 143)):
+        with pytest.raises(SystemExit) as ended:
+            cli.run(lambda: code, cleanup=interrupted)
+        assert ended.value.code == expected
+    assert "Traceback" not in capsys.readouterr().err
