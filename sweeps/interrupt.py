@@ -20,6 +20,9 @@ class _TunesResumeAdvice(logging.Filter):
         return "Tuner.restore(" not in record.getMessage()
 
 
+_TUNES_RESUME_ADVICE = _TunesResumeAdvice()  # one instance: adding it again changes nothing
+
+
 class GracefulStop:
     """Within ``with GracefulStop() as stop:`` the first SIGINT or SIGTERM asks Tune to stop
     (through SIGUSR1, its own stop signal); ``stop.signal`` says which one came."""
@@ -31,7 +34,7 @@ class GracefulStop:
     def __enter__(self) -> "GracefulStop":
         # Tune would otherwise take SIGINT for itself, and we could not tell it came
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-        logging.getLogger("ray.tune.tune").addFilter(_TunesResumeAdvice())
+        logging.getLogger("ray.tune.tune").addFilter(_TUNES_RESUME_ADVICE)
         for signum in EXIT_CODES:
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
