@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -46,35 +47,45 @@ def _status(pid: int) -> dict[str, int]:
     return out
 
 
-def peak_while(pid: int, key: str, every: float, stop: threading.Event, into: list) -> None:
-    while not stop.is_set():
-        value = _status(pid).get(key)
-        if value is not None:
-            into.append(value)
-        time.sleep(every)
+@contextmanager
+def peak_of(pid: int, key: str, every: float):
+    """Samples (kB) of ``key`` in /proc/PID/status every ``every`` seconds while inside;
+    yields the list they are appended to."""
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            value = _status(pid).get(key)
+            if value is not None:
+                samples.append(value)
+            time.sleep(every)
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        watcher.join()
 
 
 def prepare_child(root: str, cache: str) -> None:
     """``--prepare``: prepare one data set, print wall seconds and peak anonymous MB."""
     from trainables import data as D
 
-    samples: list[int] = []
-    stop = threading.Event()
-    watcher = threading.Thread(target=peak_while, args=(os.getpid(), "RssAnon", 0.05, stop,
-                                                        samples), daemon=True)
-    watcher.start()
-    started = time.perf_counter()
-    handle, _ = D.prepare(D.discover(root), 64, Path(cache), progress=False)
-    seconds = time.perf_counter() - started
-    stop.set()
-    watcher.join()
+    with peak_of(os.getpid(), "RssAnon", 0.05) as samples:
+        started = time.perf_counter()
+        handle, _ = D.prepare(D.discover(root), 64, Path(cache), progress=False)
+        seconds = time.perf_counter() - started
     print(json.dumps({"seconds": seconds, "peak_anon_mb": max(samples) / 1024,
                       "images": len(handle.rows)}))
 
 
-def fit(xs, ys) -> tuple[float, float]:
+def fit(xs, ys, at: float) -> tuple[float, float]:
+    """The least-squares line through (xs, ys): its slope, and its value at ``at``."""
     slope, intercept = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
-    return float(slope), float(intercept)
+    return float(slope), float(intercept + slope * at)
 
 
 def data_curve(sizes: list[int], base: Path) -> dict:
@@ -90,12 +101,11 @@ def data_curve(sizes: list[int], base: Path) -> dict:
         print(f"data {point['images']:>6} images: {point['seconds']:7.1f} s, peak "
               f"{point['peak_anon_mb']:7.1f} MB of the process's own memory", flush=True)
     images = [p["images"] for p in points]
-    time_slope, time_0 = fit(images, [p["seconds"] for p in points])
-    mem_slope, mem_0 = fit(images, [p["peak_anon_mb"] for p in points])
+    time_slope, time_at = fit(images, [p["seconds"] for p in points], PLANTVILLAGE_IMAGES)
+    mem_slope, mem_at = fit(images, [p["peak_anon_mb"] for p in points], PLANTVILLAGE_IMAGES)
     return {"points": points, "seconds_per_1000_images": time_slope * 1000,
             "mb_per_1000_images": mem_slope * 1000,
-            "predicted_plantvillage_s": time_0 + time_slope * PLANTVILLAGE_IMAGES,
-            "predicted_plantvillage_peak_mb": mem_0 + mem_slope * PLANTVILLAGE_IMAGES}
+            "predicted_plantvillage_s": time_at, "predicted_plantvillage_peak_mb": mem_at}
 
 
 def trial_curve(counts: list[int], storage: Path) -> dict:
@@ -109,15 +119,9 @@ def trial_curve(counts: list[int], storage: Path) -> dict:
         started = time.perf_counter()
         driver = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
-        samples: list[int] = []
-        stop = threading.Event()
-        watcher = threading.Thread(target=peak_while, args=(driver.pid, "VmRSS", 0.5, stop,
-                                                            samples), daemon=True)
-        watcher.start()
-        code = driver.wait()
-        seconds = time.perf_counter() - started
-        stop.set()
-        watcher.join()
+        with peak_of(driver.pid, "VmRSS", 0.5) as samples:
+            code = driver.wait()
+            seconds = time.perf_counter() - started
         if code != 0:
             raise SystemExit(f"the {n}-trial sweep failed ({code}): {' '.join(command)}")
         rows = sum(1 for _ in open(storage / f"trials-{n}" / "results.csv")) - 1
@@ -127,11 +131,10 @@ def trial_curve(counts: list[int], storage: Path) -> dict:
         print(f"trials {n:>4}: {seconds:7.1f} s ({seconds / n:.2f} s per trial), driver peak "
               f"{point['driver_peak_mb']:.0f} MB", flush=True)
     counts_ = [p["trials"] for p in points]
-    time_slope, time_0 = fit(counts_, [p["seconds"] for p in points])
-    mem_slope, mem_0 = fit(counts_, [p["driver_peak_mb"] for p in points])
+    time_slope, time_at = fit(counts_, [p["seconds"] for p in points], BIG_SEARCH)
+    mem_slope, mem_at = fit(counts_, [p["driver_peak_mb"] for p in points], BIG_SEARCH)
     return {"points": points, "seconds_per_trial": time_slope, "mb_per_trial": mem_slope,
-            "predicted_2000_trials_s": time_0 + time_slope * BIG_SEARCH,
-            "predicted_2000_trials_driver_mb": mem_0 + mem_slope * BIG_SEARCH}
+            "predicted_2000_trials_s": time_at, "predicted_2000_trials_driver_mb": mem_at}
 
 
 def table_curve(rows: list[int]) -> dict:
@@ -156,9 +159,8 @@ def table_curve(rows: list[int]) -> dict:
             times.append(time.perf_counter() - started)
         points.append({"rows": n, "seconds": statistics.median(times)})
         print(f"table {n:>5} rows: {statistics.median(times) * 1000:7.1f} ms", flush=True)
-    slope, intercept = fit([p["rows"] for p in points], [p["seconds"] for p in points])
-    return {"points": points, "ms_per_row": slope * 1000,
-            "predicted_2000_rows_ms": (intercept + slope * BIG_SEARCH) * 1000}
+    slope, at = fit([p["rows"] for p in points], [p["seconds"] for p in points], BIG_SEARCH)
+    return {"points": points, "ms_per_row": slope * 1000, "predicted_2000_rows_ms": at * 1000}
 
 
 def main() -> None:
