@@ -22,9 +22,14 @@ from sweeps.storage import CLAIM_LOCK, Store
 from trainables.errors import UserError
 
 MARKER = ".visionsweep"
-LOCK = CLAIM_LOCK
 
 _HELD: list = []  # open lock files of this process: the lock lasts as long as the driver
+
+
+def within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (both resolved)."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
 
 
 def check_data_apart(store: Store, data_root: str | None) -> None:
@@ -32,7 +37,7 @@ def check_data_apart(store: Store, data_root: str | None) -> None:
     if store.is_uri or not data_root:
         return
     experiment, data = Path(store.root).resolve(), Path(data_root).resolve()
-    if experiment == data or data in experiment.parents or experiment in data.parents:
+    if within(experiment, data) or within(data, experiment):
         raise UserError(f"experiment {store} and --data {data} overlap (one holds the "
                         "other); put the experiment outside the data folder with --storage")
 
@@ -46,7 +51,7 @@ def _holder(root: Path) -> str:
 
 
 def _lock(root: Path, what: str) -> None:
-    handle = open(root / LOCK, "a+")
+    handle = open(root / CLAIM_LOCK, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -63,7 +68,9 @@ def _mark(store: Store, command: list[str]) -> None:
 
 
 def _content(root: Path) -> list[Path]:
-    return [entry for entry in root.iterdir() if entry.name != LOCK] if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    return [entry for entry in root.iterdir() if entry.name != CLAIM_LOCK]
 
 
 def check_new(store: Store, overwrite: bool) -> None:

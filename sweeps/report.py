@@ -10,8 +10,8 @@ CPU latency measured here, Pareto plots of accuracy against them; the latency is
 results.csv); where each variant fails (per-class recall and F1, the hardest test images).
 The ranked table carries each test metric's 95% bootstrap interval, and McNemar's test
 says whether the winner is distinguishable from the runner-up (or from any trial named
-with --compare). The best trial's confusion matrix and
-precision-recall curves also go to TensorBoard, under that trial.
+with --compare). The best trial's confusion matrix and precision-recall curves also go to
+TensorBoard, under that trial.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from sweeps import cli, report_sections
+from sweeps.claim import within
 from sweeps.experiment import Experiment, TrialPredictions, load_experiment, load_trial
 from sweeps.plots import (accuracy_by_group, accuracy_chart, confusion_figure,
                           learning_curves, pyplot)
@@ -218,10 +219,10 @@ def check_out(out: Path, data_root: str) -> None:
     figures are PNG files: in a class folder they would be trained on next time)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file; name a folder for the report")
-    data = Path(data_root).resolve() if data_root else None
-    if data and (out.resolve() == data or data in out.resolve().parents):
-        raise UserError(f"--out {out}: lies inside the data folder {data}, where its images "
-                        "would be taken for training images; write the report elsewhere")
+    if data_root and within(out, Path(data_root)):
+        raise UserError(f"--out {out}: lies inside the data folder {Path(data_root).resolve()}, "
+                        "where its images would be taken for training images; write the "
+                        "report elsewhere")
 
 
 def cli_main() -> None:
