@@ -61,7 +61,8 @@ def _metrics(values: dict, keys, step: int) -> list:
             and values[key] == values[key]]
 
 
-def _plain(value):
+def _param_value(value):
+    """A value MLflow takes as a param: a scalar as it is, anything else as its text."""
     return value if isinstance(value, (int, float, str, bool)) else str(value)
 
 
@@ -93,7 +94,7 @@ class Tracking:
         run = client.create_run(experiment_id, run_name=self.run_name,
                                 tags={**self.tags, "visionsweep.kind": "sweep"})
         for key, value in self.params.items():
-            client.log_param(run.info.run_id, key, _plain(value))
+            client.log_param(run.info.run_id, key, _param_value(value))
         self.state = {"uri": self.uri, "experiment_id": experiment_id,
                       "parent_run_id": run.info.run_id, "trials": {}}
         self._save()
@@ -137,7 +138,7 @@ class Tracking:
         from trainables.config import TrialConfig
 
         config = TrialConfig.from_dict(entry.config).to_dict()  # every field, defaults too
-        params = [Param(k, str(_plain(v))) for k, v in sorted(config.items())]
+        params = [Param(k, str(_param_value(v))) for k, v in sorted(config.items())]
         for start in range(0, len(params), 100):
             client.log_batch(run.info.run_id, params=params[start:start + 100])
         state["trials"][entry.trial_id] = run.info.run_id

@@ -140,8 +140,8 @@ class BatchAugment:
     @staticmethod
     def _blur(x: torch.Tensor, p: float) -> torch.Tensor:
         """GaussianBlur(kernel_size=3, sigma in BLUR_SIGMA, reflect padding) on a random
-        share ``p`` of the batch: a separable 3-tap filter as three shifted multiply-adds per axis (on
-        CPU and GPU faster than a depthwise convolution). Images not chosen get the
+        share ``p`` of the batch: a separable 3-tap filter as three shifted multiply-adds per
+        axis (on CPU and GPU faster than a depthwise convolution). Images not chosen get the
         identity taps, so every batch has one fixed shape of work."""
         n = x.shape[0]
         chosen = (torch.rand(n) < p).view(n, 1)

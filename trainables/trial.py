@@ -60,8 +60,8 @@ def trial_data(handle: DataHandle, pre: Preprocess) -> TrialData:
                          size=pre.image_size)
 
     return TrialData(
-        images=images, train_rows=rows[tr], train_labels=labels[tr], val=eval_split(va), test=eval_split(te),
-        num_classes=handle.num_classes, preprocess=pre)
+        images=images, train_rows=rows[tr], train_labels=labels[tr], val=eval_split(va),
+        test=eval_split(te), num_classes=handle.num_classes, preprocess=pre)
 
 
 def build_trial(cfg: TrialConfig, handle: DataHandle, variant: str = "",
