@@ -106,30 +106,6 @@ def _check_checkpoint(trial_dir: Path, num_test: int) -> None:
     assert (checkpoints[0] / "best_model.pt").exists()
 
 
-def test_seeds_corrupt_images_and_odd_paths(tmp_path, ray_address):
-    """--num-samples repeats a variant over seeds; a broken image is skipped and listed."""
-    data = make_image_folder(tmp_path / "my data [v2] (copy)", per_class=10)
-    good = (data / "red" / "img_001.png").read_bytes()
-    (data / "red" / "broken.png").write_bytes(good[:40])
-    result = run_cli(["--space", "googlenet_strategies", "--data", str(data), "--num-samples",
-                      "2", "--set", "strategy=base", "--set", "objective=ce", "--set",
-                      "model=small_cnn", "--set", "image_size=32", "--max-epochs", "3",
-                      "--storage", str(tmp_path / "runs"), "--name", "seeds",
-                      "--address", ray_address], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    experiment = tmp_path / "runs" / "seeds"
-    table = pd.read_csv(experiment / "results.csv")
-    assert sorted(table["seed"]) == [0, 1] and set(table["variant"]) == {"base-ce"}
-    by_variant = pd.read_csv(experiment / "results_by_variant.csv")
-    assert by_variant.loc[0, "trials"] == 2
-    assert math.isclose(by_variant.loc[0, "test_acc_mean"], table["test_acc"].mean())
-    assert "By variant" in result.stdout
-    report = json.loads((experiment / "data_report.json").read_text())
-    assert report["images_skipped"] == 1
-    assert report["skipped"]["red"][0]["path"] == "red/broken.png"
-    assert "skipped 1 unreadable" in result.stderr
-
-
 def test_existing_experiment_is_not_overwritten(tmp_path):
     (tmp_path / "runs" / "taken").mkdir(parents=True)
     (tmp_path / "runs" / "taken" / "results.csv").write_text("keep me")
@@ -139,25 +115,34 @@ def test_existing_experiment_is_not_overwritten(tmp_path):
     assert (tmp_path / "runs" / "taken" / "results.csv").read_text() == "keep me"
 
 
-def test_odd_paths_and_image_kinds_through_a_whole_sweep(tmp_path, ray_address):
+def test_seeds_odd_paths_and_image_kinds_through_a_whole_sweep(tmp_path, ray_address):
     """Brackets, colons, spaces and Korean letters in data and storage paths; every common
-    image kind; a truncated JPEG. Then the same name again, refused, then --overwrite."""
+    image kind; a truncated JPEG, skipped and listed; --num-samples repeats the variant over
+    seeds. Then the same name again, refused, then --overwrite."""
     from test_real_data import make_odd_dataset
 
     data = make_odd_dataset(tmp_path)
     storage = tmp_path / "결과 runs [1] (a:b)"
     args = ["--space", "googlenet_strategies", "--data", str(data), "--smoke", "--storage",
             str(storage), "--name", "odd: name [1]", "--set", "model=small_cnn",
-            "--set", "strategy=base", "--set", "objective=ce", "--address", ray_address]
+            "--set", "strategy=base", "--set", "objective=ce", "--num-samples", "2",
+            "--address", ray_address]
     result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     experiment = storage / "odd: name [1]"
     table = pd.read_csv(experiment / "results.csv")
-    assert len(table) == 1 and table.loc[0, "stop_reason"] == "completed"
-    assert 0 <= table.loc[0, "test_acc"] <= 1
+    assert sorted(table["seed"]) == [0, 1] and set(table["variant"]) == {"base-ce"}
+    assert (table["stop_reason"] == "completed").all()
+    assert table["test_acc"].between(0, 1).all()
+    by_variant = pd.read_csv(experiment / "results_by_variant.csv")
+    assert by_variant.loc[0, "trials"] == 2
+    assert math.isclose(by_variant.loc[0, "test_acc_mean"], table["test_acc"].mean())
+    assert "By variant" in result.stdout
     report = json.loads((experiment / "data_report.json").read_text(encoding="utf-8"))
+    assert report["images_skipped"] == 1
     assert [s["path"] for items in report["skipped"].values() for s in items] == \
         ["잎마름병 (blight)/cut_off.jpg"]
+    assert "skipped 1 unreadable" in result.stderr
     split = pd.read_csv(experiment / "split.csv")
     assert "정상: healthy" in set(split["class"])
     trial_dir = next(p for p in experiment.iterdir() if p.is_dir() and p.name.startswith("base"))
@@ -171,7 +156,7 @@ def test_odd_paths_and_image_kinds_through_a_whole_sweep(tmp_path, ray_address):
     assert (experiment / "results.csv").exists()
     replaced = run_cli([*args, "--overwrite"], cwd=tmp_path)
     assert replaced.returncode == 0, replaced.stderr[-3000:]
-    assert len(pd.read_csv(experiment / "results.csv")) == 1
+    assert len(pd.read_csv(experiment / "results.csv")) == 2
 
 
 def test_a_failing_trial_is_tabled_and_the_others_go_on(tmp_path, monkeypatch, capsys):
