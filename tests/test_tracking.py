@@ -110,7 +110,7 @@ def read_back(client, experiment_name: str, experiment: Path, epochs: int):
 
 
 def test_a_tracked_sweep_killed_and_resumed_is_one_run_with_a_child_per_trial(
-        mlflow_server, tmp_path, monkeypatch, ray_address):
+        mlflow_server, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     data = make_image_folder(tmp_path / "imgs", per_class=20)
@@ -120,11 +120,10 @@ def test_a_tracked_sweep_killed_and_resumed_is_one_run_with_a_child_per_trial(
                       "--set", "early_stop_patience=0", "--data", str(data), "--max-epochs", "3",
                       "--num-samples", "3", "--max-concurrent", "1", "--tracking",
                       mlflow_server, "--tracking-experiment", "colours",
-                      "--storage", str(tmp_path / "runs"), "--name", "tracked",
-                      "--address", ray_address], cwd=tmp_path)
+                      "--storage", str(tmp_path / "runs"), "--name", "tracked"], cwd=tmp_path)
     assert killed.returncode == -9
     monkeypatch.delenv("VISIONSWEEP_FAULTS")
-    resumed = run_cli(["--resume", str(experiment), "--address", ray_address], cwd=tmp_path)
+    resumed = run_cli(["--resume", str(experiment)], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     client = MlflowClient(mlflow_server)
