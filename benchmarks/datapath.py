@@ -36,7 +36,8 @@ from trainables import data as D
 from trainables.batches import training_batches
 from trainables.config import TrialConfig
 from trainables.loop import amp_dtype, train_one_epoch
-from trainables.objectives import create_loss, create_optimizer
+from trainables.losses import create_loss
+from trainables.optim import create_optimizer
 from trainables.trial import build_trial, preprocess_for
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -12,6 +12,18 @@ from typing import Any, Callable
 from trainables.errors import UserError
 
 
+def is_grid(value: Any) -> bool:
+    """A ``tune.grid_search`` value."""
+    return isinstance(value, dict) and "grid_search" in value
+
+
+def is_domain(value: Any) -> bool:
+    """A Ray Tune distribution (``tune.uniform``, ``tune.choice``, ...)."""
+    from ray.tune.search.sample import Domain
+
+    return isinstance(value, Domain)
+
+
 class PerKey:
     """A value that depends on another key of the trial's config (its model, its
     strategy): a number, or a (low, high) range drawn log-uniformly. Use through

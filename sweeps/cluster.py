@@ -115,7 +115,7 @@ def resources(cpus_per_trial: float | None, gpus_per_trial: float | None,
     the largest default GPU share among the sweep's models (the model registry's
     ``gpu_share``); without --cpus-per-trial, for its part of a node's CPUs: the node's
     CPUs over the trials that share it (``concurrent`` at most, when fewer can run)."""
-    from trainables.models import model_spec
+    from trainables.zoo import model_spec
 
     gpus = gpus_per_trial
     if gpus is None:

@@ -31,10 +31,6 @@ class TrialPredictions:
     val_probs: np.ndarray
     test_probs: np.ndarray
 
-    @property
-    def test_report(self) -> dict | None:
-        return checkpoint.read_test_report(self.directory)
-
 
 @dataclass
 class Experiment:

@@ -6,19 +6,10 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
+from search_spaces import is_domain, is_grid
 from trainables.config import TrialConfig
 
 SMOKE_BUDGET = 4  # trials of a searched space under --smoke
-
-
-def is_grid(value: Any) -> bool:
-    return isinstance(value, dict) and "grid_search" in value
-
-
-def is_domain(value: Any) -> bool:
-    from ray.tune.search.sample import Domain
-
-    return isinstance(value, Domain)
 
 
 def _is_searchable(value: Any) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from sweeps import cli
 from trainables import weights as W
-from trainables.models import MODELS, model_spec
+from trainables.zoo import MODELS, model_spec
 
 
 def list_weights(models: list[str]) -> int:

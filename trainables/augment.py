@@ -26,11 +26,6 @@ class AugmentSpec:
     blur: float = 0.0  # probability of a 3x3 Gaussian blur, sigma uniform in BLUR_SIGMA
     policy: str = ""  # "autoaugment" | "randaugment" | "trivialaugment"
 
-    @property
-    def identity(self) -> bool:
-        """A centre crop and nothing else."""
-        return self == AugmentSpec(crop_scale=None, flip=False)
-
 
 BLUR_SIGMA = (0.1, 2.0)
 BLUR_KERNEL = 3

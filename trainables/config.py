@@ -10,6 +10,7 @@ import difflib
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from trainables import registry
 from trainables.errors import UserError
 
 # Objective presets: a variant name stands for these field values.
@@ -30,15 +31,10 @@ FIXED_CHOICES: dict[str, tuple[str, ...]] = {
 
 
 def choices() -> dict[str, tuple[str, ...]]:
-    """The allowed values of every key that takes a name: the factories' registries (so a
-    registered optimizer, loss, schedule, strategy or recipe is a valid value at once)."""
-    from trainables.augment import AUGMENTS
-    from trainables.objectives import LOSSES, OPTIMIZERS, SCHEDULES
-    from trainables.strategies import STRATEGIES
-
-    return {**FIXED_CHOICES, "strategy": STRATEGIES.names(), "loss": LOSSES.names(),
-            "scheduler": SCHEDULES.names(), "optimizer": OPTIMIZERS.names(),
-            "augment": AUGMENTS.names()}
+    """The allowed values of every key that takes a name: the fixed ones here, and the
+    factories' registries (so a registered optimizer, loss, schedule, strategy or recipe is
+    a valid value at once)."""
+    return {**FIXED_CHOICES, **registry.choices()}
 
 # (low, high, what) bounds, inclusive unless noted in the check below.
 BOUNDS: dict[str, tuple[float, float]] = {

@@ -24,7 +24,8 @@ from trainables.batches import Normalize, centre_crop, image_placement, training
 from trainables.config import TrialConfig
 from trainables.evaluation import accuracy, macro_f1, test_summary
 from trainables.models import Net
-from trainables.objectives import create_loss, create_optimizer, create_schedule
+from trainables.losses import create_loss
+from trainables.optim import create_optimizer, create_schedule
 from trainables.strategies import Strategy
 from trainables.record import Preprocess
 

@@ -17,62 +17,11 @@ from torch import nn
 from trainables import weights as W
 from trainables.errors import UserError
 from trainables.nets import HeadSpec, Net, SmallCNN
-from trainables.registry import Registry
+from trainables.zoo import MODELS, ModelSpec, model_spec
 
 __all__ = ["BuiltModel", "DataConfig", "HeadSpec", "MODELS", "ModelBuild", "ModelSpec", "Net",
            "SmallCNN", "check_model", "create_model", "data_config", "fetch_pretrained",
-           "known_models", "model_spec", "rebuild"]
-
-TIMM_PREFIX = "timm/"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A registered model: where it comes from, its classifier layers, and how much of a GPU
-    one of its trials takes by default."""
-
-    name: str
-    family: str  # "torchvision" | "timm" | "custom"
-    heads: tuple[str, ...] = ()  # torchvision: classifier module paths, main head first
-    aux_heads: bool = False  # has auxiliary classifiers that a strategy may train
-    # default share of a GPU per trial: models whose step is short train more images per
-    # second two to a GPU (benchmarks/README.md, packing); larger ones get a whole GPU
-    gpu_share: float = 1.0
-
-    @property
-    def timm_name(self) -> str:
-        return self.name[len(TIMM_PREFIX):] if self.name.startswith(TIMM_PREFIX) else self.name
-
-
-MODELS: Registry[ModelSpec] = Registry("model")
-for _spec in (
-    ModelSpec("resnet18", "torchvision", ("fc",), gpu_share=0.5),
-    ModelSpec("resnet50", "torchvision", ("fc",)),
-    ModelSpec("vgg16", "torchvision", ("classifier.6",)),
-    ModelSpec("mobilenet_v2", "torchvision", ("classifier.1",), gpu_share=0.5),
-    ModelSpec("googlenet", "torchvision", ("fc", "aux1.fc2", "aux2.fc2"), aux_heads=True,
-              gpu_share=0.5),
-    ModelSpec("small_cnn", "custom", ("head",), gpu_share=0.5),
-    ModelSpec("tf_efficientnetv2_s", "timm"),
-    ModelSpec("convnext_tiny", "timm"),
-    ModelSpec("vit_base_patch16_224", "timm"),
-    ModelSpec("swinv2_tiny_window8_256", "timm"),
-):
-    MODELS.add(_spec.name, _spec)
-
-
-def model_spec(name: str) -> ModelSpec:
-    """The registered model, or any other timm model (``timm/NAME`` or a bare timm name)."""
-    if name in MODELS:
-        return MODELS[name]
-    import timm
-
-    spec = ModelSpec(name, "timm")
-    if timm.is_model(spec.timm_name):
-        return spec
-    raise UserError(f"unknown model '{name}': use one of {', '.join(MODELS.names())} "
-                    "or a timm model name (see timm.list_models())")
-
+           "model_spec", "rebuild"]
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -295,7 +244,3 @@ def fetch_pretrained(name: str, weights: str = "") -> str | None:
     except Exception as exc:
         return W.short_reason(exc)
 
-
-def known_models() -> list[str]:
-    """Names the factory builds without timm's catalogue (every timm name works too)."""
-    return [n for n in MODELS if MODELS[n].family != "timm"]

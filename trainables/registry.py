@@ -1,6 +1,11 @@
 """Name -> factory registries. A factory registers itself with a decorator (as timm's
 ``register_model`` does), and the allowed values of a config key are its registry's names,
-so a new optimizer, loss, schedule, strategy or augmentation recipe is one function."""
+so a new optimizer, loss, schedule, strategy or augmentation recipe is one function.
+
+Each registry is filed under its config key, so the config checks a name against
+``choices()`` without importing the factories (they import the config for its type): the
+package's ``__init__`` imports every factory module, as timm's model modules register
+themselves on import."""
 from __future__ import annotations
 
 import difflib
@@ -10,11 +15,24 @@ from trainables.errors import UserError
 
 T = TypeVar("T")
 
+_BY_KEY: dict[str, "Registry"] = {}
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+    """Every checked config key's allowed values: its registry's names."""
+    return {key: registry.names() for key, registry in _BY_KEY.items()}
+
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
-        self.kind = kind  # what a name stands for, as the config key is called
+    def __init__(self, kind: str, checked: bool = True):
+        """``kind``: the config key whose values this registry names. ``checked``: the key
+        takes only these names (False where other names are valid too, as timm's models)."""
+        self.kind = kind
         self._items: dict[str, T] = {}
+        if checked:
+            if kind in _BY_KEY:
+                raise ValueError(f"a registry for '{kind}' exists already")
+            _BY_KEY[kind] = self
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: ``@LOSSES.register("focal")`` above a factory (or a value passed to it)."""

@@ -16,14 +16,11 @@ import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from trainables.errors import UserError
-
-if TYPE_CHECKING:
-    from trainables.models import ModelSpec
+from trainables.zoo import ModelSpec, model_spec
 
 # torchvision publishes NAME-HASH.pth, HASH being the first hex digits of the file's sha256
 PUBLISHED_NAME = re.compile(r"^(?P<stem>.+)-(?P<hash>[0-9a-f]{6,})\.(pth|pt)$")
@@ -148,8 +145,6 @@ def location(spec: "ModelSpec", tag: str) -> str:
 def weights_unavailable(name: str, reason: str, tag: str = "") -> UserError:
     """The error for ``pretrained=true`` when the weights cannot be had; it names another
     variant of the model that is on this machine, if one is."""
-    from trainables.models import model_spec
-
     spec = model_spec(name)
     if spec.family == "custom":
         return UserError(f"{name} has no pretrained weights; use --set pretrained=false")
@@ -281,8 +276,6 @@ def add(file: str | os.PathLike, model: str, tag: str = "") -> Added:
     """Check that ``file`` holds weights of ``model`` (strictly: every key, every shape) and
     put it where trials look for variant ``tag`` (from a published file name, else the
     library's default). A file named as torchvision publishes it must match its sha256."""
-    from trainables.models import model_spec
-
     path = Path(file).expanduser()
     spec = model_spec(model)
     if spec.family == "custom":

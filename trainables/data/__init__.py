@@ -1,18 +1,18 @@
 """Find images, split them, decode them once, and hand trials a small picklable handle.
 
     source.py   what a data root holds (an image folder, or train/ val/ test/)
-    split.py    drawn (stratified, seeded) or reused splits, and split.csv
+    split.py    drawn (stratified, seeded) or reused splits (a split.csv read back)
     decode.py   decode once per size into a memory-mapped cache keyed by content
-    handle.py   prepare(): the handle every trial gets, and the data report
+    handle.py   prepare(): the handle every trial gets, the data report, split.csv's text
     demo.py     data sets that ship inside packages, as image folders
 """
 from trainables.data.decode import (decode_cached, decode_image, default_cache_dir,
                                     content_digest, file_hashes)
 from trainables.data.demo import demo_root, resolve_data
-from trainables.data.handle import DataHandle, prepare
+from trainables.data.handle import DataHandle, prepare, split_csv
 from trainables.data.source import (IMAGE_EXTENSIONS, SPLITS, DataSource, discover,
                                     limit_per_class, scan, shown)
-from trainables.data.split import SKIPPED, apply_split_file, split_csv, stratified_split
+from trainables.data.split import SKIPPED, apply_split_file, stratified_split
 
 __all__ = ["DataHandle", "DataSource", "IMAGE_EXTENSIONS", "SKIPPED", "SPLITS",
            "apply_split_file", "content_digest", "decode_cached", "decode_image",

@@ -2,6 +2,8 @@
 used, skipped, copied and how imbalanced it is."""
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,3 +125,17 @@ def data_report(source: DataSource, handle: DataHandle, bad: dict[str, str]) -> 
         "counts": counts,
         "skipped": {name: items for name, items in skipped.items() if items},
     }
+
+
+def split_csv(handle: DataHandle, report: dict) -> str:
+    """The split as CSV text, one row per image found (unreadable ones as 'skipped'), so it
+    can be audited and reused with --split-file (read back by split.apply_split_file)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["path", "class", "label", "split"])
+    for row, label, split in zip(handle.rows, handle.labels, handle.splits):
+        writer.writerow([handle.files[row], handle.class_names[label], label, split])
+    for name, items in report["skipped"].items():
+        for item in items:
+            writer.writerow([item["path"], name, handle.class_names.index(name), SKIPPED])
+    return out.getvalue()

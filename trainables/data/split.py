@@ -3,19 +3,15 @@ experiment's split.csv, which every experiment writes."""
 from __future__ import annotations
 
 import csv
-import io
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from trainables.data.source import SPLITS, DataSource
 from trainables.errors import UserError
 
-if TYPE_CHECKING:
-    from trainables.data.handle import DataHandle
 
 SKIPPED = "skipped"  # split.csv's mark for an image that could not be decoded
 
@@ -76,17 +72,3 @@ def apply_split_file(source: DataSource, split_file: str | os.PathLike,
     # what it skipped stays in (prepare() skips it again): the same files as when the split
     # was drawn, so the decoded images of that sweep are found in the cache, not decoded again
     return replace(source, splits=tuple(assigned[path] for path in source.paths))
-
-
-def split_csv(handle: "DataHandle", report: dict) -> str:
-    """The split as CSV text, one row per image found (unreadable ones as 'skipped'), so it
-    can be audited and reused with --split-file."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["path", "class", "label", "split"])
-    for row, label, split in zip(handle.rows, handle.labels, handle.splits):
-        writer.writerow([handle.files[row], handle.class_names[label], label, split])
-    for name, items in report["skipped"].items():
-        for item in items:
-            writer.writerow([item["path"], name, handle.class_names.index(name), SKIPPED])
-    return out.getvalue()

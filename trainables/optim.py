@@ -1,4 +1,5 @@
-"""Loss, optimizer and learning-rate schedule factories, each in its registry.
+"""Optimizer and learning-rate schedule factories, each in its registry (the values of the
+``optimizer`` and ``scheduler`` config keys).
 
 Every schedule answers the same ``step(val_loss)`` call once per epoch, so the loop never
 branches on schedule type.
@@ -7,61 +8,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-import torch
-import torch.nn.functional as F
-from torch import nn, optim
+from torch import optim
 
 from trainables.registry import Registry
 
 if TYPE_CHECKING:
     from trainables.config import TrialConfig
 
-LOSSES: Registry[Callable[["TrialConfig", list[int]], nn.Module]] = Registry("loss")
 OPTIMIZERS: Registry[Callable[["TrialConfig", list], optim.Optimizer]] = Registry("optimizer")
 SCHEDULES: Registry[Callable[["TrialConfig", optim.Optimizer], object]] = Registry("scheduler")
-
-
-class FocalLoss(nn.Module):
-    """Multi-class focal loss (Lin et al., 2017): cross-entropy down-weighted on easy samples."""
-
-    def __init__(self, gamma: float = 2.0, weight: torch.Tensor | None = None):
-        super().__init__()
-        self.gamma = gamma
-        self.register_buffer("weight", weight)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        log_p = F.log_softmax(logits.float(), dim=1)
-        log_pt = log_p.gather(1, target[:, None]).squeeze(1)
-        loss = -((1.0 - log_pt.exp()) ** self.gamma) * log_pt
-        if self.weight is not None:
-            loss = loss * self.weight[target]
-        return loss.mean()
-
-
-def class_weights(class_counts: list[int]) -> torch.Tensor:
-    """Inverse-frequency weights, normalised so a balanced set gets all ones."""
-    counts = torch.tensor(class_counts, dtype=torch.float32).clamp(min=1)
-    return counts.sum() / (len(counts) * counts)
-
-
-@LOSSES.register("ce")
-def _cross_entropy(cfg: "TrialConfig", class_counts: list[int]) -> nn.Module:
-    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-
-
-@LOSSES.register("focal")
-def _focal(cfg: "TrialConfig", class_counts: list[int]) -> nn.Module:
-    return FocalLoss(cfg.focal_gamma)
-
-
-@LOSSES.register("weighted_ce")
-def _weighted_cross_entropy(cfg: "TrialConfig", class_counts: list[int]) -> nn.Module:
-    return nn.CrossEntropyLoss(weight=class_weights(class_counts),
-                               label_smoothing=cfg.label_smoothing)
-
-
-def create_loss(cfg: "TrialConfig", class_counts: list[int]) -> nn.Module:
-    return LOSSES[cfg.loss](cfg, class_counts)
 
 
 @OPTIMIZERS.register("adam")
