@@ -2,6 +2,7 @@
 (trainables/faults.py): a trial's worker killed with SIGKILL, the driver killed, Ctrl-C and
 SIGTERM, a full disk. Each ends as the README promises: nothing finished is lost, and
 --resume completes the sweep."""
+import os
 import time
 from pathlib import Path
 
@@ -58,17 +59,21 @@ def test_a_killed_trial_worker_is_retried_from_its_checkpoint(images, tmp_path, 
     assert pids[:3] == [pids[0]] * 3 and pids[3:] == [pids[3]] * 3 and pids[0] != pids[3]
 
 
-def _live_ray_processes() -> set[int]:
-    """Processes Ray started (named ray::...) that still run (zombies are dead)."""
+def _live_ray_processes(mark: str) -> set[int]:
+    """Processes Ray started (named ray::...) that still run (zombies are dead) and carry
+    ``mark`` in their environment: this test's own, not those of tests running beside it
+    (pytest-xdist's other worker), which would come and go in a machine-wide count."""
     found = set()
+    needle = mark.encode()
     for entry in Path("/proc").iterdir():
         try:
             name = (entry / "cmdline").read_bytes().split(b"\0")[0]
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            if name.startswith(b"ray::") and state != "Z" \
+                    and needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.add(int(entry.name))
         except (OSError, IndexError):
             continue
-        if name.startswith(b"ray::") and state != "Z":
-            found.add(int(entry.name))
     return found
 
 
@@ -91,16 +96,18 @@ def test_a_killed_driver_leaves_no_ray_behind_and_resumes_without_losing_or_repe
     experiment = tmp_path / "runs" / "crash"
     args = [*SLOW_TRIAL, "--data", str(images), "--max-epochs", "4", "--num-samples", "3",
             "--max-concurrent", "1", "--storage", str(tmp_path / "runs"), "--name", "crash"]
-    before = _live_ray_processes()
+    mark = f"VISIONSWEEP_TEST_MARK={os.getpid()}-{time.monotonic_ns()}"
+    monkeypatch.setenv(*mark.split("=", 1))  # the driver's Ray processes inherit it
+    before = _live_ray_processes(mark)
     killed = run_cli(args, cwd=tmp_path)
     assert killed.returncode == -9  # SIGKILL, the second trial running: no chance to clean up
     # the local Ray instance it started (the raylet's agents outlive the driver at first) is
     # stopped by the watchdog within seconds
-    assert _live_ray_processes() - before
+    assert _live_ray_processes(mark) - before
     deadline = time.monotonic() + 60
-    while _live_ray_processes() - before and time.monotonic() < deadline:
+    while _live_ray_processes(mark) - before and time.monotonic() < deadline:
         time.sleep(1)
-    assert not _live_ray_processes() - before
+    assert not _live_ray_processes(mark) - before
     finished_before = pd.read_csv(experiment / "results.csv", dtype={"trial_id": str})
     assert len(finished_before) == 1  # the table kept the finished trial's row
     first = finished_before.iloc[0]
