@@ -34,7 +34,7 @@ def plain_loop(args) -> None:
     """``--plain``: the N trials as a bare loop over fit(), data prepared once."""
     import torch
 
-    from sweeps.spec import DEMO_OVERRIDES
+    from sweeps.driver.spec import DEMO_OVERRIDES
     from trainables import data as D
     from trainables.config import TrialConfig, parse_overrides
     from trainables.trial import build_trial, preprocess_for

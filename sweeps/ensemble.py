@@ -15,14 +15,13 @@ import sys
 
 import pandas as pd
 
+from sweeps.experiment.files import ENSEMBLES_CSV, ENSEMBLES_MD
 from sweeps import cli
-from sweeps.experiment import TrialPredictions, load_experiment, load_trials
-from sweeps.storage import write_atomic
+from sweeps.experiment.folder import TrialPredictions, load_experiment, load_trials
+from sweeps.experiment.storage import write_atomic
 from trainables import evaluation as E
 from trainables.errors import UserError
 
-ENSEMBLES_CSV = "ensembles.csv"
-ENSEMBLES_MD = "ensembles.md"
 
 
 def score_row(name: str, members: list[TrialPredictions], weights, predicted_val, predicted_test,
@@ -124,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     print("greedy selection's val_acc is what it optimised, stacking's is out of fold: "
           "compare test_acc")
     print(f"table: {experiment.root / ENSEMBLES_CSV}")
-    from sweeps.tracking import log_files
+    from sweeps.sinks.tracking import log_files
 
     tracked = log_files(experiment.root, [experiment.root / ENSEMBLES_CSV,
                                           experiment.root / ENSEMBLES_MD], "ensembles")

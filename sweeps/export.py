@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sweeps import cli
-from sweeps.experiment import load_experiment
+from sweeps.experiment.folder import load_experiment
 from trainables import checkpoint
 from trainables import metrics as M
 from trainables.deploy import ExportSpec, write_export
@@ -26,11 +26,18 @@ def main(argv: list[str] | None = None) -> int:
                                                       "with the lowest validation loss)")
     parser.add_argument("--out", help="export folder (default EXPERIMENT_DIR/export-TRIAL_ID)")
     args = parser.parse_args(argv)
-    experiment = load_experiment(args.experiment)
-    if args.trial:
-        rows = experiment.table[experiment.table["trial_id"] == args.trial]
+    export(args.experiment, args.trial, args.out)
+    return 0
+
+
+def export(experiment_dir, trial: str | None = None, out=None) -> Path:
+    """Export ``trial`` (default: the lowest validation loss) of the experiment; returns the
+    export folder."""
+    experiment = load_experiment(experiment_dir)
+    if trial:
+        rows = experiment.table[experiment.table["trial_id"] == trial]
         if rows.empty:
-            raise UserError(f"trial {args.trial}: not in {experiment.root}/results.csv; its "
+            raise UserError(f"trial {trial}: not in {experiment.root}/results.csv; its "
                             "trial_id column lists the trials")
     else:
         rows = experiment.results()
@@ -43,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if latest is None:
         raise UserError(f"trial {trial_id}: no checkpoint (it ended before its first "
                         "validation); export another trial")
-    out = Path(args.out or experiment.root / f"export-{trial_id}")
+    out = Path(out or experiment.root / f"export-{trial_id}")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file; pass a folder to export into")
     record = checkpoint.read_record(latest)
@@ -59,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"TorchScript trace checked against the model: largest logit difference "
           f"{difference:.2e}")
     print(f"predict: python sweeps/predict.py '{out}' IMAGES_DIR")
-    return 0
+    return out
+
+
 
 
 def cli_main() -> None:

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from sweeps import cli
-from sweeps.storage import write_atomic
+from sweeps.experiment.storage import write_atomic
 from trainables.data import IMAGE_EXTENSIONS, decode_image, scan, shown
 from trainables.deploy import TORCHSCRIPT_FILE, load_export, preprocess
 from trainables.errors import UserError

@@ -6,8 +6,8 @@ Writes EXPERIMENT_DIR/report/report.html (self-contained: the plots are embedded
 PNGs: learning curves per variant, test accuracy by strategy group with 95% intervals,
 confusion matrices of the best trials; which settings mattered (fANOVA and PED-ANOVA
 importance, parallel coordinates); what each variant costs (parameters, FLOPs, weights,
-CPU latency measured here, Pareto plots of accuracy against them; the latency is added to
-results.csv); where each variant fails (per-class recall and F1, the hardest test images).
+CPU latency measured here, Pareto plots of accuracy against them; the table with the latency
+is report/costs.csv, the sweep's own files are never written); where each variant fails (per-class recall and F1, the hardest test images).
 The ranked table carries each test metric's 95% bootstrap interval, and McNemar's test
 says whether the winner is distinguishable from the runner-up (or from any trial named
 with --compare). The best trial's confusion matrix and precision-recall curves also go to
@@ -22,18 +22,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sweeps import cli, report_sections
-from sweeps.claim import within
-from sweeps.experiment import Experiment, TrialPredictions, load_experiment, load_trial
-from sweeps.plots import (accuracy_by_group, accuracy_chart, confusion_figure,
+from sweeps.experiment.files import REPORT_DIR
+from sweeps import cli
+from sweeps.analysis import sections as sections_of
+from sweeps.driver.claim import within
+from sweeps.experiment.folder import Experiment, TrialPredictions, load_experiment, load_trial
+from sweeps.analysis.plots import (accuracy_by_group, accuracy_chart, confusion_figure,
                           learning_curves, pyplot)
-from sweeps.results import with_intervals
-from sweeps.storage import write_atomic
+from sweeps.experiment.tables import with_intervals
+from sweeps.experiment.storage import write_atomic
 from trainables import evaluation as E
 from trainables import metrics as M
 from trainables.errors import UserError
 
-REPORT_DIR = "report"
 TB_SUFFIX = ".evaluation"  # the event file the report adds to the best trial's folder
 
 
@@ -138,16 +139,15 @@ def build_report(experiment: Experiment, out: Path, compare: list[str] | None,
         lines.append(f"TensorBoard: confusion matrix and PR curves of {best_trial.variant}"
                      f"[{best_trial.trial_id}] in {where}")
 
-    sections.append(report_sections.settings(experiment, out, _image))
-    section, note = report_sections.costs(experiment, out, _image, latency_rounds, threads)
+    sections.append(sections_of.settings(experiment, out, _image))
+    section, note, costed = sections_of.costs(experiment, out, _image, latency_rounds, threads)
     sections.append(section)
     lines.append(note)
-    section, skipped = report_sections.failures(experiment, out, _image)
+    section, skipped = sections_of.failures(experiment, out, _image)
     sections.append(section)
     lines += skipped
 
-    experiment = load_experiment(experiment.root)  # with the latency just measured
-    table = with_intervals(experiment.table.drop(columns=["error"], errors="ignore"))
+    table = with_intervals(costed.drop(columns=["error"], errors="ignore"))
     page = _page(experiment, sections, table, lines)
     path = out / "report.html"
     write_atomic(path, page)
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     check_out(out, experiment.data_root)
     path, lines = build_report(experiment, out, args.compare, args.confusion,
                                args.latency_rounds, args.threads)
-    from sweeps.tracking import log_files
+    from sweeps.sinks.tracking import log_files
 
     tracked = log_files(experiment.root, sorted(path.parent.glob("*.html"))
                         + sorted(path.parent.glob("*.png")), "report")

@@ -14,12 +14,13 @@ import os
 import signal
 import sys
 
+from sweeps.experiment.files import DATA_REPORT, SPLIT_CSV, SWEEP_JSON
 from sweeps import cli
-from sweeps.claim import check_data_apart, check_new
-from sweeps.cluster import (check_reachable, cluster_nodes, local_resources, resources,
+from sweeps.driver.claim import check_data_apart, check_new
+from sweeps.driver.cluster import (check_reachable, cluster_nodes, local_resources, resources,
                             start_ray)
-from sweeps.interrupt import GracefulStop
-from sweeps.spec import (SMOKE_IMAGES_PER_CLASS, SWEEP_FILE, Sweep, SweepSpec, check_same_data,
+from sweeps.driver.interrupt import GracefulStop
+from sweeps.driver.spec import (SMOKE_IMAGES_PER_CLASS, Sweep, SweepSpec, check_same_data,
                          resolve, resumed)
 from trainables.data import resolve_data
 
@@ -86,11 +87,11 @@ def get_args_parser() -> cli.Parser:
 def run_sweep(sweep: Sweep, command: list[str]) -> int:
     """Prepare the data and the weights, start (or join) Ray, write the sweep's own files,
     run the trials and print the table."""
-    from sweeps.builder import build_tuner, restore_tuner
-    from sweeps.claim import claim_new, claim_resumed
-    from sweeps.prepare import check_weights, prepare_data
-    from sweeps.recorder import active
-    from sweeps.results import finish
+    from sweeps.driver.builder import build_tuner, restore_tuner
+    from sweeps.driver.claim import claim_new, claim_resumed
+    from sweeps.driver.prepare import check_weights, prepare_data
+    from sweeps.driver.recorder import active
+    from sweeps.experiment.tables import finish
     from trainables.data import split_csv
 
     spec, store, cfgs = sweep.spec, sweep.store, sweep.plan.configs
@@ -101,7 +102,7 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
                               models, concurrent)
     check_reachable(spec.address)
     if spec.tracking:
-        from sweeps import tracking
+        from sweeps.sinks import tracking
 
         tracking.check(spec.tracking)
     handle, data_report = prepare_data(spec, cfgs)
@@ -121,9 +122,9 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
         print(f"resuming {store}", file=sys.stderr, flush=True)
         tuner = restore_tuner(sweep, handle, unavailable, per_trial)
     else:
-        store.write_text("split.csv", split_csv(handle, data_report))
-        store.write_text("data_report.json", json.dumps(data_report, indent=1))
-        store.write_text(SWEEP_FILE, sweep.to_json(data_report, unavailable, handle.digest))
+        store.write_text(SPLIT_CSV, split_csv(handle, data_report))
+        store.write_text(DATA_REPORT, json.dumps(data_report, indent=1))
+        store.write_text(SWEEP_JSON, sweep.to_json(data_report, unavailable, handle.digest))
         tuner = build_tuner(sweep, handle, unavailable, per_trial)
         how = "chosen by Optuna TPE" if sweep.plan.searched else "grid"
         pruning = f"ASHA grace {sweep.grace} epochs" if spec.scheduler == "asha" \
@@ -155,6 +156,12 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    return execute(args, ["sweeps/run.py", *(sys.argv[1:] if argv is None else argv)])
+
+
+def execute(args, command: list[str]) -> int:
+    """Run what the parsed command line asks (``command``: as recorded in the folder's
+    claim). The command line and the Python API (sweeps/api.py) both come here."""
     if args.list_spaces:
         from search_spaces import registry
 
@@ -175,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         check_new(sweep.store, spec.overwrite)
         check_data_apart(sweep.store, resolve_data(spec.data))
         sweep.store.check_writable(spec.storage)
-    return run_sweep(sweep, ["sweeps/run.py", *(sys.argv[1:] if argv is None else argv)])
+    return run_sweep(sweep, command)
 
 
 def stop_ray() -> None:

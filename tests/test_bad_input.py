@@ -222,7 +222,7 @@ def test_a_special_file_named_like_an_image_is_skipped_not_waited_on(tmp_path):
 
 
 def test_max_epochs_caps_every_trial_whatever_else_sets_max_epochs(tmp_path):
-    from sweeps.spec import SweepSpec, resolve
+    from sweeps.driver.spec import SweepSpec, resolve
 
     config = tmp_path / "best.json"
     config.write_text(json.dumps({"max_epochs": 50, "lr": 0.01}))
@@ -232,7 +232,7 @@ def test_max_epochs_caps_every_trial_whatever_else_sets_max_epochs(tmp_path):
 
 
 def test_an_empty_split_of_a_class_is_warned_about(tmp_path):
-    from sweeps.prepare import data_warnings
+    from sweeps.driver.prepare import data_warnings
     from trainables import data as D
 
     for split in ("train", "val", "test"):
@@ -246,8 +246,8 @@ def test_an_empty_split_of_a_class_is_warned_about(tmp_path):
 
 def test_a_failed_sweep_whose_variants_are_numbers_still_sums_up(tmp_path, capsys):
     """The README's own resnet_lr example: the variant is the learning rate."""
-    from sweeps.results import report, write_tables
-    from sweeps.storage import Store
+    from sweeps.experiment.tables import report, write_tables
+    from sweeps.experiment.storage import Store
 
     rows = [{"trial_id": f"t{i}", "variant": lr, "status": "TERMINATED", "stop_reason": stop,
              "epochs": 1, "best_epoch": 1, "best_val_loss": 0.5, "best_val_acc": 0.5,

@@ -1,7 +1,7 @@
 import pytest
 
 from search_spaces import registry
-from sweeps.plan import grid_configs, validate
+from sweeps.driver.plan import grid_configs, validate
 from trainables.config import FIELD_TYPES, OBJECTIVES, TrialConfig, parse_overrides
 from trainables.errors import UserError
 
@@ -78,7 +78,7 @@ def test_every_space_key_is_a_config_field(name):
 
 @pytest.mark.parametrize("name", list(registry()))
 def test_every_grid_point_of_every_space_validates(name):
-    from sweeps.plan import make_plan
+    from sweeps.driver.plan import make_plan
 
     space = registry()[name]
     param_space = space.expand(space.param_space) if space.expand else space.param_space

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from sweeps import ensemble
-from sweeps.experiment import load_experiment, load_trials
+from sweeps.experiment.folder import load_experiment, load_trials
 from trainables.errors import UserError
 
 VAL = ["0/v0.png", "0/v1.png", "1/v2.png", "1/v3.png"]

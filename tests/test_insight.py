@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from sweeps import insight
-from sweeps.experiment import Experiment
+from sweeps.analysis import insight
+from sweeps.experiment.folder import Experiment
 from trainables import costs
 from trainables import metrics as M
 

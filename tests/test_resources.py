@@ -1,7 +1,7 @@
 """Per-trial resource requests, against the nodes a cluster reports."""
 import pytest
 
-from sweeps.cluster import resources
+from sweeps.driver.cluster import resources
 from trainables.errors import UserError
 from trainables.models import MODELS
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from conftest import make_image_folder, run_cli
-from sweeps.storage import Store
+from sweeps.experiment.storage import Store
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from search_spaces import registry
-from sweeps.plan import make_plan
-from sweeps.results import write_tables
-from sweeps.storage import Store
+from sweeps.driver.plan import make_plan
+from sweeps.experiment.tables import write_tables
+from sweeps.experiment.storage import Store
 from trainables import metrics as M
 from trainables.config import TrialConfig, load_config_file
 from trainables.errors import UserError
@@ -110,7 +110,7 @@ def test_grid_space_repeats_variants_over_seeds():
 
 
 def test_asha_grace_is_the_spaces_own_but_waits_for_gradual_unfreeze():
-    from sweeps.spec import asha_grace
+    from sweeps.driver.spec import asha_grace
 
     spaces = registry()
     study = make_plan(spaces["googlenet_strategies"], {}, num_samples=None).configs

@@ -138,9 +138,9 @@ def test_a_tracked_sweep_killed_and_resumed_is_one_run_with_a_child_per_trial(
 
 def test_a_tracking_server_that_goes_away_costs_the_tracking_not_the_sweep(mlflow_server,
                                                                            tmp_path, capsys):
-    from sweeps.recorder import TrialEntry
-    from sweeps.storage import Store
-    from sweeps.tracking import Tracking
+    from sweeps.driver.recorder import TrialEntry
+    from sweeps.experiment.storage import Store
+    from sweeps.sinks.tracking import Tracking
 
     store = Store(str(tmp_path), "exp")
     sink = Tracking(mlflow_server, store, "gone", "exp", {"arg.space": "single"}, {})

@@ -8,10 +8,11 @@ from typing import Callable
 
 import pandas as pd
 
-from sweeps import insight, plots
-from sweeps.experiment import Experiment, load_trial
-from sweeps.results import write_tables
-from sweeps.storage import Store
+from sweeps.analysis import insight
+from sweeps.analysis import plots
+from sweeps.experiment.folder import Experiment, load_trial
+from sweeps.experiment.files import COSTS_CSV
+from sweeps.experiment.storage import write_atomic
 from trainables import metrics as M
 from trainables.errors import UserError
 
@@ -37,17 +38,18 @@ def settings(experiment: Experiment, out: Path, image: Callable[[Path], str]) ->
 
 
 def costs(experiment: Experiment, out: Path, image: Callable[[Path], str],
-          rounds: int, threads: int) -> tuple[Section, str]:
+          rounds: int, threads: int) -> tuple[Section, str, pd.DataFrame]:
     """Size, FLOPs and measured latency per variant, the accuracy-cost Pareto plots; the
-    latency goes into results.csv / results.md too. Returns the section and a line."""
+    table with the latency columns is written to ``out``'s costs.csv (the sweep's own
+    results.csv is the sweep's, never rewritten here). Returns the section, a line, and the table with
+    its costs."""
     table = experiment.table
     note = "latency not measured (--latency-rounds 0)"
     if rounds:
         measured, note = insight.latencies(experiment, rounds=rounds, threads=threads)
         table = table.drop(columns=[M.LATENCY_B1, M.LATENCY_B32], errors="ignore").merge(
             measured, on="trial_id", how="left")
-        write_tables(table.to_dict("records"), Store.from_location(str(experiment.root)),
-                     aggregate=not experiment.searched)
+    write_atomic(out / COSTS_CSV, table.to_csv(index=False))
     panels = [(insight.pareto(table, cost), cost, label)
               for cost, label in ((M.LATENCY_B1, "CPU latency, batch 1 (ms)"),
                                   (M.WEIGHTS_MB, "weights (MB)"), (M.FLOPS, "FLOPs per image"))
@@ -61,7 +63,7 @@ def costs(experiment: Experiment, out: Path, image: Callable[[Path], str],
         best = panels[0][0]
         parts.append(_table(best[[c for c in columns if c in best]].set_index("variant")))
         parts.append(image(out / "pareto.png"))
-    return ("What each variant costs to deploy", "\n".join(parts)), note
+    return ("What each variant costs to deploy", "\n".join(parts)), note, table
 
 
 def failures(experiment: Experiment, out: Path, image: Callable[[Path], str],

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sweeps.plan import create_searcher
-from sweeps.spec import Sweep
+from sweeps.experiment.files import OPTUNA_JOURNAL
+from sweeps.driver.plan import create_searcher
+from sweeps.driver.spec import Sweep
 from trainables import metrics as M
 from trainables.data import DataHandle
 from trainables.errors import UserError
@@ -47,9 +48,10 @@ def build_tuner(sweep: Sweep, handle: DataHandle, unavailable: tuple[str, ...],
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from sweeps.progress import ProgressLines
-    from sweeps.recorder import ProgressCsv, TrialRecorder
-    from sweeps.tb_logging import TensorBoardSink
+    from sweeps.sinks.progress import ProgressLines
+    from sweeps.driver.recorder import TrialRecorder
+    from sweeps.sinks.progress_csv import ProgressCsv
+    from sweeps.sinks.tensorboard import TensorBoardSink
 
     _environment()
     spec, plan = sweep.spec, sweep.plan
@@ -88,7 +90,7 @@ def build_tuner(sweep: Sweep, handle: DataHandle, unavailable: tuple[str, ...],
 def _tracking(sweep: Sweep):
     from dataclasses import asdict
 
-    from sweeps.tracking import Tracking
+    from sweeps.sinks.tracking import Tracking
 
     spec = sweep.spec
     params = {f"arg.{k}": v for k, v in asdict(spec).items() if v not in (None, (), False)}
@@ -102,7 +104,6 @@ def _tracking(sweep: Sweep):
                     sweep.name, params, tags)
 
 
-OPTUNA_JOURNAL = "optuna.journal"
 
 
 def _optuna_journal(sweep: Sweep) -> str | None:

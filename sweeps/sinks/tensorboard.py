@@ -12,6 +12,7 @@ from __future__ import annotations
 from tensorboard.plugins.hparams import summary_v2
 from torch.utils.tensorboard import SummaryWriter
 
+from sweeps.sinks.base import Sink
 from trainables import metrics as M
 
 HPARAM_METRICS = (M.BEST_VAL_LOSS, M.BEST_VAL_ACC, M.TEST_ACC, M.TEST_MACRO_F1,
@@ -27,8 +28,8 @@ def plain(value):
     return str(value)
 
 
-class TensorBoardSink:
-    """A recorder sink (``sweeps/recorder.py``)."""
+class TensorBoardSink(Sink):
+    """A recorder sink (``sweeps/driver/recorder.py``)."""
 
     def __init__(self, hparam_keys: list[str]):
         self.hparam_keys = hparam_keys

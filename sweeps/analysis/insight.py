@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from sweeps.experiment import Experiment
+from sweeps.experiment.folder import Experiment
 from trainables import checkpoint
 from trainables import metrics as M
 from trainables.errors import UserError

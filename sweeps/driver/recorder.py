@@ -8,45 +8,29 @@ flight keep their checkpoints, and the driver says what failed and how to resume
 """
 from __future__ import annotations
 
-import csv
-import io
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 from ray.tune import Callback
 
-from sweeps.results import plain, trial_row, write_tables
-from sweeps.storage import Store, write_atomic
+from sweeps.experiment.tables import plain, trial_row, write_tables
+from sweeps.experiment.files import PROGRESS_CSV
+from sweeps.experiment.storage import Store
+from sweeps.sinks.base import TrialEntry
 from trainables import metrics as M
-from trainables.faults import DRIVER_SIGNALS, GROUP_SIGNALS, before_write, die, fault
+from trainables.faults import DRIVER_SIGNALS, GROUP_SIGNALS, die, fault
 
 FINISHED = ("TERMINATED", "ERROR")
-PROGRESS_CSV = "progress.csv"
 TABLE_BUDGET = 0.02  # at most this share of the sweep's time goes to rewriting its table
 _ACTIVE: list["TrialRecorder"] = []  # the recorder of the sweep running in this process
 
 
-@dataclass
-class TrialEntry:
-    """What the driver knows of one trial."""
-
-    trial_id: str
-    variant: str
-    config: dict
-    path: str  # the trial's folder on this machine, where Tune writes its files
-    last: dict = field(default_factory=dict)  # the latest reported metrics
-    status: str = "PENDING"
-    stop_reason: str = ""
-    error: str = ""
-    retries: int = 0
-
-
 class TrialRecorder(Callback):
-    """``sinks``: objects with ``start(entry)``, ``result(entry, result)``, ``end(entry)`` and
-    ``close()``. ``scheduler_stop`` is the stop reason of a trial that ended without giving
+    """``sinks``: Sink objects (sweeps/sinks/base.py), called with each event in turn.
+    ``scheduler_stop`` is the stop reason of a trial that ended without giving
     one (the scheduler stopped it)."""
 
     def __init__(self, variant: Callable[[dict], str], store: Store, varied_keys: list[str],
@@ -215,65 +199,3 @@ def _error_text(path: str | None) -> str:
     lines = [line for line in Path(path).read_text(errors="replace").splitlines()
              if line.strip()]
     return lines[-1].strip()[:300] if lines else ""
-
-
-class ProgressCsv:
-    """Each trial's progress.csv: one row per reported epoch, every scalar Tune reported.
-    A trial that went on from an earlier checkpoint runs some epochs again: their earlier
-    rows are replaced, so each epoch appears once, as it counted."""
-
-    def __init__(self):
-        self.columns: dict[str, list[str]] = {}
-        self.last_epoch: dict[str, int] = {}
-
-    def start(self, entry: TrialEntry) -> None:
-        pass
-
-    def result(self, entry: TrialEntry, result: dict) -> None:
-        path = Path(entry.path) / PROGRESS_CSV
-        if entry.trial_id not in self.columns:
-            self._open(entry.trial_id, path, result)
-        epoch = int(result.get(M.EPOCH, 0))
-        if epoch <= self.last_epoch[entry.trial_id]:
-            self._truncate(path, epoch)
-        self.last_epoch[entry.trial_id] = epoch
-        out = io.StringIO()
-        writer = csv.DictWriter(out, self.columns[entry.trial_id], extrasaction="ignore",
-                                lineterminator="\n")
-        if not path.exists() or not path.stat().st_size:
-            writer.writeheader()
-        writer.writerow(result)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        before_write(path)
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write(out.getvalue())
-
-    def _open(self, trial_id: str, path: Path, result: dict) -> None:
-        columns, last = list(result), 0
-        if path.exists() and path.stat().st_size:  # a resumed trial: its own columns
-            with open(path, newline="", encoding="utf-8") as handle:
-                rows = list(csv.DictReader(handle))
-                columns = list(rows[0].keys()) if rows else columns
-            last = max((int(float(r.get(M.EPOCH) or 0)) for r in rows), default=0)
-        self.columns[trial_id], self.last_epoch[trial_id] = columns, last
-
-    @staticmethod
-    def _truncate(path: Path, epoch: int) -> None:
-        """Keep the rows of the epochs before ``epoch``."""
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            columns = reader.fieldnames or []
-            kept = [r for r in reader if int(float(r.get(M.EPOCH) or 0)) < epoch]
-        out = io.StringIO()
-        writer = csv.DictWriter(out, columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(kept)
-        write_atomic(path, out.getvalue())
-
-    def end(self, entry: TrialEntry) -> None:
-        self.columns.pop(entry.trial_id, None)
-        self.last_epoch.pop(entry.trial_id, None)
-
-    def close(self) -> None:
-        self.columns.clear()
-        self.last_epoch.clear()

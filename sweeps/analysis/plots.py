@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sweeps.experiment.files import PROGRESS_CSV
 from trainables import metrics as M
 
 
@@ -30,7 +31,7 @@ def learning_curves(experiment, path: Path) -> bool:
     drawn = False
     for _, row in table.iterrows():
         trial_dir = experiment.trial_dir(str(row["trial_id"]))
-        progress = trial_dir / "progress.csv" if trial_dir else None
+        progress = trial_dir / PROGRESS_CSV if trial_dir else None
         if progress is None or not progress.exists():
             continue
         curve = pd.read_csv(progress)

@@ -18,10 +18,10 @@ import socket
 import time
 from pathlib import Path
 
-from sweeps.storage import CLAIM_LOCK, Store
+from sweeps.experiment.files import CLAIM_LOCK, MARKER, SWEEP_JSON
+from sweeps.experiment.storage import Store
 from trainables.errors import UserError
 
-MARKER = ".visionsweep"
 
 _HELD: list = []  # open lock files of this process: the lock lasts as long as the driver
 
@@ -81,7 +81,7 @@ def check_new(store: Store, overwrite: bool) -> None:
         if not overwrite:
             raise UserError(f"experiment {store} already exists; choose another --name "
                             "or pass --overwrite to replace it")
-        if not store.exists(MARKER) and not store.exists("sweep.json"):
+        if not store.exists(MARKER) and not store.exists(SWEEP_JSON):
             raise UserError(f"--overwrite: {store} is not an experiment of this tool (no "
                             f"{MARKER} in it); it is left as it is: choose another --name")
 

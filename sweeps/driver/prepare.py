@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from sweeps.spec import SMOKE_IMAGES_PER_CLASS, SweepSpec
+from sweeps.driver.spec import SMOKE_IMAGES_PER_CLASS, SweepSpec
 from trainables import data as D
 from trainables.config import TrialConfig
 from trainables.errors import UserError

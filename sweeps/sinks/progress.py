@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 import time
 
+from sweeps.sinks.base import Sink
 from trainables import metrics as M
 
 
@@ -11,8 +12,8 @@ def _f(value, spec=".3f") -> str:
     return format(value, spec) if isinstance(value, (int, float)) else "-"
 
 
-class ProgressLines:
-    """A recorder sink (``sweeps/recorder.py``) that prints to stdout."""
+class ProgressLines(Sink):
+    """A recorder sink (``sweeps/driver/recorder.py``) that prints to stdout."""
 
     def __init__(self, total: int):
         self.total = total
@@ -27,9 +28,6 @@ class ProgressLines:
         elapsed = time.monotonic() - self.started
         print(f"[{elapsed:7.0f}s {self.done}/{self.total} done] {text}", file=sys.stdout,
               flush=True)
-
-    def start(self, entry) -> None:
-        pass
 
     def result(self, entry, result: dict) -> None:
         max_epochs = entry.config.get("max_epochs", "?")
@@ -48,6 +46,3 @@ class ProgressLines:
                     f"{last.get(M.EPOCH, 0)} epochs, best val_loss "
                     f"{_f(last.get(M.BEST_VAL_LOSS))} at epoch {last.get(M.BEST_EPOCH, '-')}, "
                     f"test_acc {_f(last.get(M.TEST_ACC))}")
-
-    def close(self) -> None:
-        pass

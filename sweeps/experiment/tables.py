@@ -12,13 +12,10 @@ import sys
 from typing import Any
 
 import pandas as pd
-from sweeps.storage import Store
+from sweeps.experiment.files import BEST_CONFIG, BY_VARIANT_CSV, RESULTS_CSV, RESULTS_MD
+from sweeps.experiment.storage import Store
 from trainables import metrics as M
 
-RESULTS_CSV = "results.csv"
-BEST_CONFIG = "best_config.json"
-RESULTS_MD = "results.md"
-BY_VARIANT_CSV = "results_by_variant.csv"
 
 SCORE_COLUMNS = [M.TEST_ACC, M.TEST_MACRO_F1, M.BEST_VAL_ACC, M.BEST_VAL_LOSS, "epochs"]
 

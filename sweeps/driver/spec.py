@@ -10,12 +10,13 @@ import time
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from sweeps.plan import Plan, make_plan
-from sweeps.storage import Store
+from sweeps.experiment.files import SPLIT_CSV, SWEEP_JSON
+from sweeps.driver.plan import Plan, make_plan
+from sweeps.experiment.folder import read_sweep_json
+from sweeps.experiment.storage import Store
 from trainables.config import load_config_file, parse_overrides
 from trainables.errors import UserError
 
-SWEEP_FILE = "sweep.json"
 SMOKE_IMAGES_PER_CLASS = 10
 SMOKE_OVERRIDES = {"max_epochs": 2, "image_size": 32}
 DEMO_OVERRIDES = {"image_size": 32}  # the demo digits are 8x8 scans: 224px would only cost time
@@ -93,13 +94,13 @@ def resumed(cli: SweepSpec) -> SweepSpec:
         args = {k: v for k, v in saved["args"].items() if k in known}
         spec = replace(SweepSpec(**args), overrides=tuple(args.get("overrides") or ()))
     except (KeyError, TypeError, AttributeError) as exc:
-        raise UserError(f"--resume {store}: {SWEEP_FILE} lacks the sweep's settings ({exc}); "
+        raise UserError(f"--resume {store}: {SWEEP_JSON} lacks the sweep's settings ({exc}); "
                         "start the sweep anew") from None
     spec = replace(spec, resume=cli.resume, retry_errored=cli.retry_errored,
                    storage=store.storage_path, name=store.name, overwrite=False,
                    address=cli.address)
     if not saved.get("presplit"):  # replay the very split the sweep started with
-        spec = replace(spec, split_file=_local_copy(store, "split.csv"), split_seed=None)
+        spec = replace(spec, split_file=_local_copy(store, SPLIT_CSV), split_seed=None)
     return spec
 
 
@@ -111,21 +112,6 @@ def check_same_data(store: Store, digest: str, root: str) -> None:
         raise UserError(f"--resume {store}: the images under {root} changed since the sweep "
                         "began (their contents differ); restore them, or start a new sweep "
                         f"(--split-file {store}/split.csv reuses its split)")
-
-
-def read_sweep_json(store: Store, flag: str) -> dict:
-    if not store.exists(SWEEP_FILE):
-        raise UserError(f"{flag} {store}: no {SWEEP_FILE} there; point it at an experiment "
-                        "folder that sweeps/run.py wrote")
-    try:
-        saved = json.loads(store.read_text(SWEEP_FILE))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"{flag} {store}: {SWEEP_FILE} is damaged ({type(exc).__name__}); "
-                        "start the sweep anew under another --name") from None
-    if not isinstance(saved, dict):
-        raise UserError(f"{flag} {store}: {SWEEP_FILE} is not a sweep record; start the sweep "
-                        "anew under another --name")
-    return saved
 
 
 def _local_copy(store: Store, relative: str) -> str:

@@ -19,14 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from sweeps.storage import Store
+from sweeps.sinks.base import Sink
+from sweeps.experiment.files import ARTIFACTS, TRACKING_FILE
+from sweeps.experiment.storage import Store
 from trainables import metrics as M
 from trainables.errors import UserError
 
-TRACKING_FILE = "tracking.json"
 EXPERIMENT_KIND = "custom_model_development"  # MLflow's UI opens it as model training
-ARTIFACTS = ("results.csv", "results.md", "results_by_variant.csv", "best_config.json",
-             "sweep.json", "data_report.json", "split.csv")
 
 
 def _client(uri: str):
@@ -66,8 +65,8 @@ def _param_value(value):
     return value if isinstance(value, (int, float, str, bool)) else str(value)
 
 
-class Tracking:
-    """A recorder sink (``sweeps/recorder.py``)."""
+class Tracking(Sink):
+    """A recorder sink (``sweeps/driver/recorder.py``)."""
 
     def __init__(self, uri: str, store: Store, experiment: str, run_name: str,
                  params: dict, tags: dict):

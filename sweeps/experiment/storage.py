@@ -9,10 +9,10 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from sweeps.experiment.files import CLAIM_LOCK
 from trainables.errors import UserError
 from trainables.faults import before_write
 
-CLAIM_LOCK = ".visionsweep.lock"  # the lock a sweep holds in its folder (sweeps/claim.py)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -75,7 +75,7 @@ class Store:
         return self.fs.get_file_info(self._path(relative)).type != pyarrow.fs.FileType.NotFound
 
     def has_content(self) -> bool:
-        """Anything in the folder but a claim's lock file (``sweeps/claim.py``)."""
+        """Anything in the folder but a claim's lock file (``sweeps/driver/claim.py``)."""
         if not self.is_uri:
             root = Path(self.root)
             return root.is_dir() and any(e.name != CLAIM_LOCK for e in root.iterdir())

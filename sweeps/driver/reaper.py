@@ -9,7 +9,7 @@ normally has shut Ray down itself, and the watchdog finds nothing left to do.
 
 Standalone on purpose (the standard library only; started as a script): Linux's /proc.
 
-    python sweeps/reaper.py DRIVER_PID
+    python sweeps/driver/reaper.py DRIVER_PID
 """
 from __future__ import annotations
 
@@ -78,11 +78,17 @@ def watch(driver: int) -> None:
         time.sleep(3.0)
 
 
+_WATCHED: set[int] = set()  # drivers this process has started a watchdog for
+
+
 def start(driver: int | None = None) -> None:
-    """Start the watchdog for this process (where /proc exists: Linux)."""
-    if not Path("/proc/self/stat").exists():
+    """Start the watchdog for this process (where /proc exists: Linux), once per driver: a
+    notebook that runs several studies in one kernel gets one watchdog."""
+    driver = driver or os.getpid()
+    if not Path("/proc/self/stat").exists() or driver in _WATCHED:
         return
-    subprocess.Popen([sys.executable, __file__, str(driver or os.getpid())],
+    _WATCHED.add(driver)
+    subprocess.Popen([sys.executable, __file__, str(driver)],
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
 

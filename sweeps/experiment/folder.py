@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sweeps.experiment.files import RESULTS_CSV, SPLIT_CSV, SWEEP_JSON
+from sweeps.experiment.storage import Store
 from trainables import checkpoint
 from trainables import metrics as M
 from trainables.errors import UserError
 
-RESULTS_CSV = "results.csv"
-SPLIT_CSV = "split.csv"
-SWEEP_JSON = "sweep.json"
 
 
 @dataclass
@@ -92,13 +91,29 @@ def load_experiment(path: str | Path) -> Experiment:
                       str(sweep.get("data") or ""), bool(plan.get("searched")))
 
 
+def read_sweep_json(store: Store, flag: str) -> dict:
+    """sweep.json as a dict, the one parser of it; a missing, damaged or foreign file is a
+    UserError that names ``flag`` (the option that pointed here)."""
+    if not store.exists(SWEEP_JSON):
+        raise UserError(f"{flag} {store}: no {SWEEP_JSON} there; point it at an experiment "
+                        "folder that sweeps/run.py wrote")
+    try:
+        saved = json.loads(store.read_text(SWEEP_JSON))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{flag} {store}: {SWEEP_JSON} is damaged ({type(exc).__name__}); "
+                        "start the sweep anew under another --name") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{flag} {store}: {SWEEP_JSON} is not a sweep record; start the sweep "
+                        "anew under another --name")
+    return saved
+
+
 def _sweep_json(root: Path) -> dict:
     """sweep.json, or nothing when it is missing or unreadable (the report then shows one
     bar per variant and no importance)."""
     try:
-        saved = json.loads((root / SWEEP_JSON).read_text(encoding="utf-8"))
-        return saved if isinstance(saved, dict) else {}
-    except (OSError, ValueError):
+        return read_sweep_json(Store.from_location(str(root)), str(root))
+    except (OSError, UserError):
         return {}
 
 
