@@ -8,7 +8,8 @@ confusion matrices of the best trials; which settings mattered (fANOVA and PED-A
 importance, parallel coordinates); what each variant costs (parameters, FLOPs, weights,
 CPU latency measured here, Pareto plots of accuracy against them; the table with the latency
 is report/costs.csv, the sweep's own files are never written); where each variant fails (per-class recall and F1, the hardest test images).
-The ranked table carries each test metric's 95% bootstrap interval, and McNemar's test
+The ranked table carries each test metric's 95% interval (accuracy: Wilson; macro-F1: BCa
+bootstrap), and McNemar's test
 says whether the winner is distinguishable from the runner-up (or from any trial named
 with --compare). The best trial's confusion matrix and precision-recall curves also go to
 TensorBoard, under that trial.
@@ -84,14 +85,16 @@ def _image(path: Path) -> str:
 
 
 def build_report(experiment: Experiment, out: Path, compare: list[str] | None,
-                 confusion: int, latency_rounds: int = 5, threads: int = 1
-                 ) -> tuple[Path, list[str]]:
+                 confusion: int, latency_rounds: int = 5, threads: int = 1,
+                 first: tuple[list, list[str]] = ((), ())) -> tuple[Path, list[str]]:
+    """``first``: sections and lines that open the page (a cross-validated experiment's
+    out-of-fold ranking)."""
     out.mkdir(parents=True, exist_ok=True)
     results = experiment.results()
     if results.empty:
         raise UserError(f"{experiment.root}: no trial gave a result (all failed or stuck at "
                         "chance); nothing to report")
-    sections, lines = [], []
+    sections, lines = list(first[0]), list(first[1])
     if learning_curves(experiment, out / "learning_curves.png"):
         sections.append(("Learning curves", _image(out / "learning_curves.png")))
 
@@ -164,7 +167,7 @@ def _page(experiment: Experiment, sections, table: pd.DataFrame, lines: list[str
     body = [f"<h1>{html.escape(experiment.root.name)}</h1>",
             f"<p>{len(experiment.table)} trials; test split of {len(experiment.test_labels)} "
             f"images in {len(experiment.class_names)} classes. Test metrics carry their 95% "
-            "bootstrap interval.</p>"]
+            "interval (accuracy: Wilson score; macro-F1: BCa bootstrap).</p>"]
     if lines:
         body.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in lines) + "</ul>")
     body.append("<h2>Ranked trials</h2>")
@@ -190,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confusion", type=cli.number(int, low=0), default=2,
                         help="confusion matrices for this many of the best trials (default 2)")
     parser.add_argument("--out", help=f"folder of the report (default EXPERIMENT_DIR/{REPORT_DIR})")
+    parser.add_argument("--fold", type=cli.number(int, low=0),
+                        help="a cross-validated experiment: the fold whose trials the "
+                             "per-trial sections show (default 0)")
     parser.add_argument("--latency-rounds", type=cli.number(int, low=0), default=5,
                         help="interleaved rounds of the CPU latency measurement (0: none)")
     parser.add_argument("--threads", type=cli.number(int, low=1), default=1,
@@ -202,8 +208,15 @@ def main(argv: list[str] | None = None) -> int:
                             "trial_id column lists the trials")
     out = Path(args.out) if args.out else experiment.root / REPORT_DIR
     check_out(out, experiment.data_root)
+    first: tuple[list, list[str]] = ([], [])
+    if experiment.fold_count:
+        first = _out_of_fold(experiment, out, args.fold or 0)
+        experiment = experiment.for_fold(args.fold or 0)
+    elif args.fold is not None:
+        raise UserError(f"--fold {args.fold}: {experiment.root} is not cross-validated "
+                        "(run.py --folds); drop --fold")
     path, lines = build_report(experiment, out, args.compare, args.confusion,
-                               args.latency_rounds, args.threads)
+                               args.latency_rounds, args.threads, first)
     from sweeps.sinks.tracking import log_files
 
     tracked = log_files(experiment.root, sorted(path.parent.glob("*.html"))
@@ -212,6 +225,25 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     print(f"report: {path}")
     return 0
+
+
+def _out_of_fold(experiment: Experiment, out: Path, fold: int) -> tuple[list, list[str]]:
+    """The out-of-fold ranking of a cross-validated experiment, over all images, as the
+    report's first section; the per-trial sections after it show one fold (--fold)."""
+    from sweeps.analysis.folds import out_of_fold, settle
+    from sweeps.experiment.files import RANKING_PNG
+
+    pooled, left_out = out_of_fold(experiment)
+    out.mkdir(parents=True, exist_ok=True)
+    settled = settle(pooled, len(experiment.class_names), out, left_out)
+    parts = [f"<p><b>{html.escape(settled.line)}</b></p>"]
+    if not settled.ranked.empty:
+        parts += [settled.ranked.to_html(index=False, float_format="%.4f"),
+                  _image(out / RANKING_PNG)]
+    note = (f"the sections below show fold {fold} of {experiment.fold_count} (its trials, "
+            "its test images); --fold picks another")
+    return [("Which variant is best, out of fold (every image tested once)",
+             "\n".join(parts))], [settled.line, note, *left_out]
 
 
 def check_out(out: Path, data_root: str) -> None:

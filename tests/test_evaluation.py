@@ -37,29 +37,56 @@ def test_mcnemar_of_identical_predictions_is_p_one():
     assert E.mcnemar(labels, labels, labels).p_value == 1.0
 
 
-def test_bootstrap_intervals_match_a_plain_loop_over_the_same_resamples():
+Z = 1.959963984540054  # the normal quantile of a 95% interval
+
+
+def _wilson(k: int, n: int) -> tuple[float, float]:
+    """The Wilson score interval written out by hand."""
+    centre = (k + Z * Z / 2) / (n + Z * Z)
+    half = Z / (n + Z * Z) * math.sqrt(k * (n - k) / n + Z * Z / 4)
+    return centre - half, centre + half
+
+
+@pytest.mark.parametrize("correct,n", [(179, 179), (0, 179), (150, 179), (1, 12)])
+def test_accuracy_interval_is_wilsons_and_holds_at_the_edges(correct, n):
+    labels = np.zeros(n, dtype=int)
+    predicted = np.r_[np.zeros(correct, dtype=int), np.ones(n - correct, dtype=int)]
+    low, high = E.accuracy_interval(labels, predicted)
+    assert (low, high) == pytest.approx(_wilson(correct, n), abs=1e-9)
+    if correct == n:  # no errors: not a point; the old percentile bootstrap gave [1, 1]
+        assert high == pytest.approx(1) and low == pytest.approx(n / (n + Z * Z)) and low < 0.98
+    if correct == 0:
+        assert low == pytest.approx(0, abs=1e-12) and high == pytest.approx(Z * Z / (n + Z * Z))
+
+
+def test_macro_f1_interval_is_scipys_bca_over_sklearns_f1():
+    from scipy.stats import bootstrap
+
     rng = np.random.default_rng(3)
-    labels = rng.integers(0, 4, 12)  # small: some resamples miss a class
-    predicted = np.where(rng.random(12) < 0.7, labels, rng.integers(0, 4, 12))
-    idx = E.bootstrap_indices(12, samples=300, seed=5)
-    assert any(len(set(labels[i]) | set(predicted[i])) < 4 for i in idx)
-    accs = [np.mean(labels[i] == predicted[i]) for i in idx]
-    # sklearn's default: the mean over the classes present in truth or prediction
-    f1s = [f1_score(labels[i], predicted[i], average="macro", zero_division=0) for i in idx]
-    low, high = E.accuracy_interval(labels, predicted, samples=300, seed=5)
-    assert (low, high) == pytest.approx(tuple(np.percentile(accs, [2.5, 97.5])))
+    labels = rng.integers(0, 4, 40)
+    predicted = np.where(rng.random(40) < 0.7, labels, rng.integers(0, 4, 40))
     low, high = E.macro_f1_interval(labels, predicted, 4, samples=300, seed=5)
-    assert (low, high) == pytest.approx(tuple(np.percentile(f1s, [2.5, 97.5])))
-    point = E.accuracy(labels, predicted)
-    assert low <= E.macro_f1(labels, predicted, 4) <= high and 0.4 < point < 1
+    # the same bootstrap over a plain (not vectorised) statistic: sklearn's own macro-F1
+    plain = bootstrap((labels, predicted),
+                      lambda a, b: f1_score(a, b, average="macro", zero_division=0),
+                      paired=True, vectorized=False, n_resamples=300, method="BCa",
+                      random_state=np.random.default_rng(5))
+    assert (low, high) == pytest.approx((plain.confidence_interval.low,
+                                         plain.confidence_interval.high))
+    assert low < E.macro_f1(labels, predicted, 4) < high
 
 
-def test_a_perfect_classifier_has_a_zero_width_interval_and_the_summary_holds_all():
+def test_a_perfect_classifier_gets_an_interval_not_a_point():
     labels = np.array([0, 1, 2, 0, 1, 2])
     probs = np.eye(3)[labels] * 0.9 + 0.1 / 3
     summary = E.test_summary(labels, probs, 3)
-    assert summary == {"acc": 1.0, "acc_low": 1.0, "acc_high": 1.0, "macro_f1": 1.0,
-                       "macro_f1_low": 1.0, "macro_f1_high": 1.0}
+    low = 6 / (6 + Z * Z)  # Wilson with no errors in 6 images: 0.61
+    assert summary == pytest.approx({"acc": 1.0, "acc_low": low, "acc_high": 1.0,
+                                     "macro_f1": 1.0, "macro_f1_low": low,
+                                     "macro_f1_high": 1.0})
+    wrong = E.test_summary(labels, np.roll(probs, 1, axis=1), 3)
+    assert wrong["acc"] == 0 and wrong["acc_low"] == pytest.approx(0, abs=1e-12)
+    assert wrong["macro_f1_high"] == wrong["acc_high"] == pytest.approx(Z * Z / (6 + Z * Z))
 
 
 def test_per_class_report_by_hand():

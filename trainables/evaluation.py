@@ -15,6 +15,8 @@ from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_
 
 BOOTSTRAP_SAMPLES = 2000
 LEVEL = 0.95
+# Which interval each number gets: accuracy (and any proportion of images) the Wilson
+# score interval; macro-F1 a BCa bootstrap (accuracy's Wilson interval at the edges).
 
 
 def accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
@@ -26,45 +28,70 @@ def macro_f1(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> flo
                           zero_division=0))
 
 
-def bootstrap_indices(n: int, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> np.ndarray:
-    """(samples, n) row indices drawn with replacement; a fixed seed makes every trial's
-    interval use the same resamples, so intervals of different trials compare like for like."""
-    return np.random.default_rng(seed).integers(0, n, size=(samples, n))
-
-
-def percentile_interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low), float(high)
-
-
-def accuracy_interval(labels, predicted, samples=BOOTSTRAP_SAMPLES, seed=0, level=LEVEL):
-    """Percentile bootstrap interval of accuracy over test images."""
-    idx = bootstrap_indices(len(labels), samples, seed)
-    correct = (np.asarray(labels) == np.asarray(predicted)).astype(np.float64)
-    return percentile_interval(correct[idx].mean(axis=1), level)
-
-
-def macro_f1_interval(labels, predicted, num_classes, samples=BOOTSTRAP_SAMPLES, seed=0,
-                      level=LEVEL):
-    """Percentile bootstrap interval of macro-F1. The mean runs over the classes a resample
-    holds (as truth or prediction): a class no resample image shows has no F1 to count."""
+def accuracy_interval(labels, predicted, level: float = LEVEL) -> tuple[float, float]:
+    """Wilson score interval of accuracy, a proportion of the images (scipy's binomtest).
+    Unlike a bootstrap it does not collapse at the edges: no errors in n images gives
+    [n / (n + z^2), 1], all errors [0, z^2 / (n + z^2)]."""
     labels, predicted = np.asarray(labels), np.asarray(predicted)
-    idx = bootstrap_indices(len(labels), samples, seed)
-    # per resample, confusion counts by (true, predicted) pair, vectorised over resamples
-    pair = labels[idx] * num_classes + predicted[idx]
-    offsets = np.arange(len(idx))[:, None] * num_classes * num_classes
-    counts = np.bincount((pair + offsets).ravel(), minlength=len(idx) * num_classes ** 2)
-    counts = counts.reshape(len(idx), num_classes, num_classes)
+    if not len(labels):
+        return float("nan"), float("nan")
+    correct = int(np.sum(labels == predicted))
+    ci = binomtest(correct, len(labels)).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def _macro_f1_batch(labels: np.ndarray, predicted: np.ndarray, num_classes: int,
+                    axis: int = -1) -> np.ndarray:
+    """Macro-F1 of each row of (..., n) label and prediction arrays, over the classes a row
+    holds as truth or prediction (sklearn's average): vectorised for scipy's bootstrap."""
+    labels, predicted = np.moveaxis(labels, axis, -1), np.moveaxis(predicted, axis, -1)
+    batch = labels.shape[:-1]
+    labels = labels.reshape(-1, labels.shape[-1]).astype(np.int64)
+    predicted = predicted.reshape(-1, predicted.shape[-1]).astype(np.int64)
+    rows = len(labels)
+    pair = labels * num_classes + predicted + np.arange(rows)[:, None] * num_classes ** 2
+    counts = np.bincount(pair.ravel(), minlength=rows * num_classes ** 2)
+    counts = counts.reshape(rows, num_classes, num_classes)
     tp = np.einsum("sii->si", counts)
     denominator = counts.sum(axis=1) + counts.sum(axis=2)  # predicted + true = 2tp + fp + fn
     present = denominator > 0
     f1 = np.divide(2 * tp, denominator, out=np.zeros(tp.shape), where=present)
-    return percentile_interval(f1.sum(axis=1) / present.sum(axis=1), level)
+    return (f1.sum(axis=1) / np.maximum(present.sum(axis=1), 1)).reshape(batch)
+
+
+def macro_f1_interval(labels, predicted, num_classes: int, samples: int = BOOTSTRAP_SAMPLES,
+                      seed: int = 0, level: float = LEVEL) -> tuple[float, float]:
+    """BCa bootstrap interval of macro-F1 over images (scipy.stats.bootstrap, paired), with
+    a fixed seed so every trial's interval uses the same resamples. Where every resample
+    gives the same value (no errors, or no correct image) no bootstrap can give an
+    interval; then macro-F1 takes accuracy's Wilson interval, since at the edges the two
+    coincide (1 or 0) and one error moves macro-F1 by about 1/n on balanced classes, as it
+    moves accuracy."""
+    import warnings
+
+    from scipy.stats import bootstrap
+
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    if not len(labels):
+        return float("nan"), float("nan")
+    correct = labels == predicted
+    if correct.all() or not correct.any():
+        return accuracy_interval(labels, predicted, level)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a degenerate resample set is handled below
+        result = bootstrap((labels, predicted),
+                           lambda a, b, axis=-1: _macro_f1_batch(a, b, num_classes, axis),
+                           paired=True, vectorized=True, n_resamples=samples,
+                           confidence_level=level, method="BCa",
+                           random_state=np.random.default_rng(seed))
+    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return accuracy_interval(labels, predicted, level)
+    return low, high
 
 
 def test_summary(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> dict[str, float]:
-    """Accuracy and macro-F1 of ``probs`` with their 95% bootstrap intervals."""
+    """Accuracy (Wilson interval) and macro-F1 (BCa bootstrap interval) of ``probs``."""
     predicted = probs.argmax(1)
     acc_low, acc_high = accuracy_interval(labels, predicted)
     f1_low, f1_high = macro_f1_interval(labels, predicted, num_classes)

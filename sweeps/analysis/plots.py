@@ -64,7 +64,7 @@ def learning_curves(experiment, path: Path) -> bool:
 def accuracy_by_group(results: pd.DataFrame, group_key: str | None) -> pd.DataFrame:
     """Per variant: the test accuracy to plot and its error bar. With several seeds per
     variant, the mean and the standard deviation over seeds; with one, the trial's value and
-    its 95% bootstrap interval. ``group`` is the value of ``group_key`` (the study's first
+    its 95% Wilson interval. ``group`` is the value of ``group_key`` (the study's first
     variant key, such as the strategy), ``bar`` the rest of the variant."""
     several_seeds = results.groupby("variant").size().min() >= 2
     rows = []
@@ -82,7 +82,7 @@ def accuracy_by_group(results: pd.DataFrame, group_key: str | None) -> pd.DataFr
         rows.append({"group": group, "bar": bar, "value": value, "low": low, "high": high})
     out = pd.DataFrame(rows)
     out.attrs["error_bars"] = ("mean ± std over seeds" if several_seeds
-                               else "95% bootstrap interval")
+                               else "95% Wilson interval")
     return out
 
 

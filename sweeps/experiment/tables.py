@@ -65,7 +65,8 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 def with_intervals(table: pd.DataFrame) -> pd.DataFrame:
-    """For reading: each test metric as 'value [low, high]' (its 95% bootstrap interval)
+    """For reading: each test metric as 'value [low, high]' (its 95% interval: Wilson for accuracy,
+    BCa bootstrap for macro-F1)
     in place of its three numeric columns."""
     out = table.copy()
     for metric in (M.TEST_ACC, M.TEST_MACRO_F1):
@@ -90,7 +91,7 @@ def write_tables(rows: list[dict], store: Store, aggregate: bool = True) -> pd.D
     table = table.drop(columns="_no_result").reset_index(drop=True)
     store.write_text(RESULTS_CSV, table.to_csv(index=False))
     shown = table.drop(columns=["error"]) if not table["error"].any() else table
-    markdown = ("# Trials (test metrics with their 95% bootstrap interval)\n\n"
+    markdown = ("# Trials (test metrics with their 95% interval: accuracy Wilson, macro-F1 BCa bootstrap)\n\n"
                 + to_markdown(with_intervals(shown)) + "\n")
     results = table[~table["stop_reason"].isin(M.NOT_A_RESULT)]
     if aggregate and table["variant"].duplicated().any() and not results.empty:
