@@ -5,14 +5,19 @@
 Members are chosen on the validation split only (ranked by validation loss; greedy selection
 scores on validation; stacking's meta-model is fit and cross-validated inside validation)
 and every ensemble is scored once on the test split. The table (best single model vs soft
-vote, hard vote, stacking and greedy selection, with members and weights, 95% bootstrap
+vote, hard vote, stacking and greedy selection, with members and weights, 95%
 intervals and McNemar's test against the best single model) is printed and saved as
 ensembles.csv / ensembles.md in the experiment folder.
+
+A cross-validated experiment (run.py --folds) builds the ensembles fold by fold, each from
+that fold's trials, chosen on its validation images and scored on its test images; each
+kind's test predictions are then pooled over the folds and scored over all images.
 """
 from __future__ import annotations
 
 import sys
 
+import numpy as np
 import pandas as pd
 
 from sweeps.experiment.files import ENSEMBLES_CSV, ENSEMBLES_MD
@@ -42,9 +47,11 @@ def score_row(name: str, members: list[TrialPredictions], weights, predicted_val
 
 
 def build(trials: list[TrialPredictions], val_labels, test_labels, num_classes: int,
-          ranking: list[str], top: int, steps: int) -> tuple[pd.DataFrame, list[str]]:
-    """The ensemble table and McNemar lines. ``ranking`` orders trial ids best first by
-    validation loss; the best single model and the top-k votes follow it."""
+          ranking: list[str], top: int, steps: int
+          ) -> tuple[pd.DataFrame, list[str], dict[str, tuple]]:
+    """The ensemble table, McNemar lines, and each ensemble's (members, predicted test
+    classes) by kind. ``ranking`` orders trial ids best first by validation loss; the best
+    single model and the top-k votes follow it."""
     by_id = {t.trial_id: t for t in trials}
     ranked = [by_id[i] for i in ranking if i in by_id]
     best = ranked[0]
@@ -52,6 +59,7 @@ def build(trials: list[TrialPredictions], val_labels, test_labels, num_classes: 
     rows = [score_row("best single (lowest val loss)", [best], [1], best.val_probs.argmax(1),
                       reference, val_labels, test_labels, num_classes)]
     lines = []
+    predictions = {"best single": ([best], reference)}
     chosen = ranked[:top]
     soft_val = E.soft_vote([m.val_probs for m in chosen])
     soft_test = E.soft_vote([m.test_probs for m in chosen])
@@ -77,7 +85,10 @@ def build(trials: list[TrialPredictions], val_labels, test_labels, num_classes: 
         f"greedy selection ({sum(weights)} picks)", members, weights,
         E.soft_vote([m.val_probs for m in members], weights).argmax(1),
         E.soft_vote([m.test_probs for m in members], weights).argmax(1)))
-    for name, members, weights, predicted_val, predicted_test in candidates:
+    kinds = ["soft vote", "hard vote", *(["stacking"] if stacked is not None else []),
+             "greedy selection"]
+    for kind, (name, members, weights, predicted_val, predicted_test) in zip(kinds, candidates):
+        predictions[kind] = (members, predicted_test)
         row = score_row(name, members, weights, predicted_val, predicted_test, val_labels,
                         test_labels, num_classes)
         test = E.mcnemar(test_labels, predicted_test, reference)
@@ -85,7 +96,42 @@ def build(trials: list[TrialPredictions], val_labels, test_labels, num_classes: 
                    mcnemar_p=test.p_value)
         rows.append(row)
         lines.append(test.line(name, "best single"))
+    return pd.DataFrame(rows), lines, predictions
+
+
+def pooled_over_folds(per_fold: list[tuple[dict, np.ndarray]], num_classes: int
+                      ) -> tuple[pd.DataFrame, list[str]]:
+    """A cross-validated experiment's ensembles: each fold builds its own from its trials
+    (chosen on its validation images, scored on its test images), and each kind's test
+    predictions are pooled over the folds: one prediction per image, scored over all N,
+    with McNemar against the pooled best single model."""
+    kinds = [k for k in per_fold[0][0] if all(k in found for found, _ in per_fold)]
+    labels = np.concatenate([fold_labels for _, fold_labels in per_fold])
+    reference = np.concatenate([found["best single"][1] for found, _ in per_fold])
+    rows, lines = [], []
+    for kind in kinds:
+        predicted = np.concatenate([found[kind][1] for found, _ in per_fold])
+        members = sorted({f"{m.variant}" for found, _ in per_fold for m in found[kind][0]})
+        acc_low, acc_high = E.accuracy_interval(labels, predicted)
+        f1_low, f1_high = E.macro_f1_interval(labels, predicted, num_classes)
+        row = {"ensemble": f"{kind}, pooled over {len(per_fold)} folds",
+               "members": " ".join(members), "images": len(labels),
+               "test_acc": E.accuracy(labels, predicted), "test_acc_low": acc_low,
+               "test_acc_high": acc_high,
+               "test_macro_f1": E.macro_f1(labels, predicted, num_classes),
+               "test_macro_f1_low": f1_low, "test_macro_f1_high": f1_high}
+        if kind != "best single":
+            test = E.mcnemar(labels, predicted, reference)
+            row.update(mcnemar_only_ensemble=test.only_a, mcnemar_only_single=test.only_b,
+                       mcnemar_p=test.p_value)
+            lines.append(test.line(f"{kind} (out of fold)", "best single (out of fold)"))
+        rows.append(row)
     return pd.DataFrame(rows), lines
+
+
+def _ranking(experiment, trials) -> list[str]:
+    table = experiment.table.set_index("trial_id")
+    return sorted((t.trial_id for t in trials), key=lambda i: (table.loc[i, "best_val_loss"], i))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,17 +146,34 @@ def main(argv: list[str] | None = None) -> int:
                         help="picks of greedy selection, with replacement (default 25)")
     args = parser.parse_args(argv)
     experiment = load_experiment(args.experiment)
-    trials, refused = load_trials(experiment, args.trials, strict=args.trials is not None)
-    for reason in refused:
-        print(f"left out: {reason}", file=sys.stderr)
-    if len(trials) < 2:
-        raise UserError(f"{experiment.root}: {len(trials)} trial(s) with usable probabilities; "
-                        "an ensemble needs at least 2")
-    table = experiment.table.set_index("trial_id")
-    ranking = sorted((t.trial_id for t in trials),
-                     key=lambda i: (table.loc[i, "best_val_loss"], i))
-    result, lines = build(trials, experiment.val_labels, experiment.test_labels,
-                          len(experiment.class_names), ranking, args.top, args.steps)
+    if experiment.fold_count:  # cross-validated: per fold, then pooled out of fold
+        if args.trials:
+            raise UserError("--trials: a cross-validated experiment builds its ensembles fold "
+                            "by fold from each fold's trials; drop --trials")
+        per_fold = []
+        for fold in range(experiment.fold_count):
+            view = experiment.for_fold(fold)
+            trials, refused = load_trials(view, strict=False)
+            for reason in refused:
+                print(f"left out (fold {fold}): {reason}", file=sys.stderr)
+            if len(trials) < 2:
+                raise UserError(f"{experiment.root}: fold {fold} has {len(trials)} trial(s) "
+                                "with usable probabilities; an ensemble needs at least 2")
+            _, _, found = build(trials, view.val_labels, view.test_labels,
+                                len(experiment.class_names), _ranking(view, trials), args.top,
+                                args.steps)
+            per_fold.append((found, view.test_labels))
+        result, lines = pooled_over_folds(per_fold, len(experiment.class_names))
+    else:
+        trials, refused = load_trials(experiment, args.trials, strict=args.trials is not None)
+        for reason in refused:
+            print(f"left out: {reason}", file=sys.stderr)
+        if len(trials) < 2:
+            raise UserError(f"{experiment.root}: {len(trials)} trial(s) with usable "
+                            "probabilities; an ensemble needs at least 2")
+        result, lines, _ = build(trials, experiment.val_labels, experiment.test_labels,
+                                 len(experiment.class_names), _ranking(experiment, trials),
+                                 args.top, args.steps)
     markdown = result.to_markdown(index=False, floatfmt=".4g")
     write_atomic(experiment.root / ENSEMBLES_CSV, result.to_csv(index=False))
     write_atomic(experiment.root / ENSEMBLES_MD,

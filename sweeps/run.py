@@ -64,9 +64,12 @@ def get_args_parser() -> cli.Parser:
                         "each model's own share from the model registry: half a GPU for small "
                         "models, else one)")
     p.add_argument("--max-concurrent", type=ONE, help="at most this many trials at once")
-    p.add_argument("--scheduler", choices=("asha", "fifo"), default="asha",
+    p.add_argument("--scheduler", choices=("asha", "fifo"),
                    help="asha (default): stop weak trials early; fifo: run every trial to "
-                        "its own end (early stopping still applies)")
+                        "its own end (early stopping still applies; the default with --folds)")
+    p.add_argument("--folds", type=cli.number(int, low=3, high=100), metavar="K",
+                   help="cross-validate: split the images into K stratified folds and run "
+                        "every variant once per fold, tested on that fold")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                    help="join this Ray cluster instead of starting one (default: $RAY_ADDRESS)")
     p.add_argument("--split-seed", type=cli.number(int, low=0, high=2**32 - 1),
@@ -118,6 +121,8 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
     if spec.address:
         per_trial = resources(spec.cpus_per_trial, spec.gpus_per_trial, cluster_nodes(),
                               models, concurrent)
+    if not spec.resume:  # a resumed sweep's trials keep the threads they were given
+        sweep = sweep.pin_threads(per_trial)
     if spec.resume:
         print(f"resuming {store}", file=sys.stderr, flush=True)
         tuner = restore_tuner(sweep, handle, unavailable, per_trial)
@@ -129,8 +134,10 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
         how = "chosen by Optuna TPE" if sweep.plan.searched else "grid"
         pruning = f"ASHA grace {sweep.grace} epochs" if spec.scheduler == "asha" \
             else "no pruning"
+        threads = sweep.plan.param_space["threads"]
         print(f"sweep {sweep.space.name}: {sweep.plan.trials} trial(s), {how}, {pruning}, "
-              f"max {sweep.max_epochs} epochs -> {store}", file=sys.stderr, flush=True)
+              f"max {sweep.max_epochs} epochs, {threads} thread(s) per trial -> {store}",
+              file=sys.stderr, flush=True)
     with GracefulStop() as stop:
         try:
             tuner.fit()
@@ -140,6 +147,8 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
                 raise
     recorder = active()
     code = finish(recorder, sweep.space, sweep.plan, store)
+    if spec.folds and not recorder.fault and stop.signal is None:
+        _out_of_fold(store)
     resume = f"python sweeps/run.py --resume '{store}'"
     left = f"{sweep.plan.trials - recorder.finished()} of {sweep.plan.trials} trial(s) unfinished"
     if recorder.fault:
@@ -152,6 +161,23 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
               f"is in the table; resume: {resume}", file=sys.stderr)
         return stop.exit_code
     return code
+
+
+def _out_of_fold(store) -> None:
+    """A cross-validated sweep ends with each variant's out-of-fold scores over all images
+    and the verdict (sweeps/analysis/folds.py)."""
+    if store.is_uri:
+        print(f"out-of-fold results: run python sweeps/confirm.py on a local copy of {store}",
+              file=sys.stderr)
+        return
+    from sweeps.analysis.folds import settle_experiment, show
+    from sweeps.experiment.folder import load_experiment
+
+    settled = settle_experiment(load_experiment(store.root))
+    print()
+    print(show(settled))
+    for reason in settled.left_out:
+        print(f"left out: {reason}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

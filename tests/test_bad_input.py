@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from conftest import ROOT, make_image_folder, make_one_class_folder
-from sweeps import cli, ensemble, export, predict, report, run, weights
+from sweeps import cli, confirm, ensemble, export, predict, report, run, weights
 from test_ensemble import A, C, write_experiment
 from trainables.errors import UserError
 
 COMMANDS = {"run": run.main, "ensemble": ensemble.main, "report": report.main,
-            "export": export.main, "predict": predict.main, "weights": weights.main}
+            "export": export.main, "predict": predict.main, "weights": weights.main,
+            "confirm": confirm.main}
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +97,16 @@ CASES = [
      "bad value weights='V9' for mobilenet_v2"),
     ("run", ["--space", "strategies", "--set", "model=[resnet18,googlenet]"],
      "compares the strategies of one model"),
+    # run: cross-validation
+    ("run", ["--space", "single", "--folds", "2"], "--folds: must be at least 3"),
+    ("run", ["--space", "single", "--folds", "3", "--scheduler", "asha"],
+     "drop --scheduler asha"),
+    ("run", ["--space", "single", "--set", "fold=1"], "pass --folds K to cross-validate"),
+    ("run", ["--space", "lr_batch_tpe", "--folds", "3"], "is a search"),
+    ("run", ["--space", "single", "--set", "model=small_cnn", "--data", "{g}/presplit",
+             "--folds", "3"], "needs an image folder to split into folds"),
+    ("run", ["--space", "single", "--set", "model=small_cnn", "--data", "{g}/imgs",
+             "--folds", "5"], "--folds 5 needs at least 5 per class"),
     # run: files it reads
     ("run", ["--space", "single", "--config", "{g}/latin1.json"], "not UTF-8 text"),
     ("run", ["--space", "single", "--data", "{g}/imgs", "--split-file", "{g}/latin1.csv"],
@@ -133,6 +144,10 @@ CASES = [
     ("export", ["{g}/exp", "--out", "{g}/a_file"], "is a file"),
     ("export", ["{g}/exp", "--trial", "zz"], "trial zz: not in"),
     ("export", ["{g}/exp"], "no trial.json"),
+    # confirm
+    ("confirm", ["{g}/exp", "--top", "1"], "--top: must be at least 2"),
+    ("confirm", ["{g}/exp", "--folds", "2"], "--folds: must be at least 3"),
+    ("confirm", ["{g}/a_file"], "no results.csv here"),
     # predict
     ("predict", ["{g}/export", "{g}/imgs", "--out", "{g}/missing/p.csv"], "does not exist"),
     ("predict", ["{g}/export", "{g}/imgs", "--out", "{g}/imgs"], "is a folder"),
@@ -177,7 +192,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(ground, tmp_path, capsy
     assert not (tmp_path / "torch").exists()
 
 
-@pytest.mark.parametrize("command", ["ensemble.py", "report.py", "export.py", "predict.py",
+@pytest.mark.parametrize("command", ["ensemble.py", "report.py", "export.py", "predict.py", "confirm.py",
                                      "weights.py"])
 def test_each_script_ends_a_bad_flag_in_one_line_and_exit_2(command, tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "sweeps" / command), "--bogus"],

@@ -62,6 +62,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "chance_epochs": (0, 100_000),
     "chance_margin": (0.0, 1.0),
     "seed": (0, 2**31 - 1),
+    "threads": (0, 4096),
+    "fold": (-1, 1000),
     "loader_workers": (0, 256),
     "checkpoint_budget": (0.0, 1.0),
     "image_budget_mb": (0.0, 1e9),
@@ -117,6 +119,12 @@ class TrialConfig:
     tta: bool = False  # also score test on the mean of image and horizontal flip: test_acc_tta
     # run
     seed: int = 0
+    # compute threads of the trial: its floating-point sums, so its numbers, depend on them.
+    # 0: the trial's CPU share, resolved once by the driver and written into every trial's
+    # config (sweep.json, trial.json, best_config.json), so --resume and re-runs use it again
+    threads: int = 0
+    fold: int = -1  # cross-validation: the fold this trial tests on (run.py --folds); -1: none
+    deterministic: bool = False  # also torch's deterministic algorithms (cuDNN's on a GPU)
     amp: bool = True  # CUDA: bf16 autocast (fp16 with loss scaling where bf16 is missing)
     # speed (trainables/batches.py, benchmarks/README.md)
     data_path: str = "auto"  # device: batched augmentation on the training device; loader:

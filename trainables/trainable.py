@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -32,13 +33,9 @@ def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, 
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint saved" per epoch
     cfg = TrialConfig.from_dict(config)
-    # as many threads as the trial has CPUs (Ray's own setting follows the actor, which a
-    # reused actor carries over from its previous trial)
     resources = tune.get_context().get_trial_resources().required_resources
-    torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    pin_compute(cfg, int(resources.get("CPU", 1)), device)
     trial = build_trial(cfg, data, variant_name(config, variant_keys),
                         offline_weights=cfg.model in unavailable_weights)
     resume = None
@@ -81,3 +78,20 @@ def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, 
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def pin_compute(cfg: TrialConfig, cpus: int, device: torch.device) -> None:
+    """The trial's numbers must not depend on its CPU share or on the trials beside it:
+    ``cfg.threads`` compute threads (the driver pinned it; 0 only outside a sweep, then the
+    trial's CPUs). Set on every trial, since a reused Ray actor carries over the previous
+    trial's setting. ``deterministic`` turns on torch's deterministic algorithms too."""
+    torch.set_num_threads(cfg.threads or max(1, cpus))
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's requirement
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark = device.type == "cuda"

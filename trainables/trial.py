@@ -76,8 +76,12 @@ def build_trial(cfg: TrialConfig, handle: DataHandle, variant: str = "",
                          head=HeadSpec(cfg.head_dropout, cfg.head_hidden),
                          image_size=cfg.image_size, weights=cfg.weights)
     pre = preprocess_for(cfg)
+    if cfg.fold >= 0:  # cross-validation: this fold's train/val/test
+        handle = handle.for_fold(cfg.fold)
     data = trial_data(handle, pre)
     record = TrialRecord(variant=variant, config=cfg.to_dict(), model=built.build,
                          preprocess=pre, class_names=tuple(handle.class_names),
-                         data={"root": handle.root, "digest": handle.digest})
+                         data={"root": handle.root, "digest": handle.digest,
+                               **({"fold": cfg.fold, "folds": handle.fold_count}
+                                  if cfg.fold >= 0 else {})})
     return Trial(cfg, strategy, built.net, data, record)

@@ -15,7 +15,9 @@ from trainables.errors import UserError
 
 def _name_creator(sweep: Sweep):
     def name(trial) -> str:
-        label = f"{sweep.variant(trial.config)}_s{trial.config.get('seed', 0)}_{trial.trial_id}"
+        fold = trial.config.get("fold", -1)
+        label = (f"{sweep.variant(trial.config)}_s{trial.config.get('seed', 0)}"
+                 f"{f'_f{fold}' if fold >= 0 else ''}_{trial.trial_id}")
         return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
     return name
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from search_spaces import is_domain, is_grid
 from trainables.config import TrialConfig
+from trainables.errors import UserError
 
 SMOKE_BUDGET = 4  # trials of a searched space under --smoke
 
@@ -30,9 +31,9 @@ class Plan:
 
 
 def make_plan(space, overrides: dict[str, Any], num_samples: int | None,
-              smoke: bool = False) -> Plan:
+              smoke: bool = False, folds: int | None = None) -> Plan:
     """Merge the space with the overrides (an override replaces a grid or a distribution)
-    and decide how many trials run: grid points x seeds, or a searcher's budget."""
+    and decide how many trials run: grid points x seeds (x folds), or a searcher's budget."""
     from ray import tune
 
     grids = {k: tune.grid_search(v) for k, v in overrides.items() if isinstance(v, list)}
@@ -47,6 +48,12 @@ def make_plan(space, overrides: dict[str, Any], num_samples: int | None,
         first = int(overrides.get("seed", TrialConfig.seed))
         seeds = list(range(first, first + (num_samples or 1)))
         param_space["seed"] = tune.grid_search(seeds) if len(seeds) > 1 else seeds[0]
+    if folds:
+        if searched:
+            raise UserError(f"--folds: the {space.name} study is a search; cross-validate "
+                            "its result instead: --space single --config "
+                            "runs/NAME/best_config.json --folds K")
+        param_space["fold"] = tune.grid_search(list(range(folds)))
     configs = validate(grid_configs(param_space))
     varied = [k for k, v in param_space.items() if is_grid(v) or is_domain(v)]
     return Plan(param_space, configs, budget if searched else len(configs),

@@ -27,7 +27,7 @@ def prepare_data(spec: SweepSpec, cfgs: list[TrialConfig]) -> tuple[D.DataHandle
         source = D.apply_split_file(source, spec.split_file, resumed=spec.resume)
     sizes = sorted({(p.load_size, p.interpolation) for p in map(preprocess_for, cfgs)})
     handle, report = D.prepare(source, sizes[0][0], cache_dir, split_seed=spec.split_seed or 0,
-                               interpolation=sizes[0][1])
+                               interpolation=sizes[0][1], folds=spec.folds or 0)
     for load_size, interpolation in sizes[1:]:
         handle.images(load_size, interpolation, progress=True)  # here, not in racing trials
     skipped = report["images_skipped"]

@@ -43,6 +43,7 @@ class SweepSpec:
     gpus_per_trial: float | None = None
     max_concurrent: int | None = None
     scheduler: str = "asha"
+    folds: int | None = None  # cross-validation: every variant once per fold
     address: str | None = None
     split_seed: int | None = None
     split_file: str | None = None
@@ -55,6 +56,12 @@ class SweepSpec:
     def from_args(cls, args: argparse.Namespace) -> "SweepSpec":
         values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
         values["overrides"] = tuple(values.get("overrides") or ())
+        if values.get("folds") and values.get("scheduler") == "asha":
+            raise UserError("--folds runs each fold of a variant to its own end (fifo): ASHA "
+                            "would compare trials of different folds on different validation "
+                            "images and cut some folds of a variant; drop --scheduler asha")
+        values["scheduler"] = values.get("scheduler") or ("fifo" if values.get("folds")
+                                                          else "asha")
         return cls(**values)
 
     def check(self) -> None:
@@ -70,12 +77,15 @@ class SweepSpec:
                 raise UserError(f"--name: {len(self.name.encode('utf-8'))} bytes long; use a "
                                 "name of at most 200 bytes (file systems refuse longer folder "
                                 "names)")
+        if self.folds is not None and self.folds < 3:
+            raise UserError(f"--folds {self.folds}: use 3 or more (each fold tests on one "
+                            "fold, validates on the next and trains on the rest)")
         if self.split_file and self.split_seed is not None:
             raise UserError("--split-file and --split-seed conflict: a reused split has no "
                             "seed; drop one of them")
 
 
-RESUME_CONFLICTS = ("space", "data", "name", "num_samples", "max_epochs", "config",
+RESUME_CONFLICTS = ("space", "data", "name", "num_samples", "max_epochs", "config", "folds",
                     "split_file", "split_seed", "max_per_class")
 
 
@@ -148,6 +158,16 @@ class Sweep:
                  if isinstance(v, list) and k not in self.space.variant_keys]
         return (*self.space.variant_keys, *extra)
 
+    def pin_threads(self, per_trial: dict[str, float]) -> "Sweep":
+        """The sweep with every trial's compute threads fixed: as set (``--set threads=N``),
+        else the trial's CPU share now, recorded in the trials' configs so that a resumed
+        trial or a re-run computes the same sums, whatever else shares the machine then."""
+        if self.plan.param_space.get("threads", 0) not in (0, None):
+            return self
+        threads = max(1, int(per_trial.get("cpu", 1)))
+        return replace(self, plan=replace(self.plan, param_space={**self.plan.param_space,
+                                                                  "threads": threads}))
+
     def variant(self, config: dict) -> str:
         from trainables.record import variant_name
 
@@ -169,6 +189,8 @@ class Sweep:
             "variant_keys": list(self.variant_keys), "overrides": self.overrides,
             "plan": {"trials": self.plan.trials, "searched": self.plan.searched,
                      "varied": self.plan.varied, "scheduler": self.spec.scheduler,
+                     "threads": self.plan.param_space.get("threads"),
+                     "folds": self.spec.folds,
                      "grace": self.grace, "max_epochs": self.max_epochs,
                      "reduction_factor": self.space.reduction_factor},
             "presplit": data_report["presplit"], "data": data_report["root"],
@@ -199,7 +221,9 @@ def resolve(spec: SweepSpec) -> Sweep:
     overrides.update(parse_overrides(list(spec.overrides)))
     if spec.max_epochs:  # caps every trial, whatever else set max_epochs
         overrides["max_epochs"] = spec.max_epochs
-    plan = make_plan(space, overrides, spec.num_samples, spec.smoke)
+    if "fold" in overrides:
+        raise UserError("the fold is not a --set key: pass --folds K to cross-validate")
+    plan = make_plan(space, overrides, spec.num_samples, spec.smoke, spec.folds)
     name = spec.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return Sweep(spec, space, overrides, plan, name, Store(spec.storage, name),
                  asha_grace(space, plan.configs), max(c.max_epochs for c in plan.configs))

@@ -12,6 +12,11 @@ trial record: trainables/checkpoint.py.
       optuna.journal           a search's Optuna study
       tracking.json            the MLflow runs this experiment logged to
       ensembles.csv, .md       ensemble.py's table
+      results_oof.csv          a cross-validated experiment (--folds): each variant's
+                               out-of-fold scores over all images, with intervals
+      pairs.csv, verdict.md    its pairwise tests (McNemar, Holm) and the verdict line
+      ranking.png              the ranking with intervals, unseparated pairs joined
+      confirm.json             confirm.py's folder: what it confirmed, from where
       report/                  report.py's default output folder (report.html, costs.csv,
                                the figures); report.py writes nothing else
       .visionsweep             the claim marker; .visionsweep.lock its lock
@@ -34,6 +39,11 @@ COSTS_CSV = "costs.csv"  # in the report's folder: the table with measured laten
 MARKER = ".visionsweep"
 CLAIM_LOCK = ".visionsweep.lock"
 PROGRESS_CSV = "progress.csv"
+OOF_CSV = "results_oof.csv"
+PAIRS_CSV = "pairs.csv"
+VERDICT_MD = "verdict.md"
+RANKING_PNG = "ranking.png"
+CONFIRM_JSON = "confirm.json"
 
 # what a tracked sweep uploads to MLflow as the run's artifacts
 ARTIFACTS = (RESULTS_CSV, RESULTS_MD, BY_VARIANT_CSV, BEST_CONFIG, SWEEP_JSON, DATA_REPORT,

@@ -7,7 +7,7 @@ local copy (``aws s3 sync URI DIR`` or the like).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,29 @@ class Experiment:
     varied: tuple[str, ...] = ()  # every config key whose value differed between trials
     data_root: str = ""  # where the images were, as sweep.json recorded it
     searched: bool = False  # a searcher chose the trials (no per-variant table)
+    # a cross-validated experiment: every usable image's path, label and fold
+    all_ids: np.ndarray | None = None
+    all_labels: np.ndarray | None = None
+    folds: np.ndarray | None = None
+
+    @property
+    def fold_count(self) -> int:
+        return int(self.folds.max()) + 1 if self.folds is not None and len(self.folds) else 0
+
+    def for_fold(self, fold: int) -> "Experiment":
+        """Fold ``fold`` of a cross-validated experiment as an experiment of its own: its
+        trials, its validation and test images (what each after-sweep command reads)."""
+        from trainables.data.split import fold_splits
+
+        if not 0 <= fold < self.fold_count:
+            raise UserError(f"--fold {fold}: {self.root} has {self.fold_count or 'no'} folds")
+        splits = np.asarray(fold_splits(self.folds.tolist(), fold, self.fold_count))
+        val, test = splits == "val", splits == "test"
+        table = self.table[self.table["fold"].astype(int) == fold] \
+            if "fold" in self.table else self.table.iloc[:0]
+        return replace(self, table=table, val_ids=self.all_ids[val],
+                       test_ids=self.all_ids[test], val_labels=self.all_labels[val],
+                       test_labels=self.all_labels[test])
 
     def trial_dir(self, trial_id: str) -> Path | None:
         found = sorted(p for p in self.root.glob(f"*_{trial_id}") if p.is_dir())
@@ -83,12 +106,22 @@ def load_experiment(path: str | Path) -> Experiment:
     val, test = split[split["split"] == "val"], split[split["split"] == "test"]
     sweep = _sweep_json(root)
     plan = sweep.get("plan") if isinstance(sweep.get("plan"), dict) else {}
+    folded = {}
+    if "fold" in split.columns:
+        used = split[split["split"] != "skipped"]
+        try:
+            folded = dict(all_ids=used["path"].to_numpy(str),
+                          all_labels=used["label"].to_numpy(np.int64),
+                          folds=used["fold"].astype(int).to_numpy())
+        except (TypeError, ValueError):
+            raise UserError(f"{root / SPLIT_CSV}: its fold column holds something other than "
+                            "fold numbers; the experiment folder is damaged") from None
     return Experiment(root, table, val["path"].to_numpy(str), test["path"].to_numpy(str),
                       val["label"].to_numpy(np.int64), test["label"].to_numpy(np.int64),
                       classes["class"].astype(str).tolist(),
                       tuple(str(k) for k in sweep.get("variant_keys") or ()),
                       tuple(str(k) for k in plan.get("varied") or ()),
-                      str(sweep.get("data") or ""), bool(plan.get("searched")))
+                      str(sweep.get("data") or ""), bool(plan.get("searched")), **folded)
 
 
 def read_sweep_json(store: Store, flag: str) -> dict:

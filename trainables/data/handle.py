@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from trainables.data.decode import content_digest, decode_cached, file_hashes
 from trainables.data.source import SPLITS, DataSource, check_classes, subset
-from trainables.data.split import SKIPPED, stratified_split
+from trainables.data.split import SKIPPED, fold_splits, stratified_folds, stratified_split
 from trainables.errors import UserError
 
 
@@ -30,11 +30,23 @@ class DataHandle:
     class_names: tuple[str, ...]
     rows: tuple[int, ...]
     labels: tuple[int, ...]
-    splits: tuple[str, ...]
+    splits: tuple[str, ...]  # of a folded handle: fold 0's
+    folds: tuple[int, ...] = ()  # cross-validation: each image's fold (its test fold)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def fold_count(self) -> int:
+        return max(self.folds) + 1 if self.folds else 0
+
+    def for_fold(self, fold: int) -> "DataHandle":
+        """The handle whose splits are fold ``fold``'s (split.fold_splits)."""
+        if not 0 <= fold < self.fold_count:
+            raise UserError(f"bad value fold={fold}: this data has "
+                            f"{self.fold_count or 'no'} folds (run.py --folds K sets them)")
+        return replace(self, splits=tuple(fold_splits(self.folds, fold, self.fold_count)))
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(np.asarray(self.splits) == split)
@@ -48,8 +60,25 @@ class DataHandle:
 
 
 def prepare(source: DataSource, load_size: int, cache_dir: Path, split_seed: int = 0,
-            progress: bool = True, interpolation: str = "bilinear") -> tuple[DataHandle, dict]:
-    """Decode (once), drop unreadable images, split, and return the handle and a data report."""
+            progress: bool = True, interpolation: str = "bilinear",
+            folds: int = 0) -> tuple[DataHandle, dict]:
+    """Decode (once), drop unreadable images, split (into ``folds`` cross-validation folds
+    when given), and return the handle and a data report."""
+    if folds and source.presplit and source.folds is None:
+        raise UserError(f"--folds {folds}: needs an image folder to split into folds (or the "
+                        "split.csv of a folded experiment), not a split into train/val/test; "
+                        "drop --folds or --split-file, or pass the unsplit folder")
+    if folds and source.folds is None:  # before any decoding: the counts are known
+        found = np.bincount(source.labels, minlength=len(source.class_names))
+        if found.min() < folds:
+            name = source.class_names[int(found.argmin())]
+            raise UserError(f"--folds {folds}: class '{name}' has {int(found.min())} "
+                            f"image(s); --folds {folds} needs at least {folds} per class: use "
+                            "fewer folds")
+    if not folds and source.folds is not None:
+        count = max(source.folds) + 1
+        raise UserError(f"--split-file holds the {count} folds of a cross-validated "
+                        f"experiment: pass --folds {count} to reuse them")
     hashes = file_hashes(source.root, source.paths, progress)
     digest = content_digest(source.paths, hashes)
     cache = decode_cached(source.root, source.paths, digest, load_size, Path(cache_dir),
@@ -67,7 +96,21 @@ def prepare(source: DataSource, load_size: int, cache_dir: Path, split_seed: int
                         "why)")
     check_classes(usable)
     groups = duplicate_groups([hashes[i] for i in keep])
-    if usable.presplit:
+    fold_ids: list[int] = []
+    if folds:
+        if usable.folds is not None:  # reused: exactly as recorded
+            fold_ids = list(usable.folds)
+            if max(fold_ids) + 1 != folds or min(fold_ids) < 0:
+                raise UserError(f"--folds {folds}: the reused split.csv holds "
+                                f"{max(fold_ids) + 1} folds; pass --folds {max(fold_ids) + 1}")
+        else:
+            group_of = list(range(len(keep)))
+            for group in groups:  # copies of one image share a fold, so they cannot leak
+                for i in group:
+                    group_of[i] = group[0]
+            fold_ids = stratified_folds(usable.labels, group_of, folds, split_seed)
+        splits = fold_splits(fold_ids, 0, folds)
+    elif usable.presplit:
         splits = list(usable.splits)
         for split in SPLITS:
             if split not in splits:
@@ -78,8 +121,13 @@ def prepare(source: DataSource, load_size: int, cache_dir: Path, split_seed: int
             for i in group[1:]:
                 splits[i] = splits[group[0]]
     handle = DataHandle(str(source.root), source.paths, digest, str(cache_dir),
-                        source.class_names, tuple(keep), usable.labels, tuple(splits))
+                        source.class_names, tuple(keep), usable.labels, tuple(splits),
+                        tuple(fold_ids))
     report = data_report(source, handle, bad)
+    if fold_ids:
+        report["folds"] = {name: [0] * folds for name in handle.class_names}
+        for label, fold in zip(handle.labels, fold_ids):
+            report["folds"][handle.class_names[label]][fold] += 1
     report.update(duplicates_report(handle, groups))
     return handle, report
 
@@ -129,13 +177,17 @@ def data_report(source: DataSource, handle: DataHandle, bad: dict[str, str]) -> 
 
 def split_csv(handle: DataHandle, report: dict) -> str:
     """The split as CSV text, one row per image found (unreadable ones as 'skipped'), so it
-    can be audited and reused with --split-file (read back by split.apply_split_file)."""
+    can be audited and reused with --split-file (read back by split.apply_split_file). A
+    folded experiment adds each image's fold; its split column is fold 0's."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["path", "class", "label", "split"])
-    for row, label, split in zip(handle.rows, handle.labels, handle.splits):
-        writer.writerow([handle.files[row], handle.class_names[label], label, split])
+    folded = bool(handle.folds)
+    writer.writerow(["path", "class", "label", "split", *(["fold"] if folded else [])])
+    for i, (row, label, split) in enumerate(zip(handle.rows, handle.labels, handle.splits)):
+        writer.writerow([handle.files[row], handle.class_names[label], label, split,
+                         *([handle.folds[i]] if folded else [])])
     for name, items in report["skipped"].items():
         for item in items:
-            writer.writerow([item["path"], name, handle.class_names.index(name), SKIPPED])
+            writer.writerow([item["path"], name, handle.class_names.index(name), SKIPPED,
+                             *([""] if folded else [])])
     return out.getvalue()

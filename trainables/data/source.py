@@ -27,6 +27,7 @@ class DataSource:
     splits: tuple[str, ...] | None  # None: not split yet
     # files named like images that cannot be read at all: (path as shown, label, reason)
     rejected: tuple[tuple[str, int, str], ...] = ()
+    folds: tuple[int, ...] | None = None  # from a reused split.csv of a folded experiment
 
     @property
     def presplit(self) -> bool:
@@ -194,4 +195,5 @@ def subset(source: DataSource, keep: list[int]) -> DataSource:
         paths=tuple(source.paths[i] for i in keep),
         labels=tuple(source.labels[i] for i in keep),
         splits=tuple(source.splits[i] for i in keep) if source.splits else None,
+        folds=tuple(source.folds[i] for i in keep) if source.folds else None,
     )

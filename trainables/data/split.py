@@ -1,5 +1,5 @@
-"""Train/val/test splits: drawn here (stratified, seeded), or reused from an earlier
-experiment's split.csv, which every experiment writes."""
+"""Train/val/test splits and cross-validation folds: drawn here (stratified, seeded), or
+reused from an earlier experiment's split.csv, which every experiment writes."""
 from __future__ import annotations
 
 import csv
@@ -40,6 +40,37 @@ def stratified_split(labels: list[int] | tuple[int, ...], fractions=(0.8, 0.1, 0
     return out.tolist()
 
 
+def stratified_folds(labels, groups, folds: int, seed: int = 0) -> list[int]:
+    """Each image's fold (0..folds-1), stratified by class, copies of one image (same
+    ``groups`` id) always in one fold: scikit-learn's StratifiedGroupKFold, shuffled with
+    ``seed``. Raises UserError for a class with fewer images than folds."""
+    import warnings
+
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    labels = np.asarray(labels)
+    counts = np.bincount(labels)
+    if counts.min() < folds:
+        raise UserError(f"class {int(counts.argmin())} has {int(counts.min())} usable "
+                        f"image(s); --folds {folds} needs at least {folds} per class: use "
+                        "fewer folds")
+    out = np.empty(len(labels), dtype=np.int64)
+    splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its note on classes with few members
+        for fold, (_, test) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+            out[test] = fold
+    return out.tolist()
+
+
+def fold_splits(folds: list[int] | tuple[int, ...], fold: int, count: int) -> list[str]:
+    """The train/val/test split of fold ``fold`` of ``count``: its own images are the test
+    set, the next fold's (cyclically) the validation set, the rest train. Every image is
+    tested exactly once and validates exactly once over the folds."""
+    val = (fold + 1) % count
+    return ["test" if f == fold else "val" if f == val else "train" for f in folds]
+
+
 def apply_split_file(source: DataSource, split_file: str | os.PathLike,
                      resumed: str | None = None) -> DataSource:
     """Use the split of an earlier experiment (its split.csv) instead of drawing a new one;
@@ -58,6 +89,14 @@ def apply_split_file(source: DataSource, split_file: str | os.PathLike,
         raise UserError(f"--split-file {path}: needs 'path' and 'split' columns, as the "
                         "split.csv that every experiment writes")
     assigned = {row["path"]: row["split"] for row in rows}
+    fold_of = {}
+    if any(row.get("fold") not in (None, "") for row in rows):
+        try:
+            fold_of = {row["path"]: int(row["fold"]) for row in rows if row["split"] != SKIPPED}
+        except (TypeError, ValueError):
+            raise UserError(f"--split-file {path}: its 'fold' column holds something other "
+                            "than fold numbers; pass the split.csv of an earlier experiment"
+                            ) from None
     bad = sorted({str(s) for s in assigned.values() if s not in (*SPLITS, SKIPPED)})
     if bad:
         raise UserError(f"--split-file {path}: unknown split(s) {bad}; use train, val, test")
@@ -71,4 +110,5 @@ def apply_split_file(source: DataSource, split_file: str | os.PathLike,
                         f"(first: {missing[0]}); the file must come from the same data")
     # what it skipped stays in (prepare() skips it again): the same files as when the split
     # was drawn, so the decoded images of that sweep are found in the cache, not decoded again
-    return replace(source, splits=tuple(assigned[path] for path in source.paths))
+    folds = tuple(fold_of.get(path, -1) for path in source.paths) if fold_of else None
+    return replace(source, splits=tuple(assigned[path] for path in source.paths), folds=folds)

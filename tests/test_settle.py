@@ -1,0 +1,165 @@
+"""Settling which variant is best: folds, out-of-fold scores, the corrected pairwise tests,
+the confirmation command, and trials whose numbers do not depend on their CPU share."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import HEAD_ENV, ROOT, make_image_folder, run_cli
+
+SMALL = ["--set", "model=small_cnn", "--set", "image_size=32"]
+
+
+def test_folds_are_stratified_disjoint_keep_copies_together_and_reload(tmp_path):
+    from trainables import data as D
+
+    root = make_image_folder(tmp_path / "images", per_class=10)
+    for i in range(3):  # three copies of one red image, and one of a blue one
+        (root / "red" / f"copy_{i}.png").write_bytes((root / "red" / "img_001.png").read_bytes())
+    (root / "blue" / "copy.png").write_bytes((root / "blue" / "img_003.png").read_bytes())
+    handle, report = D.prepare(D.discover(root), 37, tmp_path / "cache", progress=False,
+                               folds=4)
+    folds = np.asarray(handle.folds)
+    labels = np.asarray(handle.labels)
+    paths = [handle.files[r] for r in handle.rows]
+    assert handle.fold_count == 4 and len(folds) == len(paths) == 34
+    # stratified: each class spread over the folds as evenly as its copies allow
+    for label in range(3):
+        sizes = np.bincount(folds[labels == label], minlength=4)
+        assert sizes.max() - sizes.min() <= 3, (label, sizes)  # red's 4 copies are one group
+    fold_of = dict(zip(paths, folds))
+    copies = ("red/img_001.png", *(f"red/copy_{i}.png" for i in range(3)))
+    assert len({fold_of[p] for p in copies}) == 1
+    assert fold_of["blue/img_003.png"] == fold_of["blue/copy.png"]
+    red = handle.class_names.index("red")
+    assert report["folds"]["red"] == np.bincount(folds[labels == red], minlength=4).tolist()
+    # each fold tests on itself and validates on the next: every image tested once and
+    # validated once over the folds, never both in one fold
+    tested, validated = np.zeros(len(paths), int), np.zeros(len(paths), int)
+    for fold in range(4):
+        view = handle.for_fold(fold)
+        test, val = view.indices("test"), view.indices("val")
+        assert set(folds[test]) == {fold} and set(folds[val]) == {(fold + 1) % 4}
+        assert not set(test) & set(val)
+        tested[test] += 1
+        validated[val] += 1
+    assert (tested == 1).all() and (validated == 1).all()
+    # split.csv records the folds, and --split-file with --folds reuses them exactly
+    (tmp_path / "split.csv").write_text(D.split_csv(handle, report))
+    assert pd.read_csv(tmp_path / "split.csv")["fold"].tolist() == folds.tolist()
+    source = D.apply_split_file(D.discover(root), tmp_path / "split.csv")
+    again, _ = D.prepare(source, 37, tmp_path / "cache", progress=False, folds=4)
+    assert again.folds == handle.folds and again.splits == handle.splits
+    from trainables.errors import UserError
+
+    with pytest.raises(UserError, match="pass --folds 4"):
+        D.prepare(source, 37, tmp_path / "cache", progress=False)
+
+
+def test_holm_against_a_hand_computed_case():
+    from sweeps.analysis.folds import holm
+
+    # sorted: 0.01 x 4 = 0.04, 0.03 x 3 = 0.09, 0.04 x 2 = 0.08 -> 0.09 (monotone), 0.20 x 1
+    reject, adjusted = holm([0.01, 0.04, 0.03, 0.20])
+    assert adjusted == pytest.approx([0.04, 0.09, 0.09, 0.20])
+    assert reject == [True, False, False, False]
+    assert holm([]) == ([], [])
+
+
+def _confirm(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONWARNINGS="ignore", **HEAD_ENV)
+    return subprocess.run([sys.executable, str(ROOT / "sweeps" / "confirm.py"), *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_a_folded_sweep_scores_every_image_once_and_confirm_ends_with_a_verdict(
+        tmp_path, ray_address):
+    images = make_image_folder(tmp_path / "images", per_class=9)
+    runs = tmp_path / "runs"
+    done = run_cli(["--space", "single", *SMALL, "--set", "lr=[0.003,0.00003]", "--data",
+                    str(images), "--max-epochs", "2", "--folds", "3", "--storage", str(runs),
+                    "--name", "cv", "--address", ray_address], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    experiment = runs / "cv"
+    split = pd.read_csv(experiment / "split.csv")
+    assert sorted(split["fold"].value_counts().tolist()) == [9, 9, 9]
+    table = pd.read_csv(experiment / "results.csv")
+    assert sorted(table["fold"]) == [0, 0, 1, 1, 2, 2]  # every variant once per fold
+    oof = pd.read_csv(experiment / "results_oof.csv")
+    assert (oof["images"] == 27).all() and len(oof) == 2
+    # the out-of-fold accuracy, recomputed from the probabilities the trials saved
+    for _, row in oof.iterrows():
+        correct = 0
+        for trial_dir in experiment.glob(f"{row['variant']}_s0_f*"):
+            saved = np.load(sorted(trial_dir.glob("checkpoint_*"))[-1] / "predictions.npz")
+            correct += int((saved["test_probs"].argmax(1) == saved["test_labels"]).sum())
+        assert row["oof_acc"] == pytest.approx(correct / 27)
+        assert row["oof_acc_low"] < row["oof_acc"] or row["oof_acc"] == 0
+    assert "out-of-fold accuracy" in done.stdout
+    assert (experiment / "verdict.md").read_text().count("small_cnn-") >= 2
+
+    from sweeps import ensemble
+
+    assert ensemble.main([str(experiment), "--top", "2"]) == 0
+    pooled = pd.read_csv(experiment / "ensembles.csv")
+    assert (pooled["images"] == 27).all() and pooled["ensemble"].str.contains("pooled").all()
+
+    confirmed = _confirm([str(experiment), "--top", "2", "--folds", "3", "--name", "checked",
+                          "--address", ray_address], cwd=tmp_path)
+    assert confirmed.returncode == 0, confirmed.stderr[-3000:]
+    verdict = confirmed.stdout.strip().splitlines()[-2]
+    assert " is best (out-of-fold accuracy " in verdict and "distinguishable" in verdict
+    assert "Holm-corrected" in verdict and "over 1 pair(s)" in verdict
+    folder = runs / "checked"
+    assert (folder / "ranking.png").stat().st_size > 1000
+    record = json.loads((folder / "confirm.json").read_text())
+    assert set(record["variants"]) == set(oof["variant"])
+    # both variants ran on the same folds, with the configuration their trials recorded
+    folds = [pd.read_csv(f / "split.csv")["fold"].tolist() for f in sorted(folder.iterdir())
+             if f.is_dir()]
+    assert len(folds) == 2 and folds[0] == folds[1]
+    for variant, entry in record["variants"].items():
+        assert entry["config"]["lr"] == float(variant.split("-", 1)[1])
+
+
+def _epochs(experiment: Path, seed: int) -> pd.DataFrame:
+    trial_dir = next(experiment.glob(f"*_s{seed}_*"))
+    return pd.read_csv(trial_dir / "progress.csv")[["epoch", "train_loss", "val_loss"]]
+
+
+def test_pinned_threads_give_bit_identical_epochs_under_different_cpu_shares(
+        tmp_path, ray_address):
+    images = make_image_folder(tmp_path / "images", per_class=16)
+    common = ["--space", "single", *SMALL, "--data", str(images), "--max-epochs", "3",
+              "--set", "threads=1", "--storage", str(tmp_path / "runs"),
+              "--address", ray_address]
+    alone = run_cli([*common, "--name", "alone", "--cpus-per-trial", "2"], cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    shared = run_cli([*common, "--name", "shared", "--cpus-per-trial", "1",
+                      "--num-samples", "2"], cwd=tmp_path)  # seed 0 beside seed 1
+    assert shared.returncode == 0, shared.stderr[-3000:]
+    first, second = _epochs(tmp_path / "runs" / "alone", 0), _epochs(tmp_path / "runs" / "shared", 0)
+    assert len(first) == 3 and first.equals(second)  # bit for bit, every epoch
+    # the threads are part of the trial's record
+    record = next((tmp_path / "runs" / "shared").glob("*_s0_*/checkpoint_*/trial.json"))
+    assert json.loads(record.read_text())["config"]["threads"] == 1
+    sweep = json.loads((tmp_path / "runs" / "shared" / "sweep.json").read_text())
+    assert sweep["plan"]["threads"] == 1
+
+
+def test_unpinned_threads_are_the_cpu_share_recorded_for_every_trial(tmp_path, ray_address):
+    images = make_image_folder(tmp_path / "images", per_class=6)
+    done = run_cli(["--space", "single", *SMALL, "--data", str(images), "--max-epochs", "1",
+                    "--cpus-per-trial", "2", "--storage", str(tmp_path / "runs"), "--name",
+                    "auto", "--address", ray_address], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 thread(s) per trial" in done.stderr
+    record = next((tmp_path / "runs" / "auto").glob("*/checkpoint_*/trial.json"))
+    assert json.loads(record.read_text())["config"]["threads"] == 2
