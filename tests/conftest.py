@@ -115,11 +115,14 @@ def ray_address(tmp_path_factory):
     logs = tmp_path_factory.mktemp("ray-head")
     port = free_port()
     token = secrets.token_hex(16)
+    # a node on loopback only: its servers listen on 127.0.0.1 (as the driver's own local
+    # instance does), and the drivers joining it take 127.0.0.1 as their node address too
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
-               PYTHONWARNINGS="ignore")
+               PYTHONWARNINGS="ignore", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     ray = str(Path(sys.executable).parent / "ray")
     with open(logs / "head.log", "w") as log:
-        head = subprocess.Popen([ray, "start", "--head", "--port", str(port), "--num-cpus", "2",
+        head = subprocess.Popen([ray, "start", "--head", "--node-ip-address", "127.0.0.1",
+                                 "--port", str(port), "--num-cpus", "2",
                                  "--num-gpus", "0", "--include-dashboard", "false",
                                  "--disable-usage-stats", "--block"],
                                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=logs)

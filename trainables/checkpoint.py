@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from trainables.errors import UserError
+from trainables.errors import UserError, unpickling_reason
 
 if TYPE_CHECKING:
     from trainables.record import TrialRecord
@@ -132,7 +133,17 @@ def load(directory: Path) -> dict:
     """The training state to resume from, best weights and predictions included."""
     import torch
 
-    state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
+    from trainables.loop import FitState
+
+    path = directory / STATE_FILE
+    try:  # data only: a crafted state.pt in an experiment folder must not run code
+        with torch.serialization.safe_globals([FitState]):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = unpickling_reason(exc)
+        raise UserError(f"{path}: holds objects a checkpoint never has ({reason}); refusing "
+                        "to load it (it may have been tampered with): delete that checkpoint "
+                        "folder to resume from an earlier one") from None
     fit_state = state["fit"]
     if (directory / BEST_WEIGHTS_FILE).exists():
         fit_state.best_weights = read_best_weights(directory)

@@ -193,6 +193,8 @@ def _build(spec: ModelSpec, arch: dict, tag: str, init: bool = True) -> tuple[nn
         # with weights torchvision refuses aux_logits=False; left out, it loads them into
         # a model with aux heads and then drops the heads
         kwargs.pop("aux_logits", None)
+    if tag:  # torchvision unpickles its cached file in full: check it holds data only
+        W.check_data_only(W.torchvision_file(spec.name, tag))
     body = torchvision.models.get_model(spec.name, weights=tag or None, **kwargs)
     if spec.name == "googlenet":  # torchvision turns its input transform on with weights
         arch = {**arch, "transform_input": bool(body.transform_input)}

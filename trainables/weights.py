@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from trainables.errors import UserError
+from trainables.errors import UserError, unpickling_reason
 from trainables.zoo import ModelSpec, model_spec
 
 # torchvision publishes NAME-HASH.pth, HASH being the first hex digits of the file's sha256
@@ -71,6 +71,22 @@ def torchvision_file(name: str, tag: str) -> Path:
     """Where torchvision looks for ``name``'s weights ``tag`` (and puts a download)."""
     url = _torchvision_enum(name)[tag].url
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def check_data_only(path: Path) -> None:
+    """A weights file must hold tensors and plain containers only: torchvision's loader
+    unpickles a cached file with ``weights_only=False``, so a file placed in the cache under
+    a published name could run code. Probe it with torch's weights-only unpickler first
+    (memory-mapped: no second copy in memory); a missing file is torchvision's to fetch."""
+    if not path.is_file():
+        return
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        reason = unpickling_reason(exc)
+        raise UserError(f"{path}: not a plain weights file ({reason}); it may have been "
+                        "tampered with: delete it and add the published file again with "
+                        "python sweeps/weights.py add") from None
 
 
 def timm_store() -> Path:

@@ -67,6 +67,7 @@ def start_ray(address: str | None):
     try:
         # "local": always a fresh instance for this run, never a cluster that `ray start`
         # left recorded on this machine (possibly long dead)
+        _loopback_only(not address or _on_loopback(address))
         if address:
             return ray.init(address=address, **kwargs)
         with _own_process_group():
@@ -78,6 +79,35 @@ def start_ray(address: str | None):
     except ConnectionError as exc:
         raise UserError(f"--address {address}: cannot join the Ray cluster there "
                         f"({str(exc).splitlines()[0][:160]})") from None
+
+
+def _on_loopback(address: str) -> bool:
+    """A cluster on this machine's loopback (127.0.0.0/8, localhost, ::1)."""
+    import ipaddress
+
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _loopback_only(local: bool) -> None:
+    """A local Ray instance of ours listens on 127.0.0.1 only: Ray takes a node's outward
+    address even when told 127.0.0.1, and binds its servers to it or to every interface,
+    unless clusters are off (its setting for laptops), which makes its node address the
+    loopback one. Set here and in the environment its processes inherit; also for a
+    cluster on this machine's loopback (started so); undone before another cluster is
+    joined, whose nodes must reach this driver."""
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = not local
+    if local:
+        os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    else:
+        os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
 
 
 def local_resources() -> list[dict[str, float]]:
