@@ -233,3 +233,14 @@ def test_checkpoints_are_written_where_a_trial_may_stop_and_within_their_time_bu
     assert written == [2, 7, 15]
     every = CheckpointPolicy(budget=0.0)
     assert all(every.due(epoch, 10.0, False) for epoch in range(1, 5))
+
+
+def test_a_last_training_batch_of_one_image_does_not_fail_batchnorm(colour_handle):
+    """96 training images in batches of 95 leave one image last: resnet18's BatchNorm at
+    32 px (1x1 feature maps at the end) cannot train on a batch of one, so that image sits
+    the epoch out instead of failing the trial."""
+    train = int(np.sum(np.asarray(colour_handle.splits) == "train"))
+    fitted = fit_trial(colour_handle, {"model": "resnet18", "max_epochs": 2,
+                                       "batch_size": train - 1, "early_stop_patience": 0})
+    assert train % (train - 1) == 1
+    assert fitted.last[M.EPOCH] == 2 and np.isfinite(fitted.last[M.TRAIN_LOSS])

@@ -1,6 +1,7 @@
 """Data as it really comes: every common image kind, odd paths, copies across splits,
 imbalance. All images are real files written with Pillow and read by the real loader."""
 import io
+import re
 import json
 import shutil
 from pathlib import Path
@@ -145,3 +146,36 @@ def test_imbalance_is_measured(tmp_path):
     _, report = D.prepare(D.discover(root), 16, tmp_path / "cache", progress=False)
     assert report["imbalance_ratio"] == pytest.approx(48 / 8, rel=0.01)
     assert json.loads(json.dumps(report)) == report  # saved as JSON, read back the same
+
+
+def _ramp_png16(path: Path, top: int) -> None:
+    Image.fromarray(np.linspace(0, top, 64 * 64).reshape(64, 64).astype(np.uint16)).save(path)
+
+
+DECODING = {  # file -> (how it is written, the mean grey it must decode to, or the reason)
+    "16-bit ramp to 256 of 65535": (lambda p: _ramp_png16(p, 256), 0.5),
+    "16-bit ramp to 255 of 65535": (lambda p: _ramp_png16(p, 255), 0.5),
+    "16-bit full ramp": (lambda p: _ramp_png16(p, 65535), 127.5),
+    "16-bit mid grey": (lambda p: Image.fromarray(np.full((40, 40), 32896, np.uint16)).save(p),
+                        128.0),
+    "float TIFF in [0, 1]": (lambda p: Image.fromarray(np.full((40, 40), 0.5, np.float32))
+                             .save(p.with_suffix(".tif")), 127.5),
+    "float TIFF beyond 1": (lambda p: Image.fromarray(np.full((40, 40), 300.0, np.float32))
+                            .save(p.with_suffix(".tif")), "outside [0, 1]"),
+    "32-bit integer TIFF": (lambda p: Image.fromarray(np.full((40, 40), 7, np.int32), "I")
+                            .save(p.with_suffix(".tif")), "32-bit integers"),
+}
+
+
+@pytest.mark.parametrize("case", list(DECODING))
+def test_deep_and_float_images_keep_their_intensity_scale_or_are_skipped(case, tmp_path):
+    write, expected = DECODING[case]
+    path = tmp_path / "image.png"
+    write(path)
+    path = next(tmp_path.glob("image.*"))
+    if isinstance(expected, str):
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            D.decode_image(path, 32)
+        return
+    decoded = D.decode_image(path, 32).astype(np.float64)
+    assert decoded.mean() == pytest.approx(expected, abs=1.0), case

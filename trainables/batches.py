@@ -73,7 +73,7 @@ class DeviceBatches:
         self.images = images
         self.rows = torch.as_tensor(rows, dtype=torch.long, device=device)
         self.labels = torch.as_tensor(labels, dtype=torch.long, device=device)
-        self.batches = BatchSampler(sampler, batch_size, drop_last=False)
+        self.batches = BatchSampler(sampler, batch_size, drop_last=lone_last(sampler, batch_size))
         self.augment = augment
         self.layout = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -167,6 +167,15 @@ class HostBatches(DeviceBatches):
             yield x.contiguous(memory_format=self.layout), self.labels[index]
 
 
+def lone_last(sampler: Sampler, batch_size: int) -> bool:
+    """Whether the epoch's last batch would hold one image: BatchNorm cannot train on a
+    batch of one (its variance is undefined), so that image sits this epoch out (a new
+    shuffle puts another one last next time). A valid config must not fail on the split's
+    size."""
+    n = len(sampler)
+    return n > 1 and n % batch_size == 1
+
+
 def training_batches(cfg: TrialConfig, data, sampler: Sampler, device: torch.device,
                      placement: Placement | None = None):
     """The training batches of one epoch (a ``loop.TrialData``), by the path that
@@ -185,5 +194,6 @@ def training_batches(cfg: TrialConfig, data, sampler: Sampler, device: torch.dev
     dataset = DecodedImages(data.images, data.train_rows, data.train_labels,
                             create_train_transform(spec, pre, cfg.random_erasing))
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
+                      drop_last=lone_last(sampler, cfg.batch_size),
                       num_workers=cfg.loader_workers, pin_memory=device.type == "cuda",
                       persistent_workers=cfg.loader_workers > 0)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainables.data.decode import RESAMPLE
 from trainables.errors import UserError
 from trainables.models import ModelBuild, rebuild
 from trainables.record import Preprocess, TrialRecord
@@ -123,7 +124,38 @@ def read_spec(folder: Path) -> ExportSpec:
     if len(spec.class_names) != spec.num_classes:
         raise UserError(f"{path}: {len(spec.class_names)} class names for num_classes "
                         f"{spec.num_classes}; they must agree")
+    _check_values(spec, path)
     return spec
+
+
+def _check_values(spec: "ExportSpec", path: Path) -> None:
+    """An export folder may come from anyone: its numbers must describe a real
+    preprocessing and a model this version builds, or it is refused in one line (a zero
+    std would predict NaN, an unknown interpolation or model would end in a traceback)."""
+    import math
+
+    from trainables.zoo import model_spec
+
+    pre = spec.preprocess
+    problem = None
+    if len(pre.mean) != 3 or len(pre.std) != 3:
+        problem = f"mean and std need 3 values each (got {len(pre.mean)} and {len(pre.std)})"
+    elif not all(math.isfinite(v) for v in (*pre.mean, *pre.std)) or min(pre.std) <= 0:
+        problem = f"mean {list(pre.mean)} and std {list(pre.std)} must be finite, std above 0"
+    elif pre.interpolation not in RESAMPLE:
+        problem = f"unknown interpolation {pre.interpolation!r}"
+    elif not 16 <= pre.image_size <= pre.load_size <= 4096:
+        problem = (f"image_size {pre.image_size} and load_size {pre.load_size} must satisfy "
+                   "16 <= image_size <= load_size <= 4096")
+    elif spec.num_classes < 2:
+        problem = f"num_classes {spec.num_classes}: a classifier needs at least 2"
+    if problem is None:
+        try:
+            model_spec(spec.model.model)
+        except UserError as exc:
+            problem = str(exc).split(":")[0]
+    if problem:
+        raise UserError(f"{path}: not a valid export spec ({problem}); re-export the trial")
 
 
 def check_weights(net: nn.Module, weights: dict, spec: ExportSpec) -> None:

@@ -14,6 +14,8 @@ def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
+    # names are the user's (class folders, variants): "$x$" is text, never TeX to parse
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt

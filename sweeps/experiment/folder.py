@@ -16,6 +16,7 @@ import pandas as pd
 from sweeps.experiment.files import RESULTS_CSV, SPLIT_CSV, SWEEP_JSON
 from sweeps.experiment.storage import Store
 from trainables import checkpoint
+from trainables.csvcells import unguarded
 from trainables import metrics as M
 from trainables.errors import UserError
 
@@ -99,7 +100,8 @@ def load_experiment(path: str | Path) -> Experiment:
             M.TEST_ACC} <= set(table.columns):
         raise UserError(f"{root / RESULTS_CSV}: not a result table of sweeps/run.py (columns "
                         "missing); pass the experiment folder that sweeps/run.py printed")
-    split = _read_csv(root / SPLIT_CSV, dtype={"path": str})
+    # every name as written: a class folder "007" stays "007", not the number 7
+    split = _read_csv(root / SPLIT_CSV, dtype={"path": str, "class": str, "split": str})
     if not {"path", "class", "label", "split"} <= set(split.columns):
         raise UserError(f"{root / SPLIT_CSV}: not a split of sweeps/run.py (columns missing)")
     classes = split[split["split"] != "skipped"].drop_duplicates("label").sort_values("label")
@@ -151,8 +153,8 @@ def _sweep_json(root: Path) -> dict:
 
 
 def _read_csv(path: Path, **kwargs) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path, keep_default_na=False, **kwargs)
+    try:  # text cells as they were before the CSV-injection guard (trainables/csvcells.py)
+        return unguarded(pd.read_csv(path, keep_default_na=False, **kwargs))
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not a readable table ({type(exc).__name__}); the experiment "
                         "folder is damaged or still being written") from None

@@ -95,16 +95,35 @@ def content_digest(paths: tuple[str, ...], hashes: list[str]) -> str:
 RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
+class UnknownScale(ValueError):
+    """An image whose pixel values have no known intensity scale."""
+
+
+def _to_8_bits(image: Image.Image) -> np.ndarray:
+    """16-bit, 32-bit and float grayscale to 8 bits on the scale of the file's format, never
+    of the image's own values (a dark 16-bit photo stays dark, a bright one bright):
+    16-bit by 65535 / 255; float in [0, 1] by 255. 32-bit integers and floats outside
+    [0, 1] have no scale to go by: such a file is skipped, with the reason."""
+    values = np.asarray(image)
+    if image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG"):
+        return np.round(values.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
+    if image.mode == "F":
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+            raise UnknownScale("floating-point pixels outside [0, 1]: their intensity scale "
+                               "is unknown; convert the image to 8 or 16 bits")
+        return np.round(values.astype(np.float64) * 255.0).astype(np.uint8)
+    raise UnknownScale(f"{image.mode} pixels (32-bit integers): their intensity scale is "
+                       "unknown; convert the image to 8 or 16 bits")
+
+
 def decode_image(path: Path, size: int, interpolation: str = "bilinear") -> np.ndarray:
     """Decode to RGB as the camera meant it (EXIF rotation), resize the shorter side to
     ``size`` and centre-crop a ``size`` x ``size`` square. Returns HWC uint8."""
     with Image.open(path) as image:
         image.draft("RGB", (size, size))  # JPEG: decode big photos at a reduced scale, fast
         image = ImageOps.exif_transpose(image)
-        if image.mode.startswith("I"):  # 16-bit (or 32-bit) grayscale: to 8 bits by depth
-            wide = np.asarray(image).astype(np.int64)
-            top = 255 if wide.max() <= 255 else 65535 if wide.max() <= 65535 else wide.max()
-            image = Image.fromarray((wide * 255 // top).astype(np.uint8))
+        if image.mode.startswith("I") or image.mode == "F":
+            image = Image.fromarray(_to_8_bits(image))
         if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
             rgba = image.convert("RGBA")  # transparent areas become white, not black
             image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
