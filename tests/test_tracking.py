@@ -116,20 +116,30 @@ def test_a_tracked_sweep_killed_and_resumed_is_one_run_with_a_child_per_trial(
     data = make_image_folder(tmp_path / "imgs", per_class=20)
     experiment = tmp_path / "runs" / "tracked"
     monkeypatch.setenv("VISIONSWEEP_FAULTS", "kill_driver_after=1")
+    # a URI with a password (the server here ignores it): recorded and shown nowhere
+    with_password = mlflow_server.replace("http://", "http://someone:s3cret-pw@")
     killed = run_cli(["--space", "single", "--set", "model=small_cnn", "--set", "image_size=32",
                       "--set", "early_stop_patience=0", "--data", str(data), "--max-epochs", "3",
                       "--num-samples", "3", "--max-concurrent", "1", "--tracking",
-                      mlflow_server, "--tracking-experiment", "colours",
+                      with_password, "--tracking-experiment", "colours",
                       "--storage", str(tmp_path / "runs"), "--name", "tracked"], cwd=tmp_path)
     assert killed.returncode == -9
     monkeypatch.delenv("VISIONSWEEP_FAULTS")
     resumed = run_cli(["--resume", str(experiment)], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for output in (killed.stdout, killed.stderr, resumed.stdout, resumed.stderr):
+        assert "s3cret-pw" not in output
+    for path in experiment.rglob("*"):
+        if path.is_file():
+            assert b"s3cret-pw" not in path.read_bytes(), path
+    assert "someone:***@" in (experiment / "sweep.json").read_text()
 
     client = MlflowClient(mlflow_server)
     parent = read_back(client, "colours", experiment, epochs=3)
     assert parent.data.params["arg.space"] == "single"
-    # what report.py makes joins the sweep's run
+    assert "s3cret-pw" not in str(parent.data.params)
+    assert parent.data.params["arg.tracking"].startswith("http://someone:***@")
+    # what report.py makes joins the sweep's run (its URI without the masked password)
     from sweeps import report
 
     assert report.main([str(experiment), "--latency-rounds", "1"]) == 0

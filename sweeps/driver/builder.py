@@ -8,6 +8,7 @@ from pathlib import Path
 from sweeps.experiment.files import OPTUNA_JOURNAL
 from sweeps.driver.plan import create_searcher
 from sweeps.driver.spec import Sweep
+from sweeps.experiment.redact import redact
 from trainables import metrics as M
 from trainables.data import DataHandle
 from trainables.errors import UserError
@@ -96,6 +97,8 @@ def _tracking(sweep: Sweep):
 
     spec = sweep.spec
     params = {f"arg.{k}": v for k, v in asdict(spec).items() if v not in (None, (), False)}
+    if "arg.tracking" in params:  # the URI's password is not a parameter to show
+        params["arg.tracking"] = redact(params["arg.tracking"])
     params.update({"plan.trials": sweep.plan.trials, "plan.searched": sweep.plan.searched,
                    "plan.scheduler": spec.scheduler, "plan.grace": sweep.grace,
                    "plan.max_epochs": sweep.max_epochs})

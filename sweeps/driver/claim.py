@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from sweeps.experiment.files import CLAIM_LOCK, MARKER, SWEEP_JSON
+from sweeps.experiment.redact import redact_all
 from sweeps.experiment.storage import Store
 from trainables.errors import UserError
 
@@ -64,7 +65,7 @@ def _lock(root: Path, what: str) -> None:
 def _mark(store: Store, command: list[str]) -> None:
     store.write_text(MARKER, json.dumps({
         "pid": os.getpid(), "host": socket.gethostname(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command}, indent=1))
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": redact_all(command)}, indent=1))
 
 
 def _content(root: Path) -> list[Path]:

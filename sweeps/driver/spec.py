@@ -13,6 +13,7 @@ from typing import Any
 from sweeps.experiment.files import SPLIT_CSV, SWEEP_JSON
 from sweeps.driver.plan import Plan, make_plan
 from sweeps.experiment.folder import read_sweep_json
+from sweeps.experiment.redact import redact, usable
 from sweeps.experiment.storage import Store
 from trainables.config import load_config_file, parse_overrides
 from trainables.errors import UserError
@@ -108,7 +109,7 @@ def resumed(cli: SweepSpec) -> SweepSpec:
                         "start the sweep anew") from None
     spec = replace(spec, resume=cli.resume, retry_errored=cli.retry_errored,
                    storage=store.storage_path, name=store.name, overwrite=False,
-                   address=cli.address)
+                   address=cli.address, tracking=usable(spec.tracking, cli.tracking))
     if not saved.get("presplit"):  # replay the very split the sweep started with
         spec = replace(spec, split_file=_local_copy(store, SPLIT_CSV), split_seed=None)
     return spec
@@ -185,7 +186,8 @@ class Sweep:
 
     def to_json(self, data_report: dict, unavailable: tuple[str, ...], digest: str) -> str:
         return json.dumps({
-            "args": {**asdict(self.spec), "name": self.name}, "space": self.space.name,
+            "args": {**asdict(self.spec), "name": self.name,
+                     "tracking": redact(self.spec.tracking)}, "space": self.space.name,
             "variant_keys": list(self.variant_keys), "overrides": self.overrides,
             "plan": {"trials": self.plan.trials, "searched": self.plan.searched,
                      "varied": self.plan.varied, "scheduler": self.spec.scheduler,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from sweeps.sinks.base import Sink
 from sweeps.experiment.files import ARTIFACTS, TRACKING_FILE
+from sweeps.experiment.redact import redact, usable
 from sweeps.experiment.storage import Store
 from trainables import metrics as M
 from trainables.errors import UserError
@@ -45,7 +46,7 @@ def check(uri: str) -> None:
         raise UserError("--tracking needs MLflow: pip install mlflow") from None
     except Exception as exc:  # refused, unknown host, not an MLflow server, bad URI
         reason = str(exc).splitlines()[0][:200]
-        raise UserError(f"--tracking {uri}: the MLflow tracking server cannot be used "
+        raise UserError(f"--tracking {redact(uri)}: the MLflow tracking server cannot be used "
                         f"({reason}); start it (mlflow server ...) or check the URI") from None
 
 
@@ -94,7 +95,7 @@ class Tracking(Sink):
                                 tags={**self.tags, "visionsweep.kind": "sweep"})
         for key, value in self.params.items():
             client.log_param(run.info.run_id, key, _param_value(value))
-        self.state = {"uri": self.uri, "experiment_id": experiment_id,
+        self.state = {"uri": redact(self.uri), "experiment_id": experiment_id,
                       "parent_run_id": run.info.run_id, "trials": {}}
         self._save()
         return self.state
@@ -194,7 +195,7 @@ def log_files(experiment_root: Path, files: list[Path], folder: str) -> str:
         return ""
     try:
         state = json.loads(state_file.read_text())
-        client = _client(state["uri"])
+        client = _client(usable(state["uri"]))
         for path in files:
             client.log_artifact(state["parent_run_id"], str(path), artifact_path=folder)
         return f"MLflow: added {len(files)} file(s) to the sweep's run at {state['uri']}"
