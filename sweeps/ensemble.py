@@ -24,6 +24,7 @@ from sweeps.experiment.files import ENSEMBLES_CSV, ENSEMBLES_MD
 from sweeps import cli
 from sweeps.experiment.folder import TrialPredictions, load_experiment, load_trials
 from sweeps.experiment.storage import write_atomic
+from trainables.csvcells import guarded
 from trainables import evaluation as E
 from trainables.errors import UserError
 
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                                  len(experiment.class_names), _ranking(experiment, trials),
                                  args.top, args.steps)
     markdown = result.to_markdown(index=False, floatfmt=".4g")
-    write_atomic(experiment.root / ENSEMBLES_CSV, result.to_csv(index=False))
+    write_atomic(experiment.root / ENSEMBLES_CSV, guarded(result).to_csv(index=False))
     write_atomic(experiment.root / ENSEMBLES_MD,
                  "# Ensembles (chosen on validation, scored once on test)\n\n" + markdown
                  + "\n\n" + "\n".join(f"- {line}" for line in lines) + "\n")

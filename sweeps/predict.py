@@ -20,6 +20,7 @@ from sweeps import cli
 from sweeps.experiment.storage import write_atomic
 from trainables.data import IMAGE_EXTENSIONS, decode_image, scan, shown
 from trainables.deploy import TORCHSCRIPT_FILE, load_export, preprocess
+from trainables.csvcells import guarded
 from trainables.errors import UserError
 
 
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = pd.DataFrame({"path": [name(p) for p in errors],
                            "error": list(errors.values())})
     table = pd.concat([table, failed], ignore_index=True).sort_values("path")
-    write_atomic(out.resolve(), table.to_csv(index=False))
+    write_atomic(out.resolve(), guarded(table).to_csv(index=False))
     print(f"{len(done)} images predicted, {len(errors)} unreadable -> {out}")
     for path, error in list(errors.items())[:5]:
         print(f"unreadable: {name(path)}: {error}", file=sys.stderr)

@@ -16,6 +16,7 @@ import pandas as pd
 from sweeps.experiment.files import OOF_CSV, PAIRS_CSV, RANKING_PNG, VERDICT_MD
 from sweeps.experiment.folder import Experiment, load_trials
 from sweeps.experiment.storage import write_atomic
+from trainables.csvcells import guarded
 from trainables import evaluation as E
 from trainables import metrics as M
 from trainables.errors import UserError
@@ -214,8 +215,8 @@ def settle(pooled: list[OutOfFold], num_classes: int, out, left_out=()) -> Settl
     pairs = pairwise(pooled, ranked["variant"].tolist()) if pooled else pd.DataFrame()
     line = verdict(ranked, pairs)
     if not ranked.empty:
-        write_atomic(out / OOF_CSV, ranked.to_csv(index=False))
-        write_atomic(out / PAIRS_CSV, pairs.to_csv(index=False))
+        write_atomic(out / OOF_CSV, guarded(ranked).to_csv(index=False))
+        write_atomic(out / PAIRS_CSV, guarded(pairs).to_csv(index=False))
         ranking_figure(ranked, pairs, out / RANKING_PNG)
     markdown = ["# Which variant is best (out of fold)", "", line, ""]
     if not ranked.empty:

@@ -13,6 +13,7 @@ from sweeps.analysis import plots
 from sweeps.experiment.folder import Experiment, load_trial
 from sweeps.experiment.files import COSTS_CSV
 from sweeps.experiment.storage import write_atomic
+from trainables.csvcells import guarded
 from trainables import metrics as M
 from trainables.errors import UserError
 
@@ -49,7 +50,7 @@ def costs(experiment: Experiment, out: Path, image: Callable[[Path], str],
         measured, note = insight.latencies(experiment, rounds=rounds, threads=threads)
         table = table.drop(columns=[M.LATENCY_B1, M.LATENCY_B32], errors="ignore").merge(
             measured, on="trial_id", how="left")
-    write_atomic(out / COSTS_CSV, table.to_csv(index=False))
+    write_atomic(out / COSTS_CSV, guarded(table).to_csv(index=False))
     panels = [(insight.pareto(table, cost), cost, label)
               for cost, label in ((M.LATENCY_B1, "CPU latency, batch 1 (ms)"),
                                   (M.WEIGHTS_MB, "weights (MB)"), (M.FLOPS, "FLOPs per image"))

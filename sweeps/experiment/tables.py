@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 from sweeps.experiment.files import BEST_CONFIG, BY_VARIANT_CSV, RESULTS_CSV, RESULTS_MD
 from sweeps.experiment.storage import Store
+from trainables.csvcells import guarded, unguarded
 from trainables import metrics as M
 
 
@@ -89,14 +90,14 @@ def write_tables(rows: list[dict], store: Store, aggregate: bool = True) -> pd.D
     table = table.sort_values(["_no_result", M.TEST_ACC, "variant"],
                               ascending=[True, False, True], na_position="last")
     table = table.drop(columns="_no_result").reset_index(drop=True)
-    store.write_text(RESULTS_CSV, table.to_csv(index=False))
+    store.write_text(RESULTS_CSV, guarded(table).to_csv(index=False))
     shown = table.drop(columns=["error"]) if not table["error"].any() else table
     markdown = ("# Trials (test metrics with their 95% interval: accuracy Wilson, macro-F1 BCa bootstrap)\n\n"
                 + to_markdown(with_intervals(shown)) + "\n")
     results = table[~table["stop_reason"].isin(M.NOT_A_RESULT)]
     if aggregate and table["variant"].duplicated().any() and not results.empty:
         summary = by_variant(results)
-        store.write_text(BY_VARIANT_CSV, summary.to_csv(index=False))
+        store.write_text(BY_VARIANT_CSV, guarded(summary).to_csv(index=False))
         markdown += ("\n# By variant (mean and std over seeds; failed and stuck trials "
                      "left out)\n\n" + to_markdown(summary) + "\n")
     store.write_text(RESULTS_MD, markdown)
@@ -109,8 +110,9 @@ def finish(recorder, space, plan, store: Store) -> int:
     """Print the table the recorder wrote, the summary, and a search's best configuration."""
     table = None
     if store.exists(RESULTS_CSV):
-        table = pd.read_csv(io.StringIO(store.read_text(RESULTS_CSV)), keep_default_na=False,
-                            na_values=[""], dtype={"trial_id": str, "variant": str})
+        table = unguarded(pd.read_csv(io.StringIO(store.read_text(RESULTS_CSV)),
+                                      keep_default_na=False, na_values=[""],
+                                      dtype={"trial_id": str, "variant": str}))
     code = report(table, store)
     if plan.searched and table is not None:
         save_best(table, recorder.configs(), space, store)

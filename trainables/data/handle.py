@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trainables.csvcells import cell
 from trainables.data.decode import content_digest, decode_cached, file_hashes
 from trainables.data.source import SPLITS, DataSource, check_classes, subset
 from trainables.data.split import SKIPPED, fold_splits, stratified_folds, stratified_split
@@ -184,10 +185,10 @@ def split_csv(handle: DataHandle, report: dict) -> str:
     folded = bool(handle.folds)
     writer.writerow(["path", "class", "label", "split", *(["fold"] if folded else [])])
     for i, (row, label, split) in enumerate(zip(handle.rows, handle.labels, handle.splits)):
-        writer.writerow([handle.files[row], handle.class_names[label], label, split,
+        writer.writerow([cell(handle.files[row]), cell(handle.class_names[label]), label, split,
                          *([handle.folds[i]] if folded else [])])
     for name, items in report["skipped"].items():
         for item in items:
-            writer.writerow([item["path"], name, handle.class_names.index(name), SKIPPED,
+            writer.writerow([cell(item["path"]), cell(name), handle.class_names.index(name), SKIPPED,
                              *([""] if folded else [])])
     return out.getvalue()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trainables.csvcells import uncell
 from trainables.data.source import SPLITS, DataSource
 from trainables.errors import UserError
 
@@ -88,6 +89,8 @@ def apply_split_file(source: DataSource, split_file: str | os.PathLike,
     if not rows or not {"path", "split"} <= set(rows[0]):
         raise UserError(f"--split-file {path}: needs 'path' and 'split' columns, as the "
                         "split.csv that every experiment writes")
+    for row in rows:  # as written, before the CSV-injection guard (trainables/csvcells.py)
+        row["path"] = uncell(row["path"])
     assigned = {row["path"]: row["split"] for row in rows}
     fold_of = {}
     if any(row.get("fold") not in (None, "") for row in rows):
