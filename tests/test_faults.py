@@ -215,3 +215,20 @@ def test_two_sweeps_of_one_name_started_together_one_runs_one_is_refused(images,
     table = pd.read_csv(tmp_path / "runs" / "same" / "results.csv")
     assert len(table) == 2 and table["trial_id"].is_unique  # one sweep's trials, whole
     assert sorted(table["seed"]) == [0, 1]
+
+
+def test_resume_replays_the_experiments_own_split_not_the_file_it_was_started_with(tmp_path):
+    """A sweep started with --split-file resumes on its own split.csv: the external file
+    may have changed (trials of one experiment would be tested on other images) or gone."""
+    import json
+
+    from sweeps.driver.spec import SweepSpec, resumed
+
+    experiment = tmp_path / "runs" / "reused"
+    experiment.mkdir(parents=True)
+    (experiment / "split.csv").write_text("path,class,label,split\n")
+    (experiment / "sweep.json").write_text(json.dumps({
+        "args": {"space": "single", "split_file": str(tmp_path / "elsewhere.csv")},
+        "presplit": True}))
+    spec = resumed(SweepSpec(resume=str(experiment)))
+    assert spec.split_file == f"{experiment}/split.csv"

@@ -110,7 +110,10 @@ def resumed(cli: SweepSpec) -> SweepSpec:
     spec = replace(spec, resume=cli.resume, retry_errored=cli.retry_errored,
                    storage=store.storage_path, name=store.name, overwrite=False,
                    address=cli.address, tracking=usable(spec.tracking, cli.tracking))
-    if not saved.get("presplit"):  # replay the very split the sweep started with
+    # replay the very split the sweep started with: its own split.csv, never the file a
+    # --split-file named (it may have changed or gone since); only a root split into
+    # train/ val/ test/ folders is read as it is
+    if not saved.get("presplit") or args.get("split_file"):
         spec = replace(spec, split_file=_local_copy(store, SPLIT_CSV), split_seed=None)
     return spec
 
