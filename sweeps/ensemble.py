@@ -130,6 +130,20 @@ def pooled_over_folds(per_fold: list[tuple[dict, np.ndarray]], num_classes: int
     return pd.DataFrame(rows), lines
 
 
+def _built(experiment, trial_ids, args, where: str):
+    """The ensembles of ``experiment``'s trials (``trial_ids``, or every one with a result,
+    those whose probabilities are unusable left out with a line)."""
+    trials, refused = load_trials(experiment, trial_ids, strict=trial_ids is not None)
+    for reason in refused:
+        print(f"left out: {reason}", file=sys.stderr)
+    if len(trials) < 2:
+        raise UserError(f"{where}: {len(trials)} trial(s) with usable probabilities; an "
+                        "ensemble needs at least 2")
+    return build(trials, experiment.val_labels, experiment.test_labels,
+                 len(experiment.class_names), _ranking(experiment, trials), args.top,
+                 args.steps)
+
+
 def _ranking(experiment, trials) -> list[str]:
     table = experiment.table.set_index("trial_id")
     return sorted((t.trial_id for t in trials), key=lambda i: (table.loc[i, "best_val_loss"], i))
@@ -154,27 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         per_fold = []
         for fold in range(experiment.fold_count):
             view = experiment.for_fold(fold)
-            trials, refused = load_trials(view, strict=False)
-            for reason in refused:
-                print(f"left out (fold {fold}): {reason}", file=sys.stderr)
-            if len(trials) < 2:
-                raise UserError(f"{experiment.root}: fold {fold} has {len(trials)} trial(s) "
-                                "with usable probabilities; an ensemble needs at least 2")
-            _, _, found = build(trials, view.val_labels, view.test_labels,
-                                len(experiment.class_names), _ranking(view, trials), args.top,
-                                args.steps)
+            _, _, found = _built(view, None, args, f"fold {fold} of {experiment.root}")
             per_fold.append((found, view.test_labels))
         result, lines = pooled_over_folds(per_fold, len(experiment.class_names))
     else:
-        trials, refused = load_trials(experiment, args.trials, strict=args.trials is not None)
-        for reason in refused:
-            print(f"left out: {reason}", file=sys.stderr)
-        if len(trials) < 2:
-            raise UserError(f"{experiment.root}: {len(trials)} trial(s) with usable "
-                            "probabilities; an ensemble needs at least 2")
-        result, lines, _ = build(trials, experiment.val_labels, experiment.test_labels,
-                                 len(experiment.class_names), _ranking(experiment, trials),
-                                 args.top, args.steps)
+        result, lines, _ = _built(experiment, args.trials, args, str(experiment.root))
     markdown = result.to_markdown(index=False, floatfmt=".4g")
     write_atomic(experiment.root / ENSEMBLES_CSV, guarded(result).to_csv(index=False))
     write_atomic(experiment.root / ENSEMBLES_MD,

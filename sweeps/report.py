@@ -6,13 +6,15 @@ Writes EXPERIMENT_DIR/report/report.html (self-contained: the plots are embedded
 PNGs: learning curves per variant, test accuracy by strategy group with 95% intervals,
 confusion matrices of the best trials; which settings mattered (fANOVA and PED-ANOVA
 importance, parallel coordinates); what each variant costs (parameters, FLOPs, weights,
-CPU latency measured here, Pareto plots of accuracy against them; the table with the latency
-is report/costs.csv, the sweep's own files are never written); where each variant fails (per-class recall and F1, the hardest test images).
-The ranked table carries each test metric's 95% interval (accuracy: Wilson; macro-F1: BCa
-bootstrap), and McNemar's test
+CPU latency measured here, Pareto plots of accuracy against them; the table with the
+latency is report/costs.csv, the sweep's own files are never written); where each variant
+fails (per-class recall and F1, the hardest test images). The ranked table carries each
+test metric's 95% interval (accuracy: Wilson; macro-F1: BCa bootstrap), and McNemar's test
 says whether the winner is distinguishable from the runner-up (or from any trial named
-with --compare). The best trial's confusion matrix and precision-recall curves also go to
-TensorBoard, under that trial.
+with --compare). A cross-validated experiment's report opens with the out-of-fold ranking
+of every variant over all images; its per-trial sections show one fold (--fold). The best
+trial's confusion matrix and precision-recall curves also go to TensorBoard, under that
+trial.
 """
 from __future__ import annotations
 

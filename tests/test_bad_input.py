@@ -192,8 +192,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(ground, tmp_path, capsy
     assert not (tmp_path / "torch").exists()
 
 
-@pytest.mark.parametrize("command", ["ensemble.py", "report.py", "export.py", "predict.py", "confirm.py",
-                                     "weights.py"])
+@pytest.mark.parametrize("command", ["ensemble.py", "report.py", "export.py", "predict.py",
+                                     "confirm.py", "weights.py"])
 def test_each_script_ends_a_bad_flag_in_one_line_and_exit_2(command, tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "sweeps" / command), "--bogus"],
                             capture_output=True, text=True, timeout=120, cwd=tmp_path,

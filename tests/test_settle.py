@@ -145,7 +145,8 @@ def test_pinned_threads_give_bit_identical_epochs_under_different_cpu_shares(
     shared = run_cli([*common, "--name", "shared", "--cpus-per-trial", "1",
                       "--num-samples", "2"], cwd=tmp_path)  # seed 0 beside seed 1
     assert shared.returncode == 0, shared.stderr[-3000:]
-    first, second = _epochs(tmp_path / "runs" / "alone", 0), _epochs(tmp_path / "runs" / "shared", 0)
+    first = _epochs(tmp_path / "runs" / "alone", 0)
+    second = _epochs(tmp_path / "runs" / "shared", 0)
     assert len(first) == 3 and first.equals(second)  # bit for bit, every epoch
     # the threads are part of the trial's record
     record = next((tmp_path / "runs" / "shared").glob("*_s0_*/checkpoint_*/trial.json"))

@@ -14,7 +14,8 @@ BEST_VAL_LOSS = "best_val_loss"
 BEST_VAL_ACC = "best_val_acc"
 TEST_ACC = "test_acc"  # test split, scored with the best-val-loss weights
 TEST_MACRO_F1 = "test_macro_f1"
-# 95% interval bounds of the two test metrics: accuracy Wilson, macro-F1 BCa bootstrap (trainables/evaluation.py)
+# 95% interval bounds of the two test metrics: accuracy Wilson, macro-F1 BCa bootstrap
+# (trainables/evaluation.py)
 TEST_ACC_LOW, TEST_ACC_HIGH = "test_acc_low", "test_acc_high"
 TEST_MACRO_F1_LOW, TEST_MACRO_F1_HIGH = "test_macro_f1_low", "test_macro_f1_high"
 TEST_INTERVALS = (TEST_ACC_LOW, TEST_ACC_HIGH, TEST_MACRO_F1_LOW, TEST_MACRO_F1_HIGH)

@@ -42,8 +42,8 @@ def costs(experiment: Experiment, out: Path, image: Callable[[Path], str],
           rounds: int, threads: int) -> tuple[Section, str, pd.DataFrame]:
     """Size, FLOPs and measured latency per variant, the accuracy-cost Pareto plots; the
     table with the latency columns is written to ``out``'s costs.csv (the sweep's own
-    results.csv is the sweep's, never rewritten here). Returns the section, a line, and the table with
-    its costs."""
+    results.csv is the sweep's, never rewritten here). Returns the section, a line, and the
+    table with its costs."""
     table = experiment.table
     note = "latency not measured (--latency-rounds 0)"
     if rounds:

@@ -72,7 +72,8 @@ def start_ray(address: str | None):
             return ray.init(address=address, **kwargs)
         with _own_process_group():
             context = ray.init(address="local", **kwargs)
-        from sweeps.driver import reaper  # a local instance of ours: it must not outlive this process
+        # a local instance of ours: it must not outlive this process
+        from sweeps.driver import reaper
 
         reaper.start()
         return context

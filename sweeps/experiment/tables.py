@@ -92,7 +92,8 @@ def write_tables(rows: list[dict], store: Store, aggregate: bool = True) -> pd.D
     table = table.drop(columns="_no_result").reset_index(drop=True)
     store.write_text(RESULTS_CSV, guarded(table).to_csv(index=False))
     shown = table.drop(columns=["error"]) if not table["error"].any() else table
-    markdown = ("# Trials (test metrics with their 95% interval: accuracy Wilson, macro-F1 BCa bootstrap)\n\n"
+    markdown = ("# Trials (test metrics with their 95% interval: accuracy Wilson, macro-F1 "
+                "BCa bootstrap)\n\n"
                 + to_markdown(with_intervals(shown)) + "\n")
     results = table[~table["stop_reason"].isin(M.NOT_A_RESULT)]
     if aggregate and table["variant"].duplicated().any() and not results.empty:

@@ -22,7 +22,9 @@ class ProgressLines(Sink):
 
     @staticmethod
     def _name(entry) -> str:
-        return f"{entry.variant} s{entry.config.get('seed', 0)}"
+        fold = entry.config.get("fold", -1)
+        folded = f" f{fold}" if fold >= 0 else ""
+        return f"{entry.variant} s{entry.config.get('seed', 0)}{folded}"
 
     def _print(self, text: str) -> None:
         elapsed = time.monotonic() - self.started

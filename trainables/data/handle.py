@@ -189,6 +189,6 @@ def split_csv(handle: DataHandle, report: dict) -> str:
                          *([handle.folds[i]] if folded else [])])
     for name, items in report["skipped"].items():
         for item in items:
-            writer.writerow([cell(item["path"]), cell(name), handle.class_names.index(name), SKIPPED,
-                             *([""] if folded else [])])
+            writer.writerow([cell(item["path"]), cell(name), handle.class_names.index(name),
+                             SKIPPED, *([""] if folded else [])])
     return out.getvalue()
