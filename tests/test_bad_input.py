@@ -261,7 +261,7 @@ def test_an_empty_split_of_a_class_is_warned_about(tmp_path):
 
 def test_a_failed_sweep_whose_variants_are_numbers_still_sums_up(tmp_path, capsys):
     """The README's own resnet_lr example: the variant is the learning rate."""
-    from sweeps.experiment.tables import report, write_tables
+    from sweeps.experiment.tables import print_summary, write_tables
     from sweeps.experiment.storage import Store
 
     rows = [{"trial_id": f"t{i}", "variant": lr, "status": "TERMINATED", "stop_reason": stop,
@@ -270,7 +270,7 @@ def test_a_failed_sweep_whose_variants_are_numbers_still_sums_up(tmp_path, capsy
             for i, (lr, stop) in enumerate([(0.001, "completed"), (0.01, "diverged")])]
     store = Store.from_location(str(tmp_path / "exp"))
     table = write_tables(rows, store)
-    assert report(table, store) == 1
+    assert print_summary(table, store) == 1
     assert "diverged (loss went NaN/Inf or exploded: try a lower lr): 0.01" in \
         capsys.readouterr().out
 

@@ -114,7 +114,7 @@ def finish(recorder, space, plan, store: Store) -> int:
         table = unguarded(pd.read_csv(io.StringIO(store.read_text(RESULTS_CSV)),
                                       keep_default_na=False, na_values=[""],
                                       dtype={"trial_id": str, "variant": str}))
-    code = report(table, store)
+    code = print_summary(table, store)
     if plan.searched and table is not None:
         save_best(table, recorder.configs(), space, store)
     return code
@@ -135,7 +135,8 @@ def save_best(table, configs: dict, space, store: Store) -> None:
     print(f"re-run it: python sweeps/run.py --space {space.name} --config '{where}'")
 
 
-def report(table, store: Store) -> int:
+def print_summary(table, store: Store) -> int:
+    """Print the table and what ended how; 1 when a trial failed or none finished."""
     if table is None or table.empty:
         print("no trial finished; nothing to tabulate", file=sys.stderr)
         return 1
