@@ -4,7 +4,8 @@
 
 Members are chosen on the validation split only (ranked by validation loss; greedy selection
 scores on validation; stacking's meta-model is fit and cross-validated inside validation)
-and every ensemble is scored once on the test split. The table (best single model vs soft
+and every ensemble is scored once on the test split. Members vote with calibrated
+probabilities: each at the temperature it fits on validation (trainables/calibration.py). The table (best single model vs soft
 vote, hard vote, stacking and greedy selection, with members and weights, 95%
 intervals and McNemar's test against the best single model) is printed and saved as
 ensembles.csv / ensembles.md in the experiment folder.
@@ -48,11 +49,13 @@ def score_row(name: str, members: list[TrialPredictions], weights, predicted_val
 
 
 def build(trials: list[TrialPredictions], val_labels, test_labels, num_classes: int,
-          ranking: list[str], top: int, steps: int
+          ranking: list[str], top: int, steps: int, calibrate: bool = True
           ) -> tuple[pd.DataFrame, list[str], dict[str, tuple]]:
     """The ensemble table, McNemar lines, and each ensemble's (members, predicted test
     classes) by kind. ``ranking`` orders trial ids best first by validation loss; the best
     single model and the top-k votes follow it."""
+    if calibrate:
+        trials = [calibrated(t, val_labels) for t in trials]
     by_id = {t.trial_id: t for t in trials}
     ranked = [by_id[i] for i in ranking if i in by_id]
     best = ranked[0]
@@ -100,6 +103,19 @@ def build(trials: list[TrialPredictions], val_labels, test_labels, num_classes: 
     return pd.DataFrame(rows), lines, predictions
 
 
+def calibrated(trial: TrialPredictions, val_labels) -> TrialPredictions:
+    """The member's probabilities at the temperature it fits on validation, so that an
+    over-confident member does not outvote the others. A member's own predictions do not
+    change; votes and stacking combine calibrated probabilities."""
+    from dataclasses import replace
+
+    from trainables.calibration import fit_temperature, scaled
+
+    temperature = fit_temperature(trial.val_probs, val_labels)
+    return replace(trial, val_probs=scaled(trial.val_probs, temperature),
+                   test_probs=scaled(trial.test_probs, temperature))
+
+
 def pooled_over_folds(per_fold: list[tuple[dict, np.ndarray]], num_classes: int
                       ) -> tuple[pd.DataFrame, list[str]]:
     """A cross-validated experiment's ensembles: each fold builds its own from its trials
@@ -141,7 +157,7 @@ def _built(experiment, trial_ids, args, where: str):
                         "ensemble needs at least 2")
     return build(trials, experiment.val_labels, experiment.test_labels,
                  len(experiment.class_names), _ranking(experiment, trials), args.top,
-                 args.steps)
+                 args.steps, calibrate=not args.uncalibrated)
 
 
 def _ranking(experiment, trials) -> list[str]:
@@ -157,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=cli.number(int, low=2), default=5,
                         help="members of the soft and hard votes: the K trials with the lowest "
                              "validation loss (default 5)")
+    parser.add_argument("--uncalibrated", action="store_true",
+                        help="vote with the trials' own softmax, not calibrated probabilities")
     parser.add_argument("--steps", type=cli.number(int, low=1), default=25,
                         help="picks of greedy selection, with replacement (default 25)")
     args = parser.parse_args(argv)

@@ -1,15 +1,20 @@
-"""Export a trained trial to a folder that ``sweeps/predict.py`` (or plain TorchScript) uses.
+"""Export a trained trial to a folder that ``sweeps/predict.py`` uses, or any program with
+torch (model.pt2) or an ONNX engine (model.onnx).
 
     python sweeps/export.py EXPERIMENT_DIR [--trial ID] [--out DIR]
 
 The default trial is the one with the lowest validation loss among those that gave a result
 (chosen on validation, as a model to ship should be; not on test). The folder holds the best
-weights of that trial, spec.json (the trial's own record of its model and preprocessing)
-and model.torchscript.pt.
+weights of that trial, spec.json (the trial's own record of its model and preprocessing, and
+its calibration fit on the validation split: the temperature and the scores of conformal
+prediction sets), model.pt2 (torch.export) and model.onnx. Every runtime is checked on the
+trial's own test images against the probabilities the trial saved, or nothing is exported.
 """
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
 
 from sweeps import cli
 from sweeps.experiment.folder import load_experiment
@@ -55,20 +60,54 @@ def export(experiment_dir, trial: str | None = None, out=None) -> Path:
         raise UserError(f"--out {out}: is a file; pass a folder to export into")
     record = checkpoint.read_record(latest)
     weights = checkpoint.read_best_weights(latest)
+    saved = checkpoint.read_predictions(latest)
+    if saved is None:
+        raise UserError(f"trial {trial_id}: no saved probabilities to calibrate and check the "
+                        "export with; export another trial")
     spec = ExportSpec.from_record(record, source={
         "experiment": str(experiment.root.resolve()), "trial_id": trial_id,
         "variant": str(row["variant"]), "best_epoch": int(row["best_epoch"]),
         "best_val_loss": float(row[M.BEST_VAL_LOSS]), "test_acc": float(row[M.TEST_ACC]),
-        "weights": record.model.weights})
-    difference = write_export(out, spec, weights)
+        "test_acc_low": float(row[M.TEST_ACC_LOW]), "test_acc_high": float(row[M.TEST_ACC_HIGH]),
+        "weights": record.model.weights}, calibration=calibration_of(saved))
+    check, how = _check_images(record, spec, saved)
+    differences = write_export(out, spec, weights, check)
     print(f"exported {row['variant']} [{trial_id}] (best epoch {int(row['best_epoch'])}, "
           f"val_loss {row[M.BEST_VAL_LOSS]:.4f}, test_acc {row[M.TEST_ACC]:.4f}) to {out}")
-    print(f"TorchScript trace checked against the model: largest logit difference "
-          f"{difference:.2e}")
+    print(f"checked on {how}: largest probability difference "
+          + ", ".join(f"{k} {v:.1e}" for k, v in differences.items())
+          + f"; temperature {spec.temperature:.3f} (fit on validation)")
     print(f"predict: python sweeps/predict.py '{out}' IMAGES_DIR")
     return out
 
 
+
+
+def calibration_of(saved: dict) -> dict:
+    """The trial's temperature, fit on its validation probabilities, and the LAC scores of
+    its validation images at that temperature (what prediction sets are calibrated on)."""
+    from trainables import calibration as C
+
+    temperature = C.fit_temperature(saved["val_probs"], saved["val_labels"])
+    scores = C.scores(C.scaled(saved["val_probs"], temperature), saved["val_labels"])
+    return {"temperature": temperature, "method": "temperature scaling on validation",
+            "sets": "split conformal, LAC score, calibrated on validation",
+            "scores": [round(float(v), 6) for v in np.sort(scores)]}
+
+
+def _check_images(record, spec, saved) -> tuple[tuple | None, str]:
+    """The trial's test images as decoded for it, with the probabilities it saved; or None
+    (then random inputs) when they cannot all be read here."""
+    from trainables.data import decode_image
+
+    root = Path(record.data.get("root", ""))
+    try:
+        images = np.stack([decode_image(root / path, spec.load_size, spec.interpolation)
+                           for path in saved["test_ids"]])
+    except Exception:  # moved, or another machine: say so, check on random inputs
+        return None, (f"random inputs against the rebuilt network (the trial's test images "
+                      f"under {root} cannot be read here)")
+    return (images, saved["test_probs"]), f"the trial's {len(images)} test images"
 
 
 def cli_main() -> None:

@@ -1,31 +1,37 @@
 """Predict the classes of a folder of images with an exported model.
 
     python sweeps/predict.py EXPORT_DIR IMAGES_DIR [--out predictions.csv] [--tta]
+                             [--runtime torch|export|onnx] [--coverage 0.9] [--uncalibrated]
 
 Every image under IMAGES_DIR (recursively) gets one row: its path, the predicted class, its
-probability, and the probability of every class. An image that cannot be decoded gets a row
-with the reason in the ``error`` column; the others are still predicted.
+probability, and the probability of every class, calibrated by the trial's temperature
+(``--uncalibrated``: the network's own softmax). With ``--coverage``, also the prediction
+set: the classes that hold the true one with that probability (split conformal, calibrated
+on the trial's validation images). An image that cannot be decoded gets a row with the
+reason in the ``error`` column; the others are still predicted.
 """
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from sweeps import cli
 from sweeps.experiment.storage import write_atomic
 from trainables.data import IMAGE_EXTENSIONS, decode_image, scan, shown
-from trainables.deploy import TORCHSCRIPT_FILE, load_export, preprocess
+from trainables.calibration import sets, threshold
+from trainables.deploy import RUNTIMES, load_export, preprocess, runtime_of, softmax
 from trainables.csvcells import guarded
 from trainables.errors import UserError
 
 
-def predict(net, spec, paths: list[Path], batch_size: int, tta: bool):
-    """(probabilities of the decoded images, {path: error} of the others)."""
+def predict(run, spec, paths: list[Path], batch_size: int, tta: bool, temperature: float = 1.0):
+    """(probabilities of the decoded images, {path: error} of the others); ``run`` maps the
+    network's input to logits (deploy.runtime_of)."""
+    from trainables.calibration import scaled
+
     probs, errors, done = [], {}, []
     for start in range(0, len(paths), batch_size):
         images = []
@@ -38,12 +44,10 @@ def predict(net, spec, paths: list[Path], batch_size: int, tta: bool):
         if not images:
             continue
         x = preprocess(np.stack(images), spec)
-        with torch.no_grad():
-            logits = net(x)
-            p = logits.softmax(1)
-            if tta:
-                p = (p + net(x.flip(-1)).softmax(1)) / 2
-        probs.append(p.numpy())
+        p = softmax(run(x))
+        if tta:
+            p = (p + softmax(run(x.flip(-1).contiguous()))) / 2
+        probs.append(scaled(p, temperature) if temperature != 1.0 else p)
     return done, (np.concatenate(probs) if probs else np.zeros((0, spec.num_classes))), errors
 
 
@@ -56,8 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=cli.number(int, low=1), default=64)
     parser.add_argument("--tta", action="store_true",
                         help="average each image's probabilities with its mirror image's")
-    parser.add_argument("--torchscript", action="store_true",
-                        help=f"run {TORCHSCRIPT_FILE} instead of the rebuilt model")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="torch",
+                        help="torch: the rebuilt network (default); export: model.pt2; "
+                             "onnx: model.onnx in ONNX Runtime")
+    parser.add_argument("--coverage", type=cli.number(float, above=0, high=0.999),
+                        help="also the prediction set that holds the true class with this "
+                             "probability, e.g. 0.9")
+    parser.add_argument("--uncalibrated", action="store_true",
+                        help="the network's own softmax, not calibrated by the temperature")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if out.is_dir():
@@ -69,17 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.images)
     if not root.is_dir():
         raise UserError(f"{root}: not a folder; pass the folder that holds the images")
-    if args.torchscript:
-        with warnings.catch_warnings():  # deprecated in favour of torch.export; still works
-            warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
-            model = torch.jit.load(str(Path(args.export) / TORCHSCRIPT_FILE), map_location="cpu")
-    else:
-        def model(x):
-            return net(x)[0]
+    cutoff = None
+    if args.coverage is not None:
+        if args.uncalibrated or not spec.calibration.get("scores"):
+            raise UserError("--coverage needs the calibration of an export of this version "
+                            "(and calibrated probabilities): re-export the trial, or drop "
+                            "--uncalibrated")
+        cutoff = threshold(spec.calibration["scores"], args.coverage)
+    run = runtime_of(Path(args.export), args.runtime, spec, net)
     paths, rejected = scan(root)  # rejected: named like images, never opened (pipes, ...)
     if not paths and not rejected:
         raise UserError(f"{root}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under it")
-    done, probs, errors = predict(model, spec, paths, args.batch_size, args.tta)
+    temperature = 1.0 if args.uncalibrated else spec.temperature
+    done, probs, errors = predict(run, spec, paths, args.batch_size, args.tta, temperature)
     errors.update(rejected)
 
     def name(path: Path) -> str:
@@ -89,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                           "predicted": [spec.class_names[i] for i in probs.argmax(1)],
                           "probability": probs.max(1) if len(done) else [],
                           **{f"p_{name}": probs[:, k] for k, name in enumerate(spec.class_names)},
+                          **(_set_columns(probs, cutoff, spec) if cutoff is not None else {}),
                           "error": ""})
     failed = pd.DataFrame({"path": [name(p) for p in errors],
                            "error": list(errors.values())})
@@ -98,6 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     for path, error in list(errors.items())[:5]:
         print(f"unreadable: {name(path)}: {error}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def _set_columns(probs: np.ndarray, cutoff: float, spec) -> dict:
+    """Each image's prediction set ("a | b"), and its size."""
+    chosen = sets(probs, cutoff)
+    return {"set": [" | ".join(c for c, inside in zip(spec.class_names, row) if inside)
+                    for row in chosen],
+            "set_size": chosen.sum(1)}
 
 
 def cli_main() -> None:

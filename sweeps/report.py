@@ -143,6 +143,7 @@ def build_report(experiment: Experiment, out: Path, compare: list[str] | None,
         where = tensorboard_evaluation(experiment, best_trial)
         lines.append(f"TensorBoard: confusion matrix and PR curves of {best_trial.variant}"
                      f"[{best_trial.trial_id}] in {where}")
+        sections.append(sections_of.calibration(experiment, best_trial, out, _image))
 
     sections.append(sections_of.settings(experiment, out, _image))
     section, note, costed = sections_of.costs(experiment, out, _image, latency_rounds, threads)

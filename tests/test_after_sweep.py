@@ -60,10 +60,14 @@ def test_ensembles_of_a_real_sweep(experiment, capsys):
     table = pd.read_csv(root / "ensembles.csv")
     assert len(table) == 5 and table["test_acc"].between(0, 1).all()
     assert table["ensemble"].str.startswith("stacking, top 3").sum() == 1
-    # the soft vote, recomputed from the saved probabilities
+    # the soft vote of the calibrated members, recomputed from the saved probabilities
+    from trainables.calibration import fit_temperature, scaled
+
     split = pd.read_csv(root / "split.csv")
     labels = split.loc[split["split"] == "test", "label"].to_numpy()
-    probs = [np.load(p)["test_probs"] for p in sorted(root.glob("*/checkpoint_*/predictions.npz"))]
+    val_labels = split.loc[split["split"] == "val", "label"].to_numpy()
+    saved = [np.load(p) for p in sorted(root.glob("*/checkpoint_*/predictions.npz"))]
+    probs = [scaled(s["test_probs"], fit_temperature(s["val_probs"], val_labels)) for s in saved]
     soft = E.accuracy(labels, E.soft_vote(probs).argmax(1))
     assert table.set_index("ensemble").loc["soft vote, top 3", "test_acc"] == pytest.approx(soft)
     assert "McNemar" in capsys.readouterr().out
@@ -78,14 +82,15 @@ def test_report_renders_in_a_real_browser_and_tensorboard_gets_the_evaluation(ex
     # an after-sweep reader never edits what the sweep wrote
     assert all((root / name).read_bytes() == data for name, data in sweep_files.items())
     figures = ("learning_curves", "test_accuracy", "parallel_coordinates", "pareto",
-               "per_class", "hardest")
+               "per_class", "hardest", "reliability")
     for name in ("report.html", *(f"{f}.png" for f in figures)):
         assert (out / name).stat().st_size > 1000, name
     assert len(list(out.glob("confusion_*.png"))) == 2
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(figures) + 2 and "McNemar" in page
     for section in ("Which settings mattered", "What each variant costs to deploy",
-                    "Where each variant fails", "interleaved rounds"):
+                    "Where each variant fails", "interleaved rounds",
+                    "Calibration of the best trial"):
         assert section in page, section
     table = pd.read_csv(out / "costs.csv")
     assert all(str(t) in page for t in table["trial_id"])
@@ -155,3 +160,21 @@ def test_export_and_predict_reproduce_the_trial_test_accuracy(experiment, tmp_pa
     predicted = pd.read_csv(csv).set_index("path").loc[test["path"], "predicted"]
     assert (predicted.to_numpy() == test["class"].to_numpy()).mean() == pytest.approx(
         row["test_acc_tta"])
+    # calibrated by the temperature the trial fit on validation (the table's own), and the
+    # ONNX model with prediction sets: the uncalibrated softmax, rescaled, is what it gives
+    temperature = spec["calibration"]["temperature"]
+    assert temperature == pytest.approx(row["temperature"], rel=1e-3)
+    assert row["test_ece"] >= 0 and row["test_ece_calibrated"] >= 0
+    assert len(spec["calibration"]["scores"]) == (split["split"] == "val").sum()
+    columns = [f"p_{d}" for d in DIGITS]
+    assert predict.main([str(out), str(images), "--out", str(csv), "--uncalibrated"]) == 0
+    raw = pd.read_csv(csv).set_index("path").loc[test["path"], columns].to_numpy()
+    assert predict.main([str(out), str(images), "--out", str(csv), "--runtime", "onnx",
+                         "--coverage", "0.9"]) == 0
+    sets = pd.read_csv(csv, dtype={"set": str}).set_index("path").loc[test["path"]]
+    from trainables.calibration import scaled
+
+    assert np.allclose(sets[columns].to_numpy(), scaled(raw, temperature), atol=1e-5)
+    covered = [str(c) in s.split(" | ") for c, s in zip(test["class"], sets["set"])]
+    assert np.mean(covered) >= 0.8 and (sets["set_size"] >= 1).all()  # 0.9 in expectation
+    assert sets["set_size"].mean() < 10

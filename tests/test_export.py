@@ -5,6 +5,7 @@ import csv
 import json
 import os
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from PIL import Image
 from sweeps import predict
 from tests_support import fit_trial
 from trainables import checkpoint
-from trainables.deploy import ExportSpec, load_export, write_export
+from trainables.deploy import ExportSpec, load_export, runtime_of, write_export
 from trainables.errors import UserError
 from trainables.models import MODELS, create_model
 from trainables.record import Preprocess
@@ -29,18 +30,32 @@ def spec_for(model="small_cnn", aux_heads=False, num_classes=3, image_size=32):
                       [f"c{i}" for i in range(num_classes)], source={"trial_id": "t"})
 
 
-def test_export_round_trip_and_torchscript_agree(tmp_path):
+def test_export_round_trip_and_every_runtime_agrees(tmp_path):
     spec = spec_for()
     torch.manual_seed(0)
     weights = spec.build().state_dict()
-    difference = write_export(tmp_path / "exp", spec, weights)
-    assert difference < 1e-5
+    differences = write_export(tmp_path / "exp", spec, weights)
+    assert set(differences) == {"torch", "export", "onnx"}
+    assert max(differences.values()) < 1e-5
     loaded_spec, net = load_export(tmp_path / "exp")
     assert loaded_spec == spec
     assert all(torch.equal(net.state_dict()[k], v) for k, v in weights.items())
-    traced = torch.jit.load(str(tmp_path / "exp" / "model.torchscript.pt"))
-    x = torch.randn(3, 3, 32, 32)
-    assert torch.allclose(traced(x), net(x)[0], atol=1e-5)
+    x = torch.randn(5, 3, 32, 32)  # another batch size than the export's example
+    for runtime in ("export", "onnx"):
+        got = runtime_of(tmp_path / "exp", runtime, loaded_spec)(x)
+        assert np.allclose(got, net(x)[0].detach().numpy(), atol=1e-5), runtime
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_an_export_that_does_not_reproduce_the_trial_is_refused_whole(tmp_path):
+    spec = spec_for()
+    weights = spec.build().state_dict()
+    images = np.random.default_rng(0).integers(0, 255, (4, 36, 36, 3), dtype=np.uint8)
+    wrong = np.full((4, 3), 1 / 3)  # not what this network gives
+    with pytest.raises(UserError, match=r"the torch runtime's probabilities differ from the "
+                                        r"trial's by .* on its test images; nothing was "):
+        write_export(tmp_path / "exp", spec, weights, (images, wrong))
+    assert not list(tmp_path.iterdir())
 
 
 def test_googlenet_aux_heads_mismatch_is_named(tmp_path):
@@ -106,12 +121,14 @@ def test_predict_writes_every_image_and_names_the_unreadable(tmp_path):
     probs = np.array([[float(r[f"p_c{k}"]) for k in range(3)] for r in good])
     assert len(good) == 5 and np.allclose(probs.sum(1), 1, atol=1e-5)
     assert [r["predicted"] for r in good] == [f"c{i}" for i in probs.argmax(1)]
-    # the traced network gives the same table
-    code = predict.main([str(tmp_path / "exp"), str(tmp_path / "imgs"), "--out",
-                         str(tmp_path / "ts.csv"), "--torchscript"])
-    traced = [r for r in csv.DictReader((tmp_path / "ts.csv").open()) if not r["error"]]
-    assert np.allclose([[float(r[f"p_c{k}"]) for k in range(3)] for r in traced], probs,
-                       atol=1e-5)
+    # the torch.export program and the ONNX model give the same table
+    for runtime in ("export", "onnx"):
+        predict.main([str(tmp_path / "exp"), str(tmp_path / "imgs"), "--out",
+                      str(tmp_path / f"{runtime}.csv"), "--runtime", runtime])
+        other = [r for r in csv.DictReader((tmp_path / f"{runtime}.csv").open())
+                 if not r["error"]]
+        assert np.allclose([[float(r[f"p_c{k}"]) for k in range(3)] for r in other], probs,
+                           atol=1e-5), runtime
 
 
 # ---------------------------------------------------------------- a trial, reproduced
@@ -136,23 +153,32 @@ def seed_torch_home(torch_home, name: str) -> None:
 def exported_probabilities(fitted, tmp_path, handle) -> tuple[np.ndarray, np.ndarray]:
     """The trial's own test probabilities, and predict.py's from the image files through
     an export made from the trial's checkpoint."""
+    from trainables.data import decode_image
+
     saved = tmp_path / "checkpoint"
     saved.mkdir()
     checkpoint.save(saved, fitted.state, fitted.trial.record)
     spec = ExportSpec.from_record(checkpoint.read_record(saved), source={"trial_id": "t"})
-    write_export(tmp_path / "export", spec, checkpoint.read_best_weights(saved))
+    predictions = fitted.state["fit"].predictions
+    images = np.stack([decode_image(Path(handle.root) / p, spec.load_size, spec.interpolation)
+                       for p in predictions["test_ids"]])
+    # every runtime checked against the trial's own test probabilities at export
+    differences = write_export(tmp_path / "export", spec, checkpoint.read_best_weights(saved),
+                               (images, predictions["test_probs"]))
+    assert max(differences.values()) < 1e-4, differences
     out = tmp_path / "pred.csv"
-    assert predict.main([str(tmp_path / "export"), handle.root, "--out", str(out)]) == 0
+    assert predict.main([str(tmp_path / "export"), handle.root, "--out", str(out),
+                         "--runtime", "onnx"]) == 0
     rows = {r["path"]: r for r in csv.DictReader(out.open())}
     names = fitted.trial.record.class_names
-    predictions = fitted.state["fit"].predictions
     predicted = np.array([[float(rows[path][f"p_{c}"]) for c in names]
                           for path in predictions["test_ids"]])
     return predictions["test_probs"], predicted
 
 
 CASES = [(model, False, pretrained) for model in TORCHVISION for pretrained in (False, True)]
-CASES += [("googlenet", True, False), ("googlenet", True, True), ("small_cnn", False, False)]
+CASES += [("googlenet", True, False), ("googlenet", True, True), ("small_cnn", False, False),
+          ("timm/resnet10t", False, False)]
 
 
 @pytest.mark.parametrize("model, aux, pretrained", CASES)

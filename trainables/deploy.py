@@ -1,16 +1,24 @@
 """A trained model as a folder that rebuilds exactly what was trained.
 
-The folder holds ``spec.json`` (the trial record's model build and preprocessing, classes),
-``weights.pt`` (the state dict) and ``model.torchscript.pt`` (the same network traced, for
-use without this package). :func:`load_export` rebuilds the architecture from the spec and
-loads the weights strictly: a spec that does not match the weights is refused with a message
-that names the mismatch, instead of a silently half-loaded model.
+The folder holds ``spec.json`` (the trial record's model build and preprocessing, classes,
+and its calibration: the temperature and the validation scores of conformal prediction
+sets), ``weights.pt`` (the state dict), ``model.pt2`` (a ``torch.export`` program, which
+runs with torch alone) and ``model.onnx`` (the same network for ONNX Runtime and any other
+ONNX engine, written by torch's dynamo-based exporter). Each runtime is checked when the
+folder is written: run on the trial's own test images, it must give the probabilities the
+trial saved, within ``TOLERANCE``, or nothing is exported. TorchScript, which PyTorch has
+deprecated in favour of torch.export, is no longer written (a folder that has it still
+loads: its weights and spec are all the torch runtime reads).
+
+:func:`load_export` rebuilds the architecture from the spec and loads the weights strictly:
+a spec that does not match the weights is refused with a message that names the mismatch,
+instead of a silently half-loaded model.
 """
 from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +33,12 @@ from trainables.weights import mismatch
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "weights.pt"
-TORCHSCRIPT_FILE = "model.torchscript.pt"
-FORMAT = 2  # 2: the model and preprocessing as the trial recorded them
+PROGRAM_FILE = "model.pt2"
+ONNX_FILE = "model.onnx"
+RUNTIMES = ("torch", "export", "onnx")
+TOLERANCE = 1e-4  # largest difference in any probability that an export may show
+FORMAT = 3  # 3: with calibration and the torch.export and ONNX files (2: without)
+READS = (2, 3)
 
 
 @dataclass(frozen=True)
@@ -38,11 +50,20 @@ class ExportSpec:
     preprocess: Preprocess
     class_names: list[str]
     source: dict  # experiment, trial, variant and scores it came from
+    # the trial's calibration: temperature, and the LAC scores of its validation images
+    # (trainables/calibration.py); empty for an export of format 2 (temperature 1)
+    calibration: dict = field(default_factory=dict)
     format: int = FORMAT
 
     @classmethod
-    def from_record(cls, record: TrialRecord, source: dict) -> "ExportSpec":
-        return cls(record.model, record.preprocess, list(record.class_names), source)
+    def from_record(cls, record: TrialRecord, source: dict,
+                    calibration: dict | None = None) -> "ExportSpec":
+        return cls(record.model, record.preprocess, list(record.class_names), source,
+                   dict(calibration or {}))
+
+    @property
+    def temperature(self) -> float:
+        return float(self.calibration.get("temperature", 1.0))
 
     @property
     def num_classes(self) -> int:
@@ -71,7 +92,7 @@ class ExportSpec:
     def from_json(cls, raw: dict) -> "ExportSpec":
         return cls(ModelBuild(**raw["model"]), Preprocess.from_json(raw["preprocess"]),
                    [str(c) for c in raw["class_names"]], dict(raw["source"]),
-                   int(raw["format"]))
+                   dict(raw.get("calibration") or {}), int(raw["format"]))
 
 
 class Logits(nn.Module):
@@ -85,27 +106,130 @@ class Logits(nn.Module):
         return self.net(x)[0]
 
 
-def write_export(folder: Path, spec: ExportSpec, weights: dict) -> float:
-    """Write the three files; returns the largest difference between the traced network's
-    logits and the eager network's on a random input (the trace is checked, not trusted)."""
+def write_export(folder: Path, spec: ExportSpec, weights: dict,
+                 check: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+    """Write the folder, every runtime checked: ``check`` is the trial's test images (N x
+    H x W x 3 uint8, decoded at ``load_size``) and the probabilities the trial saved for
+    them; without it, random inputs against the eager network. Returns each runtime's
+    largest probability difference; one beyond TOLERANCE is a UserError, and nothing is
+    left behind (the folder is written beside and renamed into place)."""
+    import os
+    import shutil
+    import tempfile
+
     net = spec.build(empty=True)
     check_weights(net, weights, spec)
     net.load_state_dict(weights)
     net.eval()
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=1))
-    torch.save(weights, folder / WEIGHTS_FILE)
-    example = torch.randn(2, 3, spec.image_size, spec.image_size,
-                          generator=torch.Generator().manual_seed(0))
     logits = Logits(net).eval()
-    with torch.no_grad(), warnings.catch_warnings():
-        # TorchScript is deprecated in favour of torch.export, but still the format that
-        # loads anywhere with a bare `torch.jit.load`; the trace is checked just below
-        warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
-        traced = torch.jit.trace(logits, example)
-        difference = (traced(example) - logits(example)).abs().max().item()
-    traced.save(str(folder / TORCHSCRIPT_FILE))
-    return difference
+    if check is not None:
+        inputs, expected = preprocess(check[0], spec), np.asarray(check[1])
+    else:
+        inputs = torch.randn(4, 3, spec.image_size, spec.image_size,
+                             generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            expected = logits(inputs).softmax(1).numpy()
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        (staging / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=1))
+        torch.save(weights, staging / WEIGHTS_FILE)
+        example = inputs[:2] if len(inputs) >= 2 else torch.cat([inputs, inputs])
+        _write_program(logits, example, staging / PROGRAM_FILE)
+        _write_onnx(logits, example, staging / ONNX_FILE)
+        differences = {}
+        for runtime in RUNTIMES:
+            run = runtime_of(staging, runtime, spec, net)
+            got = softmax(run(inputs))
+            differences[runtime] = float(np.abs(got - expected).max()) if len(got) else 0.0
+            if differences[runtime] > TOLERANCE:
+                raise UserError(
+                    f"the {runtime} runtime's probabilities differ from the trial's by "
+                    f"{differences[runtime]:.2e} (tolerance {TOLERANCE:g}) on "
+                    f"{'its test images' if check is not None else 'a check input'}; "
+                    "nothing was exported")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return differences
+
+
+def _dynamic_batch():
+    return ({0: torch.export.Dim("batch", min=1, max=65536)},)
+
+
+def _write_program(logits: nn.Module, example: torch.Tensor, path: Path) -> None:
+    program = torch.export.export(logits, (example,), dynamic_shapes=_dynamic_batch())
+    torch.export.save(program, path)
+
+
+def _write_onnx(logits: nn.Module, example: torch.Tensor, path: Path) -> None:
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter narrates each of its passes
+        program = torch.onnx.export(logits, (example,), dynamo=True, verbose=False,
+                                    dynamic_shapes=_dynamic_batch(), input_names=["images"],
+                                    output_names=["logits"])
+        program.save(str(path))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of logits, in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def runtime_of(folder: Path, runtime: str, spec: ExportSpec, net: nn.Module | None = None):
+    """A function from the network's input (a float tensor) to main-head logits (numpy),
+    run by ``runtime``: torch (the rebuilt network), export (the torch.export program) or
+    onnx (ONNX Runtime, on the CPU)."""
+    folder = Path(folder)
+    if runtime == "torch":
+        if net is None:
+            _, net = load_export(folder)
+        logits = Logits(net).eval()
+
+        def run(x):
+            with torch.no_grad():
+                return logits(x).numpy()
+        return run
+    files = {"export": PROGRAM_FILE, "onnx": ONNX_FILE}
+    if runtime not in files:
+        raise UserError(f"--runtime {runtime}: choose one of {', '.join(RUNTIMES)}")
+    path = folder / files[runtime]
+    if not path.is_file():
+        raise UserError(f"{folder}: no {files[runtime]} (exported by an older version); "
+                        "re-export the trial, or use --runtime torch")
+    if runtime == "export":
+        try:
+            module = torch.export.load(path).module()
+        except Exception as exc:
+            raise UserError(f"{path}: cannot be read ({type(exc).__name__}); re-export the "
+                            "trial") from None
+
+        def run(x):
+            with torch.no_grad():
+                return module(x).numpy()
+        return run
+    import onnxruntime
+
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise UserError(f"{path}: not an ONNX model ONNX Runtime reads "
+                        f"({str(exc).splitlines()[0][:120]}); re-export the trial") from None
+    name = session.get_inputs()[0].name
+
+    def run(x):
+        return session.run(None, {name: np.ascontiguousarray(x.numpy(), np.float32)})[0]
+    return run
 
 
 def read_spec(folder: Path) -> ExportSpec:
@@ -114,9 +238,9 @@ def read_spec(folder: Path) -> ExportSpec:
         raise UserError(f"{folder}: no {SPEC_FILE}; pass a folder written by sweeps/export.py")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        if raw.get("format") != FORMAT:
+        if raw.get("format") not in READS:
             raise UserError(f"{path}: export format {raw.get('format')}, this version reads "
-                            f"{FORMAT}; re-export the trial")
+                            f"{', '.join(map(str, READS))}; re-export the trial")
         spec = ExportSpec.from_json(raw)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise UserError(f"{path}: not a valid export spec ({type(exc).__name__}: {exc}); "

@@ -22,6 +22,7 @@ from torch.utils.data import RandomSampler, WeightedRandomSampler
 from trainables import metrics as M
 from trainables.batches import Normalize, centre_crop, image_placement, training_batches
 from trainables.config import TrialConfig
+from trainables.calibration import calibrate
 from trainables.evaluation import accuracy, macro_f1, test_summary
 from trainables.models import Net
 from trainables.losses import create_loss
@@ -306,6 +307,9 @@ def _track_best(state: FitState, net: Net, data: TrialData, val_loss: float, val
         mean = (test_probs + score(data.test, flip=True)[2]) / 2
         state.best[M.TEST_ACC_TTA] = accuracy(labels, mean.argmax(1))
         state.best[M.TEST_MACRO_F1_TTA] = macro_f1(labels, mean.argmax(1), data.num_classes)
+    calibrated = calibrate(val_probs, data.val.y.numpy(), test_probs, data.test.y.numpy())
+    state.best.update({M.TEMPERATURE: calibrated["temperature"], M.TEST_ECE: calibrated["ece"],
+                       M.TEST_ECE_CALIBRATED: calibrated["ece_calibrated"]})
     state.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
     state.predictions = {
         "val_probs": val_probs, "val_labels": data.val.y.numpy(), "val_ids": data.val.ids,

@@ -21,6 +21,10 @@ TEST_MACRO_F1_LOW, TEST_MACRO_F1_HIGH = "test_macro_f1_low", "test_macro_f1_high
 TEST_INTERVALS = (TEST_ACC_LOW, TEST_ACC_HIGH, TEST_MACRO_F1_LOW, TEST_MACRO_F1_HIGH)
 # with tta=true: the same weights scored on the mean of each test image and its mirror image
 TEST_ACC_TTA, TEST_MACRO_F1_TTA = "test_acc_tta", "test_macro_f1_tta"
+# temperature scaling fit on validation (trainables/calibration.py), and the expected
+# calibration error on test before and after it
+TEMPERATURE, TEST_ECE, TEST_ECE_CALIBRATED = "temperature", "test_ece", "test_ece_calibrated"
+CALIBRATION = (TEMPERATURE, TEST_ECE, TEST_ECE_CALIBRATED)
 PRETRAINED = "pretrained"  # 1 when pretrained weights were really loaded
 WEIGHTS = "weights"  # which: a torchvision weights name or a timm tag ("" for none)
 NODE = "node"  # the Ray node that ran the trial (first 8 hex digits of its id)

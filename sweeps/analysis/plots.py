@@ -242,3 +242,26 @@ def thumbnails(images: list[np.ndarray], captions: list[str], path: Path,
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def reliability_figure(before, after, temperature: float, eces: tuple[float, float],
+                       path: Path) -> None:
+    """Accuracy against confidence per bin (trainables/calibration.reliability), before
+    and after temperature scaling; the diagonal is perfect calibration."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    for bins, label, colour in ((before, f"softmax (ECE {eces[0]:.3f})", "tab:red"),
+                                (after, f"T = {temperature:.2f} (ECE {eces[1]:.3f})",
+                                 "tab:blue")):
+        if bins:
+            conf, acc, count = zip(*bins)
+            ax.plot(conf, acc, marker="o", color=colour, label=label)
+    ax.set_xlabel("confidence of the predicted class")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -101,3 +101,23 @@ def failures(experiment: Experiment, out: Path, image: Callable[[Path], str],
         parts.append(_table(pd.DataFrame([item.__dict__ for item in hard])))
     return ("Where each variant fails", "\n".join(parts) or "<p>no test report saved</p>"), \
         lines
+
+
+def calibration(experiment: Experiment, trial, out: Path,
+                image: Callable[[Path], str]) -> Section:
+    """The trial's reliability diagram on test, before and after the temperature it fit on
+    validation, with the expected calibration error of each."""
+    from trainables import calibration as C
+
+    temperature = C.fit_temperature(trial.val_probs, experiment.val_labels)
+    before = C.reliability(trial.test_probs, experiment.test_labels)
+    scaled = C.scaled(trial.test_probs, temperature)
+    after = C.reliability(scaled, experiment.test_labels)
+    eces = (C.ece(trial.test_probs, experiment.test_labels),
+            C.ece(scaled, experiment.test_labels))
+    plots.reliability_figure(before, after, temperature, eces, out / "reliability.png")
+    text = (f"<p>{html.escape(trial.variant)} [{html.escape(trial.trial_id)}]: temperature "
+            f"{temperature:.3f}, fit on the validation split; expected calibration error on "
+            f"test {eces[0]:.4f} before, {eces[1]:.4f} after (15 confidence bins). Exports "
+            "and predictions use the calibrated probabilities.</p>")
+    return ("Calibration of the best trial (test split)", text + image(out / "reliability.png"))

@@ -40,7 +40,8 @@ def trial_row(entry, varied_keys: list[str]) -> dict:
         **{key: last.get(key, math.nan) for key in M.COSTS},
         M.NODE: last.get(M.NODE, ""),
     }
-    row.update({key: last[key] for key in (M.TEST_ACC_TTA, M.TEST_MACRO_F1_TTA) if key in last})
+    row.update({key: last[key] for key in (M.TEST_ACC_TTA, M.TEST_MACRO_F1_TTA, *M.CALIBRATION)
+                if key in last})
     # a varied key named like a column above (pretrained, weights) keeps the column's
     # meaning (what was really loaded); its asked-for value is in the variant name
     row.update({key: plain(entry.config.get(key)) for key in varied_keys if key not in row})

@@ -1,0 +1,147 @@
+"""The REST service, started for real on loopback and spoken to with a real HTTP client:
+its predictions are predict.py's, and every bad upload gets a 4xx with a one-line JSON
+error while the server goes on."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, free_port, wait_for_port
+
+
+def _png(size=(40, 40), seed=0) -> bytes:
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _solid_png(size) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (90, 120, 40)).save(buffer, "PNG")  # a few hundred bytes
+    return buffer.getvalue()
+
+
+def _post(url: str, files: list[tuple[str, str, bytes]]) -> tuple[int, dict]:
+    """multipart/form-data by hand: (field, file name, bytes) each."""
+    boundary = uuid.uuid4().hex
+    body = b""
+    for field, name, data in files:
+        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
+                 f"filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                 ).encode() + data + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def _get(url: str) -> tuple[int, dict]:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.status, json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    """An export of a small CNN with calibration, served on a free loopback port with small
+    limits (so that the limits can be met in a test)."""
+    from trainables.deploy import ExportSpec, write_export
+    from trainables.models import create_model
+    from trainables.record import Preprocess
+
+    base = tmp_path_factory.mktemp("serve")
+    import torch
+
+    torch.manual_seed(0)
+    spec = ExportSpec(create_model("small_cnn", 3, "false").build,
+                      Preprocess(32, 36, "bilinear", (0.5,) * 3, (0.25,) * 3),
+                      ["=cell", "b", "c"], {"trial_id": "t", "test_acc": 0.5},
+                      {"temperature": 1.7, "scores": sorted(np.linspace(0.05, 0.95, 40))})
+    write_export(base / "export", spec, spec.build().state_dict())
+    port = free_port()
+    log = base / "server.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen([sys.executable, str(ROOT / "sweeps" / "serve.py"),
+                                   str(base / "export"), "--port", str(port), "--max-bytes",
+                                   "200000", "--max-pixels", "250000"],
+                                  stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(server, port, log)
+        yield f"http://127.0.0.1:{port}", base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_predictions_are_predict_pys_calibrated_with_sets(service, tmp_path):
+    from sweeps import predict
+
+    url, base = service
+    images = tmp_path / "images"
+    images.mkdir()
+    files = []
+    for i in range(3):
+        data = _png(seed=i)
+        (images / f"{i}.png").write_bytes(data)
+        files.append(("images", f"{i}.png", data))
+    status, body = _post(f"{url}/predict?coverage=0.9", files)
+    assert status == 200, body
+    got = {p["file"]: p for p in body["predictions"]}
+    predict.main([str(base / "export"), str(images), "--out", str(tmp_path / "p.csv")])
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "p.csv").set_index("path")
+    for name, row in table.iterrows():
+        served = got[name]["probabilities"]
+        assert served["=cell"] == pytest.approx(row["p_=cell"], abs=1e-5)
+        assert served["b"] == pytest.approx(row["p_b"], abs=1e-5)
+        assert got[name]["class"] == max(served, key=served.get)
+        assert got[name]["set"] and got[name]["class"] in got[name]["set"]
+    status, model = _get(f"{url}/model")
+    assert status == 200 and model["calibration"]["temperature"] == 1.7
+    assert model["classes"] == ["=cell", "b", "c"] and model["runtime"] == "onnx"
+
+
+BAD = {  # what is sent: (files, expected status, words of the one-line error)
+    "not an image": ([("images", "notes.png", b"these are notes")], 415, "not an image"),
+    "truncated image": ([("images", "cut.png", _png()[:120])], 400, "cannot be decoded"),
+    "empty file": ([("images", "empty.png", b"")], 400, "empty file"),
+    "too many bytes": ([("images", "big.png", _png((300, 300)) + b"\0" * 200_000)], 413,
+                       "over the limit of 200000"),
+    "too many pixels": ([("images", "wide.png", _solid_png((600, 500)))], 413,
+                        "600x500 pixels, over the limit"),
+    "missing field": ([("file", "x.png", _png())], 422, "send the images as multipart"),
+    "one bad among good": ([("images", "ok.png", _png()), ("images", "bad.jpg", b"\xff\xd8")],
+                           415, "bad.jpg: not an image"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_a_bad_upload_is_a_4xx_in_one_line_and_the_server_goes_on(service, case):
+    url, _ = service
+    files, expected, words = BAD[case]
+    status, body = _post(f"{url}/predict", files)
+    assert status == expected, body
+    assert set(body) == {"error"} and "\n" not in body["error"] and words in body["error"]
+    assert _get(f"{url}/health") == (200, {"status": "ok"})
+
+
+def test_the_service_listens_on_loopback_unless_told_otherwise():
+    from sweeps import serve
+    from trainables.errors import UserError
+
+    with pytest.raises(UserError, match="not a loopback address"):
+        serve.main(["nowhere", "--host", "0.0.0.0"])

@@ -1,0 +1,230 @@
+"""The REST service of an exported model (sweeps/serve.py): FastAPI, one model loaded once,
+concurrent requests batched.
+
+    POST /predict   multipart, one or several files under ``images``; ?coverage=0.9 adds
+                    each image's prediction set. JSON: per image its class, probability,
+                    every class's probability (calibrated by the trial's temperature) and
+                    the set.
+    GET  /health    {"status": "ok"}
+    GET  /model     the spec: model, classes, preprocessing, the trial's test scores with
+                    their intervals, the calibration, the runtime
+
+Bad input never returns a 500 and never stops the server: a file that is not an image, a
+truncated image, one over the byte or pixel limit, or a request without images each get a
+4xx with a one-line JSON error ``{"error": "..."}``.
+"""
+
+
+import asyncio
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trainables.errors import UserError
+
+MAX_BYTES = 20 * 2**20  # per uploaded file
+MAX_PIXELS = 40_000_000  # per image, width x height, checked before decoding
+MAX_FILES = 64  # per request
+BATCH = 32  # images per model call
+BATCH_WAIT_S = 0.005  # how long the batcher waits for more requests to join a batch
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int = MAX_BYTES
+    max_pixels: int = MAX_PIXELS
+    max_files: int = MAX_FILES
+
+
+class BadUpload(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def decode_upload(data: bytes, name: str, size: int, interpolation: str,
+                  limits: Limits) -> np.ndarray:
+    """An uploaded file as the export decodes it, or BadUpload with the status and why."""
+    from PIL import Image, UnidentifiedImageError
+
+    from trainables.data import decode_image
+
+    if len(data) > limits.max_bytes:
+        raise BadUpload(413, f"{name}: {len(data)} bytes, over the limit of "
+                             f"{limits.max_bytes}")
+    if not data:
+        raise BadUpload(400, f"{name}: empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:  # reads the header only
+            width, height = probe.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise BadUpload(415, f"{name}: not an image this service reads (JPEG, PNG, BMP, "
+                             "WebP, TIFF)") from None
+    if width * height > limits.max_pixels:
+        raise BadUpload(413, f"{name}: {width}x{height} pixels, over the limit of "
+                             f"{limits.max_pixels}")
+    try:
+        return decode_image(io.BytesIO(data), size, interpolation)
+    except Exception as exc:  # truncated, damaged, an unknown intensity scale
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise BadUpload(400, f"{name}: cannot be decoded ({reason})") from None
+
+
+class Batcher:
+    """Runs the model on batches gathered from concurrent requests."""
+
+    def __init__(self, run, batch: int = BATCH, wait_s: float = BATCH_WAIT_S):
+        self.run, self.batch, self.wait_s = run, batch, wait_s
+        self.queue: asyncio.Queue | None = None
+        self.task = None
+
+    async def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self.task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    async def __call__(self, x) -> np.ndarray:
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((x, future))
+        return await future
+
+    async def _loop(self) -> None:
+        import torch
+
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await self.queue.get()]
+            size = len(items[0][0])
+            deadline = loop.time() + self.wait_s
+            while size < self.batch:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), timeout)
+                except asyncio.TimeoutError:
+                    break
+                items.append(item)
+                size += len(item[0])
+            inputs = torch.cat([x for x, _ in items])
+            try:
+                logits = await loop.run_in_executor(None, self.run, inputs)
+            except Exception as exc:  # the model failed on this batch: every caller hears it
+                for _, future in items:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            start = 0
+            for x, future in items:
+                if not future.done():
+                    future.set_result(logits[start:start + len(x)])
+                start += len(x)
+
+
+def create_app(export_dir: str | Path, runtime: str = "onnx", limits: Limits = Limits(),
+               batch: int = BATCH):
+    """The FastAPI app of one export folder."""
+    from fastapi import FastAPI, File, Query, Request, UploadFile
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
+    from trainables.calibration import scaled, sets, threshold
+    from trainables.deploy import load_export, preprocess, runtime_of, softmax
+
+    spec, net = load_export(export_dir)
+    run = runtime_of(Path(export_dir), runtime, spec, net)
+    batcher = Batcher(run, batch)
+    scores = spec.calibration.get("scores") or []
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title=f"visionsweep: {spec.source.get('variant', spec.model.model)}",
+                  lifespan=lifespan)
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        fields = sorted({str(e.get("loc", ["", "?"])[-1]) for e in exc.errors()})
+        return error(422, f"bad request: missing or invalid field(s) {', '.join(fields)}; "
+                          "send the images as multipart files under 'images'")
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception):  # never a bare 500 page
+        return error(500, f"the model failed on this request ({type(exc).__name__})")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/model")
+    async def model():
+        return {"model": spec.model.model, "classes": spec.class_names, "runtime": runtime,
+                "preprocess": {"image_size": spec.image_size, "load_size": spec.load_size,
+                               "interpolation": spec.interpolation},
+                "trial": spec.source,
+                "calibration": {"temperature": spec.temperature,
+                                "method": spec.calibration.get("method", "none"),
+                                "sets": spec.calibration.get("sets", "none"),
+                                "calibration_images": len(scores)}}
+
+    @app.post("/predict")
+    async def predict(images: list[UploadFile] = File(...),
+                      coverage: float | None = Query(None, gt=0, lt=1)):
+        if len(images) > limits.max_files:
+            return error(413, f"{len(images)} files in one request, over the limit of "
+                              f"{limits.max_files}")
+        if coverage is not None and not scores:
+            return error(400, "this export has no calibration for prediction sets; "
+                              "re-export the trial")
+        decoded = []
+        for upload in images:
+            data = await upload.read(limits.max_bytes + 1)
+            try:
+                decoded.append(decode_upload(data, upload.filename or "image", spec.load_size,
+                                             spec.interpolation, limits))
+            except BadUpload as bad:
+                return error(bad.status, str(bad))
+        logits = await batcher(preprocess(np.stack(decoded), spec))
+        probs = scaled(softmax(logits), spec.temperature)
+        chosen = sets(probs, threshold(scores, coverage)) if coverage is not None else None
+        out = []
+        for i, upload in enumerate(images):
+            best = int(probs[i].argmax())
+            item = {"file": upload.filename, "class": spec.class_names[best],
+                    "probability": float(probs[i, best]),
+                    "probabilities": {c: float(p) for c, p in zip(spec.class_names, probs[i])}}
+            if chosen is not None:
+                item["set"] = [c for c, inside in zip(spec.class_names, chosen[i]) if inside]
+                item["coverage"] = coverage
+            out.append(item)
+        return {"predictions": out}
+
+    return app
+
+
+def check_host(host: str, allow_remote: bool) -> None:
+    """Loopback unless the user asks for another address in so many words."""
+    import ipaddress
+
+    if host == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not allow_remote:
+        raise UserError(f"--host {host}: not a loopback address; the service listens on "
+                        "127.0.0.1 unless --allow-remote says otherwise")
