@@ -31,12 +31,19 @@ def main(argv: list[str] | None = None) -> int:
                         default=serving.MAX_PIXELS)
     parser.add_argument("--batch", type=cli.number(int, low=1), default=serving.BATCH,
                         help="images per model call, gathered from concurrent requests")
+    parser.add_argument("--threads", type=cli.number(int, low=1),
+                        help="compute threads of the model (default: the runtime's own)")
     parser.add_argument("--allow-remote", action="store_true",
                         help="let --host be an address other machines reach")
     args = parser.parse_args(argv)
     serving.check_host(args.host, args.allow_remote)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     app = serving.create_app(args.export, args.runtime,
-                             serving.Limits(args.max_bytes, args.max_pixels), args.batch)
+                             serving.Limits(args.max_bytes, args.max_pixels), args.batch,
+                             args.threads)
     import uvicorn
 
     print(f"serving {args.export} ({args.runtime}) on http://{args.host}:{args.port}",

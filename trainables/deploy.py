@@ -186,10 +186,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def runtime_of(folder: Path, runtime: str, spec: ExportSpec, net: nn.Module | None = None):
+def runtime_of(folder: Path, runtime: str, spec: ExportSpec, net: nn.Module | None = None,
+               threads: int | None = None):
     """A function from the network's input (a float tensor) to main-head logits (numpy),
     run by ``runtime``: torch (the rebuilt network), export (the torch.export program) or
-    onnx (ONNX Runtime, on the CPU)."""
+    onnx (ONNX Runtime, on the CPU; ``threads``: its intra-op threads, default its own)."""
     folder = Path(folder)
     if runtime == "torch":
         if net is None:
@@ -220,8 +221,12 @@ def runtime_of(folder: Path, runtime: str, spec: ExportSpec, net: nn.Module | No
         return run
     import onnxruntime
 
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
     try:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(str(path), options,
+                                               providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise UserError(f"{path}: not an ONNX model ONNX Runtime reads "
                         f"({str(exc).splitlines()[0][:120]}); re-export the trial") from None

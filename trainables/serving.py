@@ -127,7 +127,7 @@ class Batcher:
 
 
 def create_app(export_dir: str | Path, runtime: str = "onnx", limits: Limits = Limits(),
-               batch: int = BATCH):
+               batch: int = BATCH, threads: int | None = None):
     """The FastAPI app of one export folder."""
     from fastapi import FastAPI, File, Query, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
@@ -137,7 +137,7 @@ def create_app(export_dir: str | Path, runtime: str = "onnx", limits: Limits = L
     from trainables.deploy import load_export, preprocess, runtime_of, softmax
 
     spec, net = load_export(export_dir)
-    run = runtime_of(Path(export_dir), runtime, spec, net)
+    run = runtime_of(Path(export_dir), runtime, spec, net, threads)
     batcher = Batcher(run, batch)
     scores = spec.calibration.get("scores") or []
 
