@@ -5,10 +5,10 @@
 Members are chosen on the validation split only (ranked by validation loss; greedy selection
 scores on validation; stacking's meta-model is fit and cross-validated inside validation)
 and every ensemble is scored once on the test split. Members vote with calibrated
-probabilities: each at the temperature it fits on validation (trainables/calibration.py). The table (best single model vs soft
-vote, hard vote, stacking and greedy selection, with members and weights, 95%
-intervals and McNemar's test against the best single model) is printed and saved as
-ensembles.csv / ensembles.md in the experiment folder.
+probabilities: each at the temperature it fits on validation (trainables/calibration.py).
+The table (best single model vs soft vote, hard vote, stacking and greedy selection, with
+members and weights, 95% intervals and McNemar's test against the best single model) is
+printed and saved as ensembles.csv / ensembles.md in the experiment folder.
 
 A cross-validated experiment (run.py --folds) builds the ensembles fold by fold, each from
 that fold's trials, chosen on its validation images and scored on its test images; each
@@ -21,14 +21,13 @@ import sys
 import numpy as np
 import pandas as pd
 
-from sweeps.experiment.files import ENSEMBLES_CSV, ENSEMBLES_MD
 from sweeps import cli
+from sweeps.experiment.files import ENSEMBLES_CSV, ENSEMBLES_MD
 from sweeps.experiment.folder import TrialPredictions, load_experiment, load_trials
 from sweeps.experiment.storage import write_atomic
-from trainables.csvcells import guarded
 from trainables import evaluation as E
+from trainables.csvcells import guarded
 from trainables.errors import UserError
-
 
 
 def score_row(name: str, members: list[TrialPredictions], weights, predicted_val, predicted_test,

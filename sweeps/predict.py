@@ -20,10 +20,10 @@ import pandas as pd
 
 from sweeps import cli
 from sweeps.experiment.storage import write_atomic
-from trainables.data import IMAGE_EXTENSIONS, decode_image, scan, shown
 from trainables.calibration import sets, threshold
-from trainables.deploy import RUNTIMES, load_export, preprocess, runtime_of, softmax
 from trainables.csvcells import guarded
+from trainables.data import IMAGE_EXTENSIONS, decode_image, scan, shown
+from trainables.deploy import RUNTIMES, load_export, preprocess, runtime_of, softmax
 from trainables.errors import UserError
 
 

@@ -25,15 +25,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sweeps.experiment.files import REPORT_DIR
 from sweeps import cli
 from sweeps.analysis import sections as sections_of
+from sweeps.analysis.plots import (
+    accuracy_by_group,
+    accuracy_chart,
+    confusion_figure,
+    learning_curves,
+    pyplot,
+)
 from sweeps.driver.claim import within
-from sweeps.experiment.folder import Experiment, TrialPredictions, load_experiment, load_trial
-from sweeps.analysis.plots import (accuracy_by_group, accuracy_chart, confusion_figure,
-                          learning_curves, pyplot)
-from sweeps.experiment.tables import with_intervals
+from sweeps.experiment.files import REPORT_DIR
+from sweeps.experiment.folder import (
+    Experiment,
+    TrialPredictions,
+    load_experiment,
+    load_trial,
+)
 from sweeps.experiment.storage import write_atomic
+from sweeps.experiment.tables import with_intervals
 from trainables import evaluation as E
 from trainables import metrics as M
 from trainables.errors import UserError

@@ -13,15 +13,28 @@ import json
 import os
 import signal
 import sys
+from dataclasses import replace
 
-from sweeps.experiment.files import DATA_REPORT, SPLIT_CSV, SWEEP_JSON
 from sweeps import cli
 from sweeps.driver.claim import check_data_apart, check_new
-from sweeps.driver.cluster import (check_reachable, cluster_nodes, local_resources, resources,
-                            start_ray)
+from sweeps.driver.cluster import (
+    check_reachable,
+    cluster_nodes,
+    local_resources,
+    resources,
+    start_ray,
+)
 from sweeps.driver.interrupt import GracefulStop
-from sweeps.driver.spec import (SMOKE_IMAGES_PER_CLASS, Sweep, SweepSpec, check_same_data,
-                         resolve, resumed)
+from sweeps.driver.spec import (
+    SMOKE_IMAGES_PER_CLASS,
+    Sweep,
+    SweepSpec,
+    check_same_data,
+    resolve,
+    resumed,
+)
+from sweeps.experiment.files import DATA_REPORT, SPLIT_CSV, SWEEP_JSON
+from sweeps.experiment.redact import redact, usable
 from trainables.data import resolve_data
 
 ZERO = cli.number(int, low=0)
@@ -97,6 +110,11 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
     from sweeps.experiment.tables import finish
     from trainables.data import split_csv
 
+    if sweep.spec.tracking and redact(sweep.spec.tracking) != sweep.spec.tracking:
+        # the password stays in this process's environment; everything that is recorded
+        # or pickled (Tune pickles the sweep with its callbacks) holds the masked URI
+        os.environ["MLFLOW_TRACKING_URI"] = sweep.spec.tracking
+        sweep = replace(sweep, spec=replace(sweep.spec, tracking=redact(sweep.spec.tracking)))
     spec, store, cfgs = sweep.spec, sweep.store, sweep.plan.configs
     models = tuple(c.model for c in cfgs)
     concurrent = min(spec.max_concurrent or sweep.plan.trials, sweep.plan.trials)
@@ -107,7 +125,7 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
     if spec.tracking:
         from sweeps.sinks import tracking
 
-        tracking.check(spec.tracking)
+        tracking.check(usable(spec.tracking))
     handle, data_report = prepare_data(spec, cfgs)
     if spec.resume:
         check_same_data(store, handle.digest, data_report["root"])

@@ -176,7 +176,11 @@ def exported_probabilities(fitted, tmp_path, handle) -> tuple[np.ndarray, np.nda
     return predictions["test_probs"], predicted
 
 
-CASES = [(model, False, pretrained) for model in TORCHVISION for pretrained in (False, True)]
+# every torchvision model from random initialisation; from seeded pretrained weights, the
+# two whose network changes with them (GoogLeNet's input transform) or that the README's
+# study uses (MobileNetV2): the others load the same way (test_models checks each load)
+CASES = [(model, False, False) for model in TORCHVISION]
+CASES += [("mobilenet_v2", False, True)]
 CASES += [("googlenet", True, False), ("googlenet", True, True), ("small_cnn", False, False),
           ("timm/resnet10t", False, False)]
 

@@ -21,14 +21,14 @@ from torch.utils.data import RandomSampler, WeightedRandomSampler
 
 from trainables import metrics as M
 from trainables.batches import Normalize, centre_crop, image_placement, training_batches
-from trainables.config import TrialConfig
 from trainables.calibration import calibrate
+from trainables.config import TrialConfig
 from trainables.evaluation import accuracy, macro_f1, test_summary
-from trainables.models import Net
 from trainables.losses import create_loss
+from trainables.models import Net
 from trainables.optim import create_optimizer, create_schedule
-from trainables.strategies import Strategy
 from trainables.record import Preprocess
+from trainables.strategies import Strategy
 
 
 @dataclass

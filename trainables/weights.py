@@ -80,8 +80,10 @@ def check_data_only(path: Path) -> None:
     (memory-mapped: no second copy in memory); a missing file is torchvision's to fetch."""
     if not path.is_file():
         return
-    try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    import zipfile
+
+    try:  # memory-mapped where the format allows (torchvision's older files predate it)
+        torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as exc:
         reason = unpickling_reason(exc)
         raise UserError(f"{path}: not a plain weights file ({reason}); it may have been "

@@ -43,8 +43,11 @@ def importance(experiment: Experiment, seed: int = 0) -> Importance:
     fANOVA and by PED-ANOVA (optuna.importance), on a study made of the finished trials:
     no new search. Seeds count as a setting: their share is what noise alone explains."""
     import optuna
-    from optuna.importance import (FanovaImportanceEvaluator, PedAnovaImportanceEvaluator,
-                                   get_param_importances)
+    from optuna.importance import (
+        FanovaImportanceEvaluator,
+        PedAnovaImportanceEvaluator,
+        get_param_importances,
+    )
 
     results = experiment.results()
     keys = [k for k in experiment.varied if k in results and results[k].nunique() > 1]

@@ -8,13 +8,12 @@ from typing import Callable
 
 import pandas as pd
 
-from sweeps.analysis import insight
-from sweeps.analysis import plots
-from sweeps.experiment.folder import Experiment, load_trial
+from sweeps.analysis import insight, plots
 from sweeps.experiment.files import COSTS_CSV
+from sweeps.experiment.folder import Experiment, load_trial
 from sweeps.experiment.storage import write_atomic
-from trainables.csvcells import guarded
 from trainables import metrics as M
+from trainables.csvcells import guarded
 from trainables.errors import UserError
 
 Section = tuple[str, str]  # (title, HTML)

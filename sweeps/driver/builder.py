@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sweeps.experiment.files import OPTUNA_JOURNAL
 from sweeps.driver.plan import create_searcher
 from sweeps.driver.spec import Sweep
+from sweeps.experiment.files import OPTUNA_JOURNAL
 from sweeps.experiment.redact import redact
 from trainables import metrics as M
 from trainables.data import DataHandle
@@ -51,8 +51,8 @@ def build_tuner(sweep: Sweep, handle: DataHandle, unavailable: tuple[str, ...],
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from sweeps.sinks.progress import ProgressLines
     from sweeps.driver.recorder import TrialRecorder
+    from sweeps.sinks.progress import ProgressLines
     from sweeps.sinks.progress_csv import ProgressCsv
     from sweeps.sinks.tensorboard import TensorBoardSink
 

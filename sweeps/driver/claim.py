@@ -23,7 +23,6 @@ from sweeps.experiment.redact import redact_all
 from sweeps.experiment.storage import Store
 from trainables.errors import UserError
 
-
 _HELD: list = []  # open lock files of this process: the lock lasts as long as the driver
 
 

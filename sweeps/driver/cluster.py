@@ -7,7 +7,6 @@ from pathlib import Path
 
 from trainables.errors import UserError
 
-
 CONNECT_TIMEOUT_S = 10.0
 
 

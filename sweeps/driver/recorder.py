@@ -16,9 +16,9 @@ from typing import Callable
 
 from ray.tune import Callback
 
-from sweeps.experiment.tables import plain, trial_row, write_tables
 from sweeps.experiment.files import PROGRESS_CSV
 from sweeps.experiment.storage import Store
+from sweeps.experiment.tables import plain, trial_row, write_tables
 from sweeps.sinks.base import TrialEntry
 from trainables import metrics as M
 from trainables.faults import DRIVER_SIGNALS, GROUP_SIGNALS, die, fault

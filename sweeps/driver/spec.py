@@ -10,8 +10,8 @@ import time
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from sweeps.experiment.files import SPLIT_CSV, SWEEP_JSON
 from sweeps.driver.plan import Plan, make_plan
+from sweeps.experiment.files import SPLIT_CSV, SWEEP_JSON
 from sweeps.experiment.folder import read_sweep_json
 from sweeps.experiment.redact import redact, usable
 from sweeps.experiment.storage import Store

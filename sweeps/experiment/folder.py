@@ -16,10 +16,9 @@ import pandas as pd
 from sweeps.experiment.files import RESULTS_CSV, SPLIT_CSV, SWEEP_JSON
 from sweeps.experiment.storage import Store
 from trainables import checkpoint
-from trainables.csvcells import unguarded
 from trainables import metrics as M
+from trainables.csvcells import unguarded
 from trainables.errors import UserError
-
 
 
 @dataclass

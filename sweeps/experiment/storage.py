@@ -14,7 +14,6 @@ from trainables.errors import UserError
 from trainables.faults import before_write
 
 
-
 def write_atomic(path: Path, text: str) -> None:
     """Write via a temp file beside ``path`` and rename: a reader never sees half a file, and
     a failed write leaves no temp file behind."""

@@ -19,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from sweeps.sinks.base import Sink
 from sweeps.experiment.files import ARTIFACTS, TRACKING_FILE
 from sweeps.experiment.redact import redact, usable
 from sweeps.experiment.storage import Store
+from sweeps.sinks.base import Sink
 from trainables import metrics as M
 from trainables.errors import UserError
 
@@ -35,6 +35,8 @@ def _client(uri: str):
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     from mlflow.tracking import MlflowClient
 
+    if redact(uri) != uri:  # MLflow prints each run's link with the URI as given
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     return MlflowClient(tracking_uri=uri)
 
 
@@ -71,7 +73,11 @@ class Tracking(Sink):
 
     def __init__(self, uri: str, store: Store, experiment: str, run_name: str,
                  params: dict, tags: dict):
-        self.uri, self.store = uri, store
+        # the object goes into Ray Tune's pickled experiment state: it keeps the URI with
+        # its password masked, the password itself only in this process's environment
+        if redact(uri) != uri:
+            os.environ["MLFLOW_TRACKING_URI"] = uri
+        self.uri, self.store = redact(uri), store
         self.experiment, self.run_name = experiment, run_name
         self.params, self.tags = params, tags
         self.state: dict | None = None  # uri, experiment_id, parent_run_id, trials
@@ -83,7 +89,7 @@ class Tracking(Sink):
         """The sweep's parent run: made once, found again on --resume (tracking.json)."""
         if self.state is not None:
             return self.state
-        client = _client(self.uri)
+        client = _client(usable(self.uri))
         if self.store.exists(TRACKING_FILE):
             self.state = json.loads(self.store.read_text(TRACKING_FILE))
             client.update_run(self.state["parent_run_id"], status="RUNNING")
@@ -95,7 +101,7 @@ class Tracking(Sink):
                                 tags={**self.tags, "visionsweep.kind": "sweep"})
         for key, value in self.params.items():
             client.log_param(run.info.run_id, key, _param_value(value))
-        self.state = {"uri": redact(self.uri), "experiment_id": experiment_id,
+        self.state = {"uri": self.uri, "experiment_id": experiment_id,
                       "parent_run_id": run.info.run_id, "trials": {}}
         self._save()
         return self.state
@@ -123,9 +129,9 @@ class Tracking(Sink):
         state = self._open()
         run_id = state["trials"].get(entry.trial_id)
         if run_id:  # resumed: its own run goes on
-            _client(self.uri).update_run(run_id, status="RUNNING")
+            _client(usable(self.uri)).update_run(run_id, status="RUNNING")
             return run_id
-        client = _client(self.uri)
+        client = _client(usable(self.uri))
         seed = entry.config.get("seed", 0)
         run = client.create_run(
             state["experiment_id"], run_name=f"{entry.variant} s{seed} {entry.trial_id}",
@@ -153,7 +159,7 @@ class Tracking(Sink):
 
     def _log(self, entry, result: dict) -> None:
         metrics = _metrics(result, M.SCALARS, int(result.get(M.EPOCH, 0)))
-        _client(self.uri).log_batch(self._run_id(entry), metrics=metrics)
+        _client(usable(self.uri)).log_batch(self._run_id(entry), metrics=metrics)
 
     def end(self, entry) -> None:
         self._safely(self._finish, entry)
@@ -161,7 +167,7 @@ class Tracking(Sink):
     def _finish(self, entry) -> None:
         from mlflow.entities import RunTag
 
-        client, run_id = _client(self.uri), self._run_id(entry)
+        client, run_id = _client(usable(self.uri)), self._run_id(entry)
         last = entry.last
         keys = (*M.TEST_INTERVALS, M.TEST_ACC_TTA, M.TEST_MACRO_F1_TTA, *M.COSTS, M.BEST_EPOCH)
         metrics = _metrics(last, keys, int(last.get(M.EPOCH, 0)))
@@ -177,7 +183,7 @@ class Tracking(Sink):
 
     def _close(self) -> None:
         state = self._open()
-        client = _client(self.uri)
+        client = _client(usable(self.uri))
         with tempfile.TemporaryDirectory() as folder:
             for name in ARTIFACTS:
                 if self.store.exists(name):

@@ -12,7 +12,12 @@ import numpy as np
 from trainables.csvcells import cell
 from trainables.data.decode import content_digest, decode_cached, file_hashes
 from trainables.data.source import SPLITS, DataSource, check_classes, subset
-from trainables.data.split import SKIPPED, fold_splits, stratified_folds, stratified_split
+from trainables.data.split import (
+    SKIPPED,
+    fold_splits,
+    stratified_folds,
+    stratified_split,
+)
 from trainables.errors import UserError
 
 
