@@ -2,8 +2,9 @@
 
 Temperature scaling (Guo et al., 2017): one number T, fit on the validation split by
 minimising the negative log-likelihood of softmax(log p / T) (scipy's bounded scalar
-minimiser over log T); T > 1 softens an over-confident network. It changes no prediction,
-only how sure each one claims to be. The expected calibration error (ECE: the
+minimiser over log T, within [e^-4, e^4]: a network at chance, whose best temperature is
+infinite, gets e^4 = 54.6); T > 1 softens an over-confident network. It changes no
+prediction, only how sure each one claims to be. The expected calibration error (ECE: the
 support-weighted gap between confidence and accuracy over 15 equal-width confidence bins)
 is measured on the test split before and after. It is written here (a dozen lines):
 scikit-learn's calibration_curve is binary only and no library of this project's stack
