@@ -43,41 +43,38 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     """The temperature that minimises the validation negative log-likelihood."""
     from scipy.optimize import minimize_scalar
 
+    from trainables.evaluation import log_loss
+
     labels = np.asarray(labels)
     if not len(labels):
         return 1.0
 
     def nll(log_t: float) -> float:
-        p = scaled(probs, math.exp(log_t))
-        return float(-np.mean(np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, 1))))
+        return log_loss(labels, scaled(probs, math.exp(log_t)))
 
     found = minimize_scalar(nll, bounds=(-4.0, 4.0), method="bounded",
                             options={"xatol": 1e-4})
     return float(math.exp(found.x))
 
 
-def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
-    """Expected calibration error of the top-class confidence."""
-    probs, labels = np.asarray(probs), np.asarray(labels)
-    if not len(labels):
-        return float("nan")
-    confidence, predicted = probs.max(1), probs.argmax(1)
-    correct = (predicted == labels).astype(np.float64)
-    which = np.minimum((confidence * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        inside = which == b
-        if inside.any():
-            total += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
-    return float(total)
-
-
 def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS):
-    """Per confidence bin: (mean confidence, accuracy, count), for a reliability diagram."""
+    """Per non-empty confidence bin: (mean confidence, accuracy, count), for a reliability
+    diagram and the ECE."""
+    probs, labels = np.asarray(probs), np.asarray(labels)
     confidence, correct = probs.max(1), (probs.argmax(1) == labels)
     which = np.minimum((confidence * bins).astype(int), bins - 1)
     return [(float(confidence[which == b].mean()), float(correct[which == b].mean()),
              int((which == b).sum())) for b in range(bins) if (which == b).any()]
+
+
+def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Expected calibration error of the top-class confidence: the support-weighted gap
+    between accuracy and confidence over the reliability diagram's bins."""
+    if not len(labels):
+        return float("nan")
+    return float(sum(count * abs(accuracy - confidence)
+                     for confidence, accuracy, count in reliability(probs, labels, bins))
+                 / len(labels))
 
 
 def scores(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -108,12 +108,11 @@ def calibration(experiment: Experiment, trial, out: Path,
     validation, with the expected calibration error of each."""
     from trainables import calibration as C
 
-    temperature = C.fit_temperature(trial.val_probs, experiment.val_labels)
+    found = C.calibrate(trial.val_probs, experiment.val_labels, trial.test_probs,
+                        experiment.test_labels)
+    temperature, eces = found["temperature"], (found["ece"], found["ece_calibrated"])
     before = C.reliability(trial.test_probs, experiment.test_labels)
-    scaled = C.scaled(trial.test_probs, temperature)
-    after = C.reliability(scaled, experiment.test_labels)
-    eces = (C.ece(trial.test_probs, experiment.test_labels),
-            C.ece(scaled, experiment.test_labels))
+    after = C.reliability(C.scaled(trial.test_probs, temperature), experiment.test_labels)
     plots.reliability_figure(before, after, temperature, eces, out / "reliability.png")
     text = (f"<p>{html.escape(trial.variant)} [{html.escape(trial.trial_id)}]: temperature "
             f"{temperature:.3f}, fit on the validation split; expected calibration error on "
