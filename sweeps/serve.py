@@ -14,7 +14,9 @@ from __future__ import annotations
 import sys
 
 from sweeps import cli
+from sweeps.driver.cluster import is_loopback
 from trainables.deploy import RUNTIMES
+from trainables.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-remote", action="store_true",
                         help="let --host be an address other machines reach")
     args = parser.parse_args(argv)
-    serving.check_host(args.host, args.allow_remote)
+    if not is_loopback(args.host) and not args.allow_remote:
+        raise UserError(f"--host {args.host}: not a loopback address; the service listens on "
+                        "127.0.0.1 unless --allow-remote says otherwise")
     if args.threads:
         import torch
 

@@ -22,8 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.errors import UserError
-
 MAX_BYTES = 20 * 2**20  # per uploaded file
 MAX_PIXELS = 40_000_000  # per image, width x height, checked before decoding
 MAX_FILES = 64  # per request
@@ -214,17 +212,3 @@ def create_app(export_dir: str | Path, runtime: str = "onnx", limits: Limits = L
 
     return app
 
-
-def check_host(host: str, allow_remote: bool) -> None:
-    """Loopback unless the user asks for another address in so many words."""
-    import ipaddress
-
-    if host == "localhost":
-        return
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback and not allow_remote:
-        raise UserError(f"--host {host}: not a loopback address; the service listens on "
-                        "127.0.0.1 unless --allow-remote says otherwise")

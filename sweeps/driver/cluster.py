@@ -81,17 +81,21 @@ def start_ray(address: str | None):
                         f"({str(exc).splitlines()[0][:160]})") from None
 
 
-def _on_loopback(address: str) -> bool:
-    """A cluster on this machine's loopback (127.0.0.0/8, localhost, ::1)."""
+def is_loopback(host: str) -> bool:
+    """This machine's loopback: localhost, 127.0.0.0/8, ::1."""
     import ipaddress
 
-    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _on_loopback(address: str) -> bool:
+    """A cluster address (HOST:PORT, or a URI) on this machine's loopback."""
+    return is_loopback(address.split("://")[-1].rsplit(":", 1)[0])
 
 
 def _loopback_only(local: bool) -> None:
