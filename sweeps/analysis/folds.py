@@ -151,8 +151,7 @@ def verdict(ranked: pd.DataFrame, pairs: pd.DataFrame) -> str:
         return f"{best['variant']}: {score} (one variant: nothing to compare it with)"
     head = f"{best['variant']} is best ({score})"
     second = ranked.iloc[1]["variant"]
-    row = pairs[((pairs["a"] == best["variant"]) & (pairs["b"] == second))
-                | ((pairs["a"] == second) & (pairs["b"] == best["variant"]))].iloc[0]
+    row = _pair(pairs, best["variant"], second).iloc[0]
     how = "is" if row["separated"] else "is not"
     return (f"{head}; its lead over {second} {how} distinguishable (McNemar p = "
             f"{row['p']:.3g}, Holm-corrected p = {row['p_holm']:.3g} over {len(pairs)} "
@@ -192,8 +191,13 @@ def ranking_figure(ranked: pd.DataFrame, pairs: pd.DataFrame, path) -> None:
     plt.close(fig)
 
 
+def _pair(pairs: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """The row of the pair a, b (in either order), or none."""
+    return pairs[((pairs["a"] == a) & (pairs["b"] == b)) | ((pairs["a"] == b) & (pairs["b"] == a))]
+
+
 def _separated(pairs: pd.DataFrame, a: str, b: str) -> bool:
-    row = pairs[((pairs["a"] == a) & (pairs["b"] == b)) | ((pairs["a"] == b) & (pairs["b"] == a))]
+    row = _pair(pairs, a, b)
     return bool(row["separated"].iloc[0]) if len(row) else False
 
 
