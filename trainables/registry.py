@@ -3,9 +3,10 @@
 so a new optimizer, loss, schedule, strategy or augmentation recipe is one function.
 
 Each registry is filed under its config key, so the config checks a name against
-``choices()`` without importing the factories (they import the config for its type): the
-package's ``__init__`` imports every factory module, as timm's model modules register
-themselves on import."""
+``choices()`` without importing the factories (they import the config for its type).
+``choices()`` loads the factory modules named in FACTORIES on its first call, so that their
+registries are full: a command that checks no config (--help, --list-spaces, a bad flag)
+does not pay for importing torch."""
 from __future__ import annotations
 
 import difflib
@@ -16,10 +17,17 @@ from trainables.errors import UserError
 T = TypeVar("T")
 
 _BY_KEY: dict[str, "Registry"] = {}
+# the modules whose factories register names of config keys
+FACTORIES = ("trainables.augment", "trainables.losses", "trainables.optim",
+             "trainables.strategies")
 
 
 def choices() -> dict[str, tuple[str, ...]]:
     """Every checked config key's allowed values: its registry's names."""
+    import importlib
+
+    for module in FACTORIES:  # each registers as it is imported (once; cached after)
+        importlib.import_module(module)
     return {key: registry.names() for key, registry in _BY_KEY.items()}
 
 
