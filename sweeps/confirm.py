@@ -106,7 +106,7 @@ def confirm(source: str, top: int, folds: int, seeds: int, storage: str | None,
     if pooled and any(not np.array_equal(p.ids, pooled[0].ids) for p in pooled):
         raise UserError(f"{folder}: the variants were tested on different images; "
                         "not comparing them")
-    settled = settle(pooled, len(experiment.class_names), folder, left_out)
+    settled = settle(pooled, experiment.class_names, folder, left_out)
     print()
     print(show(settled))
     for reason in left_out:

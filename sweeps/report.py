@@ -248,7 +248,7 @@ def _out_of_fold(experiment: Experiment, out: Path, fold: int) -> tuple[list, li
 
     pooled, left_out = out_of_fold(experiment)
     out.mkdir(parents=True, exist_ok=True)
-    settled = settle(pooled, len(experiment.class_names), out, left_out)
+    settled = settle(pooled, experiment.class_names, out, left_out)
     parts = [f"<p><b>{html.escape(settled.line)}</b></p>"]
     if not settled.ranked.empty:
         parts += [settled.ranked.to_html(index=False, float_format="%.4f"),

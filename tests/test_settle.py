@@ -101,6 +101,10 @@ def test_a_folded_sweep_scores_every_image_once_and_confirm_ends_with_a_verdict(
             saved = np.load(sorted(trial_dir.glob("checkpoint_*"))[-1] / "predictions.npz")
             correct += int((saved["test_probs"].argmax(1) == saved["test_labels"]).sum())
         assert row["oof_acc"] == pytest.approx(correct / 18)
+        # per-class recall out of fold: weighted by the classes' sizes, it is the accuracy
+        sizes = split.groupby("class")["path"].count()
+        assert sum(row[f"recall_{c}"] * n for c, n in sizes.items()) / 18 == \
+            pytest.approx(row["oof_acc"])
         assert row["oof_acc_low"] < row["oof_acc"] or row["oof_acc"] == 0
     assert "out-of-fold accuracy" in done.stdout
     # threads not set: each trial's CPU share (the session head's 2 CPUs over 2 trials),

@@ -80,10 +80,14 @@ def out_of_fold(experiment: Experiment) -> tuple[list[OutOfFold], list[str]]:
     return pooled, left_out
 
 
-def table(pooled: list[OutOfFold], num_classes: int) -> pd.DataFrame:
+def table(pooled: list[OutOfFold], class_names: list[str]) -> pd.DataFrame:
     """Per variant: out-of-fold accuracy and macro-F1 with intervals over all N images (the
-    mean over seeds, with the interval of the median seed), and the spread over folds and
-    seeds. Ranked by mean validation loss: chosen on validation, never on test."""
+    mean over seeds, with the interval of the median seed), the spread over folds and
+    seeds, and each class's out-of-fold recall (mean over seeds). Ranked by mean validation
+    loss: chosen on validation, never on test."""
+    from sklearn.metrics import recall_score
+
+    num_classes = len(class_names)
     rows = []
     for variant in sorted({p.variant for p in pooled}):
         runs = [p for p in pooled if p.variant == variant]
@@ -104,6 +108,9 @@ def table(pooled: list[OutOfFold], num_classes: int) -> pd.DataFrame:
             "oof_macro_f1_low": scores[middle][3][0], "oof_macro_f1_high": scores[middle][3][1],
             "fold_acc_mean": float(np.mean(folds)), "fold_acc_std": float(np.std(folds)),
             "fold_acc_min": float(np.min(folds)), "fold_acc_max": float(np.max(folds)),
+            **{f"recall_{name}": float(value) for name, value in zip(class_names, np.mean(
+                [recall_score(p.labels, p.predicted, labels=list(range(num_classes)),
+                              average=None, zero_division=0) for p in runs], axis=0))},
         })
     return pd.DataFrame(rows).sort_values(["val_loss", "variant"]).reset_index(drop=True)
 
@@ -209,13 +216,13 @@ class Settled:
     left_out: list[str]
 
 
-def settle(pooled: list[OutOfFold], num_classes: int, out, left_out=()) -> Settled:
+def settle(pooled: list[OutOfFold], class_names: list[str], out, left_out=()) -> Settled:
     """Rank, test every pair, and write results_oof.csv, pairs.csv, verdict.md and
     ranking.png into ``out``."""
     from pathlib import Path
 
     out = Path(out)
-    ranked = table(pooled, num_classes) if pooled else pd.DataFrame()
+    ranked = table(pooled, class_names) if pooled else pd.DataFrame()
     pairs = pairwise(pooled, ranked["variant"].tolist()) if pooled else pd.DataFrame()
     line = verdict(ranked, pairs)
     if not ranked.empty:
@@ -235,7 +242,7 @@ def settle(pooled: list[OutOfFold], num_classes: int, out, left_out=()) -> Settl
 def settle_experiment(experiment: Experiment) -> Settled:
     """A cross-validated experiment's own verdict, written into its folder."""
     pooled, left_out = out_of_fold(experiment)
-    return settle(pooled, len(experiment.class_names), experiment.root, left_out)
+    return settle(pooled, experiment.class_names, experiment.root, left_out)
 
 
 def show(settled: Settled) -> str:
