@@ -172,8 +172,13 @@ def test_a_local_sweeps_ray_listens_on_loopback_only():
 
     from sweeps.driver.cluster import start_ray
 
+    name = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+    before = os.environ.get(name)
     start_ray(None)
     try:
+        # the switch that keeps it on loopback reached Ray's processes, not the caller's
+        # environment: a `ray start` from this process later must still make a cluster
+        assert os.environ.get(name) == before
         ports = _listening(_descendants(os.getpid()))
         assert len(ports) >= 3, ports  # the GCS, the raylet, the workers at least
         outside = [p for p in ports if not ipaddress.ip_address(p.rsplit(":", 1)[0]).is_loopback]

@@ -66,11 +66,11 @@ def start_ray(address: str | None):
     try:
         # "local": always a fresh instance for this run, never a cluster that `ray start`
         # left recorded on this machine (possibly long dead)
-        _loopback_only(not address or _on_loopback(address))
-        if address:
-            return ray.init(address=address, **kwargs)
-        with _own_process_group():
-            context = ray.init(address="local", **kwargs)
+        with _loopback_only(not address or _on_loopback(address)):
+            if address:
+                return ray.init(address=address, **kwargs)
+            with _own_process_group():
+                context = ray.init(address="local", **kwargs)
         # a local instance of ours: it must not outlive this process
         from sweeps.driver import reaper
 
@@ -98,20 +98,32 @@ def _on_loopback(address: str) -> bool:
     return is_loopback(address.split("://")[-1].rsplit(":", 1)[0])
 
 
-def _loopback_only(local: bool) -> None:
+@contextmanager
+def _loopback_only(local: bool):
     """A local Ray instance of ours listens on 127.0.0.1 only: Ray takes a node's outward
     address even when told 127.0.0.1, and binds its servers to it or to every interface,
     unless clusters are off (its setting for laptops), which makes its node address the
-    loopback one. Set here and in the environment its processes inherit; also for a
-    cluster on this machine's loopback (started so); undone before another cluster is
-    joined, whose nodes must reach this driver."""
+    loopback one. Set in Ray's constants for this driver and, while Ray starts, in the
+    environment its processes inherit (then put back: a later `ray start` from this
+    process, say a notebook's, must not find clusters turned off); also for a cluster on
+    this machine's loopback (started so); undone before another cluster is joined, whose
+    nodes must reach this driver."""
     from ray._private import ray_constants
 
+    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    before = os.environ.get(name)
     ray_constants.ENABLE_RAY_CLUSTER = not local
     if local:
-        os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+        os.environ[name] = "0"
     else:
-        os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
+        os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def local_resources() -> list[dict[str, float]]:
