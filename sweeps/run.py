@@ -130,12 +130,12 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
     if spec.resume:
         check_same_data(store, handle.digest, data_report["root"])
     unavailable = check_weights(cfgs)
+    start_ray(spec.address)  # it, too, can fail (no room for its temporary folder)
     # every input is checked: the experiment folder is claimed before anything is written
     if spec.resume:
         claim_resumed(store)
     else:
         claim_new(store, spec.overwrite, command)
-    start_ray(spec.address)
     if spec.address:
         per_trial = resources(spec.cpus_per_trial, spec.gpus_per_trial, cluster_nodes(),
                               models, concurrent)

@@ -66,7 +66,13 @@ def start_ray(address: str | None):
     try:
         # "local": always a fresh instance for this run, never a cluster that `ray start`
         # left recorded on this machine (possibly long dead)
-        with _loopback_only(not address or _on_loopback(address)):
+        from ray._common.utils import get_default_ray_temp_dir
+
+        from trainables.data.decode import writes_into
+
+        setting = "RAY_TMPDIR" if "RAY_TMPDIR" in os.environ else "TMPDIR"
+        with writes_into(Path(get_default_ray_temp_dir()), "Ray's temporary folder", setting), \
+                _loopback_only(not address or _on_loopback(address)):
             if address:
                 return ray.init(address=address, **kwargs)
             with _own_process_group():

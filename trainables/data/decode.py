@@ -3,6 +3,8 @@ keyed by the files' content; trials on a node memory-map that one file instead o
 again."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -19,6 +21,8 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image, ImageOps
 
+from trainables.errors import UserError
+
 CACHE_VERSION = 1
 
 
@@ -31,16 +35,42 @@ def default_cache_dir() -> Path:
     return Path(base) / "visionsweep"
 
 
+# a write into the cache that failed for a reason of the place, not of the data
+_PLACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                 errno.ENOTDIR, errno.ENOENT}
+
+
+@contextlib.contextmanager
+def writes_into(place: Path, what: str = "cache", setting: str = "VISIONSWEEP_CACHE"):
+    """Writes into the folder ``place`` (the cache; Ray's temporary folder): a full,
+    read-only or unwritable place ends in one line that names it and the fix, not a
+    traceback."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _PLACE_ERRNOS:
+            raise
+        fix = ("free some space there" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+               else "make it writable")
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(place) else ""
+        raise UserError(f"{what} {place}: {exc.strerror or exc}{where}; {fix}, or set "
+                        f"{setting} to a writable folder with room") from None
+
+
 def ordered_map(work: Callable, items, workers: int | None = None, window: int = 256):
     """``map(work, items)`` on a thread pool, in order, with at most ``window`` items in
-    flight: memory stays bounded however many items there are."""
+    flight: memory stays bounded however many items there are. Closed early (an error, a
+    Ctrl-C in the consumer), it cancels what has not started and waits for what has."""
     items = iter(items)
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2)
+    try:
         pending = deque(pool.submit(work, item) for item in islice(items, window))
         while pending:
             yield pending.popleft().result()
             for item in islice(items, 1):
                 pending.append(pool.submit(work, item))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class Progress:
@@ -149,24 +179,62 @@ def decode_cached(root: Path, paths: tuple[str, ...], digest: str, size: int,
     """Decode every path at ``size`` once, into ``cache_dir``; later calls only read the index.
 
     Safe to call from many processes at once: a file lock makes one decode and the rest wait.
-    Corrupt or unreadable files get a zero image and are listed in ``bad``.
+    Corrupt or unreadable files get a zero image and are listed in ``bad``. A cache folder
+    that is full, read-only or unwritable is a UserError; a decode cut short (that, an
+    error, Ctrl-C) leaves no partial file behind.
     """
     folder = Path(cache_dir) / "decoded"
-    folder.mkdir(parents=True, exist_ok=True)
     stem = folder / f"{digest}-{size}-{interpolation}"
     npy, meta = stem.with_suffix(".npy"), stem.with_suffix(".json")
-    with FileLock(str(stem) + ".lock"):
-        if not (npy.exists() and meta.exists()):
-            _decode_all(root, paths, size, interpolation, npy, meta, progress)
-        bad = json.loads(meta.read_text())["bad"]
+    with writes_into(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(stem) + ".lock"):
+            if not (npy.exists() and meta.exists()):
+                _decode_all(root, paths, size, interpolation, npy, meta, progress)
+            bad = json.loads(meta.read_text())["bad"]
     return DecodedCache(npy, bad)
 
 
 def _decode_all(root: Path, paths, size: int, interpolation: str, npy: Path, meta: Path,
                 progress: bool) -> None:
     tmp = npy.with_name(npy.name + ".tmp.npy")
+    try:
+        bad = _decode_into(root, paths, size, interpolation, tmp, progress)
+        os.replace(tmp, npy)
+    finally:
+        tmp.unlink(missing_ok=True)
+    meta_tmp = meta.with_name(meta.name + ".tmp")
+    try:
+        meta_tmp.write_text(json.dumps({"bad": bad, "count": len(paths),
+                                        "size": size}))
+        os.replace(meta_tmp, meta)
+    except BaseException:
+        meta_tmp.unlink(missing_ok=True)
+        npy.unlink(missing_ok=True)  # no images without their index
+        raise
+
+
+def _claim_blocks(path: Path) -> None:
+    """Allocate a file's whole length on disk, where the system can (ENOSPC if it cannot)."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as handle:
+        length = os.fstat(handle.fileno()).st_size
+        try:
+            os.posix_fallocate(handle.fileno(), 0, length) if length else None
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+
+
+def _decode_into(root: Path, paths, size: int, interpolation: str, tmp: Path,
+                 progress: bool) -> dict[str, str]:
+    """Decode every path into a new .npy file at ``tmp``; returns the skipped files' reasons."""
     array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                       shape=(len(paths), size, size, 3))
+    # the file's blocks, claimed now: a memory-mapped write past a full disk's end is a
+    # SIGBUS that kills the process without a word; a refused claim is an OSError
+    _claim_blocks(tmp)
     bad: dict[str, str] = {}
 
     def work(i: int, out: np.ndarray = array) -> None:
@@ -179,11 +247,10 @@ def _decode_all(root: Path, paths, size: int, interpolation: str, npy: Path, met
         print(f"decoding {len(paths)} images at {size}px (once; cached for later sweeps)",
               file=sys.stderr, flush=True)
     tick = Progress("decoded", len(paths), progress)
-    for done, _ in enumerate(ordered_map(work, range(len(paths))), 1):
-        tick(done)
+    with contextlib.closing(ordered_map(work, range(len(paths)))) as results:
+        for done, _ in enumerate(results, 1):
+            tick(done)
     array.flush()
     del array
-    os.replace(tmp, npy)
-    meta_tmp = meta.with_name(meta.name + ".tmp")
-    meta_tmp.write_text(json.dumps({"bad": bad, "count": len(paths), "size": size}))
-    os.replace(meta_tmp, meta)
+    return bad
+

@@ -22,7 +22,7 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image
 
-from trainables.data.decode import default_cache_dir
+from trainables.data.decode import default_cache_dir, writes_into
 from trainables.errors import UserError
 
 PREFIX = "demo:"
@@ -34,14 +34,18 @@ def _written_once(name: str, cache_dir: Path | None, write: Callable[[Path], str
     root = Path(cache_dir or default_cache_dir()) / "demo" / name
     if (root / ".complete").exists():
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root) + ".lock"):
-        if (root / ".complete").exists():
-            return root
-        tmp = Path(tempfile.mkdtemp(dir=root.parent))
-        (tmp / ".complete").write_text(write(tmp) + "\n")
-        shutil.rmtree(root, ignore_errors=True)
-        os.replace(tmp, root)
+    with writes_into(root.parent):
+        root.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(root) + ".lock"):
+            if (root / ".complete").exists():
+                return root
+            tmp = Path(tempfile.mkdtemp(dir=root.parent))
+            try:
+                (tmp / ".complete").write_text(write(tmp) + "\n")
+                shutil.rmtree(root, ignore_errors=True)
+                os.replace(tmp, root)
+            finally:  # a full disk, an error, Ctrl-C: nothing half-written stays
+                shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 
