@@ -60,6 +60,10 @@ def get_args_parser() -> cli.Parser:
     p.add_argument("--max-failures", type=ZERO, default=2,
                    help="retry a trial whose worker died up to N times, from its last "
                         "checkpoint (default 2)")
+    p.add_argument("--stall-timeout", type=cli.number(float, low=0), metavar="SECONDS",
+                   help="stop a trial that has reported nothing for this long (its worker "
+                        "stalled) and retry it like a lost worker; warned about earlier; "
+                        "0: never stop (default 3600)")
     p.add_argument("--num-samples", type=ONE,
                    help="grid spaces: repeat every variant with this many seeds (default 1); "
                         "searched spaces: the number of trials (default: the space's budget)")

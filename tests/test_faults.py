@@ -59,6 +59,25 @@ def test_a_killed_trial_worker_is_retried_from_its_checkpoint(images, tmp_path, 
     assert pids[:3] == [pids[0]] * 3 and pids[3:] == [pids[3]] * 3 and pids[0] != pids[3]
 
 
+def test_a_stalled_trial_is_warned_about_then_stopped_and_tabled(images, tmp_path,
+                                                                  monkeypatch):
+    """A worker that stops (SIGSTOP, as a stuck read or a deadlocked GPU would leave it) after
+    epoch 2: the driver warns, stops it after --stall-timeout, and tables it as stalled. (With
+    retries left, Tune retries it from its checkpoint, as a lost worker: see the test above.)"""
+    _with_fault(monkeypatch, "stall_worker_at_epoch=2")
+    common = [*SLOW_TRIAL, "--data", str(images), "--max-epochs", "4", "--stall-timeout", "6",
+              "--set", "checkpoint_budget=0", "--storage", str(tmp_path / "runs")]
+    result = run_cli([*common, "--max-failures", "0", "--name", "stall"], cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]  # a failed trial: exit 1
+    warned = [line for line in result.stderr.splitlines() if "has reported nothing" in line]
+    assert warned and "--stall-timeout" in warned[0], result.stderr[-3000:]
+    row = pd.read_csv(tmp_path / "runs" / "stall" / "results.csv").iloc[0]
+    assert row["stop_reason"] == "stalled" and row["epochs"] == 2, row.to_dict()
+    assert "no report for" in row["error"] and "--stall-timeout 6" in row["error"]
+    assert "stalled (reported nothing for --stall-timeout" in result.stdout
+    _no_leftovers(tmp_path / "runs" / "stall")
+
+
 def _live_ray_processes(mark: str) -> set[int]:
     """Processes Ray started (named ray::...) that still run (zombies are dead) and carry
     ``mark`` in their environment: this test's own, not those of tests running beside it

@@ -5,6 +5,9 @@ variable VISIONSWEEP_FAULTS names some (trial workers inherit it from the driver
     disk_full_after=N      the driver's N+1-th file write fails with ENOSPC, and every later one
     kill_worker_at_epoch=N a trial's worker kills itself (SIGKILL) right after reporting
                            epoch N, on its first attempt only
+    stall_worker_at_epoch=N
+                           a trial's worker stops itself (SIGSTOP) right after reporting
+                           epoch N, on its first attempt only
     kill_driver_after=N    the driver kills itself (SIGKILL) at the first epoch report after
                            N trials have finished
     interrupt_driver_after=N, terminate_driver_after=N

@@ -52,7 +52,8 @@ ASHA = "asha"
 STOPPED = "stopped"  # ended by the scheduler without a reason of its own (not ASHA)
 UNFINISHED = "unfinished"  # the sweep stopped (a signal, a storage fault) before it ended
 ERROR = "error"
-FAILED = (DIVERGED, OOM, ERROR)  # stop reasons that count as failed trials
+STALLED = "stalled"  # silent past --stall-timeout: its worker was stopped (sweeps/driver/watchdog.py)
+FAILED = (DIVERGED, OOM, ERROR, STALLED)  # stop reasons that count as failed trials
 NOT_A_RESULT = (*FAILED, STUCK_AT_CHANCE, UNFINISHED)  # left out of per-variant rankings
 
 SCALARS = (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC, LR, EPOCH_TIME,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -53,6 +54,7 @@ def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, 
              **model_costs(trial.net, record.preprocess.image_size)}
 
     kill_at = fault("kill_worker_at_epoch") if resume is None else None
+    stall_at = fault("stall_worker_at_epoch") if resume is None else None
     policy = checkpoint.CheckpointPolicy(cfg.checkpoint_budget, stop_points)
 
     def report(metrics: dict, state: dict) -> None:
@@ -69,6 +71,8 @@ def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, 
             policy.saved(time.perf_counter() - started)
         if metrics[M.EPOCH] == kill_at:  # the tests' lost worker (trainables/faults.py)
             die()
+        if metrics[M.EPOCH] == stall_at:  # the tests' stalled worker
+            die(signal.SIGSTOP)
 
     try:
         trial.fit(device, report, resume=resume, gpu_fraction=resources.get("GPU", 1.0) or 1.0)

@@ -52,6 +52,7 @@ def build_tuner(sweep: Sweep, handle: DataHandle, unavailable: tuple[str, ...],
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from sweeps.driver.recorder import TrialRecorder
+    from sweeps.driver.watchdog import DEFAULT_STALL_TIMEOUT_S, Watchdog
     from sweeps.sinks.progress import ProgressLines
     from sweeps.sinks.progress_csv import ProgressCsv
     from sweeps.sinks.tensorboard import TensorBoardSink
@@ -67,10 +68,12 @@ def build_tuner(sweep: Sweep, handle: DataHandle, unavailable: tuple[str, ...],
     sinks = [ProgressCsv(), TensorBoardSink(plan.varied), ProgressLines(plan.trials)]
     if spec.tracking:
         sinks.append(_tracking(sweep))
+    watchdog = Watchdog(DEFAULT_STALL_TIMEOUT_S if spec.stall_timeout is None
+                        else spec.stall_timeout)
     recorder = TrialRecorder(
         sweep.variant, sweep.store, plan.varied, sinks=sinks,
         scheduler_stop=M.ASHA if spec.scheduler == "asha" else M.STOPPED,
-        aggregate=not plan.searched)
+        aggregate=not plan.searched, stalled=watchdog.stalled)
     name = _name_creator(sweep)
     return tune.Tuner(
         _trainable(sweep, handle, unavailable, per_trial),
@@ -83,7 +86,7 @@ def build_tuner(sweep: Sweep, handle: DataHandle, unavailable: tuple[str, ...],
             trial_name_creator=name, trial_dirname_creator=name),
         run_config=tune.RunConfig(
             name=sweep.store.name, storage_path=sweep.store.storage_path,
-            callbacks=[recorder],
+            callbacks=[watchdog, recorder],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             verbose=0),  # the progress lines instead of Tune's status tables

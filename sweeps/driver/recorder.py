@@ -34,13 +34,15 @@ class TrialRecorder(Callback):
     one (the scheduler stopped it)."""
 
     def __init__(self, variant: Callable[[dict], str], store: Store, varied_keys: list[str],
-                 sinks: list, scheduler_stop: str, aggregate: bool = True):
+                 sinks: list, scheduler_stop: str, aggregate: bool = True,
+                 stalled: dict[str, str] | None = None):
         self.variant = variant
         self.store = store
         self.varied_keys = varied_keys
         self.sinks = sinks
         self.scheduler_stop = scheduler_stop
         self.aggregate = aggregate
+        self.stalled = {} if stalled is None else stalled  # the watchdog's stopped trials
         self.entries: dict[str, TrialEntry] = {}
         self.fault: str = ""  # the storage error that stopped the sweep
         self._signalled: set[str] = set()
@@ -113,6 +115,8 @@ class TrialRecorder(Callback):
         entry = self._entry(trial)
         entry.status, entry.stop_reason = "ERROR", M.ERROR
         entry.error = _error_text(trial.error_file)
+        if trial.trial_id in self.stalled:  # its last attempt was stopped by the watchdog
+            entry.stop_reason, entry.error = M.STALLED, self.stalled[trial.trial_id]
         entry.retries = trial.run_metadata.num_failures
         self._end(entry)
 

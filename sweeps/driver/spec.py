@@ -36,6 +36,7 @@ class SweepSpec:
     resume: str | None = None
     retry_errored: bool = False
     max_failures: int = 2
+    stall_timeout: float | None = None  # seconds; None: the watchdog's default; 0: never
     num_samples: int | None = None
     max_epochs: int | None = None
     smoke: bool = False

@@ -152,7 +152,9 @@ def print_summary(table, store: Store) -> int:
                                 "(too high, or too low), or a frozen untrained backbone",
              M.DIVERGED: "loss went NaN/Inf or exploded: try a lower lr",
              M.OOM: "out of memory: smaller batch_size, or fewer trials per GPU",
-             M.ERROR: "see the 'error' column"}
+             M.ERROR: "see the 'error' column",
+             M.STALLED: "reported nothing for --stall-timeout seconds; see the 'error' "
+                        "column"}
     for reason, hint in hints.items():
         variants = table.loc[reasons == reason, "variant"].tolist()
         if variants:
