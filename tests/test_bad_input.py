@@ -95,6 +95,11 @@ CASES = [
     ("run", ["--space", "single", "--set", "seed=[1,2]"], "use --num-samples for seeds"),
     ("run", ["--space", "single", "--set", "model=mobilenet_v2", "--set", "weights=V9"],
      "bad value weights='V9' for mobilenet_v2"),
+    ("run", ["--space", "single", "--set", "model=convnext_tiny", "--set", "image_size=16"],
+     "model 'convnext_tiny' cannot take 16 px images (its downsampling leaves nothing of "
+     "them); use --set image_size=32 or more"),
+    ("run", ["--space", "single", "--set", "model=vgg16", "--set", "image_size=16"],
+     "use --set image_size=32 or more"),
     ("run", ["--space", "strategies", "--set", "model=[resnet18,googlenet]"],
      "compares the strategies of one model"),
     # run: cross-validation

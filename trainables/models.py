@@ -100,6 +100,34 @@ def check_model(name: str, aux_heads: bool = False, pretrained: str = "auto",
         W.resolve_tag(spec, weights)
 
 
+def check_input_size(name: str, aux_heads: bool, image_size: int) -> None:
+    """Raise UserError if ``name`` cannot take ``image_size`` px images (ConvNeXt's and
+    VGG16's downsampling leave nothing of 16 px), found before any trial starts: the
+    architecture is built and run on the meta device (shapes only, no memory, no weights)."""
+    spec = model_spec(name)
+    if _runs_on_meta(spec, aux_heads, image_size) is not False:
+        return
+    works = next((n for n in range(image_size + 16 - image_size % 16, 1025, 16)
+                  if _runs_on_meta(spec, aux_heads, n)), None)
+    fix = f"use --set image_size={works} or more" if works else "use a larger image_size"
+    raise UserError(f"model '{name}' cannot take {image_size} px images (its downsampling "
+                    f"leaves nothing of them); {fix}, or another model")
+
+
+def _runs_on_meta(spec: ModelSpec, aux_heads: bool, size: int) -> bool | None:
+    """Whether a forward pass at ``size`` px works; None if the meta device cannot tell."""
+    try:
+        with torch.device("meta"):
+            body, _ = _build(spec, _arch(spec, aux_heads, size), "", init=False)
+            body.eval()
+            body(torch.empty(1, 3, size, size))
+    except NotImplementedError:  # an operation without a meta kernel: the trial will tell
+        return None
+    except (RuntimeError, ValueError, AssertionError):
+        return False
+    return True
+
+
 def create_model(name: str, num_classes: int, pretrained: str = "auto",
                  aux_heads: bool = False, offline: bool = False, head: HeadSpec = HeadSpec(),
                  image_size: int = 0, weights: str = "") -> BuiltModel:

@@ -81,13 +81,19 @@ def grid_configs(param_space: dict[str, Any]) -> list[dict[str, Any]]:
 
 def validate(configs: list[dict]) -> list[TrialConfig]:
     """TrialConfig for every point, and the model checks; raises UserError on the first bad one."""
-    from trainables.models import check_model
+    from trainables.models import check_input_size, check_model
     from trainables.strategies import create_strategy
+    from trainables.trial import preprocess_for
 
-    checked = []
+    checked, sized = [], set()
     for config in configs:
         cfg = TrialConfig.from_dict(config)
-        check_model(cfg.model, create_strategy(cfg).aux_heads, cfg.pretrained, cfg.weights)
+        aux = create_strategy(cfg).aux_heads
+        check_model(cfg.model, aux, cfg.pretrained, cfg.weights)
+        shape = (cfg.model, aux, preprocess_for(cfg).image_size)
+        if shape not in sized:
+            sized.add(shape)
+            check_input_size(*shape)
         checked.append(cfg)
     return checked
 
