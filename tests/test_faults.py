@@ -173,12 +173,13 @@ def test_ctrl_c_and_sigterm_stop_cleanly_mark_unfinished_trials_and_resume(
     assert f"interrupted ({name}): 2 of 3 trial(s) unfinished" in stopped.stderr
     assert f"python sweeps/run.py --resume '{experiment}'" in stopped.stderr
     table = pd.read_csv(experiment / "results.csv")
-    # every trial Tune had made has a row, and only the finished one says finished (one
-    # trial at a time: the third was not made yet)
+    # every planned trial has a row, also the one Tune had not made yet (one trial at a
+    # time), and only the finished one says finished
+    assert len(table) == 3 and sorted(table["seed"]) == [0, 1, 2]
     done = table[table["stop_reason"] == "completed"]
     assert len(done) == 1 and (done["epochs"] == 3).all()
     unfinished = table[table["stop_reason"] != "completed"]
-    assert len(unfinished) >= 1 and (unfinished["stop_reason"] == "unfinished").all()
+    assert len(unfinished) == 2 and (unfinished["stop_reason"] == "unfinished").all()
     assert set(unfinished["status"]) <= {"INTERRUPTED", "NOT_STARTED"}
     assert "INTERRUPTED" in set(unfinished["status"])  # the one in flight when it stopped
     _no_leftovers(experiment)
@@ -251,3 +252,23 @@ def test_resume_replays_the_experiments_own_split_not_the_file_it_was_started_wi
         "presplit": True}))
     spec = resumed(SweepSpec(resume=str(experiment)))
     assert spec.split_file == f"{experiment}/split.csv"
+
+
+def test_a_trial_tune_marks_error_without_an_error_event_is_tabled_as_error(tmp_path):
+    """A trial whose start failed: Tune marks it ERROR but calls no callback for it. It is a
+    failed trial (error, its message, exit status 1), not one that is yet to start."""
+    from types import SimpleNamespace
+
+    from sweeps.driver.recorder import TrialRecorder
+    from sweeps.experiment.storage import Store
+
+    store = Store.from_location(str(tmp_path / "x"))
+    recorder = TrialRecorder(lambda config: "v", store, [], sinks=[], scheduler_stop="asha")
+    error = tmp_path / "error.txt"
+    error.write_text("Traceback (most recent call last):\nRuntimeError: the actor did not start\n")
+    trial = SimpleNamespace(trial_id="t1", config={}, local_path=tmp_path / "t1",
+                            checkpoint=None, status="ERROR", error_file=str(error))
+    recorder.on_experiment_end([trial])
+    row = pd.read_csv(tmp_path / "x" / "results.csv").iloc[0]
+    assert (row["status"], row["stop_reason"]) == ("ERROR", "error")
+    assert row["error"] == "RuntimeError: the actor did not start"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from search_spaces import is_grid
 from sweeps.driver.plan import create_searcher
 from sweeps.driver.spec import Sweep
 from sweeps.experiment.files import OPTUNA_JOURNAL
@@ -70,10 +71,12 @@ def build_tuner(sweep: Sweep, handle: DataHandle, unavailable: tuple[str, ...],
         sinks.append(_tracking(sweep))
     watchdog = Watchdog(DEFAULT_STALL_TIMEOUT_S if spec.stall_timeout is None
                         else spec.stall_timeout)
+    grid = [k for k, v in plan.param_space.items() if is_grid(v)]
     recorder = TrialRecorder(
         sweep.variant, sweep.store, plan.varied, sinks=sinks,
         scheduler_stop=M.ASHA if spec.scheduler == "asha" else M.STOPPED,
-        aggregate=not plan.searched, stalled=watchdog.stalled)
+        aggregate=not plan.searched, stalled=watchdog.stalled,
+        planned=([], []) if plan.searched else (grid, [c.to_dict() for c in plan.configs]))
     name = _name_creator(sweep)
     return tune.Tuner(
         _trainable(sweep, handle, unavailable, per_trial),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -31,11 +32,13 @@ _ACTIVE: list["TrialRecorder"] = []  # the recorder of the sweep running in this
 class TrialRecorder(Callback):
     """``sinks``: Sink objects (sweeps/sinks/base.py), called with each event in turn.
     ``scheduler_stop`` is the stop reason of a trial that ended without giving
-    one (the scheduler stopped it)."""
+    one (the scheduler stopped it). ``planned``: a grid's keys and every point of it (as
+    configs), so that a sweep stopped before Tune created some trials still tables them."""
 
     def __init__(self, variant: Callable[[dict], str], store: Store, varied_keys: list[str],
                  sinks: list, scheduler_stop: str, aggregate: bool = True,
-                 stalled: dict[str, str] | None = None):
+                 stalled: dict[str, str] | None = None,
+                 planned: tuple[list[str], list[dict]] = ([], [])):
         self.variant = variant
         self.store = store
         self.varied_keys = varied_keys
@@ -43,6 +46,7 @@ class TrialRecorder(Callback):
         self.scheduler_stop = scheduler_stop
         self.aggregate = aggregate
         self.stalled = {} if stalled is None else stalled  # the watchdog's stopped trials
+        self.planned = planned
         self.entries: dict[str, TrialEntry] = {}
         self.fault: str = ""  # the storage error that stopped the sweep
         self._signalled: set[str] = set()
@@ -82,9 +86,29 @@ class TrialRecorder(Callback):
         return {trial_id: entry.config for trial_id, entry in self.entries.items()}
 
     def rows(self, unfinished: bool = False) -> list[dict]:
-        """Table rows of the finished trials (and, with ``unfinished``, of the others)."""
-        return [trial_row(e, self.varied_keys) for e in self.entries.values()
-                if unfinished or e.status in FINISHED]
+        """Table rows of the finished trials (and, with ``unfinished``, of the others, also
+        those of the grid that Tune has not created yet)."""
+        entries = [e for e in self.entries.values() if unfinished or e.status in FINISHED]
+        if unfinished:
+            entries += self._not_created()
+        return [trial_row(e, self.varied_keys) for e in entries]
+
+    def _not_created(self) -> list[TrialEntry]:
+        """The grid's points that no trial holds yet (Tune creates trials as slots free)."""
+        keys, points = self.planned
+        if not points:
+            return []
+        made = Counter(tuple(plain(e.config.get(k)) for k in keys)
+                       for e in self.entries.values())
+        missing = []
+        for config in points:
+            key = tuple(plain(config.get(k)) for k in keys)
+            if made[key]:
+                made[key] -= 1
+            else:
+                missing.append(TrialEntry("", self.variant(config), config, "",
+                                          status="NOT_STARTED"))
+        return missing
 
     # ---------------------------------------------------------------- Tune's events
 
@@ -126,7 +150,12 @@ class TrialRecorder(Callback):
         # marks it while it shuts down, and --resume goes on with it.
         for trial in trials:
             entry = self._entry(trial)
-            if entry.status not in FINISHED:
+            if entry.status in FINISHED:
+                continue
+            if trial.status == "ERROR":  # failed where Tune called no callback (its start)
+                entry.status, entry.stop_reason = "ERROR", M.ERROR
+                entry.error = _error_text(trial.error_file)
+            else:
                 entry.status = "INTERRUPTED" if entry.last else "NOT_STARTED"
         self.write_table(unfinished=True)
         self._each("close")
