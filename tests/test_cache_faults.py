@@ -126,3 +126,35 @@ def test_ctrl_c_while_decoding_leaves_no_partial_file(tmp_path, monkeypatch):
     done = decode.decode_cached(data, paths, "d1", 32, cache)
     assert np.load(done.images, mmap_mode="r").shape == (len(paths), 32, 32, 3)
     assert done.bad == {}
+
+
+CHECKPOINT_SCRIPT = r"""
+set -u
+mount -t tmpfs -o size=40m tmpfs {storage}
+"{python}" "{root}/sweeps/run.py" --space single --set model=resnet18 --set pretrained=false \
+    --set image_size=32 --max-epochs 2 --set checkpoint_budget=0 --max-failures 1 \
+    --data "{data}" --storage {storage} --name ck
+echo "EXIT $?"
+find {storage} -name "checkpoint_*" -type d | sed 's/^/CHECKPOINT /'
+"""
+
+
+@pytest.mark.skipif(not _can_mount(), reason="needs unshare -m (root) to mount a tmpfs")
+def test_a_checkpoint_that_does_not_fit_leaves_no_partial_copy(tmp_path):
+    """resnet18's checkpoint (two ~45 MB files) on a 40 MB file system: Tune's copy of it
+    fails part-way, on the first try and on the retry. The trial ends as error with the
+    reason, without a traceback on the console, and no partial checkpoint stays where a
+    resume or a later command would read it."""
+    data = make_image_folder(tmp_path / "imgs", per_class=20)
+    storage = tmp_path / "store"
+    storage.mkdir()
+    script = CHECKPOINT_SCRIPT.format(storage=storage, python=sys.executable, root=ROOT,
+                                      data=data)
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    done = subprocess.run(["unshare", "-m", "bash", "-c", script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    out = done.stdout + done.stderr
+    assert "EXIT 1" in done.stdout, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    assert "No space left on device" in out  # in the error column or the driver's line
+    assert "CHECKPOINT" not in done.stdout, done.stdout[-2000:]

@@ -265,3 +265,29 @@ def test_names_a_spreadsheet_would_run_or_parse_are_kept_as_text(tmp_path, ray_a
     predicted = cells(out)
     assert not [c for c in predicted if c.startswith(("=", "+", "@"))]
     assert sum(c.startswith("'=SUM(1+1)/") for c in predicted) == 8  # its images' paths
+
+
+def test_joining_a_cluster_without_its_token_is_one_line(tmp_path, ray_address):
+    """The session's head demands a token; a driver without one is refused, and says so in
+    one line, not with Ray's warning a second while it retries."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, make_image_folder
+
+    data = make_image_folder(tmp_path / "imgs", per_class=10)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env.update(PYTHONWARNINGS="ignore", HOME=str(tmp_path),  # no ~/.ray/auth_token either
+               RAY_gcs_server_port_wait_time_s="3")  # Ray's retries, shortened
+    done = subprocess.run([sys.executable, str(ROOT / "sweeps" / "run.py"), "--space", "single",
+                           "--set", "model=small_cnn", "--set", "image_size=32", "--data",
+                           str(data), "--storage", str(tmp_path / "runs"), "--address",
+                           ray_address], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith(f"error: --address {ray_address}: the cluster refused this "
+                                "driver"), done.stderr[-2000:]
+    assert "RAY_AUTH_TOKEN" in lines[-1]
+    assert not [line for line in lines if "InvalidAuthToken" in line]  # Ray's retries held back
+    assert not (tmp_path / "runs").exists()

@@ -41,6 +41,13 @@ def _environment() -> None:
     # The recorder writes progress.csv and TensorBoard; Tune's own loggers would write
     # them again (and its CSV logger keeps every trial's file open).
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    # A failed trial is one progress line and its table row's error column, not a traceback
+    # of Tune's that buries the driver's one-line summary.
+    os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "0"
+    # Tune's own console output (its configuration box; Tune prints it whatever ``verbose``
+    # says unless its older output is chosen, which ``verbose=0`` silences): the progress
+    # lines say what it would
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     # Keeping one checkpoint per trial makes Tune snapshot the experiment state after every
     # checkpoint, and warn about it each time; the snapshot is a small JSON write.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -74,8 +75,8 @@ def start_ray(address: str | None):
         with writes_into(Path(get_default_ray_temp_dir()), "Ray's temporary folder", setting), \
                 _loopback_only(not address or _on_loopback(address)):
             if address:
-                return ray.init(address=address, **kwargs)
-            with _own_process_group():
+                return _join(address, kwargs)
+            with _own_process_group(), _quiet_default_token():
                 context = ray.init(address="local", **kwargs)
         # a local instance of ours: it must not outlive this process
         from sweeps.driver import reaper
@@ -85,6 +86,70 @@ def start_ray(address: str | None):
     except ConnectionError as exc:
         raise UserError(f"--address {address}: cannot join the Ray cluster there "
                         f"({str(exc).splitlines()[0][:160]})") from None
+
+
+TOKEN_REFUSED = "InvalidAuthToken"  # the GCS's word for a missing or wrong token
+
+
+def _join(address: str, kwargs: dict):
+    """ray.init on a running cluster. Ray's core retries a refused connection for some
+    twenty seconds, a warning a second on stderr: held back, and said in one line when
+    the cluster refused this driver's token; repeated as they were when the join worked."""
+    import ray
+
+    with _stderr_held() as held:
+        try:
+            context = ray.init(address=address, **kwargs)
+        except ConnectionError:
+            context = None
+    if context is not None:
+        sys.stderr.write("".join(f"{line}\n" for line in held))
+        return context
+    if any(TOKEN_REFUSED in line for line in held):
+        raise UserError(f"--address {address}: the cluster refused this driver (its "
+                        "authentication token is missing or wrong); set RAY_AUTH_TOKEN to "
+                        "the cluster's token (`ray get-auth-token` on its head) and "
+                        "RAY_AUTH_MODE=token")
+    reason = next((line for line in reversed(held) if line.strip()), "no answer")
+    raise UserError(f"--address {address}: cannot join the Ray cluster there "
+                    f"({reason.strip()[:160]})")
+
+
+@contextmanager
+def _stderr_held():
+    """What this process writes to its stderr, C++ included, kept in a list instead."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    held: list[str] = []
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield held
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            held.extend(sink.read().decode("utf-8", "replace").splitlines())
+
+
+@contextmanager
+def _quiet_default_token():
+    """Ray warns, on every local start, that it turned token authentication on (its
+    default): a line for each sweep that asks nothing of the user. Only that line goes."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def is_loopback(host: str) -> bool:

@@ -82,6 +82,15 @@ class TrialRecorder(Callback):
             local.parent.mkdir(parents=True, exist_ok=True)
             local.write_text(self.store.read_text(relative), encoding="utf-8")
 
+    def _drop_partial_checkpoints(self, trial) -> None:
+        """A worker lost mid-copy of a checkpoint leaves it partial: only the last checkpoint
+        Tune registered is whole, the one a retry starts from and readers may trust."""
+        keep = Path(trial.checkpoint.path).name if trial.checkpoint is not None else None
+        try:  # a removal frees space: done even when the sweep is stopping for lack of it
+            self.store.drop_checkpoints(Path(trial.path).name, keep)
+        except OSError:
+            pass
+
     def configs(self) -> dict[str, dict]:
         return {trial_id: entry.config for trial_id, entry in self.entries.items()}
 
@@ -135,7 +144,11 @@ class TrialRecorder(Callback):
         entry.retries = trial.run_metadata.num_failures
         self._end(entry)
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._drop_partial_checkpoints(trial)
+
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._drop_partial_checkpoints(trial)
         entry = self._entry(trial)
         entry.status, entry.stop_reason = "ERROR", M.ERROR
         entry.error = _error_text(trial.error_file)
