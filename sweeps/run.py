@@ -129,7 +129,7 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
     if spec.tracking:
         from sweeps.sinks import tracking
 
-        tracking.check(usable(spec.tracking))
+        tracking.check(usable(spec.tracking), spec.tracking_experiment or sweep.space.name)
     handle, data_report = prepare_data(spec, cfgs)
     if spec.resume:
         check_same_data(store, handle.digest, data_report["root"])

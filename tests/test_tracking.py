@@ -167,6 +167,23 @@ def test_a_tracking_server_that_goes_away_costs_the_tracking_not_the_sweep(mlflo
     assert len(warnings) == 1 and "MLflow tracking stopped" in warnings[0]
 
 
+def test_a_deleted_tracking_experiment_is_refused_before_any_work(mlflow_server, tmp_path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    deleted = client.create_experiment("binned")
+    client.delete_experiment(deleted)
+    result = run_cli(["--space", "single", "--smoke", "--tracking", mlflow_server,
+                      "--tracking-experiment", "binned", "--storage", str(tmp_path / "runs"),
+                      "--name", "x"], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --tracking-experiment binned: that MLflow experiment was deleted (its name "
+        f"stays taken); restore it (mlflow experiments restore --experiment-id {deleted}) or "
+        "choose another name")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_sweep_tracked_on_a_postgresql_backed_mlflow_server(postgres, tmp_path,
                                                               ray_address):
     """Where a team keeps its runs: MLflow over PostgreSQL, read back as with SQLite, and

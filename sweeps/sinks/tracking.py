@@ -40,16 +40,24 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def check(uri: str) -> None:
-    """A UserError now when the tracking server cannot be used."""
+def check(uri: str, experiment: str | None = None) -> None:
+    """A UserError now when the tracking server cannot be used, or ``experiment`` is one
+    that was deleted there (MLflow keeps its name; a run cannot be started in it)."""
     try:
-        _client(uri).search_experiments(max_results=1)
+        client = _client(uri)
+        client.search_experiments(max_results=1)
+        found = client.get_experiment_by_name(experiment) if experiment else None
     except ImportError:
         raise UserError("--tracking needs MLflow: pip install mlflow") from None
     except Exception as exc:  # refused, unknown host, not an MLflow server, bad URI
         reason = str(exc).splitlines()[0][:200]
         raise UserError(f"--tracking {redact(uri)}: the MLflow tracking server cannot be used "
                         f"({reason}); start it (mlflow server ...) or check the URI") from None
+    if found is not None and found.lifecycle_stage == "deleted":
+        raise UserError(f"--tracking-experiment {experiment}: that MLflow experiment was "
+                        "deleted (its name stays taken); restore it (mlflow experiments "
+                        f"restore --experiment-id {found.experiment_id}) or choose another "
+                        "name")
 
 
 def _metrics(values: dict, keys, step: int) -> list:
