@@ -264,6 +264,26 @@ def test_an_empty_split_of_a_class_is_warned_about(tmp_path):
     assert any("no usable image of red in val/" in line for line in lines), lines
 
 
+def test_a_class_of_identical_images_is_warned_about(tmp_path):
+    """Copies of one image share a split (no leakage), so a class whose images are all one
+    image lands in train whole: said, not silently left unvalidated and untested."""
+    import shutil
+
+    from sweeps.driver.prepare import data_warnings
+    from trainables import data as D
+
+    root = make_image_folder(tmp_path / "imgs", per_class=10)
+    first = sorted((root / "red").iterdir())[0]
+    for image in (root / "red").iterdir():
+        if image != first:
+            image.unlink()
+            shutil.copy(first, image.with_suffix(first.suffix))
+    _, report = D.prepare(D.discover(root), 16, tmp_path / "cache", progress=False)
+    assert report["counts"]["red"] == {"train": 10, "val": 0, "test": 0}
+    lines = [line for line in data_warnings(report) if "red in val/, red in test/" in line]
+    assert lines and "too few distinct images" in lines[0], data_warnings(report)
+
+
 def test_a_failed_sweep_whose_variants_are_numbers_still_sums_up(tmp_path, capsys):
     """The README's own resnet_lr example: the variant is the learning rate."""
     from sweeps.experiment.tables import print_summary, write_tables

@@ -48,12 +48,18 @@ def data_warnings(report: dict) -> list[str]:
     if report["label_conflicts"]:
         lines.append(f"{len(report['label_conflicts'])} image(s) appear under different "
                      "classes; see 'label_conflicts' in data_report.json")
-    if report["presplit"]:
-        empty = [f"{name} in {split}/" for name, counts in report["counts"].items()
-                 for split, n in counts.items() if n == 0]
-        if empty:
-            lines.append(f"no usable image of {', '.join(empty)}: such a class is not trained, "
-                         "validated or tested there; add images to those folders")
+    empty = [f"{name} in {split}/" for name, counts in report["counts"].items()
+             for split, n in counts.items() if n == 0]
+    empty += [f"{name} in fold {fold}" for name, counts in report.get("folds", {}).items()
+              for fold, n in enumerate(counts) if n == 0]
+    if empty and report["presplit"]:
+        lines.append(f"no usable image of {', '.join(empty)}: such a class is not trained, "
+                     "validated or tested there; add images to those folders")
+    elif empty:  # split here: only copies of one image, which stay together, leave a gap
+        lines.append(f"no image of {', '.join(empty)}: copies of one image always share a "
+                     "split, and this class has too few distinct images (see "
+                     "duplicate_images in data_report.json), so it is not validated or "
+                     "tested there; add distinct images of it")
     if report["imbalance_ratio"] >= IMBALANCE_WARNING_RATIO:
         lines.append(f"classes are imbalanced (largest/smallest training class = "
                      f"{report['imbalance_ratio']:g}); watch test_macro_f1, and consider "
