@@ -110,7 +110,7 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
     from sweeps.driver.builder import build_tuner, restore_tuner
     from sweeps.driver.claim import claim_new, claim_resumed
     from sweeps.driver.prepare import check_weights, prepare_data
-    from sweeps.driver.recorder import active
+    from sweeps.driver.recorder import active, bind_store
     from sweeps.experiment.tables import finish
     from trainables.data import split_csv
 
@@ -160,6 +160,7 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
         print(f"sweep {sweep.space.name}: {sweep.plan.trials} trial(s), {how}, {pruning}, "
               f"max {sweep.max_epochs} epochs, {threads} thread(s) per trial -> {store}",
               file=sys.stderr, flush=True)
+    bind_store(store)
     with GracefulStop() as stop:
         try:
             tuner.fit()

@@ -2,7 +2,9 @@
 (trainables/faults.py): a trial's worker killed with SIGKILL, the driver killed, Ctrl-C and
 SIGTERM, a full disk. Each ends as the README promises: nothing finished is lost, and
 --resume completes the sweep."""
+import hashlib
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -183,8 +185,17 @@ def test_ctrl_c_and_sigterm_stop_cleanly_mark_unfinished_trials_and_resume(
     assert set(unfinished["status"]) <= {"INTERRUPTED", "NOT_STARTED"}
     assert "INTERRUPTED" in set(unfinished["status"])  # the one in flight when it stopped
     _no_leftovers(experiment)
-    if name == "SIGINT":
-        _resume_completes(experiment, tmp_path, 3, monkeypatch)
+    if name == "SIGINT":  # resumed as a copy (moved to another disk, shared, backed up)
+        copy = tmp_path / "elsewhere" / "stop"
+        shutil.copytree(experiment, copy, symlinks=True)
+        before = _digests(experiment)
+        _resume_completes(copy, tmp_path, 3, monkeypatch)
+        assert _digests(experiment) == before  # the original is not touched
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in folder.rglob("*") if p.is_file()}
 
 
 def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_completes_it(images, tmp_path,

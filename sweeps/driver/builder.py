@@ -57,9 +57,9 @@ def build_tuner(sweep: Sweep, handle: DataHandle, unavailable: tuple[str, ...],
                 per_trial: dict[str, float]):
     """A new Tuner for ``sweep``."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from sweeps.driver.recorder import TrialRecorder
+    from sweeps.driver.schedulers import Asha, Fifo
     from sweeps.driver.watchdog import DEFAULT_STALL_TIMEOUT_S, Watchdog
     from sweeps.sinks.progress import ProgressLines
     from sweeps.sinks.progress_csv import ProgressCsv
@@ -68,11 +68,10 @@ def build_tuner(sweep: Sweep, handle: DataHandle, unavailable: tuple[str, ...],
     _environment()
     spec, plan = sweep.spec, sweep.plan
     if spec.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=sweep.max_epochs,
-                                  grace_period=sweep.grace,
-                                  reduction_factor=sweep.space.reduction_factor)
+        scheduler = Asha(time_attr="training_iteration", max_t=sweep.max_epochs,
+                         grace_period=sweep.grace, reduction_factor=sweep.space.reduction_factor)
     else:
-        scheduler = FIFOScheduler()
+        scheduler = Fifo()
     sinks = [ProgressCsv(), TensorBoardSink(plan.varied), ProgressLines(plan.trials)]
     if spec.tracking:
         sinks.append(_tracking(sweep))

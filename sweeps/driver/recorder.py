@@ -27,6 +27,35 @@ from trainables.faults import DRIVER_SIGNALS, GROUP_SIGNALS, die, fault
 FINISHED = ("TERMINATED", "ERROR")
 TABLE_BUDGET = 0.02  # at most this share of the sweep's time goes to rewriting its table
 _ACTIVE: list["TrialRecorder"] = []  # the recorder of the sweep running in this process
+_STORE: list[Store] = []  # where the sweep running in this process is (bind_store)
+
+
+def bind_store(store: Store) -> None:
+    """The experiment this process runs, set before Tune starts. Tune restores a resumed
+    sweep's callbacks and scheduler from the pickles in its folder, which hold the place
+    where the sweep began; a copied or moved experiment must write into itself."""
+    _STORE[:] = [store]
+
+
+def into_this_experiment(trial) -> None:
+    """Point a trial Tune is adding into the bound experiment: Tune moves the trials it
+    restores, but makes the trials its restored grid has not made yet where the sweep
+    began (a copy's resume wrote them into the original)."""
+    if not _STORE:
+        return
+    import copy
+
+    store = _STORE[0]
+    parent = store.root.rsplit("/", 1)[0]
+    storage = trial.storage
+    if storage is None or (storage.storage_fs_path == parent
+                           and storage.experiment_dir_name == store.name):
+        return
+    moved = copy.copy(storage)
+    moved.storage_fs_path, moved.experiment_dir_name = parent, store.name
+    if store.is_uri:
+        moved.storage_filesystem = store.fs
+    trial.set_storage(moved)
 
 
 class TrialRecorder(Callback):
@@ -58,6 +87,11 @@ class TrialRecorder(Callback):
         # Tune calls this when the sweep starts, also on a recorder it restored from an
         # interrupted sweep's state: the driver finds the one in use through active()
         _ACTIVE[:] = [self]
+        if _STORE and _STORE[0].location != self.store.location:  # a copy, resumed
+            self.store = _STORE[0]
+            for sink in self.sinks:
+                if hasattr(sink, "store"):
+                    sink.store = _STORE[0]
 
     # ---------------------------------------------------------------- entries
 
