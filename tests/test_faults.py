@@ -283,3 +283,20 @@ def test_a_trial_tune_marks_error_without_an_error_event_is_tabled_as_error(tmp_
     row = pd.read_csv(tmp_path / "x" / "results.csv").iloc[0]
     assert (row["status"], row["stop_reason"]) == ("ERROR", "error")
     assert row["error"] == "RuntimeError: the actor did not start"
+
+
+def test_a_failed_reuse_of_a_worker_does_not_hang_the_sweep(images, tmp_path, monkeypatch):
+    """Tune hands a finished trial's worker to the next trial once its thread has ended;
+    told to wait 0 s for that, the reuse fails. Tune then ends that trial as ERROR without
+    telling anyone, and with --max-concurrent 1 it would wait for a free slot forever: the
+    sweep must end, every trial tabled, the failed one with the reason."""
+    monkeypatch.setenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", "0")
+    result = run_cli([*SLOW_TRIAL, "--data", str(images), "--max-epochs", "2",
+                      "--num-samples", "3", "--max-concurrent", "1", "--storage",
+                      str(tmp_path / "runs"), "--name", "reuse"], cwd=tmp_path, timeout=240)
+    assert result.returncode == 1, result.stderr[-3000:]  # failed trials, not a hang
+    table = pd.read_csv(tmp_path / "runs" / "reuse" / "results.csv")
+    assert len(table) == 3 and sorted(table["seed"]) == [0, 1, 2]
+    failed = table[table["stop_reason"] == "error"]
+    assert len(failed) >= 1 and failed["error"].str.startswith("Tune could not hand").all()
+    assert set(table["stop_reason"]) <= {"completed", "error"}

@@ -63,6 +63,10 @@ def start_ray(address: str | None):
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # A finished trial's worker is handed the next trial once its thread has ended; Tune
+    # waits 2 s for that, too short for a trial's final clean-up on a loaded machine
+    # (the reuse then fails, and the trial with it). Inherited by a local instance's workers.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
     kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
     try:
         # "local": always a fresh instance for this run, never a cluster that `ray start`

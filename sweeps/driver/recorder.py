@@ -28,6 +28,9 @@ FINISHED = ("TERMINATED", "ERROR")
 TABLE_BUDGET = 0.02  # at most this share of the sweep's time goes to rewriting its table
 _ACTIVE: list["TrialRecorder"] = []  # the recorder of the sweep running in this process
 _STORE: list[Store] = []  # where the sweep running in this process is (bind_store)
+_SEARCHER: list = []  # Tune's searcher of that sweep, as its scheduler sees it
+REUSE_FAILED = ("Tune could not hand this trial a finished trial's worker (that trial's "
+                "thread did not end in time); --resume --retry-errored runs it again")
 
 
 def bind_store(store: Store) -> None:
@@ -35,6 +38,11 @@ def bind_store(store: Store) -> None:
     sweep's callbacks and scheduler from the pickles in its folder, which hold the place
     where the sweep began; a copied or moved experiment must write into itself."""
     _STORE[:] = [store]
+
+
+def know_searcher(searcher) -> None:
+    """Tune's searcher, which the sweep's scheduler is shown (schedulers.py)."""
+    _SEARCHER[:] = [searcher]
 
 
 def into_this_experiment(trial) -> None:
@@ -201,7 +209,8 @@ class TrialRecorder(Callback):
                 continue
             if trial.status == "ERROR":  # failed where Tune called no callback (its start)
                 entry.status, entry.stop_reason = "ERROR", M.ERROR
-                entry.error = _error_text(trial.error_file)
+                text = _error_text(trial.error_file)
+                entry.error = REUSE_FAILED if "reset_config" in text else text
             else:
                 entry.status = "INTERRUPTED" if entry.last else "NOT_STARTED"
         self.write_table(unfinished=True)
@@ -228,8 +237,25 @@ class TrialRecorder(Callback):
         self._table_when_due()
 
     def on_step_end(self, iteration, trials, **info):
+        for trial in trials:
+            if trial.status == "ERROR" and self._entry(trial).status not in FINISHED:
+                self._ended_unannounced(trial)
         if self._dirty:
             self._table_when_due()
+
+    def _ended_unannounced(self, trial) -> None:
+        """A trial Tune set to ERROR without an event: one whose reuse of a cached worker
+        failed. Tune tells neither the callbacks nor the searcher, whose count of running
+        trials then never goes down: with --max-concurrent the sweep would wait forever
+        for a slot. Told here, it goes on, and the trial is tabled as an error."""
+        entry = self._entry(trial)
+        entry.status, entry.stop_reason = "ERROR", M.ERROR
+        text = _error_text(trial.error_file)
+        entry.error = REUSE_FAILED if "reset_config" in text else text
+        entry.retries = trial.run_metadata.num_failures
+        if _SEARCHER:
+            _SEARCHER[0].on_trial_complete(trial.trial_id, error=True)
+        self._end(entry)
 
     def _table_when_due(self) -> None:
         """Rewrite the table when a trial has ended, unless that would take more than
