@@ -300,3 +300,50 @@ def test_a_failed_reuse_of_a_worker_does_not_hang_the_sweep(images, tmp_path, mo
     failed = table[table["stop_reason"] == "error"]
     assert len(failed) >= 1 and failed["error"].str.startswith("Tune could not hand").all()
     assert set(table["stop_reason"]) <= {"completed", "error"}
+
+
+def _memory_cgroup(tmp_name: str, limit: str) -> Path | None:
+    """A cgroup (v1 memory hierarchy) with a memory limit, or None where none can be made."""
+    base = Path("/sys/fs/cgroup/memory")
+    if not (base / "cgroup.procs").exists() or not os.access(base, os.W_OK):
+        return None
+    group = base / tmp_name
+    try:
+        group.mkdir()
+        (group / "memory.limit_in_bytes").write_text(limit)
+    except OSError:
+        return None
+    return group
+
+
+def test_a_trial_the_kernel_kills_for_memory_is_tabled_as_oom(images, tmp_path, monkeypatch):
+    """A real out-of-memory kill: the sweep runs in a memory cgroup of 2.5 GB, and a trial's
+    worker takes memory after epoch 1 until the kernel kills it. Its row says oom and what
+    to do, not error."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    group = _memory_cgroup(f"visionsweep-test-{os.getpid()}", "2500M")
+    if group is None:
+        pytest.skip("needs a writable cgroup v1 memory hierarchy (root)")
+    _with_fault(monkeypatch, "hog_memory_at_epoch=1")
+    command = [sys.executable, str(ROOT / "sweeps" / "run.py"), *SLOW_TRIAL, "--data",
+               str(images), "--max-epochs", "3", "--max-failures", "0", "--storage",
+               str(tmp_path / "runs"), "--name", "oom"]
+    try:
+        done = subprocess.run(["bash", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"',
+                               "bash", *command], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300,
+                              env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    finally:
+        for _ in range(120):  # the local Ray's processes leave it within seconds
+            if not (group / "cgroup.procs").read_text().strip():
+                break
+            time.sleep(0.5)
+        group.rmdir()
+    assert done.returncode == 1, done.stderr[-3000:]
+    row = pd.read_csv(tmp_path / "runs" / "oom" / "results.csv").iloc[0]
+    assert (row["status"], row["stop_reason"]) == ("ERROR", "oom"), row.to_dict()
+    assert row["error"].startswith("killed for lack of memory") and "batch_size" in row["error"]

@@ -8,6 +8,8 @@ variable VISIONSWEEP_FAULTS names some (trial workers inherit it from the driver
     stall_worker_at_epoch=N
                            a trial's worker stops itself (SIGSTOP) right after reporting
                            epoch N, on its first attempt only
+    hog_memory_at_epoch=N  a trial's worker allocates memory until it is killed, right
+                           after reporting epoch N, on its first attempt only
     kill_driver_after=N    the driver kills itself (SIGKILL) at the first epoch report after
                            N trials have finished
     interrupt_driver_after=N, terminate_driver_after=N
@@ -50,6 +52,15 @@ DRIVER_SIGNALS = {"kill_driver_after": signal.SIGKILL,
                   "terminate_driver_after": signal.SIGTERM,
                   "terminate_group_after": signal.SIGTERM}
 GROUP_SIGNALS = {"terminate_group_after"}
+
+
+def hog_memory() -> None:
+    """Take memory, 64 MB at a time and touched, until the system kills this process."""
+    held = []
+    while True:
+        held.append(bytearray(64 << 20))
+        for page in range(0, len(held[-1]), 4096):
+            held[-1][page] = 1
 
 
 def die(signum: int = signal.SIGKILL, group: bool = False) -> None:

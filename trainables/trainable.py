@@ -19,7 +19,7 @@ from trainables import metrics as M
 from trainables.config import TrialConfig
 from trainables.costs import model_costs
 from trainables.data import DataHandle
-from trainables.faults import die, fault
+from trainables.faults import die, fault, hog_memory
 from trainables.trial import build_trial, variant_name
 
 
@@ -55,6 +55,7 @@ def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, 
 
     kill_at = fault("kill_worker_at_epoch") if resume is None else None
     stall_at = fault("stall_worker_at_epoch") if resume is None else None
+    hog_at = fault("hog_memory_at_epoch") if resume is None else None
     policy = checkpoint.CheckpointPolicy(cfg.checkpoint_budget, stop_points)
 
     def report(metrics: dict, state: dict) -> None:
@@ -73,6 +74,8 @@ def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, 
             die()
         if metrics[M.EPOCH] == stall_at:  # the tests' stalled worker
             die(signal.SIGSTOP)
+        if metrics[M.EPOCH] == hog_at:  # the tests' worker that runs out of memory
+            hog_memory()
 
     try:
         trial.fit(device, report, resume=resume, gpu_fraction=resources.get("GPU", 1.0) or 1.0)

@@ -17,6 +17,7 @@ from typing import Callable
 
 from ray.tune import Callback
 
+from sweeps.driver.memory import kernel_oom_kills, killed_for_memory
 from sweeps.experiment.files import PROGRESS_CSV
 from sweeps.experiment.storage import Store
 from sweeps.experiment.tables import plain, trial_row, write_tables
@@ -83,6 +84,7 @@ class TrialRecorder(Callback):
         self.scheduler_stop = scheduler_stop
         self.aggregate = aggregate
         self.stalled = {} if stalled is None else stalled  # the watchdog's stopped trials
+        self.oom_kills: int | None = None  # the kernel's count when the sweep started
         self.planned = planned
         self.entries: dict[str, TrialEntry] = {}
         self.fault: str = ""  # the storage error that stopped the sweep
@@ -95,6 +97,7 @@ class TrialRecorder(Callback):
         # Tune calls this when the sweep starts, also on a recorder it restored from an
         # interrupted sweep's state: the driver finds the one in use through active()
         _ACTIVE[:] = [self]
+        self.oom_kills = kernel_oom_kills()
         if _STORE and _STORE[0].location != self.store.location:  # a copy, resumed
             self.store = _STORE[0]
             for sink in self.sinks:
@@ -194,6 +197,9 @@ class TrialRecorder(Callback):
         entry = self._entry(trial)
         entry.status, entry.stop_reason = "ERROR", M.ERROR
         entry.error = _error_text(trial.error_file)
+        memory = killed_for_memory(_error_file_text(trial.error_file), self.oom_kills)
+        if memory:
+            entry.stop_reason, entry.error = M.OOM, memory
         if trial.trial_id in self.stalled:  # its last attempt was stopped by the watchdog
             entry.stop_reason, entry.error = M.STALLED, self.stalled[trial.trial_id]
         entry.retries = trial.run_metadata.num_failures
@@ -296,6 +302,13 @@ class StorageFault(Exception):
 
 def active() -> TrialRecorder | None:
     return _ACTIVE[0] if _ACTIVE else None
+
+
+def _error_file_text(path: str | None) -> str:
+    """A trial's whole error file ("" when there is none)."""
+    if not path or not os.path.exists(path):
+        return ""
+    return Path(path).read_text(errors="replace")
 
 
 def _error_text(path: str | None) -> str:
