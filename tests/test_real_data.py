@@ -164,7 +164,18 @@ DECODING = {  # file -> (how it is written, the mean grey it must decode to, or 
                             .save(p.with_suffix(".tif")), "outside [0, 1]"),
     "32-bit integer TIFF": (lambda p: Image.fromarray(np.full((40, 40), 7, np.int32), "I")
                             .save(p.with_suffix(".tif")), "32-bit integers"),
+    # extreme shapes: the centre square of a strip, never the strip resized whole
+    "1 x 60000 strip": (lambda p: Image.fromarray(_strip()).save(p), 200.0),
+    "60000 x 1 strip": (lambda p: Image.fromarray(_strip().T.copy()).save(p), 200.0),
+    "1 x 1 pixel": (lambda p: Image.fromarray(np.full((1, 1), 90, np.uint8)).save(p), 90.0),
 }
+
+
+def _strip() -> np.ndarray:
+    """1 x 60000 px: 200 over its middle 2,000 px, 0 elsewhere."""
+    strip = np.zeros((1, 60000), np.uint8)
+    strip[0, 29000:31000] = 200
+    return strip
 
 
 @pytest.mark.parametrize("case", list(DECODING))
@@ -179,3 +190,24 @@ def test_deep_and_float_images_keep_their_intensity_scale_or_are_skipped(case, t
         return
     decoded = D.decode_image(path, 32).astype(np.float64)
     assert decoded.mean() == pytest.approx(expected, abs=1.0), case
+
+
+def test_a_strip_image_decodes_in_little_memory(tmp_path):
+    """A 1 x 60000 PNG resized whole to a 64 px short side is 64 x 3,840,000 px (over
+    700 MB); decoded as its centre square it takes next to nothing. Measured in a process
+    of its own (its peak resident memory)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    Image.fromarray(_strip()).save(tmp_path / "strip.png")
+    probe = ("import resource, sys; sys.path.insert(0, sys.argv[1]);"
+             "from trainables.data.decode import decode_image;"
+             "start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+             "decode_image(sys.argv[2], 64);"
+             "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start) // 1024)")
+    done = subprocess.run([sys.executable, "-c", probe, str(ROOT), str(tmp_path / "strip.png")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) < 50  # MB above the process's peak before decoding

@@ -112,17 +112,30 @@ def accuracy_chart(bars: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+CELL_COUNTS_UP_TO = 30  # classes up to which every cell's count is written into it
+CLASS_LABELS_UP_TO = 60  # classes up to which every class is named on the axes
+FIGURE_INCHES_AT_MOST = 16.0
+
+
 def confusion_figure(matrix: np.ndarray, class_names: list[str], title: str):
+    """The confusion matrix as an image. Its size is capped (300 classes drew a
+    137-inch figure with 90,000 texts, gigabytes): beyond CELL_COUNTS_UP_TO classes the
+    cells are colour only, beyond CLASS_LABELS_UP_TO every n-th class is named."""
     plt = pyplot()
     k = len(class_names)
-    fig, ax = plt.subplots(figsize=(2 + 0.45 * k, 1.6 + 0.45 * k))
-    ax.imshow(matrix, cmap="Blues")
-    for i in range(k):
-        for j in range(k):
-            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if matrix[i, j] > matrix.max() / 2 else "black")
-    ax.set_xticks(range(k), class_names, rotation=90, fontsize=7)
-    ax.set_yticks(range(k), class_names, fontsize=7)
+    side = min(FIGURE_INCHES_AT_MOST, 2 + 0.45 * k)
+    fig, ax = plt.subplots(figsize=(side, side - 0.4))
+    ax.imshow(matrix, cmap="Blues", interpolation="nearest")
+    if k <= CELL_COUNTS_UP_TO:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+    step = -(-k // CLASS_LABELS_UP_TO)
+    ticks = list(range(0, k, step))
+    names = [class_names[i] for i in ticks]
+    ax.set_xticks(ticks, names, rotation=90, fontsize=7)
+    ax.set_yticks(ticks, names, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)

@@ -122,6 +122,7 @@ def content_digest(paths: tuple[str, ...], hashes: list[str]) -> str:
     return digest.hexdigest()[:24]
 
 
+LONG_SIDE_AT_MOST = 16  # times the crop: longer images are cropped before they are resized
 RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
@@ -161,6 +162,14 @@ def decode_image(path: Path, size: int, interpolation: str = "bilinear") -> np.n
         width, height = image.size
         scale = size / min(width, height)
         new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+        if new_w * new_h > LONG_SIDE_AT_MOST * size * size:
+            # a strip (1 x 60000 px): resizing it whole first would take gigabytes;
+            # resize only the centre square it is cropped to
+            side = min(width, height)
+            left, top = (width - side) / 2, (height - side) / 2
+            image = image.resize((size, size), RESAMPLE[interpolation],
+                                 box=(left, top, left + side, top + side))
+            return np.asarray(image, dtype=np.uint8)
         image = image.resize((new_w, new_h), RESAMPLE[interpolation], reducing_gap=3.0)
         left, top = (new_w - size) // 2, (new_h - size) // 2
         image = image.crop((left, top, left + size, top + size))
