@@ -89,10 +89,14 @@ def calibration_of(saved: dict) -> dict:
     from trainables import calibration as C
 
     temperature = C.fit_temperature(saved["val_probs"], saved["val_labels"])
-    scores = C.scores(C.scaled(saved["val_probs"], temperature), saved["val_labels"])
+    calibrated = C.scaled(saved["val_probs"], temperature)
+    scores = C.scores(calibrated, saved["val_labels"])
+    per_class = C.class_scores(calibrated, saved["val_labels"], calibrated.shape[1])
     return {"temperature": temperature, "method": "temperature scaling on validation",
-            "sets": "split conformal, LAC score, calibrated on validation",
-            "scores": [round(float(v), 6) for v in np.sort(scores)]}
+            "sets": "split conformal, LAC score, calibrated on validation (per class: "
+                    "Mondrian, on each class's validation images)",
+            "scores": [round(float(v), 6) for v in np.sort(scores)],
+            "class_scores": [[round(float(v), 6) for v in k] for k in per_class]}
 
 
 def _check_images(record, spec, saved) -> tuple[tuple | None, str]:

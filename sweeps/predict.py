@@ -1,13 +1,15 @@
 """Predict the classes of a folder of images with an exported model.
 
     python sweeps/predict.py EXPORT_DIR IMAGES_DIR [--out predictions.csv] [--tta]
-                             [--runtime torch|export|onnx] [--coverage 0.9] [--uncalibrated]
+                             [--runtime torch|export|onnx] [--coverage 0.9 [--per-class]]
+                             [--uncalibrated]
 
 Every image under IMAGES_DIR (recursively) gets one row: its path, the predicted class, its
 probability, and the probability of every class, calibrated by the trial's temperature
 (``--uncalibrated``: the network's own softmax). With ``--coverage``, also the prediction
 set: the classes that hold the true one with that probability (split conformal, calibrated
-on the trial's validation images). An image that cannot be decoded gets a row with the
+on the trial's validation images; ``--per-class``: for every class, each calibrated on its
+own validation images). An image that cannot be decoded gets a row with the
 reason in the ``error`` column; the others are still predicted.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pandas as pd
 
 from sweeps import cli
 from sweeps.experiment.storage import write_atomic
-from trainables.calibration import sets, threshold
+from trainables.calibration import cutoffs, sets
 from trainables.csvcells import guarded
 from trainables.data import IMAGE_EXTENSIONS, decode_image, scan, shown
 from trainables.deploy import RUNTIMES, load_export, preprocess, runtime_of, softmax
@@ -66,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--coverage", type=cli.number(float, above=0, high=0.999),
                         help="also the prediction set that holds the true class with this "
                              "probability, e.g. 0.9")
+    parser.add_argument("--per-class", action="store_true",
+                        help="with --coverage: sets that hold the true class with that "
+                             "probability for every class (Mondrian), not on average")
     parser.add_argument("--uncalibrated", action="store_true",
                         help="the network's own softmax, not calibrated by the temperature")
     args = parser.parse_args(argv)
@@ -80,12 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     if not root.is_dir():
         raise UserError(f"{root}: not a folder; pass the folder that holds the images")
     cutoff = None
+    if args.per_class and args.coverage is None:
+        raise UserError("--per-class shapes prediction sets: add --coverage, e.g. 0.9")
     if args.coverage is not None:
-        if args.uncalibrated or not spec.calibration.get("scores"):
-            raise UserError("--coverage needs the calibration of an export of this version "
-                            "(and calibrated probabilities): re-export the trial, or drop "
-                            "--uncalibrated")
-        cutoff = threshold(spec.calibration["scores"], args.coverage)
+        if args.uncalibrated:
+            raise UserError("--coverage needs calibrated probabilities: drop --uncalibrated")
+        try:
+            cutoff = cutoffs(spec.calibration, args.coverage, args.per_class)
+        except ValueError as exc:
+            raise UserError(f"--coverage: {exc}") from None
     run = runtime_of(Path(args.export), args.runtime, spec, net)
     paths, rejected = scan(root)  # rejected: named like images, never opened (pipes, ...)
     if not paths and not rejected:

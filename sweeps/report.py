@@ -6,7 +6,8 @@ Writes EXPERIMENT_DIR/report/report.html (self-contained: the plots are embedded
 PNGs: learning curves per variant, test accuracy by strategy group with 95% intervals,
 confusion matrices of the best trials; which settings mattered (fANOVA and PED-ANOVA
 importance, parallel coordinates); what each variant costs (parameters, FLOPs, weights,
-CPU latency measured here, Pareto plots of accuracy against them; the table with the
+CPU latency measured here, in eager torch or, with --runtime onnx, in ONNX Runtime as an
+export runs; Pareto plots of accuracy against them; the table with the
 latency is report/costs.csv, the sweep's own files are never written); where each variant
 fails (per-class recall and F1, the hardest test images). The ranked table carries each
 test metric's 95% interval (accuracy: Wilson; macro-F1: BCa bootstrap), and McNemar's test
@@ -98,7 +99,8 @@ def _image(path: Path) -> str:
 
 def build_report(experiment: Experiment, out: Path, compare: list[str] | None,
                  confusion: int, latency_rounds: int = 5, threads: int = 1,
-                 first: tuple[list, list[str]] = ((), ())) -> tuple[Path, list[str]]:
+                 first: tuple[list, list[str]] = ((), ()),
+                 runtime: str = "torch") -> tuple[Path, list[str]]:
     """``first``: sections and lines that open the page (a cross-validated experiment's
     out-of-fold ranking)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -156,7 +158,8 @@ def build_report(experiment: Experiment, out: Path, compare: list[str] | None,
         sections.append(sections_of.calibration(experiment, best_trial, out, _image))
 
     sections.append(sections_of.settings(experiment, out, _image))
-    section, note, costed = sections_of.costs(experiment, out, _image, latency_rounds, threads)
+    section, note, costed = sections_of.costs(experiment, out, _image, latency_rounds, threads,
+                                              runtime)
     sections.append(section)
     lines.append(note)
     section, skipped = sections_of.failures(experiment, out, _image)
@@ -213,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="interleaved rounds of the CPU latency measurement (0: none)")
     parser.add_argument("--threads", type=cli.number(int, low=1), default=1,
                         help="CPU threads while latency is measured (default 1)")
+    parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                        help="where latency is measured: eager torch (default) or ONNX "
+                             "Runtime, as predict.py and serve.py run an export")
     args = parser.parse_args(argv)
     experiment = load_experiment(args.experiment)
     for trial_id in args.compare or ():
@@ -229,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--fold {args.fold}: {experiment.root} is not cross-validated "
                         "(run.py --folds); drop --fold")
     path, lines = build_report(experiment, out, args.compare, args.confusion,
-                               args.latency_rounds, args.threads, first)
+                               args.latency_rounds, args.threads, first, args.runtime)
     from sweeps.sinks.tracking import log_files
 
     tracked = log_files(experiment.root, sorted(path.parent.glob("*.html"))

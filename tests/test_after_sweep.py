@@ -90,8 +90,9 @@ def test_report_renders_in_a_real_browser_and_tensorboard_gets_the_evaluation(ex
     assert page.count("data:image/png;base64,") == len(figures) + 2 and "McNemar" in page
     for section in ("Which settings mattered", "What each variant costs to deploy",
                     "Where each variant fails", "interleaved rounds",
-                    "Calibration of the best trial"):
+                    "Calibration of the best trial", "Prediction sets (split conformal"):
         assert section in page, section
+    assert "coverage: 9" in page and "per class" in page  # each digit's coverage, both ways
     table = pd.read_csv(out / "costs.csv")
     assert all(str(t) in page for t in table["trial_id"])
     # the costs went into the report's table: one architecture, so one latency for all
@@ -113,7 +114,12 @@ def test_report_renders_in_a_real_browser_and_tensorboard_gets_the_evaluation(ex
     assert sorted(curves) == [f"test/pr_curve/{d}" for d in DIGITS]
     pr = np.asarray(events.Tensors("test/pr_curve/7")[0].tensor_proto.float_val)
     assert pr.size > 0 and np.isfinite(pr).all()
-    assert report.main([str(root), "--compare", str(table["trial_id"].iloc[-1]), best]) == 0
+    # again, latency in ONNX Runtime (the export's runtime) this time
+    assert report.main([str(root), "--compare", str(table["trial_id"].iloc[-1]), best,
+                        "--runtime", "onnx", "--latency-rounds", "1"]) == 0
+    assert "latency: ONNX Runtime" in (out / "report.html").read_text()
+    onnx = pd.read_csv(out / "costs.csv")
+    assert (onnx["latency_b1_ms"] > 0).all() and onnx["latency_b1_ms"].nunique() == 1
     assert len(list(root.glob("*/events.out.tfevents.*.evaluation"))) == 1  # replaced, not added
     assert str(table["trial_id"].iloc[-1]) in (out / "report.html").read_text().split("McNemar")[1]
 
@@ -178,3 +184,16 @@ def test_export_and_predict_reproduce_the_trial_test_accuracy(experiment, tmp_pa
     covered = [str(c) in s.split(" | ") for c, s in zip(test["class"], sets["set"])]
     assert np.mean(covered) >= 0.8 and (sets["set_size"] >= 1).all()  # 0.9 in expectation
     assert sets["set_size"].mean() < 10
+    # per class (Mondrian): each class's thresholds from its own validation images
+    val_counts = split[split["split"] == "val"]["class"].astype(str).value_counts()
+    assert [len(s) for s in spec["calibration"]["class_scores"]] == [
+        val_counts.get(d, 0) for d in DIGITS]
+    assert predict.main([str(out), str(images), "--out", str(csv), "--coverage", "0.9",
+                         "--per-class"]) == 0
+    mondrian = pd.read_csv(csv, dtype={"set": str}).set_index("path").loc[test["path"]]
+    from trainables.calibration import threshold
+
+    cut = {d: threshold(s, 0.9) for d, s in zip(DIGITS, spec["calibration"]["class_scores"])}
+    for _, row in mondrian.iterrows():
+        chosen = [d for d in DIGITS if row[f"p_{d}"] >= 1 - cut[d] - 1e-6]
+        assert str(row["set"]).split(" | ") == chosen or (not chosen and row["set_size"] == 0)

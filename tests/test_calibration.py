@@ -56,3 +56,52 @@ def test_prediction_sets_cover_at_their_level_on_exchangeable_data(coverage):
     assert coverage - 0.02 <= covered <= coverage + 0.03
     assert chosen.sum(1).mean() < 6
     assert math.isfinite(cut)
+
+
+def test_mondrian_sets_cover_every_class_at_the_level():
+    """A model sure of class 0 and unsure of class 2: sets calibrated over all images cover
+    class 2 well below the level; calibrated per class (Mondrian), each class is covered at
+    the level, with larger sets where the model is unsure."""
+    rng = np.random.default_rng(2)
+    n, coverage = 9000, 0.9
+    labels = rng.integers(0, 3, n)
+    sharpness = np.array([4.0, 2.0, 0.4])[labels]  # how clearly each image shows its class
+    z = rng.normal(0, 1, (n, 3))
+    z[np.arange(n), labels] += sharpness
+    probs = _softmax(z)
+    half = n // 2
+    marginal = C.sets(probs[half:], C.threshold(C.scores(probs[:half], labels[:half]),
+                                                coverage))
+    per_class = C.class_scores(probs[:half], labels[:half], 3)
+    assert [len(s) for s in per_class] == np.bincount(labels[:half], minlength=3).tolist()
+    cut = C.cutoffs({"class_scores": per_class}, coverage, per_class=True)
+    mondrian = C.sets(probs[half:], cut)
+    test = labels[half:]
+
+    def covered(chosen, k):
+        rows = test == k
+        return chosen[rows, k].mean()
+
+    assert covered(marginal, 2) < coverage - 0.05  # the unsure class, short-changed
+    for k in range(3):
+        assert coverage - 0.03 <= covered(mondrian, k) <= coverage + 0.04, k
+    with pytest.raises(ValueError, match="no per-class calibration"):
+        C.cutoffs({"scores": [0.1]}, coverage, per_class=True)
+
+
+def test_the_reports_set_table_states_coverage_per_level_and_class():
+    from sweeps.analysis.sections import set_coverage
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, 6000)
+    z = rng.normal(0, 1, (6000, 3))
+    z[np.arange(6000), labels] += np.array([4.0, 2.0, 0.4])[labels]
+    probs = _softmax(z)
+    table = set_coverage(probs[:3000], labels[:3000], probs[3000:], labels[3000:],
+                         ["a", "b", "c"]).set_index(["level", "calibrated over"])
+    assert len(table) == 6 and (table["mean set size"] > 0.5).all()
+    for level in (0.8, 0.9, 0.95):
+        assert table.loc[(level, "all classes"), "coverage"] == pytest.approx(level, abs=0.03)
+        mondrian = table.loc[(level, "per class")]
+        assert all(mondrian[f"coverage: {c}"] >= level - 0.04 for c in "abc")
+    assert table.loc[(0.9, "all classes"), "coverage: c"] < 0.85  # the unsure class

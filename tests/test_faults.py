@@ -67,7 +67,7 @@ def test_a_stalled_trial_is_warned_about_then_stopped_and_tabled(images, tmp_pat
     epoch 2: the driver warns, stops it after --stall-timeout, and tables it as stalled. (With
     retries left, Tune retries it from its checkpoint, as a lost worker: see the test above.)"""
     _with_fault(monkeypatch, "stall_worker_at_epoch=2")
-    common = [*SLOW_TRIAL, "--data", str(images), "--max-epochs", "4", "--stall-timeout", "6",
+    common = [*SLOW_TRIAL, "--data", str(images), "--max-epochs", "4", "--stall-timeout", "12",
               "--set", "checkpoint_budget=0", "--storage", str(tmp_path / "runs")]
     result = run_cli([*common, "--max-failures", "0", "--name", "stall"], cwd=tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]  # a failed trial: exit 1
@@ -75,7 +75,7 @@ def test_a_stalled_trial_is_warned_about_then_stopped_and_tabled(images, tmp_pat
     assert warned and "--stall-timeout" in warned[0], result.stderr[-3000:]
     row = pd.read_csv(tmp_path / "runs" / "stall" / "results.csv").iloc[0]
     assert row["stop_reason"] == "stalled" and row["epochs"] == 2, row.to_dict()
-    assert "no report for" in row["error"] and "--stall-timeout 6" in row["error"]
+    assert "no report for" in row["error"] and "--stall-timeout 12" in row["error"]
     assert "stalled (reported nothing for --stall-timeout" in result.stdout
     _no_leftovers(tmp_path / "runs" / "stall")
 

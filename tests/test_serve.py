@@ -18,6 +18,9 @@ from PIL import Image
 from conftest import ROOT, free_port, wait_for_port
 
 
+CLASS_SCORES = [sorted(np.linspace(0.05, 0.95, 40)), [0.2] * 40, [0.99] * 40]
+
+
 def _png(size=(40, 40), seed=0) -> bytes:
     rng = np.random.default_rng(seed)
     buffer = io.BytesIO()
@@ -69,7 +72,8 @@ def service(tmp_path_factory):
     spec = ExportSpec(create_model("small_cnn", 3, "false").build,
                       Preprocess(32, 36, "bilinear", (0.5,) * 3, (0.25,) * 3),
                       ["=cell", "b", "c"], {"trial_id": "t", "test_acc": 0.5},
-                      {"temperature": 1.7, "scores": sorted(np.linspace(0.05, 0.95, 40))})
+                      {"temperature": 1.7, "scores": sorted(np.linspace(0.05, 0.95, 40)),
+                       "class_scores": CLASS_SCORES})
     write_export(base / "export", spec, spec.build().state_dict())
     port = free_port()
     log = base / "server.log"
@@ -110,6 +114,14 @@ def test_predictions_are_predict_pys_calibrated_with_sets(service, tmp_path):
         assert served["b"] == pytest.approx(row["p_b"], abs=1e-5)
         assert got[name]["class"] == max(served, key=served.get)
         assert got[name]["set"] and got[name]["class"] in got[name]["set"]
+    # per class (Mondrian): each class against its own threshold, at 0.9 the 37th smallest
+    # of its 40 scores: =cell 0.05 + 36 x 0.9 / 39, b 0.2, c 0.99
+    status, body = _post(f"{url}/predict?coverage=0.9&per_class=true", files)
+    assert status == 200, body
+    cut = {"=cell": 0.05 + 36 * 0.9 / 39, "b": 0.2, "c": 0.99}
+    for item in body["predictions"]:
+        assert item["per_class"] is True
+        assert item["set"] == [c for c, p in item["probabilities"].items() if p >= 1 - cut[c]]
     status, model = _get(f"{url}/model")
     assert status == 200 and model["calibration"]["temperature"] == 1.7
     assert model["classes"] == ["=cell", "b", "c"] and model["runtime"] == "onnx"

@@ -17,6 +17,14 @@ class whose probability is at least 1 - threshold: on exchangeable data it holds
 class with probability at least 1 - alpha. LAC gives the smallest sets on average of the
 usual scores (Sadinle et al., 2019); APS adapts their size to each image but is larger,
 and a grower or an inspector wants the short list.
+
+The coverage of those sets is over all images, not per class: a class the model rarely puts
+high is covered less often than the level. Mondrian (class-conditional) sets calibrate one
+threshold per class, on the validation images of that class only, and cover each class at
+the level (Vovk et al., 2005; Sadinle et al., 2019, "class-specific" LAC), at the price of
+larger sets; a class with fewer than 1 / (1 - level) - 1 validation images is always in the
+sets. The thresholds are the same order statistic as above: a few lines, written here
+(MAPIE has them, but for its own estimator wrappers, not for saved probabilities).
 """
 from __future__ import annotations
 
@@ -92,9 +100,28 @@ def threshold(calibration_scores, coverage: float) -> float:
     return float(values[rank - 1])
 
 
-def sets(probs: np.ndarray, cutoff: float) -> np.ndarray:
-    """Boolean (N, classes): the classes in each image's prediction set."""
-    return np.asarray(probs) >= 1.0 - cutoff - 1e-12
+def sets(probs: np.ndarray, cutoff) -> np.ndarray:
+    """Boolean (N, classes): the classes in each image's prediction set (``cutoff``: one
+    threshold, or one per class)."""
+    return np.asarray(probs) >= 1.0 - np.asarray(cutoff) - 1e-12
+
+
+def class_scores(probs: np.ndarray, labels: np.ndarray, classes: int) -> list[list[float]]:
+    """Each class's LAC scores, from the calibration images of that class only."""
+    values, labels = scores(probs, labels), np.asarray(labels)
+    return [np.sort(values[labels == k]).tolist() for k in range(classes)]
+
+
+def cutoffs(calibration: dict, coverage: float, per_class: bool = False):
+    """The set threshold an export's calibration gives at ``coverage``: one for every class,
+    or (``per_class``, Mondrian) each class's own. ValueError when the export lacks them."""
+    key = "class_scores" if per_class else "scores"
+    if not calibration.get(key):
+        raise ValueError(f"this export has no {'per-class ' if per_class else ''}calibration "
+                         "for prediction sets; re-export the trial")
+    if per_class:
+        return np.array([threshold(s, coverage) for s in calibration[key]])
+    return threshold(calibration[key], coverage)
 
 
 def calibrate(val_probs, val_labels, test_probs, test_labels) -> dict:

@@ -8,6 +8,7 @@ variable VISIONSWEEP_FAULTS names some (trial workers inherit it from the driver
     stall_worker_at_epoch=N
                            a trial's worker stops itself (SIGSTOP) right after reporting
                            epoch N, on its first attempt only
+    fail_seed=N            the trial of seed N raises an exception before it starts training
     hog_memory_at_epoch=N  a trial's worker allocates memory until it is killed, right
                            after reporting epoch N, on its first attempt only
     kill_driver_after=N    the driver kills itself (SIGKILL) at the first epoch report after

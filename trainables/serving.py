@@ -2,7 +2,7 @@
 concurrent requests batched.
 
     POST /predict   multipart, one or several files under ``images``; ?coverage=0.9 adds
-                    each image's prediction set. JSON: per image its class, probability,
+                    each image's prediction set (&per_class=true: Mondrian). JSON: per image its class, probability,
                     every class's probability (calibrated by the trial's temperature) and
                     the set.
     GET  /health    {"status": "ok"}
@@ -131,7 +131,7 @@ def create_app(export_dir: str | Path, runtime: str = "onnx", limits: Limits = L
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
-    from trainables.calibration import scaled, sets, threshold
+    from trainables.calibration import cutoffs, scaled, sets
     from trainables.deploy import load_export, preprocess, runtime_of, softmax
 
     spec, net = load_export(export_dir)
@@ -180,13 +180,17 @@ def create_app(export_dir: str | Path, runtime: str = "onnx", limits: Limits = L
 
     @app.post("/predict")
     async def predict(images: list[UploadFile] = File(...),
-                      coverage: float | None = Query(None, gt=0, lt=1)):
+                      coverage: float | None = Query(None, gt=0, lt=1),
+                      per_class: bool = Query(False)):
         if len(images) > limits.max_files:
             return error(413, f"{len(images)} files in one request, over the limit of "
                               f"{limits.max_files}")
-        if coverage is not None and not scores:
-            return error(400, "this export has no calibration for prediction sets; "
-                              "re-export the trial")
+        cutoff = None
+        if coverage is not None:
+            try:
+                cutoff = cutoffs(spec.calibration, coverage, per_class)
+            except ValueError as exc:
+                return error(400, str(exc))
         decoded = []
         for upload in images:
             data = await upload.read(limits.max_bytes + 1)
@@ -197,7 +201,7 @@ def create_app(export_dir: str | Path, runtime: str = "onnx", limits: Limits = L
                 return error(bad.status, str(bad))
         logits = await batcher(preprocess(np.stack(decoded), spec))
         probs = scaled(softmax(logits), spec.temperature)
-        chosen = sets(probs, threshold(scores, coverage)) if coverage is not None else None
+        chosen = sets(probs, cutoff) if cutoff is not None else None
         out = []
         for i, upload in enumerate(images):
             best = int(probs[i].argmax())
@@ -207,6 +211,7 @@ def create_app(export_dir: str | Path, runtime: str = "onnx", limits: Limits = L
             if chosen is not None:
                 item["set"] = [c for c, inside in zip(spec.class_names, chosen[i]) if inside]
                 item["coverage"] = coverage
+                item["per_class"] = per_class
             out.append(item)
         return {"predictions": out}
 

@@ -37,6 +37,8 @@ def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, 
     resources = tune.get_context().get_trial_resources().required_resources
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pin_compute(cfg, int(resources.get("CPU", 1)), device)
+    if fault("fail_seed") == cfg.seed:  # the tests' failing trial (trainables/faults.py)
+        raise RuntimeError(f"a failure on cue for the tests (fail_seed={cfg.seed})")
     trial = build_trial(cfg, data, variant_name(config, variant_keys),
                         offline_weights=cfg.model in unavailable_weights)
     resume = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -87,17 +88,22 @@ def _architecture(record) -> str:
     return json.dumps([build, record.preprocess.image_size], sort_keys=True, default=str)
 
 
-def latencies(experiment: Experiment, rounds: int = 5, threads: int = 1) -> tuple[pd.DataFrame,
-                                                                                str]:
+def latencies(experiment: Experiment, rounds: int = 5, threads: int = 1,
+              runtime: str = "torch") -> tuple[pd.DataFrame, str]:
     """Each result trial's CPU latency (ms, batch 1 and batch 32), measured for every
-    distinct architecture of the experiment in one run, in interleaved rounds; and a line
-    saying how it was measured and how noisy it was."""
+    distinct architecture of the experiment in one run, in interleaved rounds, in
+    ``runtime`` (torch: eager; onnx: each architecture exported and run by ONNX Runtime,
+    as predict and serve run an export); and a line saying how it was measured and how
+    noisy it was."""
+    import tempfile
+
     import torch
 
     from trainables.costs import measure_latency
     from trainables.models import rebuild
 
     nets, of_trial = {}, {}
+    exported = tempfile.TemporaryDirectory(prefix="visionsweep-latency-")
     for trial_id in experiment.results()["trial_id"].astype(str):
         latest = experiment.latest_checkpoint(trial_id)
         if latest is None:
@@ -111,16 +117,25 @@ def latencies(experiment: Experiment, rounds: int = 5, threads: int = 1) -> tupl
         if key not in nets:
             net = rebuild(record.model, empty=True)
             net.load_state_dict(checkpoint.read_best_weights(latest))
-            nets[key] = (net.eval(), record.preprocess.image_size)
+            size = record.preprocess.image_size
+            if runtime == "onnx":
+                from trainables.deploy import OnnxNet
+
+                folder = Path(exported.name) / str(len(nets))
+                folder.mkdir()
+                net = OnnxNet(net.eval(), size, folder, threads)
+            nets[key] = (net.eval(), size)
     if not nets:
         return pd.DataFrame(columns=["trial_id", M.LATENCY_B1, M.LATENCY_B32]), \
             "no latency: no trial has a checkpoint of this version"
-    measured = measure_latency(nets, batches=(1, 32), rounds=rounds, threads=threads)
+    with exported:
+        measured = measure_latency(nets, batches=(1, 32), rounds=rounds, threads=threads)
     rows = [{"trial_id": t, M.LATENCY_B1: round(measured[k][1].median_ms, 3),
              M.LATENCY_B32: round(measured[k][32].median_ms, 3)} for t, k in of_trial.items()]
     spread = max(max(m[1].spread, m[32].spread) for m in measured.values())
-    note = (f"latency: this machine's CPU ({torch.get_num_threads()} threads available, "
-            f"{threads} used), median of {rounds} interleaved rounds over "
+    how = "ONNX Runtime (the export's runtime)" if runtime == "onnx" else "eager torch"
+    note = (f"latency: {how} on this machine's CPU ({torch.get_num_threads()} threads "
+            f"available, {threads} used), median of {rounds} interleaved rounds over "
             f"{len(nets)} architecture(s); the largest spread between rounds was "
             f"{spread:.0%} of the median")
     return pd.DataFrame(rows), note

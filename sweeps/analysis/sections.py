@@ -38,7 +38,8 @@ def settings(experiment: Experiment, out: Path, image: Callable[[Path], str]) ->
 
 
 def costs(experiment: Experiment, out: Path, image: Callable[[Path], str],
-          rounds: int, threads: int) -> tuple[Section, str, pd.DataFrame]:
+          rounds: int, threads: int, runtime: str = "torch") -> tuple[Section, str,
+                                                                      pd.DataFrame]:
     """Size, FLOPs and measured latency per variant, the accuracy-cost Pareto plots; the
     table with the latency columns is written to ``out``'s costs.csv (the sweep's own
     results.csv is the sweep's, never rewritten here). Returns the section, a line, and the
@@ -46,7 +47,8 @@ def costs(experiment: Experiment, out: Path, image: Callable[[Path], str],
     table = experiment.table
     note = "latency not measured (--latency-rounds 0)"
     if rounds:
-        measured, note = insight.latencies(experiment, rounds=rounds, threads=threads)
+        measured, note = insight.latencies(experiment, rounds=rounds, threads=threads,
+                                           runtime=runtime)
         table = table.drop(columns=[M.LATENCY_B1, M.LATENCY_B32], errors="ignore").merge(
             measured, on="trial_id", how="left")
     write_atomic(out / COSTS_CSV, guarded(table).to_csv(index=False))
@@ -118,4 +120,46 @@ def calibration(experiment: Experiment, trial, out: Path,
             f"{temperature:.3f}, fit on the validation split; expected calibration error on "
             f"test {eces[0]:.4f} before, {eces[1]:.4f} after (15 confidence bins). Exports "
             "and predictions use the calibrated probabilities.</p>")
-    return ("Calibration of the best trial (test split)", text + image(out / "reliability.png"))
+    sets = set_coverage(C.scaled(trial.val_probs, temperature), experiment.val_labels,
+                        C.scaled(trial.test_probs, temperature), experiment.test_labels,
+                        experiment.class_names)
+    text_sets = ("<p>Prediction sets (split conformal, LAC, calibrated on validation) on the "
+                 "test split: how often each level's sets held the true class, over all "
+                 "images and per class, and how many classes they named on average; "
+                 "calibrated over all classes (predict --coverage) and per class "
+                 "(--per-class).</p>" + _table(sets))
+    return ("Calibration of the best trial (test split)",
+            text + image(out / "reliability.png") + text_sets)
+
+
+SET_LEVELS = (0.8, 0.9, 0.95)
+CLASS_COLUMNS_UP_TO = 12  # classes up to which each class's coverage gets a column
+
+
+def set_coverage(val_probs, val_labels, test_probs, test_labels,
+                 class_names: list[str]) -> pd.DataFrame:
+    """Empirical coverage and mean size of the prediction sets on test, per level, both
+    ways of calibrating them; each class's coverage (or, for many classes, the lowest)."""
+    import numpy as np
+
+    from trainables import calibration as C
+
+    test_labels = np.asarray(test_labels)
+    per_class = {"class_scores": C.class_scores(val_probs, val_labels, len(class_names))}
+    rows = []
+    for level in SET_LEVELS:
+        for how, cut in (("all classes", C.threshold(C.scores(val_probs, val_labels), level)),
+                         ("per class", C.cutoffs(per_class, level, per_class=True))):
+            chosen = C.sets(test_probs, cut)
+            held = chosen[np.arange(len(test_labels)), test_labels]
+            by_class = {name: float(held[test_labels == k].mean())
+                        for k, name in enumerate(class_names) if (test_labels == k).any()}
+            row = {"level": level, "calibrated over": how, "coverage": float(held.mean()),
+                   "mean set size": float(chosen.sum(1).mean())}
+            if len(class_names) <= CLASS_COLUMNS_UP_TO:
+                row.update({f"coverage: {name}": value for name, value in by_class.items()})
+            else:
+                lowest = min(by_class, key=by_class.get)
+                row.update({"lowest class coverage": by_class[lowest], "that class": lowest})
+            rows.append(row)
+    return pd.DataFrame(rows)
