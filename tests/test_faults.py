@@ -1,10 +1,8 @@
-"""What clusters, disks and people do to long sweeps, done for real at a chosen moment
-(trainables/faults.py): a trial's worker killed with SIGKILL, the driver killed, Ctrl-C and
-SIGTERM, a full disk. Each ends as the README promises: nothing finished is lost, and
---resume completes the sweep."""
-import hashlib
+"""What happens to a trial's worker, done for real at a chosen moment (trainables/faults.py):
+killed with SIGKILL, stopped (SIGSTOP), killed for memory in a real memory cgroup, handed to
+the next trial too early, or failing to start. Each ends as the README promises: retried, or
+tabled with its reason, and the sweep goes on."""
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -12,31 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import make_image_folder, run_cli
-
-# long enough per trial to be stopped mid-way, small enough for CI
-SLOW_TRIAL = ["--space", "single", "--set", "model=small_cnn", "--set", "image_size=32",
-              "--set", "early_stop_patience=0", "--set", "chance_epochs=0",
-              "--set", "batch_size=8"]
-
-
-def _progress(trial_dir: Path) -> pd.DataFrame:
-    return pd.read_csv(trial_dir / "progress.csv")
-
-
-def _trial_dirs(experiment: Path) -> list[Path]:
-    return sorted(p for p in experiment.glob("small_cnn_s*") if p.is_dir())
-
-
-def _with_fault(monkeypatch, fault: str) -> None:
-    monkeypatch.setenv("VISIONSWEEP_FAULTS", fault)
-
-
-def _no_leftovers(experiment: Path) -> None:
-    """No half-written files: no temp files, no empty files among ours."""
-    for path in experiment.rglob("*"):
-        assert not path.name.endswith(".tmp"), path
-        if path.is_file() and path.suffix in (".csv", ".json", ".md"):
-            assert path.stat().st_size > 0, path
+from faults_support import SLOW_TRIAL, no_leftovers, progress, trial_dirs, with_fault
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +20,7 @@ def images(tmp_path_factory) -> Path:
 
 def test_a_killed_trial_worker_is_retried_from_its_checkpoint(images, tmp_path, monkeypatch):
     """With a checkpoint every epoch, the retry goes on exactly after the lost epoch."""
-    _with_fault(monkeypatch, "kill_worker_at_epoch=3")
+    with_fault(monkeypatch, "kill_worker_at_epoch=3")
     result = run_cli([*SLOW_TRIAL, "--data", str(images), "--max-epochs", "6",
                       "--set", "checkpoint_budget=0", "--storage", str(tmp_path / "runs"),
                       "--name", "kill"], cwd=tmp_path)
@@ -54,10 +28,10 @@ def test_a_killed_trial_worker_is_retried_from_its_checkpoint(images, tmp_path, 
     experiment = tmp_path / "runs" / "kill"
     row = pd.read_csv(experiment / "results.csv").iloc[0]
     assert row["retries"] == 1 and row["epochs"] == 6 and row["stop_reason"] == "completed"
-    progress = _progress(_trial_dirs(experiment)[0])
-    assert progress["epoch"].tolist() == list(range(1, 7))  # every epoch once, none lost
+    epochs = progress(trial_dirs(experiment)[0])
+    assert epochs["epoch"].tolist() == list(range(1, 7))  # every epoch once, none lost
     # epochs 1-3 are the first worker's, 4-6 the retry's: it went on from its checkpoint
-    pids = progress["pid"].tolist()
+    pids = epochs["pid"].tolist()
     assert pids[:3] == [pids[0]] * 3 and pids[3:] == [pids[3]] * 3 and pids[0] != pids[3]
 
 
@@ -66,7 +40,7 @@ def test_a_stalled_trial_is_warned_about_then_stopped_and_tabled(images, tmp_pat
     """A worker that stops (SIGSTOP, as a stuck read or a deadlocked GPU would leave it) after
     epoch 2: the driver warns, stops it after --stall-timeout, and tables it as stalled. (With
     retries left, Tune retries it from its checkpoint, as a lost worker: see the test above.)"""
-    _with_fault(monkeypatch, "stall_worker_at_epoch=2")
+    with_fault(monkeypatch, "stall_worker_at_epoch=2")
     common = [*SLOW_TRIAL, "--data", str(images), "--max-epochs", "4", "--stall-timeout", "12",
               "--set", "checkpoint_budget=0", "--storage", str(tmp_path / "runs")]
     result = run_cli([*common, "--max-failures", "0", "--name", "stall"], cwd=tmp_path)
@@ -77,192 +51,7 @@ def test_a_stalled_trial_is_warned_about_then_stopped_and_tabled(images, tmp_pat
     assert row["stop_reason"] == "stalled" and row["epochs"] == 2, row.to_dict()
     assert "no report for" in row["error"] and "--stall-timeout 12" in row["error"]
     assert "stalled (reported nothing for --stall-timeout" in result.stdout
-    _no_leftovers(tmp_path / "runs" / "stall")
-
-
-def _live_ray_processes(mark: str) -> set[int]:
-    """Processes Ray started (named ray::...) that still run (zombies are dead) and carry
-    ``mark`` in their environment: this test's own, not those of tests running beside it
-    (pytest-xdist's other worker), which would come and go in a machine-wide count."""
-    found = set()
-    needle = mark.encode()
-    for entry in Path("/proc").iterdir():
-        try:
-            name = (entry / "cmdline").read_bytes().split(b"\0")[0]
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            if name.startswith(b"ray::") and state != "Z" \
-                    and needle in (entry / "environ").read_bytes().split(b"\0"):
-                found.add(int(entry.name))
-        except (OSError, IndexError):
-            continue
-    return found
-
-
-def _resume_completes(experiment: Path, cwd: Path, trials: int, monkeypatch) -> pd.DataFrame:
-    monkeypatch.delenv("VISIONSWEEP_FAULTS")
-    resumed = run_cli(["--resume", str(experiment)], cwd=cwd)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    table = pd.read_csv(experiment / "results.csv", dtype={"trial_id": str})
-    assert len(table) == trials and table["trial_id"].is_unique
-    assert (table["stop_reason"] == "completed").all(), table
-    for trial_dir in _trial_dirs(experiment):
-        epochs = _progress(trial_dir)["epoch"].tolist()
-        assert epochs == list(range(1, len(epochs) + 1)), (trial_dir.name, epochs)
-    return table
-
-
-def test_a_killed_driver_leaves_no_ray_behind_and_resumes_without_losing_or_repeating_a_trial(
-        images, tmp_path, monkeypatch):
-    _with_fault(monkeypatch, "kill_driver_after=1")
-    experiment = tmp_path / "runs" / "crash"
-    args = [*SLOW_TRIAL, "--data", str(images), "--max-epochs", "4", "--num-samples", "3",
-            "--max-concurrent", "1", "--storage", str(tmp_path / "runs"), "--name", "crash"]
-    mark = f"VISIONSWEEP_TEST_MARK={os.getpid()}-{time.monotonic_ns()}"
-    monkeypatch.setenv(*mark.split("=", 1))  # the driver's Ray processes inherit it
-    before = _live_ray_processes(mark)
-    killed = run_cli(args, cwd=tmp_path)
-    assert killed.returncode == -9  # SIGKILL, the second trial running: no chance to clean up
-    # the local Ray instance it started (the raylet's agents outlive the driver at first) is
-    # stopped by the watchdog within seconds
-    assert _live_ray_processes(mark) - before
-    deadline = time.monotonic() + 60
-    while _live_ray_processes(mark) - before and time.monotonic() < deadline:
-        time.sleep(1)
-    assert not _live_ray_processes(mark) - before
-    finished_before = pd.read_csv(experiment / "results.csv", dtype={"trial_id": str})
-    assert len(finished_before) == 1  # the table kept the finished trial's row
-    first = finished_before.iloc[0]
-    first_dir = next(d for d in _trial_dirs(experiment) if d.name.endswith(first["trial_id"]))
-    first_pids = _progress(first_dir)["pid"].tolist()
-
-    # the images changed meanwhile (one added; one rewritten): refused in one line
-    red = sorted((images / "red").glob("*.png"))
-    original = red[0].read_bytes()
-    for change in ("added", "rewritten"):
-        if change == "added":
-            (images / "red" / "late.png").write_bytes(original)
-        else:
-            red[0].write_bytes(red[1].read_bytes())
-        try:
-            refused = run_cli(["--resume", str(experiment)], cwd=tmp_path)
-        finally:
-            (images / "red" / "late.png").unlink(missing_ok=True)
-            red[0].write_bytes(original)
-        assert refused.returncode == 2, refused.stderr[-3000:]
-        assert "changed since the sweep began" in refused.stderr.strip().splitlines()[-1]
-
-    table = _resume_completes(experiment, tmp_path, 3, monkeypatch)
-    assert sorted(table["seed"]) == [0, 1, 2]
-    again = table.set_index("trial_id").loc[first["trial_id"]]
-    assert again["epochs"] == first["epochs"] and again["test_acc"] == first["test_acc"]
-    assert _progress(first_dir)["pid"].tolist() == first_pids  # it did not run again
-
-
-@pytest.mark.parametrize("fault, code, name", [("interrupt_driver_after=1", 130, "SIGINT"),
-                                               ("terminate_driver_after=1", 143, "SIGTERM"),
-                                               ("terminate_group_after=1", 143, "SIGTERM")])
-def test_ctrl_c_and_sigterm_stop_cleanly_mark_unfinished_trials_and_resume(
-        images, tmp_path, monkeypatch, fault, code, name):
-    # terminate_group: SIGTERM to the driver's whole process group, as `timeout` or systemd
-    # stop a job; the local Ray instance the driver started must not be stopped by it first
-    _with_fault(monkeypatch, fault)
-    experiment = tmp_path / "runs" / "stop"
-    args = [*SLOW_TRIAL, "--data", str(images), "--max-epochs", "3", "--num-samples", "3",
-            "--max-concurrent", "1", "--scheduler", "fifo", "--storage",
-            str(tmp_path / "runs"), "--name", "stop"]
-    stopped = run_cli(args, cwd=tmp_path, own_group=True)
-    assert stopped.returncode == code, stopped.stderr[-3000:]
-    assert f"interrupted ({name}): 2 of 3 trial(s) unfinished" in stopped.stderr
-    assert f"python sweeps/run.py --resume '{experiment}'" in stopped.stderr
-    table = pd.read_csv(experiment / "results.csv")
-    # every planned trial has a row, also the one Tune had not made yet (one trial at a
-    # time), and only the finished one says finished
-    assert len(table) == 3 and sorted(table["seed"]) == [0, 1, 2]
-    done = table[table["stop_reason"] == "completed"]
-    assert len(done) == 1 and (done["epochs"] == 3).all()
-    unfinished = table[table["stop_reason"] != "completed"]
-    assert len(unfinished) == 2 and (unfinished["stop_reason"] == "unfinished").all()
-    assert set(unfinished["status"]) <= {"INTERRUPTED", "NOT_STARTED"}
-    assert "INTERRUPTED" in set(unfinished["status"])  # the one in flight when it stopped
-    _no_leftovers(experiment)
-    if name == "SIGINT":  # resumed as a copy (moved to another disk, shared, backed up)
-        copy = tmp_path / "elsewhere" / "stop"
-        shutil.copytree(experiment, copy, symlinks=True)
-        before = _digests(experiment)
-        _resume_completes(copy, tmp_path, 3, monkeypatch)
-        assert _digests(experiment) == before  # the original is not touched
-
-
-def _digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in folder.rglob("*") if p.is_file()}
-
-
-def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_completes_it(images, tmp_path,
-                                                                         monkeypatch):
-    experiment = tmp_path / "runs" / "full"
-    args = [*SLOW_TRIAL, "--data", str(images), "--max-epochs", "3", "--num-samples", "3",
-            "--max-concurrent", "1", "--storage", str(tmp_path / "runs"), "--name", "full"]
-    # the sweep's own files (marker, split, data report, sweep.json), the first trial's
-    # three epochs and its table (results.csv, results.md): then the disk is full
-    _with_fault(monkeypatch, "disk_full_after=11")
-    full = run_cli(args, cwd=tmp_path)
-    assert full.returncode == 1, full.stderr[-3000:]
-    error = [line for line in full.stderr.splitlines() if line.startswith("error:")]
-    assert len(error) == 1 and "No space left on device" in error[0], full.stderr[-3000:]
-    assert f"--resume '{experiment}'" in error[0] and "Traceback" not in full.stderr
-    table = pd.read_csv(experiment / "results.csv")
-    assert list(table["stop_reason"]) == ["completed"]  # the last good table, whole
-    _no_leftovers(experiment)
-    _resume_completes(experiment, tmp_path, 3, monkeypatch)
-
-
-def test_resume_refuses_what_it_cannot_resume(tmp_path):
-    result = run_cli(["--resume", str(tmp_path / "nothing")], cwd=tmp_path)
-    assert result.returncode == 2 and "no sweep.json there" in result.stderr
-    result = run_cli(["--resume", str(tmp_path), "--space", "single"], cwd=tmp_path)
-    assert result.returncode == 2 and "--resume conflicts with --space" in result.stderr
-    result = run_cli(["--space", "single", "--retry-errored"], cwd=tmp_path)
-    assert result.returncode == 2 and "only works with --resume" in result.stderr
-    (tmp_path / "damaged").mkdir()
-    (tmp_path / "damaged" / "sweep.json").write_text('{"args": {"space": "sin')
-    result = run_cli(["--resume", str(tmp_path / "damaged")], cwd=tmp_path)
-    assert result.returncode == 2 and "sweep.json is damaged" in result.stderr
-
-
-def test_two_sweeps_of_one_name_started_together_one_runs_one_is_refused(images, tmp_path):
-    from conftest import start_cli
-
-    args = [*SLOW_TRIAL, "--data", str(images), "--max-epochs", "2", "--num-samples", "2",
-            "--storage", str(tmp_path / "runs"), "--name", "same"]
-    drivers = [start_cli(args, cwd=tmp_path, log=tmp_path / f"driver{i}.log") for i in (0, 1)]
-    codes = sorted(driver.wait(timeout=300) for driver in drivers)
-    logs = [(tmp_path / f"driver{i}.log").read_text() for i in (0, 1)]
-    assert codes == [0, 2], logs
-    refused = next(log for log in logs if "error: " in log)
-    error = [line for line in refused.splitlines() if line.startswith("error: ")]
-    assert len(error) == 1 and ("in use by a running sweep" in error[0]
-                                or "already exists" in error[0]), error
-    table = pd.read_csv(tmp_path / "runs" / "same" / "results.csv")
-    assert len(table) == 2 and table["trial_id"].is_unique  # one sweep's trials, whole
-    assert sorted(table["seed"]) == [0, 1]
-
-
-def test_resume_replays_the_experiments_own_split_not_the_file_it_was_started_with(tmp_path):
-    """A sweep started with --split-file resumes on its own split.csv: the external file
-    may have changed (trials of one experiment would be tested on other images) or gone."""
-    import json
-
-    from sweeps.driver.spec import SweepSpec, resumed
-
-    experiment = tmp_path / "runs" / "reused"
-    experiment.mkdir(parents=True)
-    (experiment / "split.csv").write_text("path,class,label,split\n")
-    (experiment / "sweep.json").write_text(json.dumps({
-        "args": {"space": "single", "split_file": str(tmp_path / "elsewhere.csv")},
-        "presplit": True}))
-    spec = resumed(SweepSpec(resume=str(experiment)))
-    assert spec.split_file == f"{experiment}/split.csv"
+    no_leftovers(tmp_path / "runs" / "stall")
 
 
 def test_a_trial_tune_marks_error_without_an_error_event_is_tabled_as_error(tmp_path):
@@ -328,7 +117,7 @@ def test_a_trial_the_kernel_kills_for_memory_is_tabled_as_oom(images, tmp_path, 
     group = _memory_cgroup(f"visionsweep-test-{os.getpid()}", "2500M")
     if group is None:
         pytest.skip("needs a writable cgroup v1 memory hierarchy (root)")
-    _with_fault(monkeypatch, "hog_memory_at_epoch=1")
+    with_fault(monkeypatch, "hog_memory_at_epoch=1")
     command = [sys.executable, str(ROOT / "sweeps" / "run.py"), *SLOW_TRIAL, "--data",
                str(images), "--max-epochs", "3", "--max-failures", "0", "--storage",
                str(tmp_path / "runs"), "--name", "oom"]

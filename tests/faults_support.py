@@ -1,0 +1,68 @@
+"""What the fault tests share (test_faults.py: a trial's worker; test_stops.py: the driver,
+signals, disks): the slow trial, and checks of what a stopped sweep leaves behind."""
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+
+from conftest import run_cli
+
+# long enough per trial to be stopped mid-way, small enough for CI
+SLOW_TRIAL = ["--space", "single", "--set", "model=small_cnn", "--set", "image_size=32",
+              "--set", "early_stop_patience=0", "--set", "chance_epochs=0",
+              "--set", "batch_size=8"]
+
+
+def progress(trial_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(trial_dir / "progress.csv")
+
+
+def trial_dirs(experiment: Path) -> list[Path]:
+    return sorted(p for p in experiment.glob("small_cnn_s*") if p.is_dir())
+
+
+def with_fault(monkeypatch, fault: str) -> None:
+    monkeypatch.setenv("VISIONSWEEP_FAULTS", fault)
+
+
+def no_leftovers(experiment: Path) -> None:
+    """No half-written files: no temp files, no empty files among ours."""
+    for path in experiment.rglob("*"):
+        assert not path.name.endswith(".tmp"), path
+        if path.is_file() and path.suffix in (".csv", ".json", ".md"):
+            assert path.stat().st_size > 0, path
+
+
+def live_ray_processes(mark: str) -> set[int]:
+    """Processes Ray started (named ray::...) that still run (zombies are dead) and carry
+    ``mark`` in their environment: this test's own, not those of tests running beside it
+    (pytest-xdist's other worker), which would come and go in a machine-wide count."""
+    found = set()
+    needle = mark.encode()
+    for entry in Path("/proc").iterdir():
+        try:
+            name = (entry / "cmdline").read_bytes().split(b"\0")[0]
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            if name.startswith(b"ray::") and state != "Z" \
+                    and needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.add(int(entry.name))
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+def resume_completes(experiment: Path, cwd: Path, trials: int, monkeypatch) -> pd.DataFrame:
+    monkeypatch.delenv("VISIONSWEEP_FAULTS")
+    resumed = run_cli(["--resume", str(experiment)], cwd=cwd)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    table = pd.read_csv(experiment / "results.csv", dtype={"trial_id": str})
+    assert len(table) == trials and table["trial_id"].is_unique
+    assert (table["stop_reason"] == "completed").all(), table
+    for trial_dir in trial_dirs(experiment):
+        epochs = progress(trial_dir)["epoch"].tolist()
+        assert epochs == list(range(1, len(epochs) + 1)), (trial_dir.name, epochs)
+    return table
+
+def digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in folder.rglob("*") if p.is_file()}
