@@ -131,7 +131,7 @@ CHECKPOINT_SCRIPT = r"""
 set -u
 mount -t tmpfs -o size=40m tmpfs {storage}
 "{python}" "{root}/sweeps/run.py" --space single --set model=resnet18 --set pretrained=false \
-    --set image_size=32 --max-epochs 2 --set checkpoint_budget=0 --max-failures 1 \
+    --set image_size=32 --max-epochs 2 --set checkpoint_budget=0 --max-failures 0 \
     --data "{data}" --storage {storage} --name ck
 echo "EXIT $?"
 find {storage} -name "checkpoint_*" -type d | sed 's/^/CHECKPOINT /'
@@ -141,7 +141,7 @@ find {storage} -name "checkpoint_*" -type d | sed 's/^/CHECKPOINT /'
 @pytest.mark.skipif(not _can_mount(), reason="needs unshare -m (root) to mount a tmpfs")
 def test_a_checkpoint_that_does_not_fit_leaves_no_partial_copy(tmp_path):
     """resnet18's checkpoint (two ~45 MB files) on a 40 MB file system: Tune's copy of it
-    fails part-way, on the first try and on the retry. The trial ends as error with the
+    fails part-way. The trial ends as error with the
     reason, without a traceback on the console, and no partial checkpoint stays where a
     resume or a later command would read it."""
     data = make_image_folder(tmp_path / "imgs", per_class=20)

@@ -38,17 +38,17 @@ def test_a_killed_trial_worker_is_retried_from_its_checkpoint(images, tmp_path, 
 def test_a_stalled_trial_is_warned_about_then_stopped_and_tabled(images, tmp_path,
                                                                   monkeypatch):
     """A worker that stops (SIGSTOP, as a stuck read or a deadlocked GPU would leave it) after
-    epoch 2: the driver warns, stops it after --stall-timeout, and tables it as stalled. (With
+    epoch 1: the driver warns, stops it after --stall-timeout, and tables it as stalled. (With
     retries left, Tune retries it from its checkpoint, as a lost worker: see the test above.)"""
-    with_fault(monkeypatch, "stall_worker_at_epoch=2")
-    common = [*SLOW_TRIAL, "--data", str(images), "--max-epochs", "4", "--stall-timeout", "12",
+    with_fault(monkeypatch, "stall_worker_at_epoch=1")
+    common = [*SLOW_TRIAL, "--data", str(images), "--max-epochs", "2", "--stall-timeout", "12",
               "--set", "checkpoint_budget=0", "--storage", str(tmp_path / "runs")]
     result = run_cli([*common, "--max-failures", "0", "--name", "stall"], cwd=tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]  # a failed trial: exit 1
     warned = [line for line in result.stderr.splitlines() if "has reported nothing" in line]
     assert warned and "--stall-timeout" in warned[0], result.stderr[-3000:]
     row = pd.read_csv(tmp_path / "runs" / "stall" / "results.csv").iloc[0]
-    assert row["stop_reason"] == "stalled" and row["epochs"] == 2, row.to_dict()
+    assert row["stop_reason"] == "stalled" and row["epochs"] == 1, row.to_dict()
     assert "no report for" in row["error"] and "--stall-timeout 12" in row["error"]
     assert "stalled (reported nothing for --stall-timeout" in result.stdout
     no_leftovers(tmp_path / "runs" / "stall")
@@ -80,7 +80,7 @@ def test_a_failed_reuse_of_a_worker_does_not_hang_the_sweep(images, tmp_path, mo
     telling anyone, and with --max-concurrent 1 it would wait for a free slot forever: the
     sweep must end, every trial tabled, the failed one with the reason."""
     monkeypatch.setenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", "0")
-    result = run_cli([*SLOW_TRIAL, "--data", str(images), "--max-epochs", "2",
+    result = run_cli([*SLOW_TRIAL, "--data", str(images), "--max-epochs", "1",
                       "--num-samples", "3", "--max-concurrent", "1", "--storage",
                       str(tmp_path / "runs"), "--name", "reuse"], cwd=tmp_path, timeout=240)
     assert result.returncode == 1, result.stderr[-3000:]  # failed trials, not a hang
@@ -119,7 +119,7 @@ def test_a_trial_the_kernel_kills_for_memory_is_tabled_as_oom(images, tmp_path, 
         pytest.skip("needs a writable cgroup v1 memory hierarchy (root)")
     with_fault(monkeypatch, "hog_memory_at_epoch=1")
     command = [sys.executable, str(ROOT / "sweeps" / "run.py"), *SLOW_TRIAL, "--data",
-               str(images), "--max-epochs", "3", "--max-failures", "0", "--storage",
+               str(images), "--max-epochs", "2", "--max-failures", "0", "--storage",
                str(tmp_path / "runs"), "--name", "oom"]
     try:
         done = subprocess.run(["bash", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"',
