@@ -23,6 +23,7 @@ from sweeps.driver.cluster import (
     local_resources,
     resources,
     start_ray,
+    stop_ray,
 )
 from sweeps.driver.interrupt import GracefulStop
 from sweeps.driver.spec import (
@@ -232,14 +233,6 @@ def execute(args, command: list[str]) -> int:
         check_data_apart(sweep.store, resolve_data(spec.data))
         sweep.store.check_writable(spec.storage)
     return run_sweep(sweep, command)
-
-
-def stop_ray() -> None:
-    """Shut down the Ray instance of this run here, not in Ray's exit hook, where a second
-    Ctrl-C printed a traceback (what a Ctrl-C cuts short, the watchdog in reaper.py ends)."""
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()
 
 
 def cli_main() -> None:

@@ -166,3 +166,51 @@ def start_cli(args: list[str], cwd: Path, log: Path):
     command, env = _cli_command(args)
     with open(log, "w") as out:
         return subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def descendants(root: int) -> set[int]:
+    """A process and every process below it, from /proc."""
+    parent = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1]
+                                              .split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, grew = {root}, True
+    while grew:
+        more = {pid for pid, ppid in parent.items() if ppid in found} - found
+        found |= more
+        grew = bool(more)
+    return found
+
+
+def listening(pids: set[int]) -> list[str]:
+    """The addresses these processes listen on, from /proc (TCP over IPv4 and IPv6)."""
+    import ipaddress
+
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    found = []
+    for table, size in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                continue
+            hex_ip, hex_port = fields[1].split(":")
+            raw = bytes.fromhex(hex_ip)
+            # /proc prints each 32-bit word in host (little-endian) order
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, size, 4))
+            ip = ipaddress.ip_address(raw)
+            if getattr(ip, "ipv4_mapped", None):
+                ip = ip.ipv4_mapped
+            found.append((str(ip), int(hex_port, 16)))
+    return sorted(f"{ip}:{port}" for ip, port in found)

@@ -10,6 +10,7 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,3 +158,61 @@ def test_the_service_listens_on_loopback_unless_told_otherwise():
 
     with pytest.raises(UserError, match="not a loopback address"):
         serve.main(["nowhere", "--host", "0.0.0.0"])
+    with pytest.raises(UserError, match="shape the Ray Serve deployment: add --ray"):
+        serve.main(["nowhere", "--replicas", "2"])
+    with pytest.raises(UserError, match="runs on the CPU here; use --runtime torch"):
+        serve.main(["nowhere", "--ray", "--gpus-per-replica", "0.5"])
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone since it was listed
+        return b""
+
+
+def test_the_same_app_on_ray_serve_answers_alike_from_two_replicas_on_loopback(service):
+    """serve.py --ray: two replicas of the same app behind Ray Serve's proxy, on a local Ray
+    instance. Their answers are the plain server's, every socket of the service (Ray's, the
+    proxy's, the replicas') listens on 127.0.0.1, and Ctrl-C stops it all."""
+    import signal
+    import time
+
+    from conftest import descendants, listening
+
+    url, base = service
+    files = [("images", f"{i}.png", _png(seed=i)) for i in range(3)]
+    status, plain = _post(f"{url}/predict?coverage=0.9", files)
+    assert status == 200, plain
+    port = free_port()
+    log = base / "ray-serve.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen([sys.executable, str(ROOT / "sweeps" / "serve.py"),
+                                   str(base / "export"), "--ray", "--replicas", "2",
+                                   "--cpus-per-replica", "0.5", "--port", str(port)],
+                                  stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline, ready = time.monotonic() + 180, False
+        while not ready and time.monotonic() < deadline and server.poll() is None:
+            try:  # Serve's proxy answers 404 until the app is deployed
+                ready = _get(f"http://127.0.0.1:{port}/health")[0] == 200
+            except (OSError, ValueError):
+                time.sleep(1)
+        assert ready, log.read_text()[-3000:]
+        for _ in range(4):  # requests spread over the replicas; each answers alike
+            status, body = _post(f"http://127.0.0.1:{port}/predict?coverage=0.9", files)
+            assert status == 200, body
+            for got, want in zip(body["predictions"], plain["predictions"]):
+                assert got["class"] == want["class"] and got["set"] == want["set"]
+                assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-6)
+        assert sum(b"ServeReplica" in _cmdline(p) for p in descendants(server.pid)) == 2
+        addresses = listening(descendants(server.pid))
+        assert f"127.0.0.1:{port}" in addresses
+        assert all(a.startswith("127.0.0.1:") for a in addresses), addresses
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    assert server.returncode in (130, 0), log.read_text()[-2000:]

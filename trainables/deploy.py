@@ -187,19 +187,20 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def runtime_of(folder: Path, runtime: str, spec: ExportSpec, net: nn.Module | None = None,
-               threads: int | None = None):
+               threads: int | None = None, device: str = "cpu"):
     """A function from the network's input (a float tensor) to main-head logits (numpy),
-    run by ``runtime``: torch (the rebuilt network), export (the torch.export program) or
-    onnx (ONNX Runtime, on the CPU; ``threads``: its intra-op threads, default its own)."""
+    run by ``runtime``: torch (the rebuilt network, on ``device``), export (the
+    torch.export program) or onnx (ONNX Runtime, on the CPU; ``threads``: its intra-op
+    threads, default its own)."""
     folder = Path(folder)
     if runtime == "torch":
         if net is None:
             _, net = load_export(folder)
-        logits = Logits(net).eval()
+        logits = Logits(net).eval().to(device)
 
         def run(x):
             with torch.no_grad():
-                return logits(x).numpy()
+                return logits(x.to(device)).cpu().numpy()
         return run
     files = {"export": PROGRAM_FILE, "onnx": ONNX_FILE}
     if runtime not in files:

@@ -124,9 +124,24 @@ class Batcher:
                 start += len(x)
 
 
+def replica_servers_on_loopback() -> None:
+    """Called in each replica of a local Ray Serve (sweeps/serve.py --ray) before it starts
+    its gRPC server for calls between deployments, which Ray Serve 2.60 binds to every
+    interface ([::]:0) with no setting to change it. On a local instance all its peers are
+    on 127.0.0.1: it binds there."""
+    from ray.serve._private import replica
+
+    bind = replica.add_port_to_grpc_server
+
+    def on_loopback(server, address: str):
+        return bind(server, address.replace("[::]", "127.0.0.1", 1))
+
+    replica.add_port_to_grpc_server = on_loopback
+
+
 def create_app(export_dir: str | Path, runtime: str = "onnx", limits: Limits = Limits(),
-               batch: int = BATCH, threads: int | None = None):
-    """The FastAPI app of one export folder."""
+               batch: int = BATCH, threads: int | None = None, device: str = "cpu"):
+    """The FastAPI app of one export folder (``device``: where the torch runtime runs)."""
     from fastapi import FastAPI, File, Query, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -135,7 +150,7 @@ def create_app(export_dir: str | Path, runtime: str = "onnx", limits: Limits = L
     from trainables.deploy import load_export, preprocess, runtime_of, softmax
 
     spec, net = load_export(export_dir)
-    run = runtime_of(Path(export_dir), runtime, spec, net, threads)
+    run = runtime_of(Path(export_dir), runtime, spec, net, threads, device)
     batcher = Batcher(run, batch)
     scores = spec.calibration.get("scores") or []
 

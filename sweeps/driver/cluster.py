@@ -92,6 +92,14 @@ def start_ray(address: str | None):
                         f"({str(exc).splitlines()[0][:160]})") from None
 
 
+def stop_ray() -> None:
+    """Shut down the Ray instance of this run here, not in Ray's exit hook, where a second
+    Ctrl-C printed a traceback (what a Ctrl-C cuts short, the watchdog in reaper.py ends)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 TOKEN_REFUSED = "InvalidAuthToken"  # the GCS's word for a missing or wrong token
 
 
