@@ -1,8 +1,12 @@
 """Shared fixtures: real image files written with Pillow, an isolated cache, CPU only."""
 from __future__ import annotations
 
+import json
 import os
 import sys
+import urllib.error
+import urllib.request
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -214,3 +218,27 @@ def listening(pids: set[int]) -> list[str]:
                 ip = ip.ipv4_mapped
             found.append((str(ip), int(hex_port, 16)))
     return sorted(f"{ip}:{port}" for ip, port in found)
+
+
+def post(url: str, files: list[tuple[str, str, bytes]]) -> tuple[int, dict]:
+    """POST multipart/form-data, built by hand: (field, file name, bytes) each. Returns the
+    status and the JSON answer."""
+    boundary = uuid.uuid4().hex
+    body = b""
+    for field, name, data in files:
+        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
+                 f"filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                 ).encode() + data + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def get(url: str) -> tuple[int, dict]:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.status, json.loads(response.read())

@@ -201,3 +201,34 @@ def test_export_and_predict_reproduce_the_trials_probabilities(model, aux, pretr
         assert fitted.trial.record.model.arch["transform_input"] is pretrained
     trial_probs, predicted = exported_probabilities(fitted, tmp_path, colour_handle)
     assert np.abs(trial_probs - predicted).max() < 1e-4
+    if pretrained:  # the README's models, through the REST service too
+        served = _served_probabilities(tmp_path / "export", colour_handle,
+                                       fitted.state["fit"].predictions["test_ids"],
+                                       fitted.trial.record.class_names)
+        assert np.abs(trial_probs - served).max() < 1e-4
+
+
+def _served_probabilities(export: Path, handle, paths, names) -> np.ndarray:
+    """serve.py on the export, on a free loopback port; its answer for the test images,
+    sent as files by a real HTTP client."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, free_port, post, wait_for_port
+
+    port = free_port()
+    log = export.parent / "serve.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen([sys.executable, str(ROOT / "sweeps" / "serve.py"),
+                                   str(export), "--port", str(port)],
+                                  stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(server, port, log)
+        files = [("images", str(p), (Path(handle.root) / p).read_bytes()) for p in paths]
+        status, body = post(f"http://127.0.0.1:{port}/predict", files)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert status == 200, body
+    by_file = {item["file"]: item["probabilities"] for item in body["predictions"]}
+    return np.array([[by_file[str(p)][c] for c in names] for p in paths])

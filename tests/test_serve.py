@@ -4,19 +4,15 @@ error while the server goes on."""
 from __future__ import annotations
 
 import io
-import json
 import subprocess
 import sys
-import urllib.error
-import urllib.request
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, free_port, wait_for_port
+from conftest import ROOT, free_port, get, post, wait_for_port
 
 
 CLASS_SCORES = [sorted(np.linspace(0.05, 0.95, 40)), [0.2] * 40, [0.99] * 40]
@@ -33,29 +29,6 @@ def _solid_png(size) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, (90, 120, 40)).save(buffer, "PNG")  # a few hundred bytes
     return buffer.getvalue()
-
-
-def _post(url: str, files: list[tuple[str, str, bytes]]) -> tuple[int, dict]:
-    """multipart/form-data by hand: (field, file name, bytes) each."""
-    boundary = uuid.uuid4().hex
-    body = b""
-    for field, name, data in files:
-        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
-                 f"filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-                 ).encode() + data + b"\r\n"
-    body += f"--{boundary}--\r\n".encode()
-    request = urllib.request.Request(url, data=body, method="POST", headers={
-        "Content-Type": f"multipart/form-data; boundary={boundary}"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-def _get(url: str) -> tuple[int, dict]:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return response.status, json.loads(response.read())
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +75,7 @@ def test_predictions_are_predict_pys_calibrated_with_sets(service, tmp_path):
         data = _png(seed=i)
         (images / f"{i}.png").write_bytes(data)
         files.append(("images", f"{i}.png", data))
-    status, body = _post(f"{url}/predict?coverage=0.9", files)
+    status, body = post(f"{url}/predict?coverage=0.9", files)
     assert status == 200, body
     got = {p["file"]: p for p in body["predictions"]}
     predict.main([str(base / "export"), str(images), "--out", str(tmp_path / "p.csv")])
@@ -117,13 +90,13 @@ def test_predictions_are_predict_pys_calibrated_with_sets(service, tmp_path):
         assert got[name]["set"] and got[name]["class"] in got[name]["set"]
     # per class (Mondrian): each class against its own threshold, at 0.9 the 37th smallest
     # of its 40 scores: =cell 0.05 + 36 x 0.9 / 39, b 0.2, c 0.99
-    status, body = _post(f"{url}/predict?coverage=0.9&per_class=true", files)
+    status, body = post(f"{url}/predict?coverage=0.9&per_class=true", files)
     assert status == 200, body
     cut = {"=cell": 0.05 + 36 * 0.9 / 39, "b": 0.2, "c": 0.99}
     for item in body["predictions"]:
         assert item["per_class"] is True
         assert item["set"] == [c for c, p in item["probabilities"].items() if p >= 1 - cut[c]]
-    status, model = _get(f"{url}/model")
+    status, model = get(f"{url}/model")
     assert status == 200 and model["calibration"]["temperature"] == 1.7
     assert model["classes"] == ["=cell", "b", "c"] and model["runtime"] == "onnx"
 
@@ -146,10 +119,10 @@ BAD = {  # what is sent: (files, expected status, words of the one-line error)
 def test_a_bad_upload_is_a_4xx_in_one_line_and_the_server_goes_on(service, case):
     url, _ = service
     files, expected, words = BAD[case]
-    status, body = _post(f"{url}/predict", files)
+    status, body = post(f"{url}/predict", files)
     assert status == expected, body
     assert set(body) == {"error"} and "\n" not in body["error"] and words in body["error"]
-    assert _get(f"{url}/health") == (200, {"status": "ok"})
+    assert get(f"{url}/health") == (200, {"status": "ok"})
 
 
 def test_the_service_listens_on_loopback_unless_told_otherwise():
@@ -182,7 +155,7 @@ def test_the_same_app_on_ray_serve_answers_alike_from_two_replicas_on_loopback(s
 
     url, base = service
     files = [("images", f"{i}.png", _png(seed=i)) for i in range(3)]
-    status, plain = _post(f"{url}/predict?coverage=0.9", files)
+    status, plain = post(f"{url}/predict?coverage=0.9", files)
     assert status == 200, plain
     port = free_port()
     log = base / "ray-serve.log"
@@ -195,12 +168,12 @@ def test_the_same_app_on_ray_serve_answers_alike_from_two_replicas_on_loopback(s
         deadline, ready = time.monotonic() + 180, False
         while not ready and time.monotonic() < deadline and server.poll() is None:
             try:  # Serve's proxy answers 404 until the app is deployed
-                ready = _get(f"http://127.0.0.1:{port}/health")[0] == 200
+                ready = get(f"http://127.0.0.1:{port}/health")[0] == 200
             except (OSError, ValueError):
                 time.sleep(1)
         assert ready, log.read_text()[-3000:]
         for _ in range(4):  # requests spread over the replicas; each answers alike
-            status, body = _post(f"http://127.0.0.1:{port}/predict?coverage=0.9", files)
+            status, body = post(f"http://127.0.0.1:{port}/predict?coverage=0.9", files)
             assert status == 200, body
             for got, want in zip(body["predictions"], plain["predictions"]):
                 assert got["class"] == want["class"] and got["set"] == want["set"]
