@@ -109,11 +109,17 @@ def _join(address: str, kwargs: dict):
     the cluster refused this driver's token; repeated as they were when the join worked."""
     import ray
 
+    failed: BaseException | None = None
     with _stderr_held() as held:
         try:
             context = ray.init(address=address, **kwargs)
         except ConnectionError:
             context = None
+        except BaseException as exc:  # another failure: said below, with what Ray printed
+            context, failed = None, exc
+    if failed is not None:
+        sys.stderr.write("".join(f"{line}\n" for line in held))
+        raise failed
     if context is not None:
         sys.stderr.write("".join(f"{line}\n" for line in held))
         return context
