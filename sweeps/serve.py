@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--gpus-per-replica: the {args.runtime} runtime runs on the CPU "
                         "here; use --runtime torch to run on the GPU")
     limits = serving.Limits(args.max_bytes, args.max_pixels)
-    load_export(args.export)  # a bad folder is one line here, not on each replica
     if args.ray:
+        load_export(args.export)  # a bad folder is one line here, not on each replica
         return _serve_on_ray(args, limits)
     if args.threads:
         import torch

@@ -72,7 +72,8 @@ def test_a_sweep_on_a_two_node_cluster_runs_its_trials_on_the_worker_node(tmp_pa
         if record.exists() and record.read_text().strip().endswith(f":{port}"):
             record.unlink()
     worker_log = (tmp_path / "worker.log").read_text()[-1500:]
-    assert "nodes up: 2" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:] + worker_log
+    assert "nodes up: 2" in result.stdout, \
+        result.stdout[-2000:] + result.stderr[-2000:] + worker_log
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     worker = result.stdout.split("worker node:", 1)[1].split()[0]
     table = pd.read_csv(tmp_path / "runs" / "two" / "results.csv", dtype={"node": str})

@@ -247,10 +247,13 @@ class OnnxNet:
     """A network exported to ONNX and run by ONNX Runtime, called as a torch module is
     (``net.eval()(x)``): what the report times when asked for the exported runtime."""
 
-    def __init__(self, net: nn.Module, image_size: int, folder: Path, threads: int = 1):
-        path = Path(folder) / ONNX_FILE
-        _write_onnx(Logits(net).eval(), torch.zeros(2, 3, image_size, image_size), path)
-        self.run = _onnx_run(path, threads)
+    def __init__(self, net: nn.Module, image_size: int, threads: int = 1):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="visionsweep-onnx-") as folder:
+            path = Path(folder) / ONNX_FILE  # read whole into the session, then not needed
+            _write_onnx(Logits(net).eval(), torch.zeros(2, 3, image_size, image_size), path)
+            self.run = _onnx_run(path, threads)
 
     def eval(self) -> "OnnxNet":
         return self

@@ -52,7 +52,8 @@ ASHA = "asha"
 STOPPED = "stopped"  # ended by the scheduler without a reason of its own (not ASHA)
 UNFINISHED = "unfinished"  # the sweep stopped (a signal, a storage fault) before it ended
 ERROR = "error"
-STALLED = "stalled"  # silent past --stall-timeout: its worker was stopped (sweeps/driver/watchdog.py)
+# silent past --stall-timeout: its worker was stopped (sweeps/driver/watchdog.py)
+STALLED = "stalled"
 FAILED = (DIVERGED, OOM, ERROR, STALLED)  # stop reasons that count as failed trials
 NOT_A_RESULT = (*FAILED, STUCK_AT_CHANCE, UNFINISHED)  # left out of per-variant rankings
 

@@ -2,9 +2,9 @@
 concurrent requests batched.
 
     POST /predict   multipart, one or several files under ``images``; ?coverage=0.9 adds
-                    each image's prediction set (&per_class=true: Mondrian). JSON: per image its class, probability,
-                    every class's probability (calibrated by the trial's temperature) and
-                    the set.
+                    each image's prediction set (&per_class=true: calibrated per class,
+                    Mondrian). JSON: per image its class, probability, every class's
+                    probability (calibrated by the trial's temperature) and the set.
     GET  /health    {"status": "ok"}
     GET  /model     the spec: model, classes, preprocessing, the trial's test scores with
                     their intervals, the calibration, the runtime

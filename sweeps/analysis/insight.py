@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -95,15 +94,12 @@ def latencies(experiment: Experiment, rounds: int = 5, threads: int = 1,
     ``runtime`` (torch: eager; onnx: each architecture exported and run by ONNX Runtime,
     as predict and serve run an export); and a line saying how it was measured and how
     noisy it was."""
-    import tempfile
-
     import torch
 
     from trainables.costs import measure_latency
     from trainables.models import rebuild
 
     nets, of_trial = {}, {}
-    exported = tempfile.TemporaryDirectory(prefix="visionsweep-latency-")
     for trial_id in experiment.results()["trial_id"].astype(str):
         latest = experiment.latest_checkpoint(trial_id)
         if latest is None:
@@ -121,15 +117,12 @@ def latencies(experiment: Experiment, rounds: int = 5, threads: int = 1,
             if runtime == "onnx":
                 from trainables.deploy import OnnxNet
 
-                folder = Path(exported.name) / str(len(nets))
-                folder.mkdir()
-                net = OnnxNet(net.eval(), size, folder, threads)
+                net = OnnxNet(net.eval(), size, threads)
             nets[key] = (net.eval(), size)
     if not nets:
         return pd.DataFrame(columns=["trial_id", M.LATENCY_B1, M.LATENCY_B32]), \
             "no latency: no trial has a checkpoint of this version"
-    with exported:
-        measured = measure_latency(nets, batches=(1, 32), rounds=rounds, threads=threads)
+    measured = measure_latency(nets, batches=(1, 32), rounds=rounds, threads=threads)
     rows = [{"trial_id": t, M.LATENCY_B1: round(measured[k][1].median_ms, 3),
              M.LATENCY_B32: round(measured[k][32].median_ms, 3)} for t, k in of_trial.items()]
     spread = max(max(m[1].spread, m[32].spread) for m in measured.values())

@@ -68,28 +68,24 @@ def start_ray(address: str | None):
     # (the reuse then fails, and the trial with it). Inherited by a local instance's workers.
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
     kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
-    try:
+    from ray._common.utils import get_default_ray_temp_dir
+
+    from trainables.data.decode import writes_into
+
+    setting = "RAY_TMPDIR" if "RAY_TMPDIR" in os.environ else "TMPDIR"
+    with writes_into(Path(get_default_ray_temp_dir()), "Ray's temporary folder", setting), \
+            _loopback_only(not address or _on_loopback(address)):
+        if address:
+            return _join(address, kwargs)
         # "local": always a fresh instance for this run, never a cluster that `ray start`
         # left recorded on this machine (possibly long dead)
-        from ray._common.utils import get_default_ray_temp_dir
+        with _own_process_group(), _quiet_default_token():
+            context = ray.init(address="local", **kwargs)
+    # a local instance of ours: it must not outlive this process
+    from sweeps.driver import reaper
 
-        from trainables.data.decode import writes_into
-
-        setting = "RAY_TMPDIR" if "RAY_TMPDIR" in os.environ else "TMPDIR"
-        with writes_into(Path(get_default_ray_temp_dir()), "Ray's temporary folder", setting), \
-                _loopback_only(not address or _on_loopback(address)):
-            if address:
-                return _join(address, kwargs)
-            with _own_process_group(), _quiet_default_token():
-                context = ray.init(address="local", **kwargs)
-        # a local instance of ours: it must not outlive this process
-        from sweeps.driver import reaper
-
-        reaper.start()
-        return context
-    except ConnectionError as exc:
-        raise UserError(f"--address {address}: cannot join the Ray cluster there "
-                        f"({str(exc).splitlines()[0][:160]})") from None
+    reaper.start()
+    return context
 
 
 def stop_ray() -> None:
@@ -106,21 +102,19 @@ TOKEN_REFUSED = "InvalidAuthToken"  # the GCS's word for a missing or wrong toke
 def _join(address: str, kwargs: dict):
     """ray.init on a running cluster. Ray's core retries a refused connection for some
     twenty seconds, a warning a second on stderr: held back, and said in one line when
-    the cluster refused this driver's token; repeated as they were when the join worked."""
+    the cluster refused this driver's token; repeated as they were otherwise."""
     import ray
 
-    failed: BaseException | None = None
-    with _stderr_held() as held:
-        try:
+    held: list[str] = []
+    try:
+        with _stderr_held(held):
             context = ray.init(address=address, **kwargs)
-        except ConnectionError:
-            context = None
-        except BaseException as exc:  # another failure: said below, with what Ray printed
-            context, failed = None, exc
-    if failed is not None:
+    except ConnectionError:
+        pass  # said below, in one line
+    except BaseException:
         sys.stderr.write("".join(f"{line}\n" for line in held))
-        raise failed
-    if context is not None:
+        raise
+    else:
         sys.stderr.write("".join(f"{line}\n" for line in held))
         return context
     if any(TOKEN_REFUSED in line for line in held):
@@ -134,17 +128,16 @@ def _join(address: str, kwargs: dict):
 
 
 @contextmanager
-def _stderr_held():
-    """What this process writes to its stderr, C++ included, kept in a list instead."""
+def _stderr_held(held: list[str]):
+    """What this process writes to its stderr, C++ included, appended to ``held`` instead."""
     import tempfile
 
     sys.stderr.flush()
     saved = os.dup(2)
-    held: list[str] = []
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
         try:
-            yield held
+            yield
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)

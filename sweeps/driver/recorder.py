@@ -197,7 +197,7 @@ class TrialRecorder(Callback):
         entry = self._entry(trial)
         entry.status, entry.stop_reason = "ERROR", M.ERROR
         entry.error = _error_text(trial.error_file)
-        memory = killed_for_memory(_error_file_text(trial.error_file), self.oom_kills)
+        memory = killed_for_memory(_error_file_text(trial.error_file) or "", self.oom_kills)
         if memory:
             entry.stop_reason, entry.error = M.OOM, memory
         if trial.trial_id in self.stalled:  # its last attempt was stopped by the watchdog
@@ -215,8 +215,7 @@ class TrialRecorder(Callback):
                 continue
             if trial.status == "ERROR":  # failed where Tune called no callback (its start)
                 entry.status, entry.stop_reason = "ERROR", M.ERROR
-                text = _error_text(trial.error_file)
-                entry.error = REUSE_FAILED if "reset_config" in text else text
+                entry.error = _unannounced_error(trial)
             else:
                 entry.status = "INTERRUPTED" if entry.last else "NOT_STARTED"
         self.write_table(unfinished=True)
@@ -256,8 +255,7 @@ class TrialRecorder(Callback):
         for a slot. Told here, it goes on, and the trial is tabled as an error."""
         entry = self._entry(trial)
         entry.status, entry.stop_reason = "ERROR", M.ERROR
-        text = _error_text(trial.error_file)
-        entry.error = REUSE_FAILED if "reset_config" in text else text
+        entry.error = _unannounced_error(trial)
         entry.retries = trial.run_metadata.num_failures
         if _SEARCHER:
             _SEARCHER[0].on_trial_complete(trial.trial_id, error=True)
@@ -304,17 +302,24 @@ def active() -> TrialRecorder | None:
     return _ACTIVE[0] if _ACTIVE else None
 
 
-def _error_file_text(path: str | None) -> str:
-    """A trial's whole error file ("" when there is none)."""
+def _unannounced_error(trial) -> str:
+    """Why a trial Tune set to ERROR without an event ended: a failed reuse of a worker
+    (Tune's message names reset_config, which says nothing to a user), or its error file."""
+    text = _error_text(trial.error_file)
+    return REUSE_FAILED if "reset_config" in text else text
+
+
+def _error_file_text(path: str | None) -> str | None:
+    """A trial's whole error file (None when there is none)."""
     if not path or not os.path.exists(path):
-        return ""
+        return None
     return Path(path).read_text(errors="replace")
 
 
 def _error_text(path: str | None) -> str:
     """The last line of a trial's error file: the exception and its message."""
-    if not path or not os.path.exists(path):
+    text = _error_file_text(path)
+    if text is None:
         return "trial failed (no error file)"
-    lines = [line for line in Path(path).read_text(errors="replace").splitlines()
-             if line.strip()]
+    lines = [line for line in text.splitlines() if line.strip()]
     return lines[-1].strip()[:300] if lines else ""

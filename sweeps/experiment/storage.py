@@ -101,27 +101,24 @@ class Store:
         with self.fs.open_output_stream(self._path(relative)) as handle:
             handle.write(text.encode("utf-8"))
 
-    def drop_checkpoints(self, trial_dir: str, keep: str | None) -> list[str]:
+    def drop_checkpoints(self, trial_dir: str, keep: str | None) -> None:
         """Remove the trial's checkpoint folders but ``keep`` (its last whole one): what a
         failed copy left (Tune copies a checkpoint file by file; a full disk leaves it
-        partial, a truncated ``state.pt`` or an empty ``predictions.npz``). Returns them."""
+        partial, a truncated ``state.pt`` or an empty ``predictions.npz``)."""
         if not self.is_uri:
             import shutil
 
-            found = sorted(p for p in Path(self._path(trial_dir)).glob("checkpoint_*")
-                           if p.is_dir() and p.name != keep)
-            for path in found:
-                shutil.rmtree(path, ignore_errors=True)
-            return [p.name for p in found]
+            for path in Path(self._path(trial_dir)).glob("checkpoint_*"):
+                if path.is_dir() and path.name != keep:
+                    shutil.rmtree(path, ignore_errors=True)
+            return
         import pyarrow.fs
 
         selector = pyarrow.fs.FileSelector(self._path(trial_dir), allow_not_found=True)
-        found = sorted(info.path for info in self.fs.get_file_info(selector)
-                       if info.type == pyarrow.fs.FileType.Directory
-                       and info.base_name.startswith("checkpoint_") and info.base_name != keep)
-        for path in found:
-            self.fs.delete_dir(path)
-        return [path.rsplit("/", 1)[-1] for path in found]
+        for info in self.fs.get_file_info(selector):
+            if info.type == pyarrow.fs.FileType.Directory \
+                    and info.base_name.startswith("checkpoint_") and info.base_name != keep:
+                self.fs.delete_dir(info.path)
 
     def remove(self) -> None:
         if not self.is_uri:

@@ -229,8 +229,10 @@ def _claim_blocks(path: Path) -> None:
         return
     with open(path, "r+b") as handle:
         length = os.fstat(handle.fileno()).st_size
+        if not length:
+            return
         try:
-            os.posix_fallocate(handle.fileno(), 0, length) if length else None
+            os.posix_fallocate(handle.fileno(), 0, length)
         except OSError as exc:
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                 raise
