@@ -1,4 +1,4 @@
-"""The batched augmentation alone: ours (``trainables.batches.BatchAugment``) against
+"""The batched augmentation alone: ours (``trainables.data.batches.BatchAugment``) against
 kornia.augmentation on the same recipe, images per second on the same uint8 batches of the
 device they will train on, interleaved rounds. ``--profile`` prints torch.profiler's table of
 our recipe instead (where its time goes).
@@ -21,9 +21,9 @@ import torch
 
 from _common import Timer, machine, median
 
-from trainables.augment import BLUR_SIGMA, augment_spec
-from trainables.batches import BatchAugment
-from trainables.record import Preprocess
+from trainables.recipe.augment import BLUR_SIGMA, augment_spec
+from trainables.data.batches import BatchAugment
+from trainables.model.record import Preprocess
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -17,9 +17,9 @@ from _common import machine, median, photo_folder
 import torch
 
 from trainables import data as D
-from trainables import metrics as M
-from trainables.config import TrialConfig
-from trainables.trial import build_trial, preprocess_for
+from trainables.core import metrics as M
+from trainables.core.config import TrialConfig
+from trainables.trial.build import build_trial, preprocess_for
 
 VARIANTS = {
     "plain": {"channels_last": False, "compile": False},

@@ -9,7 +9,7 @@ same model, same batch size, same training step, measured in interleaved rounds.
   ceiling      one pre-made batch already on the device: the model alone, no data path
 
 ``--models none`` times the data path alone (a step that only reads each batch).
-Every path feeds the real training step (``trainables.loop.train_one_epoch``, bf16 autocast
+Every path feeds the real training step (``trainables.trial.loop.train_one_epoch``, bf16 autocast
 and channels-last on CUDA). Prints medians and ratios; ``--json`` writes every sample.
 
     python benchmarks/datapath.py --models none,small_cnn --image-size 112    # CPU here
@@ -33,12 +33,12 @@ from torchvision import datasets
 from torchvision import transforms as T
 
 from trainables import data as D
-from trainables.batches import training_batches
-from trainables.config import TrialConfig
-from trainables.loop import amp_dtype, train_one_epoch
-from trainables.losses import create_loss
-from trainables.optim import create_optimizer
-from trainables.trial import build_trial, preprocess_for
+from trainables.data.batches import training_batches
+from trainables.core.config import TrialConfig
+from trainables.trial.loop import amp_dtype, train_one_epoch
+from trainables.recipe.losses import create_loss
+from trainables.recipe.optim import create_optimizer
+from trainables.trial.build import build_trial, preprocess_for
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

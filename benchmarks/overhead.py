@@ -36,8 +36,8 @@ def plain_loop(args) -> None:
 
     from sweeps.driver.spec import DEMO_OVERRIDES
     from trainables import data as D
-    from trainables.config import TrialConfig, parse_overrides
-    from trainables.trial import build_trial, preprocess_for
+    from trainables.core.config import TrialConfig, parse_overrides
+    from trainables.trial.build import build_trial, preprocess_for
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True

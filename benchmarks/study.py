@@ -38,8 +38,8 @@ def plain_loop(experiment: Path, data: str | None) -> float:
     import torch
 
     from trainables import data as D
-    from trainables.config import TrialConfig
-    from trainables.trial import build_trial, preprocess_for
+    from trainables.core.config import TrialConfig
+    from trainables.trial.build import build_trial, preprocess_for
 
     table = pd.read_csv(experiment / "results.csv", dtype={"trial_id": str})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

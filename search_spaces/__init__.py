@@ -9,7 +9,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from trainables.errors import UserError
+from trainables.core.errors import UserError
 
 
 def is_grid(value: Any) -> bool:
@@ -84,7 +84,7 @@ class Space:
     expand: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def variant(self, config: dict[str, Any]) -> str:
-        from trainables.record import variant_name
+        from trainables.model.record import variant_name
 
         return variant_name(config, self.variant_keys)
 

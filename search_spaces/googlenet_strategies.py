@@ -12,7 +12,7 @@ SPACE = Space(
         "strategy": tune.grid_search(["base", "finetuned", "feature_extractor",
                                       "gradual_unfreeze"]),
         # ce = cross-entropy + StepLR; ls = label smoothing 0.1 + StepLR;
-        # ls_plateau = label smoothing 0.1 + ReduceLROnPlateau (see trainables/config.py)
+        # ls_plateau = label smoothing 0.1 + ReduceLROnPlateau (see trainables/core/config.py)
         "objective": tune.grid_search(["ce", "ls", "ls_plateau"]),
         "optimizer": "adam",
         "lr": 1e-4,

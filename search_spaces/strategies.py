@@ -4,7 +4,7 @@ then everything at a lower learning rate), and ``finetuned`` (auxiliary heads in
 where the model has auxiliary heads. Each strategy gets the learning rate usual for it with
 a pretrained backbone: a new head alone takes a larger step than the whole network."""
 from search_spaces import Space, is_domain, is_grid, per_key
-from trainables.errors import UserError
+from trainables.core.errors import UserError
 
 STRATEGY_LR = {"base": 1e-4, "finetuned": 1e-4, "feature_extractor": 1e-3,
                "gradual_unfreeze": 1e-3}  # gradual_unfreeze: the head's, until it unfreezes
@@ -14,7 +14,7 @@ def strategies_for_model(param_space: dict) -> dict:
     """The strategy grid of the model this sweep trains."""
     from ray import tune
 
-    from trainables.zoo import model_spec
+    from trainables.model.zoo import model_spec
 
     model = param_space.get("model")
     if is_grid(model) or is_domain(model):

@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from trainables.errors import UserError
+from trainables.core.errors import UserError
 
 StudyError = UserError  # the one exception type of a user's mistake
 

@@ -7,7 +7,7 @@ import sys
 import warnings
 from typing import Callable, NoReturn
 
-from trainables.errors import UserError
+from trainables.core.errors import UserError
 
 
 class Parser(argparse.ArgumentParser):

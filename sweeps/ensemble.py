@@ -5,7 +5,7 @@
 Members are chosen on the validation split only (ranked by validation loss; greedy selection
 scores on validation; stacking's meta-model is fit and cross-validated inside validation)
 and every ensemble is scored once on the test split. Members vote with calibrated
-probabilities: each at the temperature it fits on validation (trainables/calibration.py).
+probabilities: each at the temperature it fits on validation (trainables/stats/calibration.py).
 The table (best single model vs soft vote, hard vote, stacking and greedy selection, with
 members and weights, 95% intervals and McNemar's test against the best single model) is
 printed and saved as ensembles.csv / ensembles.md in the experiment folder.
@@ -25,9 +25,9 @@ from sweeps import cli
 from sweeps.experiment.files import ENSEMBLES_CSV, ENSEMBLES_MD
 from sweeps.experiment.folder import TrialPredictions, load_experiment, load_trials
 from sweeps.experiment.storage import write_atomic
-from trainables import evaluation as E
-from trainables.csvcells import guarded
-from trainables.errors import UserError
+from trainables.stats import evaluation as E
+from trainables.core.csvcells import guarded
+from trainables.core.errors import UserError
 
 
 def score_row(name: str, members: list[TrialPredictions], weights, predicted_val, predicted_test,
@@ -108,7 +108,7 @@ def calibrated(trial: TrialPredictions, val_labels) -> TrialPredictions:
     change; votes and stacking combine calibrated probabilities."""
     from dataclasses import replace
 
-    from trainables.calibration import fit_temperature, scaled
+    from trainables.stats.calibration import fit_temperature, scaled
 
     temperature = fit_temperature(trial.val_probs, val_labels)
     return replace(trial, val_probs=scaled(trial.val_probs, temperature),

@@ -18,10 +18,10 @@ import numpy as np
 
 from sweeps import cli
 from sweeps.experiment.folder import load_experiment
-from trainables import checkpoint
-from trainables import metrics as M
-from trainables.deploy import ExportSpec, write_export
-from trainables.errors import UserError
+from trainables.trial import checkpoint
+from trainables.core import metrics as M
+from trainables.deploy.bundle import ExportSpec, write_export
+from trainables.core.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,8 +86,7 @@ def export(experiment_dir, trial: str | None = None, out=None) -> Path:
 def calibration_of(saved: dict) -> dict:
     """The trial's temperature, fit on its validation probabilities, and the LAC scores of
     its validation images at that temperature (what prediction sets are calibrated on)."""
-    from trainables import calibration as C
-
+    from trainables.stats import calibration as C
     temperature = C.fit_temperature(saved["val_probs"], saved["val_labels"])
     calibrated = C.scaled(saved["val_probs"], temperature)
     scores = C.scores(calibrated, saved["val_labels"])

@@ -22,17 +22,17 @@ import pandas as pd
 
 from sweeps import cli
 from sweeps.experiment.storage import write_atomic
-from trainables.calibration import cutoffs, sets
-from trainables.csvcells import guarded
+from trainables.stats.calibration import cutoffs, sets
+from trainables.core.csvcells import guarded
 from trainables.data import IMAGE_EXTENSIONS, decode_image, scan, shown
-from trainables.deploy import RUNTIMES, load_export, preprocess, runtime_of, softmax
-from trainables.errors import UserError
+from trainables.deploy.bundle import RUNTIMES, load_export, preprocess, runtime_of, softmax
+from trainables.core.errors import UserError
 
 
 def predict(run, spec, paths: list[Path], batch_size: int, tta: bool, temperature: float = 1.0):
     """(probabilities of the decoded images, {path: error} of the others); ``run`` maps the
     network's input to logits (deploy.runtime_of)."""
-    from trainables.calibration import scaled
+    from trainables.stats.calibration import scaled
 
     probs, errors, done = [], {}, []
     for start in range(0, len(paths), batch_size):

@@ -219,7 +219,7 @@ def execute(args, command: list[str]) -> int:
             print(f"{name:24s} {space.description}")
         return 0
     if args.list_keys:
-        from trainables.config import describe_keys
+        from trainables.core.config import describe_keys
 
         print(describe_keys())
         return 0

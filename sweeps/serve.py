@@ -9,7 +9,7 @@
 
 Routes: POST /predict (multipart files under ``images``; ?coverage= adds prediction sets),
 GET /health, GET /model. Concurrent requests are batched; bad uploads get a 4xx with a
-one-line JSON error and the server goes on (trainables/serving.py).
+one-line JSON error and the server goes on (trainables/deploy/serving.py).
 
 With ``--ray`` the same app (``serving.create_app``, built on each replica) runs on Ray
 Serve: ``--replicas`` copies behind Serve's HTTP proxy, each with its CPUs and a share of a
@@ -24,13 +24,12 @@ import time
 
 from sweeps import cli
 from sweeps.driver.cluster import is_loopback, stop_ray
-from trainables.deploy import RUNTIMES, load_export
-from trainables.errors import UserError
+from trainables.deploy.bundle import RUNTIMES, load_export
+from trainables.core.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainables import serving
-
+    from trainables.deploy import serving
     parser = cli.parser(__doc__, "python sweeps/serve.py")
     parser.add_argument("export", metavar="EXPORT_DIR")
     parser.add_argument("--host", default="127.0.0.1")
@@ -95,8 +94,7 @@ def _serve_on_ray(args, limits) -> int:
                         "project's 'serve' extra)") from None
 
     from sweeps.driver.cluster import start_ray
-    from trainables import serving
-
+    from trainables.deploy import serving
     export, runtime, batch, threads = args.export, args.runtime, args.batch, args.threads
     device = "cuda" if args.gpus_per_replica else "cpu"
 

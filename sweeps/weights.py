@@ -13,8 +13,8 @@ on every node.
 from __future__ import annotations
 
 from sweeps import cli
-from trainables import weights as W
-from trainables.zoo import MODELS, model_spec
+from trainables.model import weights as W
+from trainables.model.zoo import MODELS, model_spec
 
 
 def list_weights(models: list[str]) -> int:

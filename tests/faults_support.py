@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from conftest import run_cli
+from helpers import run_cli
 
 # long enough per trial to be stopped mid-way, small enough for CI
 SLOW_TRIAL = ["--space", "single", "--set", "model=small_cnn", "--set", "image_size=32",

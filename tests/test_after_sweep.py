@@ -10,10 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from helpers import run_cli
 from sweeps import ensemble, export, predict, report
-from trainables import evaluation as E
-
+from trainables.stats import evaluation as E
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -61,7 +60,7 @@ def test_ensembles_of_a_real_sweep(experiment, capsys):
     assert len(table) == 5 and table["test_acc"].between(0, 1).all()
     assert table["ensemble"].str.startswith("stacking, top 3").sum() == 1
     # the soft vote of the calibrated members, recomputed from the saved probabilities
-    from trainables.calibration import fit_temperature, scaled
+    from trainables.stats.calibration import fit_temperature, scaled
 
     split = pd.read_csv(root / "split.csv")
     labels = split.loc[split["split"] == "test", "label"].to_numpy()
@@ -178,7 +177,7 @@ def test_export_and_predict_reproduce_the_trial_test_accuracy(experiment, tmp_pa
     assert predict.main([str(out), str(images), "--out", str(csv), "--runtime", "onnx",
                          "--coverage", "0.9"]) == 0
     sets = pd.read_csv(csv, dtype={"set": str}).set_index("path").loc[test["path"]]
-    from trainables.calibration import scaled
+    from trainables.stats.calibration import scaled
 
     assert np.allclose(sets[columns].to_numpy(), scaled(raw, temperature), atol=1e-5)
     covered = [str(c) in s.split(" | ") for c, s in zip(test["class"], sets["set"])]
@@ -191,7 +190,7 @@ def test_export_and_predict_reproduce_the_trial_test_accuracy(experiment, tmp_pa
     assert predict.main([str(out), str(images), "--out", str(csv), "--coverage", "0.9",
                          "--per-class"]) == 0
     mondrian = pd.read_csv(csv, dtype={"set": str}).set_index("path").loc[test["path"]]
-    from trainables.calibration import threshold
+    from trainables.stats.calibration import threshold
 
     cut = {d: threshold(s, 0.9) for d, s in zip(DIGITS, spec["calibration"]["class_scores"])}
     for _, row in mondrian.iterrows():

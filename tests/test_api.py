@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from conftest import make_image_folder
+from helpers import make_image_folder
 
 
 def test_a_notebook_runs_two_studies_in_one_interpreter(tmp_path, capsys):

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, make_image_folder, make_one_class_folder
+from helpers import ROOT, make_image_folder, make_one_class_folder
 from sweeps import cli, confirm, ensemble, export, predict, report, run, weights
-from test_ensemble import A, C, write_experiment
-from trainables.errors import UserError
+from helpers import A, C, write_experiment
+from trainables.core.errors import UserError
 
 COMMANDS = {"run": run.main, "ensemble": ensemble.main, "report": report.main,
             "export": export.main, "predict": predict.main, "weights": weights.main,
@@ -45,9 +45,9 @@ def ground(tmp_path_factory) -> Path:
     (base / "someones_files" / "thesis.tex").write_text("keep me")
     (base / "damaged").mkdir()
     (base / "damaged" / "sweep.json").write_text('{"args": {"space"')
-    from trainables.deploy import ExportSpec, write_export
-    from trainables.models import create_model
-    from trainables.record import Preprocess
+    from trainables.deploy.bundle import ExportSpec, write_export
+    from trainables.model.factory import create_model
+    from trainables.model.record import Preprocess
 
     spec = ExportSpec(create_model("small_cnn", 2, "false").build,
                       Preprocess(32, 36, "bilinear", (0.5,) * 3, (0.25,) * 3), ["a", "b"],
@@ -306,8 +306,7 @@ def test_a_damaged_checkpoint_file_is_named_in_one_line(tmp_path):
     its part, export.py stops)."""
     import numpy as np
 
-    from trainables import checkpoint
-
+    from trainables.trial import checkpoint
     np.savez(tmp_path / checkpoint.PREDICTIONS_FILE, val_probs=np.zeros((2, 3)))
     whole = (tmp_path / checkpoint.PREDICTIONS_FILE).read_bytes()
     assert set(checkpoint.read_predictions(tmp_path)) == {"val_probs"}

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from tests_support import tiny_trial_data
-from trainables.augment import AUGMENTS, augment_spec
-from trainables.batches import BatchAugment, training_batches
-from trainables.config import TrialConfig
-from trainables.record import Preprocess
-from trainables.transforms import create_train_transform
+from trainables.recipe.augment import AUGMENTS, augment_spec
+from trainables.data.batches import BatchAugment, training_batches
+from trainables.core.config import TrialConfig
+from trainables.model.record import Preprocess
+from trainables.data.transforms import create_train_transform
 
 PRE = Preprocess(64, 64, "bilinear", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
@@ -158,8 +158,7 @@ def test_images_over_their_device_budget_train_from_host_memory_with_the_same_re
     memory map one at a time. Same seed, same data: the same trial, epoch by epoch, bit for
     bit (here, on the CPU)."""
     from tests_support import fit_trial
-    from trainables import metrics as M
-
+    from trainables.core import metrics as M
     runs = {}
     for budget in (0.0, 0.001):  # 0: in place; 0.001 MB: far less than the images
         fitted = fit_trial(colour_handle, {"max_epochs": 3, "early_stop_patience": 0,

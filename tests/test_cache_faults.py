@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, make_image_folder
+from helpers import ROOT, make_image_folder
 
 CASES = {  # name: (mount options, environment, --data (None: the test's images), the fix)
     "full cache": ("size=100k", {"VISIONSWEEP_CACHE": "{mnt}/cache"}, None,

@@ -6,9 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from trainables import calibration as C
-
-
+from trainables.stats import calibration as C
 def _softmax(z):
     e = np.exp(z - z.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)

@@ -9,7 +9,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import make_image_folder, run_cli
+from helpers import make_image_folder, run_cli
 
 REQUIRED_COLUMNS = {"trial_id", "variant", "status", "stop_reason", "epochs", "best_val_loss",
                     "best_val_acc", "test_acc", "test_macro_f1", "pretrained", "wall_s"}
@@ -161,7 +161,7 @@ def test_seeds_odd_paths_and_image_kinds_through_a_whole_sweep(tmp_path, ray_add
 
 def test_a_failing_trial_is_tabled_and_the_others_go_on(tmp_path, monkeypatch, capsys):
     """Of two trials in one sweep on a real local Ray instance, one raises (a failure on
-    cue, trainables/faults.py; a model too big for its input is refused before any trial
+    cue, trainables/core/faults.py; a model too big for its input is refused before any trial
     now); the other trains."""
     import ray
 

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, make_image_folder
+from helpers import ROOT, make_image_folder
 
 BIN = Path(sys.executable).parent
 CLUSTER_SCRIPT = r"""

@@ -2,8 +2,8 @@ import pytest
 
 from search_spaces import registry
 from sweeps.driver.plan import grid_configs, validate
-from trainables.config import FIELD_TYPES, OBJECTIVES, TrialConfig, parse_overrides
-from trainables.errors import UserError
+from trainables.core.config import FIELD_TYPES, OBJECTIVES, TrialConfig, parse_overrides
+from trainables.core.errors import UserError
 
 
 def test_defaults_validate_and_round_trip():

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_image_folder, make_one_class_folder, write_image
+from helpers import make_image_folder, make_one_class_folder, write_image
 from trainables import data as D
-from trainables.errors import UserError
+from trainables.core.errors import UserError
 
 
 def test_discover_finds_classes_and_ignores_clutter(image_folder):

@@ -1,45 +1,13 @@
 """sweeps/ensemble.py on experiment folders laid out as sweeps/run.py writes them, with small
 hand-made probabilities whose ensembles can be worked out by hand; and the refusals."""
-import numpy as np
 import pandas as pd
 import pytest
 
 from sweeps import ensemble
 from sweeps.experiment.folder import load_experiment, load_trials
-from trainables.errors import UserError
+from trainables.core.errors import UserError
 
-VAL = ["0/v0.png", "0/v1.png", "1/v2.png", "1/v3.png"]
-TEST = ["0/t0.png", "0/t1.png", "1/t2.png", "1/t3.png"]
-LABELS = np.array([0, 0, 1, 1])
-
-
-def write_experiment(root, trials: dict, val_ids=VAL, test_ids=TEST):
-    """trials: trial_id -> (best_val_loss, val_probs, test_probs)."""
-    root.mkdir(parents=True)
-    split = [(p, str(label), label, part) for part, paths in (("val", VAL), ("test", TEST))
-             for p, label in zip(paths, LABELS)]
-    split.append(("0/x.png", "0", 0, "train"))
-    pd.DataFrame(split, columns=["path", "class", "label", "split"]).to_csv(
-        root / "split.csv", index=False)
-    rows = []
-    for trial_id, (loss, val, test) in trials.items():
-        rows.append({"trial_id": trial_id, "variant": f"v{trial_id}", "stop_reason": "completed",
-                     "best_epoch": 1, "best_val_loss": loss,
-                     "test_acc": float(np.mean(np.argmax(test, 1) == LABELS))})
-        checkpoint = root / f"small_cnn_s0_{trial_id}" / "checkpoint_000001"
-        checkpoint.mkdir(parents=True)
-        np.savez(checkpoint / "predictions.npz", val_probs=np.asarray(val, float),
-                 val_labels=LABELS, val_ids=np.asarray(val_ids), test_probs=np.asarray(test, float),
-                 test_labels=LABELS, test_ids=np.asarray(test_ids))
-    pd.DataFrame(rows).to_csv(root / "results.csv", index=False)
-    return root
-
-
-# a: right on the first half (sure), wrong on the second (unsure); b the reverse; c 3 of 4
-A = [[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]]
-B = [[0.4, 0.6], [0.4, 0.6], [0.1, 0.9], [0.1, 0.9]]
-C = [[0.6, 0.4], [0.6, 0.4], [0.4, 0.6], [0.6, 0.4]]
-
+from helpers import A, B, C, write_experiment
 
 def test_ensemble_table_by_hand(tmp_path, capsys):
     root = write_experiment(tmp_path / "exp", {"c1": (0.5, C, C), "a1": (0.6, A, A),
@@ -107,7 +75,7 @@ def test_each_command_ends_bad_input_in_one_line_and_exit_2(tmp_path, command, a
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     result = subprocess.run([sys.executable, str(ROOT / "sweeps" / command),
                              *[a.format(tmp=tmp_path) for a in args]],

@@ -14,11 +14,11 @@ from PIL import Image
 
 from sweeps import predict
 from tests_support import fit_trial
-from trainables import checkpoint
-from trainables.deploy import ExportSpec, load_export, runtime_of, write_export
-from trainables.errors import UserError
-from trainables.models import MODELS, create_model
-from trainables.record import Preprocess
+from trainables.trial import checkpoint
+from trainables.deploy.bundle import ExportSpec, load_export, runtime_of, write_export
+from trainables.core.errors import UserError
+from trainables.model.factory import MODELS, create_model
+from trainables.model.record import Preprocess
 
 TORCHVISION = [n for n in MODELS if MODELS[n].family == "torchvision"]
 
@@ -214,7 +214,7 @@ def _served_probabilities(export: Path, handle, paths, names) -> np.ndarray:
     import subprocess
     import sys
 
-    from conftest import ROOT, free_port, post, wait_for_port
+    from helpers import ROOT, free_port, post, wait_for_port
 
     port = free_port()
     log = export.parent / "serve.log"

@@ -1,4 +1,4 @@
-"""What happens to a trial's worker, done for real at a chosen moment (trainables/faults.py):
+"""What happens to a trial's worker, done for real at a chosen moment (trainables/core/faults.py):
 killed with SIGKILL, stopped (SIGSTOP), killed for memory in a real memory cgroup, handed to
 the next trial too early, or failing to start. Each ends as the README promises: retried, or
 tabled with its reason, and the sweep goes on."""
@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import make_image_folder, run_cli
+from helpers import make_image_folder, run_cli
 from faults_support import SLOW_TRIAL, no_leftovers, progress, trial_dirs, with_fault
 
 
@@ -112,7 +112,7 @@ def test_a_trial_the_kernel_kills_for_memory_is_tabled_as_oom(images, tmp_path, 
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     group = _memory_cgroup(f"visionsweep-test-{os.getpid()}", "2500M")
     if group is None:

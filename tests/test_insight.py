@@ -12,10 +12,8 @@ from torch import nn
 
 from sweeps.analysis import insight
 from sweeps.experiment.folder import Experiment
-from trainables import costs
-from trainables import metrics as M
-
-
+from trainables.model import costs
+from trainables.core import metrics as M
 class Tuple(nn.Module):
     """As Net does: the forward returns (logits, aux)."""
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from tests_support import CPU, fit_trial, tiny_trial_data
-from trainables import checkpoint
-from trainables import metrics as M
-from trainables.config import TrialConfig
+from trainables.trial import checkpoint
+from trainables.core import metrics as M
+from trainables.core.config import TrialConfig
 
 
 def test_fit_learns_and_reports_every_epoch(colour_handle):
@@ -112,7 +112,7 @@ def test_other_errors_are_not_mistaken_for_out_of_memory(colour_handle):
 
 
 def test_balanced_sampler_draws_classes_equally():
-    from trainables.loop import train_sampler
+    from trainables.trial.loop import train_sampler
 
     data = tiny_trial_data(n=12)
     data.train_labels = np.array([0] * 9 + [1] * 2 + [2] * 1)
@@ -126,7 +126,7 @@ def test_balanced_sampler_draws_classes_equally():
 
 
 def test_shuffle_sampler_draws_every_image_once_per_epoch_in_a_seeded_order():
-    from trainables.loop import train_sampler
+    from trainables.trial.loop import train_sampler
 
     data = tiny_trial_data(n=12)
     cfg = TrialConfig.from_dict({"sampler": "shuffle"})
@@ -161,8 +161,7 @@ def test_a_learning_rate_that_diverges_ends_the_trial_as_diverged(colour_handle)
 
 
 def test_test_metrics_carry_their_bootstrap_interval(colour_handle):
-    from trainables import evaluation as E
-
+    from trainables.stats import evaluation as E
     fitted = fit_trial(colour_handle, {"max_epochs": 3, "early_stop_patience": 0})
     last = fitted.last
     p = fitted.state["fit"].predictions
@@ -186,8 +185,8 @@ class _LeftRight(torch.nn.Module):
 
 
 def test_evaluate_with_flip_scores_the_mirror_images():
-    from trainables.batches import Normalize
-    from trainables.loop import EvalSplit, evaluate
+    from trainables.data.batches import Normalize
+    from trainables.trial.loop import EvalSplit, evaluate
 
     x = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
     x[0, :, :, :2] = 255  # bright left half
@@ -201,9 +200,9 @@ def test_evaluate_with_flip_scores_the_mirror_images():
 
 
 def test_tta_column_is_the_flip_average_of_the_best_weights(colour_handle):
-    from trainables import evaluation as E
-    from trainables.batches import Normalize
-    from trainables.loop import evaluate
+    from trainables.stats import evaluation as E
+    from trainables.data.batches import Normalize
+    from trainables.trial.loop import evaluate
 
     fitted = fit_trial(colour_handle, {"max_epochs": 3, "early_stop_patience": 0, "tta": True})
     reports, data, net = fitted.reports, fitted.trial.data, fitted.trial.net
@@ -219,7 +218,7 @@ def test_tta_column_is_the_flip_average_of_the_best_weights(colour_handle):
 
 
 def test_checkpoints_are_written_where_a_trial_may_stop_and_within_their_time_budget():
-    from trainables.checkpoint import CheckpointPolicy
+    from trainables.trial.checkpoint import CheckpointPolicy
 
     state = {"model": {"w": torch.zeros(15_000_000)}}  # 60 MB: estimated at 0.4 s
     policy = CheckpointPolicy(budget=0.02, stop_points=(7,))

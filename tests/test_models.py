@@ -3,8 +3,8 @@ import os
 import pytest
 import torch
 
-from trainables.errors import UserError
-from trainables.models import MODELS, create_model
+from trainables.core.errors import UserError
+from trainables.model.factory import MODELS, create_model
 
 TIMM_SMALL = "resnet10t"  # any timm name goes through the same path
 
@@ -93,7 +93,7 @@ def test_pretrained_weights_load_from_the_torch_home_cache(tmp_path, monkeypatch
 
 
 def test_sweep_driver_fetches_cached_weights(tmp_path, monkeypatch, offline_hub):
-    from trainables.models import fetch_pretrained
+    from trainables.model.factory import fetch_pretrained
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     assert "download refused" in fetch_pretrained("googlenet")

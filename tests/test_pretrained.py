@@ -13,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT
+from helpers import ROOT
 from tests_support import fit_trial
-from trainables import weights as W
-from trainables.batches import Normalize, centre_crop, nchw
+from trainables.model import weights as W
+from trainables.data.batches import Normalize, centre_crop, nchw
 from trainables.data import decode_image
-from trainables.errors import UserError
-from trainables.models import create_model
+from trainables.core.errors import UserError
+from trainables.model.factory import create_model
 
 PUBLISHED = "mobilenet_v2-b0353104.pth"
 
@@ -128,7 +128,7 @@ def test_pretrained_fine_tuning_on_real_photos_beats_random_initialisation(image
                                                                          tmp_path):
     """The README's real-photo study in miniature: one sweep, the same trial from ImageNet
     weights and from random initialisation, on 100 ELPV cells of each class."""
-    from conftest import run_cli
+    from helpers import run_cli
 
     W.add(imagenet_file, "mobilenet_v2")
     result = run_cli(["--space", "strategies", "--data", "demo:elpv", "--max-per-class", "100",

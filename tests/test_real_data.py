@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_image_folder
+from helpers import make_image_folder
 from trainables import data as D
 
 # folder and class names as they come from phones and shared drives
@@ -199,7 +199,7 @@ def test_a_strip_image_decodes_in_little_memory(tmp_path):
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     Image.fromarray(_strip()).save(tmp_path / "strip.png")
     probe = ("import resource, sys; sys.path.insert(0, sys.argv[1]);"

@@ -2,8 +2,8 @@
 import pytest
 
 from sweeps.driver.cluster import resources
-from trainables.errors import UserError
-from trainables.models import MODELS
+from trainables.core.errors import UserError
+from trainables.model.factory import MODELS
 
 GPU_NODE = [{"CPU": 16.0, "GPU": 1.0}]
 CPU_NODE = [{"CPU": 2.0, "GPU": 0.0}]

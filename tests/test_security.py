@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.errors import UserError
+from trainables.core.errors import UserError
 
 
 class _Payload:
@@ -29,39 +29,36 @@ def _plant(path: Path, marker: Path) -> None:
 
 
 def _checkpoint_state(folder: Path):
-    from trainables import checkpoint
-
+    from trainables.trial import checkpoint
     return checkpoint.load(folder)
 
 
 def _checkpoint_weights(folder: Path):
-    from trainables import checkpoint
-
+    from trainables.trial import checkpoint
     return checkpoint.read_best_weights(folder)
 
 
 def _export_weights(folder: Path):
-    from trainables.deploy import load_export
+    from trainables.deploy.bundle import load_export
 
     return load_export(folder)
 
 
 def _cached_torchvision_weights(folder: Path):
-    from trainables.models import create_model
+    from trainables.model.factory import create_model
 
     return create_model("mobilenet_v2", 3, "true", weights="IMAGENET1K_V1")
 
 
 def _added_weights(folder: Path):
-    from trainables import weights as W
-
+    from trainables.model import weights as W
     return W.add(folder / "downloaded.pth", "mobilenet_v2")
 
 
 def _export_folder(folder: Path) -> None:
-    from trainables.deploy import ExportSpec, write_export
-    from trainables.models import create_model
-    from trainables.record import Preprocess
+    from trainables.deploy.bundle import ExportSpec, write_export
+    from trainables.model.factory import create_model
+    from trainables.model.record import Preprocess
 
     spec = ExportSpec(create_model("small_cnn", 2, "false").build,
                       Preprocess(32, 36, "bilinear", (0.5,) * 3, (0.25,) * 3), ["a", "b"],
@@ -101,16 +98,14 @@ def test_a_crafted_pickle_is_refused_and_runs_nothing(case, tmp_path, monkeypatc
 
 def test_a_real_checkpoint_still_loads_with_the_data_only_unpickler(colour_handle, tmp_path):
     from tests_support import fit_trial
-    from trainables import checkpoint
-
+    from trainables.trial import checkpoint
     fit_trial(colour_handle, {"max_epochs": 1}, checkpoints=tmp_path / "ck")
     state = checkpoint.load(sorted((tmp_path / "ck").iterdir())[-1])
     assert state["fit"].epoch == 1
 
 
 def test_predictions_with_pickled_objects_are_refused(tmp_path):
-    from trainables import checkpoint
-
+    from trainables.trial import checkpoint
     marker = tmp_path / "code-ran"
     np.savez(tmp_path / "predictions.npz", test_probs=np.array([_Payload(marker)], dtype=object))
     with pytest.raises(UserError, match="cannot be read"):
@@ -123,7 +118,7 @@ def test_a_local_sweeps_ray_listens_on_loopback_only():
 
     import ray
 
-    from conftest import descendants, listening
+    from helpers import descendants, listening
     from sweeps.driver.cluster import start_ray
 
     name = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -159,7 +154,7 @@ SPEC_CASES = {  # an export's spec.json edited by someone: (the change, the one 
 def test_an_edited_export_spec_is_refused_in_one_line(case, tmp_path):
     import json
 
-    from trainables.deploy import load_export
+    from trainables.deploy.bundle import load_export
 
     _export_folder(tmp_path / "export")
     path = tmp_path / "export" / "spec.json"
@@ -186,7 +181,7 @@ def test_names_a_spreadsheet_would_run_or_parse_are_kept_as_text(tmp_path, ray_a
     import numpy as np_
     from PIL import Image
 
-    from conftest import run_cli
+    from helpers import run_cli
     from sweeps import export, predict, report
     from sweeps.experiment.folder import load_experiment
 
@@ -227,7 +222,7 @@ def test_joining_a_cluster_without_its_token_is_one_line(tmp_path, ray_address):
     import subprocess
     import sys
 
-    from conftest import ROOT, make_image_folder
+    from helpers import ROOT, make_image_folder
 
     data = make_image_folder(tmp_path / "imgs", per_class=10)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}

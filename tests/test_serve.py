@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, free_port, get, post, wait_for_port
+from helpers import ROOT, free_port, get, post, wait_for_port
 
 
 CLASS_SCORES = [sorted(np.linspace(0.05, 0.95, 40)), [0.2] * 40, [0.99] * 40]
@@ -35,9 +35,9 @@ def _solid_png(size) -> bytes:
 def service(tmp_path_factory):
     """An export of a small CNN with calibration, served on a free loopback port with small
     limits (so that the limits can be met in a test)."""
-    from trainables.deploy import ExportSpec, write_export
-    from trainables.models import create_model
-    from trainables.record import Preprocess
+    from trainables.deploy.bundle import ExportSpec, write_export
+    from trainables.model.factory import create_model
+    from trainables.model.record import Preprocess
 
     base = tmp_path_factory.mktemp("serve")
     import torch
@@ -127,7 +127,7 @@ def test_a_bad_upload_is_a_4xx_in_one_line_and_the_server_goes_on(service, case)
 
 def test_the_service_listens_on_loopback_unless_told_otherwise():
     from sweeps import serve
-    from trainables.errors import UserError
+    from trainables.core.errors import UserError
 
     with pytest.raises(UserError, match="not a loopback address"):
         serve.main(["nowhere", "--host", "0.0.0.0"])
@@ -151,7 +151,7 @@ def test_the_same_app_on_ray_serve_answers_alike_from_two_replicas_on_loopback(s
     import signal
     import time
 
-    from conftest import descendants, listening
+    from helpers import descendants, listening
 
     url, base = service
     files = [("images", f"{i}.png", _png(seed=i)) for i in range(3)]

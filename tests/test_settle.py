@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import HEAD_ENV, ROOT, make_image_folder, run_cli
+from helpers import HEAD_ENV, ROOT, make_image_folder, run_cli
 
 SMALL = ["--set", "model=small_cnn", "--set", "image_size=32"]
 
@@ -57,7 +57,7 @@ def test_folds_are_stratified_disjoint_keep_copies_together_and_reload(tmp_path)
     source = D.apply_split_file(D.discover(root), tmp_path / "split.csv")
     again, _ = D.prepare(source, 37, tmp_path / "cache", progress=False, folds=4)
     assert again.folds == handle.folds and again.splits == handle.splits
-    from trainables.errors import UserError
+    from trainables.core.errors import UserError
 
     with pytest.raises(UserError, match="pass --folds 4"):
         D.prepare(source, 37, tmp_path / "cache", progress=False)

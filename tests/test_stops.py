@@ -1,5 +1,5 @@
 """What people, schedulers and disks do to a long sweep's driver, done for real at a chosen
-moment (trainables/faults.py): the driver killed, Ctrl-C and SIGTERM, a full disk, two
+moment (trainables/core/faults.py): the driver killed, Ctrl-C and SIGTERM, a full disk, two
 sweeps of one name. Each ends as the README promises: nothing finished is lost, and --resume
 completes the sweep."""
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import make_image_folder, run_cli
+from helpers import make_image_folder, run_cli
 from faults_support import (SLOW_TRIAL, digests, live_ray_processes, no_leftovers,
                             progress, resume_completes, trial_dirs, with_fault)
 
@@ -135,7 +135,7 @@ def test_resume_refuses_what_it_cannot_resume(tmp_path):
 
 
 def test_two_sweeps_of_one_name_started_together_one_runs_one_is_refused(images, tmp_path):
-    from conftest import start_cli
+    from helpers import start_cli
 
     args = [*SLOW_TRIAL, "--data", str(images), "--max-epochs", "2", "--num-samples", "2",
             "--storage", str(tmp_path / "runs"), "--name", "same"]

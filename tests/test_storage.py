@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import make_image_folder, run_cli
+from helpers import make_image_folder, run_cli
 from sweeps.experiment.storage import Store
 
 
@@ -39,7 +39,7 @@ def test_store_writes_reads_and_refuses_what_it_cannot_write(s3, tmp_path):
     assert again.name == "exp" and again.read_text("a/b.txt") == "héllo"
     store.remove()
     assert not store.has_content()
-    from trainables.errors import UserError
+    from trainables.core.errors import UserError
 
     bad = s3.replace("s3://sweeps/", "s3://no-such-bucket/")
     with pytest.raises(UserError, match="cannot write there"):

@@ -4,8 +4,8 @@ import math
 import torch
 
 from tests_support import fit_trial
-from trainables import metrics as M
-from trainables.strategies import backbone_frozen
+from trainables.core import metrics as M
+from trainables.recipe.strategies import backbone_frozen
 
 
 def _state(net) -> dict:

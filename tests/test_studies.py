@@ -12,14 +12,14 @@ from search_spaces import registry
 from sweeps.driver.plan import make_plan
 from sweeps.experiment.tables import write_tables
 from sweeps.experiment.storage import Store
-from trainables import metrics as M
-from trainables.config import TrialConfig, load_config_file
-from trainables.errors import UserError
-from trainables.augment import AUGMENTS, augment_spec
-from trainables.models import MODELS, HeadSpec, create_model
-from trainables.strategies import create_strategy, set_backbone_frozen
-from trainables.transforms import create_train_transform
-from trainables.trial import preprocess_for
+from trainables.core import metrics as M
+from trainables.core.config import TrialConfig, load_config_file
+from trainables.core.errors import UserError
+from trainables.recipe.augment import AUGMENTS, augment_spec
+from trainables.model.factory import MODELS, HeadSpec, create_model
+from trainables.recipe.strategies import create_strategy, set_backbone_frozen
+from trainables.data.transforms import create_train_transform
+from trainables.trial.build import preprocess_for
 
 
 def test_torchvision_models_take_the_imagenet_recipe():

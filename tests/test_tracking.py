@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import free_port, make_image_folder, run_cli, wait_for_port
-from trainables.config import TrialConfig
+from helpers import free_port, make_image_folder, run_cli, wait_for_port
+from trainables.core.config import TrialConfig
 
 
 def start_mlflow(base: Path, backend_store: str):

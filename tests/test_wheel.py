@@ -8,7 +8,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from conftest import ROOT, make_image_folder
+from helpers import ROOT, make_image_folder
 
 
 def _run(command: list, **kwargs) -> subprocess.CompletedProcess:

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 
 from sweeps.experiment.folder import Experiment
-from trainables import checkpoint
-from trainables import metrics as M
-from trainables.errors import UserError
+from trainables.trial import checkpoint
+from trainables.core import metrics as M
+from trainables.core.errors import UserError
 
 OBJECTIVE = M.BEST_VAL_LOSS  # what trials were selected on; lower is better
 
@@ -96,8 +96,8 @@ def latencies(experiment: Experiment, rounds: int = 5, threads: int = 1,
     noisy it was."""
     import torch
 
-    from trainables.costs import measure_latency
-    from trainables.models import rebuild
+    from trainables.model.costs import measure_latency
+    from trainables.model.factory import rebuild
 
     nets, of_trial = {}, {}
     for trial_id in experiment.results()["trial_id"].astype(str):
@@ -115,7 +115,7 @@ def latencies(experiment: Experiment, rounds: int = 5, threads: int = 1,
             net.load_state_dict(checkpoint.read_best_weights(latest))
             size = record.preprocess.image_size
             if runtime == "onnx":
-                from trainables.deploy import OnnxNet
+                from trainables.deploy.bundle import OnnxNet
 
                 net = OnnxNet(net.eval(), size, threads)
             nets[key] = (net.eval(), size)
@@ -138,7 +138,7 @@ def pareto(table: pd.DataFrame, cost: str) -> pd.DataFrame:
     """Per variant that gave a result, its best trial by validation loss: ``cost``, test
     accuracy and its interval, and whether it is on the Pareto front (no variant is as
     cheap and better, or cheaper and as good)."""
-    from trainables.costs import pareto_front
+    from trainables.model.costs import pareto_front
 
     rows = table[~table["stop_reason"].isin(M.NOT_A_RESULT)].dropna(subset=[cost, M.TEST_ACC])
     best = rows.loc[rows.groupby("variant")[M.BEST_VAL_LOSS].idxmin()].copy()

@@ -7,9 +7,7 @@ import numpy as np
 import pandas as pd
 
 from sweeps.experiment.files import PROGRESS_CSV
-from trainables import metrics as M
-
-
+from trainables.core import metrics as M
 def pyplot():
     import matplotlib
 

@@ -12,9 +12,9 @@ from sweeps.analysis import insight, plots
 from sweeps.experiment.files import COSTS_CSV
 from sweeps.experiment.folder import Experiment, load_trial
 from sweeps.experiment.storage import write_atomic
-from trainables import metrics as M
-from trainables.csvcells import guarded
-from trainables.errors import UserError
+from trainables.core import metrics as M
+from trainables.core.csvcells import guarded
+from trainables.core.errors import UserError
 
 Section = tuple[str, str]  # (title, HTML)
 
@@ -108,8 +108,7 @@ def calibration(experiment: Experiment, trial, out: Path,
                 image: Callable[[Path], str]) -> Section:
     """The trial's reliability diagram on test, before and after the temperature it fit on
     validation, with the expected calibration error of each."""
-    from trainables import calibration as C
-
+    from trainables.stats import calibration as C
     found = C.calibrate(trial.val_probs, experiment.val_labels, trial.test_probs,
                         experiment.test_labels)
     temperature, eces = found["temperature"], (found["ece"], found["ece_calibrated"])
@@ -142,8 +141,7 @@ def set_coverage(val_probs, val_labels, test_probs, test_labels,
     ways of calibrating them; each class's coverage (or, for many classes, the lowest)."""
     import numpy as np
 
-    from trainables import calibration as C
-
+    from trainables.stats import calibration as C
     test_labels = np.asarray(test_labels)
     per_class = {"class_scores": C.class_scores(val_probs, val_labels, len(class_names))}
     rows = []

@@ -10,9 +10,9 @@ from sweeps.driver.plan import create_searcher
 from sweeps.driver.spec import Sweep
 from sweeps.experiment.files import OPTUNA_JOURNAL
 from sweeps.experiment.redact import redact
-from trainables import metrics as M
+from trainables.core import metrics as M
 from trainables.data import DataHandle
-from trainables.errors import UserError
+from trainables.core.errors import UserError
 
 
 def _name_creator(sweep: Sweep):
@@ -28,7 +28,7 @@ def _trainable(sweep: Sweep, handle: DataHandle, unavailable: tuple[str, ...],
                per_trial: dict[str, float]):
     from ray import tune
 
-    from trainables.trainable import train_trial
+    from trainables.trial.trainable import train_trial
 
     return tune.with_resources(
         tune.with_parameters(train_trial, data=handle, unavailable_weights=unavailable,

@@ -21,7 +21,7 @@ from pathlib import Path
 from sweeps.experiment.files import CLAIM_LOCK, MARKER, SWEEP_JSON
 from sweeps.experiment.redact import redact_all
 from sweeps.experiment.storage import Store
-from trainables.errors import UserError
+from trainables.core.errors import UserError
 
 _HELD: list = []  # open lock files of this process: the lock lasts as long as the driver
 

@@ -6,7 +6,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from trainables.errors import UserError
+from trainables.core.errors import UserError
 
 CONNECT_TIMEOUT_S = 10.0
 
@@ -70,7 +70,7 @@ def start_ray(address: str | None):
     kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
     from ray._common.utils import get_default_ray_temp_dir
 
-    from trainables.data.decode import writes_into
+    from trainables.core.files import writes_into
 
     setting = "RAY_TMPDIR" if "RAY_TMPDIR" in os.environ else "TMPDIR"
     with writes_into(Path(get_default_ray_temp_dir()), "Ray's temporary folder", setting), \
@@ -243,7 +243,7 @@ def resources(cpus_per_trial: float | None, gpus_per_trial: float | None,
     the largest default GPU share among the sweep's models (the model registry's
     ``gpu_share``); without --cpus-per-trial, for its part of a node's CPUs: the node's
     CPUs over the trials that share it (``concurrent`` at most, when fewer can run)."""
-    from trainables.zoo import model_spec
+    from trainables.model.zoo import model_spec
 
     gpus = gpus_per_trial
     if gpus is None:

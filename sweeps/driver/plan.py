@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from search_spaces import is_domain, is_grid
-from trainables.config import TrialConfig
-from trainables.errors import UserError
+from trainables.core.config import TrialConfig
+from trainables.core.errors import UserError
 
 SMOKE_BUDGET = 4  # trials of a searched space under --smoke
 
@@ -81,9 +81,9 @@ def grid_configs(param_space: dict[str, Any]) -> list[dict[str, Any]]:
 
 def validate(configs: list[dict]) -> list[TrialConfig]:
     """TrialConfig for every point, and the model checks; raises UserError on the first bad one."""
-    from trainables.models import check_input_size, check_model
-    from trainables.strategies import create_strategy
-    from trainables.trial import preprocess_for
+    from trainables.model.factory import check_input_size, check_model
+    from trainables.recipe.strategies import create_strategy
+    from trainables.trial.build import preprocess_for
 
     checked, sized = [], set()
     for config in configs:

@@ -6,9 +6,9 @@ import sys
 
 from sweeps.driver.spec import SMOKE_IMAGES_PER_CLASS, SweepSpec
 from trainables import data as D
-from trainables.config import TrialConfig
-from trainables.errors import UserError
-from trainables.trial import preprocess_for
+from trainables.core.config import TrialConfig
+from trainables.core.errors import UserError
+from trainables.trial.build import preprocess_for
 
 IMBALANCE_WARNING_RATIO = 3.0
 
@@ -70,8 +70,8 @@ def data_warnings(report: dict) -> list[str]:
 def check_weights(cfgs: list[TrialConfig]) -> tuple[str, ...]:
     """Fetch each model's pretrained weights once, before the trials ask for them.
     Returns the models whose weights cannot be had (their trials train from scratch)."""
-    from trainables.models import fetch_pretrained, model_spec
-    from trainables.weights import hub_reachable, use_hub_offline, weights_unavailable
+    from trainables.model.factory import fetch_pretrained, model_spec
+    from trainables.model.weights import hub_reachable, use_hub_offline, weights_unavailable
 
     wanted = sorted({(c.model, c.weights) for c in cfgs if c.pretrained != "false"
                      and model_spec(c.model).family != "custom"})  # small_cnn has none

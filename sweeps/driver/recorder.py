@@ -22,8 +22,8 @@ from sweeps.experiment.files import PROGRESS_CSV
 from sweeps.experiment.storage import Store
 from sweeps.experiment.tables import plain, trial_row, write_tables
 from sweeps.sinks.base import TrialEntry
-from trainables import metrics as M
-from trainables.faults import DRIVER_SIGNALS, GROUP_SIGNALS, die, fault
+from trainables.core import metrics as M
+from trainables.core.faults import DRIVER_SIGNALS, GROUP_SIGNALS, die, fault
 
 FINISHED = ("TERMINATED", "ERROR")
 TABLE_BUDGET = 0.02  # at most this share of the sweep's time goes to rewriting its table
@@ -176,7 +176,7 @@ class TrialRecorder(Callback):
         entry.last = {k: plain(v) for k, v in result.items() if not isinstance(v, dict)}
         entry.retries = trial.run_metadata.num_failures
         self._each("result", entry, entry.last)
-        for name, signum in DRIVER_SIGNALS.items():  # the tests' faults (trainables/faults.py)
+        for name, signum in DRIVER_SIGNALS.items():  # the tests' faults (trainables/core/faults.py)
             after = fault(name)
             if after is not None and name not in self._signalled and self.finished() >= after:
                 self._signalled.add(name)

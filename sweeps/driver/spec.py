@@ -15,8 +15,8 @@ from sweeps.experiment.files import SPLIT_CSV, SWEEP_JSON
 from sweeps.experiment.folder import read_sweep_json
 from sweeps.experiment.redact import redact, usable
 from sweeps.experiment.storage import Store
-from trainables.config import load_config_file, parse_overrides
-from trainables.errors import UserError
+from trainables.core.config import load_config_file, parse_overrides
+from trainables.core.errors import UserError
 
 SMOKE_IMAGES_PER_CLASS = 10
 SMOKE_OVERRIDES = {"max_epochs": 2, "image_size": 32}
@@ -174,7 +174,7 @@ class Sweep:
                                                                   "threads": threads}))
 
     def variant(self, config: dict) -> str:
-        from trainables.record import variant_name
+        from trainables.model.record import variant_name
 
         return variant_name(config, self.variant_keys)
 
@@ -208,7 +208,7 @@ def asha_grace(space, configs) -> int:
     """ASHA's grace period: the space's own (else DEFAULT_GRACE), never shorter than the
     earliest epoch at which any trial's strategy may be compared, never longer than the
     longest trial."""
-    from trainables.strategies import create_strategy
+    from trainables.recipe.strategies import create_strategy
 
     earliest = max(create_strategy(c).earliest_comparison for c in configs)
     longest = max(c.max_epochs for c in configs)

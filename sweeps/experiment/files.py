@@ -1,6 +1,6 @@
 """Every file name of an experiment folder, in one place. What a trial writes inside its
 checkpoints (state.pt, best_model.pt, predictions.npz, trial.json, ...) belongs to the
-trial record: trainables/checkpoint.py.
+trial record: trainables/trial/checkpoint.py.
 
     runs/NAME/
       sweep.json               the sweep's settings and data digest (--resume reads it)

@@ -15,10 +15,10 @@ import pandas as pd
 
 from sweeps.experiment.files import RESULTS_CSV, SPLIT_CSV, SWEEP_JSON
 from sweeps.experiment.storage import Store
-from trainables import checkpoint
-from trainables import metrics as M
-from trainables.csvcells import unguarded
-from trainables.errors import UserError
+from trainables.trial import checkpoint
+from trainables.core import metrics as M
+from trainables.core.csvcells import unguarded
+from trainables.core.errors import UserError
 
 
 @dataclass
@@ -152,7 +152,7 @@ def _sweep_json(root: Path) -> dict:
 
 
 def _read_csv(path: Path, **kwargs) -> pd.DataFrame:
-    try:  # text cells as they were before the CSV-injection guard (trainables/csvcells.py)
+    try:  # text cells as they were before the CSV-injection guard (trainables/core/csvcells.py)
         return unguarded(pd.read_csv(path, keep_default_na=False, **kwargs))
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not a readable table ({type(exc).__name__}); the experiment "

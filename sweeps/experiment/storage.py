@@ -10,8 +10,8 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from sweeps.experiment.files import CLAIM_LOCK
-from trainables.errors import UserError
-from trainables.faults import before_write
+from trainables.core.errors import UserError
+from trainables.core.faults import before_write
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -15,8 +15,8 @@ import pandas as pd
 
 from sweeps.experiment.files import BEST_CONFIG, BY_VARIANT_CSV, RESULTS_CSV, RESULTS_MD
 from sweeps.experiment.storage import Store
-from trainables import metrics as M
-from trainables.csvcells import guarded, unguarded
+from trainables.core import metrics as M
+from trainables.core.csvcells import guarded, unguarded
 
 SCORE_COLUMNS = [M.TEST_ACC, M.TEST_MACRO_F1, M.BEST_VAL_ACC, M.BEST_VAL_LOSS, "epochs"]
 

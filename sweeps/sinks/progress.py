@@ -5,9 +5,7 @@ import sys
 import time
 
 from sweeps.sinks.base import Sink
-from trainables import metrics as M
-
-
+from trainables.core import metrics as M
 def _f(value, spec=".3f") -> str:
     return format(value, spec) if isinstance(value, (int, float)) else "-"
 

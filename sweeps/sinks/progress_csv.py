@@ -8,8 +8,8 @@ from pathlib import Path
 from sweeps.experiment.files import PROGRESS_CSV
 from sweeps.experiment.storage import write_atomic
 from sweeps.sinks.base import Sink, TrialEntry
-from trainables import metrics as M
-from trainables.faults import before_write
+from trainables.core import metrics as M
+from trainables.core.faults import before_write
 
 
 class ProgressCsv(Sink):

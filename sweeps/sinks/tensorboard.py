@@ -13,8 +13,7 @@ from tensorboard.plugins.hparams import summary_v2
 from torch.utils.tensorboard import SummaryWriter
 
 from sweeps.sinks.base import Sink
-from trainables import metrics as M
-
+from trainables.core import metrics as M
 HPARAM_METRICS = (M.BEST_VAL_LOSS, M.BEST_VAL_ACC, M.TEST_ACC, M.TEST_MACRO_F1,
                   M.VAL_LOSS, M.VAL_ACC)
 

@@ -23,8 +23,8 @@ from sweeps.experiment.files import ARTIFACTS, TRACKING_FILE
 from sweeps.experiment.redact import redact, usable
 from sweeps.experiment.storage import Store
 from sweeps.sinks.base import Sink
-from trainables import metrics as M
-from trainables.errors import UserError
+from trainables.core import metrics as M
+from trainables.core.errors import UserError
 
 EXPERIMENT_KIND = "custom_model_development"  # MLflow's UI opens it as model training
 
@@ -149,7 +149,7 @@ class Tracking(Sink):
                       "visionsweep.varied", "").split(",") if k}})
         from mlflow.entities import Param
 
-        from trainables.config import TrialConfig
+        from trainables.core.config import TrialConfig
 
         config = TrialConfig.from_dict(entry.config).to_dict()  # every field, defaults too
         params = [Param(k, str(_param_value(v))) for k, v in sorted(config.items())]

@@ -5,6 +5,8 @@
     decode.py   decode once per size into a memory-mapped cache keyed by content
     handle.py   prepare(): the handle every trial gets, the data report, split.csv's text
     demo.py     data sets that ship inside packages, as image folders
+    transforms.py, batch_augment.py, batches.py   the path from the decoded arrays to the
+                loop's batches (imported by the trial, not re-exported here)
 """
 from trainables.data.decode import (decode_cached, decode_image, default_cache_dir,
                                     content_digest, file_hashes)

@@ -21,40 +21,9 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image, ImageOps
 
-from trainables.errors import UserError
+from trainables.core.files import default_cache_dir, hash_file, writes_into  # noqa: F401
 
 CACHE_VERSION = 1
-
-
-def default_cache_dir() -> Path:
-    """Where decoded images and the demo data live: $VISIONSWEEP_CACHE or ~/.cache/visionsweep."""
-    env = os.environ.get("VISIONSWEEP_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "visionsweep"
-
-
-# a write into the cache that failed for a reason of the place, not of the data
-_PLACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
-                 errno.ENOTDIR, errno.ENOENT}
-
-
-@contextlib.contextmanager
-def writes_into(place: Path, what: str = "cache", setting: str = "VISIONSWEEP_CACHE"):
-    """Writes into the folder ``place`` (the cache; Ray's temporary folder): a full,
-    read-only or unwritable place ends in one line that names it and the fix, not a
-    traceback."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno not in _PLACE_ERRNOS:
-            raise
-        fix = ("free some space there" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-               else "make it writable")
-        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(place) else ""
-        raise UserError(f"{what} {place}: {exc.strerror or exc}{where}; {fix}, or set "
-                        f"{setting} to a writable folder with room") from None
 
 
 def ordered_map(work: Callable, items, workers: int | None = None, window: int = 256):
@@ -86,15 +55,6 @@ class Progress:
             rate = done / max(time.monotonic() - self.started, 1e-9)
             print(f"{self.what} {done}/{self.total} ({rate:.0f}/s)", file=sys.stderr,
                   flush=True)
-
-
-def hash_file(path: Path, algorithm: str = "sha1") -> str:
-    """The hex digest of a file's bytes, read a megabyte at a time."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_hashes(root: Path, paths: tuple[str, ...], progress: bool = False) -> list[str]:

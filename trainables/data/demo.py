@@ -22,8 +22,8 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image
 
-from trainables.data.decode import default_cache_dir, writes_into
-from trainables.errors import UserError
+from trainables.core.files import default_cache_dir, writes_into
+from trainables.core.errors import UserError
 
 PREFIX = "demo:"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.csvcells import cell
+from trainables.core.csvcells import cell
 from trainables.data.decode import content_digest, decode_cached, file_hashes
 from trainables.data.source import SPLITS, DataSource, check_classes, subset
 from trainables.data.split import (
@@ -18,7 +18,7 @@ from trainables.data.split import (
     stratified_folds,
     stratified_split,
 )
-from trainables.errors import UserError
+from trainables.core.errors import UserError
 
 
 @dataclass(frozen=True)

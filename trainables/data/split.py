@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.csvcells import uncell
+from trainables.core.csvcells import uncell
 from trainables.data.source import SPLITS, DataSource
-from trainables.errors import UserError
+from trainables.core.errors import UserError
 
 
 SKIPPED = "skipped"  # split.csv's mark for an image that could not be decoded
@@ -89,7 +89,7 @@ def apply_split_file(source: DataSource, split_file: str | os.PathLike,
     if not rows or not {"path", "split"} <= set(rows[0]):
         raise UserError(f"--split-file {path}: needs 'path' and 'split' columns, as the "
                         "split.csv that every experiment writes")
-    for row in rows:  # as written, before the CSV-injection guard (trainables/csvcells.py)
+    for row in rows:  # as written, before the CSV-injection guard (trainables/core/csvcells.py)
         row["path"] = uncell(row["path"])
     assigned = {row["path"]: row["split"] for row in rows}
     fold_of = {}

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.registry import Registry
+from trainables.core.registry import Registry
 
 if TYPE_CHECKING:
-    from trainables.config import TrialConfig
+    from trainables.core.config import TrialConfig
 
 LOSSES: Registry[Callable[["TrialConfig", list[int]], nn.Module]] = Registry("loss")
 

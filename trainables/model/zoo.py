@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trainables.errors import UserError
-from trainables.registry import Registry
+from trainables.core.errors import UserError
+from trainables.core.registry import Registry
 
 TIMM_PREFIX = "timm/"
 

@@ -10,8 +10,8 @@ import difflib
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from trainables import registry
-from trainables.errors import UserError
+from trainables.core import registry
+from trainables.core.errors import UserError
 
 # Objective presets: a variant name stands for these field values.
 OBJECTIVES: dict[str, dict[str, Any]] = {
@@ -82,7 +82,7 @@ class TrialConfig:
     weights: str = ""
     head_dropout: float = 0.0  # dropout before the classifier
     head_hidden: int = 0  # >0: a hidden layer of this width (with ReLU) in the classifier
-    # fine-tuning strategy (see trainables/strategies.py)
+    # fine-tuning strategy (see trainables/recipe/strategies.py)
     strategy: str = "base"
     aux_weight: float = 0.3
     unfreeze_epoch: int = 5  # gradual_unfreeze: the first N epochs train the heads only
@@ -126,14 +126,14 @@ class TrialConfig:
     fold: int = -1  # cross-validation: the fold this trial tests on (run.py --folds); -1: none
     deterministic: bool = False  # also torch's deterministic algorithms (cuDNN's on a GPU)
     amp: bool = True  # CUDA: bf16 autocast (fp16 with loss scaling where bf16 is missing)
-    # speed (trainables/batches.py, benchmarks/README.md)
+    # speed (trainables/data/batches.py, benchmarks/README.md)
     data_path: str = "auto"  # device: batched augmentation on the training device; loader:
     # per-image transforms in a DataLoader; auto: device
     loader_workers: int = 0  # DataLoader worker processes of the loader path
     channels_last: bool = True  # CUDA: channels-last memory format for model and batches
     compile: bool = False  # torch.compile the model (pays a compile once per trial)
     # largest share of a trial's time spent writing checkpoints (0: one every epoch); a
-    # checkpoint is also written wherever the trial may stop (trainables/checkpoint.py)
+    # checkpoint is also written wherever the trial may stop (trainables/trial/checkpoint.py)
     checkpoint_budget: float = 0.02
     # megabytes of decoded images a trial may keep on its device (0: half of the trial's
     # part of the GPU's memory); beyond it, batches come from host memory

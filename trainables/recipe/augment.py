@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trainables.registry import Registry
+from trainables.core.registry import Registry
 
 
 @dataclass(frozen=True)

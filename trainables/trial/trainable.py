@@ -1,6 +1,6 @@
 """The Ray Tune trainable: ``build_trial`` -> ``fit`` -> ``tune.report`` once per epoch, with a
 checkpoint from which a restarted trial resumes where it stopped. Only wiring lives here;
-everything a trial is comes from ``trainables/trial.py``.
+everything a trial is comes from ``trainables/trial/build.py``.
 """
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from trainables import checkpoint
-from trainables import metrics as M
-from trainables.config import TrialConfig
-from trainables.costs import model_costs
+from trainables.trial import checkpoint
+from trainables.core import metrics as M
+from trainables.core.config import TrialConfig
+from trainables.model.costs import model_costs
 from trainables.data import DataHandle
-from trainables.faults import die, fault, hog_memory
-from trainables.trial import build_trial, variant_name
+from trainables.core.faults import die, fault, hog_memory
+from trainables.trial.build import build_trial, variant_name
 
 
 def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, ...] = (),
@@ -37,7 +37,7 @@ def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, 
     resources = tune.get_context().get_trial_resources().required_resources
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pin_compute(cfg, int(resources.get("CPU", 1)), device)
-    if fault("fail_seed") == cfg.seed:  # the tests' failing trial (trainables/faults.py)
+    if fault("fail_seed") == cfg.seed:  # the tests' failing trial (trainables/core/faults.py)
         raise RuntimeError(f"a failure on cue for the tests (fail_seed={cfg.seed})")
     trial = build_trial(cfg, data, variant_name(config, variant_keys),
                         offline_weights=cfg.model in unavailable_weights)
@@ -72,7 +72,7 @@ def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, 
                 tune.report({**metrics, **extra},
                             checkpoint=tune.Checkpoint.from_directory(directory))
             policy.saved(time.perf_counter() - started)
-        if metrics[M.EPOCH] == kill_at:  # the tests' lost worker (trainables/faults.py)
+        if metrics[M.EPOCH] == kill_at:  # the tests' lost worker (trainables/core/faults.py)
             die()
         if metrics[M.EPOCH] == stall_at:  # the tests' stalled worker
             die(signal.SIGSTOP)

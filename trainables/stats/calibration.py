@@ -51,7 +51,7 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     """The temperature that minimises the validation negative log-likelihood."""
     from scipy.optimize import minimize_scalar
 
-    from trainables.evaluation import log_loss
+    from trainables.stats.evaluation import log_loss
 
     labels = np.asarray(labels)
     if not len(labels):

@@ -7,7 +7,7 @@
       predictions.npz   validation and test probabilities of those weights, with labels and
                         the images' paths as split.csv writes them
       test_report.json  per-class precision, recall, F1 and the confusion matrix on test
-      trial.json        the trial record (trainables/trial.py)
+      trial.json        the trial record (trainables/trial/build.py)
       final.json        in the last checkpoint of a trial that ended (which has no
                         state.pt: it is never resumed): its last reported metrics
 
@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from trainables.errors import UserError, unpickling_reason
+from trainables.core.errors import UserError, unpickling_reason
 
 if TYPE_CHECKING:
-    from trainables.record import TrialRecord
+    from trainables.model.record import TrialRecord
 
 STATE_FILE = "state.pt"
 BEST_WEIGHTS_FILE = "best_model.pt"
@@ -94,7 +94,7 @@ def save(directory: Path, state: dict, record: "TrialRecord", final: dict | None
     Adam, 550 MB instead of 2.2 GB."""
     import torch
 
-    from trainables.evaluation import per_class_report
+    from trainables.stats.evaluation import per_class_report
 
     fit_state = state["fit"]
     if final is None:
@@ -133,7 +133,7 @@ def load(directory: Path) -> dict:
     """The training state to resume from, best weights and predictions included."""
     import torch
 
-    from trainables.loop import FitState
+    from trainables.trial.loop import FitState
 
     path = directory / STATE_FILE
     try:  # data only: a crafted state.pt in an experiment folder must not run code
@@ -158,7 +158,7 @@ def latest(trial_dir: Path) -> Path | None:
 
 
 def read_record(directory: Path) -> "TrialRecord":
-    from trainables.record import TrialRecord
+    from trainables.model.record import TrialRecord
 
     path = Path(directory) / RECORD_FILE
     raw = _read_json(path)

@@ -19,16 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import RandomSampler, WeightedRandomSampler
 
-from trainables import metrics as M
-from trainables.batches import Normalize, centre_crop, image_placement, training_batches
-from trainables.calibration import calibrate
-from trainables.config import TrialConfig
-from trainables.evaluation import accuracy, macro_f1, test_summary
-from trainables.losses import create_loss
-from trainables.models import Net
-from trainables.optim import create_optimizer, create_schedule
-from trainables.record import Preprocess
-from trainables.strategies import Strategy
+from trainables.core import metrics as M
+from trainables.data.batches import Normalize, centre_crop, image_placement, training_batches
+from trainables.stats.calibration import calibrate
+from trainables.core.config import TrialConfig
+from trainables.stats.evaluation import accuracy, macro_f1, test_summary
+from trainables.recipe.losses import create_loss
+from trainables.model.factory import Net
+from trainables.recipe.optim import create_optimizer, create_schedule
+from trainables.model.record import Preprocess
+from trainables.recipe.strategies import Strategy
 
 
 @dataclass

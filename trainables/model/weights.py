@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from trainables.errors import UserError, unpickling_reason
-from trainables.zoo import ModelSpec, model_spec
+from trainables.core.errors import UserError, unpickling_reason
+from trainables.model.zoo import ModelSpec, model_spec
 
 # torchvision publishes NAME-HASH.pth, HASH being the first hex digits of the file's sha256
 PUBLISHED_NAME = re.compile(r"^(?P<stem>.+)-(?P<hash>[0-9a-f]{6,})\.(pth|pt)$")
@@ -92,7 +92,7 @@ def check_data_only(path: Path) -> None:
 
 
 def timm_store() -> Path:
-    from trainables.data.decode import default_cache_dir
+    from trainables.core.files import default_cache_dir
 
     return default_cache_dir() / "weights" / "timm"
 
@@ -278,7 +278,7 @@ def _published_tag(spec: "ModelSpec", filename: str) -> str | None:
 
 
 def sha256(path: Path) -> str:
-    from trainables.data.decode import hash_file
+    from trainables.core.files import hash_file
 
     return hash_file(path, "sha256")
 

@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from trainables.data.decode import RESAMPLE
-from trainables.errors import UserError
-from trainables.models import ModelBuild, rebuild
-from trainables.record import Preprocess, TrialRecord
-from trainables.weights import mismatch
+from trainables.core.errors import UserError
+from trainables.model.factory import ModelBuild, rebuild
+from trainables.model.record import Preprocess, TrialRecord
+from trainables.model.weights import mismatch
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "weights.pt"
@@ -51,7 +51,7 @@ class ExportSpec:
     class_names: list[str]
     source: dict  # experiment, trial, variant and scores it came from
     # the trial's calibration: temperature, and the LAC scores of its validation images
-    # (trainables/calibration.py); empty for an export of format 2 (temperature 1)
+    # (trainables/stats/calibration.py); empty for an export of format 2 (temperature 1)
     calibration: dict = field(default_factory=dict)
     format: int = FORMAT
 
@@ -288,7 +288,7 @@ def _check_values(spec: "ExportSpec", path: Path) -> None:
     std would predict NaN, an unknown interpolation or model would end in a traceback)."""
     import math
 
-    from trainables.zoo import model_spec
+    from trainables.model.zoo import model_spec
 
     pre = spec.preprocess
     problem = None
@@ -353,7 +353,7 @@ def load_export(folder: str | Path) -> tuple[ExportSpec, nn.Module]:
 def preprocess(images: np.ndarray, spec: ExportSpec) -> torch.Tensor:
     """N x H x W x 3 uint8 images decoded at ``load_size`` -> the network's input, as the
     trial's evaluation prepared it: centre crop, scale to [0, 1], standardise."""
-    from trainables.batches import Normalize, centre_crop, nchw
+    from trainables.data.batches import Normalize, centre_crop, nchw
 
     crop = centre_crop(nchw(images), spec.image_size)
     return Normalize(spec.preprocess.mean, spec.preprocess.std)(crop.contiguous())

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from trainables import weights as W
-from trainables.errors import UserError
-from trainables.nets import HeadSpec, Net, SmallCNN
-from trainables.zoo import MODELS, ModelSpec, model_spec
+from trainables.model import weights as W
+from trainables.core.errors import UserError
+from trainables.model.nets import HeadSpec, Net, SmallCNN
+from trainables.model.zoo import MODELS, ModelSpec, model_spec
 
 __all__ = ["BuiltModel", "DataConfig", "HeadSpec", "MODELS", "ModelBuild", "ModelSpec", "Net",
            "SmallCNN", "check_model", "create_model", "data_config", "fetch_pretrained",

@@ -12,14 +12,14 @@ from __future__ import annotations
 import difflib
 from typing import Callable, Generic, Iterator, TypeVar
 
-from trainables.errors import UserError
+from trainables.core.errors import UserError
 
 T = TypeVar("T")
 
 _BY_KEY: dict[str, "Registry"] = {}
 # the modules whose factories register names of config keys
-FACTORIES = ("trainables.augment", "trainables.losses", "trainables.optim",
-             "trainables.strategies")
+FACTORIES = ("trainables.recipe.augment", "trainables.recipe.losses", "trainables.recipe.optim",
+             "trainables.recipe.strategies")
 
 
 def choices() -> dict[str, tuple[str, ...]]:

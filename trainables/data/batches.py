@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
-from trainables.augment import augment_spec
-from trainables.batch_augment import BatchAugment, Normalize, centre_crop
-from trainables.config import TrialConfig
-from trainables.transforms import create_train_transform
+from trainables.recipe.augment import augment_spec
+from trainables.data.batch_augment import BatchAugment, Normalize, centre_crop
+from trainables.core.config import TrialConfig
+from trainables.data.transforms import create_train_transform
 
 __all__ = ["BatchAugment", "DecodedImages", "DeviceBatches", "HostBatches", "Normalize",
            "Placement", "centre_crop", "image_placement", "nchw", "training_batches"]

@@ -1,4 +1,4 @@
-"""The trial record: what a trial was, resolved once by ``trainables/trial.py`` and saved in
+"""The trial record: what a trial was, resolved once by ``trainables/trial/build.py`` and saved in
 every checkpoint (``trial.json``). Export, predict and report read it instead of recomputing
 it from today's defaults, so a value cannot drift between training and deployment."""
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-from trainables.errors import UserError
-from trainables.models import ModelBuild
+from trainables.core.errors import UserError
+from trainables.model.factory import ModelBuild
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ RECORD_FORMAT = 1
 def variant_name(config: Mapping[str, Any], keys: tuple[str, ...] | list[str]) -> str:
     """A trial's variant id: the values of the study's variant keys, joined with '-'. A key
     the trial's config leaves out has its default value (``single`` sets no model)."""
-    from trainables.config import TrialConfig
+    from trainables.core.config import TrialConfig
 
     return "-".join(str(config[key] if key in config else getattr(TrialConfig, key, None))
                     for key in keys)

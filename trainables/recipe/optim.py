@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Callable
 
 from torch import optim
 
-from trainables.registry import Registry
+from trainables.core.registry import Registry
 
 if TYPE_CHECKING:
-    from trainables.config import TrialConfig
+    from trainables.core.config import TrialConfig
 
 OPTIMIZERS: Registry[Callable[["TrialConfig", list], optim.Optimizer]] = Registry("optimizer")
 SCHEDULES: Registry[Callable[["TrialConfig", optim.Optimizer], object]] = Registry("scheduler")

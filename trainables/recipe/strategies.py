@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 
 from torch import optim
 
-from trainables.registry import Registry
+from trainables.core.registry import Registry
 
 if TYPE_CHECKING:
-    from trainables.config import TrialConfig
-    from trainables.models import Net
+    from trainables.core.config import TrialConfig
+    from trainables.model.factory import Net
 
 STRATEGIES: Registry[type["Strategy"]] = Registry("strategy")
 

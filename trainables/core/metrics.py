@@ -15,20 +15,20 @@ BEST_VAL_ACC = "best_val_acc"
 TEST_ACC = "test_acc"  # test split, scored with the best-val-loss weights
 TEST_MACRO_F1 = "test_macro_f1"
 # 95% interval bounds of the two test metrics: accuracy Wilson, macro-F1 BCa bootstrap
-# (trainables/evaluation.py)
+# (trainables/stats/evaluation.py)
 TEST_ACC_LOW, TEST_ACC_HIGH = "test_acc_low", "test_acc_high"
 TEST_MACRO_F1_LOW, TEST_MACRO_F1_HIGH = "test_macro_f1_low", "test_macro_f1_high"
 TEST_INTERVALS = (TEST_ACC_LOW, TEST_ACC_HIGH, TEST_MACRO_F1_LOW, TEST_MACRO_F1_HIGH)
 # with tta=true: the same weights scored on the mean of each test image and its mirror image
 TEST_ACC_TTA, TEST_MACRO_F1_TTA = "test_acc_tta", "test_macro_f1_tta"
-# temperature scaling fit on validation (trainables/calibration.py), and the expected
+# temperature scaling fit on validation (trainables/stats/calibration.py), and the expected
 # calibration error on test before and after it
 TEMPERATURE, TEST_ECE, TEST_ECE_CALIBRATED = "temperature", "test_ece", "test_ece_calibrated"
 CALIBRATION = (TEMPERATURE, TEST_ECE, TEST_ECE_CALIBRATED)
 PRETRAINED = "pretrained"  # 1 when pretrained weights were really loaded
 WEIGHTS = "weights"  # which: a torchvision weights name or a timm tag ("" for none)
 NODE = "node"  # the Ray node that ran the trial (first 8 hex digits of its id)
-# what the model costs to deploy (trainables/costs.py): parameters, FLOPs per image at its
+# what the model costs to deploy (trainables/model/costs.py): parameters, FLOPs per image at its
 # input size, megabytes of weights; latency is measured by the report, on one machine
 PARAMS, FLOPS, WEIGHTS_MB = "params", "flops", "weights_mb"
 COSTS = (PARAMS, FLOPS, WEIGHTS_MB)
