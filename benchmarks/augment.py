@@ -20,10 +20,9 @@ import argparse
 import torch
 
 from _common import Timer, machine, median
-
-from trainables.recipe.augment import BLUR_SIGMA, augment_spec
 from trainables.data.batches import BatchAugment
 from trainables.model.record import Preprocess
+from trainables.recipe.augment import BLUR_SIGMA, augment_spec
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -84,7 +83,7 @@ def main() -> None:
         print(prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=40))
         return
     samples = {name: [] for name in paths}
-    for name, run in paths.items():  # warm-up: kernels, allocations
+    for run in paths.values():  # warm-up: kernels, allocations
         run(images)
     for _ in range(args.rounds):
         for name, run in paths.items():

@@ -12,10 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import machine, median, photo_folder
-
 import torch
 
+from _common import machine, median, photo_folder
 from trainables import data as D
 from trainables.core import metrics as M
 from trainables.core.config import TrialConfig

@@ -25,20 +25,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import Timer, machine, median, photo_folder
-
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 from torchvision import datasets
 from torchvision import transforms as T
 
+from _common import Timer, machine, median, photo_folder
 from trainables import data as D
-from trainables.data.batches import training_batches
 from trainables.core.config import TrialConfig
-from trainables.trial.loop import amp_dtype, train_one_epoch
+from trainables.data.batches import training_batches
 from trainables.recipe.losses import create_loss
 from trainables.recipe.optim import create_optimizer
 from trainables.trial.build import build_trial, preprocess_for
+from trainables.trial.loop import amp_dtype, train_one_epoch
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

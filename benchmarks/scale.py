@@ -138,8 +138,8 @@ def trial_curve(counts: list[int], storage: Path) -> dict:
 
 
 def table_curve(rows: list[int]) -> dict:
-    from sweeps.experiment.tables import write_tables
     from sweeps.experiment.storage import Store
+    from sweeps.experiment.tables import write_tables
 
     points = []
     for n in rows:

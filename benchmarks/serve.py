@@ -74,11 +74,11 @@ def main() -> None:
     from PIL import Image
 
     from tests.conftest import free_port, wait_for_port
-    from trainables.stats.calibration import scaled
     from trainables.data import decode_image
     from trainables.deploy.bundle import ExportSpec, preprocess, runtime_of, softmax, write_export
     from trainables.model.factory import create_model
     from trainables.model.record import Preprocess
+    from trainables.stats.calibration import scaled
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="mobilenet_v2")

@@ -6,8 +6,9 @@ import importlib
 import math
 import pkgutil
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from trainables.core.errors import UserError
 

@@ -30,10 +30,10 @@ from sweeps import cli
 from sweeps.experiment.files import CONFIRM_JSON, SPLIT_CSV
 from sweeps.experiment.folder import Experiment, load_experiment, read_sweep_json
 from sweeps.experiment.storage import Store, write_atomic
-from trainables.trial import checkpoint
 from trainables.core import metrics as M
 from trainables.core.config import FIELD_TYPES, TrialConfig
 from trainables.core.errors import UserError
+from trainables.trial import checkpoint
 
 NOT_CARRIED = ("seed", "fold")  # set anew by the confirmation: its seeds, its folds
 

@@ -25,9 +25,9 @@ from sweeps import cli
 from sweeps.experiment.files import ENSEMBLES_CSV, ENSEMBLES_MD
 from sweeps.experiment.folder import TrialPredictions, load_experiment, load_trials
 from sweeps.experiment.storage import write_atomic
-from trainables.stats import evaluation as E
 from trainables.core.csvcells import guarded
 from trainables.core.errors import UserError
+from trainables.stats import evaluation as E
 
 
 def score_row(name: str, members: list[TrialPredictions], weights, predicted_val, predicted_test,

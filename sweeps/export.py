@@ -18,10 +18,10 @@ import numpy as np
 
 from sweeps import cli
 from sweeps.experiment.folder import load_experiment
-from trainables.trial import checkpoint
 from trainables.core import metrics as M
-from trainables.deploy.bundle import ExportSpec, write_export
 from trainables.core.errors import UserError
+from trainables.deploy.bundle import ExportSpec, write_export
+from trainables.trial import checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,11 +22,11 @@ import pandas as pd
 
 from sweeps import cli
 from sweeps.experiment.storage import write_atomic
-from trainables.stats.calibration import cutoffs, sets
 from trainables.core.csvcells import guarded
+from trainables.core.errors import UserError
 from trainables.data import IMAGE_EXTENSIONS, decode_image, scan, shown
 from trainables.deploy.bundle import RUNTIMES, load_export, preprocess, runtime_of, softmax
-from trainables.core.errors import UserError
+from trainables.stats.calibration import cutoffs, sets
 
 
 def predict(run, spec, paths: list[Path], batch_size: int, tta: bool, temperature: float = 1.0):
@@ -42,7 +42,8 @@ def predict(run, spec, paths: list[Path], batch_size: int, tta: bool, temperatur
                 images.append(decode_image(path, spec.load_size, spec.interpolation))
                 done.append(path)
             except Exception as exc:  # unreadable, truncated, not an image: report, go on
-                errors[path] = f"{type(exc).__name__}: {str(exc).replace(str(path), path.name)}"[:200]
+                reason = str(exc).replace(str(path), path.name)
+                errors[path] = f"{type(exc).__name__}: {reason}"[:200]
         if not images:
             continue
         x = preprocess(np.stack(images), spec)

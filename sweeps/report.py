@@ -45,9 +45,9 @@ from sweeps.experiment.folder import (
 )
 from sweeps.experiment.storage import write_atomic
 from sweeps.experiment.tables import with_intervals
-from trainables.stats import evaluation as E
 from trainables.core import metrics as M
 from trainables.core.errors import UserError
+from trainables.stats import evaluation as E
 
 TB_SUFFIX = ".evaluation"  # the event file the report adds to the best trial's folder
 

@@ -24,8 +24,8 @@ import time
 
 from sweeps import cli
 from sweeps.driver.cluster import is_loopback, stop_ray
-from trainables.deploy.bundle import RUNTIMES, load_export
 from trainables.core.errors import UserError
+from trainables.deploy.bundle import RUNTIMES, load_export
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,7 +66,7 @@ def wait_for_port(process, port: int, log: Path, timeout: float = 120) -> None:
             return
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(log.read_text()[-2000:])
+                raise RuntimeError(log.read_text()[-2000:]) from None
             time.sleep(0.5)
 
 

@@ -13,6 +13,8 @@ from PIL import Image
 from helpers import run_cli
 from sweeps import ensemble, export, predict, report
 from trainables.stats import evaluation as E
+
+pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

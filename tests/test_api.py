@@ -7,6 +7,8 @@ import pytest
 
 from helpers import make_image_folder
 
+pytestmark = pytest.mark.integration
+
 
 def test_a_notebook_runs_two_studies_in_one_interpreter(tmp_path, capsys):
     import ray

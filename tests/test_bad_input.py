@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import ROOT, make_image_folder, make_one_class_folder
+from helpers import ROOT, A, C, make_image_folder, make_one_class_folder, write_experiment
 from sweeps import cli, confirm, ensemble, export, predict, report, run, weights
-from helpers import A, C, write_experiment
 from trainables.core.errors import UserError
+
+pytestmark = pytest.mark.integration
 
 COMMANDS = {"run": run.main, "ensemble": ensemble.main, "report": report.main,
             "export": export.main, "predict": predict.main, "weights": weights.main,
@@ -286,8 +287,8 @@ def test_a_class_of_identical_images_is_warned_about(tmp_path):
 
 def test_a_failed_sweep_whose_variants_are_numbers_still_sums_up(tmp_path, capsys):
     """The README's own resnet_lr example: the variant is the learning rate."""
-    from sweeps.experiment.tables import print_summary, write_tables
     from sweeps.experiment.storage import Store
+    from sweeps.experiment.tables import print_summary, write_tables
 
     rows = [{"trial_id": f"t{i}", "variant": lr, "status": "TERMINATED", "stop_reason": stop,
              "epochs": 1, "best_epoch": 1, "best_val_loss": 0.5, "best_val_acc": 0.5,
@@ -333,6 +334,6 @@ def test_a_ctrl_c_during_the_last_cleanup_ends_quietly(capsys):
 
     for code, expected in ((0, 130), (143, 143)):
         with pytest.raises(SystemExit) as ended:
-            cli.run(lambda: code, cleanup=interrupted)
+            cli.run(lambda code=code: code, cleanup=interrupted)
         assert ended.value.code == expected
     assert "Traceback" not in capsys.readouterr().err

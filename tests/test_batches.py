@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from tests_support import tiny_trial_data
-from trainables.recipe.augment import AUGMENTS, augment_spec
-from trainables.data.batches import BatchAugment, training_batches
 from trainables.core.config import TrialConfig
-from trainables.model.record import Preprocess
+from trainables.data.batches import BatchAugment, training_batches
 from trainables.data.transforms import create_train_transform
+from trainables.model.record import Preprocess
+from trainables.recipe.augment import AUGMENTS, augment_spec
 
 PRE = Preprocess(64, 64, "bilinear", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
@@ -152,6 +152,7 @@ def test_batched_blur_equals_torchvision_gaussian_blur():
     assert torch.allclose(out, expected, atol=1e-6)
 
 
+@pytest.mark.integration  # tens of seconds
 def test_images_over_their_device_budget_train_from_host_memory_with_the_same_results(
         colour_handle):
     """A tiny budget sends the decoded images to the host path: batches gathered from the

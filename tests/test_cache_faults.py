@@ -19,6 +19,8 @@ import pytest
 
 from helpers import ROOT, make_image_folder
 
+pytestmark = pytest.mark.integration
+
 CASES = {  # name: (mount options, environment, --data (None: the test's images), the fix)
     "full cache": ("size=100k", {"VISIONSWEEP_CACHE": "{mnt}/cache"}, None,
                    "free some space there, or set VISIONSWEEP_CACHE"),

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from trainables.stats import calibration as C
+
+
 def _softmax(z):
     e = np.exp(z - z.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)

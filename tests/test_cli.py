@@ -11,6 +11,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from helpers import make_image_folder, run_cli
 
+pytestmark = pytest.mark.integration
+
 REQUIRED_COLUMNS = {"trial_id", "variant", "status", "stop_reason", "epochs", "best_val_loss",
                     "best_val_acc", "test_acc", "test_macro_f1", "pretrained", "wall_s"}
 

@@ -20,6 +20,8 @@ import yaml
 
 from helpers import ROOT, make_image_folder
 
+pytestmark = pytest.mark.integration
+
 BIN = Path(sys.executable).parent
 CLUSTER_SCRIPT = r"""
 set -u

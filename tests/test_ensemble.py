@@ -3,11 +3,11 @@ hand-made probabilities whose ensembles can be worked out by hand; and the refus
 import pandas as pd
 import pytest
 
+from helpers import A, B, C, write_experiment
 from sweeps import ensemble
 from sweeps.experiment.folder import load_experiment, load_trials
 from trainables.core.errors import UserError
 
-from helpers import A, B, C, write_experiment
 
 def test_ensemble_table_by_hand(tmp_path, capsys):
     root = write_experiment(tmp_path / "exp", {"c1": (0.5, C, C), "a1": (0.6, A, A),

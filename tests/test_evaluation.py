@@ -6,6 +6,8 @@ import pytest
 from sklearn.metrics import f1_score
 
 from trainables.stats import evaluation as E
+
+
 def test_mcnemar_exact_for_few_discordant_pairs():
     labels = np.zeros(10, dtype=int)
     a = np.array([0, 0, 0, 0, 0, 0, 0, 0, 1, 1])  # right on 8

@@ -14,11 +14,13 @@ from PIL import Image
 
 from sweeps import predict
 from tests_support import fit_trial
-from trainables.trial import checkpoint
-from trainables.deploy.bundle import ExportSpec, load_export, runtime_of, write_export
 from trainables.core.errors import UserError
+from trainables.deploy.bundle import ExportSpec, load_export, runtime_of, write_export
 from trainables.model.factory import MODELS, create_model
 from trainables.model.record import Preprocess
+from trainables.trial import checkpoint
+
+pytestmark = pytest.mark.integration
 
 TORCHVISION = [n for n in MODELS if MODELS[n].family == "torchvision"]
 

@@ -9,8 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers import make_image_folder, run_cli
 from faults_support import SLOW_TRIAL, no_leftovers, progress, trial_dirs, with_fault
+from helpers import make_image_folder, run_cli
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,10 @@ from torch import nn
 
 from sweeps.analysis import insight
 from sweeps.experiment.folder import Experiment
-from trainables.model import costs
 from trainables.core import metrics as M
+from trainables.model import costs
+
+
 class Tuple(nn.Module):
     """As Net does: the forward returns (logits, aux)."""
 

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from tests_support import CPU, fit_trial, tiny_trial_data
-from trainables.trial import checkpoint
 from trainables.core import metrics as M
 from trainables.core.config import TrialConfig
+from trainables.trial import checkpoint
+
+pytestmark = pytest.mark.integration
 
 
 def test_fit_learns_and_reports_every_epoch(colour_handle):
@@ -200,8 +202,8 @@ def test_evaluate_with_flip_scores_the_mirror_images():
 
 
 def test_tta_column_is_the_flip_average_of_the_best_weights(colour_handle):
-    from trainables.stats import evaluation as E
     from trainables.data.batches import Normalize
+    from trainables.stats import evaluation as E
     from trainables.trial.loop import evaluate
 
     fitted = fit_trial(colour_handle, {"max_epochs": 3, "early_stop_patience": 0, "tta": True})

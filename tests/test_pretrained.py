@@ -15,11 +15,13 @@ from PIL import Image
 
 from helpers import ROOT
 from tests_support import fit_trial
-from trainables.model import weights as W
-from trainables.data.batches import Normalize, centre_crop, nchw
-from trainables.data import decode_image
 from trainables.core.errors import UserError
+from trainables.data import decode_image
+from trainables.data.batches import Normalize, centre_crop, nchw
+from trainables.model import weights as W
 from trainables.model.factory import create_model
+
+pytestmark = pytest.mark.integration
 
 PUBLISHED = "mobilenet_v2-b0353104.pth"
 

@@ -1,8 +1,8 @@
 """Data as it really comes: every common image kind, odd paths, copies across splits,
 imbalance. All images are real files written with Pillow and read by the real loader."""
 import io
-import re
 import json
+import re
 import shutil
 from pathlib import Path
 

@@ -12,6 +12,8 @@ import torch
 
 from trainables.core.errors import UserError
 
+pytestmark = pytest.mark.integration
+
 
 class _Payload:
     """Unpickled, it would create ``marker``: what a crafted file's code could do."""

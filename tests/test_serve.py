@@ -14,6 +14,8 @@ from PIL import Image
 
 from helpers import ROOT, free_port, get, post, wait_for_port
 
+pytestmark = pytest.mark.integration
+
 
 CLASS_SCORES = [sorted(np.linspace(0.05, 0.95, 40)), [0.2] * 40, [0.99] * 40]
 

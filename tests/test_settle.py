@@ -14,6 +14,8 @@ import pytest
 
 from helpers import HEAD_ENV, ROOT, make_image_folder, run_cli
 
+pytestmark = pytest.mark.integration
+
 SMALL = ["--set", "model=small_cnn", "--set", "image_size=32"]
 
 

@@ -10,9 +10,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from faults_support import (
+    SLOW_TRIAL,
+    digests,
+    live_ray_processes,
+    no_leftovers,
+    progress,
+    resume_completes,
+    trial_dirs,
+    with_fault,
+)
 from helpers import make_image_folder, run_cli
-from faults_support import (SLOW_TRIAL, digests, live_ray_processes, no_leftovers,
-                            progress, resume_completes, trial_dirs, with_fault)
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

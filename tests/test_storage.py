@@ -9,6 +9,8 @@ import pytest
 from helpers import make_image_folder, run_cli
 from sweeps.experiment.storage import Store
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def s3(monkeypatch):

@@ -10,15 +10,15 @@ import torch
 
 from search_spaces import registry
 from sweeps.driver.plan import make_plan
-from sweeps.experiment.tables import write_tables
 from sweeps.experiment.storage import Store
+from sweeps.experiment.tables import write_tables
 from trainables.core import metrics as M
 from trainables.core.config import TrialConfig, load_config_file
 from trainables.core.errors import UserError
-from trainables.recipe.augment import AUGMENTS, augment_spec
-from trainables.model.factory import MODELS, HeadSpec, create_model
-from trainables.recipe.strategies import create_strategy, set_backbone_frozen
 from trainables.data.transforms import create_train_transform
+from trainables.model.factory import MODELS, HeadSpec, create_model
+from trainables.recipe.augment import AUGMENTS, augment_spec
+from trainables.recipe.strategies import create_strategy, set_backbone_frozen
 from trainables.trial.build import preprocess_for
 
 
@@ -126,6 +126,7 @@ def test_asha_grace_is_the_spaces_own_but_waits_for_gradual_unfreeze():
     assert asha_grace(spaces["lr_grid"], grid) == 2
 
 
+@pytest.mark.integration  # tens of seconds
 def test_timm_zoo_draws_each_lr_inside_the_models_range():
     from search_spaces.timm_zoo import LEARNING_RATE_RANGES
 

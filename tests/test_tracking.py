@@ -17,6 +17,8 @@ import pytest
 from helpers import free_port, make_image_folder, run_cli, wait_for_port
 from trainables.core.config import TrialConfig
 
+pytestmark = pytest.mark.integration
+
 
 def start_mlflow(base: Path, backend_store: str):
     """``mlflow server`` over ``backend_store`` on a free loopback port: (process, URI)."""

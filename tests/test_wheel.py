@@ -8,7 +8,11 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
+
 from helpers import ROOT, make_image_folder
+
+pytestmark = pytest.mark.integration
 
 
 def _run(command: list, **kwargs) -> subprocess.CompletedProcess:

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainables.trial import checkpoint
 from trainables.core import metrics as M
 from trainables.core.config import TrialConfig
-from trainables.trial.loop import EvalSplit, TrialData
 from trainables.model.record import Preprocess
+from trainables.trial import checkpoint
 from trainables.trial.build import Trial, build_trial
+from trainables.trial.loop import EvalSplit, TrialData
 
 CPU = torch.device("cpu")
 SMALL = {"model": "small_cnn", "pretrained": "false", "image_size": 32, "lr": 3e-3,

@@ -16,10 +16,10 @@ import pandas as pd
 from sweeps.experiment.files import OOF_CSV, PAIRS_CSV, RANKING_PNG, VERDICT_MD
 from sweeps.experiment.folder import Experiment, load_trials
 from sweeps.experiment.storage import write_atomic
-from trainables.stats import evaluation as E
 from trainables.core import metrics as M
 from trainables.core.csvcells import guarded
 from trainables.core.errors import UserError
+from trainables.stats import evaluation as E
 
 ALPHA = 0.05
 

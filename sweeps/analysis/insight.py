@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 
 from sweeps.experiment.folder import Experiment
-from trainables.trial import checkpoint
 from trainables.core import metrics as M
 from trainables.core.errors import UserError
+from trainables.trial import checkpoint
 
 OBJECTIVE = M.BEST_VAL_LOSS  # what trials were selected on; lower is better
 

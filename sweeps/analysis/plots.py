@@ -8,6 +8,8 @@ import pandas as pd
 
 from sweeps.experiment.files import PROGRESS_CSV
 from trainables.core import metrics as M
+
+
 def pyplot():
     import matplotlib
 

@@ -3,8 +3,8 @@ mattered, what each variant costs to deploy, where each variant fails."""
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 

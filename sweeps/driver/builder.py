@@ -11,8 +11,8 @@ from sweeps.driver.spec import Sweep
 from sweeps.experiment.files import OPTUNA_JOURNAL
 from sweeps.experiment.redact import redact
 from trainables.core import metrics as M
-from trainables.data import DataHandle
 from trainables.core.errors import UserError
+from trainables.data import DataHandle
 
 
 def _name_creator(sweep: Sweep):

@@ -31,7 +31,7 @@ class GracefulStop:
         self.signal: int | None = None
         self._previous: dict = {}
 
-    def __enter__(self) -> "GracefulStop":
+    def __enter__(self) -> GracefulStop:
         # Tune would otherwise take SIGINT for itself, and we could not tell it came
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         logging.getLogger("ray.tune.tune").addFilter(_TUNES_RESUME_ADVICE)

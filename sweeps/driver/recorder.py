@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 from ray.tune import Callback
 
@@ -27,7 +27,7 @@ from trainables.core.faults import DRIVER_SIGNALS, GROUP_SIGNALS, die, fault
 
 FINISHED = ("TERMINATED", "ERROR")
 TABLE_BUDGET = 0.02  # at most this share of the sweep's time goes to rewriting its table
-_ACTIVE: list["TrialRecorder"] = []  # the recorder of the sweep running in this process
+_ACTIVE: list[TrialRecorder] = []  # the recorder of the sweep running in this process
 _STORE: list[Store] = []  # where the sweep running in this process is (bind_store)
 _SEARCHER: list = []  # Tune's searcher of that sweep, as its scheduler sees it
 REUSE_FAILED = ("Tune could not hand this trial a finished trial's worker (that trial's "

@@ -55,7 +55,7 @@ class SweepSpec:
     tracking_experiment: str | None = None  # the MLflow experiment (default: the study)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "SweepSpec":
+    def from_args(cls, args: argparse.Namespace) -> SweepSpec:
         values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
         values["overrides"] = tuple(values.get("overrides") or ())
         if values.get("folds") and values.get("scheduler") == "asha":
@@ -163,7 +163,7 @@ class Sweep:
                  if isinstance(v, list) and k not in self.space.variant_keys]
         return (*self.space.variant_keys, *extra)
 
-    def pin_threads(self, per_trial: dict[str, float]) -> "Sweep":
+    def pin_threads(self, per_trial: dict[str, float]) -> Sweep:
         """The sweep with every trial's compute threads fixed: as set (``--set threads=N``),
         else the trial's CPU share now, recorded in the trials' configs so that a resumed
         trial or a re-run computes the same sums, whatever else shares the machine then."""

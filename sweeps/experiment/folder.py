@@ -15,10 +15,10 @@ import pandas as pd
 
 from sweeps.experiment.files import RESULTS_CSV, SPLIT_CSV, SWEEP_JSON
 from sweeps.experiment.storage import Store
-from trainables.trial import checkpoint
 from trainables.core import metrics as M
 from trainables.core.csvcells import unguarded
 from trainables.core.errors import UserError
+from trainables.trial import checkpoint
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Experiment:
     def fold_count(self) -> int:
         return int(self.folds.max()) + 1 if self.folds is not None and len(self.folds) else 0
 
-    def for_fold(self, fold: int) -> "Experiment":
+    def for_fold(self, fold: int) -> Experiment:
         """Fold ``fold`` of a cross-validated experiment as an experiment of its own: its
         trials, its validation and test images (what each after-sweep command reads)."""
         from trainables.data.split import fold_splits

@@ -51,7 +51,7 @@ class Store:
             self.location = self.root
 
     @classmethod
-    def from_location(cls, location: str) -> "Store":
+    def from_location(cls, location: str) -> Store:
         """The store of an existing experiment, from its own path or URI (for --resume)."""
         if "://" in location:
             scheme, netloc, path, query, _ = urlsplit(location)

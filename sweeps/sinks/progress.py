@@ -6,6 +6,8 @@ import time
 
 from sweeps.sinks.base import Sink
 from trainables.core import metrics as M
+
+
 def _f(value, spec=".3f") -> str:
     return format(value, spec) if isinstance(value, (int, float)) else "-"
 

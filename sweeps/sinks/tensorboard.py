@@ -14,6 +14,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from sweeps.sinks.base import Sink
 from trainables.core import metrics as M
+
 HPARAM_METRICS = (M.BEST_VAL_LOSS, M.BEST_VAL_ACC, M.TEST_ACC, M.TEST_MACRO_F1,
                   M.VAL_LOSS, M.VAL_ACC)
 

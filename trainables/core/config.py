@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 from trainables.core import registry
 from trainables.core.errors import UserError
@@ -154,7 +155,7 @@ class TrialConfig:
                             "or 0 for the model's own input size")
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> "TrialConfig":
+    def from_dict(cls, config: Mapping[str, Any]) -> TrialConfig:
         """Build from a flat dict; expands ``objective`` and coerces value types."""
         unknown = [key for key in config if key not in FIELD_TYPES]
         if unknown:

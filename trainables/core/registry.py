@@ -10,13 +10,14 @@ does not pay for importing torch."""
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from trainables.core.errors import UserError
 
 T = TypeVar("T")
 
-_BY_KEY: dict[str, "Registry"] = {}
+_BY_KEY: dict[str, Registry] = {}
 # the modules whose factories register names of config keys
 FACTORIES = ("trainables.recipe.augment", "trainables.recipe.losses", "trainables.recipe.optim",
              "trainables.recipe.strategies")

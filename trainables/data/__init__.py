@@ -8,12 +8,24 @@
     transforms.py, batch_augment.py, batches.py   the path from the decoded arrays to the
                 loop's batches (imported by the trial, not re-exported here)
 """
-from trainables.data.decode import (decode_cached, decode_image, default_cache_dir,
-                                    content_digest, file_hashes)
+from trainables.data.decode import (
+                                    content_digest,
+                                    decode_cached,
+                                    decode_image,
+                                    default_cache_dir,
+                                    file_hashes,
+)
 from trainables.data.demo import demo_root, resolve_data
 from trainables.data.handle import DataHandle, prepare, split_csv
-from trainables.data.source import (IMAGE_EXTENSIONS, SPLITS, DataSource, discover,
-                                    limit_per_class, scan, shown)
+from trainables.data.source import (
+                                    IMAGE_EXTENSIONS,
+                                    SPLITS,
+                                    DataSource,
+                                    discover,
+                                    limit_per_class,
+                                    scan,
+                                    shown,
+)
 from trainables.data.split import SKIPPED, apply_split_file, stratified_split
 
 __all__ = ["DataHandle", "DataSource", "IMAGE_EXTENSIONS", "SKIPPED", "SPLITS",

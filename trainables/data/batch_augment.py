@@ -8,9 +8,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from trainables.recipe.augment import BLUR_SIGMA, ERASING_RATIO, ERASING_SCALE, AugmentSpec
-from trainables.model.record import Preprocess
 from trainables.data.transforms import policy_transform
+from trainables.model.record import Preprocess
+from trainables.recipe.augment import BLUR_SIGMA, ERASING_RATIO, ERASING_SCALE, AugmentSpec
 
 
 def centre_crop(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -15,17 +15,17 @@ few batched kernels, with fresh random parameters for every image.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
-from trainables.recipe.augment import augment_spec
-from trainables.data.batch_augment import BatchAugment, Normalize, centre_crop
 from trainables.core.config import TrialConfig
+from trainables.data.batch_augment import BatchAugment, Normalize, centre_crop
 from trainables.data.transforms import create_train_transform
+from trainables.recipe.augment import augment_spec
 
 __all__ = ["BatchAugment", "DecodedImages", "DeviceBatches", "HostBatches", "Normalize",
            "Placement", "centre_crop", "image_placement", "nchw", "training_batches"]

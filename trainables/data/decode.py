@@ -11,11 +11,11 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from filelock import FileLock
@@ -78,7 +78,7 @@ def content_digest(paths: tuple[str, ...], hashes: list[str]) -> str:
     """Key of a file list: relative paths and file bytes, so moving the root keeps the cache."""
     digest = hashlib.sha256(f"v{CACHE_VERSION}".encode())
     for path, file_hash in zip(paths, hashes):
-        digest.update(f"{path}\0{file_hash}\n".encode("utf-8"))
+        digest.update(f"{path}\0{file_hash}\n".encode())
     return digest.hexdigest()[:24]
 
 

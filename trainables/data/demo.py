@@ -15,15 +15,15 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from filelock import FileLock
 from PIL import Image
 
-from trainables.core.files import default_cache_dir, writes_into
 from trainables.core.errors import UserError
+from trainables.core.files import default_cache_dir, writes_into
 
 PREFIX = "demo:"
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from trainables.core.csvcells import cell
+from trainables.core.errors import UserError
 from trainables.data.decode import content_digest, decode_cached, file_hashes
 from trainables.data.source import SPLITS, DataSource, check_classes, subset
 from trainables.data.split import (
@@ -18,7 +19,6 @@ from trainables.data.split import (
     stratified_folds,
     stratified_split,
 )
-from trainables.core.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class DataHandle:
     def fold_count(self) -> int:
         return max(self.folds) + 1 if self.folds else 0
 
-    def for_fold(self, fold: int) -> "DataHandle":
+    def for_fold(self, fold: int) -> DataHandle:
         """The handle whose splits are fold ``fold``'s (split.fold_splits)."""
         if not 0 <= fold < self.fold_count:
             raise UserError(f"bad value fold={fold}: this data has "

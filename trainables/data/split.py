@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from trainables.core.csvcells import uncell
-from trainables.data.source import SPLITS, DataSource
 from trainables.core.errors import UserError
-
+from trainables.data.source import SPLITS, DataSource
 
 SKIPPED = "skipped"  # split.csv's mark for an image that could not be decoded
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
-from trainables.recipe.augment import BLUR_KERNEL, BLUR_SIGMA, AugmentSpec
 from trainables.core.config import TrialConfig
 from trainables.model.factory import data_config
 from trainables.model.record import Preprocess
+from trainables.recipe.augment import BLUR_KERNEL, BLUR_SIGMA, AugmentSpec
 
 
 def resolve_preprocess(cfg: TrialConfig) -> Preprocess:

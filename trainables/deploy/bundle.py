@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables.data.decode import RESAMPLE
 from trainables.core.errors import UserError
+from trainables.data.decode import RESAMPLE
 from trainables.model.factory import ModelBuild, rebuild
 from trainables.model.record import Preprocess, TrialRecord
 from trainables.model.weights import mismatch
@@ -57,7 +57,7 @@ class ExportSpec:
 
     @classmethod
     def from_record(cls, record: TrialRecord, source: dict,
-                    calibration: dict | None = None) -> "ExportSpec":
+                    calibration: dict | None = None) -> ExportSpec:
         return cls(record.model, record.preprocess, list(record.class_names), source,
                    dict(calibration or {}))
 
@@ -89,7 +89,7 @@ class ExportSpec:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, raw: dict) -> "ExportSpec":
+    def from_json(cls, raw: dict) -> ExportSpec:
         return cls(ModelBuild(**raw["model"]), Preprocess.from_json(raw["preprocess"]),
                    [str(c) for c in raw["class_names"]], dict(raw["source"]),
                    dict(raw.get("calibration") or {}), int(raw["format"]))
@@ -255,7 +255,7 @@ class OnnxNet:
             _write_onnx(Logits(net).eval(), torch.zeros(2, 3, image_size, image_size), path)
             self.run = _onnx_run(path, threads)
 
-    def eval(self) -> "OnnxNet":
+    def eval(self) -> OnnxNet:
         return self
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
@@ -282,7 +282,7 @@ def read_spec(folder: Path) -> ExportSpec:
     return spec
 
 
-def _check_values(spec: "ExportSpec", path: Path) -> None:
+def _check_values(spec: ExportSpec, path: Path) -> None:
     """An export folder may come from anyone: its numbers must describe a real
     preprocessing and a model this version builds, or it is refused in one line (a zero
     std would predict NaN, an unknown interpolation or model would end in a traceback)."""
@@ -327,9 +327,11 @@ def check_weights(net: nn.Module, weights: dict, spec: ExportSpec) -> None:
     elif any(".aux" in k for k in missing) and spec.model.aux_heads:
         hint = "; the weights have no auxiliary heads: aux_heads must be false"
     elif any(k.endswith("running_mean") for k in unexpected):
-        hint = f"; the weights have batch-norm layers that {spec.model.model} lacks (a _bn variant?)"
+        hint = (f"; the weights have batch-norm layers that {spec.model.model} lacks "
+                "(a _bn variant?)")
     elif any(k.endswith("running_mean") for k in missing):
-        hint = f"; {spec.model.model} has batch-norm layers the weights lack (a variant without _bn?)"
+        hint = (f"; {spec.model.model} has batch-norm layers the weights lack "
+                "(a variant without _bn?)")
     raise UserError(f"the weights do not fit the spec ({what}): " + "; ".join(problems) + hint)
 
 

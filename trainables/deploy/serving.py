@@ -146,8 +146,8 @@ def create_app(export_dir: str | Path, runtime: str = "onnx", limits: Limits = L
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
-    from trainables.stats.calibration import cutoffs, scaled, sets
     from trainables.deploy.bundle import load_export, preprocess, runtime_of, softmax
+    from trainables.stats.calibration import cutoffs, scaled, sets
 
     spec, net = load_export(export_dir)
     run = runtime_of(Path(export_dir), runtime, spec, net, threads, device)

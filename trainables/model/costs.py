@@ -73,7 +73,7 @@ def measure_latency(models: dict[str, tuple[nn.Module, int]], batches=(1, 32),
     samples = {name: {b: [] for b in batches} for name in models}
     try:
         with torch.inference_mode():
-            for name, (net, size) in models.items():
+            for net, size in models.values():
                 net.eval()(torch.zeros(1, 3, size, size))  # first call: allocations
             for _ in range(rounds):
                 for name, (net, size) in models.items():

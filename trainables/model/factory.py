@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from trainables.model import weights as W
 from trainables.core.errors import UserError
+from trainables.model import weights as W
 from trainables.model.nets import HeadSpec, Net, SmallCNN
 from trainables.model.zoo import MODELS, ModelSpec, model_spec
 
@@ -157,7 +157,8 @@ def create_model(name: str, num_classes: int, pretrained: str = "auto",
             raise W.weights_unavailable(name, reason, weights)
         if not offline:  # the driver has said it once for the whole sweep
             warnings.warn(f"pretrained weights for '{name}' unavailable ({reason}); "
-                          "training from random initialisation (pretrained=false in the table)")
+                          "training from random initialisation (pretrained=false in the table)",
+                          stacklevel=2)
     if body is None:
         body, arch = _build(spec, arch, "", init=True)
     build = ModelBuild(name, num_classes, aux_heads, head.dropout, head.hidden, loaded, arch)

@@ -3,8 +3,9 @@ every checkpoint (``trial.json``). Export, predict and report read it instead of
 it from today's defaults, so a value cannot drift between training and deployment."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from trainables.core.errors import UserError
 from trainables.model.factory import ModelBuild
@@ -19,7 +20,7 @@ class Preprocess:
     std: tuple[float, ...]
 
     @classmethod
-    def from_json(cls, raw: dict) -> "Preprocess":
+    def from_json(cls, raw: dict) -> Preprocess:
         return cls(int(raw["image_size"]), int(raw["load_size"]), str(raw["interpolation"]),
                    tuple(float(v) for v in raw["mean"]), tuple(float(v) for v in raw["std"]))
 
@@ -50,7 +51,7 @@ class TrialRecord:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, raw: dict, where: str = "trial record") -> "TrialRecord":
+    def from_json(cls, raw: dict, where: str = "trial record") -> TrialRecord:
         try:
             if raw.get("format") != RECORD_FORMAT:
                 raise ValueError(f"format {raw.get('format')}, this version reads "

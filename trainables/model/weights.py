@@ -39,7 +39,7 @@ def _torchvision_enum(name: str):
     return get_model_weights(name)
 
 
-def tags(spec: "ModelSpec") -> tuple[list[str], str]:
+def tags(spec: ModelSpec) -> tuple[list[str], str]:
     """The model's weights variants and its default one."""
     if spec.family == "torchvision":
         enum = _torchvision_enum(spec.name)
@@ -53,7 +53,7 @@ def tags(spec: "ModelSpec") -> tuple[list[str], str]:
     return [], ""
 
 
-def resolve_tag(spec: "ModelSpec", tag: str) -> str:
+def resolve_tag(spec: ModelSpec, tag: str) -> str:
     """The variant ``tag`` names ("" or DEFAULT: the library's default), or UserError."""
     known, default = tags(spec)
     if not tag or tag == "DEFAULT":
@@ -133,7 +133,7 @@ class Variant:
     expected: str  # where it would be looked up
 
 
-def variants(spec: "ModelSpec") -> list[Variant]:
+def variants(spec: ModelSpec) -> list[Variant]:
     """Every weights variant of ``spec`` and whether (and where) this machine has it."""
     known, default = tags(spec)
     out = []
@@ -150,7 +150,7 @@ def variants(spec: "ModelSpec") -> list[Variant]:
     return out
 
 
-def location(spec: "ModelSpec", tag: str) -> str:
+def location(spec: ModelSpec, tag: str) -> str:
     """Where the weights ``tag`` of ``spec`` are looked up, for messages."""
     if spec.family == "torchvision":
         return f"{torchvision_file(spec.name, tag)} (set TORCH_HOME)"
@@ -249,7 +249,7 @@ def mismatch(expected: dict, given: dict, limit: int = 3) -> list[str]:
     return problems
 
 
-def _reference_state(spec: "ModelSpec", tag: str) -> dict:
+def _reference_state(spec: ModelSpec, tag: str) -> dict:
     """The state dict the published weights ``tag`` of ``spec`` fill, exactly."""
     if spec.family == "torchvision":
         import torchvision
@@ -266,7 +266,7 @@ def _reference_state(spec: "ModelSpec", tag: str) -> dict:
     return timm.create_model(f"{spec.timm_name}.{tag}", pretrained=False).state_dict()
 
 
-def _published_tag(spec: "ModelSpec", filename: str) -> str | None:
+def _published_tag(spec: ModelSpec, filename: str) -> str | None:
     """The variant whose published file is called ``filename``, if one is."""
     if spec.family != "torchvision":
         return None

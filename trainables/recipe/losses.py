@@ -2,7 +2,8 @@
 ``objective`` presets that name a loss and a schedule together are in config.py."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,7 @@ from trainables.core.registry import Registry
 if TYPE_CHECKING:
     from trainables.core.config import TrialConfig
 
-LOSSES: Registry[Callable[["TrialConfig", list[int]], nn.Module]] = Registry("loss")
+LOSSES: Registry[Callable[[TrialConfig, list[int]], nn.Module]] = Registry("loss")
 
 
 class FocalLoss(nn.Module):
@@ -40,20 +41,20 @@ def class_weights(class_counts: list[int]) -> torch.Tensor:
 
 
 @LOSSES.register("ce")
-def _cross_entropy(cfg: "TrialConfig", class_counts: list[int]) -> nn.Module:
+def _cross_entropy(cfg: TrialConfig, class_counts: list[int]) -> nn.Module:
     return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
 
 @LOSSES.register("focal")
-def _focal(cfg: "TrialConfig", class_counts: list[int]) -> nn.Module:
+def _focal(cfg: TrialConfig, class_counts: list[int]) -> nn.Module:
     return FocalLoss(cfg.focal_gamma)
 
 
 @LOSSES.register("weighted_ce")
-def _weighted_cross_entropy(cfg: "TrialConfig", class_counts: list[int]) -> nn.Module:
+def _weighted_cross_entropy(cfg: TrialConfig, class_counts: list[int]) -> nn.Module:
     return nn.CrossEntropyLoss(weight=class_weights(class_counts),
                                label_smoothing=cfg.label_smoothing)
 
 
-def create_loss(cfg: "TrialConfig", class_counts: list[int]) -> nn.Module:
+def create_loss(cfg: TrialConfig, class_counts: list[int]) -> nn.Module:
     return LOSSES[cfg.loss](cfg, class_counts)

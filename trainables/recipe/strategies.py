@@ -17,17 +17,17 @@ if TYPE_CHECKING:
     from trainables.core.config import TrialConfig
     from trainables.model.factory import Net
 
-STRATEGIES: Registry[type["Strategy"]] = Registry("strategy")
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 
 
-def set_backbone_frozen(net: "Net", frozen: bool) -> None:
+def set_backbone_frozen(net: Net, frozen: bool) -> None:
     """Freeze or unfreeze every parameter outside the classifier heads."""
     for name, param in net.named_parameters():
         if not net.is_head(name):
             param.requires_grad = not frozen
 
 
-def backbone_frozen(net: "Net") -> bool:
+def backbone_frozen(net: Net) -> bool:
     return not any(p.requires_grad for n, p in net.named_parameters() if not net.is_head(n))
 
 
@@ -37,7 +37,7 @@ class Strategy:
 
     aux_heads = False  # whether the model must be built with its auxiliary classifiers
 
-    def __init__(self, cfg: "TrialConfig"):
+    def __init__(self, cfg: TrialConfig):
         self.cfg = cfg
 
     @property
@@ -55,10 +55,10 @@ class Strategy:
         about the strategy: ASHA's grace period is never shorter for it."""
         return 1
 
-    def on_epoch_start(self, net: "Net", optimizer: optim.Optimizer, epoch: int) -> None:
+    def on_epoch_start(self, net: Net, optimizer: optim.Optimizer, epoch: int) -> None:
         """Called before each epoch (0-based); idempotent, so a resumed trial gets it right."""
 
-    def train_mode(self, net: "Net") -> None:
+    def train_mode(self, net: Net) -> None:
         """Put ``net`` in training mode; a frozen backbone stays in eval mode so its
         BatchNorm statistics do not drift."""
         frozen = backbone_frozen(net)
@@ -105,5 +105,5 @@ class GradualUnfreeze(Strategy):
                 group["lr"] = self.cfg.unfreeze_lr
 
 
-def create_strategy(cfg: "TrialConfig") -> Strategy:
+def create_strategy(cfg: TrialConfig) -> Strategy:
     return STRATEGIES[cfg.strategy](cfg)

@@ -10,14 +10,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trainables.data.batches import nchw
 from trainables.core.config import TrialConfig
 from trainables.data import DataHandle
-from trainables.trial.loop import EvalSplit, Report, TrialData, fit
+from trainables.data.batches import nchw
+from trainables.data.transforms import resolve_preprocess
 from trainables.model.factory import HeadSpec, Net, create_model
 from trainables.model.record import Preprocess, TrialRecord, variant_name
 from trainables.recipe.strategies import Strategy, create_strategy
-from trainables.data.transforms import resolve_preprocess
+from trainables.trial.loop import EvalSplit, Report, TrialData, fit
 
 __all__ = ["Trial", "TrialRecord", "build_trial", "preprocess_for", "seed_everything",
            "trial_data", "variant_name"]

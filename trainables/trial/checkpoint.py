@@ -87,7 +87,7 @@ def state_bytes(state: dict | None) -> int:
     return total
 
 
-def save(directory: Path, state: dict, record: "TrialRecord", final: dict | None = None) -> None:
+def save(directory: Path, state: dict, record: TrialRecord, final: dict | None = None) -> None:
     """Write a checkpoint: best weights, best predictions, record, and the training state to
     go on from; or, for the last checkpoint of a trial that has ended (``final``: its last
     metrics), no training state, since a finished trial is never resumed: for VGG16 with
@@ -157,7 +157,7 @@ def latest(trial_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def read_record(directory: Path) -> "TrialRecord":
+def read_record(directory: Path) -> TrialRecord:
     from trainables.model.record import TrialRecord
 
     path = Path(directory) / RECORD_FILE

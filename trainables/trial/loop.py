@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -20,15 +20,15 @@ import torch.nn.functional as F
 from torch.utils.data import RandomSampler, WeightedRandomSampler
 
 from trainables.core import metrics as M
-from trainables.data.batches import Normalize, centre_crop, image_placement, training_batches
-from trainables.stats.calibration import calibrate
 from trainables.core.config import TrialConfig
-from trainables.stats.evaluation import accuracy, macro_f1, test_summary
-from trainables.recipe.losses import create_loss
+from trainables.data.batches import Normalize, centre_crop, image_placement, training_batches
 from trainables.model.factory import Net
-from trainables.recipe.optim import create_optimizer, create_schedule
 from trainables.model.record import Preprocess
+from trainables.recipe.losses import create_loss
+from trainables.recipe.optim import create_optimizer, create_schedule
 from trainables.recipe.strategies import Strategy
+from trainables.stats.calibration import calibrate
+from trainables.stats.evaluation import accuracy, macro_f1, test_summary
 
 
 @dataclass
@@ -51,7 +51,7 @@ class EvalSplit:
             self.x.index_select(0, self.rows[start:end].to(self.x.device))
         return (centre_crop(x, self.size) if self.size else x).contiguous()
 
-    def drawn_from(self, images: torch.Tensor) -> "EvalSplit":
+    def drawn_from(self, images: torch.Tensor) -> EvalSplit:
         """The same split, gathered from ``images`` (a copy of its source elsewhere)."""
         return dataclasses.replace(self, x=images)
 

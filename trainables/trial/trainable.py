@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from trainables.trial import checkpoint
 from trainables.core import metrics as M
 from trainables.core.config import TrialConfig
-from trainables.model.costs import model_costs
-from trainables.data import DataHandle
 from trainables.core.faults import die, fault, hog_memory
+from trainables.data import DataHandle
+from trainables.model.costs import model_costs
+from trainables.trial import checkpoint
 from trainables.trial.build import build_trial, variant_name
 
 
