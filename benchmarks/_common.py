@@ -1,4 +1,5 @@
 """Helpers shared by the benchmarks: a synthetic photo folder, timing, and the machine."""
+
 from __future__ import annotations
 
 import os
@@ -96,14 +97,24 @@ def run_sweep(args: list[str], storage: Path, name: str):
 
     import pandas as pd
 
-    command = [sys.executable, str(ROOT / "sweeps" / "run.py"), *args,
-               "--storage", str(storage), "--name", name]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))  # also without pip install -e
+    command = [
+        sys.executable,
+        str(ROOT / "sweeps" / "run.py"),
+        *args,
+        "--storage",
+        str(storage),
+        "--name",
+        name,
+    ]
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    )  # also without pip install -e
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
-        raise SystemExit(f"sweep failed ({done.returncode}): {' '.join(command)}\n"
-                         f"{done.stderr[-3000:]}")
+        raise SystemExit(
+            f"sweep failed ({done.returncode}): {' '.join(command)}\n{done.stderr[-3000:]}"
+        )
     return seconds, pd.read_csv(storage / name / "results.csv")

@@ -13,6 +13,7 @@ composes the geometry into one resampling; both draw fresh parameters per image.
     python benchmarks/augment.py --batch 64 --size 224     # on a GPU
     python benchmarks/augment.py --batch 32 --size 112     # CPU here
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,9 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def ours(size: int):
-    return BatchAugment(augment_spec("notebook"), Preprocess(size, round(size / 0.875),
-                                                             "bilinear", MEAN, STD))
+    return BatchAugment(
+        augment_spec("notebook"), Preprocess(size, round(size / 0.875), "bilinear", MEAN, STD)
+    )
 
 
 def kornia_recipe(size: int, device: torch.device):
@@ -47,6 +49,7 @@ def kornia_recipe(size: int, device: torch.device):
 
     def run(images: torch.Tensor) -> torch.Tensor:
         return pipeline(images.float().div_(255))
+
     return run
 
 
@@ -60,8 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     load = round(args.size / 0.875)
-    images = torch.randint(0, 256, (args.batch, 3, load, load), dtype=torch.uint8,
-                           device=device)
+    images = torch.randint(0, 256, (args.batch, 3, load, load), dtype=torch.uint8, device=device)
     paths = {"ours": ours(args.size)}
     try:
         paths["kornia"] = kornia_recipe(args.size, device)
@@ -71,8 +73,9 @@ def main() -> None:
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
-                                               if device.type == "cuda" else [])
+        activities = [ProfilerActivity.CPU] + (
+            [ProfilerActivity.CUDA] if device.type == "cuda" else []
+        )
         paths["ours"](images)
         with profile(activities=activities) as prof:
             for _ in range(args.steps):
@@ -92,8 +95,10 @@ def main() -> None:
                     run(images)
             samples[name].append(args.steps * args.batch / timer.seconds)
     base = median(samples["ours"])
-    print(f"batch {args.batch}, {load}px uint8 -> {args.size}px, {args.steps} steps x "
-          f"{args.rounds} interleaved rounds")
+    print(
+        f"batch {args.batch}, {load}px uint8 -> {args.size}px, {args.steps} steps x "
+        f"{args.rounds} interleaved rounds"
+    )
     print(f"{'augmentation':<12} {'images/s (median)':>18} {'vs ours':>8}")
     for name, values in samples.items():
         print(f"{name:<12} {median(values):>18.0f} {median(values) / base:>7.2f}x", flush=True)

@@ -11,6 +11,7 @@ out. Prints the median over rounds of that cost as a share of the epochs' time, 
 
     python benchmarks/checkpoint.py --rounds 3                      # CPU here
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,16 @@ from _common import machine, median, photo_folder, run_sweep
 # with Adam's state) on small photos
 MODELS = {
     "googlenet": ["--set", "model=googlenet", "--set", "image_size=32"],
-    "vgg16": ["--set", "model=vgg16", "--set", "image_size=64", "--data", "{photos}",
-              "--max-per-class", "40"],
+    "vgg16": [
+        "--set",
+        "model=vgg16",
+        "--set",
+        "image_size=64",
+        "--data",
+        "{photos}",
+        "--max-per-class",
+        "40",
+    ],
 }
 POLICIES = {"every epoch": ["--set", "checkpoint_budget=0"], "default (2%)": []}
 
@@ -52,10 +61,24 @@ def main() -> None:
     photos = photo_folder(args.data, 10, 150)
     print(machine(), flush=True)
     storage = Path(tempfile.mkdtemp(prefix="bench-checkpoint-"))
-    common = ["--space", "single", "--set", "pretrained=false", "--set", "early_stop_patience=0",
-              "--set", "chance_epochs=0", "--max-epochs", str(args.epochs), "--scheduler", "fifo"]
-    print(f"{'model':<10} {'checkpoints':<14} {'report+checkpoint s/epoch':>26} "
-          f"{'epoch s':>8} {'share':>7}")
+    common = [
+        "--space",
+        "single",
+        "--set",
+        "pretrained=false",
+        "--set",
+        "early_stop_patience=0",
+        "--set",
+        "chance_epochs=0",
+        "--max-epochs",
+        str(args.epochs),
+        "--scheduler",
+        "fifo",
+    ]
+    print(
+        f"{'model':<10} {'checkpoints':<14} {'report+checkpoint s/epoch':>26} "
+        f"{'epoch s':>8} {'share':>7}"
+    )
     for model in args.models.split(","):
         samples: dict[str, list[tuple[float, float, int]]] = {p: [] for p in POLICIES}
         for round_ in range(args.rounds):
@@ -70,8 +93,10 @@ def main() -> None:
             share = median(c / w for c, w, _ in runs)
             per_epoch = median(c / n for c, _, n in runs)
             epoch = median(w / n for _, w, n in runs)
-            print(f"{model:<10} {policy:<14} {per_epoch:>26.3f} {epoch:>8.2f} {share:>7.2%}",
-                  flush=True)
+            print(
+                f"{model:<10} {policy:<14} {per_epoch:>26.3f} {epoch:>8.2f} {share:>7.2%}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ switches change speed, not results.
 
     python benchmarks/compile.py --model resnet50 --epochs 4     # on a GPU
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,14 +42,27 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     root = photo_folder(args.data, args.classes, args.per_class)
     print(machine(), flush=True)
-    base = {"model": args.model, "pretrained": "false", "batch_size": args.batch_size,
-            "max_epochs": args.epochs, "early_stop_patience": 0, "chance_epochs": 0,
-            "lr": 1e-3}
+    base = {
+        "model": args.model,
+        "pretrained": "false",
+        "batch_size": args.batch_size,
+        "max_epochs": args.epochs,
+        "early_stop_patience": 0,
+        "chance_epochs": 0,
+        "lr": 1e-3,
+    }
     pre = preprocess_for(TrialConfig.from_dict(base))
-    handle, _ = D.prepare(D.discover(root), pre.load_size, Path(tempfile.mkdtemp()),
-                          progress=False, interpolation=pre.interpolation)
-    print(f"{'variant':<22} {'epoch 1 s':>10} {'later epochs s (median)':>24} "
-          f"{'val acc':>8} {'stop':>10}")
+    handle, _ = D.prepare(
+        D.discover(root),
+        pre.load_size,
+        Path(tempfile.mkdtemp()),
+        progress=False,
+        interpolation=pre.interpolation,
+    )
+    print(
+        f"{'variant':<22} {'epoch 1 s':>10} {'later epochs s (median)':>24} "
+        f"{'val acc':>8} {'stop':>10}"
+    )
     for name in args.variants.split(","):
         cfg = TrialConfig.from_dict({**base, **VARIANTS[name]})
         trial = build_trial(cfg, handle)  # seeded: every variant starts from the same weights
@@ -63,8 +77,11 @@ def main() -> None:
 
         trial.fit(device, report)
         later = median(times[1:]) if len(times) > 1 else float("nan")
-        print(f"{name:<22} {times[0]:>10.2f} {later:>24.2f} "
-              f"{reports[-1][M.VAL_ACC]:>8.3f} {reports[-1][M.STOP_REASON]:>10}", flush=True)
+        print(
+            f"{name:<22} {times[0]:>10.2f} {later:>24.2f} "
+            f"{reports[-1][M.VAL_ACC]:>8.3f} {reports[-1][M.STOP_REASON]:>10}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

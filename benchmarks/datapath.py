@@ -15,6 +15,7 @@ and channels-last on CUDA). Prints medians and ratios; ``--json`` writes every s
     python benchmarks/datapath.py --models none,small_cnn --image-size 112    # CPU here
     python benchmarks/datapath.py --models resnet18,resnet50 --workers 8      # on a GPU
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,16 +44,28 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def notebook_loader(root: Path, size: int, batch: int, workers: int, cuda: bool):
-    transform = T.Compose([
-        T.Resize(int(size / 0.875)), T.RandomResizedCrop(size, scale=(0.7, 1.0)),
-        T.RandomHorizontalFlip(), T.RandomRotation(15),
-        T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
-        T.RandomAffine(degrees=0, translate=(0.1, 0.1)),
-        T.RandomApply([T.GaussianBlur(kernel_size=3)], p=0.2),
-        T.ToTensor(), T.Normalize(MEAN, STD)])
+    transform = T.Compose(
+        [
+            T.Resize(int(size / 0.875)),
+            T.RandomResizedCrop(size, scale=(0.7, 1.0)),
+            T.RandomHorizontalFlip(),
+            T.RandomRotation(15),
+            T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+            T.RandomAffine(degrees=0, translate=(0.1, 0.1)),
+            T.RandomApply([T.GaussianBlur(kernel_size=3)], p=0.2),
+            T.ToTensor(),
+            T.Normalize(MEAN, STD),
+        ]
+    )
     dataset = datasets.ImageFolder(str(root), transform=transform)
-    return DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
-                      pin_memory=cuda, drop_last=True)
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=cuda,
+        drop_last=True,
+    )
 
 
 class DataOnly(torch.nn.Module):
@@ -73,17 +86,20 @@ def forever(make_epoch):
         yield from make_epoch()
 
 
-def measure(make_stream, net, criterion, optimizer, scaler, device, dtype, steps: int,
-            batch_size: int) -> float:
+def measure(
+    make_stream, net, criterion, optimizer, scaler, device, dtype, steps: int, batch_size: int
+) -> float:
     """Images per second of one path, started afresh: its workers start and fill their queues
     in the warm-up steps, and stop before the next path runs (idle workers of one path would
     otherwise take CPU from the next)."""
     stream = make_stream()
-    train_one_epoch(net, itertools.islice(stream, 5), criterion, optimizer, scaler, device,
-                    0.0, dtype)
+    train_one_epoch(
+        net, itertools.islice(stream, 5), criterion, optimizer, scaler, device, 0.0, dtype
+    )
     with Timer(device) as timer:
-        train_one_epoch(net, itertools.islice(stream, steps), criterion, optimizer, scaler,
-                        device, 0.0, dtype)
+        train_one_epoch(
+            net, itertools.islice(stream, steps), criterion, optimizer, scaler, device, 0.0, dtype
+        )
     stream.close()  # ends the DataLoader iterator and its worker processes
     gc.collect()
     return steps * batch_size / timer.seconds
@@ -93,17 +109,27 @@ def profile(stream, net, criterion, optimizer, scaler, device, dtype, steps: int
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    train_one_epoch(net, itertools.islice(stream, 3), criterion, optimizer, scaler, device,
-                    0.0, dtype)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
-                                           else [])
+    train_one_epoch(
+        net, itertools.islice(stream, 3), criterion, optimizer, scaler, device, 0.0, dtype
+    )
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch_profile(activities=activities) as prof:
         with Timer(device) as timer:
-            train_one_epoch(net, itertools.islice(stream, steps), criterion, optimizer, scaler,
-                            device, 0.0, dtype)
+            train_one_epoch(
+                net,
+                itertools.islice(stream, steps),
+                criterion,
+                optimizer,
+                scaler,
+                device,
+                0.0,
+                dtype,
+            )
     print(f"{steps} steps in {timer.seconds:.2f} s")
-    for key in ("self_cpu_time_total", "self_device_time_total" if device.type == "cuda"
-                else "cpu_time_total"):
+    for key in (
+        "self_cpu_time_total",
+        "self_device_time_total" if device.type == "cuda" else "cpu_time_total",
+    ):
         print(prof.key_averages().table(sort_by=key, row_limit=12, max_name_column_width=40))
 
 
@@ -120,33 +146,47 @@ def main() -> None:
     parser.add_argument("--paths", default="notebook,ours-loader,ours-device,ceiling")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "bench-photos")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--profile", metavar="PATH",
-                        help="instead of timing, profile this path's steps (torch.profiler)")
+    parser.add_argument(
+        "--profile",
+        metavar="PATH",
+        help="instead of timing, profile this path's steps (torch.profiler)",
+    )
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
     started = time.perf_counter()
     root = photo_folder(args.data, args.classes, args.per_class)
-    print(f"{machine()}\n{args.classes * args.per_class} JPEG photos 500x375 "
-          f"(made in {time.perf_counter() - started:.0f} s)", flush=True)
+    print(
+        f"{machine()}\n{args.classes * args.per_class} JPEG photos 500x375 "
+        f"(made in {time.perf_counter() - started:.0f} s)",
+        flush=True,
+    )
     source = D.discover(root)
     cache = Path(tempfile.mkdtemp(prefix="bench-cache-"))
     samples: dict = {}
     for model in args.models.split(","):
-        cfg = TrialConfig.from_dict({"model": "small_cnn" if model == "none" else model,
-                                     "pretrained": "false",
-                                     "image_size": args.image_size,
-                                     "batch_size": args.batch_size, "loader_workers": args.workers})
+        cfg = TrialConfig.from_dict(
+            {
+                "model": "small_cnn" if model == "none" else model,
+                "pretrained": "false",
+                "image_size": args.image_size,
+                "batch_size": args.batch_size,
+                "loader_workers": args.workers,
+            }
+        )
         with Timer(device) as decode:
             pre = preprocess_for(cfg)
-            handle, _ = D.prepare(source, pre.load_size, cache, progress=False,
-                                  interpolation=pre.interpolation)
+            handle, _ = D.prepare(
+                source, pre.load_size, cache, progress=False, interpolation=pre.interpolation
+            )
         built = build_trial(cfg, handle)  # the model and data views a trial of cfg gets
         trial = built.data
-        print(f"\n{model}: decode-once cache of {len(handle.files)} images in "
-              f"{decode.seconds:.1f} s (once per data set and size, shared by every trial)",
-              flush=True)
+        print(
+            f"\n{model}: decode-once cache of {len(handle.files)} images in "
+            f"{decode.seconds:.1f} s (once per data set and size, shared by every trial)",
+            flush=True,
+        )
         net = (DataOnly() if model == "none" else built.net).to(device)
         if device.type == "cuda":
             net = net.to(memory_format=torch.channels_last)
@@ -158,29 +198,54 @@ def main() -> None:
         sampler = RandomSampler(range(len(trial.train_rows)))
 
         def ours(path):
-            batches = training_batches(TrialConfig.from_dict({**cfg.to_dict(), "data_path": path}),
-                                       trial, sampler, device)
+            batches = training_batches(
+                TrialConfig.from_dict({**cfg.to_dict(), "data_path": path}), trial, sampler, device
+            )
             return forever(lambda: iter(batches))  # ends with the generator: see measure()
 
         fixed = next(ours("device"))
         fixed = tuple(t.to(device) for t in fixed)
         streams = {
-            "notebook": lambda: forever(lambda: iter(notebook_loader(
-                root, args.image_size, args.batch_size, args.workers, device.type == "cuda"))),
+            "notebook": lambda: forever(
+                lambda: iter(
+                    notebook_loader(
+                        root, args.image_size, args.batch_size, args.workers, device.type == "cuda"
+                    )
+                )
+            ),
             "ours-loader": lambda: ours("loader"),
             "ours-device": lambda: ours("device"),
             "ceiling": lambda: (batch for batch in itertools.repeat(fixed)),
         }
         if args.profile:
-            profile(streams[args.profile](), net, criterion, optimizer, scaler,
-                    device, dtype, args.steps)
+            profile(
+                streams[args.profile](),
+                net,
+                criterion,
+                optimizer,
+                scaler,
+                device,
+                dtype,
+                args.steps,
+            )
             continue
         paths = args.paths.split(",")
         result = samples.setdefault(model, {name: [] for name in paths})
         for _ in range(args.rounds):
             for name in paths:
-                result[name].append(measure(streams[name], net, criterion, optimizer, scaler,
-                                            device, dtype, args.steps, args.batch_size))
+                result[name].append(
+                    measure(
+                        streams[name],
+                        net,
+                        criterion,
+                        optimizer,
+                        scaler,
+                        device,
+                        dtype,
+                        args.steps,
+                        args.batch_size,
+                    )
+                )
         base = median(result["notebook"]) if "notebook" in result else None
         ceiling = median(result["ceiling"]) if "ceiling" in result else None
         print(f"{'path':<12} {'images/s (median)':>18} {'vs notebook':>12} {'vs ceiling':>11}")
@@ -190,8 +255,16 @@ def main() -> None:
             vs_ceiling = f"{m / ceiling:.1%}" if ceiling else "-"
             print(f"{name:<12} {m:>18.1f} {vs_nb:>12} {vs_ceiling:>11}", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "args": vars(args) | {
-            "data": str(args.data), "json": str(args.json)}, "images_per_s": samples}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": machine(),
+                    "args": vars(args) | {"data": str(args.data), "json": str(args.json)},
+                    "images_per_s": samples,
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

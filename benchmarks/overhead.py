@@ -11,6 +11,7 @@ the result table. Prints medians over rounds and the wall-time ratio.
     python benchmarks/overhead.py --model small_cnn --trials 4 --epochs 1,4       # CPU here
     python benchmarks/overhead.py --model resnet18 --data PHOTOS --epochs 1,5     # on a GPU
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,14 @@ from _common import ROOT, machine, median, run_sweep
 
 
 def settings(args, epochs: int) -> list[str]:
-    keys = {"model": args.model, "pretrained": "false", "early_stop_patience": 0,
-            "chance_epochs": 0, "max_epochs": epochs, "batch_size": args.batch_size}
+    keys = {
+        "model": args.model,
+        "pretrained": "false",
+        "early_stop_patience": 0,
+        "chance_epochs": 0,
+        "max_epochs": epochs,
+        "batch_size": args.batch_size,
+    }
     return [item for key, value in keys.items() for item in ("--set", f"{key}={value}")]
 
 
@@ -46,8 +53,13 @@ def plain_loop(args) -> None:
         base = {**DEMO_OVERRIDES, **base}  # as the sweep does for the demo digits
     pre = preprocess_for(TrialConfig.from_dict(base))
     root = args.data or D.demo_root(D.default_cache_dir())
-    handle, _ = D.prepare(D.discover(root), pre.load_size, D.default_cache_dir(),
-                          progress=False, interpolation=pre.interpolation)
+    handle, _ = D.prepare(
+        D.discover(root),
+        pre.load_size,
+        D.default_cache_dir(),
+        progress=False,
+        interpolation=pre.interpolation,
+    )
     for seed in range(args.trials):
         trial = build_trial(TrialConfig.from_dict({**base, "seed": seed}), handle)
         trial.fit(device, lambda metrics, state: None)
@@ -68,26 +80,57 @@ def main() -> None:
     print(machine(), flush=True)
     storage = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     data = ["--data", args.data] if args.data else []
-    print(f"{'epochs':>6} {'plain loop s':>13} {'ray tune s':>11} {'ratio':>6} "
-          f"{'extra s per trial':>18}")
+    print(
+        f"{'epochs':>6} {'plain loop s':>13} {'ray tune s':>11} {'ratio':>6} "
+        f"{'extra s per trial':>18}"
+    )
     for epochs in map(int, args.epochs.split(",")):
         plain, tune = [], []
         for round_ in range(args.rounds):
             started = time.perf_counter()
-            subprocess.run([sys.executable, __file__, "--plain", str(epochs), "--model",
-                            args.model, "--trials", str(args.trials), "--batch-size",
-                            str(args.batch_size), *data], cwd=ROOT, check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--plain",
+                    str(epochs),
+                    "--model",
+                    args.model,
+                    "--trials",
+                    str(args.trials),
+                    "--batch-size",
+                    str(args.batch_size),
+                    *data,
+                ],
+                cwd=ROOT,
+                check=True,
+            )
             plain.append(time.perf_counter() - started)
             seconds, table = run_sweep(
-                ["--space", "single", "--num-samples", str(args.trials), "--max-concurrent", "1",
-                 "--cpus-per-trial", str(os.cpu_count()), "--scheduler", "fifo", *data,
-                 *settings(args, epochs)],
-                storage, f"e{epochs}-r{round_}")
+                [
+                    "--space",
+                    "single",
+                    "--num-samples",
+                    str(args.trials),
+                    "--max-concurrent",
+                    "1",
+                    "--cpus-per-trial",
+                    str(os.cpu_count()),
+                    "--scheduler",
+                    "fifo",
+                    *data,
+                    *settings(args, epochs),
+                ],
+                storage,
+                f"e{epochs}-r{round_}",
+            )
             assert len(table) == args.trials and (table["epochs"] == epochs).all(), table
             tune.append(seconds)
         p, t = median(plain), median(tune)
-        print(f"{epochs:>6} {p:>13.1f} {t:>11.1f} {t / p:>6.2f} "
-              f"{(t - p) / args.trials:>18.2f}", flush=True)
+        print(
+            f"{epochs:>6} {p:>13.1f} {t:>11.1f} {t / p:>6.2f} {(t - p) / args.trials:>18.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ throughput is training images per second of the whole sweep, wall clock.
 
     python benchmarks/packing.py --model resnet18 --data PHOTOS --trials 8 --epochs 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,14 @@ def main() -> None:
     photo_folder(args.data, 10, args.per_class)
     print(machine(), flush=True)
     storage = Path(tempfile.mkdtemp(prefix="bench-packing-"))
-    keys = {"model": args.model, "pretrained": "false", "early_stop_patience": 0,
-            "chance_epochs": 0, "max_epochs": args.epochs, "batch_size": args.batch_size}
+    keys = {
+        "model": args.model,
+        "pretrained": "false",
+        "early_stop_patience": 0,
+        "chance_epochs": 0,
+        "max_epochs": args.epochs,
+        "batch_size": args.batch_size,
+    }
     sets = [item for key, value in keys.items() for item in ("--set", f"{key}={value}")]
     train_images = None
     print(f"{'gpus/trial':>10} {'trials/GPU':>10} {'sweep s':>8} {'images/s':>9} {'vs 1':>6}")
@@ -37,9 +44,22 @@ def main() -> None:
         times = []
         for round_ in range(args.rounds):
             seconds, table = run_sweep(
-                ["--space", "single", "--data", str(args.data), "--num-samples",
-                 str(args.trials), "--gpus-per-trial", gpus, "--scheduler", "fifo", *sets],
-                storage, f"g{gpus}-r{round_}")
+                [
+                    "--space",
+                    "single",
+                    "--data",
+                    str(args.data),
+                    "--num-samples",
+                    str(args.trials),
+                    "--gpus-per-trial",
+                    gpus,
+                    "--scheduler",
+                    "fifo",
+                    *sets,
+                ],
+                storage,
+                f"g{gpus}-r{round_}",
+            )
             assert (table["epochs"] == args.epochs).all(), table
             times.append(seconds)
         if train_images is None:
@@ -47,8 +67,11 @@ def main() -> None:
         seconds = median(times)
         rate = args.trials * args.epochs * train_images / seconds
         first = first or rate
-        print(f"{gpus:>10} {1 / float(gpus):>10.0f} {seconds:>8.1f} {rate:>9.0f} "
-              f"{rate / first:>5.2f}x", flush=True)
+        print(
+            f"{gpus:>10} {1 / float(gpus):>10.0f} {seconds:>8.1f} {rate:>9.0f} "
+            f"{rate / first:>5.2f}x",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

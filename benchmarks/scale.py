@@ -13,6 +13,7 @@ images) and a 2,000-trial search. Results go to --out (JSON) and stdout.
 
     python benchmarks/scale.py --parts data,trials,table
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,8 +79,11 @@ def prepare_child(root: str, cache: str) -> None:
         started = time.perf_counter()
         handle, _ = D.prepare(D.discover(root), 64, Path(cache), progress=False)
         seconds = time.perf_counter() - started
-    print(json.dumps({"seconds": seconds, "peak_anon_mb": max(samples) / 1024,
-                      "images": len(handle.rows)}))
+    print(
+        json.dumps(
+            {"seconds": seconds, "peak_anon_mb": max(samples) / 1024, "images": len(handle.rows)}
+        )
+    )
 
 
 def fit(xs, ys, at: float) -> tuple[float, float]:
@@ -93,48 +97,96 @@ def data_curve(sizes: list[int], base: Path) -> dict:
     for n in sizes:
         per_class = -(-n // 38)
         root = photo_folder(base / f"photos-{n}", 38, per_class, size=(64, 48))
-        out = subprocess.run([sys.executable, __file__, "--prepare", str(root),
-                              str(Path(tempfile.mkdtemp(prefix="scale-cache-")))],
-                             check=True, capture_output=True, text=True, cwd=ROOT / "benchmarks")
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--prepare",
+                str(root),
+                str(Path(tempfile.mkdtemp(prefix="scale-cache-"))),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=ROOT / "benchmarks",
+        )
         point = json.loads(out.stdout.strip().splitlines()[-1])
         points.append(point)
-        print(f"data {point['images']:>6} images: {point['seconds']:7.1f} s, peak "
-              f"{point['peak_anon_mb']:7.1f} MB of the process's own memory", flush=True)
+        print(
+            f"data {point['images']:>6} images: {point['seconds']:7.1f} s, peak "
+            f"{point['peak_anon_mb']:7.1f} MB of the process's own memory",
+            flush=True,
+        )
     images = [p["images"] for p in points]
     time_slope, time_at = fit(images, [p["seconds"] for p in points], PLANTVILLAGE_IMAGES)
     mem_slope, mem_at = fit(images, [p["peak_anon_mb"] for p in points], PLANTVILLAGE_IMAGES)
-    return {"points": points, "seconds_per_1000_images": time_slope * 1000,
-            "mb_per_1000_images": mem_slope * 1000,
-            "predicted_plantvillage_s": time_at, "predicted_plantvillage_peak_mb": mem_at}
+    return {
+        "points": points,
+        "seconds_per_1000_images": time_slope * 1000,
+        "mb_per_1000_images": mem_slope * 1000,
+        "predicted_plantvillage_s": time_at,
+        "predicted_plantvillage_peak_mb": mem_at,
+    }
 
 
 def trial_curve(counts: list[int], storage: Path) -> dict:
     points = []
     for n in counts:
-        command = [sys.executable, str(ROOT / "sweeps" / "run.py"), "--space", "lr_batch_tpe",
-                   "--set", "model=small_cnn", "--set", "image_size=16", "--max-epochs", "1",
-                   "--max-per-class", "10", "--num-samples", str(n), "--storage", str(storage),
-                   "--name", f"trials-{n}"]
+        command = [
+            sys.executable,
+            str(ROOT / "sweeps" / "run.py"),
+            "--space",
+            "lr_batch_tpe",
+            "--set",
+            "model=small_cnn",
+            "--set",
+            "image_size=16",
+            "--max-epochs",
+            "1",
+            "--max-per-class",
+            "10",
+            "--num-samples",
+            str(n),
+            "--storage",
+            str(storage),
+            "--name",
+            f"trials-{n}",
+        ]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         started = time.perf_counter()
-        driver = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+        driver = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         with peak_of(driver.pid, "VmRSS", 0.5) as samples:
             code = driver.wait()
             seconds = time.perf_counter() - started
         if code != 0:
             raise SystemExit(f"the {n}-trial sweep failed ({code}): {' '.join(command)}")
         rows = sum(1 for _ in open(storage / f"trials-{n}" / "results.csv")) - 1
-        point = {"trials": n, "rows": rows, "seconds": seconds, "per_trial_s": seconds / n,
-                 "driver_peak_mb": max(samples) / 1024, "driver_last_mb": samples[-1] / 1024}
+        point = {
+            "trials": n,
+            "rows": rows,
+            "seconds": seconds,
+            "per_trial_s": seconds / n,
+            "driver_peak_mb": max(samples) / 1024,
+            "driver_last_mb": samples[-1] / 1024,
+        }
         points.append(point)
-        print(f"trials {n:>4}: {seconds:7.1f} s ({seconds / n:.2f} s per trial), driver peak "
-              f"{point['driver_peak_mb']:.0f} MB", flush=True)
+        print(
+            f"trials {n:>4}: {seconds:7.1f} s ({seconds / n:.2f} s per trial), driver peak "
+            f"{point['driver_peak_mb']:.0f} MB",
+            flush=True,
+        )
     counts_ = [p["trials"] for p in points]
     time_slope, time_at = fit(counts_, [p["seconds"] for p in points], BIG_SEARCH)
     mem_slope, mem_at = fit(counts_, [p["driver_peak_mb"] for p in points], BIG_SEARCH)
-    return {"points": points, "seconds_per_trial": time_slope, "mb_per_trial": mem_slope,
-            "predicted_2000_trials_s": time_at, "predicted_2000_trials_driver_mb": mem_at}
+    return {
+        "points": points,
+        "seconds_per_trial": time_slope,
+        "mb_per_trial": mem_slope,
+        "predicted_2000_trials_s": time_at,
+        "predicted_2000_trials_driver_mb": mem_at,
+    }
 
 
 def table_curve(rows: list[int]) -> dict:
@@ -144,13 +196,27 @@ def table_curve(rows: list[int]) -> dict:
     points = []
     for n in rows:
         rng = np.random.default_rng(0)
-        table = [{"trial_id": f"t{i:05d}", "variant": "small_cnn", "status": "TERMINATED",
-                  "stop_reason": "completed", "epochs": 5, "best_epoch": 3,
-                  "best_val_loss": float(rng.random()), "best_val_acc": float(rng.random()),
-                  "test_acc": float(rng.random()), "test_macro_f1": float(rng.random()),
-                  "test_acc_low": 0.1, "test_acc_high": 0.9, "test_macro_f1_low": 0.1,
-                  "test_macro_f1_high": 0.9, "lr": float(rng.random()), "error": ""}
-                 for i in range(n)]
+        table = [
+            {
+                "trial_id": f"t{i:05d}",
+                "variant": "small_cnn",
+                "status": "TERMINATED",
+                "stop_reason": "completed",
+                "epochs": 5,
+                "best_epoch": 3,
+                "best_val_loss": float(rng.random()),
+                "best_val_acc": float(rng.random()),
+                "test_acc": float(rng.random()),
+                "test_macro_f1": float(rng.random()),
+                "test_acc_low": 0.1,
+                "test_acc_high": 0.9,
+                "test_macro_f1_low": 0.1,
+                "test_macro_f1_high": 0.9,
+                "lr": float(rng.random()),
+                "error": "",
+            }
+            for i in range(n)
+        ]
         store = Store.from_location(tempfile.mkdtemp(prefix="scale-table-"))
         times = []
         for _ in range(5):
@@ -183,11 +249,20 @@ def main() -> None:
     if "data" in parts:
         results["data"] = data_curve([int(n) for n in args.images.split(",")], args.work)
     if "trials" in parts:
-        results["trials"] = trial_curve([int(n) for n in args.trials.split(",")],
-                                        Path(tempfile.mkdtemp(prefix="scale-sweeps-")))
+        results["trials"] = trial_curve(
+            [int(n) for n in args.trials.split(",")], Path(tempfile.mkdtemp(prefix="scale-sweeps-"))
+        )
     args.out.write_text(json.dumps(results, indent=1))
-    print(json.dumps({k: {m: v for m, v in r.items() if m != "points"}
-                      for k, r in results.items() if isinstance(r, dict)}, indent=1))
+    print(
+        json.dumps(
+            {
+                k: {m: v for m, v in r.items() if m != "points"}
+                for k, r in results.items()
+                if isinstance(r, dict)
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ loopback. Prints throughput and p50/p99 latency per level, the in-process time p
 of the same work (decode, preprocess, ONNX Runtime, calibration), the service's overhead
 as a ratio, and the runtimes' medians over interleaved rounds at batch 1 and 32.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,11 +30,20 @@ from _common import ROOT
 
 def _request(url: str, data: bytes) -> float:
     boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; filename="
-            f"\"x.png\"\r\nContent-Type: image/png\r\n\r\n").encode() + data + \
-        f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(url, data=body, method="POST", headers={
-        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename='
+            f'"x.png"\r\nContent-Type: image/png\r\n\r\n'
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     started = time.perf_counter()
     with urllib.request.urlopen(request, timeout=60) as response:
         response.read()
@@ -89,10 +99,19 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     folder = Path(tempfile.mkdtemp())
-    spec = ExportSpec(create_model(args.model, 4, "false").build,
-                      Preprocess(args.size, round(args.size / 0.875), "bilinear",
-                                 (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-                      ["a", "b", "c", "d"], {"trial_id": "benchmark"}, {"temperature": 1.5})
+    spec = ExportSpec(
+        create_model(args.model, 4, "false").build,
+        Preprocess(
+            args.size,
+            round(args.size / 0.875),
+            "bilinear",
+            (0.485, 0.456, 0.406),
+            (0.229, 0.224, 0.225),
+        ),
+        ["a", "b", "c", "d"],
+        {"trial_id": "benchmark"},
+        {"temperature": 1.5},
+    )
     write_export(folder / "export", spec, spec.build().state_dict())
     buffer = io.BytesIO()
     rng = np.random.default_rng(0)
@@ -113,25 +132,40 @@ def main() -> None:
     port = free_port()
     log = folder / "server.log"
     with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, str(ROOT / "sweeps" / "serve.py"),
-                                   str(folder / "export"), "--port", str(port),
-                                   "--threads", "1"],
-                                  stdout=out, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "sweeps" / "serve.py"),
+                str(folder / "export"),
+                "--port",
+                str(port),
+                "--threads",
+                "1",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_for_port(server, port, log)
         url = f"http://127.0.0.1:{port}/predict"
         _request(url, data)  # warm
-        print(f"{args.model} at {args.size} px, one 500x375 JPEG per request, "
-              f"{args.requests} requests or {args.seconds:g} s per level, 127.0.0.1\n")
+        print(
+            f"{args.model} at {args.size} px, one 500x375 JPEG per request, "
+            f"{args.requests} requests or {args.seconds:g} s per level, 127.0.0.1\n"
+        )
         print("| clients | requests | per second | p50 ms | p99 ms | p50 / in-process |")
         print("| ---: | ---: | ---: | ---: | ---: | ---: |")
         for clients in (1, 8, 32):
             rate, latencies = load(url, data, clients, args.requests, args.seconds)
             p50, p99 = quantile(latencies, 0.5), quantile(latencies, 0.99)
-            print(f"| {clients} | {len(latencies)} | {rate:.1f} | {p50 * 1e3:.1f} | "
-                  f"{p99 * 1e3:.1f} | {p50 / inproc:.2f}x |")
-        print(f"\nin process, the same work per image (median of {len(per_image)}): "
-              f"{inproc * 1e3:.1f} ms")
+            print(
+                f"| {clients} | {len(latencies)} | {rate:.1f} | {p50 * 1e3:.1f} | "
+                f"{p99 * 1e3:.1f} | {p50 / inproc:.2f}x |"
+            )
+        print(
+            f"\nin process, the same work per image (median of {len(per_image)}): "
+            f"{inproc * 1e3:.1f} ms"
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -140,8 +174,9 @@ def main() -> None:
     times = {}
     for batch in (1, 32):
         x = torch.randn(batch, 3, args.size, args.size)
-        runs = {name: runtime_of(folder / "export", name, spec, threads=1)
-                for name in ("torch", "onnx")}
+        runs = {
+            name: runtime_of(folder / "export", name, spec, threads=1) for name in ("torch", "onnx")
+        }
         for name in runs:
             runs[name](x)  # warm
         for _ in range(args.rounds):

@@ -9,6 +9,7 @@ sweep's ASHA and early stopping decided those epochs; the loop only repeats them
 
 Writes every figure to --out (JSON) as well as printing them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,9 +28,17 @@ def sample_gpu(path: Path):
     """nvidia-smi writing utilisation and memory every 500 ms, if there is one."""
     if not shutil.which("nvidia-smi"):
         return None
-    return subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
-                             "--format=csv,noheader,nounits", "-lms", "500"],
-                            stdout=open(path, "w"), stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            "nvidia-smi",
+            "--query-gpu=utilization.gpu,memory.used",
+            "--format=csv,noheader,nounits",
+            "-lms",
+            "500",
+        ],
+        stdout=open(path, "w"),
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def plain_loop(experiment: Path, data: str | None) -> float:
@@ -50,14 +59,20 @@ def plain_loop(experiment: Path, data: str | None) -> float:
     for trial_dir in sorted(p for p in experiment.iterdir() if (p / "progress.csv").exists()):
         trial_id = "_".join(trial_dir.name.rsplit("_", 2)[-2:])  # VARIANT_sSEED_TRIALID
         row = table[table["trial_id"] == trial_id].iloc[0]
-        config = json.loads(
-            (next(trial_dir.glob("checkpoint_*")) / "trial.json").read_text())["config"]
+        config = json.loads((next(trial_dir.glob("checkpoint_*")) / "trial.json").read_text())[
+            "config"
+        ]
         config.update(max_epochs=int(row["epochs"]), early_stop_patience=0, chance_epochs=0)
         cfg = TrialConfig.from_dict(config)
         if handle is None:
             pre = preprocess_for(cfg)
-            handle, _ = D.prepare(source, pre.load_size, D.default_cache_dir(), progress=False,
-                                  interpolation=pre.interpolation)
+            handle, _ = D.prepare(
+                source,
+                pre.load_size,
+                D.default_cache_dir(),
+                progress=False,
+                interpolation=pre.interpolation,
+            )
         build_trial(cfg, handle).fit(device, lambda metrics, state: None)
     return time.perf_counter() - started
 
@@ -75,11 +90,20 @@ def main() -> None:
     if args.plain:  # the floor, in a process of its own
         print(json.dumps({"plain_s": plain_loop(Path(args.plain), args.data)}))
         return
-    data = args.data or str(photo_folder(Path(tempfile.gettempdir()) / "bench-photos", 10,
-                                         args.per_class))
+    data = args.data or str(
+        photo_folder(Path(tempfile.gettempdir()) / "bench-photos", 10, args.per_class)
+    )
     storage = Path(tempfile.mkdtemp(prefix="bench-study-"))
-    flags = ["--space", "googlenet_strategies", "--data", data, "--num-samples",
-             str(args.seeds), "--set", f"image_size={args.image_size}"]
+    flags = [
+        "--space",
+        "googlenet_strategies",
+        "--data",
+        data,
+        "--num-samples",
+        str(args.seeds),
+        "--set",
+        f"image_size={args.image_size}",
+    ]
     if args.max_epochs:
         flags += ["--max-epochs", str(args.max_epochs)]
     gpu_log = storage / "gpu.csv"
@@ -87,20 +111,35 @@ def main() -> None:
     seconds, table = run_sweep(flags, storage, "study")
     if sampler:
         sampler.terminate()
-    floor = json.loads(subprocess.run(
-        [sys.executable, __file__, "--plain", str(storage / "study"), "--data", data],
-        cwd=ROOT / "benchmarks", check=True, capture_output=True, text=True).stdout
-        .strip().splitlines()[-1])["plain_s"]
-    figures = {"machine": machine(), "trials": len(table), "epochs": int(table["epochs"].sum()),
-               "sweep_s": round(seconds, 1), "plain_loop_floor_s": round(floor, 1),
-               "sweep_over_floor": round(seconds / floor, 3), "command": " ".join(flags)}
+    floor = json.loads(
+        subprocess.run(
+            [sys.executable, __file__, "--plain", str(storage / "study"), "--data", data],
+            cwd=ROOT / "benchmarks",
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )["plain_s"]
+    figures = {
+        "machine": machine(),
+        "trials": len(table),
+        "epochs": int(table["epochs"].sum()),
+        "sweep_s": round(seconds, 1),
+        "plain_loop_floor_s": round(floor, 1),
+        "sweep_over_floor": round(seconds / floor, 3),
+        "command": " ".join(flags),
+    }
     if sampler and gpu_log.exists():
         rows = [line.split(",") for line in gpu_log.read_text().splitlines() if "," in line]
         utilisation = sorted(float(r[0]) for r in rows)
-        figures.update(gpu_samples=len(rows),
-                       gpu_util_median=utilisation[len(utilisation) // 2] if rows else None,
-                       gpu_util_mean=round(sum(utilisation) / max(1, len(rows)), 1),
-                       gpu_memory_max_mib=max((float(r[1]) for r in rows), default=None))
+        figures.update(
+            gpu_samples=len(rows),
+            gpu_util_median=utilisation[len(utilisation) // 2] if rows else None,
+            gpu_util_mean=round(sum(utilisation) / max(1, len(rows)), 1),
+            gpu_memory_max_mib=max((float(r[1]) for r in rows), default=None),
+        )
     args.out.write_text(json.dumps(figures, indent=1))
     print(json.dumps(figures, indent=1))
 

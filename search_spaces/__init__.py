@@ -1,5 +1,6 @@
 """Search-space registry: every module in this package that defines ``SPACE`` is a study
 that ``python sweeps/run.py --space NAME`` runs. Adding a study is adding one module."""
+
 from __future__ import annotations
 
 import importlib
@@ -37,8 +38,10 @@ class PerKey:
     def __call__(self, config: dict[str, Any]) -> float:
         choice = config[self.key]
         if choice not in self.table:
-            raise UserError(f"no value for {self.key}={choice} in this study's table; "
-                            f"it has {', '.join(self.table)}")
+            raise UserError(
+                f"no value for {self.key}={choice} in this study's table; "
+                f"it has {', '.join(self.table)}"
+            )
         value = self.table[choice]
         if isinstance(value, tuple):
             low, high = value
@@ -110,6 +113,7 @@ def registry() -> dict[str, Space]:
 def get_space(name: str) -> Space:
     spaces = registry()
     if name not in spaces:
-        raise UserError(f"unknown space '{name}': choose one of {', '.join(spaces)} "
-                        "(see --list-spaces)")
+        raise UserError(
+            f"unknown space '{name}': choose one of {', '.join(spaces)} (see --list-spaces)"
+        )
     return spaces[name]

@@ -5,6 +5,7 @@ config, and its own learning-rate range (drawn log-uniformly per trial): one ran
 1e-1 for all of them leaves VGG16, ConvNeXt and Swin at chance, which the table then marks
 as stuck_at_chance rather than reporting it as a result.
 """
+
 from ray import tune
 
 from search_spaces import Space, per_model
@@ -21,8 +22,8 @@ LEARNING_RATE_RANGES = {
 SPACE = Space(
     name="timm_zoo",
     description="tf_efficientnetv2_s, convnext_tiny, vit_base_patch16_224, "
-                "swinv2_tiny_window8_256, vgg16, resnet50; each at its own input size, "
-                "AdamW with a per-model lr range",
+    "swinv2_tiny_window8_256, vgg16, resnet50; each at its own input size, "
+    "AdamW with a per-model lr range",
     param_space={
         "model": tune.grid_search(list(LEARNING_RATE_RANGES)),
         "lr": per_model(LEARNING_RATE_RANGES),

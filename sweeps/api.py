@@ -11,6 +11,7 @@ code (run.execute), so a notebook and a shell give the same sweep.
 A user's mistake raises ``StudyError`` (the command line prints it as one line); a sweep
 with failed trials returns normally, its failures in the table's ``status`` column.
 """
+
 from __future__ import annotations
 
 import time
@@ -64,10 +65,15 @@ class Study:
         return export.export(self.root, trial, out)
 
 
-def run_study(space: str, data: str | Path | None = None,
-              overrides: dict[str, Any] | None = None, smoke: bool = False,
-              storage: str | Path = "runs", name: str | None = None,
-              **options: Any) -> Study:
+def run_study(
+    space: str,
+    data: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    smoke: bool = False,
+    storage: str | Path = "runs",
+    name: str | None = None,
+    **options: Any,
+) -> Study:
     """Run a study as ``python sweeps/run.py --space SPACE`` does and return its folder.
 
     ``overrides``: config fields, as ``--set KEY=VALUE`` (a list is a grid). ``options``:
@@ -83,8 +89,11 @@ def run_study(space: str, data: str | Path | None = None,
     if smoke:
         argv.append("--smoke")
     for key, value in (overrides or {}).items():
-        text = "[" + ",".join(map(_text, value)) + "]" if isinstance(value, (list, tuple)) \
+        text = (
+            "[" + ",".join(map(_text, value)) + "]"
+            if isinstance(value, (list, tuple))
             else _text(value)
+        )
         argv += ["--set", f"{key}={text}"]
     argv += _flags(options)
     try:
@@ -93,8 +102,10 @@ def run_study(space: str, data: str | Path | None = None,
     finally:
         run.stop_ray()
     if code not in (0, 1):  # stopped by a signal (130: Ctrl-C): not a finished study
-        raise KeyboardInterrupt(f"the study stopped (exit status {code}); resume it with "
-                                f"run_study(..., resume=...) or python sweeps/run.py --resume")
+        raise KeyboardInterrupt(
+            f"the study stopped (exit status {code}); resume it with "
+            f"run_study(..., resume=...) or python sweeps/run.py --resume"
+        )
     return Study(Path(storage) / name, code)
 
 

@@ -1,5 +1,6 @@
 """What every command shares: a parser whose mistakes are one line, range-checked numbers,
 and how a command ends (a UserError is one line on stderr and exit status 2)."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,20 +21,27 @@ class Parser(argparse.ArgumentParser):
 
 def parser(doc: str, prog: str) -> Parser:
     """A command's parser; its description is the first paragraph of the module's doc."""
-    return Parser(prog=prog, description=(doc or "").split("\n\n")[0],
-                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    return Parser(
+        prog=prog,
+        description=(doc or "").split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
-def number(kind: type = int, low: float | None = None, high: float | None = None,
-           above: float | None = None) -> Callable[[str], float]:
+def number(
+    kind: type = int,
+    low: float | None = None,
+    high: float | None = None,
+    above: float | None = None,
+) -> Callable[[str], float]:
     """An argparse ``type`` that parses ``kind`` and checks its range (``above``: strictly)."""
+
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             expected = "an integer" if kind is int else "a number"
-            raise argparse.ArgumentTypeError(f"expected {expected}"
-                                             f", got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
         if value != value or value in (float("inf"), float("-inf")):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         if low is not None and value < low:
@@ -43,6 +51,7 @@ def number(kind: type = int, low: float | None = None, high: float | None = None
         if high is not None and value > high:
             raise argparse.ArgumentTypeError(f"must be at most {high:g}, got {text}")
         return value
+
     return parse
 
 

@@ -14,6 +14,7 @@ A cross-validated experiment (run.py --folds) builds the ensembles fold by fold,
 that fold's trials, chosen on its validation images and scored on its test images; each
 kind's test predictions are then pooled over the folds and scored over all images.
 """
+
 from __future__ import annotations
 
 import sys
@@ -30,8 +31,16 @@ from trainables.core.errors import UserError
 from trainables.stats import evaluation as E
 
 
-def score_row(name: str, members: list[TrialPredictions], weights, predicted_val, predicted_test,
-              val_labels, test_labels, num_classes: int) -> dict:
+def score_row(
+    name: str,
+    members: list[TrialPredictions],
+    weights,
+    predicted_val,
+    predicted_test,
+    val_labels,
+    test_labels,
+    num_classes: int,
+) -> dict:
     acc_low, acc_high = E.accuracy_interval(test_labels, predicted_test)
     f1_low, f1_high = E.macro_f1_interval(test_labels, predicted_test, num_classes)
     row = {
@@ -40,16 +49,25 @@ def score_row(name: str, members: list[TrialPredictions], weights, predicted_val
         "weights": " ".join(f"{w:g}" for w in weights),
         "val_acc": E.accuracy(val_labels, predicted_val),
         "test_acc": E.accuracy(test_labels, predicted_test),
-        "test_acc_low": acc_low, "test_acc_high": acc_high,
+        "test_acc_low": acc_low,
+        "test_acc_high": acc_high,
         "test_macro_f1": E.macro_f1(test_labels, predicted_test, num_classes),
-        "test_macro_f1_low": f1_low, "test_macro_f1_high": f1_high,
+        "test_macro_f1_low": f1_low,
+        "test_macro_f1_high": f1_high,
     }
     return row
 
 
-def build(trials: list[TrialPredictions], val_labels, test_labels, num_classes: int,
-          ranking: list[str], top: int, steps: int, calibrate: bool = True
-          ) -> tuple[pd.DataFrame, list[str], dict[str, tuple]]:
+def build(
+    trials: list[TrialPredictions],
+    val_labels,
+    test_labels,
+    num_classes: int,
+    ranking: list[str],
+    top: int,
+    steps: int,
+    calibrate: bool = True,
+) -> tuple[pd.DataFrame, list[str], dict[str, tuple]]:
     """The ensemble table, McNemar lines, and each ensemble's (members, predicted test
     classes) by kind. ``ranking`` orders trial ids best first by validation loss; the best
     single model and the top-k votes follow it."""
@@ -59,44 +77,89 @@ def build(trials: list[TrialPredictions], val_labels, test_labels, num_classes: 
     ranked = [by_id[i] for i in ranking if i in by_id]
     best = ranked[0]
     reference = best.test_probs.argmax(1)
-    rows = [score_row("best single (lowest val loss)", [best], [1], best.val_probs.argmax(1),
-                      reference, val_labels, test_labels, num_classes)]
+    rows = [
+        score_row(
+            "best single (lowest val loss)",
+            [best],
+            [1],
+            best.val_probs.argmax(1),
+            reference,
+            val_labels,
+            test_labels,
+            num_classes,
+        )
+    ]
     lines = []
     predictions = {"best single": ([best], reference)}
     chosen = ranked[:top]
     soft_val = E.soft_vote([m.val_probs for m in chosen])
     soft_test = E.soft_vote([m.test_probs for m in chosen])
     candidates = [
-        (f"soft vote, top {len(chosen)}", chosen, [1] * len(chosen),
-         soft_val.argmax(1), soft_test.argmax(1)),
-        (f"hard vote, top {len(chosen)}", chosen, [1] * len(chosen),
-         E.hard_vote([m.val_probs for m in chosen]), E.hard_vote([m.test_probs for m in chosen])),
+        (
+            f"soft vote, top {len(chosen)}",
+            chosen,
+            [1] * len(chosen),
+            soft_val.argmax(1),
+            soft_test.argmax(1),
+        ),
+        (
+            f"hard vote, top {len(chosen)}",
+            chosen,
+            [1] * len(chosen),
+            E.hard_vote([m.val_probs for m in chosen]),
+            E.hard_vote([m.test_probs for m in chosen]),
+        ),
     ]
-    stacked = E.stacking([m.val_probs for m in chosen], val_labels,
-                         [m.test_probs for m in chosen])
+    stacked = E.stacking([m.val_probs for m in chosen], val_labels, [m.test_probs for m in chosen])
     if stacked is None:
         lines.append("no stacking: some class has fewer than 2 validation images")
     else:
-        candidates.append((f"stacking, top {len(chosen)} (logistic regression, C "
-                           f"{stacked.c:.3g} by {stacked.folds}-fold CV on validation)",
-                           chosen, [1] * len(chosen), stacked.val_predicted,
-                           stacked.test_predicted))
+        candidates.append(
+            (
+                f"stacking, top {len(chosen)} (logistic regression, C "
+                f"{stacked.c:.3g} by {stacked.folds}-fold CV on validation)",
+                chosen,
+                [1] * len(chosen),
+                stacked.val_predicted,
+                stacked.test_predicted,
+            )
+        )
     counts = E.greedy_selection([m.val_probs for m in ranked], val_labels, steps=steps)
     picked = [(m, c) for m, c in zip(ranked, counts) if c > 0]
     members, weights = [m for m, _ in picked], [int(c) for _, c in picked]
-    candidates.append((
-        f"greedy selection ({sum(weights)} picks)", members, weights,
-        E.soft_vote([m.val_probs for m in members], weights).argmax(1),
-        E.soft_vote([m.test_probs for m in members], weights).argmax(1)))
-    kinds = ["soft vote", "hard vote", *(["stacking"] if stacked is not None else []),
-             "greedy selection"]
+    candidates.append(
+        (
+            f"greedy selection ({sum(weights)} picks)",
+            members,
+            weights,
+            E.soft_vote([m.val_probs for m in members], weights).argmax(1),
+            E.soft_vote([m.test_probs for m in members], weights).argmax(1),
+        )
+    )
+    kinds = [
+        "soft vote",
+        "hard vote",
+        *(["stacking"] if stacked is not None else []),
+        "greedy selection",
+    ]
     for kind, (name, members, weights, predicted_val, predicted_test) in zip(kinds, candidates):
         predictions[kind] = (members, predicted_test)
-        row = score_row(name, members, weights, predicted_val, predicted_test, val_labels,
-                        test_labels, num_classes)
+        row = score_row(
+            name,
+            members,
+            weights,
+            predicted_val,
+            predicted_test,
+            val_labels,
+            test_labels,
+            num_classes,
+        )
         test = E.mcnemar(test_labels, predicted_test, reference)
-        row.update(mcnemar_only_ensemble=test.only_a, mcnemar_only_single=test.only_b,
-                   mcnemar_p=test.p_value)
+        row.update(
+            mcnemar_only_ensemble=test.only_a,
+            mcnemar_only_single=test.only_b,
+            mcnemar_p=test.p_value,
+        )
         rows.append(row)
         lines.append(test.line(name, "best single"))
     return pd.DataFrame(rows), lines, predictions
@@ -111,12 +174,16 @@ def calibrated(trial: TrialPredictions, val_labels) -> TrialPredictions:
     from trainables.stats.calibration import fit_temperature, scaled
 
     temperature = fit_temperature(trial.val_probs, val_labels)
-    return replace(trial, val_probs=scaled(trial.val_probs, temperature),
-                   test_probs=scaled(trial.test_probs, temperature))
+    return replace(
+        trial,
+        val_probs=scaled(trial.val_probs, temperature),
+        test_probs=scaled(trial.test_probs, temperature),
+    )
 
 
-def pooled_over_folds(per_fold: list[tuple[dict, np.ndarray]], num_classes: int
-                      ) -> tuple[pd.DataFrame, list[str]]:
+def pooled_over_folds(
+    per_fold: list[tuple[dict, np.ndarray]], num_classes: int
+) -> tuple[pd.DataFrame, list[str]]:
     """A cross-validated experiment's ensembles: each fold builds its own from its trials
     (chosen on its validation images, scored on its test images), and each kind's test
     predictions are pooled over the folds: one prediction per image, scored over all N,
@@ -130,16 +197,24 @@ def pooled_over_folds(per_fold: list[tuple[dict, np.ndarray]], num_classes: int
         members = sorted({f"{m.variant}" for found, _ in per_fold for m in found[kind][0]})
         acc_low, acc_high = E.accuracy_interval(labels, predicted)
         f1_low, f1_high = E.macro_f1_interval(labels, predicted, num_classes)
-        row = {"ensemble": f"{kind}, pooled over {len(per_fold)} folds",
-               "members": " ".join(members), "images": len(labels),
-               "test_acc": E.accuracy(labels, predicted), "test_acc_low": acc_low,
-               "test_acc_high": acc_high,
-               "test_macro_f1": E.macro_f1(labels, predicted, num_classes),
-               "test_macro_f1_low": f1_low, "test_macro_f1_high": f1_high}
+        row = {
+            "ensemble": f"{kind}, pooled over {len(per_fold)} folds",
+            "members": " ".join(members),
+            "images": len(labels),
+            "test_acc": E.accuracy(labels, predicted),
+            "test_acc_low": acc_low,
+            "test_acc_high": acc_high,
+            "test_macro_f1": E.macro_f1(labels, predicted, num_classes),
+            "test_macro_f1_low": f1_low,
+            "test_macro_f1_high": f1_high,
+        }
         if kind != "best single":
             test = E.mcnemar(labels, predicted, reference)
-            row.update(mcnemar_only_ensemble=test.only_a, mcnemar_only_single=test.only_b,
-                       mcnemar_p=test.p_value)
+            row.update(
+                mcnemar_only_ensemble=test.only_a,
+                mcnemar_only_single=test.only_b,
+                mcnemar_p=test.p_value,
+            )
             lines.append(test.line(f"{kind} (out of fold)", "best single (out of fold)"))
         rows.append(row)
     return pd.DataFrame(rows), lines
@@ -152,11 +227,20 @@ def _built(experiment, trial_ids, args, where: str):
     for reason in refused:
         print(f"left out: {reason}", file=sys.stderr)
     if len(trials) < 2:
-        raise UserError(f"{where}: {len(trials)} trial(s) with usable probabilities; an "
-                        "ensemble needs at least 2")
-    return build(trials, experiment.val_labels, experiment.test_labels,
-                 len(experiment.class_names), _ranking(experiment, trials), args.top,
-                 args.steps, calibrate=not args.uncalibrated)
+        raise UserError(
+            f"{where}: {len(trials)} trial(s) with usable probabilities; an "
+            "ensemble needs at least 2"
+        )
+    return build(
+        trials,
+        experiment.val_labels,
+        experiment.test_labels,
+        len(experiment.class_names),
+        _ranking(experiment, trials),
+        args.top,
+        args.steps,
+        calibrate=not args.uncalibrated,
+    )
 
 
 def _ranking(experiment, trials) -> list[str]:
@@ -167,21 +251,38 @@ def _ranking(experiment, trials) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser(__doc__, "python sweeps/ensemble.py")
     parser.add_argument("experiment", metavar="EXPERIMENT_DIR")
-    parser.add_argument("--trials", nargs="+", metavar="ID",
-                        help="build from exactly these trials (trial_id column of results.csv)")
-    parser.add_argument("--top", type=cli.number(int, low=2), default=5,
-                        help="members of the soft and hard votes: the K trials with the lowest "
-                             "validation loss (default 5)")
-    parser.add_argument("--uncalibrated", action="store_true",
-                        help="vote with the trials' own softmax, not calibrated probabilities")
-    parser.add_argument("--steps", type=cli.number(int, low=1), default=25,
-                        help="picks of greedy selection, with replacement (default 25)")
+    parser.add_argument(
+        "--trials",
+        nargs="+",
+        metavar="ID",
+        help="build from exactly these trials (trial_id column of results.csv)",
+    )
+    parser.add_argument(
+        "--top",
+        type=cli.number(int, low=2),
+        default=5,
+        help="members of the soft and hard votes: the K trials with the lowest "
+        "validation loss (default 5)",
+    )
+    parser.add_argument(
+        "--uncalibrated",
+        action="store_true",
+        help="vote with the trials' own softmax, not calibrated probabilities",
+    )
+    parser.add_argument(
+        "--steps",
+        type=cli.number(int, low=1),
+        default=25,
+        help="picks of greedy selection, with replacement (default 25)",
+    )
     args = parser.parse_args(argv)
     experiment = load_experiment(args.experiment)
     if experiment.fold_count:  # cross-validated: per fold, then pooled out of fold
         if args.trials:
-            raise UserError("--trials: a cross-validated experiment builds its ensembles fold "
-                            "by fold from each fold's trials; drop --trials")
+            raise UserError(
+                "--trials: a cross-validated experiment builds its ensembles fold "
+                "by fold from each fold's trials; drop --trials"
+            )
         per_fold = []
         for fold in range(experiment.fold_count):
             view = experiment.for_fold(fold)
@@ -192,20 +293,30 @@ def main(argv: list[str] | None = None) -> int:
         result, lines, _ = _built(experiment, args.trials, args, str(experiment.root))
     markdown = result.to_markdown(index=False, floatfmt=".4g")
     write_atomic(experiment.root / ENSEMBLES_CSV, guarded(result).to_csv(index=False))
-    write_atomic(experiment.root / ENSEMBLES_MD,
-                 "# Ensembles (chosen on validation, scored once on test)\n\n" + markdown
-                 + "\n\n" + "\n".join(f"- {line}" for line in lines) + "\n")
+    write_atomic(
+        experiment.root / ENSEMBLES_MD,
+        "# Ensembles (chosen on validation, scored once on test)\n\n"
+        + markdown
+        + "\n\n"
+        + "\n".join(f"- {line}" for line in lines)
+        + "\n",
+    )
     print(markdown)
     print()
     for line in lines:
         print(line)
-    print("greedy selection's val_acc is what it optimised, stacking's is out of fold: "
-          "compare test_acc")
+    print(
+        "greedy selection's val_acc is what it optimised, stacking's is out of fold: "
+        "compare test_acc"
+    )
     print(f"table: {experiment.root / ENSEMBLES_CSV}")
     from sweeps.sinks.tracking import log_files
 
-    tracked = log_files(experiment.root, [experiment.root / ENSEMBLES_CSV,
-                                          experiment.root / ENSEMBLES_MD], "ensembles")
+    tracked = log_files(
+        experiment.root,
+        [experiment.root / ENSEMBLES_CSV, experiment.root / ENSEMBLES_MD],
+        "ensembles",
+    )
     if tracked:
         print(tracked)
     return 0

@@ -10,6 +10,7 @@ its calibration fit on the validation split: the temperature and the scores of c
 prediction sets), model.pt2 (torch.export) and model.onnx. Every runtime is checked on the
 trial's own test images against the probabilities the trial saved, or nothing is exported.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,8 +28,11 @@ from trainables.trial import checkpoint
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser(__doc__, "python sweeps/export.py")
     parser.add_argument("experiment", metavar="EXPERIMENT_DIR")
-    parser.add_argument("--trial", metavar="ID", help="trial_id to export (default: the trial "
-                                                      "with the lowest validation loss)")
+    parser.add_argument(
+        "--trial",
+        metavar="ID",
+        help="trial_id to export (default: the trial with the lowest validation loss)",
+    )
     parser.add_argument("--out", help="export folder (default EXPERIMENT_DIR/export-TRIAL_ID)")
     args = parser.parse_args(argv)
     export(args.experiment, args.trial, args.out)
@@ -42,8 +46,10 @@ def export(experiment_dir, trial: str | None = None, out=None) -> Path:
     if trial:
         rows = experiment.table[experiment.table["trial_id"] == trial]
         if rows.empty:
-            raise UserError(f"trial {trial}: not in {experiment.root}/results.csv; its "
-                            "trial_id column lists the trials")
+            raise UserError(
+                f"trial {trial}: not in {experiment.root}/results.csv; its "
+                "trial_id column lists the trials"
+            )
     else:
         rows = experiment.results()
         if rows.empty:
@@ -53,8 +59,10 @@ def export(experiment_dir, trial: str | None = None, out=None) -> Path:
     trial_id = str(row["trial_id"])
     latest = experiment.latest_checkpoint(trial_id)
     if latest is None:
-        raise UserError(f"trial {trial_id}: no checkpoint (it ended before its first "
-                        "validation); export another trial")
+        raise UserError(
+            f"trial {trial_id}: no checkpoint (it ended before its first "
+            "validation); export another trial"
+        )
     out = Path(out or experiment.root / f"export-{trial_id}")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file; pass a folder to export into")
@@ -62,40 +70,57 @@ def export(experiment_dir, trial: str | None = None, out=None) -> Path:
     weights = checkpoint.read_best_weights(latest)
     saved = checkpoint.read_predictions(latest)
     if saved is None:
-        raise UserError(f"trial {trial_id}: no saved probabilities to calibrate and check the "
-                        "export with; export another trial")
-    spec = ExportSpec.from_record(record, source={
-        "experiment": str(experiment.root.resolve()), "trial_id": trial_id,
-        "variant": str(row["variant"]), "best_epoch": int(row["best_epoch"]),
-        "best_val_loss": float(row[M.BEST_VAL_LOSS]), "test_acc": float(row[M.TEST_ACC]),
-        "test_acc_low": float(row[M.TEST_ACC_LOW]), "test_acc_high": float(row[M.TEST_ACC_HIGH]),
-        "weights": record.model.weights}, calibration=calibration_of(saved))
+        raise UserError(
+            f"trial {trial_id}: no saved probabilities to calibrate and check the "
+            "export with; export another trial"
+        )
+    spec = ExportSpec.from_record(
+        record,
+        source={
+            "experiment": str(experiment.root.resolve()),
+            "trial_id": trial_id,
+            "variant": str(row["variant"]),
+            "best_epoch": int(row["best_epoch"]),
+            "best_val_loss": float(row[M.BEST_VAL_LOSS]),
+            "test_acc": float(row[M.TEST_ACC]),
+            "test_acc_low": float(row[M.TEST_ACC_LOW]),
+            "test_acc_high": float(row[M.TEST_ACC_HIGH]),
+            "weights": record.model.weights,
+        },
+        calibration=calibration_of(saved),
+    )
     check, how = _check_images(record, spec, saved)
     differences = write_export(out, spec, weights, check)
-    print(f"exported {row['variant']} [{trial_id}] (best epoch {int(row['best_epoch'])}, "
-          f"val_loss {row[M.BEST_VAL_LOSS]:.4f}, test_acc {row[M.TEST_ACC]:.4f}) to {out}")
-    print(f"checked on {how}: largest probability difference "
-          + ", ".join(f"{k} {v:.1e}" for k, v in differences.items())
-          + f"; temperature {spec.temperature:.3f} (fit on validation)")
+    print(
+        f"exported {row['variant']} [{trial_id}] (best epoch {int(row['best_epoch'])}, "
+        f"val_loss {row[M.BEST_VAL_LOSS]:.4f}, test_acc {row[M.TEST_ACC]:.4f}) to {out}"
+    )
+    print(
+        f"checked on {how}: largest probability difference "
+        + ", ".join(f"{k} {v:.1e}" for k, v in differences.items())
+        + f"; temperature {spec.temperature:.3f} (fit on validation)"
+    )
     print(f"predict: python sweeps/predict.py '{out}' IMAGES_DIR")
     return out
-
-
 
 
 def calibration_of(saved: dict) -> dict:
     """The trial's temperature, fit on its validation probabilities, and the LAC scores of
     its validation images at that temperature (what prediction sets are calibrated on)."""
     from trainables.stats import calibration as C
+
     temperature = C.fit_temperature(saved["val_probs"], saved["val_labels"])
     calibrated = C.scaled(saved["val_probs"], temperature)
     scores = C.scores(calibrated, saved["val_labels"])
     per_class = C.class_scores(calibrated, saved["val_labels"], calibrated.shape[1])
-    return {"temperature": temperature, "method": "temperature scaling on validation",
-            "sets": "split conformal, LAC score, calibrated on validation (per class: "
-                    "Mondrian, on each class's validation images)",
-            "scores": [round(float(v), 6) for v in np.sort(scores)],
-            "class_scores": [[round(float(v), 6) for v in k] for k in per_class]}
+    return {
+        "temperature": temperature,
+        "method": "temperature scaling on validation",
+        "sets": "split conformal, LAC score, calibrated on validation (per class: "
+        "Mondrian, on each class's validation images)",
+        "scores": [round(float(v), 6) for v in np.sort(scores)],
+        "class_scores": [[round(float(v), 6) for v in k] for k in per_class],
+    }
 
 
 def _check_images(record, spec, saved) -> tuple[tuple | None, str]:
@@ -105,11 +130,17 @@ def _check_images(record, spec, saved) -> tuple[tuple | None, str]:
 
     root = Path(record.data.get("root", ""))
     try:
-        images = np.stack([decode_image(root / path, spec.load_size, spec.interpolation)
-                           for path in saved["test_ids"]])
+        images = np.stack(
+            [
+                decode_image(root / path, spec.load_size, spec.interpolation)
+                for path in saved["test_ids"]
+            ]
+        )
     except Exception:  # moved, or another machine: say so, check on random inputs
-        return None, (f"random inputs against the rebuilt network (the trial's test images "
-                      f"under {root} cannot be read here)")
+        return None, (
+            f"random inputs against the rebuilt network (the trial's test images "
+            f"under {root} cannot be read here)"
+        )
     return (images, saved["test_probs"]), f"the trial's {len(images)} test images"
 
 

@@ -12,6 +12,7 @@ on the trial's validation images; ``--per-class``: for every class, each calibra
 own validation images). An image that cannot be decoded gets a row with the
 reason in the ``error`` column; the others are still predicted.
 """
+
 from __future__ import annotations
 
 import sys
@@ -37,7 +38,7 @@ def predict(run, spec, paths: list[Path], batch_size: int, tta: bool, temperatur
     probs, errors, done = [], {}, []
     for start in range(0, len(paths), batch_size):
         images = []
-        for path in paths[start:start + batch_size]:
+        for path in paths[start : start + batch_size]:
             try:
                 images.append(decode_image(path, spec.load_size, spec.interpolation))
                 done.append(path)
@@ -58,29 +59,47 @@ def main(argv: list[str] | None = None) -> int:
     parser = cli.parser(__doc__, "python sweeps/predict.py")
     parser.add_argument("export", metavar="EXPORT_DIR")
     parser.add_argument("images", metavar="IMAGES_DIR")
-    parser.add_argument("--out", default="predictions.csv", help="CSV to write "
-                                                                 "(default predictions.csv)")
+    parser.add_argument(
+        "--out", default="predictions.csv", help="CSV to write (default predictions.csv)"
+    )
     parser.add_argument("--batch-size", type=cli.number(int, low=1), default=64)
-    parser.add_argument("--tta", action="store_true",
-                        help="average each image's probabilities with its mirror image's")
-    parser.add_argument("--runtime", choices=RUNTIMES, default="torch",
-                        help="torch: the rebuilt network (default); export: model.pt2; "
-                             "onnx: model.onnx in ONNX Runtime")
-    parser.add_argument("--coverage", type=cli.number(float, above=0, high=0.999),
-                        help="also the prediction set that holds the true class with this "
-                             "probability, e.g. 0.9")
-    parser.add_argument("--per-class", action="store_true",
-                        help="with --coverage: sets that hold the true class with that "
-                             "probability for every class (Mondrian), not on average")
-    parser.add_argument("--uncalibrated", action="store_true",
-                        help="the network's own softmax, not calibrated by the temperature")
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="average each image's probabilities with its mirror image's",
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="torch",
+        help="torch: the rebuilt network (default); export: model.pt2; "
+        "onnx: model.onnx in ONNX Runtime",
+    )
+    parser.add_argument(
+        "--coverage",
+        type=cli.number(float, above=0, high=0.999),
+        help="also the prediction set that holds the true class with this probability, e.g. 0.9",
+    )
+    parser.add_argument(
+        "--per-class",
+        action="store_true",
+        help="with --coverage: sets that hold the true class with that "
+        "probability for every class (Mondrian), not on average",
+    )
+    parser.add_argument(
+        "--uncalibrated",
+        action="store_true",
+        help="the network's own softmax, not calibrated by the temperature",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     if out.is_dir():
         raise UserError(f"--out {out}: is a folder; name the CSV file to write")
     if not out.resolve().parent.is_dir():
-        raise UserError(f"--out {out}: its folder {out.resolve().parent} does not exist; "
-                        "create it or write elsewhere")
+        raise UserError(
+            f"--out {out}: its folder {out.resolve().parent} does not exist; "
+            "create it or write elsewhere"
+        )
     spec, net = load_export(args.export)
     root = Path(args.images)
     if not root.is_dir():
@@ -106,14 +125,17 @@ def main(argv: list[str] | None = None) -> int:
     def name(path: Path) -> str:
         return shown(path.relative_to(root))
 
-    table = pd.DataFrame({"path": [name(p) for p in done],
-                          "predicted": [spec.class_names[i] for i in probs.argmax(1)],
-                          "probability": probs.max(1) if len(done) else [],
-                          **{f"p_{name}": probs[:, k] for k, name in enumerate(spec.class_names)},
-                          **(_set_columns(probs, cutoff, spec) if cutoff is not None else {}),
-                          "error": ""})
-    failed = pd.DataFrame({"path": [name(p) for p in errors],
-                           "error": list(errors.values())})
+    table = pd.DataFrame(
+        {
+            "path": [name(p) for p in done],
+            "predicted": [spec.class_names[i] for i in probs.argmax(1)],
+            "probability": probs.max(1) if len(done) else [],
+            **{f"p_{name}": probs[:, k] for k, name in enumerate(spec.class_names)},
+            **(_set_columns(probs, cutoff, spec) if cutoff is not None else {}),
+            "error": "",
+        }
+    )
+    failed = pd.DataFrame({"path": [name(p) for p in errors], "error": list(errors.values())})
     table = pd.concat([table, failed], ignore_index=True).sort_values("path")
     write_atomic(out.resolve(), guarded(table).to_csv(index=False))
     print(f"{len(done)} images predicted, {len(errors)} unreadable -> {out}")
@@ -125,9 +147,12 @@ def main(argv: list[str] | None = None) -> int:
 def _set_columns(probs: np.ndarray, cutoff: float, spec) -> dict:
     """Each image's prediction set ("a | b"), and its size."""
     chosen = sets(probs, cutoff)
-    return {"set": [" | ".join(c for c, inside in zip(spec.class_names, row) if inside)
-                    for row in chosen],
-            "set_size": chosen.sum(1)}
+    return {
+        "set": [
+            " | ".join(c for c, inside in zip(spec.class_names, row) if inside) for row in chosen
+        ],
+        "set_size": chosen.sum(1),
+    }
 
 
 def cli_main() -> None:

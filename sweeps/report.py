@@ -17,6 +17,7 @@ of every variant over all images; its per-trial sections show one fold (--fold).
 trial's confusion matrix and precision-recall curves also go to TensorBoard, under that
 trial.
 """
+
 from __future__ import annotations
 
 import base64
@@ -67,8 +68,9 @@ def best_two(results: pd.DataFrame) -> tuple[str, str] | None:
 def confusion_on_test(experiment: Experiment, trial: TrialPredictions) -> np.ndarray:
     """The trial's confusion matrix on the test split (rows: true class)."""
     predicted = trial.test_probs.argmax(1)
-    return np.asarray(E.per_class_report(experiment.test_labels, predicted,
-                                         experiment.class_names)["confusion"])
+    return np.asarray(
+        E.per_class_report(experiment.test_labels, predicted, experiment.class_names)["confusion"]
+    )
 
 
 def tensorboard_evaluation(experiment: Experiment, trial: TrialPredictions) -> Path:
@@ -86,8 +88,9 @@ def tensorboard_evaluation(experiment: Experiment, trial: TrialPredictions) -> P
     writer.add_figure("test/confusion_matrix", fig, global_step=0, close=True)
     plt.close("all")
     for k, name in enumerate(experiment.class_names):
-        writer.add_pr_curve(f"test/pr_curve/{name}", labels == k, trial.test_probs[:, k],
-                            global_step=0)
+        writer.add_pr_curve(
+            f"test/pr_curve/{name}", labels == k, trial.test_probs[:, k], global_step=0
+        )
     writer.close()
     return trial_dir
 
@@ -97,17 +100,25 @@ def _image(path: Path) -> str:
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
 
 
-def build_report(experiment: Experiment, out: Path, compare: list[str] | None,
-                 confusion: int, latency_rounds: int = 5, threads: int = 1,
-                 first: tuple[list, list[str]] = ((), ()),
-                 runtime: str = "torch") -> tuple[Path, list[str]]:
+def build_report(
+    experiment: Experiment,
+    out: Path,
+    compare: list[str] | None,
+    confusion: int,
+    latency_rounds: int = 5,
+    threads: int = 1,
+    first: tuple[list, list[str]] = ((), ()),
+    runtime: str = "torch",
+) -> tuple[Path, list[str]]:
     """``first``: sections and lines that open the page (a cross-validated experiment's
     out-of-fold ranking)."""
     out.mkdir(parents=True, exist_ok=True)
     results = experiment.results()
     if results.empty:
-        raise UserError(f"{experiment.root}: no trial gave a result (all failed or stuck at "
-                        "chance); nothing to report")
+        raise UserError(
+            f"{experiment.root}: no trial gave a result (all failed or stuck at "
+            "chance); nothing to report"
+        )
     sections, lines = list(first[0]), list(first[1])
     if learning_curves(experiment, out / "learning_curves.png"):
         sections.append(("Learning curves", _image(out / "learning_curves.png")))
@@ -115,9 +126,12 @@ def build_report(experiment: Experiment, out: Path, compare: list[str] | None,
     group_key = _group_key(experiment)
     bars = accuracy_by_group(results, group_key)
     accuracy_chart(bars, out / "test_accuracy.png")
-    sections.append(("Test accuracy by " + (group_key or "variant")
-                     + " (trials that gave a result)",
-                     _image(out / "test_accuracy.png")))
+    sections.append(
+        (
+            "Test accuracy by " + (group_key or "variant") + " (trials that gave a result)",
+            _image(out / "test_accuracy.png"),
+        )
+    )
 
     pair = tuple(compare) if compare else best_two(results)
     if pair:
@@ -128,8 +142,7 @@ def build_report(experiment: Experiment, out: Path, compare: list[str] | None,
                 raise
             lines.append(f"no McNemar test: {error}")
         else:
-            test = E.mcnemar(experiment.test_labels, a.test_probs.argmax(1),
-                             b.test_probs.argmax(1))
+            test = E.mcnemar(experiment.test_labels, a.test_probs.argmax(1), b.test_probs.argmax(1))
             lines.append(test.line(f"{a.variant}[{a.trial_id}]", f"{b.variant}[{b.trial_id}]"))
 
     figures = []
@@ -142,24 +155,29 @@ def build_report(experiment: Experiment, out: Path, compare: list[str] | None,
             lines.append(f"no confusion matrix: {error}")
             continue
         best_trial = best_trial or trial
-        fig = confusion_figure(confusion_on_test(experiment, trial), experiment.class_names,
-                               f"{trial.variant} [{trial_id}]: test")
+        fig = confusion_figure(
+            confusion_on_test(experiment, trial),
+            experiment.class_names,
+            f"{trial.variant} [{trial_id}]: test",
+        )
         path = out / f"confusion_{trial_id}.png"
         fig.savefig(path, dpi=90)
         pyplot().close(fig)
         figures.append(_image(path))
     if figures:
-        sections.append(("Confusion matrices of the best trials (test split)",
-                         "\n".join(figures)))
+        sections.append(("Confusion matrices of the best trials (test split)", "\n".join(figures)))
     if best_trial is not None:
         where = tensorboard_evaluation(experiment, best_trial)
-        lines.append(f"TensorBoard: confusion matrix and PR curves of {best_trial.variant}"
-                     f"[{best_trial.trial_id}] in {where}")
+        lines.append(
+            f"TensorBoard: confusion matrix and PR curves of {best_trial.variant}"
+            f"[{best_trial.trial_id}] in {where}"
+        )
         sections.append(sections_of.calibration(experiment, best_trial, out, _image))
 
     sections.append(sections_of.settings(experiment, out, _image))
-    section, note, costed = sections_of.costs(experiment, out, _image, latency_rounds, threads,
-                                              runtime)
+    section, note, costed = sections_of.costs(
+        experiment, out, _image, latency_rounds, threads, runtime
+    )
     sections.append(section)
     lines.append(note)
     section, skipped = sections_of.failures(experiment, out, _image)
@@ -180,51 +198,85 @@ def _group_key(experiment: Experiment) -> str | None:
 
 
 def _page(experiment: Experiment, sections, table: pd.DataFrame, lines: list[str]) -> str:
-    body = [f"<h1>{html.escape(experiment.root.name)}</h1>",
-            f"<p>{len(experiment.table)} trials; test split of {len(experiment.test_labels)} "
-            f"images in {len(experiment.class_names)} classes. Test metrics carry their 95% "
-            "interval (accuracy: Wilson score; macro-F1: BCa bootstrap).</p>"]
+    body = [
+        f"<h1>{html.escape(experiment.root.name)}</h1>",
+        f"<p>{len(experiment.table)} trials; test split of {len(experiment.test_labels)} "
+        f"images in {len(experiment.class_names)} classes. Test metrics carry their 95% "
+        "interval (accuracy: Wilson score; macro-F1: BCa bootstrap).</p>",
+    ]
     if lines:
         body.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in lines) + "</ul>")
     body.append("<h2>Ranked trials</h2>")
-    body.append(table.to_html(index=False, classes="ranked", border=0, na_rep="",
-                              float_format=lambda v: f"{v:.4g}"))
+    body.append(
+        table.to_html(
+            index=False, classes="ranked", border=0, na_rep="", float_format=lambda v: f"{v:.4g}"
+        )
+    )
     for title, content in sections:
         body.append(f"<h2>{html.escape(title)}</h2>\n{content}")
-    style = ("body{font-family:sans-serif;margin:2em;color:#222}"
-             "table.ranked{border-collapse:collapse;font-size:13px}"
-             "table.ranked td,table.ranked th{padding:3px 8px;border-bottom:1px solid #ddd}"
-             "img{max-width:100%;margin:0.5em 0}")
-    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(experiment.root.name)}: report</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    style = (
+        "body{font-family:sans-serif;margin:2em;color:#222}"
+        "table.ranked{border-collapse:collapse;font-size:13px}"
+        "table.ranked td,table.ranked th{padding:3px 8px;border-bottom:1px solid #ddd}"
+        "img{max-width:100%;margin:0.5em 0}"
+    )
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+        f"<title>{html.escape(experiment.root.name)}: report</title>"
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser(__doc__, "python sweeps/report.py")
     parser.add_argument("experiment", metavar="EXPERIMENT_DIR")
-    parser.add_argument("--compare", nargs=2, metavar="ID",
-                        help="McNemar's test between these two trials (default: the best trial "
-                             "and the best trial of another variant)")
-    parser.add_argument("--confusion", type=cli.number(int, low=0), default=2,
-                        help="confusion matrices for this many of the best trials (default 2)")
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar="ID",
+        help="McNemar's test between these two trials (default: the best trial "
+        "and the best trial of another variant)",
+    )
+    parser.add_argument(
+        "--confusion",
+        type=cli.number(int, low=0),
+        default=2,
+        help="confusion matrices for this many of the best trials (default 2)",
+    )
     parser.add_argument("--out", help=f"folder of the report (default EXPERIMENT_DIR/{REPORT_DIR})")
-    parser.add_argument("--fold", type=cli.number(int, low=0),
-                        help="a cross-validated experiment: the fold whose trials the "
-                             "per-trial sections show (default 0)")
-    parser.add_argument("--latency-rounds", type=cli.number(int, low=0), default=5,
-                        help="interleaved rounds of the CPU latency measurement (0: none)")
-    parser.add_argument("--threads", type=cli.number(int, low=1), default=1,
-                        help="CPU threads while latency is measured (default 1)")
-    parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
-                        help="where latency is measured: eager torch (default) or ONNX "
-                             "Runtime, as predict.py and serve.py run an export")
+    parser.add_argument(
+        "--fold",
+        type=cli.number(int, low=0),
+        help="a cross-validated experiment: the fold whose trials the "
+        "per-trial sections show (default 0)",
+    )
+    parser.add_argument(
+        "--latency-rounds",
+        type=cli.number(int, low=0),
+        default=5,
+        help="interleaved rounds of the CPU latency measurement (0: none)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=cli.number(int, low=1),
+        default=1,
+        help="CPU threads while latency is measured (default 1)",
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="where latency is measured: eager torch (default) or ONNX "
+        "Runtime, as predict.py and serve.py run an export",
+    )
     args = parser.parse_args(argv)
     experiment = load_experiment(args.experiment)
     for trial_id in args.compare or ():
         if trial_id not in set(experiment.table["trial_id"]):
-            raise UserError(f"trial {trial_id}: not in {experiment.root}/results.csv; its "
-                            "trial_id column lists the trials")
+            raise UserError(
+                f"trial {trial_id}: not in {experiment.root}/results.csv; its "
+                "trial_id column lists the trials"
+            )
     out = Path(args.out) if args.out else experiment.root / REPORT_DIR
     check_out(out, experiment.data_root)
     first: tuple[list, list[str]] = ([], [])
@@ -232,14 +284,27 @@ def main(argv: list[str] | None = None) -> int:
         first = _out_of_fold(experiment, out, args.fold or 0)
         experiment = experiment.for_fold(args.fold or 0)
     elif args.fold is not None:
-        raise UserError(f"--fold {args.fold}: {experiment.root} is not cross-validated "
-                        "(run.py --folds); drop --fold")
-    path, lines = build_report(experiment, out, args.compare, args.confusion,
-                               args.latency_rounds, args.threads, first, args.runtime)
+        raise UserError(
+            f"--fold {args.fold}: {experiment.root} is not cross-validated "
+            "(run.py --folds); drop --fold"
+        )
+    path, lines = build_report(
+        experiment,
+        out,
+        args.compare,
+        args.confusion,
+        args.latency_rounds,
+        args.threads,
+        first,
+        args.runtime,
+    )
     from sweeps.sinks.tracking import log_files
 
-    tracked = log_files(experiment.root, sorted(path.parent.glob("*.html"))
-                        + sorted(path.parent.glob("*.png")), "report")
+    tracked = log_files(
+        experiment.root,
+        sorted(path.parent.glob("*.html")) + sorted(path.parent.glob("*.png")),
+        "report",
+    )
     for line in [*lines, tracked] if tracked else lines:
         print(line)
     print(f"report: {path}")
@@ -257,12 +322,19 @@ def _out_of_fold(experiment: Experiment, out: Path, fold: int) -> tuple[list, li
     settled = settle(pooled, experiment.class_names, out, left_out)
     parts = [f"<p><b>{html.escape(settled.line)}</b></p>"]
     if not settled.ranked.empty:
-        parts += [settled.ranked.to_html(index=False, float_format="%.4f"),
-                  _image(out / RANKING_PNG)]
-    note = (f"the sections below show fold {fold} of {experiment.fold_count} (its trials, "
-            "its test images); --fold picks another")
-    return [("Which variant is best, out of fold (every image tested once)",
-             "\n".join(parts))], [settled.line, note, *left_out]
+        parts += [
+            settled.ranked.to_html(index=False, float_format="%.4f"),
+            _image(out / RANKING_PNG),
+        ]
+    note = (
+        f"the sections below show fold {fold} of {experiment.fold_count} (its trials, "
+        "its test images); --fold picks another"
+    )
+    return [("Which variant is best, out of fold (every image tested once)", "\n".join(parts))], [
+        settled.line,
+        note,
+        *left_out,
+    ]
 
 
 def check_out(out: Path, data_root: str) -> None:
@@ -271,9 +343,11 @@ def check_out(out: Path, data_root: str) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file; name a folder for the report")
     if data_root and within(out, Path(data_root)):
-        raise UserError(f"--out {out}: lies inside the data folder {Path(data_root).resolve()}, "
-                        "where its images would be taken for training images; write the "
-                        "report elsewhere")
+        raise UserError(
+            f"--out {out}: lies inside the data folder {Path(data_root).resolve()}, "
+            "where its images would be taken for training images; write the "
+            "report elsewhere"
+        )
 
 
 def cli_main() -> None:

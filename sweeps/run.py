@@ -7,6 +7,7 @@ Everything a user can get wrong is checked before anything is written or Ray sta
 mistake ends in one line on stderr and exit status 2. A sweep whose trials failed still
 writes its table and exits with status 1.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,61 +48,120 @@ def get_args_parser() -> cli.Parser:
     p.add_argument("--space", help="the study to run (see --list-spaces)")
     p.add_argument("--list-spaces", action="store_true", help="list the studies and exit")
     p.add_argument("--list-keys", action="store_true", help="list the --set keys and exit")
-    p.add_argument("--data", help="image folder (one subfolder per class) or a root with "
-                                  "train/ val/ test/; default: the embedded demo digits")
+    p.add_argument(
+        "--data",
+        help="image folder (one subfolder per class) or a root with "
+        "train/ val/ test/; default: the embedded demo digits",
+    )
     p.add_argument("--storage", default="runs", help="where experiments go (default: ./runs)")
     p.add_argument("--name", help="experiment name (default: SPACE-YYYYmmdd-HHMMSS)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing experiment of the same name")
-    p.add_argument("--resume", metavar="EXPERIMENT_DIR",
-                   help="continue an interrupted sweep: finished trials stay, unfinished ones "
-                        "go on from their checkpoints")
-    p.add_argument("--retry-errored", action="store_true",
-                   help="with --resume: also rerun trials that ended in error")
-    p.add_argument("--max-failures", type=ZERO, default=2,
-                   help="retry a trial whose worker died up to N times, from its last "
-                        "checkpoint (default 2)")
-    p.add_argument("--stall-timeout", type=cli.number(float, low=0), metavar="SECONDS",
-                   help="stop a trial that has reported nothing for this long (its worker "
-                        "stalled) and retry it like a lost worker; warned about earlier; "
-                        "0: never stop (default 3600)")
-    p.add_argument("--num-samples", type=ONE,
-                   help="grid spaces: repeat every variant with this many seeds (default 1); "
-                        "searched spaces: the number of trials (default: the space's budget)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing experiment of the same name"
+    )
+    p.add_argument(
+        "--resume",
+        metavar="EXPERIMENT_DIR",
+        help="continue an interrupted sweep: finished trials stay, unfinished ones "
+        "go on from their checkpoints",
+    )
+    p.add_argument(
+        "--retry-errored",
+        action="store_true",
+        help="with --resume: also rerun trials that ended in error",
+    )
+    p.add_argument(
+        "--max-failures",
+        type=ZERO,
+        default=2,
+        help="retry a trial whose worker died up to N times, from its last checkpoint (default 2)",
+    )
+    p.add_argument(
+        "--stall-timeout",
+        type=cli.number(float, low=0),
+        metavar="SECONDS",
+        help="stop a trial that has reported nothing for this long (its worker "
+        "stalled) and retry it like a lost worker; warned about earlier; "
+        "0: never stop (default 3600)",
+    )
+    p.add_argument(
+        "--num-samples",
+        type=ONE,
+        help="grid spaces: repeat every variant with this many seeds (default 1); "
+        "searched spaces: the number of trials (default: the space's budget)",
+    )
     p.add_argument("--max-epochs", type=ONE, help="cap every trial at this many epochs")
-    p.add_argument("--smoke", action="store_true",
-                   help=f"shrink to seconds: {SMOKE_IMAGES_PER_CLASS} images per class, 32px, "
-                        "2 epochs")
-    p.add_argument("--max-per-class", type=ONE, metavar="N",
-                   help="use the first N images of each class (of each split when pre-split)")
-    p.add_argument("--cpus-per-trial", type=cli.number(float, above=0),
-                   help="CPUs per trial (default: a node's CPUs over the trials that share "
-                        "it, at least 1)")
-    p.add_argument("--gpus-per-trial", type=cli.number(float, low=0),
-                   help="GPUs per trial, fractions allowed (default, if the cluster has GPUs: "
-                        "each model's own share from the model registry: half a GPU for small "
-                        "models, else one)")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"shrink to seconds: {SMOKE_IMAGES_PER_CLASS} images per class, 32px, 2 epochs",
+    )
+    p.add_argument(
+        "--max-per-class",
+        type=ONE,
+        metavar="N",
+        help="use the first N images of each class (of each split when pre-split)",
+    )
+    p.add_argument(
+        "--cpus-per-trial",
+        type=cli.number(float, above=0),
+        help="CPUs per trial (default: a node's CPUs over the trials that share it, at least 1)",
+    )
+    p.add_argument(
+        "--gpus-per-trial",
+        type=cli.number(float, low=0),
+        help="GPUs per trial, fractions allowed (default, if the cluster has GPUs: "
+        "each model's own share from the model registry: half a GPU for small "
+        "models, else one)",
+    )
     p.add_argument("--max-concurrent", type=ONE, help="at most this many trials at once")
-    p.add_argument("--scheduler", choices=("asha", "fifo"),
-                   help="asha (default): stop weak trials early; fifo: run every trial to "
-                        "its own end (early stopping still applies; the default with --folds)")
-    p.add_argument("--folds", type=cli.number(int, low=3, high=100), metavar="K",
-                   help="cross-validate: split the images into K stratified folds and run "
-                        "every variant once per fold, tested on that fold")
-    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                   help="join this Ray cluster instead of starting one (default: $RAY_ADDRESS)")
-    p.add_argument("--split-seed", type=cli.number(int, low=0, high=2**32 - 1),
-                   help="seed of the 8:1:1 split (default 0)")
+    p.add_argument(
+        "--scheduler",
+        choices=("asha", "fifo"),
+        help="asha (default): stop weak trials early; fifo: run every trial to "
+        "its own end (early stopping still applies; the default with --folds)",
+    )
+    p.add_argument(
+        "--folds",
+        type=cli.number(int, low=3, high=100),
+        metavar="K",
+        help="cross-validate: split the images into K stratified folds and run "
+        "every variant once per fold, tested on that fold",
+    )
+    p.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="join this Ray cluster instead of starting one (default: $RAY_ADDRESS)",
+    )
+    p.add_argument(
+        "--split-seed",
+        type=cli.number(int, low=0, high=2**32 - 1),
+        help="seed of the 8:1:1 split (default 0)",
+    )
     p.add_argument("--split-file", help="reuse the split.csv of an earlier experiment")
-    p.add_argument("--config", help="a JSON file of config fields (e.g. a search's "
-                                    "best_config.json); --set wins over it")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a trial-config field (repeatable; see --list-keys)")
-    p.add_argument("--tracking", metavar="URI", default=os.environ.get("MLFLOW_TRACKING_URI"),
-                   help="log the sweep to this MLflow tracking server (default: "
-                        "$MLFLOW_TRACKING_URI; off when neither is set)")
-    p.add_argument("--tracking-experiment", metavar="NAME",
-                   help="the MLflow experiment to log to (default: the study's name)")
+    p.add_argument(
+        "--config",
+        help="a JSON file of config fields (e.g. a search's best_config.json); --set wins over it",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a trial-config field (repeatable; see --list-keys)",
+    )
+    p.add_argument(
+        "--tracking",
+        metavar="URI",
+        default=os.environ.get("MLFLOW_TRACKING_URI"),
+        help="log the sweep to this MLflow tracking server (default: "
+        "$MLFLOW_TRACKING_URI; off when neither is set)",
+    )
+    p.add_argument(
+        "--tracking-experiment",
+        metavar="NAME",
+        help="the MLflow experiment to log to (default: the study's name)",
+    )
     return p
 
 
@@ -124,8 +184,9 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
     models = tuple(c.model for c in cfgs)
     concurrent = min(spec.max_concurrent or sweep.plan.trials, sweep.plan.trials)
     if not spec.address:  # checked before any work; a cluster is asked once joined
-        per_trial = resources(spec.cpus_per_trial, spec.gpus_per_trial, local_resources(),
-                              models, concurrent)
+        per_trial = resources(
+            spec.cpus_per_trial, spec.gpus_per_trial, local_resources(), models, concurrent
+        )
     check_reachable(spec.address)
     if spec.tracking:
         from sweeps.sinks import tracking
@@ -142,8 +203,9 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
     else:
         claim_new(store, spec.overwrite, command)
     if spec.address:
-        per_trial = resources(spec.cpus_per_trial, spec.gpus_per_trial, cluster_nodes(),
-                              models, concurrent)
+        per_trial = resources(
+            spec.cpus_per_trial, spec.gpus_per_trial, cluster_nodes(), models, concurrent
+        )
     if not spec.resume:  # a resumed sweep's trials keep the threads they were given
         sweep = sweep.pin_threads(per_trial)
     if spec.resume:
@@ -155,12 +217,14 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
         store.write_text(SWEEP_JSON, sweep.to_json(data_report, unavailable, handle.digest))
         tuner = build_tuner(sweep, handle, unavailable, per_trial)
         how = "chosen by Optuna TPE" if sweep.plan.searched else "grid"
-        pruning = f"ASHA grace {sweep.grace} epochs" if spec.scheduler == "asha" \
-            else "no pruning"
+        pruning = f"ASHA grace {sweep.grace} epochs" if spec.scheduler == "asha" else "no pruning"
         threads = sweep.plan.param_space["threads"]
-        print(f"sweep {sweep.space.name}: {sweep.plan.trials} trial(s), {how}, {pruning}, "
-              f"max {sweep.max_epochs} epochs, {threads} thread(s) per trial -> {store}",
-              file=sys.stderr, flush=True)
+        print(
+            f"sweep {sweep.space.name}: {sweep.plan.trials} trial(s), {how}, {pruning}, "
+            f"max {sweep.max_epochs} epochs, {threads} thread(s) per trial -> {store}",
+            file=sys.stderr,
+            flush=True,
+        )
     bind_store(store)
     with GracefulStop() as stop:
         try:
@@ -176,13 +240,18 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
     resume = f"python sweeps/run.py --resume '{store}'"
     left = f"{sweep.plan.trials - recorder.finished()} of {sweep.plan.trials} trial(s) unfinished"
     if recorder.fault:
-        print(f"error: the sweep stopped: a write failed ({recorder.fault}); {left}; fix "
-              f"it (free space, permissions, the store), then resume: {resume}",
-              file=sys.stderr)
+        print(
+            f"error: the sweep stopped: a write failed ({recorder.fault}); {left}; fix "
+            f"it (free space, permissions, the store), then resume: {resume}",
+            file=sys.stderr,
+        )
         return 1
     if stop.signal is not None:
-        print(f"interrupted ({signal.Signals(stop.signal).name}): {left}, every finished one "
-              f"is in the table; resume: {resume}", file=sys.stderr)
+        print(
+            f"interrupted ({signal.Signals(stop.signal).name}): {left}, every finished one "
+            f"is in the table; resume: {resume}",
+            file=sys.stderr,
+        )
         return stop.exit_code
     return code
 
@@ -191,8 +260,10 @@ def _out_of_fold(store) -> None:
     """A cross-validated sweep ends with each variant's out-of-fold scores over all images
     and the verdict (sweeps/analysis/folds.py)."""
     if store.is_uri:
-        print(f"out-of-fold results: run python sweeps/confirm.py on a local copy of {store}",
-              file=sys.stderr)
+        print(
+            f"out-of-fold results: run python sweeps/confirm.py on a local copy of {store}",
+            file=sys.stderr,
+        )
         return
     from sweeps.analysis.folds import settle_experiment, show
     from sweeps.experiment.folder import load_experiment

@@ -17,6 +17,7 @@ GPU (``--gpus-per-replica 0.5``: two replicas to a GPU; the torch runtime then r
 on a local Ray instance or the cluster at ``--address``. EXPORT_DIR must be readable at the
 same path on every node that holds a replica (a shared disk).
 """
+
 from __future__ import annotations
 
 import sys
@@ -30,43 +31,71 @@ from trainables.deploy.bundle import RUNTIMES, load_export
 
 def main(argv: list[str] | None = None) -> int:
     from trainables.deploy import serving
+
     parser = cli.parser(__doc__, "python sweeps/serve.py")
     parser.add_argument("export", metavar="EXPORT_DIR")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=cli.number(int, low=1, high=65535), default=8000)
-    parser.add_argument("--runtime", choices=RUNTIMES, default="onnx",
-                        help="onnx (default): ONNX Runtime; export: model.pt2; torch")
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="onnx",
+        help="onnx (default): ONNX Runtime; export: model.pt2; torch",
+    )
     parser.add_argument("--max-bytes", type=cli.number(int, low=1), default=serving.MAX_BYTES)
-    parser.add_argument("--max-pixels", type=cli.number(int, low=1),
-                        default=serving.MAX_PIXELS)
-    parser.add_argument("--batch", type=cli.number(int, low=1), default=serving.BATCH,
-                        help="images per model call, gathered from concurrent requests")
-    parser.add_argument("--threads", type=cli.number(int, low=1),
-                        help="compute threads of the model (default: the runtime's own)")
-    parser.add_argument("--allow-remote", action="store_true",
-                        help="let --host be an address other machines reach")
-    parser.add_argument("--ray", action="store_true",
-                        help="run the app on Ray Serve, in --replicas copies")
+    parser.add_argument("--max-pixels", type=cli.number(int, low=1), default=serving.MAX_PIXELS)
+    parser.add_argument(
+        "--batch",
+        type=cli.number(int, low=1),
+        default=serving.BATCH,
+        help="images per model call, gathered from concurrent requests",
+    )
+    parser.add_argument(
+        "--threads",
+        type=cli.number(int, low=1),
+        help="compute threads of the model (default: the runtime's own)",
+    )
+    parser.add_argument(
+        "--allow-remote", action="store_true", help="let --host be an address other machines reach"
+    )
+    parser.add_argument(
+        "--ray", action="store_true", help="run the app on Ray Serve, in --replicas copies"
+    )
     parser.add_argument("--replicas", type=cli.number(int, low=1), default=1)
     parser.add_argument("--cpus-per-replica", type=cli.number(float, above=0), default=1.0)
-    parser.add_argument("--gpus-per-replica", type=cli.number(float, low=0, high=1),
-                        default=0.0, help="a share of a GPU per replica (fractions pack "
-                                          "several replicas on one GPU; needs --runtime torch)")
-    parser.add_argument("--address", help="with --ray: the Ray cluster to serve on "
-                                          "(default: a local Ray instance)")
+    parser.add_argument(
+        "--gpus-per-replica",
+        type=cli.number(float, low=0, high=1),
+        default=0.0,
+        help="a share of a GPU per replica (fractions pack "
+        "several replicas on one GPU; needs --runtime torch)",
+    )
+    parser.add_argument(
+        "--address", help="with --ray: the Ray cluster to serve on (default: a local Ray instance)"
+    )
     args = parser.parse_args(argv)
     if not is_loopback(args.host) and not args.allow_remote:
-        raise UserError(f"--host {args.host}: not a loopback address; the service listens on "
-                        "127.0.0.1 unless --allow-remote says otherwise")
-    ray_only = [flag for flag, given in (("--replicas", args.replicas != 1),
-                                         ("--cpus-per-replica", args.cpus_per_replica != 1.0),
-                                         ("--gpus-per-replica", bool(args.gpus_per_replica)),
-                                         ("--address", args.address is not None)) if given]
+        raise UserError(
+            f"--host {args.host}: not a loopback address; the service listens on "
+            "127.0.0.1 unless --allow-remote says otherwise"
+        )
+    ray_only = [
+        flag
+        for flag, given in (
+            ("--replicas", args.replicas != 1),
+            ("--cpus-per-replica", args.cpus_per_replica != 1.0),
+            ("--gpus-per-replica", bool(args.gpus_per_replica)),
+            ("--address", args.address is not None),
+        )
+        if given
+    ]
     if ray_only and not args.ray:
         raise UserError(f"{', '.join(ray_only)} shape the Ray Serve deployment: add --ray")
     if args.gpus_per_replica and args.runtime != "torch":
-        raise UserError(f"--gpus-per-replica: the {args.runtime} runtime runs on the CPU "
-                        "here; use --runtime torch to run on the GPU")
+        raise UserError(
+            f"--gpus-per-replica: the {args.runtime} runtime runs on the CPU "
+            "here; use --runtime torch to run on the GPU"
+        )
     limits = serving.Limits(args.max_bytes, args.max_pixels)
     if args.ray:
         load_export(args.export)  # a bad folder is one line here, not on each replica
@@ -78,8 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     app = serving.create_app(args.export, args.runtime, limits, args.batch, args.threads)
     import uvicorn
 
-    print(f"serving {args.export} ({args.runtime}) on http://{args.host}:{args.port}",
-          file=sys.stderr, flush=True)
+    print(
+        f"serving {args.export} ({args.runtime}) on http://{args.host}:{args.port}",
+        file=sys.stderr,
+        flush=True,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
@@ -90,11 +122,13 @@ def _serve_on_ray(args, limits) -> int:
     try:
         from ray import serve
     except ImportError:
-        raise UserError("--ray needs Ray Serve: pip install 'ray[serve]==2.60.0' (the "
-                        "project's 'serve' extra)") from None
+        raise UserError(
+            "--ray needs Ray Serve: pip install 'ray[serve]==2.60.0' (the project's 'serve' extra)"
+        ) from None
 
     from sweeps.driver.cluster import start_ray
     from trainables.deploy import serving
+
     export, runtime, batch, threads = args.export, args.runtime, args.batch, args.threads
     device = "cuda" if args.gpus_per_replica else "cpu"
 
@@ -111,14 +145,20 @@ def _serve_on_ray(args, limits) -> int:
         """A replica of the service (its routes are the app's)."""
 
     deployment = serve.deployment(
-        serve.ingress(build)(Service), name="visionsweep", num_replicas=args.replicas,
-        ray_actor_options={"num_cpus": args.cpus_per_replica,
-                           "num_gpus": args.gpus_per_replica})
+        serve.ingress(build)(Service),
+        name="visionsweep",
+        num_replicas=args.replicas,
+        ray_actor_options={"num_cpus": args.cpus_per_replica, "num_gpus": args.gpus_per_replica},
+    )
     start_ray(args.address)
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(deployment.bind(), name="visionsweep", route_prefix="/")
-    print(f"serving {export} ({runtime}) on Ray Serve, {args.replicas} replica(s), on "
-          f"http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+    print(
+        f"serving {export} ({runtime}) on Ray Serve, {args.replicas} replica(s), on "
+        f"http://{args.host}:{args.port}",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         while True:
             time.sleep(3600)

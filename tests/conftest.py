@@ -1,5 +1,6 @@
 """Shared fixtures: an isolated cache, a prepared data handle, CPU only, and one Ray head
 for the command-line tests. Helpers that are not fixtures live in helpers.py."""
+
 from __future__ import annotations
 
 import os
@@ -62,15 +63,38 @@ def ray_address(tmp_path_factory):
     token = secrets.token_hex(16)
     # a node on loopback only: its servers listen on 127.0.0.1 (as the driver's own local
     # instance does), and the drivers joining it take 127.0.0.1 as their node address too
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
-               PYTHONWARNINGS="ignore", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    env = dict(
+        os.environ,
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=token,
+        PYTHONWARNINGS="ignore",
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+    )
     ray = str(Path(sys.executable).parent / "ray")
     with open(logs / "head.log", "w") as log:
-        head = subprocess.Popen([ray, "start", "--head", "--node-ip-address", "127.0.0.1",
-                                 "--port", str(port), "--num-cpus", "2",
-                                 "--num-gpus", "0", "--include-dashboard", "false",
-                                 "--disable-usage-stats", "--block"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=logs)
+        head = subprocess.Popen(
+            [
+                ray,
+                "start",
+                "--head",
+                "--node-ip-address",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--num-cpus",
+                "2",
+                "--num-gpus",
+                "0",
+                "--include-dashboard",
+                "false",
+                "--disable-usage-stats",
+                "--block",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=logs,
+        )
     wait_for_port(head, port, logs / "head.log")  # the head is up once its GCS port answers
     # the drivers' credentials for the head, given only to the command lines that join it:
     # set in this process, they would reach the Ray instances that in-process tests start

@@ -1,5 +1,6 @@
 """What the fault tests share (test_faults.py: a trial's worker; test_stops.py: the driver,
 signals, disks): the slow trial, and checks of what a stopped sweep leaves behind."""
+
 import hashlib
 from pathlib import Path
 
@@ -8,9 +9,20 @@ import pandas as pd
 from helpers import run_cli
 
 # long enough per trial to be stopped mid-way, small enough for CI
-SLOW_TRIAL = ["--space", "single", "--set", "model=small_cnn", "--set", "image_size=32",
-              "--set", "early_stop_patience=0", "--set", "chance_epochs=0",
-              "--set", "batch_size=8"]
+SLOW_TRIAL = [
+    "--space",
+    "single",
+    "--set",
+    "model=small_cnn",
+    "--set",
+    "image_size=32",
+    "--set",
+    "early_stop_patience=0",
+    "--set",
+    "chance_epochs=0",
+    "--set",
+    "batch_size=8",
+]
 
 
 def progress(trial_dir: Path) -> pd.DataFrame:
@@ -43,8 +55,11 @@ def live_ray_processes(mark: str) -> set[int]:
         try:
             name = (entry / "cmdline").read_bytes().split(b"\0")[0]
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            if name.startswith(b"ray::") and state != "Z" \
-                    and needle in (entry / "environ").read_bytes().split(b"\0"):
+            if (
+                name.startswith(b"ray::")
+                and state != "Z"
+                and needle in (entry / "environ").read_bytes().split(b"\0")
+            ):
                 found.add(int(entry.name))
         except (OSError, IndexError):
             continue
@@ -63,6 +78,10 @@ def resume_completes(experiment: Path, cwd: Path, trials: int, monkeypatch) -> p
         assert epochs == list(range(1, len(epochs) + 1)), (trial_dir.name, epochs)
     return table
 
+
 def digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in folder.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in folder.rglob("*")
+        if p.is_file()
+    }

@@ -2,6 +2,7 @@
 command line run as a user runs it, servers on loopback and what they listen on, and a
 hand-made experiment folder. Imported by the tests (``from helpers import ...``); the
 fixtures live in conftest.py."""
+
 from __future__ import annotations
 
 import json
@@ -86,8 +87,15 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 300, own_group: bool = Fa
     import subprocess
 
     command, env = _cli_command(args)
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout, start_new_session=own_group)
+    return subprocess.run(
+        command,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        start_new_session=own_group,
+    )
 
 
 def start_cli(args: list[str], cwd: Path, log: Path):
@@ -105,8 +113,9 @@ def descendants(root: int) -> set[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1]
-                                              .split()[1])
+                parent[int(entry.name)] = int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
             except (OSError, IndexError, ValueError):
                 continue
     found, grew = {root}, True
@@ -139,7 +148,7 @@ def listening(pids: set[int]) -> list[str]:
             hex_ip, hex_port = fields[1].split(":")
             raw = bytes.fromhex(hex_ip)
             # /proc prints each 32-bit word in host (little-endian) order
-            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, size, 4))
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, size, 4))
             ip = ipaddress.ip_address(raw)
             if getattr(ip, "ipv4_mapped", None):
                 ip = ip.ipv4_mapped
@@ -153,12 +162,21 @@ def post(url: str, files: list[tuple[str, str, bytes]]) -> tuple[int, dict]:
     boundary = uuid.uuid4().hex
     body = b""
     for field, name, data in files:
-        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
-                 f"filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-                 ).encode() + data + b"\r\n"
+        body += (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+                f'filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+            ).encode()
+            + data
+            + b"\r\n"
+        )
     body += f"--{boundary}--\r\n".encode()
-    request = urllib.request.Request(url, data=body, method="POST", headers={
-        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
@@ -180,21 +198,38 @@ LABELS = np.array([0, 0, 1, 1])
 def write_experiment(root, trials: dict, val_ids=VAL, test_ids=TEST):
     """trials: trial_id -> (best_val_loss, val_probs, test_probs)."""
     root.mkdir(parents=True)
-    split = [(p, str(label), label, part) for part, paths in (("val", VAL), ("test", TEST))
-             for p, label in zip(paths, LABELS)]
+    split = [
+        (p, str(label), label, part)
+        for part, paths in (("val", VAL), ("test", TEST))
+        for p, label in zip(paths, LABELS)
+    ]
     split.append(("0/x.png", "0", 0, "train"))
     pd.DataFrame(split, columns=["path", "class", "label", "split"]).to_csv(
-        root / "split.csv", index=False)
+        root / "split.csv", index=False
+    )
     rows = []
     for trial_id, (loss, val, test) in trials.items():
-        rows.append({"trial_id": trial_id, "variant": f"v{trial_id}", "stop_reason": "completed",
-                     "best_epoch": 1, "best_val_loss": loss,
-                     "test_acc": float(np.mean(np.argmax(test, 1) == LABELS))})
+        rows.append(
+            {
+                "trial_id": trial_id,
+                "variant": f"v{trial_id}",
+                "stop_reason": "completed",
+                "best_epoch": 1,
+                "best_val_loss": loss,
+                "test_acc": float(np.mean(np.argmax(test, 1) == LABELS)),
+            }
+        )
         checkpoint = root / f"small_cnn_s0_{trial_id}" / "checkpoint_000001"
         checkpoint.mkdir(parents=True)
-        np.savez(checkpoint / "predictions.npz", val_probs=np.asarray(val, float),
-                 val_labels=LABELS, val_ids=np.asarray(val_ids), test_probs=np.asarray(test, float),
-                 test_labels=LABELS, test_ids=np.asarray(test_ids))
+        np.savez(
+            checkpoint / "predictions.npz",
+            val_probs=np.asarray(val, float),
+            val_labels=LABELS,
+            val_ids=np.asarray(val_ids),
+            test_probs=np.asarray(test, float),
+            test_labels=LABELS,
+            test_ids=np.asarray(test_ids),
+        )
     pd.DataFrame(rows).to_csv(root / "results.csv", index=False)
     return root
 

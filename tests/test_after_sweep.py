@@ -1,5 +1,6 @@
 """After a real sweep: ensembles, the HTML report (opened in headless Chromium), TensorBoard's
 evaluation plots (read back with TensorBoard's reader), export and predict."""
+
 import json
 import shutil
 import subprocess
@@ -28,10 +29,29 @@ def experiment(tmp_path_factory, ray_address):
     tmp = tmp_path_factory.mktemp("after")
     with pytest.MonkeyPatch.context() as mp:  # module scope: set the isolated cache here
         mp.setenv("VISIONSWEEP_CACHE", str(tmp / "cache"))
-        result = run_cli(["--space", "single", "--set", "model=small_cnn", "--set", "tta=true",
-                          "--max-epochs", "2", "--num-samples", "3", "--scheduler", "fifo",
-                          "--storage", str(tmp / "runs"), "--name", "exp",
-                          "--address", ray_address], cwd=tmp)
+        result = run_cli(
+            [
+                "--space",
+                "single",
+                "--set",
+                "model=small_cnn",
+                "--set",
+                "tta=true",
+                "--max-epochs",
+                "2",
+                "--num-samples",
+                "3",
+                "--scheduler",
+                "fifo",
+                "--storage",
+                str(tmp / "runs"),
+                "--name",
+                "exp",
+                "--address",
+                ray_address,
+            ],
+            cwd=tmp,
+        )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "no pruning" in result.stderr
     root = tmp / "runs" / "exp"
@@ -74,24 +94,35 @@ def test_ensembles_of_a_real_sweep(experiment, capsys):
     assert "McNemar" in capsys.readouterr().out
 
 
-def test_report_renders_in_a_real_browser_and_tensorboard_gets_the_evaluation(experiment,
-                                                                              tmp_path):
+def test_report_renders_in_a_real_browser_and_tensorboard_gets_the_evaluation(experiment, tmp_path):
     root, _ = experiment
     sweep_files = {name: (root / name).read_bytes() for name in ("results.csv", "results.md")}
     assert report.main([str(root), "--latency-rounds", "2"]) == 0
     out = root / "report"
     # an after-sweep reader never edits what the sweep wrote
     assert all((root / name).read_bytes() == data for name, data in sweep_files.items())
-    figures = ("learning_curves", "test_accuracy", "parallel_coordinates", "pareto",
-               "per_class", "hardest", "reliability")
+    figures = (
+        "learning_curves",
+        "test_accuracy",
+        "parallel_coordinates",
+        "pareto",
+        "per_class",
+        "hardest",
+        "reliability",
+    )
     for name in ("report.html", *(f"{f}.png" for f in figures)):
         assert (out / name).stat().st_size > 1000, name
     assert len(list(out.glob("confusion_*.png"))) == 2
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(figures) + 2 and "McNemar" in page
-    for section in ("Which settings mattered", "What each variant costs to deploy",
-                    "Where each variant fails", "interleaved rounds",
-                    "Calibration of the best trial", "Prediction sets (split conformal"):
+    for section in (
+        "Which settings mattered",
+        "What each variant costs to deploy",
+        "Where each variant fails",
+        "interleaved rounds",
+        "Calibration of the best trial",
+        "Prediction sets (split conformal",
+    ):
         assert section in page, section
     assert "coverage: 9" in page and "per class" in page  # each digit's coverage, both ways
     table = pd.read_csv(out / "costs.csv")
@@ -116,8 +147,21 @@ def test_report_renders_in_a_real_browser_and_tensorboard_gets_the_evaluation(ex
     pr = np.asarray(events.Tensors("test/pr_curve/7")[0].tensor_proto.float_val)
     assert pr.size > 0 and np.isfinite(pr).all()
     # again, latency in ONNX Runtime (the export's runtime) this time
-    assert report.main([str(root), "--compare", str(table["trial_id"].iloc[-1]), best,
-                        "--runtime", "onnx", "--latency-rounds", "1"]) == 0
+    assert (
+        report.main(
+            [
+                str(root),
+                "--compare",
+                str(table["trial_id"].iloc[-1]),
+                best,
+                "--runtime",
+                "onnx",
+                "--latency-rounds",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "latency: ONNX Runtime" in (out / "report.html").read_text()
     onnx = pd.read_csv(out / "costs.csv")
     assert (onnx["latency_b1_ms"] > 0).all() and onnx["latency_b1_ms"].nunique() == 1
@@ -126,17 +170,28 @@ def test_report_renders_in_a_real_browser_and_tensorboard_gets_the_evaluation(ex
 
     if CHROMIUM is None:
         pytest.skip("Chromium not installed (apt-get install chromium); .ci/run installs it")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,1600"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1280,1600",
+    ]
     url = (out / "report.html").as_uri()
-    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True,
-                         timeout=120).stdout
+    dom = subprocess.run(
+        [CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120
+    ).stdout
     assert '<table class="dataframe ranked">' in dom and best in dom  # as the browser parsed it
     assert dom.count("<img") == len(figures) + 2
     shot = tmp_path / "shot.png"
-    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", url], capture_output=True,
-                   timeout=120)
+    subprocess.run(
+        [CHROMIUM, *flags, f"--screenshot={shot}", url], capture_output=True, timeout=120
+    )
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.shape == (1600, 1280) and pixels.std() > 10  # not a blank page
     assert (pixels < 128).mean() > 0.01  # text, table rules and plots drawn in dark ink
@@ -166,7 +221,8 @@ def test_export_and_predict_reproduce_the_trial_test_accuracy(experiment, tmp_pa
     assert predict.main([str(out), str(images), "--out", str(csv), "--tta"]) == 0
     predicted = pd.read_csv(csv).set_index("path").loc[test["path"], "predicted"]
     assert (predicted.to_numpy() == test["class"].to_numpy()).mean() == pytest.approx(
-        row["test_acc_tta"])
+        row["test_acc_tta"]
+    )
     # calibrated by the temperature the trial fit on validation (the table's own), and the
     # ONNX model with prediction sets: the uncalibrated softmax, rescaled, is what it gives
     temperature = spec["calibration"]["temperature"]
@@ -176,8 +232,12 @@ def test_export_and_predict_reproduce_the_trial_test_accuracy(experiment, tmp_pa
     columns = [f"p_{d}" for d in DIGITS]
     assert predict.main([str(out), str(images), "--out", str(csv), "--uncalibrated"]) == 0
     raw = pd.read_csv(csv).set_index("path").loc[test["path"], columns].to_numpy()
-    assert predict.main([str(out), str(images), "--out", str(csv), "--runtime", "onnx",
-                         "--coverage", "0.9"]) == 0
+    assert (
+        predict.main(
+            [str(out), str(images), "--out", str(csv), "--runtime", "onnx", "--coverage", "0.9"]
+        )
+        == 0
+    )
     sets = pd.read_csv(csv, dtype={"set": str}).set_index("path").loc[test["path"]]
     from trainables.stats.calibration import scaled
 
@@ -188,9 +248,12 @@ def test_export_and_predict_reproduce_the_trial_test_accuracy(experiment, tmp_pa
     # per class (Mondrian): each class's thresholds from its own validation images
     val_counts = split[split["split"] == "val"]["class"].astype(str).value_counts()
     assert [len(s) for s in spec["calibration"]["class_scores"]] == [
-        val_counts.get(d, 0) for d in DIGITS]
-    assert predict.main([str(out), str(images), "--out", str(csv), "--coverage", "0.9",
-                         "--per-class"]) == 0
+        val_counts.get(d, 0) for d in DIGITS
+    ]
+    assert (
+        predict.main([str(out), str(images), "--out", str(csv), "--coverage", "0.9", "--per-class"])
+        == 0
+    )
     mondrian = pd.read_csv(csv, dtype={"set": str}).set_index("path").loc[test["path"]]
     from trainables.stats.calibration import threshold
 

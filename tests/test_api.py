@@ -1,5 +1,6 @@
 """The Python API as a notebook uses it: in-process, twice in one interpreter, Ray started
 and shut down each time; a user's mistake raises the one exception type."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -18,9 +19,15 @@ def test_a_notebook_runs_two_studies_in_one_interpreter(tmp_path, capsys):
     images = make_image_folder(tmp_path / "images", per_class=8)
     studies = []
     for seed in (0, 1):
-        study = run_study("single", data=images, smoke=True, storage=tmp_path / "runs",
-                          name=f"nb{seed}", overrides={"model": "small_cnn", "seed": seed},
-                          max_epochs=1)
+        study = run_study(
+            "single",
+            data=images,
+            smoke=True,
+            storage=tmp_path / "runs",
+            name=f"nb{seed}",
+            overrides={"model": "small_cnn", "seed": seed},
+            max_epochs=1,
+        )
         assert not ray.is_initialized()  # shut down as the study ended
         studies.append(study)
     out = capsys.readouterr().out
@@ -36,6 +43,12 @@ def test_a_notebook_runs_two_studies_in_one_interpreter(tmp_path, capsys):
     assert (export / "spec.json").exists()
 
     with pytest.raises(StudyError, match="unknown config key 'lrr'"):
-        run_study("single", data=images, smoke=True, storage=tmp_path / "runs",
-                  name="bad", overrides={"lrr": 0.1})
+        run_study(
+            "single",
+            data=images,
+            smoke=True,
+            storage=tmp_path / "runs",
+            name="bad",
+            overrides={"lrr": 0.1},
+        )
     assert not (tmp_path / "runs" / "bad").exists() and not ray.is_initialized()

@@ -1,6 +1,7 @@
 """Every command's promise on bad input, one table: one line on stderr that names the problem,
 exit status 2, nothing written. The commands run in this process through the same
 ``cli.run`` as their scripts (a few run as real processes in test_cli.py and below)."""
+
 import json
 import os
 import subprocess
@@ -16,9 +17,15 @@ from trainables.core.errors import UserError
 
 pytestmark = pytest.mark.integration
 
-COMMANDS = {"run": run.main, "ensemble": ensemble.main, "report": report.main,
-            "export": export.main, "predict": predict.main, "weights": weights.main,
-            "confirm": confirm.main}
+COMMANDS = {
+    "run": run.main,
+    "ensemble": ensemble.main,
+    "report": report.main,
+    "export": export.main,
+    "predict": predict.main,
+    "weights": weights.main,
+    "confirm": confirm.main,
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +57,12 @@ def ground(tmp_path_factory) -> Path:
     from trainables.model.factory import create_model
     from trainables.model.record import Preprocess
 
-    spec = ExportSpec(create_model("small_cnn", 2, "false").build,
-                      Preprocess(32, 36, "bilinear", (0.5,) * 3, (0.25,) * 3), ["a", "b"],
-                      {"trial_id": "t"})
+    spec = ExportSpec(
+        create_model("small_cnn", 2, "false").build,
+        Preprocess(32, 36, "bilinear", (0.5,) * 3, (0.25,) * 3),
+        ["a", "b"],
+        {"trial_id": "t"},
+    )
     for name in ("export", "bad_weights", "bad_spec"):
         write_export(base / name, spec, spec.build().state_dict())
     (base / "bad_weights" / "weights.pt").write_bytes(b"\x80\x02 not a torch file")
@@ -65,22 +75,43 @@ def ground(tmp_path_factory) -> Path:
 CASES = [
     # run: the study, its keys and values
     ("run", ["--space", "nope"], "unknown space 'nope'"),
-    ("run", ["--space", "googlenet_strategies", "--set", "batch_size=big"],
-     "bad value batch_size='big': expected int"),
-    ("run", ["--space", "googlenet_strategies", "--set", "model=resnet19"],
-     "unknown model 'resnet19'"),
-    ("run", ["--space", "single", "--set", "model=small_cnn", "--set", "pretrained=true"],
-     "small_cnn has no pretrained weights"),
-    ("run", ["--space", "googlenet_strategies", "--num-samples", "0"],
-     "--num-samples: must be at least 1"),
+    (
+        "run",
+        ["--space", "googlenet_strategies", "--set", "batch_size=big"],
+        "bad value batch_size='big': expected int",
+    ),
+    (
+        "run",
+        ["--space", "googlenet_strategies", "--set", "model=resnet19"],
+        "unknown model 'resnet19'",
+    ),
+    (
+        "run",
+        ["--space", "single", "--set", "model=small_cnn", "--set", "pretrained=true"],
+        "small_cnn has no pretrained weights",
+    ),
+    (
+        "run",
+        ["--space", "googlenet_strategies", "--num-samples", "0"],
+        "--num-samples: must be at least 1",
+    ),
     ("run", ["--smoke"], "pass --space NAME"),
     ("run", ["--space", "googlenet_strategies", "--name", "a/b"], "plain folder name"),
-    ("run", ["--space", "googlenet_strategies", "--split-file", "{g}/latin1.csv",
-             "--split-seed", "3"], "--split-file and --split-seed conflict"),
-    ("run", ["--space", "googlenet_strategies", "--gpus-per-trial", "1", "--smoke"],
-     "--gpus-per-trial 1 fits on no node"),
-    ("run", ["--space", "googlenet_strategies", "--cpus-per-trial", "64", "--smoke"],
-     "--cpus-per-trial 64 --gpus-per-trial 0 fits on no node"),
+    (
+        "run",
+        ["--space", "googlenet_strategies", "--split-file", "{g}/latin1.csv", "--split-seed", "3"],
+        "--split-file and --split-seed conflict",
+    ),
+    (
+        "run",
+        ["--space", "googlenet_strategies", "--gpus-per-trial", "1", "--smoke"],
+        "--gpus-per-trial 1 fits on no node",
+    ),
+    (
+        "run",
+        ["--space", "googlenet_strategies", "--cpus-per-trial", "64", "--smoke"],
+        "--cpus-per-trial 64 --gpus-per-trial 0 fits on no node",
+    ),
     # run: flags and values
     ("run", ["--space", "single", "--bogus"], "unrecognized arguments: --bogus"),
     ("run", ["--space", "single", "--split-seed", "-1"], "--split-seed: must be at least 0"),
@@ -94,50 +125,126 @@ CASES = [
     ("run", ["--space", "single", "--name", "n" * 300], "at most 200 bytes"),
     ("run", ["--space", "single", "--set", "pretrained=[true]"], "two or more different values"),
     ("run", ["--space", "single", "--set", "seed=[1,2]"], "use --num-samples for seeds"),
-    ("run", ["--space", "single", "--set", "model=mobilenet_v2", "--set", "weights=V9"],
-     "bad value weights='V9' for mobilenet_v2"),
-    ("run", ["--space", "single", "--set", "model=convnext_tiny", "--set", "image_size=16"],
-     "model 'convnext_tiny' cannot take 16 px images (its downsampling leaves nothing of "
-     "them); use --set image_size=32 or more"),
-    ("run", ["--space", "single", "--set", "model=vgg16", "--set", "image_size=16"],
-     "use --set image_size=32 or more"),
-    ("run", ["--space", "strategies", "--set", "model=[resnet18,googlenet]"],
-     "compares the strategies of one model"),
+    (
+        "run",
+        ["--space", "single", "--set", "model=mobilenet_v2", "--set", "weights=V9"],
+        "bad value weights='V9' for mobilenet_v2",
+    ),
+    (
+        "run",
+        ["--space", "single", "--set", "model=convnext_tiny", "--set", "image_size=16"],
+        "model 'convnext_tiny' cannot take 16 px images (its downsampling leaves nothing of "
+        "them); use --set image_size=32 or more",
+    ),
+    (
+        "run",
+        ["--space", "single", "--set", "model=vgg16", "--set", "image_size=16"],
+        "use --set image_size=32 or more",
+    ),
+    (
+        "run",
+        ["--space", "strategies", "--set", "model=[resnet18,googlenet]"],
+        "compares the strategies of one model",
+    ),
     # run: cross-validation
     ("run", ["--space", "single", "--folds", "2"], "--folds: must be at least 3"),
-    ("run", ["--space", "single", "--folds", "3", "--scheduler", "asha"],
-     "drop --scheduler asha"),
+    ("run", ["--space", "single", "--folds", "3", "--scheduler", "asha"], "drop --scheduler asha"),
     ("run", ["--space", "single", "--set", "fold=1"], "pass --folds K to cross-validate"),
     ("run", ["--space", "lr_batch_tpe", "--folds", "3"], "is a search"),
-    ("run", ["--space", "single", "--set", "model=small_cnn", "--data", "{g}/presplit",
-             "--folds", "3"], "needs an image folder to split into folds"),
-    ("run", ["--space", "single", "--set", "model=small_cnn", "--data", "{g}/imgs",
-             "--folds", "5"], "--folds 5 needs at least 5 per class"),
+    (
+        "run",
+        ["--space", "single", "--set", "model=small_cnn", "--data", "{g}/presplit", "--folds", "3"],
+        "needs an image folder to split into folds",
+    ),
+    (
+        "run",
+        ["--space", "single", "--set", "model=small_cnn", "--data", "{g}/imgs", "--folds", "5"],
+        "--folds 5 needs at least 5 per class",
+    ),
     # run: files it reads
     ("run", ["--space", "single", "--config", "{g}/latin1.json"], "not UTF-8 text"),
-    ("run", ["--space", "single", "--data", "{g}/imgs", "--split-file", "{g}/latin1.csv"],
-     "not a CSV text file"),
+    (
+        "run",
+        ["--space", "single", "--data", "{g}/imgs", "--split-file", "{g}/latin1.csv"],
+        "not a CSV text file",
+    ),
     ("run", ["--resume", "{g}/damaged"], "sweep.json is damaged"),
     # run: data and storage
     ("run", ["--space", "single", "--data", "{g}/missing"], "no such directory"),
     ("run", ["--space", "single", "--data", "{g}/a_file"], "is a file, not a directory"),
     ("run", ["--space", "single", "--data", "{g}/empty"], "found no images"),
     ("run", ["--space", "single", "--data", "{g}/one"], "only one class"),
-    ("run", ["--space", "single", "--data", "{g}/presplit", "--split-file", "{g}/split.csv"],
-     "already split into train/ val/ test/; drop --split-file"),
+    (
+        "run",
+        ["--space", "single", "--data", "{g}/presplit", "--split-file", "{g}/split.csv"],
+        "already split into train/ val/ test/; drop --split-file",
+    ),
     ("run", ["--space", "single", "--storage", "{g}/a_file/runs"], "not a writable directory"),
     ("run", ["--space", "single", "--data", "{g}/partial"], "but no val/"),
     ("run", ["--space", "single", "--data", "demo:nope"], "no such demo data"),
-    ("run", ["--space", "single", "--data", "{g}/imgs", "--storage", "{g}", "--name", "imgs",
-             "--overwrite"], "not an experiment of this tool"),
-    ("run", ["--space", "single", "--data", "{g}/imgs", "--storage", "{g}/imgs",
-             "--name", "inside"], "overlap"),
-    ("run", ["--space", "single", "--data", "{g}/imgs", "--storage", "{g}",
-             "--name", "someones_files", "--overwrite"], "not an experiment of this tool"),
-    ("run", ["--space", "single", "--set", "model=small_cnn", "--data", "{g}/imgs",
-             "--address", "127.0.0.1:9"], "no Ray cluster answers there"),
-    ("run", ["--space", "single", "--set", "model=small_cnn", "--data", "{g}/imgs",
-             "--tracking", "http://127.0.0.1:9"], "the MLflow tracking server cannot be used"),
+    (
+        "run",
+        [
+            "--space",
+            "single",
+            "--data",
+            "{g}/imgs",
+            "--storage",
+            "{g}",
+            "--name",
+            "imgs",
+            "--overwrite",
+        ],
+        "not an experiment of this tool",
+    ),
+    (
+        "run",
+        ["--space", "single", "--data", "{g}/imgs", "--storage", "{g}/imgs", "--name", "inside"],
+        "overlap",
+    ),
+    (
+        "run",
+        [
+            "--space",
+            "single",
+            "--data",
+            "{g}/imgs",
+            "--storage",
+            "{g}",
+            "--name",
+            "someones_files",
+            "--overwrite",
+        ],
+        "not an experiment of this tool",
+    ),
+    (
+        "run",
+        [
+            "--space",
+            "single",
+            "--set",
+            "model=small_cnn",
+            "--data",
+            "{g}/imgs",
+            "--address",
+            "127.0.0.1:9",
+        ],
+        "no Ray cluster answers there",
+    ),
+    (
+        "run",
+        [
+            "--space",
+            "single",
+            "--set",
+            "model=small_cnn",
+            "--data",
+            "{g}/imgs",
+            "--tracking",
+            "http://127.0.0.1:9",
+        ],
+        "the MLflow tracking server cannot be used",
+    ),
     # ensemble, report, export
     ("ensemble", ["{g}/exp", "--top", "1"], "--top: must be at least 2"),
     ("ensemble", ["{g}/exp", "--steps", "0"], "--steps: must be at least 1"),
@@ -178,10 +285,12 @@ def _snapshot(root: Path) -> dict:
     return {p: p.stat().st_mtime_ns for p in root.rglob("*")}
 
 
-@pytest.mark.parametrize("command, args, needle", CASES,
-                         ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(CASES)])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(ground, tmp_path, capsys, monkeypatch,
-                                                         command, args, needle):
+@pytest.mark.parametrize(
+    "command, args, needle", CASES, ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(CASES)]
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    ground, tmp_path, capsys, monkeypatch, command, args, needle
+):
     monkeypatch.chdir(tmp_path)  # the default storage (./runs) would land here
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     before = _snapshot(ground)
@@ -198,12 +307,18 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(ground, tmp_path, capsy
     assert not (tmp_path / "torch").exists()
 
 
-@pytest.mark.parametrize("command", ["ensemble.py", "report.py", "export.py", "predict.py",
-                                     "confirm.py", "weights.py"])
+@pytest.mark.parametrize(
+    "command", ["ensemble.py", "report.py", "export.py", "predict.py", "confirm.py", "weights.py"]
+)
 def test_each_script_ends_a_bad_flag_in_one_line_and_exit_2(command, tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "sweeps" / command), "--bogus"],
-                            capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                            env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "sweeps" / command), "--bogus"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONWARNINGS="ignore"),
+    )
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
     assert not list(tmp_path.iterdir())
@@ -225,8 +340,9 @@ def test_a_special_file_named_like_an_image_is_skipped_not_waited_on(tmp_path):
     with open(os.fsencode(str(root / "blue")) + b"/f\xf6tos/a.png", "wb") as handle:
         handle.write((root / "blue" / "img_001.png").read_bytes())
     handle, report = D.prepare(D.discover(root), 16, tmp_path / "cache", progress=False)
-    reasons = {item["path"]: item["reason"] for items in report["skipped"].values()
-               for item in items}
+    reasons = {
+        item["path"]: item["reason"] for items in report["skipped"].values() for item in items
+    }
     assert reasons["red/pipe.jpg"] == "a named pipe, not an image file"
     assert reasons["green/gone.png"] == "a symbolic link to nothing (a broken link)"
     assert reasons["blue/loop.png"] == "a symbolic link loop"
@@ -247,8 +363,9 @@ def test_max_epochs_caps_every_trial_whatever_else_sets_max_epochs(tmp_path):
 
     config = tmp_path / "best.json"
     config.write_text(json.dumps({"max_epochs": 50, "lr": 0.01}))
-    sweep = resolve(SweepSpec(space="lr_grid", config=str(config), max_epochs=2,
-                              overrides=("max_epochs=40",)))
+    sweep = resolve(
+        SweepSpec(space="lr_grid", config=str(config), max_epochs=2, overrides=("max_epochs=40",))
+    )
     assert {c.max_epochs for c in sweep.plan.configs} == {2} and sweep.max_epochs == 2
 
 
@@ -290,15 +407,28 @@ def test_a_failed_sweep_whose_variants_are_numbers_still_sums_up(tmp_path, capsy
     from sweeps.experiment.storage import Store
     from sweeps.experiment.tables import print_summary, write_tables
 
-    rows = [{"trial_id": f"t{i}", "variant": lr, "status": "TERMINATED", "stop_reason": stop,
-             "epochs": 1, "best_epoch": 1, "best_val_loss": 0.5, "best_val_acc": 0.5,
-             "test_acc": 0.5, "test_macro_f1": 0.5, "error": ""}
-            for i, (lr, stop) in enumerate([(0.001, "completed"), (0.01, "diverged")])]
+    rows = [
+        {
+            "trial_id": f"t{i}",
+            "variant": lr,
+            "status": "TERMINATED",
+            "stop_reason": stop,
+            "epochs": 1,
+            "best_epoch": 1,
+            "best_val_loss": 0.5,
+            "best_val_acc": 0.5,
+            "test_acc": 0.5,
+            "test_macro_f1": 0.5,
+            "error": "",
+        }
+        for i, (lr, stop) in enumerate([(0.001, "completed"), (0.01, "diverged")])
+    ]
     store = Store.from_location(str(tmp_path / "exp"))
     table = write_tables(rows, store)
     assert print_summary(table, store) == 1
-    assert "diverged (loss went NaN/Inf or exploded: try a lower lr): 0.01" in \
-        capsys.readouterr().out
+    assert (
+        "diverged (loss went NaN/Inf or exploded: try a lower lr): 0.01" in capsys.readouterr().out
+    )
 
 
 def test_a_damaged_checkpoint_file_is_named_in_one_line(tmp_path):
@@ -308,17 +438,22 @@ def test_a_damaged_checkpoint_file_is_named_in_one_line(tmp_path):
     import numpy as np
 
     from trainables.trial import checkpoint
+
     np.savez(tmp_path / checkpoint.PREDICTIONS_FILE, val_probs=np.zeros((2, 3)))
     whole = (tmp_path / checkpoint.PREDICTIONS_FILE).read_bytes()
     assert set(checkpoint.read_predictions(tmp_path)) == {"val_probs"}
-    damaged = {checkpoint.PREDICTIONS_FILE: [whole[:100], b"garbage"],
-               checkpoint.TEST_REPORT_FILE: [b'{"a":', b"\xff\xfe"],
-               checkpoint.FINAL_FILE: [b"[1, 2"],
-               checkpoint.RECORD_FILE: [b"{broken"]}
-    read = {checkpoint.PREDICTIONS_FILE: checkpoint.read_predictions,
-            checkpoint.TEST_REPORT_FILE: checkpoint.read_test_report,
-            checkpoint.FINAL_FILE: checkpoint.final_metrics,
-            checkpoint.RECORD_FILE: checkpoint.read_record}
+    damaged = {
+        checkpoint.PREDICTIONS_FILE: [whole[:100], b"garbage"],
+        checkpoint.TEST_REPORT_FILE: [b'{"a":', b"\xff\xfe"],
+        checkpoint.FINAL_FILE: [b"[1, 2"],
+        checkpoint.RECORD_FILE: [b"{broken"],
+    }
+    read = {
+        checkpoint.PREDICTIONS_FILE: checkpoint.read_predictions,
+        checkpoint.TEST_REPORT_FILE: checkpoint.read_test_report,
+        checkpoint.FINAL_FILE: checkpoint.final_metrics,
+        checkpoint.RECORD_FILE: checkpoint.read_record,
+    }
     for name, contents in damaged.items():
         for content in contents:
             (tmp_path / name).write_bytes(content)
@@ -329,6 +464,7 @@ def test_a_damaged_checkpoint_file_is_named_in_one_line(tmp_path):
 def test_a_ctrl_c_during_the_last_cleanup_ends_quietly(capsys):
     """run.py shuts Ray down as its command ends (not in Ray's exit hook, where a second
     Ctrl-C printed a traceback): a Ctrl-C there cuts it short with exit status 130."""
+
     def interrupted():
         raise KeyboardInterrupt
 

@@ -1,4 +1,5 @@
 """The device data path: batched augmentation checked against what each family promises."""
+
 import math
 
 import numpy as np
@@ -68,8 +69,9 @@ def test_notebook_geometry_rotates_at_most_15_degrees():
         assert 0.7 - 1e-2 <= scale.prod() <= 1 + 1e-2
         # undo the flip, then read the angle off the rotation-and-scale matrix
         fixed = linear * torch.tensor([[-1.0], [1.0]]).double() if linear.det() < 0 else linear
-        angles.append(math.degrees(math.atan2(fixed[0, 1] / fixed[0].norm(),
-                                              fixed[0, 0] / fixed[0].norm())))
+        angles.append(
+            math.degrees(math.atan2(fixed[0, 1] / fixed[0].norm(), fixed[0, 0] / fixed[0].norm()))
+        )
     assert max(abs(a) for a in angles) <= 15.5
     assert max(abs(a) for a in angles) > 10  # the rotations are really there
 
@@ -108,7 +110,7 @@ def test_random_erasing_blanks_a_box_of_the_promised_size():
     assert hit.min() >= 0.015 and hit.max() <= 0.35
     for mask in erased[fractions > 0][:20]:  # each erased area is one solid rectangle
         rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
-        box = mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        box = mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
         assert box.all()
 
 
@@ -125,8 +127,9 @@ def test_every_policy_runs_batched(policy):
 def test_both_paths_yield_the_same_samples_in_the_same_order():
     data = tiny_trial_data(n=10, image_size=32)
     for path in ("device", "loader"):
-        cfg = TrialConfig.from_dict({"model": "small_cnn", "augment": "none", "batch_size": 4,
-                                     "data_path": path})
+        cfg = TrialConfig.from_dict(
+            {"model": "small_cnn", "augment": "none", "batch_size": 4, "data_path": path}
+        )
         order = torch.randperm(10, generator=torch.Generator().manual_seed(5)).tolist()
         batches = list(training_batches(cfg, data, order, torch.device("cpu")))
         labels = torch.cat([y for _, y in batches]).numpy()
@@ -147,23 +150,27 @@ def test_batched_blur_equals_torchvision_gaussian_blur():
     torch.manual_seed(0)
     torch.rand(4)  # the draw that chose the images
     sigma = torch.empty(4).uniform_(0.1, 2.0)
-    expected = torch.stack([TF.gaussian_blur(x[i], [3, 3], [float(sigma[i])] * 2)
-                            for i in range(4)])
+    expected = torch.stack(
+        [TF.gaussian_blur(x[i], [3, 3], [float(sigma[i])] * 2) for i in range(4)]
+    )
     assert torch.allclose(out, expected, atol=1e-6)
 
 
 @pytest.mark.integration  # tens of seconds
 def test_images_over_their_device_budget_train_from_host_memory_with_the_same_results(
-        colour_handle):
+    colour_handle,
+):
     """A tiny budget sends the decoded images to the host path: batches gathered from the
     memory map one at a time. Same seed, same data: the same trial, epoch by epoch, bit for
     bit (here, on the CPU)."""
     from tests_support import fit_trial
     from trainables.core import metrics as M
+
     runs = {}
     for budget in (0.0, 0.001):  # 0: in place; 0.001 MB: far less than the images
-        fitted = fit_trial(colour_handle, {"max_epochs": 3, "early_stop_patience": 0,
-                                           "image_budget_mb": budget})
+        fitted = fit_trial(
+            colour_handle, {"max_epochs": 3, "early_stop_patience": 0, "image_budget_mb": budget}
+        )
         runs[budget] = fitted.reports
     assert {r[M.IMAGES_ON] for r in runs[0.0]} == {"device"}
     assert {r[M.IMAGES_ON] for r in runs[0.001]} == {"host"}

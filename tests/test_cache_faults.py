@@ -6,6 +6,7 @@ nothing half-written, neither in the place nor in --storage.
 A full or read-only file system is a real one: a small or read-only tmpfs mounted in a
 private mount namespace (``unshare -m``, which needs root), where every case runs the
 command's own entry point in one process."""
+
 import json
 import os
 import shutil
@@ -22,17 +23,31 @@ from helpers import ROOT, make_image_folder
 pytestmark = pytest.mark.integration
 
 CASES = {  # name: (mount options, environment, --data (None: the test's images), the fix)
-    "full cache": ("size=100k", {"VISIONSWEEP_CACHE": "{mnt}/cache"}, None,
-                   "free some space there, or set VISIONSWEEP_CACHE"),
-    "read-only cache": ("ro", {"VISIONSWEEP_CACHE": "{mnt}/cache"}, None,
-                        "make it writable, or set VISIONSWEEP_CACHE"),
-    "unwritable HOME": ("ro", {"HOME": "{mnt}", "VISIONSWEEP_CACHE": None,
-                               "XDG_CACHE_HOME": None}, None,
-                        "make it writable, or set VISIONSWEEP_CACHE"),
+    "full cache": (
+        "size=100k",
+        {"VISIONSWEEP_CACHE": "{mnt}/cache"},
+        None,
+        "free some space there, or set VISIONSWEEP_CACHE",
+    ),
+    "read-only cache": (
+        "ro",
+        {"VISIONSWEEP_CACHE": "{mnt}/cache"},
+        None,
+        "make it writable, or set VISIONSWEEP_CACHE",
+    ),
+    "unwritable HOME": (
+        "ro",
+        {"HOME": "{mnt}", "VISIONSWEEP_CACHE": None, "XDG_CACHE_HOME": None},
+        None,
+        "make it writable, or set VISIONSWEEP_CACHE",
+    ),
     "unwritable TMPDIR": ("ro", {"TMPDIR": "{mnt}"}, None, "make it writable, or set TMPDIR"),
-    "demo data in a full cache": ("size=200k", {"VISIONSWEEP_CACHE": "{mnt}/cache"},
-                                  "demo:digits", "free some space there, or set "
-                                                 "VISIONSWEEP_CACHE"),
+    "demo data in a full cache": (
+        "size=200k",
+        {"VISIONSWEEP_CACHE": "{mnt}/cache"},
+        "demo:digits",
+        "free some space there, or set VISIONSWEEP_CACHE",
+    ),
 }
 
 SCRIPT = r"""
@@ -69,8 +84,9 @@ print("RESULTS" + json.dumps(results))
 def _can_mount() -> bool:
     if not (shutil.which("unshare") and shutil.which("mount")):
         return False
-    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /mnt"],
-                           capture_output=True)
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /mnt"], capture_output=True
+    )
     return probe.returncode == 0
 
 
@@ -80,12 +96,23 @@ def test_a_full_read_only_or_unwritable_place_is_one_line_and_leaves_nothing(tmp
     cases = {}
     for i, (name, (options, env, source, _)) in enumerate(CASES.items()):
         mnt = str(tmp_path / f"mnt{i}")
-        cases[name] = (options, {k: v and v.format(mnt=mnt) for k, v in env.items()},
-                       source or str(data), mnt, str(tmp_path / f"runs{i}"))
+        cases[name] = (
+            options,
+            {k: v and v.format(mnt=mnt) for k, v in env.items()},
+            source or str(data),
+            mnt,
+            str(tmp_path / f"runs{i}"),
+        )
     script = SCRIPT.format(root=str(ROOT), cases=json.dumps(cases))
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    done = subprocess.run(["unshare", "-m", sys.executable, "-c", script], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        ["unshare", "-m", sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert "RESULTS" in done.stdout, done.stdout[-2000:] + done.stderr[-3000:]
     results = json.loads(done.stdout.split("RESULTS", 1)[1])
     for i, (name, (_, _, _, fix)) in enumerate(CASES.items()):
@@ -149,11 +176,16 @@ def test_a_checkpoint_that_does_not_fit_leaves_no_partial_copy(tmp_path):
     data = make_image_folder(tmp_path / "imgs", per_class=20)
     storage = tmp_path / "store"
     storage.mkdir()
-    script = CHECKPOINT_SCRIPT.format(storage=storage, python=sys.executable, root=ROOT,
-                                      data=data)
+    script = CHECKPOINT_SCRIPT.format(storage=storage, python=sys.executable, root=ROOT, data=data)
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    done = subprocess.run(["unshare", "-m", "bash", "-c", script], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        ["unshare", "-m", "bash", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = done.stdout + done.stderr
     assert "EXIT 1" in done.stdout, out[-3000:]
     assert "Traceback" not in out, out[-3000:]

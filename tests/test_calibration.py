@@ -1,4 +1,5 @@
 """Calibrated probabilities and prediction sets against hand-made cases."""
+
 from __future__ import annotations
 
 import math
@@ -70,8 +71,7 @@ def test_mondrian_sets_cover_every_class_at_the_level():
     z[np.arange(n), labels] += sharpness
     probs = _softmax(z)
     half = n // 2
-    marginal = C.sets(probs[half:], C.threshold(C.scores(probs[:half], labels[:half]),
-                                                coverage))
+    marginal = C.sets(probs[half:], C.threshold(C.scores(probs[:half], labels[:half]), coverage))
     per_class = C.class_scores(probs[:half], labels[:half], 3)
     assert [len(s) for s in per_class] == np.bincount(labels[:half], minlength=3).tolist()
     cut = C.cutoffs({"class_scores": per_class}, coverage, per_class=True)
@@ -97,8 +97,9 @@ def test_the_reports_set_table_states_coverage_per_level_and_class():
     z = rng.normal(0, 1, (6000, 3))
     z[np.arange(6000), labels] += np.array([4.0, 2.0, 0.4])[labels]
     probs = _softmax(z)
-    table = set_coverage(probs[:3000], labels[:3000], probs[3000:], labels[3000:],
-                         ["a", "b", "c"]).set_index(["level", "calibrated over"])
+    table = set_coverage(
+        probs[:3000], labels[:3000], probs[3000:], labels[3000:], ["a", "b", "c"]
+    ).set_index(["level", "calibrated over"])
     assert len(table) == 6 and (table["mean set size"] > 0.5).all()
     for level in (0.8, 0.9, 0.95):
         assert table.loc[(level, "all classes"), "coverage"] == pytest.approx(level, abs=0.03)

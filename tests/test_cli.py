@@ -1,4 +1,5 @@
 """The command line as a user runs it: a fresh process, a real local Ray cluster, real files."""
+
 import json
 import math
 from pathlib import Path
@@ -13,8 +14,19 @@ from helpers import make_image_folder, run_cli
 
 pytestmark = pytest.mark.integration
 
-REQUIRED_COLUMNS = {"trial_id", "variant", "status", "stop_reason", "epochs", "best_val_loss",
-                    "best_val_acc", "test_acc", "test_macro_f1", "pretrained", "wall_s"}
+REQUIRED_COLUMNS = {
+    "trial_id",
+    "variant",
+    "status",
+    "stop_reason",
+    "epochs",
+    "best_val_loss",
+    "best_val_acc",
+    "test_acc",
+    "test_macro_f1",
+    "pretrained",
+    "wall_s",
+}
 
 
 def _one_line_error(result, *needles):
@@ -26,11 +38,16 @@ def _one_line_error(result, *needles):
         assert needle in lines[0], lines[0]
 
 
-@pytest.mark.parametrize("args, needles", [
-    (["--space", "googlenet_strategies", "--set", "lrr=0.1"], ["unknown config key 'lrr'",
-                                                               "did you mean 'lr'"]),
-    (["--space", "googlenet_strategies", "--bogus"], ["unrecognized arguments: --bogus"]),
-])
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (
+            ["--space", "googlenet_strategies", "--set", "lrr=0.1"],
+            ["unknown config key 'lrr'", "did you mean 'lr'"],
+        ),
+        (["--space", "googlenet_strategies", "--bogus"], ["unrecognized arguments: --bogus"]),
+    ],
+)
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, args, needles):
     """As a user meets it, in a fresh process; tests/test_bad_input.py has the whole table."""
     storage = tmp_path / "storage"
@@ -50,16 +67,29 @@ def test_list_spaces_describes_each_space(tmp_path):
 
 def test_smoke_sweep_of_the_googlenet_study(tmp_path, ray_address):
     """The README's main command in --smoke form: 12 trials through Ray Tune on the demo data."""
-    result = run_cli(["--space", "googlenet_strategies", "--smoke", "--storage",
-                      str(tmp_path / "runs"), "--name", "smoke", "--address", ray_address],
-                     cwd=tmp_path)
+    result = run_cli(
+        [
+            "--space",
+            "googlenet_strategies",
+            "--smoke",
+            "--storage",
+            str(tmp_path / "runs"),
+            "--name",
+            "smoke",
+            "--address",
+            ray_address,
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     experiment = tmp_path / "runs" / "smoke"
     table = pd.read_csv(experiment / "results.csv")
     assert len(table) == 12 and REQUIRED_COLUMNS <= set(table.columns)
-    assert set(table["variant"]) == {f"{s}-{o}" for s in
-                                     ("base", "finetuned", "feature_extractor", "gradual_unfreeze")
-                                     for o in ("ce", "ls", "ls_plateau")}
+    assert set(table["variant"]) == {
+        f"{s}-{o}"
+        for s in ("base", "finetuned", "feature_extractor", "gradual_unfreeze")
+        for o in ("ce", "ls", "ls_plateau")
+    }
     assert (table["stop_reason"] == "completed").all() and (table["epochs"] == 2).all()
     assert table["test_acc"].between(0, 1).all() and table["test_macro_f1"].notna().all()
     assert not table["pretrained"].any()  # no network here: random init, and the table says so
@@ -87,14 +117,16 @@ def _check_tensorboard(trial_dir: Path) -> None:
     assert [e.step for e in events.Scalars("val_loss")] == [1, 2]
     content = events.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(
-        content["_hparams_/session_start_info"]).session_start_info
+        content["_hparams_/session_start_info"]
+    ).session_start_info
     variant = trial_dir.name.split("_s0_")[0]
     assert start.hparams["variant"].string_value == variant
     strategy, objective = variant.split("-")
     assert start.hparams["strategy"].string_value == strategy
     assert start.hparams["objective"].string_value == objective
     experiment = plugin_data_pb2.HParamsPluginData.FromString(
-        content["_hparams_/experiment"]).experiment
+        content["_hparams_/experiment"]
+    ).experiment
     assert {h.name for h in experiment.hparam_infos} == {"variant", "strategy", "objective"}
     assert "best_val_loss" in {m.name.tag for m in experiment.metric_infos}
 
@@ -111,8 +143,10 @@ def _check_checkpoint(trial_dir: Path, num_test: int) -> None:
 def test_existing_experiment_is_not_overwritten(tmp_path):
     (tmp_path / "runs" / "taken").mkdir(parents=True)
     (tmp_path / "runs" / "taken" / "results.csv").write_text("keep me")
-    result = run_cli(["--space", "googlenet_strategies", "--storage", str(tmp_path / "runs"),
-                      "--name", "taken"], cwd=tmp_path)
+    result = run_cli(
+        ["--space", "googlenet_strategies", "--storage", str(tmp_path / "runs"), "--name", "taken"],
+        cwd=tmp_path,
+    )
     _one_line_error(result, "already exists")
     assert (tmp_path / "runs" / "taken" / "results.csv").read_text() == "keep me"
 
@@ -125,10 +159,27 @@ def test_seeds_odd_paths_and_image_kinds_through_a_whole_sweep(tmp_path, ray_add
 
     data = make_odd_dataset(tmp_path)
     storage = tmp_path / "결과 runs [1] (a:b)"
-    args = ["--space", "googlenet_strategies", "--data", str(data), "--smoke", "--storage",
-            str(storage), "--name", "odd: name [1]", "--set", "model=small_cnn",
-            "--set", "strategy=base", "--set", "objective=ce", "--num-samples", "2",
-            "--address", ray_address]
+    args = [
+        "--space",
+        "googlenet_strategies",
+        "--data",
+        str(data),
+        "--smoke",
+        "--storage",
+        str(storage),
+        "--name",
+        "odd: name [1]",
+        "--set",
+        "model=small_cnn",
+        "--set",
+        "strategy=base",
+        "--set",
+        "objective=ce",
+        "--num-samples",
+        "2",
+        "--address",
+        ray_address,
+    ]
     result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     experiment = storage / "odd: name [1]"
@@ -142,8 +193,9 @@ def test_seeds_odd_paths_and_image_kinds_through_a_whole_sweep(tmp_path, ray_add
     assert "By variant" in result.stdout
     report = json.loads((experiment / "data_report.json").read_text(encoding="utf-8"))
     assert report["images_skipped"] == 1
-    assert [s["path"] for items in report["skipped"].values() for s in items] == \
-        ["잎마름병 (blight)/cut_off.jpg"]
+    assert [s["path"] for items in report["skipped"].values() for s in items] == [
+        "잎마름병 (blight)/cut_off.jpg"
+    ]
     assert "skipped 1 unreadable" in result.stderr
     split = pd.read_csv(experiment / "split.csv")
     assert "정상: healthy" in set(split["class"])
@@ -171,17 +223,37 @@ def test_a_failing_trial_is_tabled_and_the_others_go_on(tmp_path, monkeypatch, c
     from sweeps import run
 
     space = search_spaces.Space(
-        name="mixed", description="one trial that fails, one that trains",
-        param_space={"model": "small_cnn", "strategy": "base", "pretrained": "false",
-                     "image_size": 16, "max_epochs": 2},
-        variant_keys=("model",))
+        name="mixed",
+        description="one trial that fails, one that trains",
+        param_space={
+            "model": "small_cnn",
+            "strategy": "base",
+            "pretrained": "false",
+            "image_size": 16,
+            "max_epochs": 2,
+        },
+        variant_keys=("model",),
+    )
     monkeypatch.setattr(search_spaces, "registry", lambda: {"mixed": space})
     monkeypatch.setenv("VISIONSWEEP_FAULTS", "fail_seed=1")
     data = make_image_folder(tmp_path / "imgs", per_class=10)
     try:
-        code = run.main(["--space", "mixed", "--data", str(data), "--storage",
-                         str(tmp_path / "runs"), "--name", "mixed", "--max-failures", "0",
-                         "--num-samples", "2"])
+        code = run.main(
+            [
+                "--space",
+                "mixed",
+                "--data",
+                str(data),
+                "--storage",
+                str(tmp_path / "runs"),
+                "--name",
+                "mixed",
+                "--max-failures",
+                "0",
+                "--num-samples",
+                "2",
+            ]
+        )
     finally:
         ray.shutdown()
     assert code == 1
@@ -193,14 +265,31 @@ def test_a_failing_trial_is_tabled_and_the_others_go_on(tmp_path, monkeypatch, c
     assert "1 of 2 trials failed" in out and "error (see the 'error' column): small_cnn" in out
 
 
-@pytest.mark.parametrize("space, models", [("cnn_comparison", "small_cnn,googlenet"),
-                                           ("timm_zoo", "tf_efficientnetv2_s,resnet50")])
+@pytest.mark.parametrize(
+    "space, models",
+    [("cnn_comparison", "small_cnn,googlenet"), ("timm_zoo", "tf_efficientnetv2_s,resnet50")],
+)
 def test_each_grid_study_runs_in_smoke(tmp_path, space, models, ray_address):
     """Two of each study's models, end to end (every registered model's forward pass is in
     test_models.py): each with its own learning rate from the study's table."""
-    result = run_cli(["--space", space, "--smoke", "--max-epochs", "1", "--set",
-                      f"model=[{models}]", "--storage", str(tmp_path), "--name", "s",
-                      "--address", ray_address], cwd=tmp_path)
+    result = run_cli(
+        [
+            "--space",
+            space,
+            "--smoke",
+            "--max-epochs",
+            "1",
+            "--set",
+            f"model=[{models}]",
+            "--storage",
+            str(tmp_path),
+            "--name",
+            "s",
+            "--address",
+            ray_address,
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(tmp_path / "s" / "results.csv")
     assert len(table) == 2 and table["test_acc"].between(0, 1).all()
@@ -208,7 +297,8 @@ def test_each_grid_study_runs_in_smoke(tmp_path, space, models, ray_address):
 
 
 def test_tpe_search_resumed_keeps_its_optuna_study_saves_its_best_config_and_it_re_runs(
-        tmp_path, ray_address, monkeypatch):
+    tmp_path, ray_address, monkeypatch
+):
     """A TPE search whose driver is killed after three trials, resumed: the Optuna journal
     in the experiment holds every trial once, in one study (the resumed searcher is still
     TPE, asking the study that holds the first three); then the best configuration is
@@ -221,26 +311,47 @@ def test_tpe_search_resumed_keeps_its_optuna_study_saves_its_best_config_and_it_
 
     experiment = tmp_path / "tpe"
     monkeypatch.setenv("VISIONSWEEP_FAULTS", "kill_driver_after=3")
-    killed = run_cli(["--space", "lr_batch_tpe", "--smoke", "--num-samples", "8",
-                      "--set", "model=small_cnn", "--storage", str(tmp_path), "--name", "tpe",
-                      "--address", ray_address], cwd=tmp_path)
+    killed = run_cli(
+        [
+            "--space",
+            "lr_batch_tpe",
+            "--smoke",
+            "--num-samples",
+            "8",
+            "--set",
+            "model=small_cnn",
+            "--storage",
+            str(tmp_path),
+            "--name",
+            "tpe",
+            "--address",
+            ray_address,
+        ],
+        cwd=tmp_path,
+    )
     assert killed.returncode == -9, killed.stderr[-3000:]
     journal = JournalStorage(JournalFileBackend(str(experiment / "optuna.journal")))
-    before = [t for t in optuna.load_study(study_name="sweep", storage=journal).trials
-              if t.state.name == "COMPLETE"]
+    before = [
+        t
+        for t in optuna.load_study(study_name="sweep", storage=journal).trials
+        if t.state.name == "COMPLETE"
+    ]
     assert len(before) == 3
     monkeypatch.delenv("VISIONSWEEP_FAULTS")
     result = run_cli(["--resume", str(experiment), "--address", ray_address], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(tmp_path / "tpe" / "results.csv")
     assert len(table) == 8 and table["lr"].nunique() == 8
-    study = optuna.load_study(study_name="sweep", storage=JournalStorage(
-        JournalFileBackend(str(experiment / "optuna.journal"))))
+    study = optuna.load_study(
+        study_name="sweep",
+        storage=JournalStorage(JournalFileBackend(str(experiment / "optuna.journal"))),
+    )
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(done) == 8 and not [t for t in study.trials if t.state.name == "RUNNING"]
     assert [t.params for t in done[:3]] == [t.params for t in before]
     assert sorted(round(t.params["lr"], 12) for t in done) == sorted(
-        round(v, 12) for v in table["lr"])
+        round(v, 12) for v in table["lr"]
+    )
     searcher = pickle.loads(sorted(experiment.glob("searcher-state-*.pkl"))[-1].read_bytes())
     assert type(searcher["_sampler"]).__name__ == "TPESampler"
 
@@ -252,14 +363,30 @@ def test_tpe_search_resumed_keeps_its_optuna_study_saves_its_best_config_and_it_
     assert best["lr"] == scored.loc[scored["best_val_loss"].idxmin(), "lr"]
     assert f"--config '{tmp_path / 'tpe' / 'best_config.json'}'" in result.stdout
 
-    again = run_cli(["--space", "lr_batch_tpe", "--smoke", "--config",
-                     str(tmp_path / "tpe" / "best_config.json"), "--storage", str(tmp_path),
-                     "--name", "rerun", "--address", ray_address], cwd=tmp_path)
+    again = run_cli(
+        [
+            "--space",
+            "lr_batch_tpe",
+            "--smoke",
+            "--config",
+            str(tmp_path / "tpe" / "best_config.json"),
+            "--storage",
+            str(tmp_path),
+            "--name",
+            "rerun",
+            "--address",
+            ray_address,
+        ],
+        cwd=tmp_path,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     rerun = pd.read_csv(tmp_path / "rerun" / "results.csv")
     assert len(rerun) == 1 and "grid" in again.stderr
-    assert math.isclose(rerun.loc[0, "best_val_loss"],
-                        scored.loc[scored["best_val_loss"].idxmin(), "best_val_loss"], rel_tol=1e-4)
+    assert math.isclose(
+        rerun.loc[0, "best_val_loss"],
+        scored.loc[scored["best_val_loss"].idxmin(), "best_val_loss"],
+        rel_tol=1e-4,
+    )
 
     # the report of a searched study says which of the searched settings mattered
     from sweeps import report

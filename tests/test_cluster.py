@@ -7,6 +7,7 @@ Ray advertises a node's network address, not loopback, whenever one exists, so t
 cluster runs inside a private network namespace that has nothing but loopback: every byte
 stays on 127.0.0.1.
 """
+
 import secrets
 import shutil
 import socket
@@ -55,27 +56,38 @@ def _can_make_network_namespace() -> bool:
     return subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
 
 
-@pytest.mark.skipif(not _can_make_network_namespace(),
-                    reason="needs unshare -n (root) for a loopback-only network namespace")
+@pytest.mark.skipif(
+    not _can_make_network_namespace(),
+    reason="needs unshare -n (root) for a loopback-only network namespace",
+)
 def test_a_sweep_on_a_two_node_cluster_runs_its_trials_on_the_worker_node(tmp_path):
     data = make_image_folder(tmp_path / "imgs", per_class=40)
     with socket.socket() as s:  # any free port; the namespace has its own port space anyway
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    args = (f"--space single --set model=small_cnn --set image_size=64 --max-epochs 4 "
-            f"--num-samples 4 --data '{data}' --storage '{tmp_path / 'runs'}' --name two")
-    script = CLUSTER_SCRIPT.format(token=secrets.token_hex(16), port=port, bin=BIN,
-                                   logs=tmp_path, root=ROOT, args=args)
+    args = (
+        f"--space single --set model=small_cnn --set image_size=64 --max-epochs 4 "
+        f"--num-samples 4 --data '{data}' --storage '{tmp_path / 'runs'}' --name two"
+    )
+    script = CLUSTER_SCRIPT.format(
+        token=secrets.token_hex(16), port=port, bin=BIN, logs=tmp_path, root=ROOT, args=args
+    )
     try:
-        result = subprocess.run(["unshare", "-n", "bash", "-c", script], cwd=tmp_path,
-                                capture_output=True, text=True, timeout=400)
+        result = subprocess.run(
+            ["unshare", "-n", "bash", "-c", script],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
     finally:  # `ray start` records its cluster for later ray.init() calls; it is gone now
         record = Path("/tmp/ray/ray_current_cluster")
         if record.exists() and record.read_text().strip().endswith(f":{port}"):
             record.unlink()
     worker_log = (tmp_path / "worker.log").read_text()[-1500:]
-    assert "nodes up: 2" in result.stdout, \
+    assert "nodes up: 2" in result.stdout, (
         result.stdout[-2000:] + result.stderr[-2000:] + worker_log
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     worker = result.stdout.split("worker node:", 1)[1].split()[0]
     table = pd.read_csv(tmp_path / "runs" / "two" / "results.csv", dtype={"node": str})

@@ -38,26 +38,36 @@ def test_explicit_key_beats_preset():
 
 def test_overrides_are_typed():
     assert parse_overrides(["lr=1e-3", "batch_size=64", "amp=false", "pretrained=TRUE"]) == {
-        "lr": 1e-3, "batch_size": 64, "amp": False, "pretrained": "true"}
+        "lr": 1e-3,
+        "batch_size": 64,
+        "amp": False,
+        "pretrained": "true",
+    }
 
 
-@pytest.mark.parametrize("item, message", [
-    ("batch_size=abc", "bad value batch_size='abc': expected int"),
-    ("batch_size=1.5", "expected int"),
-    ("amp=maybe", "bad value amp='maybe': expected bool"),
-    ("lr", "write it as KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("batch_size=abc", "bad value batch_size='abc': expected int"),
+        ("batch_size=1.5", "expected int"),
+        ("amp=maybe", "bad value amp='maybe': expected bool"),
+        ("lr", "write it as KEY=VALUE"),
+    ],
+)
 def test_bad_override_names_the_key(item, message):
     with pytest.raises(UserError, match=message):
         parse_overrides([item])
 
 
-@pytest.mark.parametrize("config, message", [
-    ({"strategy": "frozen"}, "bad value strategy='frozen': choose one of"),
-    ({"lr": -1.0}, "bad value lr=-1.0: must lie in"),
-    ({"label_smoothing": 1.0}, "label_smoothing"),
-    ({"objective": "mse"}, "bad value objective='mse'"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"strategy": "frozen"}, "bad value strategy='frozen': choose one of"),
+        ({"lr": -1.0}, "bad value lr=-1.0: must lie in"),
+        ({"label_smoothing": 1.0}, "label_smoothing"),
+        ({"objective": "mse"}, "bad value objective='mse'"),
+    ],
+)
 def test_bad_values_are_rejected(config, message):
     with pytest.raises(UserError, match=message):
         TrialConfig.from_dict(config)

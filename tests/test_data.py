@@ -55,12 +55,15 @@ def test_presplit_with_different_classes_is_refused(tmp_path):
         D.discover(tmp_path / "root")
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p / "missing", "no such directory"),
-    (lambda p: (p / "file.txt").write_text("x") and p / "file.txt", "is a file"),
-    (lambda p: (p / "empty").mkdir() or p / "empty", "found no images"),
-    (lambda p: make_one_class_folder(p / "one"), "only one class"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p / "missing", "no such directory"),
+        (lambda p: (p / "file.txt").write_text("x") and p / "file.txt", "is a file"),
+        (lambda p: (p / "empty").mkdir() or p / "empty", "found no images"),
+        (lambda p: make_one_class_folder(p / "one"), "only one class"),
+    ],
+)
 def test_bad_roots_are_user_errors(tmp_path, make, message):
     with pytest.raises(UserError, match=message):
         D.discover(make(tmp_path))
@@ -79,8 +82,10 @@ def test_decode_is_cached_by_content(image_folder, tmp_path):
     red = images[[i for i, lab in enumerate(source.labels) if source.class_names[lab] == "red"]]
     assert (red[..., 0].mean() > 150) and (red[..., 2].mean() < 100)
     # other size: a different file; changed bytes: a different key
-    assert D.decode_cached(source.root, source.paths, digest, 20, tmp_path / "cache").images \
+    assert (
+        D.decode_cached(source.root, source.paths, digest, 20, tmp_path / "cache").images
         != first.images
+    )
     write_image(image_folder / "red" / "img_000.JPG", (0, 0, 0), np.random.default_rng(1))
     assert D.content_digest(source.paths, D.file_hashes(source.root, source.paths)) != digest
 
@@ -94,8 +99,9 @@ def test_corrupt_images_are_skipped_counted_and_listed(image_folder, tmp_path):
     assert report["images_skipped"] == 2
     assert [s["path"] for s in report["skipped"]["red"]] == ["red/truncated.png"]
     assert [s["path"] for s in report["skipped"]["blue"]] == ["blue/not_really.jpg"]
-    assert all(handle.files[r] not in ("red/truncated.png", "blue/not_really.jpg")
-               for r in handle.rows)
+    assert all(
+        handle.files[r] not in ("red/truncated.png", "blue/not_really.jpg") for r in handle.rows
+    )
     assert set(handle.splits) == {"train", "val", "test"}
 
 
@@ -131,11 +137,15 @@ def test_split_file_is_saved_and_reused(image_folder, tmp_path):
     assert handle2.digest == handle.digest and len(list((tmp_path / "cache").rglob("*.npy"))) == 1
     assert report2["skipped"] == report["skipped"] and report2["images_found"] == 37
     # an image the split skipped stays out, even once it can be read
-    (image_folder / "red" / "broken.png").write_bytes((image_folder / "red" /
-                                                       "img_001.png").read_bytes())
-    handle3, report3 = D.prepare(D.apply_split_file(D.discover(image_folder),
-                                                    tmp_path / "split.csv"),
-                                 32, tmp_path / "cache", progress=False)
+    (image_folder / "red" / "broken.png").write_bytes(
+        (image_folder / "red" / "img_001.png").read_bytes()
+    )
+    handle3, report3 = D.prepare(
+        D.apply_split_file(D.discover(image_folder), tmp_path / "split.csv"),
+        32,
+        tmp_path / "cache",
+        progress=False,
+    )
     assert {handle3.files[r] for r in handle3.rows} == set(before)
     assert "reused split.csv" in report3["skipped"]["red"][0]["reason"]
 

@@ -1,5 +1,6 @@
 """sweeps/ensemble.py on experiment folders laid out as sweeps/run.py writes them, with small
 hand-made probabilities whose ensembles can be worked out by hand; and the refusals."""
+
 import pandas as pd
 import pytest
 
@@ -10,8 +11,9 @@ from trainables.core.errors import UserError
 
 
 def test_ensemble_table_by_hand(tmp_path, capsys):
-    root = write_experiment(tmp_path / "exp", {"c1": (0.5, C, C), "a1": (0.6, A, A),
-                                                "b1": (0.7, B, B)})
+    root = write_experiment(
+        tmp_path / "exp", {"c1": (0.5, C, C), "a1": (0.6, A, A), "b1": (0.7, B, B)}
+    )
     # the trials' own probabilities, as worked out below (calibration has its own tests)
     assert ensemble.main([str(root), "--top", "3", "--steps", "3", "--uncalibrated"]) == 0
     table = pd.read_csv(root / "ensembles.csv").set_index("ensemble")
@@ -35,8 +37,11 @@ def test_ensemble_table_by_hand(tmp_path, capsys):
 
 def test_a_trial_on_another_split_is_left_out_by_default_and_refused_by_name(tmp_path, capsys):
     root = write_experiment(tmp_path / "exp", {"c1": (0.5, C, C), "a1": (0.6, A, A)})
-    other = write_experiment(tmp_path / "other", {"b1": (0.7, B, B)},
-                             test_ids=["0/t0.png", "0/t1.png", "1/t3.png", "1/t2.png"])
+    other = write_experiment(
+        tmp_path / "other",
+        {"b1": (0.7, B, B)},
+        test_ids=["0/t0.png", "0/t1.png", "1/t3.png", "1/t2.png"],
+    )
     # put the foreign trial into this experiment, as if copied over from another split
     (other / "small_cnn_s0_b1").rename(root / "small_cnn_s0_b1")
     with open(root / "results.csv", "a") as f:
@@ -44,10 +49,13 @@ def test_a_trial_on_another_split_is_left_out_by_default_and_refused_by_name(tmp
     experiment = load_experiment(root)
     trials, refused = load_trials(experiment, strict=False)
     assert [t.trial_id for t in trials] == ["c1", "a1"]
-    assert len(refused) == 1 and "trial b1: its test probabilities were made on a different " \
-                                  "split" in refused[0]
-    with pytest.raises(UserError, match="trial b1: its test probabilities were made on a "
-                                        "different split"):
+    assert (
+        len(refused) == 1
+        and "trial b1: its test probabilities were made on a different split" in refused[0]
+    )
+    with pytest.raises(
+        UserError, match="trial b1: its test probabilities were made on a different split"
+    ):
         ensemble.main([str(root), "--trials", "c1", "b1"])
     assert not (root / "ensembles.csv").exists()
 
@@ -65,21 +73,27 @@ def test_missing_probabilities_and_bad_folders_are_one_line_errors(tmp_path):
         ensemble.main([str(root), "--trials", "c1", "zz"])
 
 
-@pytest.mark.parametrize("command, args, needle", [
-    ("ensemble.py", ["{tmp}"], "no results.csv here"),
-    ("report.py", ["{tmp}"], "no results.csv here"),
-    ("export.py", ["{tmp}"], "no results.csv here"),
-    ("predict.py", ["{tmp}", "{tmp}/nothing"], "no spec.json"),
-])
+@pytest.mark.parametrize(
+    "command, args, needle",
+    [
+        ("ensemble.py", ["{tmp}"], "no results.csv here"),
+        ("report.py", ["{tmp}"], "no results.csv here"),
+        ("export.py", ["{tmp}"], "no results.csv here"),
+        ("predict.py", ["{tmp}", "{tmp}/nothing"], "no spec.json"),
+    ],
+)
 def test_each_command_ends_bad_input_in_one_line_and_exit_2(tmp_path, command, args, needle):
     import subprocess
     import sys
 
     from helpers import ROOT
 
-    result = subprocess.run([sys.executable, str(ROOT / "sweeps" / command),
-                             *[a.format(tmp=tmp_path) for a in args]],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "sweeps" / command), *[a.format(tmp=tmp_path) for a in args]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
     assert needle in result.stderr and not list(tmp_path.iterdir())

@@ -1,4 +1,5 @@
 """Statistics and ensembles on small fixed arrays, checked against hand-computed values."""
+
 import math
 
 import numpy as np
@@ -67,12 +68,18 @@ def test_macro_f1_interval_is_scipys_bca_over_sklearns_f1():
     predicted = np.where(rng.random(40) < 0.7, labels, rng.integers(0, 4, 40))
     low, high = E.macro_f1_interval(labels, predicted, 4, samples=300, seed=5)
     # the same bootstrap over a plain (not vectorised) statistic: sklearn's own macro-F1
-    plain = bootstrap((labels, predicted),
-                      lambda a, b: f1_score(a, b, average="macro", zero_division=0),
-                      paired=True, vectorized=False, n_resamples=300, method="BCa",
-                      random_state=np.random.default_rng(5))
-    assert (low, high) == pytest.approx((plain.confidence_interval.low,
-                                         plain.confidence_interval.high))
+    plain = bootstrap(
+        (labels, predicted),
+        lambda a, b: f1_score(a, b, average="macro", zero_division=0),
+        paired=True,
+        vectorized=False,
+        n_resamples=300,
+        method="BCa",
+        random_state=np.random.default_rng(5),
+    )
+    assert (low, high) == pytest.approx(
+        (plain.confidence_interval.low, plain.confidence_interval.high)
+    )
     assert low < E.macro_f1(labels, predicted, 4) < high
 
 
@@ -81,9 +88,16 @@ def test_a_perfect_classifier_gets_an_interval_not_a_point():
     probs = np.eye(3)[labels] * 0.9 + 0.1 / 3
     summary = E.test_summary(labels, probs, 3)
     low = 6 / (6 + Z * Z)  # Wilson with no errors in 6 images: 0.61
-    assert summary == pytest.approx({"acc": 1.0, "acc_low": low, "acc_high": 1.0,
-                                     "macro_f1": 1.0, "macro_f1_low": low,
-                                     "macro_f1_high": 1.0})
+    assert summary == pytest.approx(
+        {
+            "acc": 1.0,
+            "acc_low": low,
+            "acc_high": 1.0,
+            "macro_f1": 1.0,
+            "macro_f1_low": low,
+            "macro_f1_high": 1.0,
+        }
+    )
     wrong = E.test_summary(labels, np.roll(probs, 1, axis=1), 3)
     assert wrong["acc"] == 0 and wrong["acc_low"] == pytest.approx(0, abs=1e-12)
     assert wrong["macro_f1_high"] == wrong["acc_high"] == pytest.approx(Z * Z / (6 + Z * Z))
@@ -96,8 +110,11 @@ def test_per_class_report_by_hand():
     assert report["confusion"] == [[1, 1, 0], [1, 2, 0], [1, 0, 0]]
     a, b, c = report["classes"]
     assert (a["precision"], a["recall"], a["support"]) == (pytest.approx(1 / 3), 0.5, 2)
-    assert (b["precision"], b["recall"], b["f1"]) == (pytest.approx(2 / 3), pytest.approx(2 / 3),
-                                                      pytest.approx(2 / 3))
+    assert (b["precision"], b["recall"], b["f1"]) == (
+        pytest.approx(2 / 3),
+        pytest.approx(2 / 3),
+        pytest.approx(2 / 3),
+    )
     assert (c["precision"], c["recall"], c["f1"], c["class"]) == (0, 0, 0, "c")
 
 

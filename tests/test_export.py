@@ -1,6 +1,7 @@
 """Export folders rebuild exactly the trained network from the trial's record, reproduce its
 probabilities through predict.py, and refuse weights that do not fit their spec with a
 message that names the mismatch."""
+
 import csv
 import json
 import os
@@ -27,9 +28,12 @@ TORCHVISION = [n for n in MODELS if MODELS[n].family == "torchvision"]
 
 def spec_for(model="small_cnn", aux_heads=False, num_classes=3, image_size=32):
     build = create_model(model, num_classes, "false", aux_heads).build
-    return ExportSpec(build, Preprocess(image_size, image_size + 4, "bilinear", (0.5,) * 3,
-                                        (0.25,) * 3),
-                      [f"c{i}" for i in range(num_classes)], source={"trial_id": "t"})
+    return ExportSpec(
+        build,
+        Preprocess(image_size, image_size + 4, "bilinear", (0.5,) * 3, (0.25,) * 3),
+        [f"c{i}" for i in range(num_classes)],
+        source={"trial_id": "t"},
+    )
 
 
 def test_export_round_trip_and_every_runtime_agrees(tmp_path):
@@ -54,8 +58,11 @@ def test_an_export_that_does_not_reproduce_the_trial_is_refused_whole(tmp_path):
     weights = spec.build().state_dict()
     images = np.random.default_rng(0).integers(0, 255, (4, 36, 36, 3), dtype=np.uint8)
     wrong = np.full((4, 3), 1 / 3)  # not what this network gives
-    with pytest.raises(UserError, match=r"the torch runtime's probabilities differ from the "
-                                        r"trial's by .* on its test images; nothing was "):
+    with pytest.raises(
+        UserError,
+        match=r"the torch runtime's probabilities differ from the "
+        r"trial's by .* on its test images; nothing was ",
+    ):
         write_export(tmp_path / "exp", spec, weights, (images, wrong))
     assert not list(tmp_path.iterdir())
 
@@ -63,8 +70,12 @@ def test_an_export_that_does_not_reproduce_the_trial_is_refused_whole(tmp_path):
 def test_googlenet_aux_heads_mismatch_is_named(tmp_path):
     trained = spec_for("googlenet", aux_heads=True, image_size=64)
     weights = trained.build().state_dict()
-    without = replace(trained, model=replace(trained.model, aux_heads=False,
-                                             arch={**trained.model.arch, "aux_logits": False}))
+    without = replace(
+        trained,
+        model=replace(
+            trained.model, aux_heads=False, arch={**trained.model.arch, "aux_logits": False}
+        ),
+    )
     with pytest.raises(UserError, match=r"unexpected body\.aux1\..*aux_heads must be true"):
         write_export(tmp_path / "a", without, weights)
     plain = spec_for("googlenet", aux_heads=False, image_size=64)
@@ -80,8 +91,11 @@ def test_googlenet_aux_heads_mismatch_is_named(tmp_path):
 def test_vgg16_bn_weights_are_refused_by_a_vgg16_spec(tmp_path):
     bn = spec_for("vgg16_bn", image_size=32)
     vgg = replace(bn, model=replace(bn.model, model="vgg16"))
-    with pytest.raises(UserError, match=r"model=vgg16.*running_mean.*batch-norm layers that "
-                                        r"vgg16 lacks"):
+    with pytest.raises(
+        UserError,
+        match=r"model=vgg16.*running_mean.*batch-norm layers that "
+        r"vgg16 lacks",
+    ):
         write_export(tmp_path / "x", vgg, bn.build().state_dict())
 
 
@@ -102,15 +116,15 @@ def test_predict_writes_every_image_and_names_the_unreadable(tmp_path):
     images.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for i in range(5):
-        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(
-            images / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(images / f"{i}.png")
     (images / "broken.jpg").write_bytes(b"not a jpeg")
     os.mkfifo(images / "pipe.png")  # never opened: a reader would wait on it for ever
     with open(os.fsencode(str(images)) + b"/caf\xe9.png", "wb") as handle:  # not UTF-8
         handle.write((images / "0.png").read_bytes())
     out = tmp_path / "pred.csv"
-    code = predict.main([str(tmp_path / "exp"), str(tmp_path / "imgs"), "--out", str(out),
-                         "--batch-size", "2"])
+    code = predict.main(
+        [str(tmp_path / "exp"), str(tmp_path / "imgs"), "--out", str(out), "--batch-size", "2"]
+    )
     assert code == 1  # some images could not be read; the rest are in the table
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
     assert len(rows) == 8 and rows[0]["path"] == "sub/0.png"
@@ -125,15 +139,24 @@ def test_predict_writes_every_image_and_names_the_unreadable(tmp_path):
     assert [r["predicted"] for r in good] == [f"c{i}" for i in probs.argmax(1)]
     # the torch.export program and the ONNX model give the same table
     for runtime in ("export", "onnx"):
-        predict.main([str(tmp_path / "exp"), str(tmp_path / "imgs"), "--out",
-                      str(tmp_path / f"{runtime}.csv"), "--runtime", runtime])
-        other = [r for r in csv.DictReader((tmp_path / f"{runtime}.csv").open())
-                 if not r["error"]]
-        assert np.allclose([[float(r[f"p_c{k}"]) for k in range(3)] for r in other], probs,
-                           atol=1e-5), runtime
+        predict.main(
+            [
+                str(tmp_path / "exp"),
+                str(tmp_path / "imgs"),
+                "--out",
+                str(tmp_path / f"{runtime}.csv"),
+                "--runtime",
+                runtime,
+            ]
+        )
+        other = [r for r in csv.DictReader((tmp_path / f"{runtime}.csv").open()) if not r["error"]]
+        assert np.allclose(
+            [[float(r[f"p_c{k}"]) for k in range(3)] for r in other], probs, atol=1e-5
+        ), runtime
 
 
 # ---------------------------------------------------------------- a trial, reproduced
+
 
 def seed_torch_home(torch_home, name: str) -> None:
     """Put a randomly initialised file where torchvision looks for ``name``'s default
@@ -162,19 +185,32 @@ def exported_probabilities(fitted, tmp_path, handle) -> tuple[np.ndarray, np.nda
     checkpoint.save(saved, fitted.state, fitted.trial.record)
     spec = ExportSpec.from_record(checkpoint.read_record(saved), source={"trial_id": "t"})
     predictions = fitted.state["fit"].predictions
-    images = np.stack([decode_image(Path(handle.root) / p, spec.load_size, spec.interpolation)
-                       for p in predictions["test_ids"]])
+    images = np.stack(
+        [
+            decode_image(Path(handle.root) / p, spec.load_size, spec.interpolation)
+            for p in predictions["test_ids"]
+        ]
+    )
     # every runtime checked against the trial's own test probabilities at export
-    differences = write_export(tmp_path / "export", spec, checkpoint.read_best_weights(saved),
-                               (images, predictions["test_probs"]))
+    differences = write_export(
+        tmp_path / "export",
+        spec,
+        checkpoint.read_best_weights(saved),
+        (images, predictions["test_probs"]),
+    )
     assert max(differences.values()) < 1e-4, differences
     out = tmp_path / "pred.csv"
-    assert predict.main([str(tmp_path / "export"), handle.root, "--out", str(out),
-                         "--runtime", "onnx"]) == 0
+    assert (
+        predict.main(
+            [str(tmp_path / "export"), handle.root, "--out", str(out), "--runtime", "onnx"]
+        )
+        == 0
+    )
     rows = {r["path"]: r for r in csv.DictReader(out.open())}
     names = fitted.trial.record.class_names
-    predicted = np.array([[float(rows[path][f"p_{c}"]) for c in names]
-                          for path in predictions["test_ids"]])
+    predicted = np.array(
+        [[float(rows[path][f"p_{c}"]) for c in names] for path in predictions["test_ids"]]
+    )
     return predictions["test_probs"], predicted
 
 
@@ -183,30 +219,46 @@ def exported_probabilities(fitted, tmp_path, handle) -> tuple[np.ndarray, np.nda
 # study uses (MobileNetV2): the others load the same way (test_models checks each load)
 CASES = [(model, False, False) for model in TORCHVISION]
 CASES += [("mobilenet_v2", False, True)]
-CASES += [("googlenet", True, False), ("googlenet", True, True), ("small_cnn", False, False),
-          ("timm/resnet10t", False, False)]
+CASES += [
+    ("googlenet", True, False),
+    ("googlenet", True, True),
+    ("small_cnn", False, False),
+    ("timm/resnet10t", False, False),
+]
 
 
 @pytest.mark.parametrize("model, aux, pretrained", CASES)
-def test_export_and_predict_reproduce_the_trials_probabilities(model, aux, pretrained,
-                                                               colour_handle, tmp_path,
-                                                               monkeypatch, offline_hub):
+def test_export_and_predict_reproduce_the_trials_probabilities(
+    model, aux, pretrained, colour_handle, tmp_path, monkeypatch, offline_hub
+):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     if pretrained:
         seed_torch_home(tmp_path / "torch", model)
-    fitted = fit_trial(colour_handle, {  # plain SGD: no optimizer state to save for VGG16
-        "model": model, "strategy": "finetuned" if aux else "base", "max_epochs": 1,
-        "batch_size": 32, "optimizer": "sgd", "momentum": 0.0, "lr": 1e-3,
-        "pretrained": "true" if pretrained else "false"})
+    fitted = fit_trial(
+        colour_handle,
+        {  # plain SGD: no optimizer state to save for VGG16
+            "model": model,
+            "strategy": "finetuned" if aux else "base",
+            "max_epochs": 1,
+            "batch_size": 32,
+            "optimizer": "sgd",
+            "momentum": 0.0,
+            "lr": 1e-3,
+            "pretrained": "true" if pretrained else "false",
+        },
+    )
     assert fitted.trial.record.model.pretrained is pretrained
     if model == "googlenet":  # what torchvision switches on with weights is recorded
         assert fitted.trial.record.model.arch["transform_input"] is pretrained
     trial_probs, predicted = exported_probabilities(fitted, tmp_path, colour_handle)
     assert np.abs(trial_probs - predicted).max() < 1e-4
     if pretrained:  # the README's models, through the REST service too
-        served = _served_probabilities(tmp_path / "export", colour_handle,
-                                       fitted.state["fit"].predictions["test_ids"],
-                                       fitted.trial.record.class_names)
+        served = _served_probabilities(
+            tmp_path / "export",
+            colour_handle,
+            fitted.state["fit"].predictions["test_ids"],
+            fitted.trial.record.class_names,
+        )
         assert np.abs(trial_probs - served).max() < 1e-4
 
 
@@ -221,9 +273,11 @@ def _served_probabilities(export: Path, handle, paths, names) -> np.ndarray:
     port = free_port()
     log = export.parent / "serve.log"
     with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, str(ROOT / "sweeps" / "serve.py"),
-                                   str(export), "--port", str(port)],
-                                  stdout=out, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [sys.executable, str(ROOT / "sweeps" / "serve.py"), str(export), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_for_port(server, port, log)
         files = [("images", str(p), (Path(handle.root) / p).read_bytes()) for p in paths]

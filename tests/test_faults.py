@@ -2,6 +2,7 @@
 killed with SIGKILL, stopped (SIGSTOP), killed for memory in a real memory cgroup, handed to
 the next trial too early, or failing to start. Each ends as the README promises: retried, or
 tabled with its reason, and the sweep goes on."""
+
 import os
 import time
 from pathlib import Path
@@ -23,9 +24,22 @@ def images(tmp_path_factory) -> Path:
 def test_a_killed_trial_worker_is_retried_from_its_checkpoint(images, tmp_path, monkeypatch):
     """With a checkpoint every epoch, the retry goes on exactly after the lost epoch."""
     with_fault(monkeypatch, "kill_worker_at_epoch=3")
-    result = run_cli([*SLOW_TRIAL, "--data", str(images), "--max-epochs", "6",
-                      "--set", "checkpoint_budget=0", "--storage", str(tmp_path / "runs"),
-                      "--name", "kill"], cwd=tmp_path)
+    result = run_cli(
+        [
+            *SLOW_TRIAL,
+            "--data",
+            str(images),
+            "--max-epochs",
+            "6",
+            "--set",
+            "checkpoint_budget=0",
+            "--storage",
+            str(tmp_path / "runs"),
+            "--name",
+            "kill",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     experiment = tmp_path / "runs" / "kill"
     row = pd.read_csv(experiment / "results.csv").iloc[0]
@@ -37,14 +51,24 @@ def test_a_killed_trial_worker_is_retried_from_its_checkpoint(images, tmp_path, 
     assert pids[:3] == [pids[0]] * 3 and pids[3:] == [pids[3]] * 3 and pids[0] != pids[3]
 
 
-def test_a_stalled_trial_is_warned_about_then_stopped_and_tabled(images, tmp_path,
-                                                                  monkeypatch):
+def test_a_stalled_trial_is_warned_about_then_stopped_and_tabled(images, tmp_path, monkeypatch):
     """A worker that stops (SIGSTOP, as a stuck read or a deadlocked GPU would leave it) after
     epoch 1: the driver warns, stops it after --stall-timeout, and tables it as stalled. (With
     retries left, Tune retries it from its checkpoint, as a lost worker: see the test above.)"""
     with_fault(monkeypatch, "stall_worker_at_epoch=1")
-    common = [*SLOW_TRIAL, "--data", str(images), "--max-epochs", "2", "--stall-timeout", "12",
-              "--set", "checkpoint_budget=0", "--storage", str(tmp_path / "runs")]
+    common = [
+        *SLOW_TRIAL,
+        "--data",
+        str(images),
+        "--max-epochs",
+        "2",
+        "--stall-timeout",
+        "12",
+        "--set",
+        "checkpoint_budget=0",
+        "--storage",
+        str(tmp_path / "runs"),
+    ]
     result = run_cli([*common, "--max-failures", "0", "--name", "stall"], cwd=tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]  # a failed trial: exit 1
     warned = [line for line in result.stderr.splitlines() if "has reported nothing" in line]
@@ -68,8 +92,14 @@ def test_a_trial_tune_marks_error_without_an_error_event_is_tabled_as_error(tmp_
     recorder = TrialRecorder(lambda config: "v", store, [], sinks=[], scheduler_stop="asha")
     error = tmp_path / "error.txt"
     error.write_text("Traceback (most recent call last):\nRuntimeError: the actor did not start\n")
-    trial = SimpleNamespace(trial_id="t1", config={}, local_path=tmp_path / "t1",
-                            checkpoint=None, status="ERROR", error_file=str(error))
+    trial = SimpleNamespace(
+        trial_id="t1",
+        config={},
+        local_path=tmp_path / "t1",
+        checkpoint=None,
+        status="ERROR",
+        error_file=str(error),
+    )
     recorder.on_experiment_end([trial])
     row = pd.read_csv(tmp_path / "x" / "results.csv").iloc[0]
     assert (row["status"], row["stop_reason"]) == ("ERROR", "error")
@@ -82,9 +112,25 @@ def test_a_failed_reuse_of_a_worker_does_not_hang_the_sweep(images, tmp_path, mo
     telling anyone, and with --max-concurrent 1 it would wait for a free slot forever: the
     sweep must end, every trial tabled, the failed one with the reason."""
     monkeypatch.setenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", "0")
-    result = run_cli([*SLOW_TRIAL, "--data", str(images), "--max-epochs", "1",
-                      "--num-samples", "3", "--max-concurrent", "1", "--storage",
-                      str(tmp_path / "runs"), "--name", "reuse"], cwd=tmp_path, timeout=240)
+    result = run_cli(
+        [
+            *SLOW_TRIAL,
+            "--data",
+            str(images),
+            "--max-epochs",
+            "1",
+            "--num-samples",
+            "3",
+            "--max-concurrent",
+            "1",
+            "--storage",
+            str(tmp_path / "runs"),
+            "--name",
+            "reuse",
+        ],
+        cwd=tmp_path,
+        timeout=240,
+    )
     assert result.returncode == 1, result.stderr[-3000:]  # failed trials, not a hang
     table = pd.read_csv(tmp_path / "runs" / "reuse" / "results.csv")
     assert len(table) == 3 and sorted(table["seed"]) == [0, 1, 2]
@@ -120,14 +166,30 @@ def test_a_trial_the_kernel_kills_for_memory_is_tabled_as_oom(images, tmp_path, 
     if group is None:
         pytest.skip("needs a writable cgroup v1 memory hierarchy (root)")
     with_fault(monkeypatch, "hog_memory_at_epoch=1")
-    command = [sys.executable, str(ROOT / "sweeps" / "run.py"), *SLOW_TRIAL, "--data",
-               str(images), "--max-epochs", "2", "--max-failures", "0", "--storage",
-               str(tmp_path / "runs"), "--name", "oom"]
+    command = [
+        sys.executable,
+        str(ROOT / "sweeps" / "run.py"),
+        *SLOW_TRIAL,
+        "--data",
+        str(images),
+        "--max-epochs",
+        "2",
+        "--max-failures",
+        "0",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        "oom",
+    ]
     try:
-        done = subprocess.run(["bash", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"',
-                               "bash", *command], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=300,
-                              env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        done = subprocess.run(
+            ["bash", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "bash", *command],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=dict(os.environ, PYTHONWARNINGS="ignore"),
+        )
     finally:
         for _ in range(120):  # the local Ray's processes leave it within seconds
             if not (group / "cgroup.procs").read_text().strip():

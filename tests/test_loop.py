@@ -1,5 +1,6 @@
 """The training loop, through trials built as every trial is (``build_trial``) on real image
 files: learning, the best checkpoint, early stopping, divergence, out of memory, resume."""
+
 import math
 
 import numpy as np
@@ -42,9 +43,16 @@ def test_best_checkpoint_is_the_lowest_val_loss(colour_handle):
 
 def test_early_stopping_ends_a_trial_that_stops_improving(colour_handle):
     # a learning rate too small to move the loss by min_delta: patience runs out
-    reports = fit_trial(colour_handle, {"max_epochs": 20, "lr": 1e-9, "early_stop_patience": 2,
-                                        "early_stop_min_delta": 0.01,
-                                        "chance_epochs": 0}).reports
+    reports = fit_trial(
+        colour_handle,
+        {
+            "max_epochs": 20,
+            "lr": 1e-9,
+            "early_stop_patience": 2,
+            "early_stop_min_delta": 0.01,
+            "chance_epochs": 0,
+        },
+    ).reports
     assert reports[-1][M.STOP_REASON] == M.EARLY_STOPPING
     assert len(reports) == 3  # epoch 1 sets the best, epochs 2 and 3 fail to beat it
 
@@ -132,8 +140,9 @@ def test_shuffle_sampler_draws_every_image_once_per_epoch_in_a_seeded_order():
 
     data = tiny_trial_data(n=12)
     cfg = TrialConfig.from_dict({"sampler": "shuffle"})
-    orders = [list(train_sampler(cfg, data, torch.Generator().manual_seed(seed)))
-              for seed in (0, 0, 1)]
+    orders = [
+        list(train_sampler(cfg, data, torch.Generator().manual_seed(seed))) for seed in (0, 0, 1)
+    ]
     assert sorted(orders[0]) == list(range(12))  # each image exactly once
     assert orders[0] == orders[1]  # the seed fixes the order ...
     assert orders[0] != orders[2] and orders[0] != list(range(12))  # ... and it is shuffled
@@ -141,37 +150,50 @@ def test_shuffle_sampler_draws_every_image_once_per_epoch_in_a_seeded_order():
 
 def test_a_trial_that_never_leaves_chance_is_stopped_and_marked(colour_handle):
     # a learning rate too small to learn anything: validation accuracy stays at chance
-    reports = fit_trial(colour_handle, {"max_epochs": 20, "lr": 1e-12,
-                                        "early_stop_patience": 0, "chance_epochs": 3}).reports
+    reports = fit_trial(
+        colour_handle, {"max_epochs": 20, "lr": 1e-12, "early_stop_patience": 0, "chance_epochs": 3}
+    ).reports
     assert [r[M.EPOCH] for r in reports] == [1, 2, 3]
     assert reports[-1][M.STOP_REASON] == M.STUCK_AT_CHANCE
     assert reports[-1][M.BEST_VAL_ACC] <= 1 / 3 + 0.03
 
 
 def test_a_learning_trial_is_not_called_stuck(colour_handle):
-    reports = fit_trial(colour_handle, {"max_epochs": 5, "early_stop_patience": 0,
-                                        "chance_epochs": 2}).reports
+    reports = fit_trial(
+        colour_handle, {"max_epochs": 5, "early_stop_patience": 0, "chance_epochs": 2}
+    ).reports
     assert reports[-1][M.STOP_REASON] == M.COMPLETED
 
 
 def test_a_learning_rate_that_diverges_ends_the_trial_as_diverged(colour_handle):
-    reports = fit_trial(colour_handle, {"max_epochs": 20, "optimizer": "sgd", "lr": 10.0,
-                                        "momentum": 0.9, "early_stop_patience": 0,
-                                        "chance_epochs": 0}).reports
+    reports = fit_trial(
+        colour_handle,
+        {
+            "max_epochs": 20,
+            "optimizer": "sgd",
+            "lr": 10.0,
+            "momentum": 0.9,
+            "early_stop_patience": 0,
+            "chance_epochs": 0,
+        },
+    ).reports
     assert reports[-1][M.STOP_REASON] == M.DIVERGED
     assert len(reports) < 20
 
 
 def test_test_metrics_carry_their_bootstrap_interval(colour_handle):
     from trainables.stats import evaluation as E
+
     fitted = fit_trial(colour_handle, {"max_epochs": 3, "early_stop_patience": 0})
     last = fitted.last
     p = fitted.state["fit"].predictions
     predicted = p["test_probs"].argmax(1)
     assert (last[M.TEST_ACC_LOW], last[M.TEST_ACC_HIGH]) == E.accuracy_interval(
-        p["test_labels"], predicted)
+        p["test_labels"], predicted
+    )
     assert (last[M.TEST_MACRO_F1_LOW], last[M.TEST_MACRO_F1_HIGH]) == E.macro_f1_interval(
-        p["test_labels"], predicted, 3)
+        p["test_labels"], predicted, 3
+    )
     assert last[M.TEST_ACC_LOW] <= last[M.TEST_ACC] <= last[M.TEST_ACC_HIGH]
     assert M.TEST_ACC_TTA not in last  # tta is off by default
 
@@ -241,7 +263,9 @@ def test_a_last_training_batch_of_one_image_does_not_fail_batchnorm(colour_handl
     32 px (1x1 feature maps at the end) cannot train on a batch of one, so that image sits
     the epoch out instead of failing the trial."""
     train = int(np.sum(np.asarray(colour_handle.splits) == "train"))
-    fitted = fit_trial(colour_handle, {"model": "resnet18", "max_epochs": 2,
-                                       "batch_size": train - 1, "early_stop_patience": 0})
+    fitted = fit_trial(
+        colour_handle,
+        {"model": "resnet18", "max_epochs": 2, "batch_size": train - 1, "early_stop_patience": 0},
+    )
     assert train % (train - 1) == 1
     assert fitted.last[M.EPOCH] == 2 and np.isfinite(fitted.last[M.TRAIN_LOSS])

@@ -72,13 +72,17 @@ def _seed_torch_home(torch_home, name: str, **kwargs) -> dict:
     return seeded
 
 
-@pytest.mark.parametrize("name, aux, first_key, kwargs", [
-    ("resnet18", False, "conv1.weight", {}),
-    ("googlenet", False, "conv1.conv.weight", {"aux_logits": True, "init_weights": True}),
-    ("googlenet", True, "aux1.conv.conv.weight", {"aux_logits": True, "init_weights": True}),
-])
-def test_pretrained_weights_load_from_the_torch_home_cache(tmp_path, monkeypatch, offline_hub,
-                                                           name, aux, first_key, kwargs):
+@pytest.mark.parametrize(
+    "name, aux, first_key, kwargs",
+    [
+        ("resnet18", False, "conv1.weight", {}),
+        ("googlenet", False, "conv1.conv.weight", {"aux_logits": True, "init_weights": True}),
+        ("googlenet", True, "aux1.conv.conv.weight", {"aux_logits": True, "init_weights": True}),
+    ],
+)
+def test_pretrained_weights_load_from_the_torch_home_cache(
+    tmp_path, monkeypatch, offline_hub, name, aux, first_key, kwargs
+):
     """An offline machine pre-seeded with weights (TORCH_HOME) loads them, no network."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     seeded = _seed_torch_home(tmp_path, name, **kwargs)

@@ -1,5 +1,6 @@
 """Data as it really comes: every common image kind, odd paths, copies across splits,
 imbalance. All images are real files written with Pillow and read by the real loader."""
+
 import io
 import json
 import re
@@ -15,8 +16,11 @@ from trainables import data as D
 
 # folder and class names as they come from phones and shared drives
 ODD_ROOT = "[Team] project 2/Split_Data(8:1:1)"
-CLASSES = {"잎마름병 (blight)": (200, 40, 40), "정상: healthy": (40, 180, 60),
-           "Ölflecken [spots]": (40, 60, 200)}
+CLASSES = {
+    "잎마름병 (blight)": (200, 40, 40),
+    "정상: healthy": (40, 180, 60),
+    "Ölflecken [spots]": (40, 60, 200),
+}
 
 
 def _solid(colour, size=(48, 36)) -> Image.Image:
@@ -79,8 +83,9 @@ def test_every_kind_of_image_decodes_with_its_colour(tmp_path):
     handle, report = D.prepare(source, 32, tmp_path / "cache", progress=False)
     assert report["images_found"] == 3 * 14 + 1
     assert report["images_used"] == 3 * 14
-    assert [s["path"] for items in report["skipped"].values() for s in items] == \
-        [f"{next(iter(CLASSES))}/cut_off.jpg"]
+    assert [s["path"] for items in report["skipped"].values() for s in items] == [
+        f"{next(iter(CLASSES))}/cut_off.jpg"
+    ]
     images = handle.images(32)
     for row, label in zip(handle.rows, handle.labels):
         pixel = images[row].reshape(-1, 3).mean(0)
@@ -128,10 +133,14 @@ def test_copies_in_an_unsplit_folder_stay_in_one_split(tmp_path):
     for i in range(5):  # five copies of one image: a random split would scatter them
         shutil.copy(root / "red" / "img_000.JPG", root / "red" / f"copy_{i}.JPG")
     for seed in range(3):
-        handle, report = D.prepare(D.discover(root), 16, tmp_path / "cache", progress=False,
-                                   split_seed=seed)
-        copies = [s for r, s in zip(handle.rows, handle.splits)
-                  if handle.files[r].startswith(("red/copy_", "red/img_000"))]
+        handle, report = D.prepare(
+            D.discover(root), 16, tmp_path / "cache", progress=False, split_seed=seed
+        )
+        copies = [
+            s
+            for r, s in zip(handle.rows, handle.splits)
+            if handle.files[r].startswith(("red/copy_", "red/img_000"))
+        ]
         assert len(copies) == 6 and len(set(copies)) == 1
         assert report["leakage"] == [] and report["duplicate_images"] == 5
 
@@ -156,14 +165,22 @@ DECODING = {  # file -> (how it is written, the mean grey it must decode to, or 
     "16-bit ramp to 256 of 65535": (lambda p: _ramp_png16(p, 256), 0.5),
     "16-bit ramp to 255 of 65535": (lambda p: _ramp_png16(p, 255), 0.5),
     "16-bit full ramp": (lambda p: _ramp_png16(p, 65535), 127.5),
-    "16-bit mid grey": (lambda p: Image.fromarray(np.full((40, 40), 32896, np.uint16)).save(p),
-                        128.0),
-    "float TIFF in [0, 1]": (lambda p: Image.fromarray(np.full((40, 40), 0.5, np.float32))
-                             .save(p.with_suffix(".tif")), 127.5),
-    "float TIFF beyond 1": (lambda p: Image.fromarray(np.full((40, 40), 300.0, np.float32))
-                            .save(p.with_suffix(".tif")), "outside [0, 1]"),
-    "32-bit integer TIFF": (lambda p: Image.fromarray(np.full((40, 40), 7, np.int32), "I")
-                            .save(p.with_suffix(".tif")), "32-bit integers"),
+    "16-bit mid grey": (
+        lambda p: Image.fromarray(np.full((40, 40), 32896, np.uint16)).save(p),
+        128.0,
+    ),
+    "float TIFF in [0, 1]": (
+        lambda p: Image.fromarray(np.full((40, 40), 0.5, np.float32)).save(p.with_suffix(".tif")),
+        127.5,
+    ),
+    "float TIFF beyond 1": (
+        lambda p: Image.fromarray(np.full((40, 40), 300.0, np.float32)).save(p.with_suffix(".tif")),
+        "outside [0, 1]",
+    ),
+    "32-bit integer TIFF": (
+        lambda p: Image.fromarray(np.full((40, 40), 7, np.int32), "I").save(p.with_suffix(".tif")),
+        "32-bit integers",
+    ),
     # extreme shapes: the centre square of a strip, never the strip resized whole
     "1 x 60000 strip": (lambda p: Image.fromarray(_strip()).save(p), 200.0),
     "60000 x 1 strip": (lambda p: Image.fromarray(_strip().T.copy()).save(p), 200.0),
@@ -202,12 +219,18 @@ def test_a_strip_image_decodes_in_little_memory(tmp_path):
     from helpers import ROOT
 
     Image.fromarray(_strip()).save(tmp_path / "strip.png")
-    probe = ("import resource, sys; sys.path.insert(0, sys.argv[1]);"
-             "from trainables.data.decode import decode_image;"
-             "start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-             "decode_image(sys.argv[2], 64);"
-             "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start) // 1024)")
-    done = subprocess.run([sys.executable, "-c", probe, str(ROOT), str(tmp_path / "strip.png")],
-                          capture_output=True, text=True, timeout=120)
+    probe = (
+        "import resource, sys; sys.path.insert(0, sys.argv[1]);"
+        "from trainables.data.decode import decode_image;"
+        "start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+        "decode_image(sys.argv[2], 64);"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start) // 1024)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(ROOT), str(tmp_path / "strip.png")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert int(done.stdout.split()[-1]) < 50  # MB above the process's peak before decoding

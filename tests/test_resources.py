@@ -1,4 +1,5 @@
 """Per-trial resource requests, against the nodes a cluster reports."""
+
 import pytest
 
 from sweeps.driver.cluster import resources
@@ -20,14 +21,14 @@ def test_a_mixed_sweep_asks_for_the_largest_share_and_the_user_wins():
     assert small and large  # both kinds exist, so the rule below is exercised
     assert resources(None, None, GPU_NODE, (small[0], large[0]))["gpu"] == 1.0
     assert resources(None, None, GPU_NODE, tuple(small))["gpu"] == max(
-        MODELS[n].gpu_share for n in small)
+        MODELS[n].gpu_share for n in small
+    )
     assert resources(None, 0.25, GPU_NODE, (large[0],))["gpu"] == 0.25
     assert resources(None, None, GPU_NODE, ())["gpu"] == 1.0
 
 
 def test_no_gpu_means_cpu_trials_and_an_impossible_request_is_an_error():
-    assert resources(None, None, CPU_NODE, ("resnet18",), concurrent=4) == {"cpu": 1.0,
-                                                                             "gpu": 0.0}
+    assert resources(None, None, CPU_NODE, ("resnet18",), concurrent=4) == {"cpu": 1.0, "gpu": 0.0}
     with pytest.raises(UserError, match="fits on no node.*largest has 2 CPUs, 0 GPUs"):
         resources(None, 1.0, CPU_NODE, ("resnet18",))
     with pytest.raises(UserError, match="--cpus-per-trial 4"):

@@ -1,6 +1,7 @@
 """Nothing runs that a file smuggles in: every file the tool loads is read without executing
 code. Each case plants a pickle whose loading would create a marker file, and checks that
 loading it is refused in one line and the marker never appears."""
+
 from __future__ import annotations
 
 import os
@@ -32,11 +33,13 @@ def _plant(path: Path, marker: Path) -> None:
 
 def _checkpoint_state(folder: Path):
     from trainables.trial import checkpoint
+
     return checkpoint.load(folder)
 
 
 def _checkpoint_weights(folder: Path):
     from trainables.trial import checkpoint
+
     return checkpoint.read_best_weights(folder)
 
 
@@ -54,6 +57,7 @@ def _cached_torchvision_weights(folder: Path):
 
 def _added_weights(folder: Path):
     from trainables.model import weights as W
+
     return W.add(folder / "downloaded.pth", "mobilenet_v2")
 
 
@@ -62,9 +66,12 @@ def _export_folder(folder: Path) -> None:
     from trainables.model.factory import create_model
     from trainables.model.record import Preprocess
 
-    spec = ExportSpec(create_model("small_cnn", 2, "false").build,
-                      Preprocess(32, 36, "bilinear", (0.5,) * 3, (0.25,) * 3), ["a", "b"],
-                      {"trial_id": "t"})
+    spec = ExportSpec(
+        create_model("small_cnn", 2, "false").build,
+        Preprocess(32, 36, "bilinear", (0.5,) * 3, (0.25,) * 3),
+        ["a", "b"],
+        {"trial_id": "t"},
+    )
     write_export(folder, spec, spec.build().state_dict())
 
 
@@ -72,8 +79,11 @@ CASES = {  # what is loaded: (where the crafted file goes, the load, the one lin
     "checkpoint state.pt (--resume)": ("state.pt", _checkpoint_state, "refusing to load"),
     "checkpoint best_model.pt": ("best_model.pt", _checkpoint_weights, "cannot be read"),
     "export weights.pt": ("weights.pt", _export_weights, "cannot be read"),
-    "a cached torchvision file": ("torch/hub/checkpoints/mobilenet_v2-b0353104.pth",
-                                  _cached_torchvision_weights, "not a plain weights file"),
+    "a cached torchvision file": (
+        "torch/hub/checkpoints/mobilenet_v2-b0353104.pth",
+        _cached_torchvision_weights,
+        "not a plain weights file",
+    ),
     "weights add": ("downloaded.pth", _added_weights, "not a readable weights"),
 }
 
@@ -101,6 +111,7 @@ def test_a_crafted_pickle_is_refused_and_runs_nothing(case, tmp_path, monkeypatc
 def test_a_real_checkpoint_still_loads_with_the_data_only_unpickler(colour_handle, tmp_path):
     from tests_support import fit_trial
     from trainables.trial import checkpoint
+
     fit_trial(colour_handle, {"max_epochs": 1}, checkpoints=tmp_path / "ck")
     state = checkpoint.load(sorted((tmp_path / "ck").iterdir())[-1])
     assert state["fit"].epoch == 1
@@ -108,6 +119,7 @@ def test_a_real_checkpoint_still_loads_with_the_data_only_unpickler(colour_handl
 
 def test_predictions_with_pickled_objects_are_refused(tmp_path):
     from trainables.trial import checkpoint
+
     marker = tmp_path / "code-ran"
     np.savez(tmp_path / "predictions.npz", test_probs=np.array([_Payload(marker)], dtype=object))
     with pytest.raises(UserError, match="cannot be read"):
@@ -142,13 +154,19 @@ SPEC_CASES = {  # an export's spec.json edited by someone: (the change, the one 
     "zero std": (lambda raw: raw["preprocess"].update(std=[0.0, 0.2, 0.2]), "std above 0"),
     "empty mean": (lambda raw: raw["preprocess"].update(mean=[]), "3 values each"),
     "NaN mean": (lambda raw: raw["preprocess"].update(mean=[float("nan")] * 3), "finite"),
-    "unknown interpolation": (lambda raw: raw["preprocess"].update(interpolation="lanczos9"),
-                              "unknown interpolation 'lanczos9'"),
-    "unknown architecture": (lambda raw: raw["model"].update(model="resnet19"),
-                             "unknown model 'resnet19'"),
+    "unknown interpolation": (
+        lambda raw: raw["preprocess"].update(interpolation="lanczos9"),
+        "unknown interpolation 'lanczos9'",
+    ),
+    "unknown architecture": (
+        lambda raw: raw["model"].update(model="resnet19"),
+        "unknown model 'resnet19'",
+    ),
     "image size 0": (lambda raw: raw["preprocess"].update(image_size=0), "image_size 0"),
-    "one class": (lambda raw: (raw["model"].update(num_classes=1),
-                               raw.update(class_names=["a"])), "at least 2"),
+    "one class": (
+        lambda raw: (raw["model"].update(num_classes=1), raw.update(class_names=["a"])),
+        "at least 2",
+    ),
 }
 
 
@@ -170,8 +188,12 @@ def test_an_edited_export_spec_is_refused_in_one_line(case, tmp_path):
     assert "\n" not in message and words in message and "spec.json" in message, message
 
 
-ODD_CLASSES = {"=SUM(1+1)": (200, 40, 40), "@at": (40, 180, 60), "$\\bogus$": (40, 60, 200),
-               "007": (200, 200, 40)}
+ODD_CLASSES = {
+    "=SUM(1+1)": (200, 40, 40),
+    "@at": (40, 180, 60),
+    "$\\bogus$": (40, 60, 200),
+    "007": (200, 200, 40),
+}
 
 
 def test_names_a_spreadsheet_would_run_or_parse_are_kept_as_text(tmp_path, ray_address):
@@ -193,10 +215,27 @@ def test_names_a_spreadsheet_would_run_or_parse_are_kept_as_text(tmp_path, ray_a
             pixels = np_.clip(np_.array(colour) + rng.normal(0, 25, (20, 24, 3)), 0, 255)
             (tmp_path / "imgs" / name).mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels.astype(np_.uint8)).save(tmp_path / "imgs" / name / f"{i}.png")
-    done = run_cli(["--space", "single", "--set", "model=small_cnn", "--set", "image_size=32",
-                    "--data", str(tmp_path / "imgs"), "--max-epochs", "2", "--storage",
-                    str(tmp_path / "runs"), "--name", "odd", "--address", ray_address],
-                   cwd=tmp_path)
+    done = run_cli(
+        [
+            "--space",
+            "single",
+            "--set",
+            "model=small_cnn",
+            "--set",
+            "image_size=32",
+            "--data",
+            str(tmp_path / "imgs"),
+            "--max-epochs",
+            "2",
+            "--storage",
+            str(tmp_path / "runs"),
+            "--name",
+            "odd",
+            "--address",
+            ray_address,
+        ],
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     experiment = tmp_path / "runs" / "odd"
 
@@ -228,17 +267,39 @@ def test_joining_a_cluster_without_its_token_is_one_line(tmp_path, ray_address):
 
     data = make_image_folder(tmp_path / "imgs", per_class=10)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-    env.update(PYTHONWARNINGS="ignore", HOME=str(tmp_path),  # no ~/.ray/auth_token either
-               RAY_gcs_server_port_wait_time_s="3")  # Ray's retries, shortened
-    done = subprocess.run([sys.executable, str(ROOT / "sweeps" / "run.py"), "--space", "single",
-                           "--set", "model=small_cnn", "--set", "image_size=32", "--data",
-                           str(data), "--storage", str(tmp_path / "runs"), "--address",
-                           ray_address], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120)
+    env.update(
+        PYTHONWARNINGS="ignore",
+        HOME=str(tmp_path),  # no ~/.ray/auth_token either
+        RAY_gcs_server_port_wait_time_s="3",
+    )  # Ray's retries, shortened
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "sweeps" / "run.py"),
+            "--space",
+            "single",
+            "--set",
+            "model=small_cnn",
+            "--set",
+            "image_size=32",
+            "--data",
+            str(data),
+            "--storage",
+            str(tmp_path / "runs"),
+            "--address",
+            ray_address,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert lines[-1].startswith(f"error: --address {ray_address}: the cluster refused this "
-                                "driver"), done.stderr[-2000:]
+    assert lines[-1].startswith(
+        f"error: --address {ray_address}: the cluster refused this driver"
+    ), done.stderr[-2000:]
     assert "RAY_AUTH_TOKEN" in lines[-1]
     assert not [line for line in lines if "InvalidAuthToken" in line]  # Ray's retries held back
     assert not (tmp_path / "runs").exists()

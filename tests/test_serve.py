@@ -1,6 +1,7 @@
 """The REST service, started for real on loopback and spoken to with a real HTTP client:
 its predictions are predict.py's, and every bad upload gets a 4xx with a one-line JSON
 error while the server goes on."""
+
 from __future__ import annotations
 
 import io
@@ -45,19 +46,36 @@ def service(tmp_path_factory):
     import torch
 
     torch.manual_seed(0)
-    spec = ExportSpec(create_model("small_cnn", 3, "false").build,
-                      Preprocess(32, 36, "bilinear", (0.5,) * 3, (0.25,) * 3),
-                      ["=cell", "b", "c"], {"trial_id": "t", "test_acc": 0.5},
-                      {"temperature": 1.7, "scores": sorted(np.linspace(0.05, 0.95, 40)),
-                       "class_scores": CLASS_SCORES})
+    spec = ExportSpec(
+        create_model("small_cnn", 3, "false").build,
+        Preprocess(32, 36, "bilinear", (0.5,) * 3, (0.25,) * 3),
+        ["=cell", "b", "c"],
+        {"trial_id": "t", "test_acc": 0.5},
+        {
+            "temperature": 1.7,
+            "scores": sorted(np.linspace(0.05, 0.95, 40)),
+            "class_scores": CLASS_SCORES,
+        },
+    )
     write_export(base / "export", spec, spec.build().state_dict())
     port = free_port()
     log = base / "server.log"
     with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, str(ROOT / "sweeps" / "serve.py"),
-                                   str(base / "export"), "--port", str(port), "--max-bytes",
-                                   "200000", "--max-pixels", "250000"],
-                                  stdout=out, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "sweeps" / "serve.py"),
+                str(base / "export"),
+                "--port",
+                str(port),
+                "--max-bytes",
+                "200000",
+                "--max-pixels",
+                "250000",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_for_port(server, port, log)
         yield f"http://127.0.0.1:{port}", base
@@ -107,13 +125,22 @@ BAD = {  # what is sent: (files, expected status, words of the one-line error)
     "not an image": ([("images", "notes.png", b"these are notes")], 415, "not an image"),
     "truncated image": ([("images", "cut.png", _png()[:120])], 400, "cannot be decoded"),
     "empty file": ([("images", "empty.png", b"")], 400, "empty file"),
-    "too many bytes": ([("images", "big.png", _png((300, 300)) + b"\0" * 200_000)], 413,
-                       "over the limit of 200000"),
-    "too many pixels": ([("images", "wide.png", _solid_png((600, 500)))], 413,
-                        "600x500 pixels, over the limit"),
+    "too many bytes": (
+        [("images", "big.png", _png((300, 300)) + b"\0" * 200_000)],
+        413,
+        "over the limit of 200000",
+    ),
+    "too many pixels": (
+        [("images", "wide.png", _solid_png((600, 500)))],
+        413,
+        "600x500 pixels, over the limit",
+    ),
     "missing field": ([("file", "x.png", _png())], 422, "send the images as multipart"),
-    "one bad among good": ([("images", "ok.png", _png()), ("images", "bad.jpg", b"\xff\xd8")],
-                           415, "bad.jpg: not an image"),
+    "one bad among good": (
+        [("images", "ok.png", _png()), ("images", "bad.jpg", b"\xff\xd8")],
+        415,
+        "bad.jpg: not an image",
+    ),
 }
 
 
@@ -162,10 +189,22 @@ def test_the_same_app_on_ray_serve_answers_alike_from_two_replicas_on_loopback(s
     port = free_port()
     log = base / "ray-serve.log"
     with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, str(ROOT / "sweeps" / "serve.py"),
-                                   str(base / "export"), "--ray", "--replicas", "2",
-                                   "--cpus-per-replica", "0.5", "--port", str(port)],
-                                  stdout=out, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "sweeps" / "serve.py"),
+                str(base / "export"),
+                "--ray",
+                "--replicas",
+                "2",
+                "--cpus-per-replica",
+                "0.5",
+                "--port",
+                str(port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline, ready = time.monotonic() + 180, False
         while not ready and time.monotonic() < deadline and server.poll() is None:

@@ -1,5 +1,6 @@
 """Settling which variant is best: folds, out-of-fold scores, the corrected pairwise tests,
 the confirmation command, and trials whose numbers do not depend on their CPU share."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,7 @@ def test_folds_are_stratified_disjoint_keep_copies_together_and_reload(tmp_path)
     for i in range(3):  # three copies of one red image, and one of a blue one
         (root / "red" / f"copy_{i}.png").write_bytes((root / "red" / "img_001.png").read_bytes())
     (root / "blue" / "copy.png").write_bytes((root / "blue" / "img_003.png").read_bytes())
-    handle, report = D.prepare(D.discover(root), 37, tmp_path / "cache", progress=False,
-                               folds=4)
+    handle, report = D.prepare(D.discover(root), 37, tmp_path / "cache", progress=False, folds=4)
     folds = np.asarray(handle.folds)
     labels = np.asarray(handle.labels)
     paths = [handle.files[r] for r in handle.rows]
@@ -77,17 +77,43 @@ def test_holm_against_a_hand_computed_case():
 
 def _confirm(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONWARNINGS="ignore", **HEAD_ENV)
-    return subprocess.run([sys.executable, str(ROOT / "sweeps" / "confirm.py"), *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "sweeps" / "confirm.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_a_folded_sweep_scores_every_image_once_and_confirm_ends_with_a_verdict(
-        tmp_path, ray_address):
+    tmp_path, ray_address
+):
     images = make_image_folder(tmp_path / "images", per_class=6)
     runs = tmp_path / "runs"
-    done = run_cli(["--space", "single", *SMALL, "--set", "lr=[0.003,0.00003]", "--data",
-                    str(images), "--max-epochs", "1", "--folds", "3", "--storage", str(runs),
-                    "--name", "cv", "--address", ray_address], cwd=tmp_path)
+    done = run_cli(
+        [
+            "--space",
+            "single",
+            *SMALL,
+            "--set",
+            "lr=[0.003,0.00003]",
+            "--data",
+            str(images),
+            "--max-epochs",
+            "1",
+            "--folds",
+            "3",
+            "--storage",
+            str(runs),
+            "--name",
+            "cv",
+            "--address",
+            ray_address,
+        ],
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     experiment = runs / "cv"
     split = pd.read_csv(experiment / "split.csv")
@@ -105,8 +131,9 @@ def test_a_folded_sweep_scores_every_image_once_and_confirm_ends_with_a_verdict(
         assert row["oof_acc"] == pytest.approx(correct / 18)
         # per-class recall out of fold: weighted by the classes' sizes, it is the accuracy
         sizes = split.groupby("class")["path"].count()
-        assert sum(row[f"recall_{c}"] * n for c, n in sizes.items()) / 18 == \
-            pytest.approx(row["oof_acc"])
+        assert sum(row[f"recall_{c}"] * n for c, n in sizes.items()) / 18 == pytest.approx(
+            row["oof_acc"]
+        )
         assert row["oof_acc_low"] < row["oof_acc"] or row["oof_acc"] == 0
     assert "out-of-fold accuracy" in done.stdout
     # threads not set: each trial's CPU share (the session head's 2 CPUs over 2 trials),
@@ -130,8 +157,20 @@ def test_a_folded_sweep_scores_every_image_once_and_confirm_ends_with_a_verdict(
     assert again.folds == 3 and again.scheduler == "fifo"
     assert again.split_file == f"{experiment}/split.csv"
 
-    confirmed = _confirm([str(experiment), "--top", "2", "--folds", "3", "--name", "checked",
-                          "--address", ray_address], cwd=tmp_path)
+    confirmed = _confirm(
+        [
+            str(experiment),
+            "--top",
+            "2",
+            "--folds",
+            "3",
+            "--name",
+            "checked",
+            "--address",
+            ray_address,
+        ],
+        cwd=tmp_path,
+    )
     assert confirmed.returncode == 0, confirmed.stderr[-3000:]
     verdict = confirmed.stdout.strip().splitlines()[-2]
     assert " is best (out-of-fold accuracy " in verdict and "distinguishable" in verdict
@@ -141,8 +180,11 @@ def test_a_folded_sweep_scores_every_image_once_and_confirm_ends_with_a_verdict(
     record = json.loads((folder / "confirm.json").read_text())
     assert set(record["variants"]) == set(oof["variant"])
     # both variants ran on the same folds, with the configuration their trials recorded
-    folds = [pd.read_csv(f / "split.csv")["fold"].tolist() for f in sorted(folder.iterdir())
-             if f.is_dir()]
+    folds = [
+        pd.read_csv(f / "split.csv")["fold"].tolist()
+        for f in sorted(folder.iterdir())
+        if f.is_dir()
+    ]
     assert len(folds) == 2 and folds[0] == folds[1]
     for variant, entry in record["variants"].items():
         assert entry["config"]["lr"] == float(variant.split("-", 1)[1])
@@ -153,16 +195,28 @@ def _epochs(experiment: Path, seed: int) -> pd.DataFrame:
     return pd.read_csv(trial_dir / "progress.csv")[["epoch", "train_loss", "val_loss"]]
 
 
-def test_pinned_threads_give_bit_identical_epochs_under_different_cpu_shares(
-        tmp_path, ray_address):
+def test_pinned_threads_give_bit_identical_epochs_under_different_cpu_shares(tmp_path, ray_address):
     images = make_image_folder(tmp_path / "images", per_class=16)
-    common = ["--space", "single", *SMALL, "--data", str(images), "--max-epochs", "3",
-              "--set", "threads=1", "--storage", str(tmp_path / "runs"),
-              "--address", ray_address]
+    common = [
+        "--space",
+        "single",
+        *SMALL,
+        "--data",
+        str(images),
+        "--max-epochs",
+        "3",
+        "--set",
+        "threads=1",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--address",
+        ray_address,
+    ]
     alone = run_cli([*common, "--name", "alone", "--cpus-per-trial", "2"], cwd=tmp_path)
     assert alone.returncode == 0, alone.stderr[-3000:]
-    shared = run_cli([*common, "--name", "shared", "--cpus-per-trial", "1",
-                      "--num-samples", "2"], cwd=tmp_path)  # seed 0 beside seed 1
+    shared = run_cli(
+        [*common, "--name", "shared", "--cpus-per-trial", "1", "--num-samples", "2"], cwd=tmp_path
+    )  # seed 0 beside seed 1
     assert shared.returncode == 0, shared.stderr[-3000:]
     first = _epochs(tmp_path / "runs" / "alone", 0)
     second = _epochs(tmp_path / "runs" / "shared", 0)

@@ -2,6 +2,7 @@
 moment (trainables/core/faults.py): the driver killed, Ctrl-C and SIGTERM, a full disk, two
 sweeps of one name. Each ends as the README promises: nothing finished is lost, and --resume
 completes the sweep."""
+
 import os
 import shutil
 import time
@@ -31,11 +32,25 @@ def images(tmp_path_factory) -> Path:
 
 
 def test_a_killed_driver_leaves_no_ray_behind_and_resumes_without_losing_or_repeating_a_trial(
-        images, tmp_path, monkeypatch):
+    images, tmp_path, monkeypatch
+):
     with_fault(monkeypatch, "kill_driver_after=1")
     experiment = tmp_path / "runs" / "crash"
-    args = [*SLOW_TRIAL, "--data", str(images), "--max-epochs", "4", "--num-samples", "3",
-            "--max-concurrent", "1", "--storage", str(tmp_path / "runs"), "--name", "crash"]
+    args = [
+        *SLOW_TRIAL,
+        "--data",
+        str(images),
+        "--max-epochs",
+        "4",
+        "--num-samples",
+        "3",
+        "--max-concurrent",
+        "1",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        "crash",
+    ]
     mark = f"VISIONSWEEP_TEST_MARK={os.getpid()}-{time.monotonic_ns()}"
     monkeypatch.setenv(*mark.split("=", 1))  # the driver's Ray processes inherit it
     before = live_ray_processes(mark)
@@ -77,18 +92,38 @@ def test_a_killed_driver_leaves_no_ray_behind_and_resumes_without_losing_or_repe
     assert progress(first_dir)["pid"].tolist() == first_pids  # it did not run again
 
 
-@pytest.mark.parametrize("fault, code, name", [("interrupt_driver_after=1", 130, "SIGINT"),
-                                               ("terminate_driver_after=1", 143, "SIGTERM"),
-                                               ("terminate_group_after=1", 143, "SIGTERM")])
+@pytest.mark.parametrize(
+    "fault, code, name",
+    [
+        ("interrupt_driver_after=1", 130, "SIGINT"),
+        ("terminate_driver_after=1", 143, "SIGTERM"),
+        ("terminate_group_after=1", 143, "SIGTERM"),
+    ],
+)
 def test_ctrl_c_and_sigterm_stop_cleanly_mark_unfinished_trials_and_resume(
-        images, tmp_path, monkeypatch, fault, code, name):
+    images, tmp_path, monkeypatch, fault, code, name
+):
     # terminate_group: SIGTERM to the driver's whole process group, as `timeout` or systemd
     # stop a job; the local Ray instance the driver started must not be stopped by it first
     with_fault(monkeypatch, fault)
     experiment = tmp_path / "runs" / "stop"
-    args = [*SLOW_TRIAL, "--data", str(images), "--max-epochs", "3", "--num-samples", "3",
-            "--max-concurrent", "1", "--scheduler", "fifo", "--storage",
-            str(tmp_path / "runs"), "--name", "stop"]
+    args = [
+        *SLOW_TRIAL,
+        "--data",
+        str(images),
+        "--max-epochs",
+        "3",
+        "--num-samples",
+        "3",
+        "--max-concurrent",
+        "1",
+        "--scheduler",
+        "fifo",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        "stop",
+    ]
     stopped = run_cli(args, cwd=tmp_path, own_group=True)
     assert stopped.returncode == code, stopped.stderr[-3000:]
     assert f"interrupted ({name}): 2 of 3 trial(s) unfinished" in stopped.stderr
@@ -112,11 +147,25 @@ def test_ctrl_c_and_sigterm_stop_cleanly_mark_unfinished_trials_and_resume(
         assert digests(experiment) == before  # the original is not touched
 
 
-def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_completes_it(images, tmp_path,
-                                                                         monkeypatch):
+def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_completes_it(
+    images, tmp_path, monkeypatch
+):
     experiment = tmp_path / "runs" / "full"
-    args = [*SLOW_TRIAL, "--data", str(images), "--max-epochs", "3", "--num-samples", "3",
-            "--max-concurrent", "1", "--storage", str(tmp_path / "runs"), "--name", "full"]
+    args = [
+        *SLOW_TRIAL,
+        "--data",
+        str(images),
+        "--max-epochs",
+        "3",
+        "--num-samples",
+        "3",
+        "--max-concurrent",
+        "1",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        "full",
+    ]
     # the sweep's own files (marker, split, data report, sweep.json), the first trial's
     # three epochs and its table (results.csv, results.md): then the disk is full
     with_fault(monkeypatch, "disk_full_after=11")
@@ -147,16 +196,28 @@ def test_resume_refuses_what_it_cannot_resume(tmp_path):
 def test_two_sweeps_of_one_name_started_together_one_runs_one_is_refused(images, tmp_path):
     from helpers import start_cli
 
-    args = [*SLOW_TRIAL, "--data", str(images), "--max-epochs", "2", "--num-samples", "2",
-            "--storage", str(tmp_path / "runs"), "--name", "same"]
+    args = [
+        *SLOW_TRIAL,
+        "--data",
+        str(images),
+        "--max-epochs",
+        "2",
+        "--num-samples",
+        "2",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        "same",
+    ]
     drivers = [start_cli(args, cwd=tmp_path, log=tmp_path / f"driver{i}.log") for i in (0, 1)]
     codes = sorted(driver.wait(timeout=300) for driver in drivers)
     logs = [(tmp_path / f"driver{i}.log").read_text() for i in (0, 1)]
     assert codes == [0, 2], logs
     refused = next(log for log in logs if "error: " in log)
     error = [line for line in refused.splitlines() if line.startswith("error: ")]
-    assert len(error) == 1 and ("in use by a running sweep" in error[0]
-                                or "already exists" in error[0]), error
+    assert len(error) == 1 and (
+        "in use by a running sweep" in error[0] or "already exists" in error[0]
+    ), error
     table = pd.read_csv(tmp_path / "runs" / "same" / "results.csv")
     assert len(table) == 2 and table["trial_id"].is_unique  # one sweep's trials, whole
     assert sorted(table["seed"]) == [0, 1]
@@ -172,10 +233,13 @@ def test_resume_replays_the_experiments_own_split_not_the_file_it_was_started_wi
     experiment = tmp_path / "runs" / "reused"
     experiment.mkdir(parents=True)
     (experiment / "split.csv").write_text("path,class,label,split\n")
-    (experiment / "sweep.json").write_text(json.dumps({
-        "args": {"space": "single", "split_file": str(tmp_path / "elsewhere.csv")},
-        "presplit": True}))
+    (experiment / "sweep.json").write_text(
+        json.dumps(
+            {
+                "args": {"space": "single", "split_file": str(tmp_path / "elsewhere.csv")},
+                "presplit": True,
+            }
+        )
+    )
     spec = resumed(SweepSpec(resume=str(experiment)))
     assert spec.split_file == f"{experiment}/split.csv"
-
-

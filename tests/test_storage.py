@@ -1,5 +1,6 @@
 """--storage as a cloud URI: an S3 server (moto) on loopback stands in for the bucket;
 Ray Tune's checkpoints, the trials' files and our result table all land in it."""
+
 import io
 import json
 
@@ -18,8 +19,11 @@ def s3(monkeypatch):
     moto_server = pytest.importorskip("moto.server")
     import boto3
 
-    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                       ("AWS_DEFAULT_REGION", "us-east-1")):
+    for key, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
         monkeypatch.setenv(key, value)
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -50,9 +54,27 @@ def test_store_writes_reads_and_refuses_what_it_cannot_write(s3, tmp_path):
 
 def test_a_sweep_with_s3_storage_puts_everything_in_the_bucket(s3, tmp_path):
     data = make_image_folder(tmp_path / "imgs", per_class=10)
-    result = run_cli(["--space", "single", "--set", "model=small_cnn", "--set", "image_size=32",
-                      "--max-epochs", "2", "--num-samples", "2", "--data", str(data),
-                      "--storage", s3, "--name", "cloud"], cwd=tmp_path)
+    result = run_cli(
+        [
+            "--space",
+            "single",
+            "--set",
+            "model=small_cnn",
+            "--set",
+            "image_size=32",
+            "--max-epochs",
+            "2",
+            "--num-samples",
+            "2",
+            "--data",
+            str(data),
+            "--storage",
+            s3,
+            "--name",
+            "cloud",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     store = Store(s3, "cloud")
     table = pd.read_csv(io.StringIO(store.read_text("results.csv")))
@@ -62,8 +84,9 @@ def test_a_sweep_with_s3_storage_puts_everything_in_the_bucket(s3, tmp_path):
     assert store.read_text("split.csv").startswith("path,class,label,split")
     import pyarrow.fs
 
-    files = [f.path for f in store.fs.get_file_info(pyarrow.fs.FileSelector(store.root,
-                                                                             recursive=True))]
+    files = [
+        f.path for f in store.fs.get_file_info(pyarrow.fs.FileSelector(store.root, recursive=True))
+    ]
     assert sum(f.endswith("predictions.npz") for f in files) == 2  # each trial's checkpoint
     assert any("events.out.tfevents" in f for f in files)  # TensorBoard, synced by Tune
     assert not (tmp_path / "runs").exists()  # nothing went to a local folder instead

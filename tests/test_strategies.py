@@ -1,4 +1,5 @@
 """Fine-tuning strategies on real modules, through trials built as every trial is."""
+
 import math
 
 import torch
@@ -14,9 +15,11 @@ def _state(net) -> dict:
 
 def test_feature_extractor_freezes_backbone_and_its_batchnorm_stats(colour_handle):
     before = {}
-    fitted = fit_trial(colour_handle, {"strategy": "feature_extractor", "lr": 1e-2,
-                                       "max_epochs": 1},
-                       wrap=lambda net: before.update(_state(net)) or net)
+    fitted = fit_trial(
+        colour_handle,
+        {"strategy": "feature_extractor", "lr": 1e-2, "max_epochs": 1},
+        wrap=lambda net: before.update(_state(net)) or net,
+    )
     net = fitted.trial.net
     after = net.state_dict()
     for name, param in net.named_parameters():
@@ -34,20 +37,32 @@ def test_feature_extractor_freezes_backbone_and_its_batchnorm_stats(colour_handl
 
 def test_base_trains_everything_and_updates_batchnorm(colour_handle):
     before = {}
-    fitted = fit_trial(colour_handle, {"lr": 1e-2, "max_epochs": 1},
-                       wrap=lambda net: before.update(_state(net)) or net)
+    fitted = fit_trial(
+        colour_handle,
+        {"lr": 1e-2, "max_epochs": 1},
+        wrap=lambda net: before.update(_state(net)) or net,
+    )
     after = fitted.trial.net.state_dict()
     assert not torch.equal(after["body.features.0.weight"], before["body.features.0.weight"])
-    assert not torch.equal(after["body.features.1.running_mean"],
-                           before["body.features.1.running_mean"])
+    assert not torch.equal(
+        after["body.features.1.running_mean"], before["body.features.1.running_mean"]
+    )
 
 
 def test_finetuned_counts_the_aux_loss_and_aux_weight_zero_does_not(colour_handle):
     losses = {}
     for weight in (0.3, 0.0):
-        fitted = fit_trial(colour_handle, {"model": "googlenet", "strategy": "finetuned",
-                                           "aux_weight": weight, "lr": 1e-9, "max_epochs": 1,
-                                           "augment": "none"})
+        fitted = fit_trial(
+            colour_handle,
+            {
+                "model": "googlenet",
+                "strategy": "finetuned",
+                "aux_weight": weight,
+                "lr": 1e-9,
+                "max_epochs": 1,
+                "augment": "none",
+            },
+        )
         assert fitted.trial.strategy.aux_heads and fitted.trial.record.model.aux_heads
         losses[weight] = fitted.last[M.TRAIN_LOSS]
     # same weights and batches: the aux term adds 0.3 x two positive cross-entropies
@@ -56,11 +71,20 @@ def test_finetuned_counts_the_aux_loss_and_aux_weight_zero_does_not(colour_handl
 
 def test_gradual_unfreeze_unfreezes_at_the_right_epoch_with_the_right_lr(colour_handle):
     seen = []
-    fitted = fit_trial(colour_handle, {"strategy": "gradual_unfreeze", "unfreeze_epoch": 2,
-                                       "unfreeze_lr": 1e-5, "lr": 1e-3, "max_epochs": 4,
-                                       "early_stop_patience": 0},
-                       hook=lambda net, optimizer, epoch: seen.append(
-                           (epoch, backbone_frozen(net), optimizer.param_groups[0]["lr"])))
+    fitted = fit_trial(
+        colour_handle,
+        {
+            "strategy": "gradual_unfreeze",
+            "unfreeze_epoch": 2,
+            "unfreeze_lr": 1e-5,
+            "lr": 1e-3,
+            "max_epochs": 4,
+            "early_stop_patience": 0,
+        },
+        hook=lambda net, optimizer, epoch: seen.append(
+            (epoch, backbone_frozen(net), optimizer.param_groups[0]["lr"])
+        ),
+    )
     assert seen == [(0, True, 1e-3), (1, True, 1e-3), (2, False, 1e-5), (3, False, 1e-5)]
     assert [r[M.LR] for r in fitted.reports] == [1e-3, 1e-3, 1e-5, 1e-5]
     assert all(math.isfinite(r[M.TRAIN_LOSS]) for r in fitted.reports)
@@ -69,8 +93,16 @@ def test_gradual_unfreeze_unfreezes_at_the_right_epoch_with_the_right_lr(colour_
 def test_early_stopping_waits_for_gradual_unfreeze_to_unfreeze(colour_handle):
     # min_delta so large that no epoch counts as progress: patience 1 would stop at epoch 2,
     # but the frozen phase (3 epochs) must not spend it
-    fitted = fit_trial(colour_handle, {"strategy": "gradual_unfreeze", "unfreeze_epoch": 3,
-                                       "max_epochs": 10, "early_stop_patience": 1,
-                                       "early_stop_min_delta": 100.0, "chance_epochs": 0})
+    fitted = fit_trial(
+        colour_handle,
+        {
+            "strategy": "gradual_unfreeze",
+            "unfreeze_epoch": 3,
+            "max_epochs": 10,
+            "early_stop_patience": 1,
+            "early_stop_min_delta": 100.0,
+            "chance_epochs": 0,
+        },
+    )
     assert [r[M.EPOCH] for r in fitted.reports] == [1, 2, 3, 4]
     assert fitted.last[M.STOP_REASON] == M.EARLY_STOPPING

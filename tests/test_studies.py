@@ -1,5 +1,6 @@
 """The studies' building blocks: per-model preprocessing, heads, augmentation policies,
 searched spaces, the per-variant ranking, config files."""
+
 import json
 import math
 
@@ -35,14 +36,12 @@ def test_each_timm_model_brings_its_own_preprocessing(model):
     installed timm says), so the test follows timm rather than restating its numbers."""
     import timm
 
-    expected = timm.data.resolve_data_config({}, model=timm.create_model(model,
-                                                                          pretrained=False))
+    expected = timm.data.resolve_data_config({}, model=timm.create_model(model, pretrained=False))
     pre = preprocess_for(TrialConfig(model=model))
     assert pre.image_size == expected["input_size"][-1]
     assert pre.load_size == max(pre.image_size, round(pre.image_size / expected["crop_pct"]))
     assert pre.interpolation == expected["interpolation"]
-    assert pre.mean == pytest.approx(expected["mean"]) and pre.std == pytest.approx(
-        expected["std"])
+    assert pre.mean == pytest.approx(expected["mean"]) and pre.std == pytest.approx(expected["std"])
     # an explicit image_size wins, the model's crop ratio and normalisation stay
     small = preprocess_for(TrialConfig(model=model, image_size=32))
     assert small.image_size == 32 and small.mean == pre.mean
@@ -65,8 +64,13 @@ def test_a_vit_at_another_size_is_built_for_it():
 
 
 def test_head_with_dropout_and_hidden_layer_is_the_trainable_part():
-    cfg = TrialConfig(model="resnet18", strategy="feature_extractor", head_dropout=0.3,
-                      head_hidden=64, pretrained="false")
+    cfg = TrialConfig(
+        model="resnet18",
+        strategy="feature_extractor",
+        head_dropout=0.3,
+        head_hidden=64,
+        pretrained="false",
+    )
     net = create_model("resnet18", 5, "false", head=HeadSpec(0.3, 64)).net
     layers = [type(m).__name__ for m in net.body.fc]
     assert layers == ["Dropout", "Linear", "ReLU", "Dropout", "Linear"]
@@ -95,8 +99,17 @@ def test_tpe_space_is_searched_with_a_budget():
     assert {"lr", "batch_size", "optimizer", "weight_decay", "label_smoothing"} <= set(plan.varied)
     assert make_plan(space, {}, None, smoke=True).trials == 4
     # every searched key fixed (a best_config.json): no search left, a plain run
-    fixed = make_plan(space, {"lr": 0.01, "batch_size": 16, "optimizer": "sgd",
-                              "weight_decay": 1e-4, "label_smoothing": 0.0}, num_samples=2)
+    fixed = make_plan(
+        space,
+        {
+            "lr": 0.01,
+            "batch_size": 16,
+            "optimizer": "sgd",
+            "weight_decay": 1e-4,
+            "label_smoothing": 0.0,
+        },
+        num_samples=2,
+    )
     assert not fixed.searched and fixed.trials == 2
 
 
@@ -137,15 +150,33 @@ def test_timm_zoo_draws_each_lr_inside_the_models_range():
 
 
 def _row(variant, seed, test_acc, stop=M.COMPLETED):
-    return {"trial_id": f"{variant}{seed}", "variant": variant, "status": "TERMINATED",
-            "stop_reason": stop, "epochs": 5, "best_epoch": 4, M.BEST_VAL_LOSS: 0.5,
-            M.BEST_VAL_ACC: test_acc, M.TEST_ACC: test_acc, M.TEST_MACRO_F1: test_acc,
-            "pretrained": False, "seed": seed, "wall_s": 1.0, "error": ""}
+    return {
+        "trial_id": f"{variant}{seed}",
+        "variant": variant,
+        "status": "TERMINATED",
+        "stop_reason": stop,
+        "epochs": 5,
+        "best_epoch": 4,
+        M.BEST_VAL_LOSS: 0.5,
+        M.BEST_VAL_ACC: test_acc,
+        M.TEST_ACC: test_acc,
+        M.TEST_MACRO_F1: test_acc,
+        "pretrained": False,
+        "seed": seed,
+        "wall_s": 1.0,
+        "error": "",
+    }
 
 
 def test_variants_are_ranked_by_mean_over_seeds_without_stuck_trials(tmp_path):
-    rows = [_row("a", 0, 0.90), _row("a", 1, 0.80), _row("b", 0, 0.86), _row("b", 1, 0.86),
-            _row("b", 2, 0.10, M.STUCK_AT_CHANCE), _row("c", 0, 0.99, M.DIVERGED)]
+    rows = [
+        _row("a", 0, 0.90),
+        _row("a", 1, 0.80),
+        _row("b", 0, 0.86),
+        _row("b", 1, 0.86),
+        _row("b", 2, 0.10, M.STUCK_AT_CHANCE),
+        _row("c", 0, 0.99, M.DIVERGED),
+    ]
     table = write_tables(rows, Store.from_location(str(tmp_path)))
     assert set(table["stop_reason"][-2:]) == {M.STUCK_AT_CHANCE, M.DIVERGED}  # at the bottom
     summary = pd.read_csv(tmp_path / "results_by_variant.csv")

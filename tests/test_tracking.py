@@ -2,6 +2,7 @@
 store, read back with MlflowClient, across a killed and resumed driver; and one over a
 PostgreSQL server started for the test. (A searched study's Optuna journal is checked in
 test_cli.py, with the search.)"""
+
 import json
 import os
 import shutil
@@ -24,10 +25,24 @@ def start_mlflow(base: Path, backend_store: str):
     """``mlflow server`` over ``backend_store`` on a free loopback port: (process, URI)."""
     port = free_port()
     mlflow = str(Path(sys.executable).parent / "mlflow")
-    server = subprocess.Popen([mlflow, "server", "--backend-store-uri", backend_store,
-                               "--default-artifact-root", str(base / "artifacts"), "--host",
-                               "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              stdout=open(base / "server.log", "w"), stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [
+            mlflow,
+            "server",
+            "--backend-store-uri",
+            backend_store,
+            "--default-artifact-root",
+            str(base / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=open(base / "server.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
     wait_for_port(server, port, base / "server.log")
     return server, f"http://127.0.0.1:{port}"
 
@@ -67,12 +82,22 @@ def postgres():
     data = base / "data"
 
     def pg(tool: str, *args: str) -> None:
-        subprocess.run([*as_user, str(bin_dir / tool), *args], check=True,
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [*as_user, str(bin_dir / tool), *args], check=True, capture_output=True, timeout=60
+        )
 
     pg("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-    pg("pg_ctl", "-D", str(data), "-l", str(base / "server.log"), "-w", "start", "-o",
-       f"-p {port} -k {base} -c listen_addresses=127.0.0.1")
+    pg(
+        "pg_ctl",
+        "-D",
+        str(data),
+        "-l",
+        str(base / "server.log"),
+        "-w",
+        "start",
+        "-o",
+        f"-p {port} -k {base} -c listen_addresses=127.0.0.1",
+    )
     try:
         pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mlflow")
         yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
@@ -88,13 +113,15 @@ def read_back(client, experiment_name: str, experiment: Path, epochs: int):
     assert found.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's mode
     runs = client.search_runs([found.experiment_id])
     sweeps = [r for r in runs if r.data.tags.get("visionsweep.kind") == "sweep"]
-    trials = {r.data.tags["trial_id"]: r for r in runs
-              if r.data.tags.get("visionsweep.kind") == "trial"}
+    trials = {
+        r.data.tags["trial_id"]: r for r in runs if r.data.tags.get("visionsweep.kind") == "trial"
+    }
     assert len(sweeps) == 1  # a resumed sweep goes on with its own runs
     parent = sweeps[0]
     assert parent.info.status == "FINISHED"
     assert {"results.csv", "sweep.json", "data_report.json", "split.csv"} <= {
-        a.path for a in client.list_artifacts(parent.info.run_id)}
+        a.path for a in client.list_artifacts(parent.info.run_id)
+    }
     table = pd.read_csv(experiment / "results.csv", dtype={"trial_id": str})
     assert set(trials) == set(table["trial_id"])  # one child per trial, no more
     every_field = {f.name for f in fields(TrialConfig)}
@@ -112,7 +139,8 @@ def read_back(client, experiment_name: str, experiment: Path, epochs: int):
 
 
 def test_a_tracked_sweep_killed_and_resumed_is_one_run_with_a_child_per_trial(
-        mlflow_server, tmp_path, monkeypatch):
+    mlflow_server, tmp_path, monkeypatch
+):
     from mlflow.tracking import MlflowClient
 
     data = make_image_folder(tmp_path / "imgs", per_class=20)
@@ -120,11 +148,35 @@ def test_a_tracked_sweep_killed_and_resumed_is_one_run_with_a_child_per_trial(
     monkeypatch.setenv("VISIONSWEEP_FAULTS", "kill_driver_after=1")
     # a URI with a password (the server here ignores it): recorded and shown nowhere
     with_password = mlflow_server.replace("http://", "http://someone:s3cret-pw@")
-    killed = run_cli(["--space", "single", "--set", "model=small_cnn", "--set", "image_size=32",
-                      "--set", "early_stop_patience=0", "--data", str(data), "--max-epochs", "3",
-                      "--num-samples", "3", "--max-concurrent", "1", "--tracking",
-                      with_password, "--tracking-experiment", "colours",
-                      "--storage", str(tmp_path / "runs"), "--name", "tracked"], cwd=tmp_path)
+    killed = run_cli(
+        [
+            "--space",
+            "single",
+            "--set",
+            "model=small_cnn",
+            "--set",
+            "image_size=32",
+            "--set",
+            "early_stop_patience=0",
+            "--data",
+            str(data),
+            "--max-epochs",
+            "3",
+            "--num-samples",
+            "3",
+            "--max-concurrent",
+            "1",
+            "--tracking",
+            with_password,
+            "--tracking-experiment",
+            "colours",
+            "--storage",
+            str(tmp_path / "runs"),
+            "--name",
+            "tracked",
+        ],
+        cwd=tmp_path,
+    )
     assert killed.returncode == -9
     monkeypatch.delenv("VISIONSWEEP_FAULTS")
     resumed = run_cli(["--resume", str(experiment)], cwd=tmp_path)
@@ -148,8 +200,9 @@ def test_a_tracked_sweep_killed_and_resumed_is_one_run_with_a_child_per_trial(
     assert "report" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
-def test_a_tracking_server_that_goes_away_costs_the_tracking_not_the_sweep(mlflow_server,
-                                                                           tmp_path, capsys):
+def test_a_tracking_server_that_goes_away_costs_the_tracking_not_the_sweep(
+    mlflow_server, tmp_path, capsys
+):
     from sweeps.driver.recorder import TrialEntry
     from sweeps.experiment.storage import Store
     from sweeps.sinks.tracking import Tracking
@@ -175,19 +228,32 @@ def test_a_deleted_tracking_experiment_is_refused_before_any_work(mlflow_server,
     client = MlflowClient(mlflow_server)
     deleted = client.create_experiment("binned")
     client.delete_experiment(deleted)
-    result = run_cli(["--space", "single", "--smoke", "--tracking", mlflow_server,
-                      "--tracking-experiment", "binned", "--storage", str(tmp_path / "runs"),
-                      "--name", "x"], cwd=tmp_path)
+    result = run_cli(
+        [
+            "--space",
+            "single",
+            "--smoke",
+            "--tracking",
+            mlflow_server,
+            "--tracking-experiment",
+            "binned",
+            "--storage",
+            str(tmp_path / "runs"),
+            "--name",
+            "x",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1] == (
         "error: --tracking-experiment binned: that MLflow experiment was deleted (its name "
         f"stays taken); restore it (mlflow experiments restore --experiment-id {deleted}) or "
-        "choose another name")
+        "choose another name"
+    )
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_sweep_tracked_on_a_postgresql_backed_mlflow_server(postgres, tmp_path,
-                                                              ray_address):
+def test_a_sweep_tracked_on_a_postgresql_backed_mlflow_server(postgres, tmp_path, ray_address):
     """Where a team keeps its runs: MLflow over PostgreSQL, read back as with SQLite, and
     the runs found in PostgreSQL's own tables."""
     import psycopg
@@ -196,11 +262,35 @@ def test_a_sweep_tracked_on_a_postgresql_backed_mlflow_server(postgres, tmp_path
     server, uri = start_mlflow(tmp_path, postgres)
     try:
         data = make_image_folder(tmp_path / "imgs", per_class=10)
-        result = run_cli(["--space", "single", "--set", "model=small_cnn", "--set",
-                          "image_size=16", "--set", "early_stop_patience=0", "--data", str(data),
-                          "--max-epochs", "2", "--num-samples", "2", "--scheduler", "fifo",
-                          "--tracking", uri, "--address", ray_address,
-                          "--storage", str(tmp_path / "runs"), "--name", "pg"], cwd=tmp_path)
+        result = run_cli(
+            [
+                "--space",
+                "single",
+                "--set",
+                "model=small_cnn",
+                "--set",
+                "image_size=16",
+                "--set",
+                "early_stop_patience=0",
+                "--data",
+                str(data),
+                "--max-epochs",
+                "2",
+                "--num-samples",
+                "2",
+                "--scheduler",
+                "fifo",
+                "--tracking",
+                uri,
+                "--address",
+                ray_address,
+                "--storage",
+                str(tmp_path / "runs"),
+                "--name",
+                "pg",
+            ],
+            cwd=tmp_path,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         parent = read_back(MlflowClient(uri), "single", tmp_path / "runs" / "pg", epochs=2)
         with psycopg.connect(postgres) as db:

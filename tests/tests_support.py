@@ -1,5 +1,6 @@
 """Trials for the loop and strategy tests, built the way every trial is (``build_trial``) on
 real image files; and small in-memory data for tests of the loop's parts."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -16,8 +17,14 @@ from trainables.trial.build import Trial, build_trial
 from trainables.trial.loop import EvalSplit, TrialData
 
 CPU = torch.device("cpu")
-SMALL = {"model": "small_cnn", "pretrained": "false", "image_size": 32, "lr": 3e-3,
-         "scheduler": "none", "batch_size": 8}
+SMALL = {
+    "model": "small_cnn",
+    "pretrained": "false",
+    "image_size": 32,
+    "lr": 3e-3,
+    "scheduler": "none",
+    "batch_size": 8,
+}
 
 
 @dataclass
@@ -31,9 +38,15 @@ class Fitted:
         return self.reports[-1]
 
 
-def fit_trial(handle, overrides: dict | None = None, checkpoints: Path | None = None,
-              resume: dict | None = None, wrap=None, reseed: int | None = None,
-              hook=None) -> Fitted:
+def fit_trial(
+    handle,
+    overrides: dict | None = None,
+    checkpoints: Path | None = None,
+    resume: dict | None = None,
+    wrap=None,
+    reseed: int | None = None,
+    hook=None,
+) -> Fitted:
     """Build a trial of a small CNN (``overrides`` on top) and fit it on CPU. With
     ``checkpoints`` (a folder), each epoch's checkpoint is written there as the trainable
     writes it; ``wrap`` sees the built network and may replace it (to make it fail);
@@ -50,6 +63,7 @@ def fit_trial(handle, overrides: dict | None = None, checkpoints: Path | None = 
         def spied(net, optimizer, epoch):
             start(net, optimizer, epoch)
             hook(net, optimizer, epoch)
+
         trial.strategy.on_epoch_start = spied
     if reseed is not None:
         torch.manual_seed(reseed)
@@ -67,8 +81,9 @@ def fit_trial(handle, overrides: dict | None = None, checkpoints: Path | None = 
     return fitted
 
 
-def tiny_trial_data(num_classes: int = 3, image_size: int = 32, n: int = 12,
-                    seed: int = 0) -> TrialData:
+def tiny_trial_data(
+    num_classes: int = 3, image_size: int = 32, n: int = 12, seed: int = 0
+) -> TrialData:
     """uint8 images whose class brightens one colour channel: learnable in a few steps."""
     g = torch.Generator().manual_seed(seed)
 
@@ -84,12 +99,16 @@ def tiny_trial_data(num_classes: int = 3, image_size: int = 32, n: int = 12,
     rows = np.split(np.arange(sum(sizes)), np.cumsum(sizes)[:-1])
 
     def split(i):
-        return EvalSplit(torch.from_numpy(images[rows[i]]).permute(0, 3, 1, 2).contiguous(),
-                         parts[i][1], rows[i])
+        return EvalSplit(
+            torch.from_numpy(images[rows[i]]).permute(0, 3, 1, 2).contiguous(), parts[i][1], rows[i]
+        )
 
     return TrialData(
-        images=images, train_rows=rows[0],
-        train_labels=parts[0][1].numpy(), val=split(1), test=split(2),
+        images=images,
+        train_rows=rows[0],
+        train_labels=parts[0][1].numpy(),
+        val=split(1),
+        test=split(2),
         num_classes=num_classes,
         preprocess=Preprocess(image_size, image_size, "bilinear", (0.5,) * 3, (0.25,) * 3),
     )

@@ -5,6 +5,7 @@ prediction per image: its out-of-fold predictions, scored over all N images. Pai
 variants are compared on the same images with McNemar's test (exact binomial, scipy), the
 p-values corrected for the number of pairs with Holm's method (statsmodels).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -57,14 +58,19 @@ def out_of_fold(experiment: Experiment) -> tuple[list[OutOfFold], list[str]]:
         for trial in trials:
             seed = int(rows.loc[trial.trial_id, "seed"]) if "seed" in rows else 0
             parts.setdefault((trial.variant, seed), {})[fold] = (
-                trial, view.test_ids, view.test_labels,
-                float(rows.loc[trial.trial_id, M.BEST_VAL_LOSS]))
+                trial,
+                view.test_ids,
+                view.test_labels,
+                float(rows.loc[trial.trial_id, M.BEST_VAL_LOSS]),
+            )
     pooled = []
     for (variant, seed), by_fold in sorted(parts.items()):
         if len(by_fold) < experiment.fold_count:
             missing = sorted(set(range(experiment.fold_count)) - set(by_fold))
-            left_out.append(f"{variant} seed {seed}: no result on fold(s) {missing}; left out "
-                            "of the out-of-fold ranking")
+            left_out.append(
+                f"{variant} seed {seed}: no result on fold(s) {missing}; left out "
+                "of the out-of-fold ranking"
+            )
             continue
         probs = np.zeros((len(order), len(experiment.class_names)))
         labels = np.zeros(len(order), dtype=np.int64)
@@ -74,9 +80,17 @@ def out_of_fold(experiment: Experiment) -> tuple[list[OutOfFold], list[str]]:
             where = np.asarray([order[i] for i in ids])
             probs[where], labels[where] = trial.test_probs, fold_labels
             fold_acc.append(E.accuracy(fold_labels, trial.test_probs.argmax(1)))
-        pooled.append(OutOfFold(variant, seed, experiment.all_ids, labels, probs,
-                                tuple(fold_acc),
-                                float(np.mean([v[3] for v in by_fold.values()]))))
+        pooled.append(
+            OutOfFold(
+                variant,
+                seed,
+                experiment.all_ids,
+                labels,
+                probs,
+                tuple(fold_acc),
+                float(np.mean([v[3] for v in by_fold.values()])),
+            )
+        )
     return pooled, left_out
 
 
@@ -95,23 +109,53 @@ def table(pooled: list[OutOfFold], class_names: list[str]) -> pd.DataFrame:
         for p in runs:
             acc = E.accuracy(p.labels, p.predicted)
             f1 = E.macro_f1(p.labels, p.predicted, num_classes)
-            scores.append((acc, f1, E.accuracy_interval(p.labels, p.predicted),
-                           E.macro_f1_interval(p.labels, p.predicted, num_classes)))
+            scores.append(
+                (
+                    acc,
+                    f1,
+                    E.accuracy_interval(p.labels, p.predicted),
+                    E.macro_f1_interval(p.labels, p.predicted, num_classes),
+                )
+            )
         middle = sorted(range(len(scores)), key=lambda i: scores[i][0])[len(scores) // 2]
         folds = [a for p in runs for a in p.fold_acc]
-        rows.append({
-            "variant": variant, "seeds": len(runs), "images": len(runs[0].labels),
-            "val_loss": float(np.mean([p.val_loss for p in runs])),
-            "oof_acc": float(np.mean([s[0] for s in scores])),
-            "oof_acc_low": scores[middle][2][0], "oof_acc_high": scores[middle][2][1],
-            "oof_macro_f1": float(np.mean([s[1] for s in scores])),
-            "oof_macro_f1_low": scores[middle][3][0], "oof_macro_f1_high": scores[middle][3][1],
-            "fold_acc_mean": float(np.mean(folds)), "fold_acc_std": float(np.std(folds)),
-            "fold_acc_min": float(np.min(folds)), "fold_acc_max": float(np.max(folds)),
-            **{f"recall_{name}": float(value) for name, value in zip(class_names, np.mean(
-                [recall_score(p.labels, p.predicted, labels=list(range(num_classes)),
-                              average=None, zero_division=0) for p in runs], axis=0))},
-        })
+        rows.append(
+            {
+                "variant": variant,
+                "seeds": len(runs),
+                "images": len(runs[0].labels),
+                "val_loss": float(np.mean([p.val_loss for p in runs])),
+                "oof_acc": float(np.mean([s[0] for s in scores])),
+                "oof_acc_low": scores[middle][2][0],
+                "oof_acc_high": scores[middle][2][1],
+                "oof_macro_f1": float(np.mean([s[1] for s in scores])),
+                "oof_macro_f1_low": scores[middle][3][0],
+                "oof_macro_f1_high": scores[middle][3][1],
+                "fold_acc_mean": float(np.mean(folds)),
+                "fold_acc_std": float(np.std(folds)),
+                "fold_acc_min": float(np.min(folds)),
+                "fold_acc_max": float(np.max(folds)),
+                **{
+                    f"recall_{name}": float(value)
+                    for name, value in zip(
+                        class_names,
+                        np.mean(
+                            [
+                                recall_score(
+                                    p.labels,
+                                    p.predicted,
+                                    labels=list(range(num_classes)),
+                                    average=None,
+                                    zero_division=0,
+                                )
+                                for p in runs
+                            ],
+                            axis=0,
+                        ),
+                    )
+                },
+            }
+        )
     return pd.DataFrame(rows).sort_values(["val_loss", "variant"]).reset_index(drop=True)
 
 
@@ -135,11 +179,18 @@ def pairwise(pooled: list[OutOfFold], ranking: list[str]) -> pd.DataFrame:
         seeds = sorted({s for v, s in by if v == a} & {s for v, s in by if v == b})
         if not seeds:
             continue
-        tests = [E.mcnemar(by[a, s].labels, by[a, s].predicted, by[b, s].predicted)
-                 for s in seeds]
+        tests = [E.mcnemar(by[a, s].labels, by[a, s].predicted, by[b, s].predicted) for s in seeds]
         worst = max(tests, key=lambda t: t.p_value)
-        rows.append({"a": a, "b": b, "seeds": len(seeds), "only_a": worst.only_a,
-                     "only_b": worst.only_b, "p": worst.p_value})
+        rows.append(
+            {
+                "a": a,
+                "b": b,
+                "seeds": len(seeds),
+                "only_a": worst.only_a,
+                "only_b": worst.only_b,
+                "p": worst.p_value,
+            }
+        )
     frame = pd.DataFrame(rows, columns=["a", "b", "seeds", "only_a", "only_b", "p"])
     reject, adjusted = holm(frame["p"].tolist())
     frame["p_holm"], frame["separated"] = adjusted, reject
@@ -152,17 +203,21 @@ def verdict(ranked: pd.DataFrame, pairs: pd.DataFrame) -> str:
     if ranked.empty:
         return "no variant has out-of-fold predictions on every fold; no verdict"
     best = ranked.iloc[0]
-    score = (f"out-of-fold accuracy {best['oof_acc']:.4f} [{best['oof_acc_low']:.3f}, "
-             f"{best['oof_acc_high']:.3f}] on {best['images']} images")
+    score = (
+        f"out-of-fold accuracy {best['oof_acc']:.4f} [{best['oof_acc_low']:.3f}, "
+        f"{best['oof_acc_high']:.3f}] on {best['images']} images"
+    )
     if len(ranked) < 2 or pairs.empty:
         return f"{best['variant']}: {score} (one variant: nothing to compare it with)"
     head = f"{best['variant']} is best ({score})"
     second = ranked.iloc[1]["variant"]
     row = _pair(pairs, best["variant"], second).iloc[0]
     how = "is" if row["separated"] else "is not"
-    return (f"{head}; its lead over {second} {how} distinguishable (McNemar p = "
-            f"{row['p']:.3g}, Holm-corrected p = {row['p_holm']:.3g} over {len(pairs)} "
-            f"pair(s), alpha {ALPHA:g})")
+    return (
+        f"{head}; its lead over {second} {how} distinguishable (McNemar p = "
+        f"{row['p']:.3g}, Holm-corrected p = {row['p_holm']:.3g} over {len(pairs)} "
+        f"pair(s), alpha {ALPHA:g})"
+    )
 
 
 def ranking_figure(ranked: pd.DataFrame, pairs: pd.DataFrame, path) -> None:
@@ -175,8 +230,9 @@ def ranking_figure(ranked: pd.DataFrame, pairs: pd.DataFrame, path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.45 * n))
     y = np.arange(n)[::-1]
     acc = ranked["oof_acc"].to_numpy()
-    err = np.vstack([acc - ranked["oof_acc_low"].to_numpy(),
-                     ranked["oof_acc_high"].to_numpy() - acc])
+    err = np.vstack(
+        [acc - ranked["oof_acc_low"].to_numpy(), ranked["oof_acc_high"].to_numpy() - acc]
+    )
     ax.errorbar(acc, y, xerr=err, fmt="o", color="black", capsize=3)
     ax.set_yticks(y, ranked["variant"].tolist())
     ax.set_xlabel("out-of-fold accuracy, 95% Wilson interval (ranked by validation loss)")
@@ -184,8 +240,11 @@ def ranking_figure(ranked: pd.DataFrame, pairs: pd.DataFrame, path) -> None:
     right = float(ranked["oof_acc_high"].max()) + 0.01
     groups = []
     for i, variant in enumerate(ranked["variant"]):  # runs of variants not separated
-        joined = [v for v in ranked["variant"].iloc[i:]
-                  if v == variant or not _separated(pairs, variant, v)]
+        joined = [
+            v
+            for v in ranked["variant"].iloc[i:]
+            if v == variant or not _separated(pairs, variant, v)
+        ]
         if len(joined) > 1 and not any(set(joined) <= set(g) for g in groups):
             groups.append(joined)
     for k, group in enumerate(groups):
@@ -231,9 +290,14 @@ def settle(pooled: list[OutOfFold], class_names: list[str], out, left_out=()) ->
         ranking_figure(ranked, pairs, out / RANKING_PNG)
     markdown = ["# Which variant is best (out of fold)", "", line, ""]
     if not ranked.empty:
-        markdown += [ranked.to_markdown(index=False, floatfmt=".4g"), "",
-                     "## Every pair (McNemar on the same images; Holm over the pairs)", "",
-                     pairs.to_markdown(index=False, floatfmt=".4g"), ""]
+        markdown += [
+            ranked.to_markdown(index=False, floatfmt=".4g"),
+            "",
+            "## Every pair (McNemar on the same images; Holm over the pairs)",
+            "",
+            pairs.to_markdown(index=False, floatfmt=".4g"),
+            "",
+        ]
     markdown += [f"- left out: {reason}" for reason in left_out]
     write_atomic(out / VERDICT_MD, "\n".join(markdown) + "\n")
     return Settled(ranked, pairs, line, list(left_out))
@@ -249,7 +313,14 @@ def show(settled: Settled) -> str:
     """What a command prints: the table's main columns, then the verdict line."""
     if settled.ranked.empty:
         return settled.line
-    columns = ["variant", "seeds", "val_loss", "oof_acc", "oof_acc_low", "oof_acc_high",
-               "oof_macro_f1", "fold_acc_std"]
-    return (settled.ranked[columns].to_markdown(index=False, floatfmt=".4g") + "\n\n"
-            + settled.line)
+    columns = [
+        "variant",
+        "seeds",
+        "val_loss",
+        "oof_acc",
+        "oof_acc_low",
+        "oof_acc_high",
+        "oof_macro_f1",
+        "fold_acc_std",
+    ]
+    return settled.ranked[columns].to_markdown(index=False, floatfmt=".4g") + "\n\n" + settled.line

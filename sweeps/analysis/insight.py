@@ -2,6 +2,7 @@
 mattered (hyperparameter importance), what each model costs to deploy (size, FLOPs, latency
 measured here), and where each variant fails (per-class recall and F1, the test images
 most trials get wrong)."""
+
 from __future__ import annotations
 
 import json
@@ -20,6 +21,7 @@ OBJECTIVE = M.BEST_VAL_LOSS  # what trials were selected on; lower is better
 
 
 # ---------------------------------------------------------------- which settings mattered
+
 
 @dataclass(frozen=True)
 class Importance:
@@ -52,20 +54,31 @@ def importance(experiment: Experiment, seed: int = 0) -> Importance:
     results = experiment.results()
     keys = [k for k in experiment.varied if k in results and results[k].nunique() > 1]
     if len(results) < 4 or not keys:
-        return Importance(pd.DataFrame(), keys, f"not computed: {len(results)} trials with a "
-                                                f"result and {len(keys)} varied setting(s)")
+        return Importance(
+            pd.DataFrame(),
+            keys,
+            f"not computed: {len(results)} trials with a result and {len(keys)} varied setting(s)",
+        )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize")
     columns = {k: _distribution(results[k]) for k in keys}
     for i in range(len(results)):
         params = {k: columns[k][1].iloc[i] for k in keys}
-        params = {k: (float(v) if isinstance(v, (np.floating, float)) else str(v))
-                  for k, v in params.items()}
-        study.add_trial(optuna.trial.create_trial(
-            params=params, distributions={k: columns[k][0] for k in keys},
-            value=float(results[OBJECTIVE].iloc[i])))
-    methods = {"fANOVA": FanovaImportanceEvaluator(seed=seed),
-               "PED-ANOVA": PedAnovaImportanceEvaluator()}
+        params = {
+            k: (float(v) if isinstance(v, (np.floating, float)) else str(v))
+            for k, v in params.items()
+        }
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions={k: columns[k][0] for k in keys},
+                value=float(results[OBJECTIVE].iloc[i]),
+            )
+        )
+    methods = {
+        "fANOVA": FanovaImportanceEvaluator(seed=seed),
+        "PED-ANOVA": PedAnovaImportanceEvaluator(),
+    }
     table, failed = {}, []
     for name, evaluator in methods.items():
         try:
@@ -74,12 +87,15 @@ def importance(experiment: Experiment, seed: int = 0) -> Importance:
             failed.append(f"{name} not computed ({type(exc).__name__}: {str(exc)[:80]})")
     frame = pd.DataFrame(table).reindex(keys).fillna(0.0)
     frame = frame.sort_values(frame.columns[0], ascending=False) if len(frame.columns) else frame
-    note = (f"{len(results)} trials with a result; objective: {OBJECTIVE} (lower is better); "
-            "shares of explained variation, each method's summing to 1")
+    note = (
+        f"{len(results)} trials with a result; objective: {OBJECTIVE} (lower is better); "
+        "shares of explained variation, each method's summing to 1"
+    )
     return Importance(frame, keys, "; ".join([note, *failed]))
 
 
 # ---------------------------------------------------------------- what it costs
+
 
 def _architecture(record) -> str:
     """Trials built alike (weights aside) run alike: they share one latency measurement."""
@@ -87,8 +103,9 @@ def _architecture(record) -> str:
     return json.dumps([build, record.preprocess.image_size], sort_keys=True, default=str)
 
 
-def latencies(experiment: Experiment, rounds: int = 5, threads: int = 1,
-              runtime: str = "torch") -> tuple[pd.DataFrame, str]:
+def latencies(
+    experiment: Experiment, rounds: int = 5, threads: int = 1, runtime: str = "torch"
+) -> tuple[pd.DataFrame, str]:
     """Each result trial's CPU latency (ms, batch 1 and batch 32), measured for every
     distinct architecture of the experiment in one run, in interleaved rounds, in
     ``runtime`` (torch: eager; onnx: each architecture exported and run by ONNX Runtime,
@@ -120,17 +137,26 @@ def latencies(experiment: Experiment, rounds: int = 5, threads: int = 1,
                 net = OnnxNet(net.eval(), size, threads)
             nets[key] = (net.eval(), size)
     if not nets:
-        return pd.DataFrame(columns=["trial_id", M.LATENCY_B1, M.LATENCY_B32]), \
-            "no latency: no trial has a checkpoint of this version"
+        return pd.DataFrame(
+            columns=["trial_id", M.LATENCY_B1, M.LATENCY_B32]
+        ), "no latency: no trial has a checkpoint of this version"
     measured = measure_latency(nets, batches=(1, 32), rounds=rounds, threads=threads)
-    rows = [{"trial_id": t, M.LATENCY_B1: round(measured[k][1].median_ms, 3),
-             M.LATENCY_B32: round(measured[k][32].median_ms, 3)} for t, k in of_trial.items()]
+    rows = [
+        {
+            "trial_id": t,
+            M.LATENCY_B1: round(measured[k][1].median_ms, 3),
+            M.LATENCY_B32: round(measured[k][32].median_ms, 3),
+        }
+        for t, k in of_trial.items()
+    ]
     spread = max(max(m[1].spread, m[32].spread) for m in measured.values())
     how = "ONNX Runtime (the export's runtime)" if runtime == "onnx" else "eager torch"
-    note = (f"latency: {how} on this machine's CPU ({torch.get_num_threads()} threads "
-            f"available, {threads} used), median of {rounds} interleaved rounds over "
-            f"{len(nets)} architecture(s); the largest spread between rounds was "
-            f"{spread:.0%} of the median")
+    note = (
+        f"latency: {how} on this machine's CPU ({torch.get_num_threads()} threads "
+        f"available, {threads} used), median of {rounds} interleaved rounds over "
+        f"{len(nets)} architecture(s); the largest spread between rounds was "
+        f"{spread:.0%} of the median"
+    )
     return pd.DataFrame(rows), note
 
 
@@ -148,6 +174,7 @@ def pareto(table: pd.DataFrame, cost: str) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- where each variant fails
 
+
 def per_class(experiment: Experiment) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Recall and F1 on test per variant (rows) and class (columns), the mean over the
     variant's seeds, from each trial's test report."""
@@ -161,8 +188,10 @@ def per_class(experiment: Experiment) -> tuple[pd.DataFrame, pd.DataFrame]:
         f1.setdefault(row["variant"], []).append([c["f1"] for c in report["classes"]])
 
     def frame(values: dict) -> pd.DataFrame:
-        return pd.DataFrame({v: np.mean(x, 0) for v, x in values.items()},
-                            index=experiment.class_names).T.sort_index()
+        return pd.DataFrame(
+            {v: np.mean(x, 0) for v, x in values.items()}, index=experiment.class_names
+        ).T.sort_index()
+
     return frame(recall), frame(f1)
 
 
@@ -175,8 +204,9 @@ class Hard:
     mistaken_for: str  # the class those trials said most often
 
 
-def hardest(experiment: Experiment, probabilities: dict[str, np.ndarray],
-            count: int = 12) -> list[Hard]:
+def hardest(
+    experiment: Experiment, probabilities: dict[str, np.ndarray], count: int = 12
+) -> list[Hard]:
     """The test images most trials get wrong (``probabilities``: trial id -> its test
     probabilities, aligned with the experiment's test images); ties go to the image whose
     true class got the lower mean probability."""
@@ -193,7 +223,13 @@ def hardest(experiment: Experiment, probabilities: dict[str, np.ndarray],
         if wrong[i] == 0:
             break
         mistakes = Counter(int(p) for p in predicted[:, i] if p != labels[i])
-        out.append(Hard(str(experiment.test_ids[i]), experiment.class_names[labels[i]],
-                        int(wrong[i]), len(stacked),
-                        experiment.class_names[mistakes.most_common(1)[0][0]]))
+        out.append(
+            Hard(
+                str(experiment.test_ids[i]),
+                experiment.class_names[labels[i]],
+                int(wrong[i]),
+                len(stacked),
+                experiment.class_names[mistakes.most_common(1)[0][0]],
+            )
+        )
     return out

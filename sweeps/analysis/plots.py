@@ -1,4 +1,5 @@
 """The report's figures, as functions of plain tables and arrays (matplotlib, files only)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,15 +48,17 @@ def learning_curves(experiment, path: Path) -> bool:
     if not drawn:
         plt.close(fig)
         return False
-    for ax, title in zip(axes.flat, ("train loss", "validation loss", "train accuracy",
-                                     "validation accuracy")):
+    for ax, title in zip(
+        axes.flat, ("train loss", "validation loss", "train accuracy", "validation accuracy")
+    ):
         ax.set_title(title)
         ax.grid(alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    handles = [plt.Line2D([], [], color=colours(i % colours.N), label=v)
-               for i, v in enumerate(variants)]
+    handles = [
+        plt.Line2D([], [], color=colours(i % colours.N), label=v) for i, v in enumerate(variants)
+    ]
     fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 0.8, 1))
     fig.savefig(path, dpi=90)
@@ -80,11 +83,10 @@ def accuracy_by_group(results: pd.DataFrame, group_key: str | None) -> pd.DataFr
         group = str(trials.iloc[0][group_key]) if group_key else ""
         bar = str(variant)
         if group_key and bar.startswith(group + "-"):
-            bar = bar[len(group) + 1:]
+            bar = bar[len(group) + 1 :]
         rows.append({"group": group, "bar": bar, "value": value, "low": low, "high": high})
     out = pd.DataFrame(rows)
-    out.attrs["error_bars"] = ("mean ± std over seeds" if several_seeds
-                               else "95% Wilson interval")
+    out.attrs["error_bars"] = "mean ± std over seeds" if several_seeds else "95% Wilson interval"
     return out
 
 
@@ -98,8 +100,14 @@ def accuracy_chart(bars: pd.DataFrame, path: Path) -> None:
         part = bars[bars["bar"] == name].set_index("group").reindex(groups)
         x = np.arange(len(groups)) + (j - (len(names) - 1) / 2) * width
         errors = np.vstack([part["value"] - part["low"], part["high"] - part["value"]])
-        ax.bar(x, part["value"], width, label=name or None,
-               yerr=np.nan_to_num(errors.clip(min=0)), capsize=3)
+        ax.bar(
+            x,
+            part["value"],
+            width,
+            label=name or None,
+            yerr=np.nan_to_num(errors.clip(min=0)),
+            capsize=3,
+        )
     ax.set_xticks(np.arange(len(groups)), groups if groups != [""] else ["all variants"])
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.05)
@@ -129,8 +137,15 @@ def confusion_figure(matrix: np.ndarray, class_names: list[str], title: str):
     if k <= CELL_COUNTS_UP_TO:
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    int(matrix[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if matrix[i, j] > matrix.max() / 2 else "black",
+                )
     step = -(-k // CLASS_LABELS_UP_TO)
     ticks = list(range(0, k, step))
     names = [class_names[i] for i in ticks]
@@ -174,8 +189,13 @@ def parallel_coordinates(table: pd.DataFrame, keys: list[str], score: str, path:
     spread = (scores.max() - scores.min()) or 1.0
     x = np.arange(len(axes_keys))
     for i in range(len(rows)):
-        ax.plot(x, [positions[k][i] for k in axes_keys], alpha=0.7, linewidth=1.2,
-                color=colour((scores[i] - scores.min()) / spread))
+        ax.plot(
+            x,
+            [positions[k][i] for k in axes_keys],
+            alpha=0.7,
+            linewidth=1.2,
+            color=colour((scores[i] - scores.min()) / spread),
+        )
     for j, key in enumerate(axes_keys):
         ax.axvline(j, color="#888", linewidth=0.8)
         for y, label in ticks[key]:
@@ -198,24 +218,38 @@ def pareto_figure(panels: list[tuple[pd.DataFrame, str, str]], path: Path) -> No
     for ax, (best, cost, label) in zip(axes[0], panels):
         low = (best[M.TEST_ACC] - best[M.TEST_ACC_LOW]).clip(lower=0)
         high = (best[M.TEST_ACC_HIGH] - best[M.TEST_ACC]).clip(lower=0)
-        ax.errorbar(best[cost], best[M.TEST_ACC], yerr=[low, high], fmt="none", ecolor="#999",
-                    capsize=3)
+        ax.errorbar(
+            best[cost], best[M.TEST_ACC], yerr=[low, high], fmt="none", ecolor="#999", capsize=3
+        )
         front = best[best["front"]]
-        ax.scatter(best[cost], best[M.TEST_ACC], facecolors="none", edgecolors="#1f77b4",
-                   s=40, label="dominated")
+        ax.scatter(
+            best[cost],
+            best[M.TEST_ACC],
+            facecolors="none",
+            edgecolors="#1f77b4",
+            s=40,
+            label="dominated",
+        )
         ax.scatter(front[cost], front[M.TEST_ACC], color="#1f77b4", s=40, label="Pareto front")
         ax.plot(front[cost], front[M.TEST_ACC], color="#1f77b4", linewidth=1)
         for i, (_, row) in enumerate(front.iterrows()):  # the others: in the page's table
-            ax.annotate(str(row["variant"]), (row[cost], row[M.TEST_ACC]), fontsize=7,
-                        xytext=(4, -10 - 9 * (i % 3)), textcoords="offset points")
+            ax.annotate(
+                str(row["variant"]),
+                (row[cost], row[M.TEST_ACC]),
+                fontsize=7,
+                xytext=(4, -10 - 9 * (i % 3)),
+                textcoords="offset points",
+            )
         if best[cost].max() / max(best[cost].min(), 1e-12) >= 10:
             ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("test accuracy (95% interval)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("Accuracy against deployment cost (each variant's best trial by "
-                 "validation loss)", fontsize=10)
+    fig.suptitle(
+        "Accuracy against deployment cost (each variant's best trial by validation loss)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -225,8 +259,9 @@ def heatmaps(frames: list[tuple[pd.DataFrame, str]], path: Path) -> None:
     """Variants (rows) by classes (columns), one panel per (table, title), values 0 to 1."""
     plt = pyplot()
     rows, cols = frames[0][0].shape
-    fig, axes = plt.subplots(1, len(frames), squeeze=False,
-                             figsize=(len(frames) * (4.0 + 0.5 * cols), 1.5 + 0.35 * rows))
+    fig, axes = plt.subplots(
+        1, len(frames), squeeze=False, figsize=(len(frames) * (4.0 + 0.5 * cols), 1.5 + 0.35 * rows)
+    )
     for ax, (frame, title) in zip(axes[0], frames):
         image = ax.imshow(frame.to_numpy(float), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
         for i in range(rows):
@@ -241,12 +276,10 @@ def heatmaps(frames: list[tuple[pd.DataFrame, str]], path: Path) -> None:
     plt.close(fig)
 
 
-def thumbnails(images: list[np.ndarray], captions: list[str], path: Path,
-               per_row: int = 6) -> None:
+def thumbnails(images: list[np.ndarray], captions: list[str], path: Path, per_row: int = 6) -> None:
     plt = pyplot()
     rows = (len(images) + per_row - 1) // per_row
-    fig, axes = plt.subplots(rows, per_row, figsize=(2.2 * per_row, 2.6 * rows),
-                             squeeze=False)
+    fig, axes = plt.subplots(rows, per_row, figsize=(2.2 * per_row, 2.6 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, caption in zip(axes.flat, images, captions):
@@ -257,16 +290,18 @@ def thumbnails(images: list[np.ndarray], captions: list[str], path: Path,
     plt.close(fig)
 
 
-def reliability_figure(before, after, temperature: float, eces: tuple[float, float],
-                       path: Path) -> None:
+def reliability_figure(
+    before, after, temperature: float, eces: tuple[float, float], path: Path
+) -> None:
     """Accuracy against confidence per bin (trainables/calibration.reliability), before
     and after temperature scaling; the diagonal is perfect calibration."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
-    for bins, label, colour in ((before, f"softmax (ECE {eces[0]:.3f})", "tab:red"),
-                                (after, f"T = {temperature:.2f} (ECE {eces[1]:.3f})",
-                                 "tab:blue")):
+    for bins, label, colour in (
+        (before, f"softmax (ECE {eces[0]:.3f})", "tab:red"),
+        (after, f"T = {temperature:.2f} (ECE {eces[1]:.3f})", "tab:blue"),
+    ):
         if bins:
             conf, acc, count = zip(*bins)
             ax.plot(conf, acc, marker="o", color=colour, label=label)

@@ -1,5 +1,6 @@
 """From a resolved sweep to the Ray Tune ``Tuner`` that runs it (or restores it): the
 scheduler, the searcher, the trainable with its data, and the recorder with its sinks."""
+
 from __future__ import annotations
 
 import os
@@ -18,23 +19,32 @@ from trainables.data import DataHandle
 def _name_creator(sweep: Sweep):
     def name(trial) -> str:
         fold = trial.config.get("fold", -1)
-        label = (f"{sweep.variant(trial.config)}_s{trial.config.get('seed', 0)}"
-                 f"{f'_f{fold}' if fold >= 0 else ''}_{trial.trial_id}")
+        label = (
+            f"{sweep.variant(trial.config)}_s{trial.config.get('seed', 0)}"
+            f"{f'_f{fold}' if fold >= 0 else ''}_{trial.trial_id}"
+        )
         return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
+
     return name
 
 
-def _trainable(sweep: Sweep, handle: DataHandle, unavailable: tuple[str, ...],
-               per_trial: dict[str, float]):
+def _trainable(
+    sweep: Sweep, handle: DataHandle, unavailable: tuple[str, ...], per_trial: dict[str, float]
+):
     from ray import tune
 
     from trainables.trial.trainable import train_trial
 
     return tune.with_resources(
-        tune.with_parameters(train_trial, data=handle, unavailable_weights=unavailable,
-                             variant_keys=sweep.variant_keys,
-                             stop_points=sweep.stop_points()),
-        per_trial)
+        tune.with_parameters(
+            train_trial,
+            data=handle,
+            unavailable_weights=unavailable,
+            variant_keys=sweep.variant_keys,
+            stop_points=sweep.stop_points(),
+        ),
+        per_trial,
+    )
 
 
 def _environment() -> None:
@@ -53,8 +63,9 @@ def _environment() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
-def build_tuner(sweep: Sweep, handle: DataHandle, unavailable: tuple[str, ...],
-                per_trial: dict[str, float]):
+def build_tuner(
+    sweep: Sweep, handle: DataHandle, unavailable: tuple[str, ...], per_trial: dict[str, float]
+):
     """A new Tuner for ``sweep``."""
     from ray import tune
 
@@ -68,37 +79,56 @@ def build_tuner(sweep: Sweep, handle: DataHandle, unavailable: tuple[str, ...],
     _environment()
     spec, plan = sweep.spec, sweep.plan
     if spec.scheduler == "asha":
-        scheduler = Asha(time_attr="training_iteration", max_t=sweep.max_epochs,
-                         grace_period=sweep.grace, reduction_factor=sweep.space.reduction_factor)
+        scheduler = Asha(
+            time_attr="training_iteration",
+            max_t=sweep.max_epochs,
+            grace_period=sweep.grace,
+            reduction_factor=sweep.space.reduction_factor,
+        )
     else:
         scheduler = Fifo()
     sinks = [ProgressCsv(), TensorBoardSink(plan.varied), ProgressLines(plan.trials)]
     if spec.tracking:
         sinks.append(_tracking(sweep))
-    watchdog = Watchdog(DEFAULT_STALL_TIMEOUT_S if spec.stall_timeout is None
-                        else spec.stall_timeout)
+    watchdog = Watchdog(
+        DEFAULT_STALL_TIMEOUT_S if spec.stall_timeout is None else spec.stall_timeout
+    )
     grid = [k for k, v in plan.param_space.items() if is_grid(v)]
     recorder = TrialRecorder(
-        sweep.variant, sweep.store, plan.varied, sinks=sinks,
+        sweep.variant,
+        sweep.store,
+        plan.varied,
+        sinks=sinks,
         scheduler_stop=M.ASHA if spec.scheduler == "asha" else M.STOPPED,
-        aggregate=not plan.searched, stalled=watchdog.stalled,
-        planned=([], []) if plan.searched else (grid, [c.to_dict() for c in plan.configs]))
+        aggregate=not plan.searched,
+        stalled=watchdog.stalled,
+        planned=([], []) if plan.searched else (grid, [c.to_dict() for c in plan.configs]),
+    )
     name = _name_creator(sweep)
     return tune.Tuner(
         _trainable(sweep, handle, unavailable, per_trial),
         param_space=plan.param_space,
         tune_config=tune.TuneConfig(
-            metric=M.METRIC, mode=M.MODE, scheduler=scheduler, num_samples=plan.num_samples,
-            search_alg=create_searcher(plan, seed=plan.configs[0].seed,
-                                       journal=_optuna_journal(sweep)),
-            max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
-            trial_name_creator=name, trial_dirname_creator=name),
+            metric=M.METRIC,
+            mode=M.MODE,
+            scheduler=scheduler,
+            num_samples=plan.num_samples,
+            search_alg=create_searcher(
+                plan, seed=plan.configs[0].seed, journal=_optuna_journal(sweep)
+            ),
+            max_concurrent_trials=spec.max_concurrent,
+            reuse_actors=True,
+            trial_name_creator=name,
+            trial_dirname_creator=name,
+        ),
         run_config=tune.RunConfig(
-            name=sweep.store.name, storage_path=sweep.store.storage_path,
+            name=sweep.store.name,
+            storage_path=sweep.store.storage_path,
             callbacks=[watchdog, recorder],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            verbose=0),  # the progress lines instead of Tune's status tables
+            verbose=0,
+        ),  # the progress lines instead of Tune's status tables
     )
 
 
@@ -111,16 +141,29 @@ def _tracking(sweep: Sweep):
     params = {f"arg.{k}": v for k, v in asdict(spec).items() if v not in (None, (), False)}
     if "arg.tracking" in params:  # the URI's password is not a parameter to show
         params["arg.tracking"] = redact(params["arg.tracking"])
-    params.update({"plan.trials": sweep.plan.trials, "plan.searched": sweep.plan.searched,
-                   "plan.scheduler": spec.scheduler, "plan.grace": sweep.grace,
-                   "plan.max_epochs": sweep.max_epochs})
-    tags = {"visionsweep.space": sweep.space.name, "visionsweep.experiment": str(sweep.store),
-            "visionsweep.varied": ",".join(sweep.plan.varied),
-            "visionsweep.variant_keys": ",".join(sweep.variant_keys)}
-    return Tracking(spec.tracking, sweep.store, spec.tracking_experiment or sweep.space.name,
-                    sweep.name, params, tags)
-
-
+    params.update(
+        {
+            "plan.trials": sweep.plan.trials,
+            "plan.searched": sweep.plan.searched,
+            "plan.scheduler": spec.scheduler,
+            "plan.grace": sweep.grace,
+            "plan.max_epochs": sweep.max_epochs,
+        }
+    )
+    tags = {
+        "visionsweep.space": sweep.space.name,
+        "visionsweep.experiment": str(sweep.store),
+        "visionsweep.varied": ",".join(sweep.plan.varied),
+        "visionsweep.variant_keys": ",".join(sweep.variant_keys),
+    }
+    return Tracking(
+        spec.tracking,
+        sweep.store,
+        spec.tracking_experiment or sweep.space.name,
+        sweep.name,
+        params,
+        tags,
+    )
 
 
 def _optuna_journal(sweep: Sweep) -> str | None:
@@ -131,8 +174,9 @@ def _optuna_journal(sweep: Sweep) -> str | None:
     return str(Path(sweep.store.root) / OPTUNA_JOURNAL)
 
 
-def restore_tuner(sweep: Sweep, handle: DataHandle, unavailable: tuple[str, ...],
-                  per_trial: dict[str, float]):
+def restore_tuner(
+    sweep: Sweep, handle: DataHandle, unavailable: tuple[str, ...], per_trial: dict[str, float]
+):
     """The Tuner of an interrupted sweep: finished trials stay, unfinished ones go on from
     their checkpoints (errored ones too with --retry-errored)."""
     from ray import tune
@@ -140,8 +184,14 @@ def restore_tuner(sweep: Sweep, handle: DataHandle, unavailable: tuple[str, ...]
     _environment()
     location = sweep.store.location
     if not tune.Tuner.can_restore(location):
-        raise UserError(f"--resume {sweep.store}: no Ray Tune experiment state there (the "
-                        "sweep stopped before its first trial started); start it anew")
-    return tune.Tuner.restore(location, _trainable(sweep, handle, unavailable, per_trial),
-                              resume_unfinished=True, resume_errored=sweep.spec.retry_errored,
-                              restart_errored=False)
+        raise UserError(
+            f"--resume {sweep.store}: no Ray Tune experiment state there (the "
+            "sweep stopped before its first trial started); start it anew"
+        )
+    return tune.Tuner.restore(
+        location,
+        _trainable(sweep, handle, unavailable, per_trial),
+        resume_unfinished=True,
+        resume_errored=sweep.spec.retry_errored,
+        restart_errored=False,
+    )

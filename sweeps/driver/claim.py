@@ -8,6 +8,7 @@ the folder is an experiment of this tool. ``--overwrite`` removes only a folder 
 marker, never one that holds or lies inside the ``--data`` folder, and never one a live sweep
 holds. On a cloud store there is no lock: the claim is the marker alone.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -38,8 +39,10 @@ def check_data_apart(store: Store, data_root: str | None) -> None:
         return
     experiment, data = Path(store.root).resolve(), Path(data_root).resolve()
     if within(experiment, data) or within(data, experiment):
-        raise UserError(f"experiment {store} and --data {data} overlap (one holds the "
-                        "other); put the experiment outside the data folder with --storage")
+        raise UserError(
+            f"experiment {store} and --data {data} overlap (one holds the "
+            "other); put the experiment outside the data folder with --storage"
+        )
 
 
 def _holder(root: Path) -> str:
@@ -56,15 +59,25 @@ def _lock(root: Path, what: str) -> None:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise UserError(f"experiment {root} is in use by a running sweep{_holder(root)}; "
-                        f"{what}") from None
+        raise UserError(
+            f"experiment {root} is in use by a running sweep{_holder(root)}; {what}"
+        ) from None
     _HELD.append(handle)
 
 
 def _mark(store: Store, command: list[str]) -> None:
-    store.write_text(MARKER, json.dumps({
-        "pid": os.getpid(), "host": socket.gethostname(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": redact_all(command)}, indent=1))
+    store.write_text(
+        MARKER,
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "command": redact_all(command),
+            },
+            indent=1,
+        ),
+    )
 
 
 def _content(root: Path) -> list[Path]:
@@ -79,11 +92,15 @@ def check_new(store: Store, overwrite: bool) -> None:
         raise UserError(f"experiment path {store} is a file; choose another --name")
     if store.has_content():
         if not overwrite:
-            raise UserError(f"experiment {store} already exists; choose another --name "
-                            "or pass --overwrite to replace it")
+            raise UserError(
+                f"experiment {store} already exists; choose another --name "
+                "or pass --overwrite to replace it"
+            )
         if not store.exists(MARKER) and not store.exists(SWEEP_JSON):
-            raise UserError(f"--overwrite: {store} is not an experiment of this tool (no "
-                            f"{MARKER} in it); it is left as it is: choose another --name")
+            raise UserError(
+                f"--overwrite: {store} is not an experiment of this tool (no "
+                f"{MARKER} in it); it is left as it is: choose another --name"
+            )
 
 
 def claim_new(store: Store, overwrite: bool, command: list[str]) -> None:
@@ -99,8 +116,10 @@ def claim_new(store: Store, overwrite: bool, command: list[str]) -> None:
     root.mkdir(parents=True, exist_ok=True)
     _lock(root, "wait for it to end or choose another --name")
     if _content(root) and not overwrite:  # another sweep filled it since the check above
-        raise UserError(f"experiment {store} already exists; choose another --name or pass "
-                        "--overwrite to replace it")
+        raise UserError(
+            f"experiment {store} already exists; choose another --name or pass "
+            "--overwrite to replace it"
+        )
     for entry in _content(root):
         shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     _mark(store, command)

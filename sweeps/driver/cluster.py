@@ -1,4 +1,5 @@
 """Ray itself: start or join a cluster, and size each trial's request against its nodes."""
+
 from __future__ import annotations
 
 import os
@@ -20,15 +21,19 @@ def check_reachable(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> 
         return
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise UserError(f"--address {address}: write it as HOST:PORT (the head node's GCS "
-                        "port, 6379 by default), or 'auto'")
+        raise UserError(
+            f"--address {address}: write it as HOST:PORT (the head node's GCS "
+            "port, 6379 by default), or 'auto'"
+        )
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise UserError(f"--address {address}: no Ray cluster answers there ({reason}, "
-                        f"waited up to {timeout:g} s); start one with 'ray start --head' or "
-                        "check the address") from None
+        raise UserError(
+            f"--address {address}: no Ray cluster answers there ({reason}, "
+            f"waited up to {timeout:g} s); start one with 'ray start --head' or "
+            "check the address"
+        ) from None
 
 
 @contextmanager
@@ -73,8 +78,10 @@ def start_ray(address: str | None):
     from trainables.core.files import writes_into
 
     setting = "RAY_TMPDIR" if "RAY_TMPDIR" in os.environ else "TMPDIR"
-    with writes_into(Path(get_default_ray_temp_dir()), "Ray's temporary folder", setting), \
-            _loopback_only(not address or _on_loopback(address)):
+    with (
+        writes_into(Path(get_default_ray_temp_dir()), "Ray's temporary folder", setting),
+        _loopback_only(not address or _on_loopback(address)),
+    ):
         if address:
             return _join(address, kwargs)
         # "local": always a fresh instance for this run, never a cluster that `ray start`
@@ -118,13 +125,16 @@ def _join(address: str, kwargs: dict):
         sys.stderr.write("".join(f"{line}\n" for line in held))
         return context
     if any(TOKEN_REFUSED in line for line in held):
-        raise UserError(f"--address {address}: the cluster refused this driver (its "
-                        "authentication token is missing or wrong); set RAY_AUTH_TOKEN to "
-                        "the cluster's token (`ray get-auth-token` on its head) and "
-                        "RAY_AUTH_MODE=token")
+        raise UserError(
+            f"--address {address}: the cluster refused this driver (its "
+            "authentication token is missing or wrong); set RAY_AUTH_TOKEN to "
+            "the cluster's token (`ray get-auth-token` on its head) and "
+            "RAY_AUTH_MODE=token"
+        )
     reason = next((line for line in reversed(held) if line.strip()), "no answer")
-    raise UserError(f"--address {address}: cannot join the Ray cluster there "
-                    f"({reason.strip()[:160]})")
+    raise UserError(
+        f"--address {address}: cannot join the Ray cluster there ({reason.strip()[:160]})"
+    )
 
 
 @contextmanager
@@ -227,17 +237,22 @@ def cluster_nodes() -> list[dict[str, float]] | None:
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     bootstrap = Path(AUTOSCALING_CONFIG).expanduser()
     if bootstrap.is_file():
-        for node_type in yaml.safe_load(bootstrap.read_text()).get(
-                "available_node_types", {}).values():
+        for node_type in (
+            yaml.safe_load(bootstrap.read_text()).get("available_node_types", {}).values()
+        ):
             if not node_type.get("resources"):
                 return None
             nodes.append(node_type["resources"])
     return nodes
 
 
-def resources(cpus_per_trial: float | None, gpus_per_trial: float | None,
-              nodes: list[dict[str, float]] | None, models: tuple[str, ...] = (),
-              concurrent: int | None = None) -> dict[str, float]:
+def resources(
+    cpus_per_trial: float | None,
+    gpus_per_trial: float | None,
+    nodes: list[dict[str, float]] | None,
+    models: tuple[str, ...] = (),
+    concurrent: int | None = None,
+) -> dict[str, float]:
     """Per-trial resources. A trial runs on one node, so a request that no node can hold
     would wait forever: that is an error now. Without --gpus-per-trial, each trial asks for
     the largest default GPU share among the sweep's models (the model registry's
@@ -250,19 +265,22 @@ def resources(cpus_per_trial: float | None, gpus_per_trial: float | None,
         has_gpu = nodes is not None and any(n.get("GPU", 0) >= 1 for n in nodes)
         share = max((model_spec(m).gpu_share for m in set(models)), default=1.0)
         gpus = share if has_gpu else 0.0
-    cpus = cpus_per_trial if cpus_per_trial is not None else node_share(nodes, gpus,
-                                                                          concurrent)
-    if nodes is not None and not any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus
-                                     for n in nodes):
+    cpus = cpus_per_trial if cpus_per_trial is not None else node_share(nodes, gpus, concurrent)
+    if nodes is not None and not any(
+        n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes
+    ):
         biggest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
-        raise UserError(f"--cpus-per-trial {cpus:g} --gpus-per-trial {gpus:g} "
-                        f"fits on no node (the largest has {biggest.get('CPU', 0):g} CPUs, "
-                        f"{biggest.get('GPU', 0):g} GPUs); ask for less")
+        raise UserError(
+            f"--cpus-per-trial {cpus:g} --gpus-per-trial {gpus:g} "
+            f"fits on no node (the largest has {biggest.get('CPU', 0):g} CPUs, "
+            f"{biggest.get('GPU', 0):g} GPUs); ask for less"
+        )
     return {"cpu": cpus, "gpu": gpus}
 
 
-def node_share(nodes: list[dict[str, float]] | None, gpus: float,
-               concurrent: int | None = None) -> float:
+def node_share(
+    nodes: list[dict[str, float]] | None, gpus: float, concurrent: int | None = None
+) -> float:
     """CPUs per trial that let the trials sharing a node use all of it: a node holds as
     many trials as its GPUs allow (as its CPUs, without GPUs), and at most ``concurrent``;
     the smallest share over the nodes that can hold a trial, so a trial fits on any."""

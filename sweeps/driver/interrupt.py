@@ -2,6 +2,7 @@
 experiment state is saved with the running trials unfinished (so ``--resume`` goes on with
 them), the trials are stopped, and the driver writes the table and says how to resume.
 A second signal quits at once."""
+
 from __future__ import annotations
 
 import logging
@@ -44,14 +45,20 @@ class GracefulStop:
             signal.signal(signum, handler)
 
     def _handle(self, signum, frame) -> None:
-        tune_listens = signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN,
-                                                                None)
+        tune_listens = signal.getsignal(signal.SIGUSR1) not in (
+            signal.SIG_DFL,
+            signal.SIG_IGN,
+            None,
+        )
         if self.signal is not None or not tune_listens:
             raise KeyboardInterrupt  # a second signal, or one before the trials: quit now
         self.signal = signum
-        print(f"\n{signal.Signals(signum).name}: stopping the sweep; unfinished trials keep "
-              "their checkpoints (press Ctrl-C again to quit at once)", file=sys.stderr,
-              flush=True)
+        print(
+            f"\n{signal.Signals(signum).name}: stopping the sweep; unfinished trials keep "
+            "their checkpoints (press Ctrl-C again to quit at once)",
+            file=sys.stderr,
+            flush=True,
+        )
         os.kill(os.getpid(), signal.SIGUSR1)
 
     @property

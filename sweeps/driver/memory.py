@@ -2,20 +2,30 @@
 memory cgroup (cgroup v2 ``memory.events``, v1 ``memory.oom_control``), which holds a local
 sweep's Ray workers too, and Ray's own memory monitor's message. A trial whose worker
 died is tabled as ``oom``, not ``error``, when one of them says memory killed it."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 RAY_OOM_WORDS = ("OutOfMemoryError", "running low on memory", "memory pressure")
-WORKER_DIED_WORDS = ("ActorDiedError", "RayActorError", "WorkerCrashedError",
-                     "died unexpectedly", "worker process has died", "SIGKILL")
-KILLED_HINT = ("killed for lack of memory (the {who}): use a smaller batch_size or "
-               "image_size, or fewer trials at once (--max-concurrent)")
+WORKER_DIED_WORDS = (
+    "ActorDiedError",
+    "RayActorError",
+    "WorkerCrashedError",
+    "died unexpectedly",
+    "worker process has died",
+    "SIGKILL",
+)
+KILLED_HINT = (
+    "killed for lack of memory (the {who}): use a smaller batch_size or "
+    "image_size, or fewer trials at once (--max-concurrent)"
+)
 
 
-def kernel_oom_kills(proc_cgroup: Path = Path("/proc/self/cgroup"),
-                     root: Path = CGROUP_ROOT) -> int | None:
+def kernel_oom_kills(
+    proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = CGROUP_ROOT
+) -> int | None:
     """How many processes the kernel has killed for memory in this process's cgroup, or
     None where that cannot be read (no cgroup memory controller, another system)."""
     try:

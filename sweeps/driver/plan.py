@@ -1,5 +1,6 @@
 """From a space and the command line to what Ray Tune runs: the param space, the trial
 configs to validate before anything starts, and the searcher."""
+
 from __future__ import annotations
 
 import itertools
@@ -30,8 +31,13 @@ class Plan:
     varied: list[str]  # keys whose values differ between trials
 
 
-def make_plan(space, overrides: dict[str, Any], num_samples: int | None,
-              smoke: bool = False, folds: int | None = None) -> Plan:
+def make_plan(
+    space,
+    overrides: dict[str, Any],
+    num_samples: int | None,
+    smoke: bool = False,
+    folds: int | None = None,
+) -> Plan:
     """Merge the space with the overrides (an override replaces a grid or a distribution)
     and decide how many trials run: grid points x seeds (x folds), or a searcher's budget."""
     from ray import tune
@@ -50,14 +56,22 @@ def make_plan(space, overrides: dict[str, Any], num_samples: int | None,
         param_space["seed"] = tune.grid_search(seeds) if len(seeds) > 1 else seeds[0]
     if folds:
         if searched:
-            raise UserError(f"--folds: the {space.name} study is a search; cross-validate "
-                            "its result instead: --space single --config "
-                            "runs/NAME/best_config.json --folds K")
+            raise UserError(
+                f"--folds: the {space.name} study is a search; cross-validate "
+                "its result instead: --space single --config "
+                "runs/NAME/best_config.json --folds K"
+            )
         param_space["fold"] = tune.grid_search(list(range(folds)))
     configs = validate(grid_configs(param_space))
     varied = [k for k, v in param_space.items() if is_grid(v) or is_domain(v)]
-    return Plan(param_space, configs, budget if searched else len(configs),
-                budget if searched else 1, searched, varied)
+    return Plan(
+        param_space,
+        configs,
+        budget if searched else len(configs),
+        budget if searched else 1,
+        searched,
+        varied,
+    )
 
 
 def grid_configs(param_space: dict[str, Any]) -> list[dict[str, Any]]:
@@ -114,8 +128,12 @@ def create_searcher(plan: Plan, seed: int, journal: str | None = None):
         from optuna.storages.journal import JournalFileBackend
 
         storage = JournalStorage(JournalFileBackend(journal))
-    searcher = ResumableOptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed), seed=seed,
-                                     storage=storage, study_name="sweep" if storage else None)
+    searcher = ResumableOptunaSearch(
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        seed=seed,
+        storage=storage,
+        study_name="sweep" if storage else None,
+    )
     return ConcurrencyLimiter(searcher, max_concurrent=max(1, min(4, plan.trials // 5)))
 
 

@@ -11,6 +11,7 @@ Standalone on purpose (the standard library only; started as a script): Linux's 
 
     python sweeps/driver/reaper.py DRIVER_PID
 """
+
 from __future__ import annotations
 
 import os
@@ -30,7 +31,7 @@ def _stat(pid: int) -> tuple[int, int] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()  # after the command name, which may hold ')'
+    fields = text[text.rindex(")") + 2 :].split()  # after the command name, which may hold ')'
     return int(fields[1]), int(fields[19])
 
 
@@ -88,9 +89,14 @@ def start(driver: int | None = None) -> None:
     if not Path("/proc/self/stat").exists() or driver in _WATCHED:
         return
     _WATCHED.add(driver)
-    subprocess.Popen([sys.executable, __file__, str(driver)],
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    subprocess.Popen(
+        [sys.executable, __file__, str(driver)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ A storage error in any of them (a full disk, a lost permission, a store that wen
 stops the sweep where it is, as an interruption does: the last good table stays, trials in
 flight keep their checkpoints, and the driver says what failed and how to resume.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,10 @@ TABLE_BUDGET = 0.02  # at most this share of the sweep's time goes to rewriting 
 _ACTIVE: list[TrialRecorder] = []  # the recorder of the sweep running in this process
 _STORE: list[Store] = []  # where the sweep running in this process is (bind_store)
 _SEARCHER: list = []  # Tune's searcher of that sweep, as its scheduler sees it
-REUSE_FAILED = ("Tune could not hand this trial a finished trial's worker (that trial's "
-                "thread did not end in time); --resume --retry-errored runs it again")
+REUSE_FAILED = (
+    "Tune could not hand this trial a finished trial's worker (that trial's "
+    "thread did not end in time); --resume --retry-errored runs it again"
+)
 
 
 def bind_store(store: Store) -> None:
@@ -57,8 +60,9 @@ def into_this_experiment(trial) -> None:
     store = _STORE[0]
     parent = store.root.rsplit("/", 1)[0]
     storage = trial.storage
-    if storage is None or (storage.storage_fs_path == parent
-                           and storage.experiment_dir_name == store.name):
+    if storage is None or (
+        storage.storage_fs_path == parent and storage.experiment_dir_name == store.name
+    ):
         return
     moved = copy.copy(storage)
     moved.storage_fs_path, moved.experiment_dir_name = parent, store.name
@@ -73,10 +77,17 @@ class TrialRecorder(Callback):
     one (the scheduler stopped it). ``planned``: a grid's keys and every point of it (as
     configs), so that a sweep stopped before Tune created some trials still tables them."""
 
-    def __init__(self, variant: Callable[[dict], str], store: Store, varied_keys: list[str],
-                 sinks: list, scheduler_stop: str, aggregate: bool = True,
-                 stalled: dict[str, str] | None = None,
-                 planned: tuple[list[str], list[dict]] = ([], [])):
+    def __init__(
+        self,
+        variant: Callable[[dict], str],
+        store: Store,
+        varied_keys: list[str],
+        sinks: list,
+        scheduler_stop: str,
+        aggregate: bool = True,
+        stalled: dict[str, str] | None = None,
+        planned: tuple[list[str], list[dict]] = ([], []),
+    ):
         self.variant = variant
         self.store = store
         self.varied_keys = varied_keys
@@ -110,8 +121,7 @@ class TrialRecorder(Callback):
         entry = self.entries.get(trial.trial_id)
         if entry is None:
             config = {k: plain(v) for k, v in trial.config.items()}
-            entry = TrialEntry(trial.trial_id, self.variant(config), config,
-                               str(trial.local_path))
+            entry = TrialEntry(trial.trial_id, self.variant(config), config, str(trial.local_path))
             self.entries[trial.trial_id] = entry
             if trial.checkpoint is not None:  # resumed: go on with the files it had
                 self._safely(self._restore_files, trial, entry)
@@ -152,16 +162,16 @@ class TrialRecorder(Callback):
         keys, points = self.planned
         if not points:
             return []
-        made = Counter(tuple(plain(e.config.get(k)) for k in keys)
-                       for e in self.entries.values())
+        made = Counter(tuple(plain(e.config.get(k)) for k in keys) for e in self.entries.values())
         missing = []
         for config in points:
             key = tuple(plain(config.get(k)) for k in keys)
             if made[key]:
                 made[key] -= 1
             else:
-                missing.append(TrialEntry("", self.variant(config), config, "",
-                                          status="NOT_STARTED"))
+                missing.append(
+                    TrialEntry("", self.variant(config), config, "", status="NOT_STARTED")
+                )
         return missing
 
     # ---------------------------------------------------------------- Tune's events
@@ -288,8 +298,9 @@ class TrialRecorder(Callback):
             write(*args)
         except OSError as exc:  # disk full, permission lost, a store that went away
             where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
-            self.fault = (f"{exc.strerror or str(exc) or type(exc).__name__}"
-                          f"{where}").splitlines()[0][:300]
+            self.fault = (f"{exc.strerror or str(exc) or type(exc).__name__}{where}").splitlines()[
+                0
+            ][:300]
             # out of Tune's loop, as an interruption: unfinished trials stay resumable
             raise StorageFault(self.fault) from exc
 

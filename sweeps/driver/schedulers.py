@@ -2,6 +2,7 @@
 one moment to point a resumed copy's new trials into that copy (see
 recorder.into_this_experiment), and Tune's searcher, which the recorder tells of a trial
 that Tune ended without telling it (recorder._ended_unannounced)."""
+
 from __future__ import annotations
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler

@@ -2,6 +2,7 @@
 interrupted sweep's ``sweep.json``) and as it resolves (``Sweep``: the space, the overrides,
 the plan of trials, the scheduler's settings, the store). ``sweep.json`` records both, and
 everything after the sweep reads the study's shape from it, not from today's registry."""
+
 from __future__ import annotations
 
 import argparse
@@ -59,11 +60,12 @@ class SweepSpec:
         values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
         values["overrides"] = tuple(values.get("overrides") or ())
         if values.get("folds") and values.get("scheduler") == "asha":
-            raise UserError("--folds runs each fold of a variant to its own end (fifo): ASHA "
-                            "would compare trials of different folds on different validation "
-                            "images and cut some folds of a variant; drop --scheduler asha")
-        values["scheduler"] = values.get("scheduler") or ("fifo" if values.get("folds")
-                                                          else "asha")
+            raise UserError(
+                "--folds runs each fold of a variant to its own end (fifo): ASHA "
+                "would compare trials of different folds on different validation "
+                "images and cut some folds of a variant; drop --scheduler asha"
+            )
+        values["scheduler"] = values.get("scheduler") or ("fifo" if values.get("folds") else "asha")
         return cls(**values)
 
     def check(self) -> None:
@@ -76,29 +78,48 @@ class SweepSpec:
             if self.name.strip(" .") == "" or "/" in self.name or "\\" in self.name:
                 raise UserError(f"--name {self.name!r}: use a plain folder name without '/'")
             if len(self.name.encode("utf-8")) > 200:
-                raise UserError(f"--name: {len(self.name.encode('utf-8'))} bytes long; use a "
-                                "name of at most 200 bytes (file systems refuse longer folder "
-                                "names)")
+                raise UserError(
+                    f"--name: {len(self.name.encode('utf-8'))} bytes long; use a "
+                    "name of at most 200 bytes (file systems refuse longer folder "
+                    "names)"
+                )
         if self.folds is not None and self.folds < 3:
-            raise UserError(f"--folds {self.folds}: use 3 or more (each fold tests on one "
-                            "fold, validates on the next and trains on the rest)")
+            raise UserError(
+                f"--folds {self.folds}: use 3 or more (each fold tests on one "
+                "fold, validates on the next and trains on the rest)"
+            )
         if self.split_file and self.split_seed is not None:
-            raise UserError("--split-file and --split-seed conflict: a reused split has no "
-                            "seed; drop one of them")
+            raise UserError(
+                "--split-file and --split-seed conflict: a reused split has no "
+                "seed; drop one of them"
+            )
 
 
-RESUME_CONFLICTS = ("space", "data", "name", "num_samples", "max_epochs", "config", "folds",
-                    "split_file", "split_seed", "max_per_class")
+RESUME_CONFLICTS = (
+    "space",
+    "data",
+    "name",
+    "num_samples",
+    "max_epochs",
+    "config",
+    "folds",
+    "split_file",
+    "split_seed",
+    "max_per_class",
+)
 
 
 def resumed(cli: SweepSpec) -> SweepSpec:
     """The interrupted sweep's own spec (from its sweep.json), to continue it."""
     given = [f"--{k.replace('_', '-')}" for k in RESUME_CONFLICTS if getattr(cli, k) is not None]
-    given += ["--set"] * bool(cli.overrides) + ["--smoke"] * cli.smoke \
-        + ["--overwrite"] * cli.overwrite
+    given += (
+        ["--set"] * bool(cli.overrides) + ["--smoke"] * cli.smoke + ["--overwrite"] * cli.overwrite
+    )
     if given:
-        raise UserError(f"--resume conflicts with {', '.join(given)}: a resumed sweep keeps "
-                        "its own settings; drop them")
+        raise UserError(
+            f"--resume conflicts with {', '.join(given)}: a resumed sweep keeps "
+            "its own settings; drop them"
+        )
     store = Store.from_location(cli.resume)
     saved = read_sweep_json(store, "--resume")
     try:
@@ -106,11 +127,20 @@ def resumed(cli: SweepSpec) -> SweepSpec:
         args = {k: v for k, v in saved["args"].items() if k in known}
         spec = replace(SweepSpec(**args), overrides=tuple(args.get("overrides") or ()))
     except (KeyError, TypeError, AttributeError) as exc:
-        raise UserError(f"--resume {store}: {SWEEP_JSON} lacks the sweep's settings ({exc}); "
-                        "start the sweep anew") from None
-    spec = replace(spec, resume=cli.resume, retry_errored=cli.retry_errored,
-                   storage=store.storage_path, name=store.name, overwrite=False,
-                   address=cli.address, tracking=usable(spec.tracking, cli.tracking))
+        raise UserError(
+            f"--resume {store}: {SWEEP_JSON} lacks the sweep's settings ({exc}); "
+            "start the sweep anew"
+        ) from None
+    spec = replace(
+        spec,
+        resume=cli.resume,
+        retry_errored=cli.retry_errored,
+        storage=store.storage_path,
+        name=store.name,
+        overwrite=False,
+        address=cli.address,
+        tracking=usable(spec.tracking, cli.tracking),
+    )
     # replay the very split the sweep started with: its own split.csv, never the file a
     # --split-file named (it may have changed or gone since); only a root split into
     # train/ val/ test/ folders is read as it is
@@ -124,9 +154,11 @@ def check_same_data(store: Store, digest: str, root: str) -> None:
     them and its unfinished ones go on with them."""
     began = read_sweep_json(store, "--resume").get("data_digest")
     if began and began != digest:  # (sweeps of older versions did not record it)
-        raise UserError(f"--resume {store}: the images under {root} changed since the sweep "
-                        "began (their contents differ); restore them, or start a new sweep "
-                        f"(--split-file {store}/split.csv reuses its split)")
+        raise UserError(
+            f"--resume {store}: the images under {root} changed since the sweep "
+            "began (their contents differ); restore them, or start a new sweep "
+            f"(--split-file {store}/split.csv reuses its split)"
+        )
 
 
 def _local_copy(store: Store, relative: str) -> str:
@@ -159,8 +191,11 @@ class Sweep:
     @property
     def variant_keys(self) -> tuple[str, ...]:
         """The space's variant keys, then every key the command line made a grid of."""
-        extra = [k for k, v in self.overrides.items()
-                 if isinstance(v, list) and k not in self.space.variant_keys]
+        extra = [
+            k
+            for k, v in self.overrides.items()
+            if isinstance(v, list) and k not in self.space.variant_keys
+        ]
         return (*self.space.variant_keys, *extra)
 
     def pin_threads(self, per_trial: dict[str, float]) -> Sweep:
@@ -170,8 +205,9 @@ class Sweep:
         if self.plan.param_space.get("threads", 0) not in (0, None):
             return self
         threads = max(1, int(per_trial.get("cpu", 1)))
-        return replace(self, plan=replace(self.plan, param_space={**self.plan.param_space,
-                                                                  "threads": threads}))
+        return replace(
+            self, plan=replace(self.plan, param_space={**self.plan.param_space, "threads": threads})
+        )
 
     def variant(self, config: dict) -> str:
         from trainables.model.record import variant_name
@@ -189,19 +225,34 @@ class Sweep:
         return tuple(points)
 
     def to_json(self, data_report: dict, unavailable: tuple[str, ...], digest: str) -> str:
-        return json.dumps({
-            "args": {**asdict(self.spec), "name": self.name,
-                     "tracking": redact(self.spec.tracking)}, "space": self.space.name,
-            "variant_keys": list(self.variant_keys), "overrides": self.overrides,
-            "plan": {"trials": self.plan.trials, "searched": self.plan.searched,
-                     "varied": self.plan.varied, "scheduler": self.spec.scheduler,
-                     "threads": self.plan.param_space.get("threads"),
-                     "folds": self.spec.folds,
-                     "grace": self.grace, "max_epochs": self.max_epochs,
-                     "reduction_factor": self.space.reduction_factor},
-            "presplit": data_report["presplit"], "data": data_report["root"],
-            "data_digest": digest,  # of the image files' contents: --resume checks it
-            "pretrained_unavailable": list(unavailable)}, indent=1)
+        return json.dumps(
+            {
+                "args": {
+                    **asdict(self.spec),
+                    "name": self.name,
+                    "tracking": redact(self.spec.tracking),
+                },
+                "space": self.space.name,
+                "variant_keys": list(self.variant_keys),
+                "overrides": self.overrides,
+                "plan": {
+                    "trials": self.plan.trials,
+                    "searched": self.plan.searched,
+                    "varied": self.plan.varied,
+                    "scheduler": self.spec.scheduler,
+                    "threads": self.plan.param_space.get("threads"),
+                    "folds": self.spec.folds,
+                    "grace": self.grace,
+                    "max_epochs": self.max_epochs,
+                    "reduction_factor": self.space.reduction_factor,
+                },
+                "presplit": data_report["presplit"],
+                "data": data_report["root"],
+                "data_digest": digest,  # of the image files' contents: --resume checks it
+                "pretrained_unavailable": list(unavailable),
+            },
+            indent=1,
+        )
 
 
 def asha_grace(space, configs) -> int:
@@ -220,8 +271,10 @@ def resolve(spec: SweepSpec) -> Sweep:
     from search_spaces import get_space
 
     space = get_space(spec.space)
-    overrides = {**(DEMO_OVERRIDES if spec.data is None else {}),
-                 **(SMOKE_OVERRIDES if spec.smoke else {})}
+    overrides = {
+        **(DEMO_OVERRIDES if spec.data is None else {}),
+        **(SMOKE_OVERRIDES if spec.smoke else {}),
+    }
     if spec.config:
         overrides.update(load_config_file(spec.config))
     overrides.update(parse_overrides(list(spec.overrides)))
@@ -231,5 +284,13 @@ def resolve(spec: SweepSpec) -> Sweep:
         raise UserError("the fold is not a --set key: pass --folds K to cross-validate")
     plan = make_plan(space, overrides, spec.num_samples, spec.smoke, spec.folds)
     name = spec.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return Sweep(spec, space, overrides, plan, name, Store(spec.storage, name),
-                 asha_grace(space, plan.configs), max(c.max_epochs for c in plan.configs))
+    return Sweep(
+        spec,
+        space,
+        overrides,
+        plan,
+        name,
+        Store(spec.storage, name),
+        asha_grace(space, plan.configs),
+        max(c.max_epochs for c in plan.configs),
+    )

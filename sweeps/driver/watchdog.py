@@ -7,6 +7,7 @@ is stopped: its worker is killed, Tune retries it from its last checkpoint like 
 worker (``--max-failures``), and a trial whose last attempt stalled is tabled as
 ``stalled``. ``--stall-timeout 0`` turns the stop off (the warning stays).
 """
+
 from __future__ import annotations
 
 import sys
@@ -23,8 +24,7 @@ class Watchdog(Callback):
     """``limit``: seconds of silence after which a running trial is stopped (0: never).
     ``warn_floor``: the shortest silence that is warned about."""
 
-    def __init__(self, limit: float = DEFAULT_STALL_TIMEOUT_S,
-                 warn_floor: float = WARN_FLOOR_S):
+    def __init__(self, limit: float = DEFAULT_STALL_TIMEOUT_S, warn_floor: float = WARN_FLOOR_S):
         self.limit = limit
         self.warn_floor = warn_floor
         self.stalled: dict[str, str] = {}  # trial id -> why it was stopped (its last attempt)
@@ -34,15 +34,20 @@ class Watchdog(Callback):
 
     def __getstate__(self) -> dict:  # a resumed sweep starts its clocks anew
         # (``stalled`` is the very dict the recorder holds: pickled with it, it stays one)
-        return {"limit": self.limit, "warn_floor": self.warn_floor, "stalled": self.stalled,
-                "_heard": {}, "_slowest": {}, "_warned": set()}
+        return {
+            "limit": self.limit,
+            "warn_floor": self.warn_floor,
+            "stalled": self.stalled,
+            "_heard": {},
+            "_slowest": {},
+            "_warned": set(),
+        }
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         now = time.monotonic()
         began = self._heard.get(trial.trial_id)
         if began is not None:
-            self._slowest[trial.trial_id] = max(self._slowest.get(trial.trial_id, 0.0),
-                                                now - began)
+            self._slowest[trial.trial_id] = max(self._slowest.get(trial.trial_id, 0.0), now - began)
         self._heard[trial.trial_id] = now
         self._warned.discard(trial.trial_id)
         self.stalled.pop(trial.trial_id, None)  # a retry that reports is not stalled
@@ -60,12 +65,18 @@ class Watchdog(Callback):
                 self._stop(trial, silent)
             elif silent >= self._warn_after(tid) and tid not in self._warned:
                 self._warned.add(tid)
-                stop = (f"it is stopped as stalled after {self.limit:g} s of silence "
-                        "(--stall-timeout)" if self.limit else "--stall-timeout 0: it is "
-                        "not stopped")
-                print(f"warning: trial {tid} has reported nothing for {silent:.0f} s "
-                      f"(its slowest epoch so far: {self._slowest.get(tid, 0.0):.0f} s); "
-                      f"{stop}", file=sys.stderr, flush=True)
+                stop = (
+                    f"it is stopped as stalled after {self.limit:g} s of silence (--stall-timeout)"
+                    if self.limit
+                    else "--stall-timeout 0: it is not stopped"
+                )
+                print(
+                    f"warning: trial {tid} has reported nothing for {silent:.0f} s "
+                    f"(its slowest epoch so far: {self._slowest.get(tid, 0.0):.0f} s); "
+                    f"{stop}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def _warn_after(self, tid: str) -> float:
         after = max(self.warn_floor, WARN_FACTOR * self._slowest.get(tid, 0.0))
@@ -78,8 +89,10 @@ class Watchdog(Callback):
         self._heard.pop(trial.trial_id, None)
         if actor is None:
             return
-        reason = (f"stalled: no report for {silent:.0f} s (--stall-timeout "
-                  f"{self.limit:g}); its worker was stopped")
+        reason = (
+            f"stalled: no report for {silent:.0f} s (--stall-timeout "
+            f"{self.limit:g}); its worker was stopped"
+        )
         self.stalled[trial.trial_id] = reason
         print(f"warning: trial {trial.trial_id} {reason}", file=sys.stderr, flush=True)
         ray.kill(actor, no_restart=True)

@@ -46,5 +46,12 @@ RANKING_PNG = "ranking.png"
 CONFIRM_JSON = "confirm.json"
 
 # what a tracked sweep uploads to MLflow as the run's artifacts
-ARTIFACTS = (RESULTS_CSV, RESULTS_MD, BY_VARIANT_CSV, BEST_CONFIG, SWEEP_JSON, DATA_REPORT,
-             SPLIT_CSV)
+ARTIFACTS = (
+    RESULTS_CSV,
+    RESULTS_MD,
+    BY_VARIANT_CSV,
+    BEST_CONFIG,
+    SWEEP_JSON,
+    DATA_REPORT,
+    SPLIT_CSV,
+)

@@ -3,6 +3,7 @@ URI's password (``scheme://user:password@host``) and secret query values (``?tok
 are replaced by ``***`` wherever a command line or a URI is recorded. What needs the
 password again (--resume, report.py's upload to MLflow) takes it from the environment
 (MLFLOW_TRACKING_URI, or MLflow's MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,11 @@ import re
 
 MASK = "***"
 _USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*):(?P<secret>[^@/\s]+)@")
-_QUERY = re.compile(r"(?P<head>[?&](?:password|passwd|pwd|token|secret|key|access_key|"
-                    r"secret_key|api_key|auth)=)(?P<secret>[^&#\s]+)", re.IGNORECASE)
+_QUERY = re.compile(
+    r"(?P<head>[?&](?:password|passwd|pwd|token|secret|key|access_key|"
+    r"secret_key|api_key|auth)=)(?P<secret>[^&#\s]+)",
+    re.IGNORECASE,
+)
 
 
 def redact(text: str | None) -> str | None:

@@ -3,6 +3,7 @@ takes (``s3://bucket/prefix``, ``gs://...``; query options such as ``endpoint_ov
 pass through to pyarrow). Ray Tune puts checkpoints and trial logs there from every node;
 this class writes the driver's own files (split, data report, result tables) beside them.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,10 @@ class Store:
             try:
                 self.fs, base = pyarrow.fs.FileSystem.from_uri(storage)
             except Exception as exc:  # unknown scheme, malformed URI, missing credentials
-                raise UserError(f"--storage {storage}: {exc}; use a local path or a URI that "
-                                "pyarrow understands (s3://bucket/prefix, gs://...)") from None
+                raise UserError(
+                    f"--storage {storage}: {exc}; use a local path or a URI that "
+                    "pyarrow understands (s3://bucket/prefix, gs://...)"
+                ) from None
             self.root = f"{base.rstrip('/')}/{name}"
             self.storage_path = storage  # what Ray Tune is given
             scheme, netloc, path, query, _ = urlsplit(storage)
@@ -116,8 +119,11 @@ class Store:
 
         selector = pyarrow.fs.FileSelector(self._path(trial_dir), allow_not_found=True)
         for info in self.fs.get_file_info(selector):
-            if info.type == pyarrow.fs.FileType.Directory \
-                    and info.base_name.startswith("checkpoint_") and info.base_name != keep:
+            if (
+                info.type == pyarrow.fs.FileType.Directory
+                and info.base_name.startswith("checkpoint_")
+                and info.base_name != keep
+            ):
                 self.fs.delete_dir(info.path)
 
     def remove(self) -> None:
@@ -135,13 +141,16 @@ class Store:
             while not probe.exists():
                 probe = probe.parent
             if not probe.is_dir() or not os.access(probe, os.W_OK):
-                raise UserError(f"--storage {storage_arg}: not a writable directory; "
-                                "pass one you can write")
+                raise UserError(
+                    f"--storage {storage_arg}: not a writable directory; pass one you can write"
+                )
             return
         try:
             self.write_text(".write_check", "ok")
             self.fs.delete_file(self._path(".write_check"))
         except Exception as exc:
-            raise UserError(f"--storage {storage_arg}: cannot write there "
-                            f"({str(exc).splitlines()[0][:160]}); check the URI and the "
-                            "credentials in your environment") from None
+            raise UserError(
+                f"--storage {storage_arg}: cannot write there "
+                f"({str(exc).splitlines()[0][:160]}); check the URI and the "
+                "credentials in your environment"
+            ) from None

@@ -3,6 +3,7 @@
 The recorder rewrites the table (atomically: temp file, then rename) each time a trial ends,
 so a crash never leaves a half-written table nor loses finished trials' rows.
 """
+
 from __future__ import annotations
 
 import io
@@ -30,18 +31,34 @@ def trial_row(entry, varied_keys: list[str]) -> dict:
     """One table row from what the recorder knows of a trial (``recorder.TrialEntry``)."""
     last = entry.last
     row = {
-        "trial_id": entry.trial_id, "variant": entry.variant, "status": entry.status,
+        "trial_id": entry.trial_id,
+        "variant": entry.variant,
+        "status": entry.status,
         "stop_reason": entry.stop_reason or M.UNFINISHED,
-        "epochs": int(last.get(M.EPOCH, 0)), "best_epoch": int(last.get(M.BEST_EPOCH, 0)),
-        **{key: last.get(key, math.nan) for key in
-           (M.BEST_VAL_LOSS, M.BEST_VAL_ACC, M.TEST_ACC, M.TEST_MACRO_F1, *M.TEST_INTERVALS)},
+        "epochs": int(last.get(M.EPOCH, 0)),
+        "best_epoch": int(last.get(M.BEST_EPOCH, 0)),
+        **{
+            key: last.get(key, math.nan)
+            for key in (
+                M.BEST_VAL_LOSS,
+                M.BEST_VAL_ACC,
+                M.TEST_ACC,
+                M.TEST_MACRO_F1,
+                *M.TEST_INTERVALS,
+            )
+        },
         "pretrained": bool(last.get(M.PRETRAINED, 0)),
         M.WEIGHTS: last.get(M.WEIGHTS, ""),
         **{key: last.get(key, math.nan) for key in M.COSTS},
         M.NODE: last.get(M.NODE, ""),
     }
-    row.update({key: last[key] for key in (M.TEST_ACC_TTA, M.TEST_MACRO_F1_TTA, *M.CALIBRATION)
-                if key in last})
+    row.update(
+        {
+            key: last[key]
+            for key in (M.TEST_ACC_TTA, M.TEST_MACRO_F1_TTA, *M.CALIBRATION)
+            if key in last
+        }
+    )
     # a varied key named like a column above (pretrained, weights) keeps the column's
     # meaning (what was really loaded); its asked-for value is in the variant name
     row.update({key: plain(entry.config.get(key)) for key in varied_keys if key not in row})
@@ -75,9 +92,12 @@ def with_intervals(table: pd.DataFrame) -> pd.DataFrame:
         low, high = f"{metric}_low", f"{metric}_high"
         if low not in out:
             continue
-        out[metric] = [f"{v:.4f} [{lo:.3f}, {hi:.3f}]" if pd.notna(v) and pd.notna(lo)
-                       else ("" if pd.isna(v) else f"{v:.4f}")
-                       for v, lo, hi in zip(out[metric], out[low], out[high])]
+        out[metric] = [
+            f"{v:.4f} [{lo:.3f}, {hi:.3f}]"
+            if pd.notna(v) and pd.notna(lo)
+            else ("" if pd.isna(v) else f"{v:.4f}")
+            for v, lo, hi in zip(out[metric], out[low], out[high])
+        ]
         out = out.drop(columns=[low, high])
     return out
 
@@ -88,33 +108,43 @@ def write_tables(rows: list[dict], store: Store, aggregate: bool = True) -> pd.D
     accuracy, then the trials that gave none (failed, stuck at chance)."""
     table = pd.DataFrame(rows)
     table["_no_result"] = table["stop_reason"].isin(M.NOT_A_RESULT)
-    table = table.sort_values(["_no_result", M.TEST_ACC, "variant"],
-                              ascending=[True, False, True], na_position="last")
+    table = table.sort_values(
+        ["_no_result", M.TEST_ACC, "variant"], ascending=[True, False, True], na_position="last"
+    )
     table = table.drop(columns="_no_result").reset_index(drop=True)
     store.write_text(RESULTS_CSV, guarded(table).to_csv(index=False))
     shown = table.drop(columns=["error"]) if not table["error"].any() else table
-    markdown = ("# Trials (test metrics with their 95% interval: accuracy Wilson, macro-F1 "
-                "BCa bootstrap)\n\n"
-                + to_markdown(with_intervals(shown)) + "\n")
+    markdown = (
+        "# Trials (test metrics with their 95% interval: accuracy Wilson, macro-F1 "
+        "BCa bootstrap)\n\n" + to_markdown(with_intervals(shown)) + "\n"
+    )
     results = table[~table["stop_reason"].isin(M.NOT_A_RESULT)]
     if aggregate and table["variant"].duplicated().any() and not results.empty:
         summary = by_variant(results)
         store.write_text(BY_VARIANT_CSV, guarded(summary).to_csv(index=False))
-        markdown += ("\n# By variant (mean and std over seeds; failed and stuck trials "
-                     "left out)\n\n" + to_markdown(summary) + "\n")
+        markdown += (
+            "\n# By variant (mean and std over seeds; failed and stuck trials "
+            "left out)\n\n" + to_markdown(summary) + "\n"
+        )
     store.write_text(RESULTS_MD, markdown)
     return table
 
 
 # ------------------------------------------------------------------ end of a run
 
+
 def finish(recorder, space, plan, store: Store) -> int:
     """Print the table the recorder wrote, the summary, and a search's best configuration."""
     table = None
     if store.exists(RESULTS_CSV):
-        table = unguarded(pd.read_csv(io.StringIO(store.read_text(RESULTS_CSV)),
-                                      keep_default_na=False, na_values=[""],
-                                      dtype={"trial_id": str, "variant": str}))
+        table = unguarded(
+            pd.read_csv(
+                io.StringIO(store.read_text(RESULTS_CSV)),
+                keep_default_na=False,
+                na_values=[""],
+                dtype={"trial_id": str, "variant": str},
+            )
+        )
     code = print_summary(table, store)
     if plan.searched and table is not None:
         save_best(table, recorder.configs(), space, store)
@@ -131,8 +161,10 @@ def save_best(table, configs: dict, space, store: Store) -> None:
     config = {k: plain(v) for k, v in configs[best["trial_id"]].items()}
     store.write_text(BEST_CONFIG, json.dumps(config, indent=1))
     where = f"{store}/{BEST_CONFIG}"
-    print(f"best configuration (lowest validation loss: trial {best['trial_id']}, "
-          f"val_loss {best[M.BEST_VAL_LOSS]:.4f}, test_acc {best[M.TEST_ACC]:.4f}): {where}")
+    print(
+        f"best configuration (lowest validation loss: trial {best['trial_id']}, "
+        f"val_loss {best[M.BEST_VAL_LOSS]:.4f}, test_acc {best[M.TEST_ACC]:.4f}): {where}"
+    )
     print(f"re-run it: python sweeps/run.py --space {space.name} --config '{where}'")
 
 
@@ -144,17 +176,20 @@ def print_summary(table, store: Store) -> int:
     print()
     print(store.read_text(RESULTS_MD))
     reasons = table["stop_reason"]
-    print(f"{len(table)} trials: " + ", ".join(
-        f"{n} {reason}" for reason, n in reasons.value_counts().items()))
+    print(
+        f"{len(table)} trials: "
+        + ", ".join(f"{n} {reason}" for reason, n in reasons.value_counts().items())
+    )
     table = table.assign(variant=table["variant"].astype(str))
-    hints = {M.UNFINISHED: "the sweep stopped before they ended; --resume goes on with them",
-             M.STUCK_AT_CHANCE: "never above chance: the learning rate is the likely cause "
-                                "(too high, or too low), or a frozen untrained backbone",
-             M.DIVERGED: "loss went NaN/Inf or exploded: try a lower lr",
-             M.OOM: "out of memory: smaller batch_size, or fewer trials per GPU",
-             M.ERROR: "see the 'error' column",
-             M.STALLED: "reported nothing for --stall-timeout seconds; see the 'error' "
-                        "column"}
+    hints = {
+        M.UNFINISHED: "the sweep stopped before they ended; --resume goes on with them",
+        M.STUCK_AT_CHANCE: "never above chance: the learning rate is the likely cause "
+        "(too high, or too low), or a frozen untrained backbone",
+        M.DIVERGED: "loss went NaN/Inf or exploded: try a lower lr",
+        M.OOM: "out of memory: smaller batch_size, or fewer trials per GPU",
+        M.ERROR: "see the 'error' column",
+        M.STALLED: "reported nothing for --stall-timeout seconds; see the 'error' column",
+    }
     for reason, hint in hints.items():
         variants = table.loc[reasons == reason, "variant"].tolist()
         if variants:

@@ -1,6 +1,7 @@
 """The sinks' base: what the recorder (sweeps/driver/recorder.py) knows of a trial, and the
 four events it passes on to every sink. A sink overrides the events it needs; an OSError
 from one stops the sweep as a storage fault (the recorder's rule)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

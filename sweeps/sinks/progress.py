@@ -1,4 +1,5 @@
 """One line per trial epoch and one per finished trial, instead of Tune's status tables."""
+
 from __future__ import annotations
 
 import sys
@@ -28,15 +29,18 @@ class ProgressLines(Sink):
 
     def _print(self, text: str) -> None:
         elapsed = time.monotonic() - self.started
-        print(f"[{elapsed:7.0f}s {self.done}/{self.total} done] {text}", file=sys.stdout,
-              flush=True)
+        print(
+            f"[{elapsed:7.0f}s {self.done}/{self.total} done] {text}", file=sys.stdout, flush=True
+        )
 
     def result(self, entry, result: dict) -> None:
         max_epochs = entry.config.get("max_epochs", "?")
-        self._print(f"{self._name(entry)} epoch {result.get(M.EPOCH)}/{max_epochs} "
-                    f"train_loss {_f(result.get(M.TRAIN_LOSS))} "
-                    f"val_loss {_f(result.get(M.VAL_LOSS))} val_acc {_f(result.get(M.VAL_ACC))} "
-                    f"({_f(result.get(M.EPOCH_TIME), '.1f')}s)")
+        self._print(
+            f"{self._name(entry)} epoch {result.get(M.EPOCH)}/{max_epochs} "
+            f"train_loss {_f(result.get(M.TRAIN_LOSS))} "
+            f"val_loss {_f(result.get(M.VAL_LOSS))} val_acc {_f(result.get(M.VAL_ACC))} "
+            f"({_f(result.get(M.EPOCH_TIME), '.1f')}s)"
+        )
 
     def end(self, entry) -> None:
         self.done += 1
@@ -44,7 +48,9 @@ class ProgressLines(Sink):
             self._print(f"{self._name(entry)} FAILED (see the error column of the table)")
             return
         last = entry.last
-        self._print(f"{self._name(entry)} finished: {entry.stop_reason} after "
-                    f"{last.get(M.EPOCH, 0)} epochs, best val_loss "
-                    f"{_f(last.get(M.BEST_VAL_LOSS))} at epoch {last.get(M.BEST_EPOCH, '-')}, "
-                    f"test_acc {_f(last.get(M.TEST_ACC))}")
+        self._print(
+            f"{self._name(entry)} finished: {entry.stop_reason} after "
+            f"{last.get(M.EPOCH, 0)} epochs, best val_loss "
+            f"{_f(last.get(M.BEST_VAL_LOSS))} at epoch {last.get(M.BEST_EPOCH, '-')}, "
+            f"test_acc {_f(last.get(M.TEST_ACC))}"
+        )

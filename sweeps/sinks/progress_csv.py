@@ -1,4 +1,5 @@
 """Each trial's progress.csv, written by the driver from what the trial reported."""
+
 from __future__ import annotations
 
 import csv
@@ -30,8 +31,9 @@ class ProgressCsv(Sink):
             self._truncate(path, epoch)
         self.last_epoch[entry.trial_id] = epoch
         out = io.StringIO()
-        writer = csv.DictWriter(out, self.columns[entry.trial_id], extrasaction="ignore",
-                                lineterminator="\n")
+        writer = csv.DictWriter(
+            out, self.columns[entry.trial_id], extrasaction="ignore", lineterminator="\n"
+        )
         if not path.exists() or not path.stat().st_size:
             writer.writeheader()
         writer.writerow(result)

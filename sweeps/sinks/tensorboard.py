@@ -7,6 +7,7 @@ every epoch. The files go into each trial's own folder, so ``tensorboard --logdi
 EXPERIMENT`` shows one run per trial, named by its variant. (The public API has no session
 end summary; a trial's status is in the result table.)
 """
+
 from __future__ import annotations
 
 from tensorboard.plugins.hparams import summary_v2
@@ -15,8 +16,14 @@ from torch.utils.tensorboard import SummaryWriter
 from sweeps.sinks.base import Sink
 from trainables.core import metrics as M
 
-HPARAM_METRICS = (M.BEST_VAL_LOSS, M.BEST_VAL_ACC, M.TEST_ACC, M.TEST_MACRO_F1,
-                  M.VAL_LOSS, M.VAL_ACC)
+HPARAM_METRICS = (
+    M.BEST_VAL_LOSS,
+    M.BEST_VAL_ACC,
+    M.TEST_ACC,
+    M.TEST_MACRO_F1,
+    M.VAL_LOSS,
+    M.VAL_ACC,
+)
 
 
 def plain(value):
@@ -43,10 +50,10 @@ class TensorBoardSink(Sink):
             values.update({key: plain(entry.config.get(key)) for key in self.hparam_keys})
             config = summary_v2.hparams_config_pb(
                 hparams=[summary_v2.HParam(name) for name in values],
-                metrics=[summary_v2.Metric(name) for name in HPARAM_METRICS])
+                metrics=[summary_v2.Metric(name) for name in HPARAM_METRICS],
+            )
             writer.file_writer.add_summary(config)
-            writer.file_writer.add_summary(summary_v2.hparams_pb(values,
-                                                                 trial_id=entry.trial_id))
+            writer.file_writer.add_summary(summary_v2.hparams_pb(values, trial_id=entry.trial_id))
             self.writers[entry.trial_id] = writer
         return writer
 

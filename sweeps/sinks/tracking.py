@@ -10,6 +10,7 @@ ids are kept in the experiment folder (``tracking.json``): a resumed sweep goes 
 own runs. A tracking server that cannot be reached is one line at the start; one that goes
 away during the sweep costs the tracking (a warning line), never a trial.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,13 +52,17 @@ def check(uri: str, experiment: str | None = None) -> None:
         raise UserError("--tracking needs MLflow: pip install mlflow") from None
     except Exception as exc:  # refused, unknown host, not an MLflow server, bad URI
         reason = str(exc).splitlines()[0][:200]
-        raise UserError(f"--tracking {redact(uri)}: the MLflow tracking server cannot be used "
-                        f"({reason}); start it (mlflow server ...) or check the URI") from None
+        raise UserError(
+            f"--tracking {redact(uri)}: the MLflow tracking server cannot be used "
+            f"({reason}); start it (mlflow server ...) or check the URI"
+        ) from None
     if found is not None and found.lifecycle_stage == "deleted":
-        raise UserError(f"--tracking-experiment {experiment}: that MLflow experiment was "
-                        "deleted (its name stays taken); restore it (mlflow experiments "
-                        f"restore --experiment-id {found.experiment_id}) or choose another "
-                        "name")
+        raise UserError(
+            f"--tracking-experiment {experiment}: that MLflow experiment was "
+            "deleted (its name stays taken); restore it (mlflow experiments "
+            f"restore --experiment-id {found.experiment_id}) or choose another "
+            "name"
+        )
 
 
 def _metrics(values: dict, keys, step: int) -> list:
@@ -66,9 +71,13 @@ def _metrics(values: dict, keys, step: int) -> list:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    return [Metric(key, float(values[key]), now, step) for key in keys
-            if isinstance(values.get(key), (int, float)) and not isinstance(values[key], bool)
-            and values[key] == values[key]]
+    return [
+        Metric(key, float(values[key]), now, step)
+        for key in keys
+        if isinstance(values.get(key), (int, float))
+        and not isinstance(values[key], bool)
+        and values[key] == values[key]
+    ]
 
 
 def _param_value(value):
@@ -79,8 +88,9 @@ def _param_value(value):
 class Tracking(Sink):
     """A recorder sink (``sweeps/driver/recorder.py``)."""
 
-    def __init__(self, uri: str, store: Store, experiment: str, run_name: str,
-                 params: dict, tags: dict):
+    def __init__(
+        self, uri: str, store: Store, experiment: str, run_name: str, params: dict, tags: dict
+    ):
         # the object goes into Ray Tune's pickled experiment state: it keeps the URI with
         # its password masked, the password itself only in this process's environment
         if redact(uri) != uri:
@@ -103,14 +113,24 @@ class Tracking(Sink):
             client.update_run(self.state["parent_run_id"], status="RUNNING")
             return self.state
         found = client.get_experiment_by_name(self.experiment)
-        experiment_id = found.experiment_id if found else client.create_experiment(
-            self.experiment, tags={"mlflow.experimentKind": EXPERIMENT_KIND})
-        run = client.create_run(experiment_id, run_name=self.run_name,
-                                tags={**self.tags, "visionsweep.kind": "sweep"})
+        experiment_id = (
+            found.experiment_id
+            if found
+            else client.create_experiment(
+                self.experiment, tags={"mlflow.experimentKind": EXPERIMENT_KIND}
+            )
+        )
+        run = client.create_run(
+            experiment_id, run_name=self.run_name, tags={**self.tags, "visionsweep.kind": "sweep"}
+        )
         for key, value in self.params.items():
             client.log_param(run.info.run_id, key, _param_value(value))
-        self.state = {"uri": self.uri, "experiment_id": experiment_id,
-                      "parent_run_id": run.info.run_id, "trials": {}}
+        self.state = {
+            "uri": self.uri,
+            "experiment_id": experiment_id,
+            "parent_run_id": run.info.run_id,
+            "trials": {},
+        }
         self._save()
         return self.state
 
@@ -125,8 +145,12 @@ class Tracking(Sink):
             work(*args)
         except Exception as exc:  # the server went away, refused, timed out, misbehaved
             self.broken = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            print(f"warning: MLflow tracking stopped ({self.broken}); the sweep goes on, "
-                  "its table and TensorBoard files are complete", file=sys.stderr, flush=True)
+            print(
+                f"warning: MLflow tracking stopped ({self.broken}); the sweep goes on, "
+                "its table and TensorBoard files are complete",
+                file=sys.stderr,
+                flush=True,
+            )
 
     # -------------------------------------------------------------- the sink
 
@@ -142,11 +166,20 @@ class Tracking(Sink):
         client = _client(usable(self.uri))
         seed = entry.config.get("seed", 0)
         run = client.create_run(
-            state["experiment_id"], run_name=f"{entry.variant} s{seed} {entry.trial_id}",
-            tags={"mlflow.parentRunId": state["parent_run_id"], "visionsweep.kind": "trial",
-                  "variant": entry.variant, "trial_id": entry.trial_id,
-                  **{f"varied.{k}": str(entry.config.get(k)) for k in self.tags.get(
-                      "visionsweep.varied", "").split(",") if k}})
+            state["experiment_id"],
+            run_name=f"{entry.variant} s{seed} {entry.trial_id}",
+            tags={
+                "mlflow.parentRunId": state["parent_run_id"],
+                "visionsweep.kind": "trial",
+                "variant": entry.variant,
+                "trial_id": entry.trial_id,
+                **{
+                    f"varied.{k}": str(entry.config.get(k))
+                    for k in self.tags.get("visionsweep.varied", "").split(",")
+                    if k
+                },
+            },
+        )
         from mlflow.entities import Param
 
         from trainables.core.config import TrialConfig
@@ -154,7 +187,7 @@ class Tracking(Sink):
         config = TrialConfig.from_dict(entry.config).to_dict()  # every field, defaults too
         params = [Param(k, str(_param_value(v))) for k, v in sorted(config.items())]
         for start in range(0, len(params), 100):
-            client.log_batch(run.info.run_id, params=params[start:start + 100])
+            client.log_batch(run.info.run_id, params=params[start : start + 100])
         state["trials"][entry.trial_id] = run.info.run_id
         self._save()
         return run.info.run_id
@@ -179,8 +212,11 @@ class Tracking(Sink):
         last = entry.last
         keys = (*M.TEST_INTERVALS, M.TEST_ACC_TTA, M.TEST_MACRO_F1_TTA, *M.COSTS, M.BEST_EPOCH)
         metrics = _metrics(last, keys, int(last.get(M.EPOCH, 0)))
-        tags = [RunTag("stop_reason", entry.stop_reason or M.UNFINISHED),
-                RunTag("status", entry.status), RunTag("weights", str(last.get(M.WEIGHTS, "")))]
+        tags = [
+            RunTag("stop_reason", entry.stop_reason or M.UNFINISHED),
+            RunTag("status", entry.status),
+            RunTag("weights", str(last.get(M.WEIGHTS, ""))),
+        ]
         if entry.error:
             tags.append(RunTag("error", entry.error[:500]))
         client.log_batch(run_id, metrics=metrics, tags=tags)

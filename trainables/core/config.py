@@ -3,6 +3,7 @@
 Unknown keys are errors, never ignored. Named presets (``objective``) expand here and
 nowhere else; explicit keys win over a preset's values.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,6 +37,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     factories' registries (so a registered optimizer, loss, schedule, strategy or recipe is
     a valid value at once)."""
     return {**FIXED_CHOICES, **registry.choices()}
+
 
 # (low, high, what) bounds, inclusive unless noted in the check below.
 BOUNDS: dict[str, tuple[float, float]] = {
@@ -144,15 +146,16 @@ class TrialConfig:
         for name, allowed in choices().items():
             value = getattr(self, name)
             if value not in allowed:
-                raise UserError(
-                    f"bad value {name}={value!r}: choose one of {', '.join(allowed)}")
+                raise UserError(f"bad value {name}={value!r}: choose one of {', '.join(allowed)}")
         for name, (low, high) in BOUNDS.items():
             value = getattr(self, name)
             if not low <= value <= high:
                 raise UserError(f"bad value {name}={value!r}: must lie in [{low:g}, {high:g}]")
         if 0 < self.image_size < 16:
-            raise UserError(f"bad value image_size={self.image_size}: use 16 or more, "
-                            "or 0 for the model's own input size")
+            raise UserError(
+                f"bad value image_size={self.image_size}: use 16 or more, "
+                "or 0 for the model's own input size"
+            )
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> TrialConfig:
@@ -163,8 +166,9 @@ class TrialConfig:
         values: dict[str, Any] = {}
         objective = config.get("objective", cls.objective)
         if objective not in OBJECTIVES:
-            raise UserError(f"bad value objective={objective!r}: "
-                            f"choose one of {', '.join(OBJECTIVES)}")
+            raise UserError(
+                f"bad value objective={objective!r}: choose one of {', '.join(OBJECTIVES)}"
+            )
         values.update(OBJECTIVES[objective])
         values.update({key: coerce(key, value) for key, value in config.items()})
         return cls(**values)
@@ -228,8 +232,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if value.startswith("[") and value.endswith("]"):
             values = [v.strip() for v in value[1:-1].split(",") if v.strip()]
             if key == "seed" or len(values) < 2 or len(set(values)) < len(values):
-                hint = "use --num-samples for seeds" if key == "seed" else \
-                    "list two or more different values"
+                hint = (
+                    "use --num-samples for seeds"
+                    if key == "seed"
+                    else "list two or more different values"
+                )
                 raise UserError(f"bad --set '{item}': {hint}, e.g. --set lr=[0.001,0.0003]")
             overrides[key] = [coerce(key, v) for v in values]
         else:
@@ -245,14 +252,15 @@ def load_config_file(path: str) -> dict[str, Any]:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
     except OSError as exc:
-        raise UserError(f"--config {path}: cannot be read ({exc.strerror}); pass a JSON file "
-                        "of config fields") from None
+        raise UserError(
+            f"--config {path}: cannot be read ({exc.strerror}); pass a JSON file of config fields"
+        ) from None
     except json.JSONDecodeError as exc:
-        raise UserError(f"--config {path}: not valid JSON ({exc.msg}, line {exc.lineno})") \
-            from None
+        raise UserError(f"--config {path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
     except UnicodeDecodeError:
-        raise UserError(f"--config {path}: not UTF-8 text; pass a JSON file of config fields") \
-            from None
+        raise UserError(
+            f"--config {path}: not UTF-8 text; pass a JSON file of config fields"
+        ) from None
     if not isinstance(data, dict):
         raise UserError(f"--config {path}: expected a JSON object of config fields")
     for key in data:

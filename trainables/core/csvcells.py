@@ -4,6 +4,7 @@ file may be named so. Such a cell is written with a leading apostrophe, the stan
 (OWASP), and a cell that begins with an apostrophe gets one more, so that reading strips
 exactly one and gets every name back as it was. Numbers are never touched (-0.5 stays a
 number)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,8 +29,11 @@ def uncell(value: Any) -> Any:
 def _text_columns(table) -> list:
     from pandas.api.types import is_object_dtype, is_string_dtype
 
-    return [c for c in table.columns
-            if is_object_dtype(table[c].dtype) or is_string_dtype(table[c].dtype)]
+    return [
+        c
+        for c in table.columns
+        if is_object_dtype(table[c].dtype) or is_string_dtype(table[c].dtype)
+    ]
 
 
 def guarded(table):

@@ -19,6 +19,7 @@ variable VISIONSWEEP_FAULTS names some (trial workers inherit it from the driver
                            the same moment, SIGTERM to the driver's whole process group (as
                            `timeout`, systemd and batch schedulers stop a job)
 """
+
 from __future__ import annotations
 
 import errno
@@ -48,10 +49,12 @@ def before_write(path) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
 
-DRIVER_SIGNALS = {"kill_driver_after": signal.SIGKILL,
-                  "interrupt_driver_after": signal.SIGINT,
-                  "terminate_driver_after": signal.SIGTERM,
-                  "terminate_group_after": signal.SIGTERM}
+DRIVER_SIGNALS = {
+    "kill_driver_after": signal.SIGKILL,
+    "interrupt_driver_after": signal.SIGINT,
+    "terminate_driver_after": signal.SIGTERM,
+    "terminate_group_after": signal.SIGTERM,
+}
 GROUP_SIGNALS = {"terminate_group_after"}
 
 

@@ -1,5 +1,6 @@
 """File helpers below every room: the cache folder, hashing a file, and writes into a
 place that may be full or read-only."""
+
 from __future__ import annotations
 
 import contextlib
@@ -21,8 +22,15 @@ def default_cache_dir() -> Path:
 
 
 # a write into the cache that failed for a reason of the place, not of the data
-_PLACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
-                 errno.ENOTDIR, errno.ENOENT}
+_PLACE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.ENOENT,
+}
 
 
 @contextlib.contextmanager
@@ -35,11 +43,16 @@ def writes_into(place: Path, what: str = "cache", setting: str = "VISIONSWEEP_CA
     except OSError as exc:
         if exc.errno not in _PLACE_ERRNOS:
             raise
-        fix = ("free some space there" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-               else "make it writable")
+        fix = (
+            "free some space there"
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            else "make it writable"
+        )
         where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(place) else ""
-        raise UserError(f"{what} {place}: {exc.strerror or exc}{where}; {fix}, or set "
-                        f"{setting} to a writable folder with room") from None
+        raise UserError(
+            f"{what} {place}: {exc.strerror or exc}{where}; {fix}, or set "
+            f"{setting} to a writable folder with room"
+        ) from None
 
 
 def hash_file(path: Path, algorithm: str = "sha1") -> str:

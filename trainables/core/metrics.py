@@ -57,5 +57,15 @@ STALLED = "stalled"
 FAILED = (DIVERGED, OOM, ERROR, STALLED)  # stop reasons that count as failed trials
 NOT_A_RESULT = (*FAILED, STUCK_AT_CHANCE, UNFINISHED)  # left out of per-variant rankings
 
-SCALARS = (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC, LR, EPOCH_TIME,
-           BEST_VAL_LOSS, BEST_VAL_ACC, TEST_ACC, TEST_MACRO_F1)
+SCALARS = (
+    TRAIN_LOSS,
+    TRAIN_ACC,
+    VAL_LOSS,
+    VAL_ACC,
+    LR,
+    EPOCH_TIME,
+    BEST_VAL_LOSS,
+    BEST_VAL_ACC,
+    TEST_ACC,
+    TEST_MACRO_F1,
+)

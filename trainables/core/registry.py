@@ -7,6 +7,7 @@ Each registry is filed under its config key, so the config checks a name against
 ``choices()`` loads the factory modules named in FACTORIES on its first call, so that their
 registries are full: a command that checks no config (--help, --list-spaces, a bad flag)
 does not pay for importing torch."""
+
 from __future__ import annotations
 
 import difflib
@@ -19,8 +20,12 @@ T = TypeVar("T")
 
 _BY_KEY: dict[str, Registry] = {}
 # the modules whose factories register names of config keys
-FACTORIES = ("trainables.recipe.augment", "trainables.recipe.losses", "trainables.recipe.optim",
-             "trainables.recipe.strategies")
+FACTORIES = (
+    "trainables.recipe.augment",
+    "trainables.recipe.losses",
+    "trainables.recipe.optim",
+    "trainables.recipe.strategies",
+)
 
 
 def choices() -> dict[str, tuple[str, ...]]:
@@ -45,11 +50,13 @@ class Registry(Generic[T]):
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: ``@LOSSES.register("focal")`` above a factory (or a value passed to it)."""
+
         def add(item: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} '{name}' registered twice")
             self._items[name] = item
             return item
+
         return add
 
     def add(self, name: str, item: T) -> T:
@@ -68,6 +75,7 @@ class Registry(Generic[T]):
         if name not in self._items:
             close = difflib.get_close_matches(str(name), self._items, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise UserError(f"bad value {self.kind}={name!r}{hint}: choose one of "
-                            f"{', '.join(self._items)}")
+            raise UserError(
+                f"bad value {self.kind}={name!r}{hint}: choose one of {', '.join(self._items)}"
+            )
         return self._items[name]

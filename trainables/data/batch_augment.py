@@ -1,6 +1,7 @@
 """The batched augmentation of the device path: an ``AugmentSpec`` applied to a whole uint8
 batch at once, on whatever device the batch is on, with fresh random parameters for every
 image (the per-image path is ``transforms.create_train_transform``)."""
+
 from __future__ import annotations
 
 import math
@@ -17,7 +18,7 @@ def centre_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     """Crop N x C x H x W to the centre ``size`` square, as torchvision's CenterCrop does."""
     top = int(round((images.shape[-2] - size) / 2.0))
     left = int(round((images.shape[-1] - size) / 2.0))
-    return images[..., top:top + size, left:left + size]
+    return images[..., top : top + size, left : left + size]
 
 
 class Normalize:
@@ -35,8 +36,9 @@ class Normalize:
         return (x - self.mean) / self.std
 
 
-def _sample_boxes(n: int, scale: tuple[float, float], ratio: tuple[float, float],
-                  tries: int = 10) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _sample_boxes(
+    n: int, scale: tuple[float, float], ratio: tuple[float, float], tries: int = 10
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Width and height (as fractions of a square image's side) of boxes whose area is a
     uniform fraction in ``scale`` and whose log aspect ratio is uniform in ``ratio``;
     like torchvision, up to ``tries`` draws per image, the first that fits wins.
@@ -52,7 +54,7 @@ def _sample_boxes(n: int, scale: tuple[float, float], ratio: tuple[float, float]
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
 def _uniform(n: int, low: float, high: float) -> torch.Tensor:
@@ -75,8 +77,9 @@ class BatchAugment:
         self.spec = spec
         self.size = pre.image_size
         self.erasing = random_erasing
-        self.mode = pre.interpolation if pre.interpolation in ("bilinear", "bicubic") \
-            else "bilinear"
+        self.mode = (
+            pre.interpolation if pre.interpolation in ("bilinear", "bicubic") else "bilinear"
+        )
         self.normalize = Normalize(pre.mean, pre.std)
         self.policy = policy_transform(spec.policy) if spec.policy else None
 
@@ -107,8 +110,10 @@ class BatchAugment:
         n, spec = x.shape[0], self.spec
         w, h, found = _sample_boxes(n, spec.crop_scale, spec.crop_ratio)
         w, h = torch.where(found, w, 1.0), torch.where(found, h, 1.0)
-        centre = torch.stack([torch.rand(n) * (1 - w) + w / 2,
-                              torch.rand(n) * (1 - h) + h / 2], 1) * 2 - 1
+        centre = (
+            torch.stack([torch.rand(n) * (1 - w) + w / 2, torch.rand(n) * (1 - h) + h / 2], 1) * 2
+            - 1
+        )
         flip = torch.where(torch.rand(n) < 0.5, -1.0, 1.0) if spec.flip else torch.ones(n)
         if spec.rotation or spec.translate:
             angle = torch.deg2rad(_uniform(n, -spec.rotation, spec.rotation))
@@ -146,9 +151,8 @@ class BatchAugment:
         n = x.shape[0]
         chosen = (torch.rand(n) < p).view(n, 1)
         sigma = _uniform(n, *BLUR_SIGMA).view(n, 1)
-        taps = torch.exp(-torch.tensor([-1.0, 0.0, 1.0]) ** 2 / (2 * sigma ** 2))
-        taps = torch.where(chosen, taps / taps.sum(1, keepdim=True),
-                           torch.tensor([0.0, 1.0, 0.0]))
+        taps = torch.exp(-(torch.tensor([-1.0, 0.0, 1.0]) ** 2) / (2 * sigma**2))
+        taps = torch.where(chosen, taps / taps.sum(1, keepdim=True), torch.tensor([0.0, 1.0, 0.0]))
         side, centre = (_to(t.view(n, 1, 1, 1), x) for t in (taps[:, 0], taps[:, 1]))
         padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
         rows = centre * padded[:, :, 1:-1] + side * (padded[:, :, :-2] + padded[:, :, 2:])

@@ -12,6 +12,7 @@ gathers its batch there; when they do not, each step gathers its batch in host m
 copies it over. Either way ``batch_augment.BatchAugment`` augments the whole batch in a
 few batched kernels, with fresh random parameters for every image.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -27,8 +28,18 @@ from trainables.data.batch_augment import BatchAugment, Normalize, centre_crop
 from trainables.data.transforms import create_train_transform
 from trainables.recipe.augment import augment_spec
 
-__all__ = ["BatchAugment", "DecodedImages", "DeviceBatches", "HostBatches", "Normalize",
-           "Placement", "centre_crop", "image_placement", "nchw", "training_batches"]
+__all__ = [
+    "BatchAugment",
+    "DecodedImages",
+    "DeviceBatches",
+    "HostBatches",
+    "Normalize",
+    "Placement",
+    "centre_crop",
+    "image_placement",
+    "nchw",
+    "training_batches",
+]
 
 
 def use_device_path(cfg: TrialConfig) -> bool:
@@ -47,6 +58,7 @@ def nchw(images: np.ndarray) -> torch.Tensor:
 
 # ------------------------------------------------------------------ the loader path
 
+
 class DecodedImages(Dataset):
     """Per-image view of the decoded uint8 images: one augmented float tensor per item."""
 
@@ -63,12 +75,20 @@ class DecodedImages(Dataset):
 
 # ------------------------------------------------------------------ the device path
 
+
 class DeviceBatches:
     """Iterates (augmented images, labels) on the device; images never leave it."""
 
-    def __init__(self, images: torch.Tensor, rows: np.ndarray, labels: np.ndarray,
-                 sampler: Sampler, batch_size: int, augment: BatchAugment,
-                 channels_last: bool = False):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        rows: np.ndarray,
+        labels: np.ndarray,
+        sampler: Sampler,
+        batch_size: int,
+        augment: BatchAugment,
+        channels_last: bool = False,
+    ):
         device = images.device
         self.images = images
         self.rows = torch.as_tensor(rows, dtype=torch.long, device=device)
@@ -82,8 +102,7 @@ class DeviceBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch in self.batches:
-            index = torch.as_tensor(batch, dtype=torch.long).to(self.rows.device,
-                                                                non_blocking=True)
+            index = torch.as_tensor(batch, dtype=torch.long).to(self.rows.device, non_blocking=True)
             x = self.augment(self.images.index_select(0, self.rows[index]))
             # the gathered images keep the cache's channels-last strides: make the layout the
             # model expects explicit (on CPU, convolutions on channels-last input run slower)
@@ -107,8 +126,9 @@ class Placement:
     resident: torch.Tensor | None = None  # the device copy (N x 3 x H x W), if one was made
 
 
-def image_placement(cfg: TrialConfig, images: np.ndarray, device: torch.device,
-                    gpu_fraction: float = 1.0) -> Placement:
+def image_placement(
+    cfg: TrialConfig, images: np.ndarray, device: torch.device, gpu_fraction: float = 1.0
+) -> Placement:
     """Resident on the device when the images fit its budget (``image_budget_mb``, or on a
     GPU a share of the trial's part of its memory), else batch by batch from host memory:
     slower, not failing. On the CPU the memory map is read in place either way."""
@@ -120,15 +140,23 @@ def image_placement(cfg: TrialConfig, images: np.ndarray, device: torch.device,
         budget = min(DEVICE_IMAGE_SHARE * total * gpu_fraction, 0.9 * free)
         whose = f"{DEVICE_IMAGE_SHARE:.0%} of this trial's {gpu_fraction:g} of the GPU"
     else:
-        return Placement("device", f"{size / 1e6:.0f} MB of decoded images, read in place "
-                                   "from the memory map", nchw(images))
+        return Placement(
+            "device",
+            f"{size / 1e6:.0f} MB of decoded images, read in place from the memory map",
+            nchw(images),
+        )
     if size > budget:
-        return Placement("host", f"{size / 1e6:.0f} MB of decoded images exceed the budget of "
-                                 f"{budget / 1e6:.0f} MB ({whose}): batches are gathered in "
-                                 "host memory and copied over, slower but within memory")
-    return Placement("device", f"{size / 1e6:.0f} MB of decoded images fit the budget of "
-                               f"{budget / 1e6:.0f} MB ({whose})",
-                     resident_images_on(images, device))
+        return Placement(
+            "host",
+            f"{size / 1e6:.0f} MB of decoded images exceed the budget of "
+            f"{budget / 1e6:.0f} MB ({whose}): batches are gathered in "
+            "host memory and copied over, slower but within memory",
+        )
+    return Placement(
+        "device",
+        f"{size / 1e6:.0f} MB of decoded images fit the budget of {budget / 1e6:.0f} MB ({whose})",
+        resident_images_on(images, device),
+    )
 
 
 def resident_images_on(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -149,9 +177,17 @@ class HostBatches(DeviceBatches):
     from the memory map (in the same order), pins it and copies it to the device without
     waiting, so the copy of one batch overlaps the compute of the one before."""
 
-    def __init__(self, images: np.ndarray, rows: np.ndarray, labels: np.ndarray,
-                 sampler: Sampler, batch_size: int, augment: BatchAugment, device: torch.device,
-                 channels_last: bool = False):
+    def __init__(
+        self,
+        images: np.ndarray,
+        rows: np.ndarray,
+        labels: np.ndarray,
+        sampler: Sampler,
+        batch_size: int,
+        augment: BatchAugment,
+        device: torch.device,
+        channels_last: bool = False,
+    ):
         super().__init__(nchw(images), rows, labels, sampler, batch_size, augment, channels_last)
         self.host_images, self.host_rows, self.device = images, np.asarray(rows), device
         self.labels = self.labels.to(device)
@@ -176,24 +212,51 @@ def lone_last(sampler: Sampler, batch_size: int) -> bool:
     return n > 1 and n % batch_size == 1
 
 
-def training_batches(cfg: TrialConfig, data, sampler: Sampler, device: torch.device,
-                     placement: Placement | None = None):
+def training_batches(
+    cfg: TrialConfig,
+    data,
+    sampler: Sampler,
+    device: torch.device,
+    placement: Placement | None = None,
+):
     """The training batches of one epoch (a ``loop.TrialData``), by the path that
     ``cfg.data_path`` selects, from where ``placement`` put the images."""
     pre, spec = data.preprocess, augment_spec(cfg.augment)
     placement = placement or image_placement(cfg, data.images, device)
     layout = cfg.channels_last and device.type == "cuda"
     if use_device_path(cfg) and placement.resident is not None:
-        return DeviceBatches(placement.resident, data.train_rows, data.train_labels, sampler,
-                             cfg.batch_size, BatchAugment(spec, pre, cfg.random_erasing),
-                             channels_last=layout)
+        return DeviceBatches(
+            placement.resident,
+            data.train_rows,
+            data.train_labels,
+            sampler,
+            cfg.batch_size,
+            BatchAugment(spec, pre, cfg.random_erasing),
+            channels_last=layout,
+        )
     if use_device_path(cfg):
-        return HostBatches(data.images, data.train_rows, data.train_labels, sampler,
-                           cfg.batch_size, BatchAugment(spec, pre, cfg.random_erasing), device,
-                           channels_last=layout)
-    dataset = DecodedImages(data.images, data.train_rows, data.train_labels,
-                            create_train_transform(spec, pre, cfg.random_erasing))
-    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
-                      drop_last=lone_last(sampler, cfg.batch_size),
-                      num_workers=cfg.loader_workers, pin_memory=device.type == "cuda",
-                      persistent_workers=cfg.loader_workers > 0)
+        return HostBatches(
+            data.images,
+            data.train_rows,
+            data.train_labels,
+            sampler,
+            cfg.batch_size,
+            BatchAugment(spec, pre, cfg.random_erasing),
+            device,
+            channels_last=layout,
+        )
+    dataset = DecodedImages(
+        data.images,
+        data.train_rows,
+        data.train_labels,
+        create_train_transform(spec, pre, cfg.random_erasing),
+    )
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        drop_last=lone_last(sampler, cfg.batch_size),
+        num_workers=cfg.loader_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.loader_workers > 0,
+    )

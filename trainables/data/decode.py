@@ -1,6 +1,7 @@
 """Decode once: every usable image is decoded once per size into a uint8 array on disk,
 keyed by the files' content; trials on a node memory-map that one file instead of decoding
 again."""
+
 from __future__ import annotations
 
 import contextlib
@@ -53,13 +54,13 @@ class Progress:
     def __call__(self, done: int) -> None:
         if self.show and (done % self.step == 0 or done == self.total) and done:
             rate = done / max(time.monotonic() - self.started, 1e-9)
-            print(f"{self.what} {done}/{self.total} ({rate:.0f}/s)", file=sys.stderr,
-                  flush=True)
+            print(f"{self.what} {done}/{self.total} ({rate:.0f}/s)", file=sys.stderr, flush=True)
 
 
 def file_hashes(root: Path, paths: tuple[str, ...], progress: bool = False) -> list[str]:
     """sha1 of every file's bytes (read in parallel, streamed); a file that cannot be read
     gets a marker instead (its decoding fails next, and says why)."""
+
     def one(path: str) -> str:
         try:
             return hash_file(root / path)
@@ -100,11 +101,15 @@ def _to_8_bits(image: Image.Image) -> np.ndarray:
         return np.round(values.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
     if image.mode == "F":
         if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
-            raise UnknownScale("floating-point pixels outside [0, 1]: their intensity scale "
-                               "is unknown; convert the image to 8 or 16 bits")
+            raise UnknownScale(
+                "floating-point pixels outside [0, 1]: their intensity scale "
+                "is unknown; convert the image to 8 or 16 bits"
+            )
         return np.round(values.astype(np.float64) * 255.0).astype(np.uint8)
-    raise UnknownScale(f"{image.mode} pixels (32-bit integers): their intensity scale is "
-                       "unknown; convert the image to 8 or 16 bits")
+    raise UnknownScale(
+        f"{image.mode} pixels (32-bit integers): their intensity scale is "
+        "unknown; convert the image to 8 or 16 bits"
+    )
 
 
 def decode_image(path: Path, size: int, interpolation: str = "bilinear") -> np.ndarray:
@@ -127,8 +132,9 @@ def decode_image(path: Path, size: int, interpolation: str = "bilinear") -> np.n
             # resize only the centre square it is cropped to
             side = min(width, height)
             left, top = (width - side) / 2, (height - side) / 2
-            image = image.resize((size, size), RESAMPLE[interpolation],
-                                 box=(left, top, left + side, top + side))
+            image = image.resize(
+                (size, size), RESAMPLE[interpolation], box=(left, top, left + side, top + side)
+            )
             return np.asarray(image, dtype=np.uint8)
         image = image.resize((new_w, new_h), RESAMPLE[interpolation], reducing_gap=3.0)
         left, top = (new_w - size) // 2, (new_h - size) // 2
@@ -142,9 +148,15 @@ class DecodedCache:
     bad: dict[str, str] = field(default_factory=dict)  # relative path -> why it was skipped
 
 
-def decode_cached(root: Path, paths: tuple[str, ...], digest: str, size: int,
-                  cache_dir: Path, progress: bool = False,
-                  interpolation: str = "bilinear") -> DecodedCache:
+def decode_cached(
+    root: Path,
+    paths: tuple[str, ...],
+    digest: str,
+    size: int,
+    cache_dir: Path,
+    progress: bool = False,
+    interpolation: str = "bilinear",
+) -> DecodedCache:
     """Decode every path at ``size`` once, into ``cache_dir``; later calls only read the index.
 
     Safe to call from many processes at once: a file lock makes one decode and the rest wait.
@@ -164,8 +176,9 @@ def decode_cached(root: Path, paths: tuple[str, ...], digest: str, size: int,
     return DecodedCache(npy, bad)
 
 
-def _decode_all(root: Path, paths, size: int, interpolation: str, npy: Path, meta: Path,
-                progress: bool) -> None:
+def _decode_all(
+    root: Path, paths, size: int, interpolation: str, npy: Path, meta: Path, progress: bool
+) -> None:
     tmp = npy.with_name(npy.name + ".tmp.npy")
     try:
         bad = _decode_into(root, paths, size, interpolation, tmp, progress)
@@ -174,8 +187,7 @@ def _decode_all(root: Path, paths, size: int, interpolation: str, npy: Path, met
         tmp.unlink(missing_ok=True)
     meta_tmp = meta.with_name(meta.name + ".tmp")
     try:
-        meta_tmp.write_text(json.dumps({"bad": bad, "count": len(paths),
-                                        "size": size}))
+        meta_tmp.write_text(json.dumps({"bad": bad, "count": len(paths), "size": size}))
         os.replace(meta_tmp, meta)
     except BaseException:
         meta_tmp.unlink(missing_ok=True)
@@ -198,11 +210,13 @@ def _claim_blocks(path: Path) -> None:
                 raise
 
 
-def _decode_into(root: Path, paths, size: int, interpolation: str, tmp: Path,
-                 progress: bool) -> dict[str, str]:
+def _decode_into(
+    root: Path, paths, size: int, interpolation: str, tmp: Path, progress: bool
+) -> dict[str, str]:
     """Decode every path into a new .npy file at ``tmp``; returns the skipped files' reasons."""
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                      shape=(len(paths), size, size, 3))
+    array = np.lib.format.open_memmap(
+        tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3)
+    )
     # the file's blocks, claimed now: a memory-mapped write past a full disk's end is a
     # SIGBUS that kills the process without a word; a refused claim is an OSError
     _claim_blocks(tmp)
@@ -215,8 +229,11 @@ def _decode_into(root: Path, paths, size: int, interpolation: str, tmp: Path,
             bad[paths[i]] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
 
     if progress:
-        print(f"decoding {len(paths)} images at {size}px (once; cached for later sweeps)",
-              file=sys.stderr, flush=True)
+        print(
+            f"decoding {len(paths)} images at {size}px (once; cached for later sweeps)",
+            file=sys.stderr,
+            flush=True,
+        )
     tick = Progress("decoded", len(paths), progress)
     with contextlib.closing(ordered_map(work, range(len(paths)))) as results:
         for done, _ in enumerate(results, 1):
@@ -224,4 +241,3 @@ def _decode_into(root: Path, paths, size: int, interpolation: str, tmp: Path,
     array.flush()
     del array
     return bad
-

@@ -10,6 +10,7 @@ the sweep runs on the digits.
     elpv4   all 2,624 ELPV cells in the four classes their authors rated: defect
             probability 0 (1,508), 1/3 (295), 2/3 (106) and 1 (715).
 """
+
 from __future__ import annotations
 
 import os
@@ -57,15 +58,20 @@ def _digits(folder: Path) -> str:
         pixels = (image * (255.0 / 16.0)).round().astype(np.uint8)
         class_dir = folder / str(target)
         class_dir.mkdir(exist_ok=True)
-        Image.fromarray(pixels, mode="L").resize((32, 32), Image.Resampling.NEAREST) \
-            .save(class_dir / f"digit_{i:04d}.png")
+        Image.fromarray(pixels, mode="L").resize((32, 32), Image.Resampling.NEAREST).save(
+            class_dir / f"digit_{i:04d}.png"
+        )
     return "sklearn.datasets.load_digits"
 
 
 ELPV_CLASSES = {0.0: "functional", 1.0: "defective"}
 # the four ratings the data's authors gave, named so that folders sort by defect probability
-ELPV4_CLASSES = {0: "p0_functional", 1: "p1_third_defective", 2: "p2_thirds_defective",
-                 3: "p3_defective"}
+ELPV4_CLASSES = {
+    0: "p0_functional",
+    1: "p1_third_defective",
+    2: "p2_thirds_defective",
+    3: "p3_defective",
+}
 
 
 def _elpv4(folder: Path) -> str:
@@ -76,8 +82,9 @@ def _elpv(folder: Path, four: bool = False) -> str:
     try:
         import elpv_dataset
     except ImportError:
-        raise UserError("--data demo:elpv needs the ELPV images: pip install "
-                        "elpv-dataset==1.0.0.post1") from None
+        raise UserError(
+            "--data demo:elpv needs the ELPV images: pip install elpv-dataset==1.0.0.post1"
+        ) from None
     data = Path(elpv_dataset.__file__).parent / "data"
     for line in (data / "labels.csv").read_text().splitlines():
         path, probability, _ = line.split()
@@ -104,8 +111,10 @@ DEMOS: dict[str, Callable[[Path], str]] = {"digits": _digits, "elpv": _elpv, "el
 def demo_root(cache_dir: Path | None = None, name: str = "digits") -> Path:
     """The image folder of demo data set ``name``, written into the cache on first use."""
     if name not in DEMOS:
-        raise UserError(f"--data {PREFIX}{name}: no such demo data; use one of "
-                        f"{', '.join(PREFIX + n for n in DEMOS)}")
+        raise UserError(
+            f"--data {PREFIX}{name}: no such demo data; use one of "
+            f"{', '.join(PREFIX + n for n in DEMOS)}"
+        )
     return _written_once(name, cache_dir, DEMOS[name])
 
 
@@ -114,5 +123,5 @@ def resolve_data(data: str | None, cache_dir: Path | None = None) -> str:
     if data is None:
         return str(demo_root(cache_dir))
     if data.startswith(PREFIX):
-        return str(demo_root(cache_dir, data[len(PREFIX):]))
+        return str(demo_root(cache_dir, data[len(PREFIX) :]))
     return data

@@ -1,5 +1,6 @@
 """The small picklable handle that every trial gets, and the data report: what was found,
 used, skipped, copied and how imbalanced it is."""
+
 from __future__ import annotations
 
 import csv
@@ -50,56 +51,85 @@ class DataHandle:
     def for_fold(self, fold: int) -> DataHandle:
         """The handle whose splits are fold ``fold``'s (split.fold_splits)."""
         if not 0 <= fold < self.fold_count:
-            raise UserError(f"bad value fold={fold}: this data has "
-                            f"{self.fold_count or 'no'} folds (run.py --folds K sets them)")
+            raise UserError(
+                f"bad value fold={fold}: this data has "
+                f"{self.fold_count or 'no'} folds (run.py --folds K sets them)"
+            )
         return replace(self, splits=tuple(fold_splits(self.folds, fold, self.fold_count)))
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(np.asarray(self.splits) == split)
 
-    def images(self, load_size: int, interpolation: str = "bilinear",
-               progress: bool = False) -> np.ndarray:
+    def images(
+        self, load_size: int, interpolation: str = "bilinear", progress: bool = False
+    ) -> np.ndarray:
         """The decoded uint8 images (memory-mapped, N x S x S x 3) at this size."""
-        cache = decode_cached(Path(self.root), self.files, self.digest, load_size,
-                              Path(self.cache_dir), progress, interpolation)
+        cache = decode_cached(
+            Path(self.root),
+            self.files,
+            self.digest,
+            load_size,
+            Path(self.cache_dir),
+            progress,
+            interpolation,
+        )
         return np.load(cache.images, mmap_mode="r")
 
 
-def prepare(source: DataSource, load_size: int, cache_dir: Path, split_seed: int = 0,
-            progress: bool = True, interpolation: str = "bilinear",
-            folds: int = 0) -> tuple[DataHandle, dict]:
+def prepare(
+    source: DataSource,
+    load_size: int,
+    cache_dir: Path,
+    split_seed: int = 0,
+    progress: bool = True,
+    interpolation: str = "bilinear",
+    folds: int = 0,
+) -> tuple[DataHandle, dict]:
     """Decode (once), drop unreadable images, split (into ``folds`` cross-validation folds
     when given), and return the handle and a data report."""
     if folds and source.presplit and source.folds is None:
-        raise UserError(f"--folds {folds}: needs an image folder to split into folds (or the "
-                        "split.csv of a folded experiment), not a split into train/val/test; "
-                        "drop --folds or --split-file, or pass the unsplit folder")
+        raise UserError(
+            f"--folds {folds}: needs an image folder to split into folds (or the "
+            "split.csv of a folded experiment), not a split into train/val/test; "
+            "drop --folds or --split-file, or pass the unsplit folder"
+        )
     if folds and source.folds is None:  # before any decoding: the counts are known
         found = np.bincount(source.labels, minlength=len(source.class_names))
         if found.min() < folds:
             name = source.class_names[int(found.argmin())]
-            raise UserError(f"--folds {folds}: class '{name}' has {int(found.min())} "
-                            f"image(s); --folds {folds} needs at least {folds} per class: use "
-                            "fewer folds")
+            raise UserError(
+                f"--folds {folds}: class '{name}' has {int(found.min())} "
+                f"image(s); --folds {folds} needs at least {folds} per class: use "
+                "fewer folds"
+            )
     if not folds and source.folds is not None:
         count = max(source.folds) + 1
-        raise UserError(f"--split-file holds the {count} folds of a cross-validated "
-                        f"experiment: pass --folds {count} to reuse them")
+        raise UserError(
+            f"--split-file holds the {count} folds of a cross-validated "
+            f"experiment: pass --folds {count} to reuse them"
+        )
     hashes = file_hashes(source.root, source.paths, progress)
     digest = content_digest(source.paths, hashes)
-    cache = decode_cached(source.root, source.paths, digest, load_size, Path(cache_dir),
-                          progress, interpolation)
+    cache = decode_cached(
+        source.root, source.paths, digest, load_size, Path(cache_dir), progress, interpolation
+    )
     bad = {**cache.bad, **{path: why for path, _, why in source.rejected}}
     if source.splits is not None:  # a reused split: what it skipped stays out
-        bad.update({path: "skipped in the reused split.csv (unreadable when it was drawn)"
-                    for path, split in zip(source.paths, source.splits)
-                    if split == SKIPPED and path not in bad})
+        bad.update(
+            {
+                path: "skipped in the reused split.csv (unreadable when it was drawn)"
+                for path, split in zip(source.paths, source.splits)
+                if split == SKIPPED and path not in bad
+            }
+        )
     keep = [i for i, path in enumerate(source.paths) if path not in bad]
     usable = subset(source, keep)
     if not usable.paths:
-        raise UserError(f"--data {source.root}: none of the {len(bad)} images could be read; "
-                        "check that they are real image files (data_report.json would list "
-                        "why)")
+        raise UserError(
+            f"--data {source.root}: none of the {len(bad)} images could be read; "
+            "check that they are real image files (data_report.json would list "
+            "why)"
+        )
     check_classes(usable)
     groups = duplicate_groups([hashes[i] for i in keep])
     fold_ids: list[int] = []
@@ -107,8 +137,10 @@ def prepare(source: DataSource, load_size: int, cache_dir: Path, split_seed: int
         if usable.folds is not None:  # reused: exactly as recorded
             fold_ids = list(usable.folds)
             if max(fold_ids) + 1 != folds or min(fold_ids) < 0:
-                raise UserError(f"--folds {folds}: the reused split.csv holds "
-                                f"{max(fold_ids) + 1} folds; pass --folds {max(fold_ids) + 1}")
+                raise UserError(
+                    f"--folds {folds}: the reused split.csv holds "
+                    f"{max(fold_ids) + 1} folds; pass --folds {max(fold_ids) + 1}"
+                )
         else:
             group_of = list(range(len(keep)))
             for group in groups:  # copies of one image share a fold, so they cannot leak
@@ -126,9 +158,17 @@ def prepare(source: DataSource, load_size: int, cache_dir: Path, split_seed: int
         for group in groups:  # copies of one image stay together, so they cannot leak
             for i in group[1:]:
                 splits[i] = splits[group[0]]
-    handle = DataHandle(str(source.root), source.paths, digest, str(cache_dir),
-                        source.class_names, tuple(keep), usable.labels, tuple(splits),
-                        tuple(fold_ids))
+    handle = DataHandle(
+        str(source.root),
+        source.paths,
+        digest,
+        str(cache_dir),
+        source.class_names,
+        tuple(keep),
+        usable.labels,
+        tuple(splits),
+        tuple(fold_ids),
+    )
     report = data_report(source, handle, bad)
     if fold_ids:
         report["folds"] = {name: [0] * folds for name in handle.class_names}
@@ -148,14 +188,24 @@ def duplicate_groups(hashes: list[str]) -> list[list[int]]:
 
 def duplicates_report(handle: DataHandle, groups: list[list[int]]) -> dict:
     """Exact copies: how many, which cross splits (leakage), which carry different labels."""
+
     def describe(group):
-        return [{"path": handle.files[handle.rows[i]], "split": handle.splits[i],
-                 "class": handle.class_names[handle.labels[i]]} for i in group]
+        return [
+            {
+                "path": handle.files[handle.rows[i]],
+                "split": handle.splits[i],
+                "class": handle.class_names[handle.labels[i]],
+            }
+            for i in group
+        ]
 
     leaks = [describe(g) for g in groups if len({handle.splits[i] for i in g}) > 1]
     conflicts = [describe(g) for g in groups if len({handle.labels[i] for i in g}) > 1]
-    return {"duplicate_images": sum(len(g) - 1 for g in groups),
-            "leakage": leaks, "label_conflicts": conflicts}
+    return {
+        "duplicate_images": sum(len(g) - 1 for g in groups),
+        "leakage": leaks,
+        "label_conflicts": conflicts,
+    }
 
 
 def data_report(source: DataSource, handle: DataHandle, bad: dict[str, str]) -> dict:
@@ -190,10 +240,24 @@ def split_csv(handle: DataHandle, report: dict) -> str:
     folded = bool(handle.folds)
     writer.writerow(["path", "class", "label", "split", *(["fold"] if folded else [])])
     for i, (row, label, split) in enumerate(zip(handle.rows, handle.labels, handle.splits)):
-        writer.writerow([cell(handle.files[row]), cell(handle.class_names[label]), label, split,
-                         *([handle.folds[i]] if folded else [])])
+        writer.writerow(
+            [
+                cell(handle.files[row]),
+                cell(handle.class_names[label]),
+                label,
+                split,
+                *([handle.folds[i]] if folded else []),
+            ]
+        )
     for name, items in report["skipped"].items():
         for item in items:
-            writer.writerow([cell(item["path"]), cell(name), handle.class_names.index(name),
-                             SKIPPED, *([""] if folded else [])])
+            writer.writerow(
+                [
+                    cell(item["path"]),
+                    cell(name),
+                    handle.class_names.index(name),
+                    SKIPPED,
+                    *([""] if folded else []),
+                ]
+            )
     return out.getvalue()

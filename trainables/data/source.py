@@ -1,5 +1,6 @@
 """What a data root holds: an image folder (one subfolder per class; split later) or a root
 holding ``train/``, ``val/`` and ``test/`` class folders (used as given)."""
+
 from __future__ import annotations
 
 import errno
@@ -51,8 +52,10 @@ def _class_dirs(folder: Path) -> list[Path]:
     found = sorted(p for p in folder.iterdir() if p.is_dir() and visible(p))
     for path in found:
         if not _utf8(path.name):  # class names go into every table, report and export
-            raise UserError(f"--data: class folder {shown(path)}: its name is not valid UTF-8 "
-                            "text; rename the folder")
+            raise UserError(
+                f"--data: class folder {shown(path)}: its name is not valid UTF-8 "
+                "text; rename the folder"
+            )
     return found
 
 
@@ -67,8 +70,11 @@ def scan(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
             path = Path(dirpath, name)
             if not visible(path) or path.suffix.lower() not in IMAGE_EXTENSIONS:
                 continue
-            reason = ("a folder on its path is not named in valid UTF-8 text; rename the "
-                      "folder" if odd_folder else unreadable(path))
+            reason = (
+                "a folder on its path is not named in valid UTF-8 text; rename the folder"
+                if odd_folder
+                else unreadable(path)
+            )
             (rejected.append((path, reason)) if reason else found.append(path))
     return found, rejected
 
@@ -86,9 +92,15 @@ def unreadable(path: Path) -> str:
             return "a symbolic link loop"
         return f"cannot be read ({exc.strerror})"
     if not stat.S_ISREG(info.st_mode):
-        kind = ("a named pipe" if stat.S_ISFIFO(info.st_mode) else "a socket"
-                if stat.S_ISSOCK(info.st_mode) else "a device" if stat.S_ISCHR(info.st_mode)
-                or stat.S_ISBLK(info.st_mode) else "not a file")
+        kind = (
+            "a named pipe"
+            if stat.S_ISFIFO(info.st_mode)
+            else "a socket"
+            if stat.S_ISSOCK(info.st_mode)
+            else "a device"
+            if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
+            else "not a file"
+        )
         return f"{kind}, not an image file"
     if not os.access(path, os.R_OK):
         return "permission denied"
@@ -104,20 +116,26 @@ def discover(root: str | os.PathLike) -> DataSource:
     """Scan a data root. Raises UserError for a root that cannot be trained on."""
     root = Path(root).expanduser()
     if not root.exists():
-        raise UserError(f"--data {root}: no such directory; point it at a folder "
-                        "with one subfolder of images per class")
+        raise UserError(
+            f"--data {root}: no such directory; point it at a folder "
+            "with one subfolder of images per class"
+        )
     if not root.is_dir():
-        raise UserError(f"--data {root}: is a file, not a directory; point it at a folder "
-                        "with one subfolder of images per class")
+        raise UserError(
+            f"--data {root}: is a file, not a directory; point it at a folder "
+            "with one subfolder of images per class"
+        )
     root = root.resolve()
     present = [split for split in SPLITS if (root / split).is_dir()]
     if len(present) == len(SPLITS):
         return _discover_presplit(root)
     if present:
         missing = [f"{split}/" for split in SPLITS if split not in present]
-        raise UserError(f"--data {root}: has {' and '.join(p + '/' for p in present)} but no "
-                        f"{' or '.join(missing)}; a pre-split root needs all of train/ val/ "
-                        "test/ (or give a folder of class folders, to be split here)")
+        raise UserError(
+            f"--data {root}: has {' and '.join(p + '/' for p in present)} but no "
+            f"{' or '.join(missing)}; a pre-split root needs all of train/ val/ "
+            "test/ (or give a folder of class folders, to be split here)"
+        )
     classes = _class_dirs(root)
     paths, labels, rejected = [], [], []
     for label, class_dir in enumerate(classes):
@@ -126,8 +144,9 @@ def discover(root: str | os.PathLike) -> DataSource:
             paths.append(path.relative_to(root).as_posix())
             labels.append(label)
         rejected += [(shown(path.relative_to(root).as_posix()), label, why) for path, why in bad]
-    source = DataSource(root, tuple(c.name for c in classes), tuple(paths), tuple(labels), None,
-                        tuple(rejected))
+    source = DataSource(
+        root, tuple(c.name for c in classes), tuple(paths), tuple(labels), None, tuple(rejected)
+    )
     check_classes(source)
     return source
 
@@ -136,10 +155,15 @@ def _discover_presplit(root: Path) -> DataSource:
     per_split = {split: [c.name for c in _class_dirs(root / split)] for split in SPLITS}
     if not per_split["train"] == per_split["val"] == per_split["test"]:
         every = set().union(*map(set, per_split.values()))
-        lacks = [f"{split}/ lacks {', '.join(sorted(every - set(names)))}"
-                 for split, names in per_split.items() if every - set(names)]
-        raise UserError(f"--data {root}: the splits' class folders differ ({'; '.join(lacks)}); "
-                        "give train/, val/ and test/ the same class folders")
+        lacks = [
+            f"{split}/ lacks {', '.join(sorted(every - set(names)))}"
+            for split, names in per_split.items()
+            if every - set(names)
+        ]
+        raise UserError(
+            f"--data {root}: the splits' class folders differ ({'; '.join(lacks)}); "
+            "give train/, val/ and test/ the same class folders"
+        )
     classes = per_split["train"]
     paths, labels, splits, rejected = [], [], [], []
     for split in SPLITS:
@@ -149,10 +173,12 @@ def _discover_presplit(root: Path) -> DataSource:
                 paths.append(path.relative_to(root).as_posix())
                 labels.append(label)
                 splits.append(split)
-            rejected += [(shown(path.relative_to(root).as_posix()), label, why)
-                         for path, why in bad]
-    source = DataSource(root, tuple(classes), tuple(paths), tuple(labels), tuple(splits),
-                        tuple(rejected))
+            rejected += [
+                (shown(path.relative_to(root).as_posix()), label, why) for path, why in bad
+            ]
+    source = DataSource(
+        root, tuple(classes), tuple(paths), tuple(labels), tuple(splits), tuple(rejected)
+    )
     check_classes(source)
     return source
 
@@ -160,16 +186,22 @@ def _discover_presplit(root: Path) -> DataSource:
 def check_classes(source: DataSource) -> None:
     where = f"--data {source.root}"
     if not source.paths:
-        raise UserError(f"{where}: found no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in "
-                        "class subfolders; put each class's images in a folder named after it")
+        raise UserError(
+            f"{where}: found no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in "
+            "class subfolders; put each class's images in a folder named after it"
+        )
     counts = Counter(source.labels)
     empty = [name for i, name in enumerate(source.class_names) if counts[i] == 0]
     if empty:
-        raise UserError(f"{where}: class folder(s) {', '.join(empty)} hold no usable image; "
-                        "add images or remove the folder")
+        raise UserError(
+            f"{where}: class folder(s) {', '.join(empty)} hold no usable image; "
+            "add images or remove the folder"
+        )
     if len(source.class_names) < 2:
-        raise UserError(f"{where}: only one class ({source.class_names[0]}); a classifier "
-                        "needs at least two class folders")
+        raise UserError(
+            f"{where}: only one class ({source.class_names[0]}); a classifier "
+            "needs at least two class folders"
+        )
 
 
 def limit_per_class(source: DataSource, n: int) -> DataSource:

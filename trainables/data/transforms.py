@@ -7,6 +7,7 @@ shorter side to ``image_size / crop_pct`` and keeps the centre square; evaluatio
 centre-crops ``image_size`` (for torchvision models: resize 256, crop 224). Augmentation
 is for training only.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,21 +29,31 @@ def resolve_preprocess(cfg: TrialConfig) -> Preprocess:
 
 def policy_transform(name: str) -> v2.Transform:
     """An AutoAugment-family policy, on uint8 images."""
-    policies = {"autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET),
-                "randaugment": v2.RandAugment, "trivialaugment": v2.TrivialAugmentWide}
+    policies = {
+        "autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET),
+        "randaugment": v2.RandAugment,
+        "trivialaugment": v2.TrivialAugmentWide,
+    }
     return policies[name]()
 
 
-def create_train_transform(spec: AugmentSpec, pre: Preprocess,
-                           random_erasing: float = 0.0) -> v2.Compose:
+def create_train_transform(
+    spec: AugmentSpec, pre: Preprocess, random_erasing: float = 0.0
+) -> v2.Compose:
     """The recipe ``spec`` for one uint8 CHW image, then normalisation, then RandomErasing
     with probability ``random_erasing``."""
     if spec.crop_scale is None:
         steps = [v2.CenterCrop(pre.image_size)]
     else:
-        steps = [v2.RandomResizedCrop(pre.image_size, scale=spec.crop_scale,
-                                      ratio=spec.crop_ratio, antialias=True,
-                                      interpolation=v2.InterpolationMode(pre.interpolation))]
+        steps = [
+            v2.RandomResizedCrop(
+                pre.image_size,
+                scale=spec.crop_scale,
+                ratio=spec.crop_ratio,
+                antialias=True,
+                interpolation=v2.InterpolationMode(pre.interpolation),
+            )
+        ]
     if spec.flip:
         steps.append(v2.RandomHorizontalFlip())
     if spec.policy:
@@ -51,13 +62,15 @@ def create_train_transform(spec: AugmentSpec, pre: Preprocess,
         if spec.rotation:
             steps.append(v2.RandomRotation(spec.rotation))
         if spec.jitter:
-            steps.append(v2.ColorJitter(brightness=spec.jitter, contrast=spec.jitter,
-                                        saturation=spec.jitter))
+            steps.append(
+                v2.ColorJitter(brightness=spec.jitter, contrast=spec.jitter, saturation=spec.jitter)
+            )
         if spec.translate:
             steps.append(v2.RandomAffine(degrees=0, translate=(spec.translate,) * 2))
         if spec.blur:
-            steps.append(v2.RandomApply([v2.GaussianBlur(BLUR_KERNEL, sigma=BLUR_SIGMA)],
-                                        p=spec.blur))
+            steps.append(
+                v2.RandomApply([v2.GaussianBlur(BLUR_KERNEL, sigma=BLUR_SIGMA)], p=spec.blur)
+            )
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)]
     if random_erasing:
         steps.append(v2.RandomErasing(p=random_erasing))

@@ -14,6 +14,7 @@ loads: its weights and spec are all the torch runtime reads).
 a spec that does not match the weights is refused with a message that names the mismatch,
 instead of a silently half-loaded model.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,10 +57,16 @@ class ExportSpec:
     format: int = FORMAT
 
     @classmethod
-    def from_record(cls, record: TrialRecord, source: dict,
-                    calibration: dict | None = None) -> ExportSpec:
-        return cls(record.model, record.preprocess, list(record.class_names), source,
-                   dict(calibration or {}))
+    def from_record(
+        cls, record: TrialRecord, source: dict, calibration: dict | None = None
+    ) -> ExportSpec:
+        return cls(
+            record.model,
+            record.preprocess,
+            list(record.class_names),
+            source,
+            dict(calibration or {}),
+        )
 
     @property
     def temperature(self) -> float:
@@ -90,9 +97,14 @@ class ExportSpec:
 
     @classmethod
     def from_json(cls, raw: dict) -> ExportSpec:
-        return cls(ModelBuild(**raw["model"]), Preprocess.from_json(raw["preprocess"]),
-                   [str(c) for c in raw["class_names"]], dict(raw["source"]),
-                   dict(raw.get("calibration") or {}), int(raw["format"]))
+        return cls(
+            ModelBuild(**raw["model"]),
+            Preprocess.from_json(raw["preprocess"]),
+            [str(c) for c in raw["class_names"]],
+            dict(raw["source"]),
+            dict(raw.get("calibration") or {}),
+            int(raw["format"]),
+        )
 
 
 class Logits(nn.Module):
@@ -106,8 +118,12 @@ class Logits(nn.Module):
         return self.net(x)[0]
 
 
-def write_export(folder: Path, spec: ExportSpec, weights: dict,
-                 check: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+def write_export(
+    folder: Path,
+    spec: ExportSpec,
+    weights: dict,
+    check: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, float]:
     """Write the folder, every runtime checked: ``check`` is the trial's test images (N x
     H x W x 3 uint8, decoded at ``load_size``) and the probabilities the trial saved for
     them; without it, random inputs against the eager network. Returns each runtime's
@@ -125,8 +141,9 @@ def write_export(folder: Path, spec: ExportSpec, weights: dict,
     if check is not None:
         inputs, expected = preprocess(check[0], spec), np.asarray(check[1])
     else:
-        inputs = torch.randn(4, 3, spec.image_size, spec.image_size,
-                             generator=torch.Generator().manual_seed(0))
+        inputs = torch.randn(
+            4, 3, spec.image_size, spec.image_size, generator=torch.Generator().manual_seed(0)
+        )
         with torch.no_grad():
             expected = logits(inputs).softmax(1).numpy()
     folder = Path(folder)
@@ -148,7 +165,8 @@ def write_export(folder: Path, spec: ExportSpec, weights: dict,
                     f"the {runtime} runtime's probabilities differ from the trial's by "
                     f"{differences[runtime]:.2e} (tolerance {TOLERANCE:g}) on "
                     f"{'its test images' if check is not None else 'a check input'}; "
-                    "nothing was exported")
+                    "nothing was exported"
+                )
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)
@@ -172,9 +190,15 @@ def _write_onnx(logits: nn.Module, example: torch.Tensor, path: Path) -> None:
 
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter narrates each of its passes
-        program = torch.onnx.export(logits, (example,), dynamo=True, verbose=False,
-                                    dynamic_shapes=_dynamic_batch(), input_names=["images"],
-                                    output_names=["logits"])
+        program = torch.onnx.export(
+            logits,
+            (example,),
+            dynamo=True,
+            verbose=False,
+            dynamic_shapes=_dynamic_batch(),
+            input_names=["images"],
+            output_names=["logits"],
+        )
         program.save(str(path))
 
 
@@ -186,8 +210,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def runtime_of(folder: Path, runtime: str, spec: ExportSpec, net: nn.Module | None = None,
-               threads: int | None = None, device: str = "cpu"):
+def runtime_of(
+    folder: Path,
+    runtime: str,
+    spec: ExportSpec,
+    net: nn.Module | None = None,
+    threads: int | None = None,
+    device: str = "cpu",
+):
     """A function from the network's input (a float tensor) to main-head logits (numpy),
     run by ``runtime``: torch (the rebuilt network, on ``device``), export (the
     torch.export program) or onnx (ONNX Runtime, on the CPU; ``threads``: its intra-op
@@ -201,24 +231,29 @@ def runtime_of(folder: Path, runtime: str, spec: ExportSpec, net: nn.Module | No
         def run(x):
             with torch.no_grad():
                 return logits(x.to(device)).cpu().numpy()
+
         return run
     files = {"export": PROGRAM_FILE, "onnx": ONNX_FILE}
     if runtime not in files:
         raise UserError(f"--runtime {runtime}: choose one of {', '.join(RUNTIMES)}")
     path = folder / files[runtime]
     if not path.is_file():
-        raise UserError(f"{folder}: no {files[runtime]} (exported by an older version); "
-                        "re-export the trial, or use --runtime torch")
+        raise UserError(
+            f"{folder}: no {files[runtime]} (exported by an older version); "
+            "re-export the trial, or use --runtime torch"
+        )
     if runtime == "export":
         try:
             module = torch.export.load(path).module()
         except Exception as exc:
-            raise UserError(f"{path}: cannot be read ({type(exc).__name__}); re-export the "
-                            "trial") from None
+            raise UserError(
+                f"{path}: cannot be read ({type(exc).__name__}); re-export the trial"
+            ) from None
 
         def run(x):
             with torch.no_grad():
                 return module(x).numpy()
+
         return run
     return _onnx_run(path, threads)
 
@@ -231,15 +266,19 @@ def _onnx_run(path: Path, threads: int | None):
     if threads:
         options.intra_op_num_threads = threads
     try:
-        session = onnxruntime.InferenceSession(str(path), options,
-                                               providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:
-        raise UserError(f"{path}: not an ONNX model ONNX Runtime reads "
-                        f"({str(exc).splitlines()[0][:120]}); re-export the trial") from None
+        raise UserError(
+            f"{path}: not an ONNX model ONNX Runtime reads "
+            f"({str(exc).splitlines()[0][:120]}); re-export the trial"
+        ) from None
     name = session.get_inputs()[0].name
 
     def run(x):
         return session.run(None, {name: np.ascontiguousarray(x.numpy(), np.float32)})[0]
+
     return run
 
 
@@ -269,15 +308,20 @@ def read_spec(folder: Path) -> ExportSpec:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
         if raw.get("format") not in READS:
-            raise UserError(f"{path}: export format {raw.get('format')}, this version reads "
-                            f"{', '.join(map(str, READS))}; re-export the trial")
+            raise UserError(
+                f"{path}: export format {raw.get('format')}, this version reads "
+                f"{', '.join(map(str, READS))}; re-export the trial"
+            )
         spec = ExportSpec.from_json(raw)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise UserError(f"{path}: not a valid export spec ({type(exc).__name__}: {exc}); "
-                        "re-export the trial") from None
+        raise UserError(
+            f"{path}: not a valid export spec ({type(exc).__name__}: {exc}); re-export the trial"
+        ) from None
     if len(spec.class_names) != spec.num_classes:
-        raise UserError(f"{path}: {len(spec.class_names)} class names for num_classes "
-                        f"{spec.num_classes}; they must agree")
+        raise UserError(
+            f"{path}: {len(spec.class_names)} class names for num_classes "
+            f"{spec.num_classes}; they must agree"
+        )
     _check_values(spec, path)
     return spec
 
@@ -299,8 +343,10 @@ def _check_values(spec: ExportSpec, path: Path) -> None:
     elif pre.interpolation not in RESAMPLE:
         problem = f"unknown interpolation {pre.interpolation!r}"
     elif not 16 <= pre.image_size <= pre.load_size <= 4096:
-        problem = (f"image_size {pre.image_size} and load_size {pre.load_size} must satisfy "
-                   "16 <= image_size <= load_size <= 4096")
+        problem = (
+            f"image_size {pre.image_size} and load_size {pre.load_size} must satisfy "
+            "16 <= image_size <= load_size <= 4096"
+        )
     elif spec.num_classes < 2:
         problem = f"num_classes {spec.num_classes}: a classifier needs at least 2"
     if problem is None:
@@ -319,19 +365,23 @@ def check_weights(net: nn.Module, weights: dict, spec: ExportSpec) -> None:
     if not problems:
         return
     missing, unexpected = expected.keys() - weights.keys(), weights.keys() - expected.keys()
-    what = (f"model={spec.model.model}, num_classes={spec.num_classes}, "
-            f"aux_heads={spec.model.aux_heads}")
+    what = (
+        f"model={spec.model.model}, num_classes={spec.num_classes}, "
+        f"aux_heads={spec.model.aux_heads}"
+    )
     hint = ""
     if any(".aux" in k for k in unexpected) and not spec.model.aux_heads:
         hint = "; the weights have auxiliary heads: aux_heads must be true"
     elif any(".aux" in k for k in missing) and spec.model.aux_heads:
         hint = "; the weights have no auxiliary heads: aux_heads must be false"
     elif any(k.endswith("running_mean") for k in unexpected):
-        hint = (f"; the weights have batch-norm layers that {spec.model.model} lacks "
-                "(a _bn variant?)")
+        hint = (
+            f"; the weights have batch-norm layers that {spec.model.model} lacks (a _bn variant?)"
+        )
     elif any(k.endswith("running_mean") for k in missing):
-        hint = (f"; {spec.model.model} has batch-norm layers the weights lack "
-                "(a variant without _bn?)")
+        hint = (
+            f"; {spec.model.model} has batch-norm layers the weights lack (a variant without _bn?)"
+        )
     raise UserError(f"the weights do not fit the spec ({what}): " + "; ".join(problems) + hint)
 
 
@@ -344,8 +394,9 @@ def load_export(folder: str | Path) -> tuple[ExportSpec, nn.Module]:
     try:
         weights = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, not a torch file, pickled code
-        raise UserError(f"{folder / WEIGHTS_FILE}: cannot be read ({type(exc).__name__}); "
-                        "re-export the trial") from None
+        raise UserError(
+            f"{folder / WEIGHTS_FILE}: cannot be read ({type(exc).__name__}); re-export the trial"
+        ) from None
     net = spec.build(empty=True)
     check_weights(net, weights, spec)
     net.load_state_dict(weights)

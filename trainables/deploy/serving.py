@@ -14,7 +14,6 @@ truncated image, one over the byte or pixel limit, or a request without images e
 4xx with a one-line JSON error ``{"error": "..."}``.
 """
 
-
 import asyncio
 import io
 from dataclasses import dataclass
@@ -42,27 +41,29 @@ class BadUpload(Exception):
         self.status = status
 
 
-def decode_upload(data: bytes, name: str, size: int, interpolation: str,
-                  limits: Limits) -> np.ndarray:
+def decode_upload(
+    data: bytes, name: str, size: int, interpolation: str, limits: Limits
+) -> np.ndarray:
     """An uploaded file as the export decodes it, or BadUpload with the status and why."""
     from PIL import Image, UnidentifiedImageError
 
     from trainables.data import decode_image
 
     if len(data) > limits.max_bytes:
-        raise BadUpload(413, f"{name}: {len(data)} bytes, over the limit of "
-                             f"{limits.max_bytes}")
+        raise BadUpload(413, f"{name}: {len(data)} bytes, over the limit of {limits.max_bytes}")
     if not data:
         raise BadUpload(400, f"{name}: empty file")
     try:
         with Image.open(io.BytesIO(data)) as probe:  # reads the header only
             width, height = probe.size
     except (UnidentifiedImageError, OSError, ValueError):
-        raise BadUpload(415, f"{name}: not an image this service reads (JPEG, PNG, BMP, "
-                             "WebP, TIFF)") from None
+        raise BadUpload(
+            415, f"{name}: not an image this service reads (JPEG, PNG, BMP, WebP, TIFF)"
+        ) from None
     if width * height > limits.max_pixels:
-        raise BadUpload(413, f"{name}: {width}x{height} pixels, over the limit of "
-                             f"{limits.max_pixels}")
+        raise BadUpload(
+            413, f"{name}: {width}x{height} pixels, over the limit of {limits.max_pixels}"
+        )
     try:
         return decode_image(io.BytesIO(data), size, interpolation)
     except Exception as exc:  # truncated, damaged, an unknown intensity scale
@@ -120,7 +121,7 @@ class Batcher:
             start = 0
             for x, future in items:
                 if not future.done():
-                    future.set_result(logits[start:start + len(x)])
+                    future.set_result(logits[start : start + len(x)])
                 start += len(x)
 
 
@@ -139,8 +140,14 @@ def replica_servers_on_loopback() -> None:
     replica.add_port_to_grpc_server = on_loopback
 
 
-def create_app(export_dir: str | Path, runtime: str = "onnx", limits: Limits = Limits(),
-               batch: int = BATCH, threads: int | None = None, device: str = "cpu"):
+def create_app(
+    export_dir: str | Path,
+    runtime: str = "onnx",
+    limits: Limits = Limits(),
+    batch: int = BATCH,
+    threads: int | None = None,
+    device: str = "cpu",
+):
     """The FastAPI app of one export folder (``device``: where the torch runtime runs)."""
     from fastapi import FastAPI, File, Query, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
@@ -162,8 +169,9 @@ def create_app(export_dir: str | Path, runtime: str = "onnx", limits: Limits = L
         yield
         await batcher.stop()
 
-    app = FastAPI(title=f"visionsweep: {spec.source.get('variant', spec.model.model)}",
-                  lifespan=lifespan)
+    app = FastAPI(
+        title=f"visionsweep: {spec.source.get('variant', spec.model.model)}", lifespan=lifespan
+    )
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
@@ -171,8 +179,11 @@ def create_app(export_dir: str | Path, runtime: str = "onnx", limits: Limits = L
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         fields = sorted({str(e.get("loc", ["", "?"])[-1]) for e in exc.errors()})
-        return error(422, f"bad request: missing or invalid field(s) {', '.join(fields)}; "
-                          "send the images as multipart files under 'images'")
+        return error(
+            422,
+            f"bad request: missing or invalid field(s) {', '.join(fields)}; "
+            "send the images as multipart files under 'images'",
+        )
 
     @app.exception_handler(Exception)
     async def failed(request: Request, exc: Exception):  # never a bare 500 page
@@ -184,22 +195,34 @@ def create_app(export_dir: str | Path, runtime: str = "onnx", limits: Limits = L
 
     @app.get("/model")
     async def model():
-        return {"model": spec.model.model, "classes": spec.class_names, "runtime": runtime,
-                "preprocess": {"image_size": spec.image_size, "load_size": spec.load_size,
-                               "interpolation": spec.interpolation},
-                "trial": spec.source,
-                "calibration": {"temperature": spec.temperature,
-                                "method": spec.calibration.get("method", "none"),
-                                "sets": spec.calibration.get("sets", "none"),
-                                "calibration_images": len(scores)}}
+        return {
+            "model": spec.model.model,
+            "classes": spec.class_names,
+            "runtime": runtime,
+            "preprocess": {
+                "image_size": spec.image_size,
+                "load_size": spec.load_size,
+                "interpolation": spec.interpolation,
+            },
+            "trial": spec.source,
+            "calibration": {
+                "temperature": spec.temperature,
+                "method": spec.calibration.get("method", "none"),
+                "sets": spec.calibration.get("sets", "none"),
+                "calibration_images": len(scores),
+            },
+        }
 
     @app.post("/predict")
-    async def predict(images: list[UploadFile] = File(...),
-                      coverage: float | None = Query(None, gt=0, lt=1),
-                      per_class: bool = Query(False)):
+    async def predict(
+        images: list[UploadFile] = File(...),
+        coverage: float | None = Query(None, gt=0, lt=1),
+        per_class: bool = Query(False),
+    ):
         if len(images) > limits.max_files:
-            return error(413, f"{len(images)} files in one request, over the limit of "
-                              f"{limits.max_files}")
+            return error(
+                413, f"{len(images)} files in one request, over the limit of {limits.max_files}"
+            )
         cutoff = None
         if coverage is not None:
             try:
@@ -210,8 +233,11 @@ def create_app(export_dir: str | Path, runtime: str = "onnx", limits: Limits = L
         for upload in images:
             data = await upload.read(limits.max_bytes + 1)
             try:
-                decoded.append(decode_upload(data, upload.filename or "image", spec.load_size,
-                                             spec.interpolation, limits))
+                decoded.append(
+                    decode_upload(
+                        data, upload.filename or "image", spec.load_size, spec.interpolation, limits
+                    )
+                )
             except BadUpload as bad:
                 return error(bad.status, str(bad))
         logits = await batcher(preprocess(np.stack(decoded), spec))
@@ -220,9 +246,12 @@ def create_app(export_dir: str | Path, runtime: str = "onnx", limits: Limits = L
         out = []
         for i, upload in enumerate(images):
             best = int(probs[i].argmax())
-            item = {"file": upload.filename, "class": spec.class_names[best],
-                    "probability": float(probs[i, best]),
-                    "probabilities": {c: float(p) for c, p in zip(spec.class_names, probs[i])}}
+            item = {
+                "file": upload.filename,
+                "class": spec.class_names[best],
+                "probability": float(probs[i, best]),
+                "probabilities": {c: float(p) for c, p in zip(spec.class_names, probs[i])},
+            }
             if chosen is not None:
                 item["set"] = [c for c, inside in zip(spec.class_names, chosen[i]) if inside]
                 item["coverage"] = coverage
@@ -231,4 +260,3 @@ def create_app(export_dir: str | Path, runtime: str = "onnx", limits: Limits = L
         return {"predictions": out}
 
     return app
-

@@ -7,6 +7,7 @@ on the machine and on what else runs, so the report measures it for all compared
 one run, in interleaved rounds, with the number of threads fixed, and gives the median and
 the spread over rounds.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -20,8 +21,11 @@ from torch import nn
 def parameter_count(weights: dict[str, torch.Tensor]) -> int:
     """Parameters in a state dict (BatchNorm's running statistics are buffers, not
     parameters, and are not counted; they are in the megabytes)."""
-    return sum(v.numel() for k, v in weights.items()
-               if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    return sum(
+        v.numel()
+        for k, v in weights.items()
+        if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    )
 
 
 def weights_mb(weights: dict[str, torch.Tensor]) -> float:
@@ -49,8 +53,11 @@ def flops_per_image(net: nn.Module, image_size: int) -> int:
 def model_costs(net: nn.Module, image_size: int) -> dict[str, float]:
     """The costs every trial reports: params, flops (per image), weights_mb."""
     weights = net.state_dict()
-    return {"params": parameter_count(weights), "flops": flops_per_image(net, image_size),
-            "weights_mb": round(weights_mb(weights), 3)}
+    return {
+        "params": parameter_count(weights),
+        "flops": flops_per_image(net, image_size),
+        "weights_mb": round(weights_mb(weights), 3),
+    }
 
 
 @dataclass(frozen=True)
@@ -61,9 +68,13 @@ class Latency:
     rounds: int
 
 
-def measure_latency(models: dict[str, tuple[nn.Module, int]], batches=(1, 32),
-                    rounds: int = 5, repeats: int = 5, threads: int = 1
-                    ) -> dict[str, dict[int, Latency]]:
+def measure_latency(
+    models: dict[str, tuple[nn.Module, int]],
+    batches=(1, 32),
+    rounds: int = 5,
+    repeats: int = 5,
+    threads: int = 1,
+) -> dict[str, dict[int, Latency]]:
     """Latency of each ``name -> (network, image size)`` on the CPU, in milliseconds per
     batch. Every round times every model once at every batch size (the models take turns,
     so a burst of other load touches them alike); a round's time is the median of
@@ -93,8 +104,9 @@ def measure_latency(models: dict[str, tuple[nn.Module, int]], batches=(1, 32),
         out[name] = {}
         for batch, values in by_batch.items():
             middle = statistics.median(values)
-            out[name][batch] = Latency(batch, middle, (max(values) - min(values)) / middle,
-                                       len(values))
+            out[name][batch] = Latency(
+                batch, middle, (max(values) - min(values)) / middle, len(values)
+            )
     return out
 
 
@@ -103,7 +115,10 @@ def pareto_front(cost: list[float], score: list[float]) -> list[bool]:
     or a lower cost with an equal-or-higher score."""
     front = []
     for i, (c, s) in enumerate(zip(cost, score)):
-        dominated = any((oc <= c and os > s) or (oc < c and os >= s)
-                        for j, (oc, os) in enumerate(zip(cost, score)) if j != i)
+        dominated = any(
+            (oc <= c and os > s) or (oc < c and os >= s)
+            for j, (oc, os) in enumerate(zip(cost, score))
+            if j != i
+        )
         front.append(not dominated)
     return front

@@ -6,6 +6,7 @@ new classifier heads (the rest is the backbone that strategies freeze). With it 
 ``ModelBuild``: what the network was built with, the weights actually loaded included, from
 which ``rebuild`` makes the same architecture again (for export and prediction).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -19,9 +20,23 @@ from trainables.model import weights as W
 from trainables.model.nets import HeadSpec, Net, SmallCNN
 from trainables.model.zoo import MODELS, ModelSpec, model_spec
 
-__all__ = ["BuiltModel", "DataConfig", "HeadSpec", "MODELS", "ModelBuild", "ModelSpec", "Net",
-           "SmallCNN", "check_model", "create_model", "data_config", "fetch_pretrained",
-           "model_spec", "rebuild"]
+__all__ = [
+    "BuiltModel",
+    "DataConfig",
+    "HeadSpec",
+    "MODELS",
+    "ModelBuild",
+    "ModelSpec",
+    "Net",
+    "SmallCNN",
+    "check_model",
+    "create_model",
+    "data_config",
+    "fetch_pretrained",
+    "model_spec",
+    "rebuild",
+]
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -46,10 +61,16 @@ def data_config(name: str) -> DataConfig:
     cfg = timm.models.get_pretrained_cfg(spec.timm_name)
     if cfg is None:
         return DataConfig()
-    interpolation = cfg.interpolation if cfg.interpolation in ("bilinear", "bicubic") \
-        else "bilinear"
-    return DataConfig(int(cfg.input_size[-1]), interpolation, tuple(cfg.mean), tuple(cfg.std),
-                      float(cfg.crop_pct or 0.875))
+    interpolation = (
+        cfg.interpolation if cfg.interpolation in ("bilinear", "bicubic") else "bilinear"
+    )
+    return DataConfig(
+        int(cfg.input_size[-1]),
+        interpolation,
+        tuple(cfg.mean),
+        tuple(cfg.std),
+        float(cfg.crop_pct or 0.875),
+    )
 
 
 @dataclass(frozen=True)
@@ -86,14 +107,17 @@ class BuiltModel:
         return self.build.pretrained
 
 
-def check_model(name: str, aux_heads: bool = False, pretrained: str = "auto",
-                weights: str = "") -> None:
+def check_model(
+    name: str, aux_heads: bool = False, pretrained: str = "auto", weights: str = ""
+) -> None:
     """Raise UserError unless the factory can build ``name`` as asked (aux heads, weights)."""
     spec = model_spec(name)
     if aux_heads and not spec.aux_heads:
         with_aux = ", ".join(n for n in MODELS if MODELS[n].aux_heads)
-        raise UserError(f"model '{name}' has no auxiliary heads; use strategy=base "
-                        f"(auxiliary heads exist on {with_aux})")
+        raise UserError(
+            f"model '{name}' has no auxiliary heads; use strategy=base "
+            f"(auxiliary heads exist on {with_aux})"
+        )
     if spec.family == "custom" and (pretrained == "true" or weights):
         raise W.weights_unavailable(name, "")
     if weights:
@@ -107,11 +131,19 @@ def check_input_size(name: str, aux_heads: bool, image_size: int) -> None:
     spec = model_spec(name)
     if _runs_on_meta(spec, aux_heads, image_size) is not False:
         return
-    works = next((n for n in range(image_size + 16 - image_size % 16, 1025, 16)
-                  if _runs_on_meta(spec, aux_heads, n)), None)
+    works = next(
+        (
+            n
+            for n in range(image_size + 16 - image_size % 16, 1025, 16)
+            if _runs_on_meta(spec, aux_heads, n)
+        ),
+        None,
+    )
     fix = f"use --set image_size={works} or more" if works else "use a larger image_size"
-    raise UserError(f"model '{name}' cannot take {image_size} px images (its downsampling "
-                    f"leaves nothing of them); {fix}, or another model")
+    raise UserError(
+        f"model '{name}' cannot take {image_size} px images (its downsampling "
+        f"leaves nothing of them); {fix}, or another model"
+    )
 
 
 def _runs_on_meta(spec: ModelSpec, aux_heads: bool, size: int) -> bool | None:
@@ -128,9 +160,16 @@ def _runs_on_meta(spec: ModelSpec, aux_heads: bool, size: int) -> bool | None:
     return True
 
 
-def create_model(name: str, num_classes: int, pretrained: str = "auto",
-                 aux_heads: bool = False, offline: bool = False, head: HeadSpec = HeadSpec(),
-                 image_size: int = 0, weights: str = "") -> BuiltModel:
+def create_model(
+    name: str,
+    num_classes: int,
+    pretrained: str = "auto",
+    aux_heads: bool = False,
+    offline: bool = False,
+    head: HeadSpec = HeadSpec(),
+    image_size: int = 0,
+    weights: str = "",
+) -> BuiltModel:
     """Build ``name`` with its classifier(s) resized to ``num_classes``.
 
     ``pretrained``: ``true`` loads weights or raises UserError; ``auto`` tries and falls back
@@ -156,9 +195,11 @@ def create_model(name: str, num_classes: int, pretrained: str = "auto",
         if pretrained == "true":
             raise W.weights_unavailable(name, reason, weights)
         if not offline:  # the driver has said it once for the whole sweep
-            warnings.warn(f"pretrained weights for '{name}' unavailable ({reason}); "
-                          "training from random initialisation (pretrained=false in the table)",
-                          stacklevel=2)
+            warnings.warn(
+                f"pretrained weights for '{name}' unavailable ({reason}); "
+                "training from random initialisation (pretrained=false in the table)",
+                stacklevel=2,
+            )
     if body is None:
         body, arch = _build(spec, arch, "", init=True)
     build = ModelBuild(name, num_classes, aux_heads, head.dropout, head.hidden, loaded, arch)
@@ -248,8 +289,11 @@ def _with_heads(spec: ModelSpec, body: nn.Module, build: ModelBuild) -> Net:
         old = getattr(parent, attr, None) if parent is not None else None
         if not isinstance(old, nn.Linear):
             continue  # GoogLeNet's aux heads switched off (None), or a head timm left empty
-        new = build.head.build(old.in_features, build.num_classes) if i == 0 \
+        new = (
+            build.head.build(old.in_features, build.num_classes)
+            if i == 0
             else nn.Linear(old.in_features, build.num_classes)
+        )
         setattr(parent, attr, new)
         present.append(path)
     if spec.family == "timm":
@@ -274,4 +318,3 @@ def fetch_pretrained(name: str, weights: str = "") -> str | None:
         raise
     except Exception as exc:
         return W.short_reason(exc)
-

@@ -1,6 +1,7 @@
 """The networks every trial trains: ``Net``, whose forward always returns ``(logits,
 aux_logits)`` so the loop never branches on model family; the classifier head's shape;
 and the small from-scratch CNN."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,9 +55,13 @@ class SmallCNN(nn.Module):
         super().__init__()
         layers, channels = [], 3
         for i in range(4):
-            out = width * 2 ** i
-            layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out),
-                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            out = width * 2**i
+            layers += [
+                nn.Conv2d(channels, out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
             channels = out
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = head.build(channels, num_classes)

@@ -1,6 +1,7 @@
 """The trial record: what a trial was, resolved once by ``trainables/trial/build.py`` and saved in
 every checkpoint (``trial.json``). Export, predict and report read it instead of recomputing
 it from today's defaults, so a value cannot drift between training and deployment."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -21,8 +22,13 @@ class Preprocess:
 
     @classmethod
     def from_json(cls, raw: dict) -> Preprocess:
-        return cls(int(raw["image_size"]), int(raw["load_size"]), str(raw["interpolation"]),
-                   tuple(float(v) for v in raw["mean"]), tuple(float(v) for v in raw["std"]))
+        return cls(
+            int(raw["image_size"]),
+            int(raw["load_size"]),
+            str(raw["interpolation"]),
+            tuple(float(v) for v in raw["mean"]),
+            tuple(float(v) for v in raw["std"]),
+        )
 
 
 RECORD_FORMAT = 1
@@ -33,8 +39,9 @@ def variant_name(config: Mapping[str, Any], keys: tuple[str, ...] | list[str]) -
     the trial's config leaves out has its default value (``single`` sets no model)."""
     from trainables.core.config import TrialConfig
 
-    return "-".join(str(config[key] if key in config else getattr(TrialConfig, key, None))
-                    for key in keys)
+    return "-".join(
+        str(config[key] if key in config else getattr(TrialConfig, key, None)) for key in keys
+    )
 
 
 @dataclass(frozen=True)
@@ -54,16 +61,20 @@ class TrialRecord:
     def from_json(cls, raw: dict, where: str = "trial record") -> TrialRecord:
         try:
             if raw.get("format") != RECORD_FORMAT:
-                raise ValueError(f"format {raw.get('format')}, this version reads "
-                                 f"{RECORD_FORMAT}")
-            return cls(variant=str(raw["variant"]), config=dict(raw["config"]),
-                       model=ModelBuild(**raw["model"]),
-                       preprocess=Preprocess.from_json(raw["preprocess"]),
-                       class_names=tuple(str(c) for c in raw["class_names"]),
-                       data=dict(raw.get("data", {})))
+                raise ValueError(f"format {raw.get('format')}, this version reads {RECORD_FORMAT}")
+            return cls(
+                variant=str(raw["variant"]),
+                config=dict(raw["config"]),
+                model=ModelBuild(**raw["model"]),
+                preprocess=Preprocess.from_json(raw["preprocess"]),
+                class_names=tuple(str(c) for c in raw["class_names"]),
+                data=dict(raw.get("data", {})),
+            )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise UserError(f"{where}: not a trial record this version reads ({exc}); re-run "
-                            "the trial with this version") from None
+            raise UserError(
+                f"{where}: not a trial record this version reads ({exc}); re-run "
+                "the trial with this version"
+            ) from None
 
     @property
     def num_classes(self) -> int:

@@ -7,6 +7,7 @@ the published file name); timm's come from the Hugging Face cache, or from this 
 local store (``$VISIONSWEEP_CACHE/weights/timm/NAME.TAG/``), which timm reads through
 ``pretrained_cfg_overlay=dict(file=...)``.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,6 +33,7 @@ def short_reason(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------- variants and places
+
 
 def _torchvision_enum(name: str):
     from torchvision.models import get_model_weights
@@ -62,8 +64,10 @@ def resolve_tag(spec: ModelSpec, tag: str) -> str:
         return default
     if tag not in known:
         shown = ", ".join(known[:8]) + (", ..." if len(known) > 8 else "")
-        raise UserError(f"bad value weights={tag!r} for {spec.name}: choose one of {shown} "
-                        "(python sweeps/weights.py list shows them all)")
+        raise UserError(
+            f"bad value weights={tag!r} for {spec.name}: choose one of {shown} "
+            "(python sweeps/weights.py list shows them all)"
+        )
     return tag
 
 
@@ -86,9 +90,11 @@ def check_data_only(path: Path) -> None:
         torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as exc:
         reason = unpickling_reason(exc)
-        raise UserError(f"{path}: not a plain weights file ({reason}); it may have been "
-                        "tampered with: delete it and add the published file again with "
-                        "python sweeps/weights.py add") from None
+        raise UserError(
+            f"{path}: not a plain weights file ({reason}); it may have been "
+            "tampered with: delete it and add the published file again with "
+            "python sweeps/weights.py add"
+        ) from None
 
 
 def timm_store() -> Path:
@@ -140,13 +146,17 @@ def variants(spec: ModelSpec) -> list[Variant]:
     for tag in known:
         if spec.family == "torchvision":
             place = torchvision_file(spec.name, tag)
-            out.append(Variant(tag, tag == default, place if place.is_file() else None,
-                               str(place)))
+            out.append(Variant(tag, tag == default, place if place.is_file() else None, str(place)))
         else:
             here = local_timm_file(spec.timm_name, tag) or _hf_cached(spec.timm_name, tag)
-            out.append(Variant(tag, tag == default, here,
-                               f"{timm_folder(spec.timm_name, tag)} or the Hugging Face "
-                               "cache"))
+            out.append(
+                Variant(
+                    tag,
+                    tag == default,
+                    here,
+                    f"{timm_folder(spec.timm_name, tag)} or the Hugging Face cache",
+                )
+            )
     return out
 
 
@@ -156,8 +166,10 @@ def location(spec: ModelSpec, tag: str) -> str:
         return f"{torchvision_file(spec.name, tag)} (set TORCH_HOME)"
     from huggingface_hub.constants import HF_HUB_CACHE
 
-    return (f"{timm_folder(spec.timm_name, tag)} or the Hugging Face cache "
-            f"({HF_HUB_CACHE}, set HF_HOME)")
+    return (
+        f"{timm_folder(spec.timm_name, tag)} or the Hugging Face cache "
+        f"({HF_HUB_CACHE}, set HF_HOME)"
+    )
 
 
 def weights_unavailable(name: str, reason: str, tag: str = "") -> UserError:
@@ -173,14 +185,19 @@ def weights_unavailable(name: str, reason: str, tag: str = "") -> UserError:
     except UserError:
         where, here = "the weights cache", []
     if here:
-        return UserError(f"pretrained weights for '{name}' could not be loaded ({reason}); "
-                         f"{here[0]} is on this machine: pass --set weights={here[0]}")
-    return UserError(f"pretrained weights for '{name}' could not be loaded ({reason}); add a "
-                     f"file with python sweeps/weights.py add FILE --model {name}, pre-seed "
-                     f"{where}, or use --set pretrained=false")
+        return UserError(
+            f"pretrained weights for '{name}' could not be loaded ({reason}); "
+            f"{here[0]} is on this machine: pass --set weights={here[0]}"
+        )
+    return UserError(
+        f"pretrained weights for '{name}' could not be loaded ({reason}); add a "
+        f"file with python sweeps/weights.py add FILE --model {name}, pre-seed "
+        f"{where}, or use --set pretrained=false"
+    )
 
 
 # ---------------------------------------------------------------- the hub
+
 
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub (or $HF_ENDPOINT) answers a TCP connect."""
@@ -206,6 +223,7 @@ def use_hub_offline() -> None:
 
 # ---------------------------------------------------------------- adding a file
 
+
 def read_state_dict(path: Path) -> dict:
     """A state dict from a .safetensors, .pth, .pt or .bin file, or UserError."""
     try:
@@ -216,8 +234,10 @@ def read_state_dict(path: Path) -> dict:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, not a torch file, pickled code: all unusable
-        raise UserError(f"{path}: not a readable weights file ({short_reason(exc)}); pass the "
-                        "state dict file as published") from None
+        raise UserError(
+            f"{path}: not a readable weights file ({short_reason(exc)}); pass the "
+            "state dict file as published"
+        ) from None
     for key in ("state_dict", "model"):  # training checkpoints wrap it
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -229,10 +249,12 @@ def read_state_dict(path: Path) -> dict:
 def mismatch(expected: dict, given: dict, limit: int = 3) -> list[str]:
     """How the tensors ``given`` differ from an architecture's ``expected`` state dict:
     missing keys, unexpected keys, shape mismatches; empty when they fit exactly."""
+
     def keys(names) -> str:
         names = sorted(names)
-        return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)"
-                                           if len(names) > limit else "")
+        return ", ".join(names[:limit]) + (
+            f", ... ({len(names)} in all)" if len(names) > limit else ""
+        )
 
     problems = []
     missing, unexpected = expected.keys() - given.keys(), given.keys() - expected.keys()
@@ -240,12 +262,17 @@ def mismatch(expected: dict, given: dict, limit: int = 3) -> list[str]:
         problems.append(f"missing {keys(missing)}")
     if unexpected:
         problems.append(f"unexpected {keys(unexpected)}")
-    shapes = sorted(k for k in expected.keys() & given.keys()
-                    if tuple(expected[k].shape) != tuple(given[k].shape))
+    shapes = sorted(
+        k
+        for k in expected.keys() & given.keys()
+        if tuple(expected[k].shape) != tuple(given[k].shape)
+    )
     if shapes:
         k = shapes[0]
-        problems.append(f"{len(shapes)} shape mismatch(es), e.g. {k}: file "
-                        f"{tuple(given[k].shape)}, model {tuple(expected[k].shape)}")
+        problems.append(
+            f"{len(shapes)} shape mismatch(es), e.g. {k}: file "
+            f"{tuple(given[k].shape)}, model {tuple(expected[k].shape)}"
+        )
     return problems
 
 
@@ -297,29 +324,41 @@ def add(file: str | os.PathLike, model: str, tag: str = "") -> Added:
     path = Path(file).expanduser()
     spec = model_spec(model)
     if spec.family == "custom":
-        raise UserError(f"{model} has no pretrained weights to add; it always starts from "
-                        "random initialisation")
+        raise UserError(
+            f"{model} has no pretrained weights to add; it always starts from random initialisation"
+        )
     if not path.is_file():
-        what = ("a folder" if path.is_dir() else "not a regular file" if path.exists()
-                else "no such file")
+        what = (
+            "a folder"
+            if path.is_dir()
+            else "not a regular file"
+            if path.exists()
+            else "no such file"
+        )
         raise UserError(f"{path}: {what}; pass the weights file to add")
     published = _published_tag(spec, path.name)
     if published and tag and tag != "DEFAULT" and tag != published:
-        raise UserError(f"{path.name} is {model}'s published {published} file, not {tag}; "
-                        f"drop --weights or pass --weights {published}")
+        raise UserError(
+            f"{path.name} is {model}'s published {published} file, not {tag}; "
+            f"drop --weights or pass --weights {published}"
+        )
     match = PUBLISHED_NAME.match(path.name)
     if spec.family == "torchvision" and match and not published:
-        raise UserError(f"{path.name} is not a file torchvision publishes for {model} (its "
-                        f"variants: {', '.join(tags(spec)[0])}); pass the right model, or "
-                        "rename a file of your own")
+        raise UserError(
+            f"{path.name} is not a file torchvision publishes for {model} (its "
+            f"variants: {', '.join(tags(spec)[0])}); pass the right model, or "
+            "rename a file of your own"
+        )
     tag = published or resolve_tag(spec, tag)
     verified = False
     if published:
         digest = sha256(path)
         if not digest.startswith(match.group("hash")):
-            raise UserError(f"{path}: its sha256 starts {digest[:len(match.group('hash'))]}, "
-                            f"its name promises {match.group('hash')}; the file is damaged or "
-                            "not the published one")
+            raise UserError(
+                f"{path}: its sha256 starts {digest[: len(match.group('hash'))]}, "
+                f"its name promises {match.group('hash')}; the file is damaged or "
+                "not the published one"
+            )
         verified = True
     problems = mismatch(_reference_state(spec, tag), read_state_dict(path))
     if problems:

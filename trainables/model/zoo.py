@@ -1,6 +1,7 @@
 """The model zoo: every registered model, what it is, and how much of a GPU one of its
 trials takes. Below both the model factory (models.py) and the weights store (weights.py),
 which both look models up here."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ class ModelSpec:
 
     @property
     def timm_name(self) -> str:
-        return self.name[len(TIMM_PREFIX):] if self.name.startswith(TIMM_PREFIX) else self.name
+        return self.name[len(TIMM_PREFIX) :] if self.name.startswith(TIMM_PREFIX) else self.name
 
 
 # any timm name is a model too, so the key is not limited to these names
@@ -36,8 +37,9 @@ for _spec in (
     ModelSpec("resnet50", "torchvision", ("fc",)),
     ModelSpec("vgg16", "torchvision", ("classifier.6",)),
     ModelSpec("mobilenet_v2", "torchvision", ("classifier.1",), gpu_share=0.5),
-    ModelSpec("googlenet", "torchvision", ("fc", "aux1.fc2", "aux2.fc2"), aux_heads=True,
-              gpu_share=0.5),
+    ModelSpec(
+        "googlenet", "torchvision", ("fc", "aux1.fc2", "aux2.fc2"), aux_heads=True, gpu_share=0.5
+    ),
     ModelSpec("small_cnn", "custom", ("head",), gpu_share=0.5),
     ModelSpec("tf_efficientnetv2_s", "timm"),
     ModelSpec("convnext_tiny", "timm"),
@@ -56,5 +58,7 @@ def model_spec(name: str) -> ModelSpec:
     spec = ModelSpec(name, "timm")
     if timm.is_model(spec.timm_name):
         return spec
-    raise UserError(f"unknown model '{name}': use one of {', '.join(MODELS.names())} "
-                    "or a timm model name (see timm.list_models())")
+    raise UserError(
+        f"unknown model '{name}': use one of {', '.join(MODELS.names())} "
+        "or a timm model name (see timm.list_models())"
+    )

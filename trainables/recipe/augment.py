@@ -3,6 +3,7 @@ per-image transforms of ``transforms.py`` and the batched ones of ``batches.py``
 cannot drift apart. ``--set augment=NAME`` picks a recipe; a new recipe is one
 ``AUGMENTS.add`` line.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,5 +1,6 @@
 """Loss factories, in their registry (the values of the ``loss`` config key). The
 ``objective`` presets that name a loss and a schedule together are in config.py."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -52,8 +53,9 @@ def _focal(cfg: TrialConfig, class_counts: list[int]) -> nn.Module:
 
 @LOSSES.register("weighted_ce")
 def _weighted_cross_entropy(cfg: TrialConfig, class_counts: list[int]) -> nn.Module:
-    return nn.CrossEntropyLoss(weight=class_weights(class_counts),
-                               label_smoothing=cfg.label_smoothing)
+    return nn.CrossEntropyLoss(
+        weight=class_weights(class_counts), label_smoothing=cfg.label_smoothing
+    )
 
 
 def create_loss(cfg: TrialConfig, class_counts: list[int]) -> nn.Module:

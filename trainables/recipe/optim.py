@@ -4,6 +4,7 @@
 Every schedule answers the same ``step(val_loss)`` call once per epoch, so the loop never
 branches on schedule type.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -32,8 +33,13 @@ def _adamw(cfg: TrialConfig, params: list) -> optim.Optimizer:
 
 @OPTIMIZERS.register("sgd")
 def _sgd(cfg: TrialConfig, params: list) -> optim.Optimizer:
-    return optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                     nesterov=cfg.momentum > 0)
+    return optim.SGD(
+        params,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        nesterov=cfg.momentum > 0,
+    )
 
 
 def create_optimizer(cfg: TrialConfig, params) -> optim.Optimizer:
@@ -49,14 +55,18 @@ def _step(cfg: TrialConfig, optimizer: optim.Optimizer):
 
 @SCHEDULES.register("plateau")
 def _plateau(cfg: TrialConfig, optimizer: optim.Optimizer):
-    return optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.plateau_factor,
-                                                patience=cfg.plateau_patience, min_lr=cfg.min_lr)
+    return optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer,
+        mode="min",
+        factor=cfg.plateau_factor,
+        patience=cfg.plateau_patience,
+        min_lr=cfg.min_lr,
+    )
 
 
 @SCHEDULES.register("cosine")
 def _cosine(cfg: TrialConfig, optimizer: optim.Optimizer):
-    return optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.max_epochs,
-                                                eta_min=cfg.min_lr)
+    return optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.max_epochs, eta_min=cfg.min_lr)
 
 
 @SCHEDULES.register("none")

@@ -5,6 +5,7 @@ The loop calls ``strategy.train_mode(net)`` before each training epoch and
 also owns the rules that follow from it: whether it needs auxiliary heads, from which epoch
 early stopping counts, and the earliest epoch at which a scheduler may compare it.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

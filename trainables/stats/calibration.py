@@ -26,6 +26,7 @@ larger sets; a class with fewer than 1 / (1 - level) - 1 validation images is al
 sets. The thresholds are the same order statistic as above: a few lines, written here
 (MAPIE has them, but for its own estimator wrappers, not for saved probabilities).
 """
+
 from __future__ import annotations
 
 import math
@@ -60,8 +61,7 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     def nll(log_t: float) -> float:
         return log_loss(labels, scaled(probs, math.exp(log_t)))
 
-    found = minimize_scalar(nll, bounds=(-4.0, 4.0), method="bounded",
-                            options={"xatol": 1e-4})
+    found = minimize_scalar(nll, bounds=(-4.0, 4.0), method="bounded", options={"xatol": 1e-4})
     return float(math.exp(found.x))
 
 
@@ -71,8 +71,15 @@ def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS):
     probs, labels = np.asarray(probs), np.asarray(labels)
     confidence, correct = probs.max(1), (probs.argmax(1) == labels)
     which = np.minimum((confidence * bins).astype(int), bins - 1)
-    return [(float(confidence[which == b].mean()), float(correct[which == b].mean()),
-             int((which == b).sum())) for b in range(bins) if (which == b).any()]
+    return [
+        (
+            float(confidence[which == b].mean()),
+            float(correct[which == b].mean()),
+            int((which == b).sum()),
+        )
+        for b in range(bins)
+        if (which == b).any()
+    ]
 
 
 def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
@@ -80,9 +87,13 @@ def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     between accuracy and confidence over the reliability diagram's bins."""
     if not len(labels):
         return float("nan")
-    return float(sum(count * abs(accuracy - confidence)
-                     for confidence, accuracy, count in reliability(probs, labels, bins))
-                 / len(labels))
+    return float(
+        sum(
+            count * abs(accuracy - confidence)
+            for confidence, accuracy, count in reliability(probs, labels, bins)
+        )
+        / len(labels)
+    )
 
 
 def scores(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -117,8 +128,10 @@ def cutoffs(calibration: dict, coverage: float, per_class: bool = False):
     or (``per_class``, Mondrian) each class's own. ValueError when the export lacks them."""
     key = "class_scores" if per_class else "scores"
     if not calibration.get(key):
-        raise ValueError(f"this export has no {'per-class ' if per_class else ''}calibration "
-                         "for prediction sets; re-export the trial")
+        raise ValueError(
+            f"this export has no {'per-class ' if per_class else ''}calibration "
+            "for prediction sets; re-export the trial"
+        )
     if per_class:
         return np.array([threshold(s, coverage) for s in calibration[key]])
     return threshold(calibration[key], coverage)
@@ -127,5 +140,8 @@ def cutoffs(calibration: dict, coverage: float, per_class: bool = False):
 def calibrate(val_probs, val_labels, test_probs, test_labels) -> dict:
     """What a trial records: its temperature, and the test ECE before and after."""
     temperature = fit_temperature(val_probs, val_labels)
-    return {"temperature": temperature, "ece": ece(test_probs, test_labels),
-            "ece_calibrated": ece(scaled(test_probs, temperature), test_labels)}
+    return {
+        "temperature": temperature,
+        "ece": ece(test_probs, test_labels),
+        "ece_calibrated": ece(scaled(test_probs, temperature), test_labels),
+    }

@@ -4,6 +4,7 @@ Everything here works on plain arrays: ``labels`` (n,) ints, ``probs`` (n, class
 sum to one. The trainable calls :func:`test_summary` when a trial's best weights change; the
 ensemble and report commands call the rest on the probabilities the trials saved.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -24,8 +25,11 @@ def accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
 
 
 def macro_f1(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> float:
-    return float(f1_score(labels, predicted, labels=list(range(num_classes)), average="macro",
-                          zero_division=0))
+    return float(
+        f1_score(
+            labels, predicted, labels=list(range(num_classes)), average="macro", zero_division=0
+        )
+    )
 
 
 def accuracy_interval(labels, predicted, level: float = LEVEL) -> tuple[float, float]:
@@ -40,8 +44,9 @@ def accuracy_interval(labels, predicted, level: float = LEVEL) -> tuple[float, f
     return float(ci.low), float(ci.high)
 
 
-def _macro_f1_batch(labels: np.ndarray, predicted: np.ndarray, num_classes: int,
-                    axis: int = -1) -> np.ndarray:
+def _macro_f1_batch(
+    labels: np.ndarray, predicted: np.ndarray, num_classes: int, axis: int = -1
+) -> np.ndarray:
     """Macro-F1 of each row of (..., n) label and prediction arrays, over the classes a row
     holds as truth or prediction (sklearn's average): vectorised for scipy's bootstrap."""
     labels, predicted = np.moveaxis(labels, axis, -1), np.moveaxis(predicted, axis, -1)
@@ -49,8 +54,8 @@ def _macro_f1_batch(labels: np.ndarray, predicted: np.ndarray, num_classes: int,
     labels = labels.reshape(-1, labels.shape[-1]).astype(np.int64)
     predicted = predicted.reshape(-1, predicted.shape[-1]).astype(np.int64)
     rows = len(labels)
-    pair = labels * num_classes + predicted + np.arange(rows)[:, None] * num_classes ** 2
-    counts = np.bincount(pair.ravel(), minlength=rows * num_classes ** 2)
+    pair = labels * num_classes + predicted + np.arange(rows)[:, None] * num_classes**2
+    counts = np.bincount(pair.ravel(), minlength=rows * num_classes**2)
     counts = counts.reshape(rows, num_classes, num_classes)
     tp = np.einsum("sii->si", counts)
     denominator = counts.sum(axis=1) + counts.sum(axis=2)  # predicted + true = 2tp + fp + fn
@@ -59,8 +64,14 @@ def _macro_f1_batch(labels: np.ndarray, predicted: np.ndarray, num_classes: int,
     return (f1.sum(axis=1) / np.maximum(present.sum(axis=1), 1)).reshape(batch)
 
 
-def macro_f1_interval(labels, predicted, num_classes: int, samples: int = BOOTSTRAP_SAMPLES,
-                      seed: int = 0, level: float = LEVEL) -> tuple[float, float]:
+def macro_f1_interval(
+    labels,
+    predicted,
+    num_classes: int,
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> tuple[float, float]:
     """BCa bootstrap interval of macro-F1 over images (scipy.stats.bootstrap, paired), with
     a fixed seed so every trial's interval uses the same resamples. Where every resample
     gives the same value (no errors, or no correct image) no bootstrap can give an
@@ -79,11 +90,16 @@ def macro_f1_interval(labels, predicted, num_classes: int, samples: int = BOOTST
         return accuracy_interval(labels, predicted, level)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a degenerate resample set is handled below
-        result = bootstrap((labels, predicted),
-                           lambda a, b, axis=-1: _macro_f1_batch(a, b, num_classes, axis),
-                           paired=True, vectorized=True, n_resamples=samples,
-                           confidence_level=level, method="BCa",
-                           random_state=np.random.default_rng(seed))
+        result = bootstrap(
+            (labels, predicted),
+            lambda a, b, axis=-1: _macro_f1_batch(a, b, num_classes, axis),
+            paired=True,
+            vectorized=True,
+            n_resamples=samples,
+            confidence_level=level,
+            method="BCa",
+            random_state=np.random.default_rng(seed),
+        )
     low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
     if not (np.isfinite(low) and np.isfinite(high)):
         return accuracy_interval(labels, predicted, level)
@@ -95,37 +111,54 @@ def test_summary(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> dic
     predicted = probs.argmax(1)
     acc_low, acc_high = accuracy_interval(labels, predicted)
     f1_low, f1_high = macro_f1_interval(labels, predicted, num_classes)
-    return {"acc": accuracy(labels, predicted), "acc_low": acc_low, "acc_high": acc_high,
-            "macro_f1": macro_f1(labels, predicted, num_classes),
-            "macro_f1_low": f1_low, "macro_f1_high": f1_high}
+    return {
+        "acc": accuracy(labels, predicted),
+        "acc_low": acc_low,
+        "acc_high": acc_high,
+        "macro_f1": macro_f1(labels, predicted, num_classes),
+        "macro_f1_low": f1_low,
+        "macro_f1_high": f1_high,
+    }
 
 
 def per_class_report(labels, predicted, class_names: list[str]) -> dict:
     """Per-class precision, recall, F1 and support, and the confusion matrix (rows: true)."""
     k = len(class_names)
     precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predicted, labels=list(range(k)), zero_division=0)
-    return {"classes": [{"class": name, "precision": float(p), "recall": float(r),
-                         "f1": float(f), "support": int(s)}
-                        for name, p, r, f, s in zip(class_names, precision, recall, f1, support)],
-            "confusion": confusion_matrix(labels, predicted, labels=list(range(k))).tolist()}
+        labels, predicted, labels=list(range(k)), zero_division=0
+    )
+    return {
+        "classes": [
+            {
+                "class": name,
+                "precision": float(p),
+                "recall": float(r),
+                "f1": float(f),
+                "support": int(s),
+            }
+            for name, p, r, f, s in zip(class_names, precision, recall, f1, support)
+        ],
+        "confusion": confusion_matrix(labels, predicted, labels=list(range(k))).tolist(),
+    }
 
 
 @dataclass(frozen=True)
 class McNemar:
     """Paired comparison of two classifiers on the same images."""
+
     only_a: int  # images A got right and B wrong
     only_b: int
     p_value: float
     exact: bool
 
     def line(self, a: str, b: str, alpha: float = 0.05) -> str:
-        verdict = ("a real difference" if self.p_value < alpha else
-                   "not distinguishable")
+        verdict = "a real difference" if self.p_value < alpha else "not distinguishable"
         how = "exact binomial" if self.exact else "chi-square, continuity-corrected"
         images = "image" if self.only_a == 1 else "images"
-        return (f"McNemar {a} vs {b}: {self.only_a} {images} only {a} got right, {self.only_b} "
-                f"only {b}; p = {self.p_value:.4g} ({how}) -> {verdict} at {alpha:g}")
+        return (
+            f"McNemar {a} vs {b}: {self.only_a} {images} only {a} got right, {self.only_b} "
+            f"only {b}; p = {self.p_value:.4g} ({how}) -> {verdict} at {alpha:g}"
+        )
 
 
 def mcnemar(labels, predicted_a, predicted_b, exact_below: int = 25) -> McNemar:
@@ -143,6 +176,7 @@ def mcnemar(labels, predicted_a, predicted_b, exact_below: int = 25) -> McNemar:
 
 
 # ---- ensembles ----
+
 
 def soft_vote(probs: list[np.ndarray], weights=None) -> np.ndarray:
     """Weighted mean of the members' probabilities."""
@@ -166,8 +200,9 @@ def log_loss(labels, probs) -> float:
     return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1))))
 
 
-def greedy_selection(val_probs: list[np.ndarray], val_labels: np.ndarray,
-                     steps: int = 25) -> np.ndarray:
+def greedy_selection(
+    val_probs: list[np.ndarray], val_labels: np.ndarray, steps: int = 25
+) -> np.ndarray:
     """Ensemble selection with replacement (Caruana et al., 2004) on the validation split:
     start empty, at each step add the member (again, if it helps most) whose addition gives
     the best validation accuracy, ties broken by lower log loss then lower index; keep the
@@ -196,8 +231,9 @@ class Stacked:
     folds: int
 
 
-def stacking(val_probs: list[np.ndarray], val_labels: np.ndarray,
-             test_probs: list[np.ndarray], seed: int = 0) -> Stacked | None:
+def stacking(
+    val_probs: list[np.ndarray], val_labels: np.ndarray, test_probs: list[np.ndarray], seed: int = 0
+) -> Stacked | None:
     """A regularised logistic-regression meta-model over the members' probabilities (each
     member's class probabilities side by side), fit on the validation split alone: its
     regularisation is chosen by stratified cross-validation inside validation, the model is
@@ -215,10 +251,14 @@ def stacking(val_probs: list[np.ndarray], val_labels: np.ndarray,
     # chosen by log loss (a proper score); scikit-learn 1.9 wants its new defaults stated
     options = {"l1_ratios": (0.0,), "use_legacy_attributes": False}
     known = inspect.signature(LogisticRegressionCV).parameters
-    meta = LogisticRegressionCV(Cs=10, cv=split, max_iter=5000, scoring="neg_log_loss",
-                                **{k: v for k, v in options.items() if k in known})
+    meta = LogisticRegressionCV(
+        Cs=10,
+        cv=split,
+        max_iter=5000,
+        scoring="neg_log_loss",
+        **{k: v for k, v in options.items() if k in known},
+    )
     meta.fit(x_val, labels)
     c = float(np.atleast_1d(meta.C_)[0])
-    out_of_fold = cross_val_predict(LogisticRegression(C=c, max_iter=5000), x_val, labels,
-                                    cv=split)
+    out_of_fold = cross_val_predict(LogisticRegression(C=c, max_iter=5000), x_val, labels, cv=split)
     return Stacked(out_of_fold, meta.predict(x_test), c, folds)

@@ -14,6 +14,7 @@
 Reading needs only json and numpy (and torch for the weights), so the after-sweep commands
 import this module, not the training code.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,8 +58,9 @@ class CheckpointPolicy:
         self.cost: float | None = None  # seconds the last checkpoint took
         self.since = 0.0  # training seconds since the last checkpoint
 
-    def due(self, epoch: int, epoch_seconds: float, stopping: bool,
-            state: dict | None = None) -> bool:
+    def due(
+        self, epoch: int, epoch_seconds: float, stopping: bool, state: dict | None = None
+    ) -> bool:
         self.since += epoch_seconds
         if stopping or epoch in self.stop_points or self.budget <= 0:
             return True
@@ -98,8 +100,7 @@ def save(directory: Path, state: dict, record: TrialRecord, final: dict | None =
 
     fit_state = state["fit"]
     if final is None:
-        light = dict(state, fit=dataclasses.replace(fit_state, best_weights=None,
-                                                    predictions=None))
+        light = dict(state, fit=dataclasses.replace(fit_state, best_weights=None, predictions=None))
         torch.save(light, directory / STATE_FILE)
     else:
         (directory / FINAL_FILE).write_text(json.dumps(final, default=str))
@@ -108,8 +109,9 @@ def save(directory: Path, state: dict, record: TrialRecord, final: dict | None =
     if fit_state.predictions is not None:
         np.savez(directory / PREDICTIONS_FILE, **fit_state.predictions)
         p = fit_state.predictions
-        report = per_class_report(p["test_labels"], p["test_probs"].argmax(1),
-                                  list(record.class_names))
+        report = per_class_report(
+            p["test_labels"], p["test_probs"].argmax(1), list(record.class_names)
+        )
         (directory / TEST_REPORT_FILE).write_text(json.dumps(report, indent=1))
     (directory / RECORD_FILE).write_text(json.dumps(record.to_json(), indent=1))
 
@@ -141,9 +143,11 @@ def load(directory: Path) -> dict:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = unpickling_reason(exc)
-        raise UserError(f"{path}: holds objects a checkpoint never has ({reason}); refusing "
-                        "to load it (it may have been tampered with): delete that checkpoint "
-                        "folder to resume from an earlier one") from None
+        raise UserError(
+            f"{path}: holds objects a checkpoint never has ({reason}); refusing "
+            "to load it (it may have been tampered with): delete that checkpoint "
+            "folder to resume from an earlier one"
+        ) from None
     fit_state = state["fit"]
     if (directory / BEST_WEIGHTS_FILE).exists():
         fit_state.best_weights = read_best_weights(directory)
@@ -163,8 +167,10 @@ def read_record(directory: Path) -> TrialRecord:
     path = Path(directory) / RECORD_FILE
     raw = _read_json(path)
     if raw is None:
-        raise UserError(f"{directory}: no {RECORD_FILE} (a checkpoint of an older version); "
-                        "re-run the trial with this version")
+        raise UserError(
+            f"{directory}: no {RECORD_FILE} (a checkpoint of an older version); "
+            "re-run the trial with this version"
+        )
     return TrialRecord.from_json(raw, str(path))
 
 
@@ -176,8 +182,9 @@ def read_predictions(directory: Path) -> dict | None:
         with np.load(path) as npz:
             return {key: npz[key] for key in npz.files}
     except Exception as exc:  # truncated, not an npz, or not ours (pickled objects refused)
-        raise UserError(f"{path}: cannot be read ({type(exc).__name__}); the checkpoint is "
-                        "damaged") from None
+        raise UserError(
+            f"{path}: cannot be read ({type(exc).__name__}); the checkpoint is damaged"
+        ) from None
 
 
 def read_best_weights(directory: Path) -> dict:
@@ -187,11 +194,13 @@ def read_best_weights(directory: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise UserError(f"{directory}: no {BEST_WEIGHTS_FILE} (the trial ended before its "
-                        "first validation)") from None
+        raise UserError(
+            f"{directory}: no {BEST_WEIGHTS_FILE} (the trial ended before its first validation)"
+        ) from None
     except Exception as exc:  # truncated or not a torch file
-        raise UserError(f"{path}: cannot be read ({type(exc).__name__}); the checkpoint is "
-                        "damaged") from None
+        raise UserError(
+            f"{path}: cannot be read ({type(exc).__name__}); the checkpoint is damaged"
+        ) from None
 
 
 def read_test_report(directory: Path) -> dict | None:

@@ -6,6 +6,7 @@ and one ``report(metrics, state)`` call. Whenever validation loss improves, the 
 weights are kept and scored on the test split, and their softmax outputs are kept for
 ensembles, so every trial, however it stops, carries the scores of its best checkpoint.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,8 +48,11 @@ class EvalSplit:
 
     def batch(self, start: int, end: int) -> torch.Tensor:
         """uint8 images start..end of the split, centre-cropped, contiguous."""
-        x = self.x[start:end] if self.rows is None else \
-            self.x.index_select(0, self.rows[start:end].to(self.x.device))
+        x = (
+            self.x[start:end]
+            if self.rows is None
+            else self.x.index_select(0, self.rows[start:end].to(self.x.device))
+        )
         return (centre_crop(x, self.size) if self.size else x).contiguous()
 
     def drawn_from(self, images: torch.Tensor) -> EvalSplit:
@@ -77,10 +81,16 @@ class FitState:
 
     epoch: int = 0  # epochs completed
     bad_epochs: int = 0
-    best: dict = field(default_factory=lambda: {
-        M.BEST_EPOCH: 0, M.BEST_VAL_LOSS: math.nan, M.BEST_VAL_ACC: math.nan,
-        M.TEST_ACC: math.nan, M.TEST_MACRO_F1: math.nan,
-        **{key: math.nan for key in M.TEST_INTERVALS}})
+    best: dict = field(
+        default_factory=lambda: {
+            M.BEST_EPOCH: 0,
+            M.BEST_VAL_LOSS: math.nan,
+            M.BEST_VAL_ACC: math.nan,
+            M.TEST_ACC: math.nan,
+            M.TEST_MACRO_F1: math.nan,
+            **{key: math.nan for key in M.TEST_INTERVALS},
+        }
+    )
     best_weights: dict | None = None
     predictions: dict | None = None  # val/test probabilities, labels, ids of the best weights
 
@@ -94,8 +104,17 @@ def amp_dtype(cfg: TrialConfig, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def train_one_epoch(net, loader, criterion, optimizer, scaler, device: torch.device,
-                    aux_weight: float, dtype, check_every: int = 50) -> tuple[float, float]:
+def train_one_epoch(
+    net,
+    loader,
+    criterion,
+    optimizer,
+    scaler,
+    device: torch.device,
+    aux_weight: float,
+    dtype,
+    check_every: int = 50,
+) -> tuple[float, float]:
     """One pass over ``loader``. Returns (mean loss, accuracy); the loss is NaN if it diverged.
 
     Loss and accuracy add up on the device; the host waits for it only every
@@ -126,9 +145,16 @@ def train_one_epoch(net, loader, criterion, optimizer, scaler, device: torch.dev
 
 
 @torch.inference_mode()
-def evaluate(net, split: EvalSplit, normalize: Normalize, batch_size: int,
-             device: torch.device, dtype=None, channels_last: bool = False,
-             flip: bool = False) -> tuple[float, float, np.ndarray]:
+def evaluate(
+    net,
+    split: EvalSplit,
+    normalize: Normalize,
+    batch_size: int,
+    device: torch.device,
+    dtype=None,
+    channels_last: bool = False,
+    flip: bool = False,
+) -> tuple[float, float, np.ndarray]:
     """Mean cross-entropy, accuracy and softmax probabilities on a centre-cropped split
     (``flip``: of its horizontally mirrored images). ``net`` is the model or its compiled
     form; it is put in eval mode here."""
@@ -150,8 +176,16 @@ def evaluate(net, split: EvalSplit, normalize: Normalize, batch_size: int,
     return loss, acc, probs
 
 
-def fit(cfg: TrialConfig, net: Net, strategy: Strategy, data: TrialData, device: torch.device,
-        report: Report, resume: dict | None = None, gpu_fraction: float = 1.0) -> dict:
+def fit(
+    cfg: TrialConfig,
+    net: Net,
+    strategy: Strategy,
+    data: TrialData,
+    device: torch.device,
+    report: Report,
+    resume: dict | None = None,
+    gpu_fraction: float = 1.0,
+) -> dict:
     """Train ``net`` under ``cfg``; call ``report(metrics, state)`` once per epoch.
 
     ``state`` holds everything needed to resume (pass it back as ``resume``). Returns the
@@ -178,16 +212,19 @@ def fit(cfg: TrialConfig, net: Net, strategy: Strategy, data: TrialData, device:
         state = resume["fit"]
     placement = image_placement(cfg, data.images, device, gpu_fraction)
     print(f"images: {placement.where} ({placement.reason})", flush=True)
-    loader = training_batches(cfg, data, train_sampler(cfg, data, generator), device,
-                              placement)
+    loader = training_batches(cfg, data, train_sampler(cfg, data, generator), device, placement)
     if placement.resident is not None:  # evaluation gathers from the device copy too
-        data = dataclasses.replace(data, val=data.val.drawn_from(placement.resident),
-                                   test=data.test.drawn_from(placement.resident))
+        data = dataclasses.replace(
+            data,
+            val=data.val.drawn_from(placement.resident),
+            test=data.test.drawn_from(placement.resident),
+        )
     normalize = Normalize(data.preprocess.mean, data.preprocess.std)
     model = torch.compile(net) if cfg.compile else net
 
     def score(split: EvalSplit, flip: bool = False):
         return evaluate(model, split, normalize, cfg.batch_size, device, dtype, fast, flip)
+
     metrics: dict = {}
     for epoch in range(state.epoch, cfg.max_epochs):
         started = time.perf_counter()
@@ -197,15 +234,18 @@ def fit(cfg: TrialConfig, net: Net, strategy: Strategy, data: TrialData, device:
         train_loss, train_acc = val_loss, val_acc = math.nan, math.nan
         val_probs, error = None, ""
         try:
-            train_loss, train_acc = train_one_epoch(model, loader, criterion, optimizer, scaler,
-                                                    device, strategy.aux_weight, dtype)
+            train_loss, train_acc = train_one_epoch(
+                model, loader, criterion, optimizer, scaler, device, strategy.aux_weight, dtype
+            )
             if not diverged(train_loss, data.num_classes):
                 val_loss, val_acc, val_probs = score(data.val)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not is_out_of_memory(exc):
                 raise
-            error = (f"out of memory at batch_size={cfg.batch_size} on {device.type}: use a "
-                     "smaller batch_size or image_size, or fewer trials per GPU")
+            error = (
+                f"out of memory at batch_size={cfg.batch_size} on {device.type}: use a "
+                "smaller batch_size or image_size, or fewer trials per GPU"
+            )
             optimizer.zero_grad(set_to_none=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -227,16 +267,29 @@ def fit(cfg: TrialConfig, net: Net, strategy: Strategy, data: TrialData, device:
             elif state.epoch >= cfg.max_epochs:
                 stop = M.COMPLETED
         metrics = {
-            M.EPOCH: state.epoch, M.TRAIN_LOSS: train_loss, M.TRAIN_ACC: train_acc,
-            M.VAL_LOSS: val_loss, M.VAL_ACC: val_acc, M.LR: lr,
-            M.EPOCH_TIME: time.perf_counter() - started, **state.best, M.STOP_REASON: stop,
-            M.ERROR_MESSAGE: error, M.IMAGES_ON: placement.where,
+            M.EPOCH: state.epoch,
+            M.TRAIN_LOSS: train_loss,
+            M.TRAIN_ACC: train_acc,
+            M.VAL_LOSS: val_loss,
+            M.VAL_ACC: val_acc,
+            M.LR: lr,
+            M.EPOCH_TIME: time.perf_counter() - started,
+            **state.best,
+            M.STOP_REASON: stop,
+            M.ERROR_MESSAGE: error,
+            M.IMAGES_ON: placement.where,
         }
-        report(metrics, {
-            "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(), "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(), "fit": state,
-        })
+        report(
+            metrics,
+            {
+                "model": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "fit": state,
+            },
+        )
         if stop:
             break
     return metrics
@@ -269,8 +322,11 @@ def stuck_at_chance(cfg: TrialConfig, state: FitState, data: TrialData, start: i
 def is_out_of_memory(exc: BaseException) -> bool:
     """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
     text = str(exc)
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text \
+    return (
+        isinstance(exc, torch.OutOfMemoryError)
+        or "out of memory" in text
         or "can't allocate memory" in text
+    )
 
 
 def train_sampler(cfg: TrialConfig, data: TrialData, generator: torch.Generator):
@@ -278,14 +334,25 @@ def train_sampler(cfg: TrialConfig, data: TrialData, generator: torch.Generator)
     if cfg.sampler == "balanced":
         counts = np.bincount(data.train_labels, minlength=data.num_classes)
         weights = 1.0 / counts[data.train_labels]
-        return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double),
-                                     num_samples=len(weights), replacement=True,
-                                     generator=generator)
+        return WeightedRandomSampler(
+            torch.as_tensor(weights, dtype=torch.double),
+            num_samples=len(weights),
+            replacement=True,
+            generator=generator,
+        )
     return RandomSampler(range(len(data.train_rows)), generator=generator)
 
 
-def _track_best(state: FitState, net: Net, data: TrialData, val_loss: float, val_acc: float,
-                val_probs: np.ndarray, cfg: TrialConfig, score) -> None:
+def _track_best(
+    state: FitState,
+    net: Net,
+    data: TrialData,
+    val_loss: float,
+    val_acc: float,
+    val_probs: np.ndarray,
+    cfg: TrialConfig,
+    score,
+) -> None:
     """Keep the best weights by validation loss, score them on test, count patience."""
     best_loss = state.best[M.BEST_VAL_LOSS]
     if math.isnan(best_loss) or val_loss < best_loss - cfg.early_stop_min_delta:
@@ -297,9 +364,14 @@ def _track_best(state: FitState, net: Net, data: TrialData, val_loss: float, val
     _, _, test_probs = score(data.test)
     test = test_summary(data.test.y.numpy(), test_probs, data.num_classes)
     state.best = {
-        M.BEST_EPOCH: state.epoch, M.BEST_VAL_LOSS: val_loss, M.BEST_VAL_ACC: val_acc,
-        M.TEST_ACC: test["acc"], M.TEST_ACC_LOW: test["acc_low"], M.TEST_ACC_HIGH: test["acc_high"],
-        M.TEST_MACRO_F1: test["macro_f1"], M.TEST_MACRO_F1_LOW: test["macro_f1_low"],
+        M.BEST_EPOCH: state.epoch,
+        M.BEST_VAL_LOSS: val_loss,
+        M.BEST_VAL_ACC: val_acc,
+        M.TEST_ACC: test["acc"],
+        M.TEST_ACC_LOW: test["acc_low"],
+        M.TEST_ACC_HIGH: test["acc_high"],
+        M.TEST_MACRO_F1: test["macro_f1"],
+        M.TEST_MACRO_F1_LOW: test["macro_f1_low"],
         M.TEST_MACRO_F1_HIGH: test["macro_f1_high"],
     }
     if cfg.tta:
@@ -308,11 +380,19 @@ def _track_best(state: FitState, net: Net, data: TrialData, val_loss: float, val
         state.best[M.TEST_ACC_TTA] = accuracy(labels, mean.argmax(1))
         state.best[M.TEST_MACRO_F1_TTA] = macro_f1(labels, mean.argmax(1), data.num_classes)
     calibrated = calibrate(val_probs, data.val.y.numpy(), test_probs, data.test.y.numpy())
-    state.best.update({M.TEMPERATURE: calibrated["temperature"], M.TEST_ECE: calibrated["ece"],
-                       M.TEST_ECE_CALIBRATED: calibrated["ece_calibrated"]})
+    state.best.update(
+        {
+            M.TEMPERATURE: calibrated["temperature"],
+            M.TEST_ECE: calibrated["ece"],
+            M.TEST_ECE_CALIBRATED: calibrated["ece_calibrated"],
+        }
+    )
     state.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
     state.predictions = {
-        "val_probs": val_probs, "val_labels": data.val.y.numpy(), "val_ids": data.val.ids,
-        "test_probs": test_probs, "test_labels": data.test.y.numpy(), "test_ids": data.test.ids,
+        "val_probs": val_probs,
+        "val_labels": data.val.y.numpy(),
+        "val_ids": data.val.ids,
+        "test_probs": test_probs,
+        "test_labels": data.test.y.numpy(),
+        "test_ids": data.test.ids,
     }
-

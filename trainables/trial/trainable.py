@@ -2,6 +2,7 @@
 checkpoint from which a restarted trial resumes where it stopped. Only wiring lives here;
 everything a trial is comes from ``trainables/trial/build.py``.
 """
+
 from __future__ import annotations
 
 import gc
@@ -23,8 +24,13 @@ from trainables.trial import checkpoint
 from trainables.trial.build import build_trial, variant_name
 
 
-def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, ...] = (),
-                variant_keys: tuple[str, ...] = (), stop_points: tuple[int, ...] = ()) -> None:
+def train_trial(
+    config: dict,
+    data: DataHandle,
+    unavailable_weights: tuple[str, ...] = (),
+    variant_keys: tuple[str, ...] = (),
+    stop_points: tuple[int, ...] = (),
+) -> None:
     """Ray Tune function trainable. ``data``, ``unavailable_weights`` (models whose weights
     the driver could not find), ``variant_keys`` and ``stop_points`` (the epochs at which
     the scheduler may stop a trial) come through ``tune.with_parameters``; ``config`` is
@@ -39,8 +45,12 @@ def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, 
     pin_compute(cfg, int(resources.get("CPU", 1)), device)
     if fault("fail_seed") == cfg.seed:  # the tests' failing trial (trainables/core/faults.py)
         raise RuntimeError(f"a failure on cue for the tests (fail_seed={cfg.seed})")
-    trial = build_trial(cfg, data, variant_name(config, variant_keys),
-                        offline_weights=cfg.model in unavailable_weights)
+    trial = build_trial(
+        cfg,
+        data,
+        variant_name(config, variant_keys),
+        offline_weights=cfg.model in unavailable_weights,
+    )
     resume = None
     saved = tune.get_checkpoint()
     if saved is not None:
@@ -51,9 +61,12 @@ def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, 
                 return
             resume = checkpoint.load(Path(directory))
     record = trial.record
-    extra = {M.PRETRAINED: int(record.model.pretrained), M.WEIGHTS: record.model.weights,
-             M.NODE: ray.get_runtime_context().get_node_id()[:8],
-             **model_costs(trial.net, record.preprocess.image_size)}
+    extra = {
+        M.PRETRAINED: int(record.model.pretrained),
+        M.WEIGHTS: record.model.weights,
+        M.NODE: ray.get_runtime_context().get_node_id()[:8],
+        **model_costs(trial.net, record.preprocess.image_size),
+    }
 
     kill_at = fault("kill_worker_at_epoch") if resume is None else None
     stall_at = fault("stall_worker_at_epoch") if resume is None else None
@@ -67,10 +80,12 @@ def train_trial(config: dict, data: DataHandle, unavailable_weights: tuple[str, 
         else:
             started = time.perf_counter()
             with tempfile.TemporaryDirectory() as directory:
-                checkpoint.save(Path(directory), state, record,
-                                final={**metrics, **extra} if stopping else None)
-                tune.report({**metrics, **extra},
-                            checkpoint=tune.Checkpoint.from_directory(directory))
+                checkpoint.save(
+                    Path(directory), state, record, final={**metrics, **extra} if stopping else None
+                )
+                tune.report(
+                    {**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(directory)
+                )
             policy.saved(time.perf_counter() - started)
         if metrics[M.EPOCH] == kill_at:  # the tests' lost worker (trainables/core/faults.py)
             die()
