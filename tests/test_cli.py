@@ -262,7 +262,14 @@ def test_a_failing_trial_is_tabled_and_the_others_go_on(tmp_path, monkeypatch, c
     assert table.loc[1, "stop_reason"] == "error"
     assert table.loc[1, "error"] == "RuntimeError: a failure on cue for the tests (fail_seed=1)"
     out = capsys.readouterr().out
-    assert "1 of 2 trials failed" in out and "error (see the 'error' column): small_cnn" in out
+    assert (
+        "1 of 2 trials failed" in out and "error (its error is below the table): small_cnn" in out
+    )
+    # the terminal's table fits a terminal (results.md has every column) and names the error
+    table_lines = [line for line in out.splitlines() if line.startswith("|")]
+    assert table_lines and max(map(len, table_lines)) <= 120, table_lines
+    assert "params" not in table_lines[0] and "test_acc" in table_lines[0]
+    assert "RuntimeError: a failure on cue for the tests (fail_seed=1)" in out.split("|")[-1]
 
 
 @pytest.mark.parametrize(

@@ -168,13 +168,56 @@ def save_best(table, configs: dict, space, store: Store) -> None:
     print(f"re-run it: python sweeps/run.py --space {space.name} --config '{where}'")
 
 
+# what the terminal shows of a trial (about 110 characters wide); results.csv and results.md
+# have every column
+TERMINAL_COLUMNS = [
+    "variant",
+    "stop_reason",
+    "epochs",
+    M.BEST_VAL_LOSS,
+    M.TEST_ACC,
+    M.TEST_MACRO_F1,
+]
+
+
+def mean_and_std(summary: pd.DataFrame) -> pd.DataFrame:
+    """The per-variant table for reading: each test metric as 'mean ± std' over the seeds."""
+    out = summary[["variant", "trials"]].copy()
+    for metric in (M.TEST_ACC, M.TEST_MACRO_F1):
+        out[metric] = [
+            f"{m:.4f} ± {s:.4f}" if pd.notna(s) else f"{m:.4f}"
+            for m, s in zip(summary[f"{metric}_mean"], summary[f"{metric}_std"])
+        ]
+    out[M.BEST_VAL_LOSS] = summary[f"{M.BEST_VAL_LOSS}_mean"]
+    return out
+
+
+def terminal_tables(table: pd.DataFrame, by_variants: bool) -> str:
+    """The end-of-sweep table for a terminal: the columns a reader needs, test metrics with
+    their intervals; with ``by_variants``, the per-variant means over seeds below it; and the
+    error of each failed trial on a line of its own."""
+    shown = with_intervals(table)[[c for c in TERMINAL_COLUMNS if c in table]]
+    text = "Trials (test metrics with their 95% interval; every column: results.csv)\n\n"
+    text += to_markdown(shown) + "\n"
+    results = table[~table["stop_reason"].isin(M.NOT_A_RESULT)]
+    if by_variants and not results.empty:
+        summary = by_variant(results)
+        text += "\nBy variant (mean ± std over seeds; best_val_loss: mean)\n\n"
+        text += to_markdown(mean_and_std(summary)) + "\n"
+    if "error" in table:
+        failed = table[table["error"].fillna("").astype(str) != ""]
+        for trial_id, variant, error in zip(failed["trial_id"], failed["variant"], failed["error"]):
+            text += f"\nerror in {variant} ({trial_id}): {str(error)[:300]}"
+    return text
+
+
 def print_summary(table, store: Store) -> int:
     """Print the table and what ended how; 1 when a trial failed or none finished."""
     if table is None or table.empty:
         print("no trial finished; nothing to tabulate", file=sys.stderr)
         return 1
     print()
-    print(store.read_text(RESULTS_MD))
+    print(terminal_tables(table, store.exists(BY_VARIANT_CSV)))
     reasons = table["stop_reason"]
     print(
         f"{len(table)} trials: "
@@ -187,8 +230,8 @@ def print_summary(table, store: Store) -> int:
         "(too high, or too low), or a frozen untrained backbone",
         M.DIVERGED: "loss went NaN/Inf or exploded: try a lower lr",
         M.OOM: "out of memory: smaller batch_size, or fewer trials per GPU",
-        M.ERROR: "see the 'error' column",
-        M.STALLED: "reported nothing for --stall-timeout seconds; see the 'error' column",
+        M.ERROR: "its error is below the table",
+        M.STALLED: "reported nothing for --stall-timeout seconds; its error is below the table",
     }
     for reason, hint in hints.items():
         variants = table.loc[reasons == reason, "variant"].tolist()

@@ -45,7 +45,7 @@ class ProgressLines(Sink):
     def end(self, entry) -> None:
         self.done += 1
         if entry.status == "ERROR":
-            self._print(f"{self._name(entry)} FAILED (see the error column of the table)")
+            self._print(f"{self._name(entry)} FAILED (its error follows the table at the end)")
             return
         last = entry.last
         self._print(
