@@ -66,22 +66,35 @@ class Study:
 
 
 def run_study(
-    space: str,
+    space: str | None = None,
     data: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
     smoke: bool = False,
     storage: str | Path = "runs",
     name: str | None = None,
+    resume: str | Path | None = None,
     **options: Any,
 ) -> Study:
     """Run a study as ``python sweeps/run.py --space SPACE`` does and return its folder.
 
     ``overrides``: config fields, as ``--set KEY=VALUE`` (a list is a grid). ``options``:
     any other flag of run.py by its name (``num_samples=3``, ``scheduler="fifo"``,
-    ``max_epochs=5``, ``overwrite=True``). Ray is started for the study and shut down when
+    ``max_epochs=5``, ``overwrite=True``, ``folds=0``). ``resume``: an interrupted
+    study's folder, continued as ``--resume`` does (with ``retry_errored=True`` if asked);
+    it takes no space or other settings. Ray is started for the study and shut down when
     it ends, so a second call in the same interpreter starts afresh."""
     from sweeps import run
 
+    if resume is not None:
+        if space is not None or data is not None or overrides or smoke or name is not None:
+            raise StudyError(
+                "run_study(resume=...) continues a study as it was: give no space, data, "
+                "overrides, smoke or name with it"
+            )
+        argv = ["--resume", str(resume), *_flags(options)]
+        return _run(run, argv, Path(resume))
+    if space is None:
+        raise StudyError("run_study() needs a space (a study's name; see --list-spaces)")
     name = name or f"{space}-{time.strftime('%Y%m%d-%H%M%S')}"
     argv = ["--space", space, "--storage", str(storage), "--name", name]
     if data is not None:
@@ -96,6 +109,10 @@ def run_study(
         )
         argv += ["--set", f"{key}={text}"]
     argv += _flags(options)
+    return _run(run, argv, Path(storage) / name)
+
+
+def _run(run, argv: list[str], root: Path) -> Study:
     try:
         args = run.get_args_parser().parse_args(argv)
         code = run.execute(args, ["run_study", *argv])
@@ -104,9 +121,9 @@ def run_study(
     if code not in (0, 1):  # stopped by a signal (130: Ctrl-C): not a finished study
         raise KeyboardInterrupt(
             f"the study stopped (exit status {code}); resume it with "
-            f"run_study(..., resume=...) or python sweeps/run.py --resume"
+            f"run_study(resume={str(root)!r}) or python sweeps/run.py --resume '{root}'"
         )
-    return Study(Path(storage) / name, code)
+    return Study(root, code)
 
 
 def _text(value: Any) -> str:
@@ -120,7 +137,7 @@ def _flags(options: dict[str, Any]) -> list[str]:
         flag = "--" + key.replace("_", "-")
         if value is True:
             argv.append(flag)
-        elif value not in (False, None):
+        elif value is not False and value is not None:  # 0 is a value (folds=0), not "off"
             argv += [flag, str(value)]
     return argv
 
