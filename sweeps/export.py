@@ -13,6 +13,7 @@ trial's own test images against the probabilities the trial saved, or nothing is
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from sweeps import cli
 from sweeps.experiment.folder import load_experiment
 from trainables.core import metrics as M
 from trainables.core.errors import UserError
-from trainables.deploy.bundle import ExportSpec, write_export
+from trainables.deploy.bundle import ExportSpec, check_replaceable, write_export
 from trainables.trial import checkpoint
 
 
@@ -64,8 +65,7 @@ def export(experiment_dir, trial: str | None = None, out=None) -> Path:
             "validation); export another trial"
         )
     out = Path(out or experiment.root / f"export-{trial_id}")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file; pass a folder to export into")
+    check_replaceable(out)  # before any work: never a folder that is not an export
     record = checkpoint.read_record(latest)
     weights = checkpoint.read_best_weights(latest)
     saved = checkpoint.read_predictions(latest)
@@ -110,6 +110,13 @@ def calibration_of(saved: dict) -> dict:
     from trainables.stats import calibration as C
 
     temperature = C.fit_temperature(saved["val_probs"], saved["val_labels"])
+    skipped = C.calibration_skipped(saved["val_probs"], saved["val_labels"])
+    if skipped:
+        print(
+            f"warning: no temperature fit ({skipped}): probabilities stay as the trial gave "
+            "them (temperature 1), and prediction sets are calibrated on these few scores",
+            file=sys.stderr,
+        )
     calibrated = C.scaled(saved["val_probs"], temperature)
     scores = C.scores(calibrated, saved["val_labels"])
     per_class = C.class_scores(calibrated, saved["val_labels"], calibrated.shape[1])

@@ -255,6 +255,9 @@ CASES = [
     ("report", ["{g}/exp", "--out", "{g}/a_file"], "is a file; name a folder"),
     ("report", ["{g}/exp_of_imgs", "--out", "{g}/imgs/red/report"], "inside the data folder"),
     ("export", ["{g}/exp", "--out", "{g}/a_file"], "is a file"),
+    # an export replaces its folder whole: never one that is not an export
+    ("export", ["{g}/exp", "--out", "{g}"], "not an export folder"),
+    ("export", ["{g}/exp", "--out", "{g}/exp"], "not an export folder"),
     ("export", ["{g}/exp", "--trial", "zz"], "trial zz: not in"),
     ("export", ["{g}/exp"], "no trial.json"),
     # confirm

@@ -36,10 +36,31 @@ SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "weights.pt"
 PROGRAM_FILE = "model.pt2"
 ONNX_FILE = "model.onnx"
+EXPORT_FILES = (SPEC_FILE, WEIGHTS_FILE, PROGRAM_FILE, ONNX_FILE)
 RUNTIMES = ("torch", "export", "onnx")
 TOLERANCE = 1e-4  # largest difference in any probability that an export may show
 FORMAT = 3  # 3: with calibration and the torch.export and ONNX files (2: without)
 READS = (2, 3)
+
+
+def check_replaceable(folder: Path) -> None:
+    """An export replaces its folder whole, so that folder must be new, empty, or an earlier
+    export (its spec.json and nothing but the export's files): never the working folder, an
+    experiment or anything else a user keeps there."""
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise UserError(f"--out {folder}: is a file; pass a folder to export into")
+    held = {entry.name for entry in folder.iterdir()}
+    others = sorted(name for name in held if not name.startswith(EXPORT_FILES))
+    if held and (others or SPEC_FILE not in held):
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise UserError(
+            f"--out {folder}: not an export folder (it holds {shown or 'no ' + SPEC_FILE}) "
+            "and an export replaces its folder whole; pass a new or empty folder, or an "
+            "earlier export to replace"
+        )
 
 
 @dataclass(frozen=True)
@@ -133,7 +154,13 @@ def write_export(
     import shutil
     import tempfile
 
-    net = spec.build(empty=True)
+    try:
+        net = spec.build(empty=True)
+    except (TypeError, ValueError, RuntimeError) as exc:  # a value of model.arch, edited
+        raise UserError(
+            f"{folder / SPEC_FILE}: not a valid export spec (model {spec.model.model} cannot "
+            f"be built from it: {type(exc).__name__}: {str(exc)[:200]}); re-export the trial"
+        ) from None
     check_weights(net, weights, spec)
     net.load_state_dict(weights)
     net.eval()
@@ -167,6 +194,7 @@ def write_export(
                     f"{'its test images' if check is not None else 'a check input'}; "
                     "nothing was exported"
                 )
+        check_replaceable(folder)  # again: it may have changed while the export was built
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)
@@ -349,6 +377,16 @@ def _check_values(spec: ExportSpec, path: Path) -> None:
         )
     elif spec.num_classes < 2:
         problem = f"num_classes {spec.num_classes}: a classifier needs at least 2"
+    elif len(set(spec.class_names)) != len(spec.class_names):
+        twice = sorted({c for c in spec.class_names if spec.class_names.count(c) > 1})
+        problem = f"class_names: {', '.join(map(repr, twice[:3]))} named twice"
+    elif unknown := sorted(set(spec.model.arch) - ARCH_KEYS):
+        problem = (
+            f"model.arch: unknown key {unknown[0]!r} (this version writes "
+            f"{', '.join(sorted(ARCH_KEYS))})"
+        )
+    else:
+        problem = _calibration_problem(spec.calibration, spec.num_classes)
     if problem is None:
         try:
             model_spec(spec.model.model)
@@ -356,6 +394,50 @@ def _check_values(spec: ExportSpec, path: Path) -> None:
             problem = str(exc).split(":")[0]
     if problem:
         raise UserError(f"{path}: not a valid export spec ({problem}); re-export the trial")
+
+
+# the constructor arguments a trial record's model build may carry (model/factory.py)
+ARCH_KEYS = frozenset({"aux_logits", "transform_input", "img_size"})
+# the temperatures calibration's search can find (stats/calibration.py: exp(-4) to exp(4))
+TEMPERATURE_RANGE = (0.018, 54.7)
+
+
+def _calibration_problem(calibration: dict, num_classes: int) -> str | None:
+    """What is wrong with an export's calibration, if anything: a temperature that is not a
+    number in the search's range (-1 would invert every prediction, 0 or NaN give NaN), or
+    conformal scores that are not probabilities' complements."""
+    import math
+
+    if not calibration:
+        return None
+    temperature = calibration.get("temperature", 1.0)
+    low, high = TEMPERATURE_RANGE
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not low <= temperature <= high
+    ):
+        return f"calibration.temperature {temperature!r}: must be a number in [{low}, {high}]"
+
+    def scores_problem(values, key: str) -> str | None:
+        if not isinstance(values, list) or not all(
+            isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            and 0 <= v <= 1
+            for v in values
+        ):
+            return f"calibration.{key}: must be a list of numbers in [0, 1]"
+        return None
+
+    problem = scores_problem(calibration.get("scores", []), "scores")
+    per_class = calibration.get("class_scores")
+    if problem is None and per_class is not None:
+        if not isinstance(per_class, list) or len(per_class) != num_classes:
+            return f"calibration.class_scores: must hold one list per class ({num_classes})"
+        for k, values in enumerate(per_class):
+            problem = problem or scores_problem(values, f"class_scores[{k}]")
+    return problem
 
 
 def check_weights(net: nn.Module, weights: dict, spec: ExportSpec) -> None:
@@ -397,7 +479,13 @@ def load_export(folder: str | Path) -> tuple[ExportSpec, nn.Module]:
         raise UserError(
             f"{folder / WEIGHTS_FILE}: cannot be read ({type(exc).__name__}); re-export the trial"
         ) from None
-    net = spec.build(empty=True)
+    try:
+        net = spec.build(empty=True)
+    except (TypeError, ValueError, RuntimeError) as exc:  # a value of model.arch, edited
+        raise UserError(
+            f"{folder / SPEC_FILE}: not a valid export spec (model {spec.model.model} cannot "
+            f"be built from it: {type(exc).__name__}: {str(exc)[:200]}); re-export the trial"
+        ) from None
     check_weights(net, weights, spec)
     net.load_state_dict(weights)
     return spec, net.eval()

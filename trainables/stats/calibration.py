@@ -48,14 +48,32 @@ def scaled(probs: np.ndarray, temperature: float) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+# fewer validation images than this, or none of them wrong, and a temperature is not fit
+MIN_CALIBRATION_IMAGES = 20
+
+
+def calibration_skipped(probs: np.ndarray, labels: np.ndarray) -> str | None:
+    """Why no temperature can be fit on these validation predictions, or None. With no
+    error among them the likelihood only grows as the temperature falls, so the fit would
+    run to the search's bound and make every probability one-hot; on a handful of images it
+    would fit their noise."""
+    labels = np.asarray(labels)
+    if len(labels) < MIN_CALIBRATION_IMAGES:
+        return f"{len(labels)} validation images (fewer than {MIN_CALIBRATION_IMAGES})"
+    if not (np.asarray(probs).argmax(1) != labels).any():
+        return f"none of the {len(labels)} validation images is predicted wrong"
+    return None
+
+
 def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature that minimises the validation negative log-likelihood."""
+    """The temperature that minimises the validation negative log-likelihood; 1 (no
+    scaling) where ``calibration_skipped`` says the data cannot support one."""
     from scipy.optimize import minimize_scalar
 
     from trainables.stats.evaluation import log_loss
 
     labels = np.asarray(labels)
-    if not len(labels):
+    if calibration_skipped(probs, labels):
         return 1.0
 
     def nll(log_t: float) -> float:

@@ -1,0 +1,102 @@
+"""An export folder is what one user hands another: every value of its spec.json is checked
+before use, in one line naming the key, and an export never replaces a folder that is not
+an export. No training: the specs are written by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from trainables.core.errors import UserError
+from trainables.deploy.bundle import ExportSpec, check_replaceable, read_spec
+from trainables.model.factory import create_model
+from trainables.model.record import Preprocess
+from trainables.stats import calibration as C
+
+
+def _spec_json() -> dict:
+    spec = ExportSpec(
+        create_model("small_cnn", 3, "false").build,
+        Preprocess(32, 36, "bilinear", (0.5,) * 3, (0.25,) * 3),
+        ["a", "b", "c"],
+        {"trial_id": "t"},
+        {"temperature": 1.7, "scores": [0.1, 0.5], "class_scores": [[0.1], [0.2], [0.3]]},
+    )
+    return spec.to_json()
+
+
+def _write(folder, raw) -> None:
+    folder.mkdir(exist_ok=True)
+    (folder / "spec.json").write_text(json.dumps(raw))
+
+
+def _edited(edit):
+    raw = _spec_json()
+    edit(raw)
+    return raw
+
+
+@pytest.mark.parametrize(
+    "edit, needle",
+    [
+        (lambda r: r["calibration"].update(temperature=-1), "calibration.temperature -1"),
+        (lambda r: r["calibration"].update(temperature=0), "calibration.temperature 0"),
+        (lambda r: r["calibration"].update(temperature=math.nan), "calibration.temperature nan"),
+        (lambda r: r["calibration"].update(temperature="abc"), "calibration.temperature 'abc'"),
+        (lambda r: r["calibration"].update(scores=[0.1, 7]), "calibration.scores"),
+        (lambda r: r["calibration"].update(class_scores=[[0.1]]), "one list per class (3)"),
+        (lambda r: r.update(class_names=["a", "a", "c"]), "'a' named twice"),
+        (lambda r: r["model"].update(arch={"bogus": 1}), "model.arch: unknown key 'bogus'"),
+    ],
+)
+def test_every_value_of_an_edited_spec_is_refused_in_one_line(tmp_path, edit, needle):
+    _write(tmp_path / "export", _edited(edit))
+    with pytest.raises(UserError, match="not a valid export spec") as refused:
+        read_spec(tmp_path / "export")
+    assert needle in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_the_written_spec_itself_is_read(tmp_path):
+    _write(tmp_path / "export", _spec_json())
+    assert read_spec(tmp_path / "export").temperature == 1.7
+
+
+def test_an_export_replaces_only_a_new_or_empty_folder_or_an_earlier_export(tmp_path):
+    check_replaceable(tmp_path / "new")  # not there yet
+    (tmp_path / "empty").mkdir()
+    check_replaceable(tmp_path / "empty")
+    earlier = tmp_path / "earlier"
+    _write(earlier, _spec_json())
+    for name in ("weights.pt", "model.pt2", "model.onnx"):
+        (earlier / name).write_bytes(b"x")
+    check_replaceable(earlier)
+    kept = tmp_path / "work"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    experiment = tmp_path / "runs" / "exp"
+    experiment.mkdir(parents=True)
+    (experiment / ".visionsweep").write_text("")
+    (experiment / "results.csv").write_text("trial_id\n")
+    for folder, needle in ((kept, "notes.txt"), (experiment, ".visionsweep"), (tmp_path, "")):
+        with pytest.raises(UserError, match="not an export folder") as refused:
+            check_replaceable(folder)
+        assert needle in str(refused.value)
+    assert (kept / "notes.txt").read_text() == "mine"
+
+
+def test_no_temperature_is_fit_where_the_validation_split_cannot_support_one():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 200)
+    right = np.full((200, 3), 0.2)
+    right[np.arange(200), labels] = 0.6  # every image right, none sure
+    assert "none of the 200" in C.calibration_skipped(right, labels)
+    assert C.fit_temperature(right, labels) == 1.0  # not the search's bound (0.018)
+    assert "8 validation images" in C.calibration_skipped(right[:8], labels[:8])
+    assert C.fit_temperature(right[:8], labels[:8]) == 1.0
+    wrong = right.copy()
+    wrong[:40] = wrong[:40, ::-1]  # some wrong: a temperature is fit
+    assert C.calibration_skipped(wrong, labels) is None
+    assert C.fit_temperature(wrong, labels) != 1.0
