@@ -45,6 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-bytes", type=cli.number(int, low=1), default=serving.MAX_BYTES)
     parser.add_argument("--max-pixels", type=cli.number(int, low=1), default=serving.MAX_PIXELS)
     parser.add_argument(
+        "--max-request-bytes",
+        type=cli.number(int, low=1),
+        default=serving.MAX_REQUEST_BYTES,
+        help="a whole request's body; refused with a 413 before it is read past this",
+    )
+    parser.add_argument(
+        "--docs", action="store_true", help="also serve the OpenAPI pages /docs and /redoc"
+    )
+    parser.add_argument(
         "--batch",
         type=cli.number(int, low=1),
         default=serving.BATCH,
@@ -96,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             f"--gpus-per-replica: the {args.runtime} runtime runs on the CPU "
             "here; use --runtime torch to run on the GPU"
         )
-    limits = serving.Limits(args.max_bytes, args.max_pixels)
+    limits = serving.Limits(
+        args.max_bytes, args.max_pixels, max_request_bytes=args.max_request_bytes
+    )
     if args.ray:
         load_export(args.export)  # a bad folder is one line here, not on each replica
         return _serve_on_ray(args, limits)
@@ -104,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    app = serving.create_app(args.export, args.runtime, limits, args.batch, args.threads)
+    app = serving.create_app(
+        args.export, args.runtime, limits, args.batch, args.threads, docs=args.docs
+    )
     import uvicorn
 
     print(
@@ -130,6 +143,7 @@ def _serve_on_ray(args, limits) -> int:
     from trainables.deploy import serving
 
     export, runtime, batch, threads = args.export, args.runtime, args.batch, args.threads
+    docs = args.docs
     device = "cuda" if args.gpus_per_replica else "cpu"
 
     # every server on 127.0.0.1, the replicas' own too (a cluster run listens where the
@@ -139,7 +153,7 @@ def _serve_on_ray(args, limits) -> int:
     def build():  # on each replica, as it starts (before its own servers do)
         if local:
             serving.replica_servers_on_loopback()
-        return serving.create_app(export, runtime, limits, batch, threads, device)
+        return serving.create_app(export, runtime, limits, batch, threads, device, docs)
 
     class Service:
         """A replica of the service (its routes are the app's)."""

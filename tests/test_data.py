@@ -175,3 +175,23 @@ def test_a_class_left_without_a_usable_image_is_named(image_folder, tmp_path):
     (broken / "b.png").write_text("nope")
     with pytest.raises(UserError, match=r"purple \(scans\) hold no usable image"):
         D.prepare(D.discover(image_folder), 16, tmp_path / "cache", progress=False)
+
+
+def test_only_the_documented_formats_are_opened(tmp_path):
+    """A GIF, a PPM or an EPS (which Pillow hands to Ghostscript, running its PostScript)
+    named .png is not opened by the decoder the sweep, predict and the service share."""
+    from PIL import Image, UnidentifiedImageError
+
+    from trainables.data import decode_image
+
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    (tmp_path / "eps.png").write_bytes(eps)
+    with Image.open(tmp_path / "eps.png") as probe:  # what Pillow alone would do with it
+        assert probe.format == "EPS"
+    for kind in ("GIF", "PPM"):
+        Image.new("RGB", (10, 10), (200, 40, 40)).save(tmp_path / f"{kind}.png", kind)
+    for name in ("eps.png", "GIF.png", "PPM.png"):
+        with pytest.raises(UnidentifiedImageError):
+            decode_image(tmp_path / name, 8)
+    Image.new("RGB", (10, 10), (200, 40, 40)).save(tmp_path / "real.png")
+    assert decode_image(tmp_path / "real.png", 8).shape == (8, 8, 3)

@@ -112,10 +112,19 @@ def _to_8_bits(image: Image.Image) -> np.ndarray:
     )
 
 
+# the only formats Pillow is let open (the sweep, predict and the service alike): the
+# documented image kinds. Pillow would otherwise also read GIF, ICO, TGA, PCX, EPS (through
+# Ghostscript, which runs the file's PostScript) and more. (A camera's multi-picture JPEG,
+# MPO, is opened by the JPEG plugin.)
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF")
+Image.init()  # registers every plugin, so that each format named above can be asked for
+
+
 def decode_image(path: Path, size: int, interpolation: str = "bilinear") -> np.ndarray:
     """Decode to RGB as the camera meant it (EXIF rotation), resize the shorter side to
-    ``size`` and centre-crop a ``size`` x ``size`` square. Returns HWC uint8."""
-    with Image.open(path) as image:
+    ``size`` and centre-crop a ``size`` x ``size`` square. Returns HWC uint8. A file of
+    another format than IMAGE_FORMATS is not opened (UnidentifiedImageError)."""
+    with Image.open(path, formats=IMAGE_FORMATS) as image:
         image.draft("RGB", (size, size))  # JPEG: decode big photos at a reduced scale, fast
         image = ImageOps.exif_transpose(image)
         if image.mode.startswith("I") or image.mode == "F":

@@ -24,6 +24,8 @@ import numpy as np
 MAX_BYTES = 20 * 2**20  # per uploaded file
 MAX_PIXELS = 40_000_000  # per image, width x height, checked before decoding
 MAX_FILES = 64  # per request
+MAX_REQUEST_BYTES = 100 * 2**20  # a whole request body, refused before it is read past this
+DECODE_TIMEOUT_S = 30.0  # per request: its images are decoded off the event loop
 BATCH = 32  # images per model call
 BATCH_WAIT_S = 0.005  # how long the batcher waits for more requests to join a batch
 
@@ -33,6 +35,8 @@ class Limits:
     max_bytes: int = MAX_BYTES
     max_pixels: int = MAX_PIXELS
     max_files: int = MAX_FILES
+    max_request_bytes: int = MAX_REQUEST_BYTES
+    decode_timeout_s: float = DECODE_TIMEOUT_S
 
 
 class BadUpload(Exception):
@@ -48,14 +52,17 @@ def decode_upload(
     from PIL import Image, UnidentifiedImageError
 
     from trainables.data import decode_image
+    from trainables.data.decode import IMAGE_FORMATS
 
     if len(data) > limits.max_bytes:
         raise BadUpload(413, f"{name}: {len(data)} bytes, over the limit of {limits.max_bytes}")
     if not data:
         raise BadUpload(400, f"{name}: empty file")
     try:
-        with Image.open(io.BytesIO(data)) as probe:  # reads the header only
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as probe:  # the header only
             width, height = probe.size
+    except Image.DecompressionBombError:  # a header declaring billions of pixels
+        raise BadUpload(413, f"{name}: over the limit of {limits.max_pixels} pixels") from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise BadUpload(
             415, f"{name}: not an image this service reads (JPEG, PNG, BMP, WebP, TIFF)"
@@ -125,6 +132,50 @@ class Batcher:
                 start += len(x)
 
 
+class RequestTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: a request whose body is over ``limit`` bytes gets a 413 as soon as
+    that is known (its Content-Length, or the bytes streamed so far), before it is parsed or
+    spooled to disk."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(send)
+        received = 0
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise RequestTooLarge
+            return message
+
+        await self.app(scope, counted, send)
+
+    async def _refuse(self, send) -> None:
+        import json
+
+        body = json.dumps({"error": f"request body over the limit of {self.limit} bytes"})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body.encode()})
+
+
 def replica_servers_on_loopback() -> None:
     """Called in each replica of a local Ray Serve (sweeps/serve.py --ray) before it starts
     its gRPC server for calls between deployments, which Ray Serve 2.60 binds to every
@@ -147,11 +198,14 @@ def create_app(
     batch: int = BATCH,
     threads: int | None = None,
     device: str = "cpu",
+    docs: bool = False,
 ):
-    """The FastAPI app of one export folder (``device``: where the torch runtime runs)."""
+    """The FastAPI app of one export folder (``device``: where the torch runtime runs;
+    ``docs``: serve the OpenAPI pages /docs and /redoc, off by default)."""
     from fastapi import FastAPI, File, Query, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
 
     from trainables.deploy.bundle import load_export, preprocess, runtime_of, softmax
     from trainables.stats.calibration import cutoffs, scaled, sets
@@ -170,8 +224,11 @@ def create_app(
         await batcher.stop()
 
     app = FastAPI(
-        title=f"visionsweep: {spec.source.get('variant', spec.model.model)}", lifespan=lifespan
+        title=f"visionsweep: {spec.source.get('variant', spec.model.model)}",
+        lifespan=lifespan,
+        **({} if docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}),
     )
+    app.add_middleware(BodyLimit, limit=limits.max_request_bytes)
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
@@ -184,6 +241,17 @@ def create_app(
             f"bad request: missing or invalid field(s) {', '.join(fields)}; "
             "send the images as multipart files under 'images'",
         )
+
+    @app.exception_handler(HTTPException)
+    async def refused(request: Request, exc: HTTPException):  # the framework's own 4xx
+        # (malformed multipart, too many files or fields, a route that is not there)
+        if isinstance(exc.__cause__, RequestTooLarge):  # FastAPI rewraps what the body raised
+            return await too_large(request, exc.__cause__)
+        return error(exc.status_code, f"bad request: {exc.detail}")
+
+    @app.exception_handler(RequestTooLarge)
+    async def too_large(request: Request, exc: RequestTooLarge):
+        return error(413, f"request body over the limit of {limits.max_request_bytes} bytes")
 
     @app.exception_handler(Exception)
     async def failed(request: Request, exc: Exception):  # never a bare 500 page
@@ -229,17 +297,25 @@ def create_app(
                 cutoff = cutoffs(spec.calibration, coverage, per_class)
             except ValueError as exc:
                 return error(400, str(exc))
-        decoded = []
-        for upload in images:
-            data = await upload.read(limits.max_bytes + 1)
-            try:
-                decoded.append(
-                    decode_upload(
-                        data, upload.filename or "image", spec.load_size, spec.interpolation, limits
-                    )
-                )
-            except BadUpload as bad:
-                return error(bad.status, str(bad))
+        files = [(await upload.read(limits.max_bytes + 1), upload.filename) for upload in images]
+
+        def decode_all():  # on a worker thread: the event loop keeps serving other clients
+            return [
+                decode_upload(data, name or "image", spec.load_size, spec.interpolation, limits)
+                for data, name in files
+            ]
+
+        loop = asyncio.get_running_loop()
+        try:
+            decoded = await asyncio.wait_for(
+                loop.run_in_executor(None, decode_all), limits.decode_timeout_s
+            )
+        except BadUpload as bad:
+            return error(bad.status, str(bad))
+        except asyncio.TimeoutError:
+            return error(
+                408, f"the images took over {limits.decode_timeout_s:g} s to decode; send fewer"
+            )
         logits = await batcher(preprocess(np.stack(decoded), spec))
         probs = scaled(softmax(logits), spec.temperature)
         chosen = sets(probs, cutoff) if cutoff is not None else None
