@@ -100,3 +100,57 @@ def test_no_temperature_is_fit_where_the_validation_split_cannot_support_one():
     wrong[:40] = wrong[:40, ::-1]  # some wrong: a temperature is fit
     assert C.calibration_skipped(wrong, labels) is None
     assert C.fit_temperature(wrong, labels) != 1.0
+
+
+def _program(folder, crafted: bool):
+    """A torch.export program of a small network, saved as export.py saves one; ``crafted``:
+    one weight marked to be unpickled and replaced by a pickle that creates a file."""
+    import io
+    import os
+    import zipfile
+
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    torch.export.save(torch.export.export(net, (torch.randn(2, 3),)), folder / "plain.pt2")
+    if not crafted:
+        return folder / "plain.pt2"
+
+    class Runs:
+        def __reduce__(self):
+            return (os.system, (f"touch {folder / 'ran'}",))
+
+    source = zipfile.ZipFile(folder / "plain.pt2")
+    names = source.namelist()
+    config_name = next(n for n in names if n.endswith("model_weights_config.json"))
+    config = json.loads(source.read(config_name))
+    first = next(iter(config["config"].values()))
+    first["use_pickle"] = True
+    payload = io.BytesIO()
+    torch.save(Runs(), payload)
+    with zipfile.ZipFile(folder / "model.pt2", "w") as out:
+        for info in source.infolist():
+            data = source.read(info.filename)
+            if info.filename == config_name:
+                data = json.dumps(config).encode()
+            elif info.filename.endswith("/weights/" + first["path_name"]):
+                data = payload.getvalue()
+            out.writestr(info, data)
+    return folder / "model.pt2"
+
+
+def test_a_program_file_that_would_unpickle_code_is_refused_before_torch_opens_it(tmp_path):
+    import torch
+
+    from trainables.deploy.bundle import check_program, runtime_of
+
+    check_program(_program(tmp_path, crafted=False))  # what export.py writes is accepted
+    crafted = _program(tmp_path, crafted=True)
+    with pytest.raises(UserError, match="stored to be unpickled"):
+        check_program(crafted)
+    with pytest.raises(UserError, match="not an export this version wrote"):
+        runtime_of(tmp_path, "export", None)
+    assert not (tmp_path / "ran").exists()
+    with pytest.raises(Exception):  # noqa: B017 (torch's own error type, internal)
+        torch.export.load(crafted)  # the check is what kept it from running: torch runs it
+    assert (tmp_path / "ran").exists()

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables.core.errors import UserError
+from trainables.core.errors import UserError, unpickling_reason
 from trainables.data.decode import RESAMPLE
 from trainables.model.factory import ModelBuild, rebuild
 from trainables.model.record import Preprocess, TrialRecord
@@ -203,6 +203,53 @@ def write_export(
     return differences
 
 
+def check_program(path: Path) -> None:
+    """Refuse a model.pt2 that asks torch.export.load to unpickle anything but plain data:
+    an entry marked ``use_pickle`` is read with ``weights_only=False``, a custom or opaque
+    constant with pickle itself, and sample inputs fall back to ``weights_only=False`` when
+    the weights-only reader refuses them, so an edited archive would run its code. What this
+    version writes holds none of these: raw tensor bytes, JSON, and sample inputs that the
+    weights-only reader accepts. Anything else in the archive is refused too."""
+    import io
+    import re
+    import zipfile
+
+    from torch.export.pt2_archive.constants import TENSOR_CONSTANT_FILENAME_PREFIX
+
+    def refuse(why: str):
+        return UserError(f"{path}: {why}; not an export this version wrote, re-export the trial")
+
+    plain = re.compile(
+        r"[^/]+/(archive_format|archive_version|byteorder|\.data/(version|serialization_id)"
+        r"|models/[^/]+\.json|data/(weights|constants)/[^/]+|data/sample_inputs/[^/]+\.pt)"
+    )
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise refuse(f"not a readable archive ({type(exc).__name__})") from None
+    with archive:
+        for name in archive.namelist():
+            if not plain.fullmatch(name):
+                raise refuse(f"holds {name!r}, which this version never writes")
+            if name.endswith("_config.json"):
+                try:
+                    entries = json.loads(archive.read(name))["config"]
+                except (ValueError, KeyError, TypeError):
+                    raise refuse(f"{name} is not a payload config") from None
+                for key, entry in entries.items():
+                    kept_as = str(entry.get("path_name", ""))
+                    if entry.get("use_pickle") or (
+                        "/constants/" in name
+                        and not kept_as.startswith(TENSOR_CONSTANT_FILENAME_PREFIX)
+                    ):
+                        raise refuse(f"{name}: {key!r} is stored to be unpickled")
+            elif name.endswith(".pt"):
+                try:
+                    torch.load(io.BytesIO(archive.read(name)), weights_only=True)
+                except Exception as exc:
+                    raise refuse(f"{name}: {unpickling_reason(exc)}") from None
+
+
 def _dynamic_batch():
     return ({0: torch.export.Dim("batch", min=1, max=65536)},)
 
@@ -271,6 +318,7 @@ def runtime_of(
             "re-export the trial, or use --runtime torch"
         )
     if runtime == "export":
+        check_program(path)  # before torch opens it: nothing in it is unpickled as code
         try:
             module = torch.export.load(path).module()
         except Exception as exc:
