@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from sweeps import cli
-from sweeps.experiment.files import CONFIRM_JSON, SPLIT_CSV
+from sweeps.experiment.files import CONFIRM_JSON, SPLIT_CSV, SWEEP_JSON
 from sweeps.experiment.folder import Experiment, load_experiment, read_sweep_json
 from sweeps.experiment.storage import Store, write_atomic
 from trainables.core import metrics as M
@@ -39,16 +40,28 @@ from trainables.trial import checkpoint
 NOT_CARRIED = ("seed", "fold")  # set anew by the confirmation: its seeds, its folds
 
 
-def top_variants(experiment: Experiment, top: int) -> list[tuple[str, str]]:
-    """(variant, its best trial) for the ``top`` variants by mean validation loss."""
+def top_variants(experiment: Experiment, top: int, searched: bool) -> list[tuple[str, str]]:
+    """(variant, its best trial) for the ``top`` variants by mean validation loss. In a
+    searched study (TPE) every trial is a configuration of its own: the candidates are its
+    trials, each named by its variant and trial id."""
     results = experiment.results()
     if results.empty:
         raise UserError(f"{experiment.root}: no trial gave a result; nothing to confirm")
-    means = results.groupby("variant")[M.BEST_VAL_LOSS].mean().sort_values(kind="stable")
-    chosen = []
-    for variant in means.index[:top]:
-        rows = results[results["variant"] == variant]
-        chosen.append((str(variant), str(rows.loc[rows[M.BEST_VAL_LOSS].idxmin(), "trial_id"])))
+    if searched:
+        best = results.sort_values(M.BEST_VAL_LOSS, kind="stable").head(top)
+        chosen = [(f"{v}[{t}]", str(t)) for v, t in zip(best["variant"], best["trial_id"])]
+    else:
+        means = results.groupby("variant")[M.BEST_VAL_LOSS].mean().sort_values(kind="stable")
+        chosen = []
+        for variant in means.index[:top]:
+            rows = results[results["variant"] == variant]
+            trial = str(rows.loc[rows[M.BEST_VAL_LOSS].idxmin(), "trial_id"])
+            chosen.append((str(variant), trial))
+    if len(chosen) < 2:
+        raise UserError(
+            f"{experiment.root}: only one variant gave a result ({chosen[0][0]}); confirming "
+            "compares two or more: run the study with more variants"
+        )
     return chosen
 
 
@@ -82,62 +95,125 @@ def confirm(
     max_concurrent: int | None = None,
     address: str | None = None,
 ):
-    from sweeps.analysis.folds import out_of_fold, settle, show
-    from sweeps.api import run_study
+    from sweeps.driver.claim import check_idle
 
     experiment = load_experiment(source)
-    args = read_sweep_json(Store.from_location(str(experiment.root)), source).get("args", {})
-    chosen = top_variants(experiment, top)
+    check_idle(experiment.root, "wait for it to end before confirming its results")
+    sweep = read_sweep_json(Store.from_location(str(experiment.root)), source)
+    args = sweep.get("args", {})
+    searched = bool(sweep.get("plan", {}).get("searched"))
+    chosen = top_variants(experiment, top, searched)
     root = Path(storage) if storage else experiment.root.parent
     name = name or f"{experiment.root.name}-confirm"
     folder = root / name
-    if folder.exists():
-        raise UserError(f"{folder}: exists already; pass another --name")
     configs = {variant: recorded_config(experiment, trial) for variant, trial in chosen}
+    plan = {
+        "source": str(experiment.root.resolve()),
+        "top": top,
+        "folds": folds,
+        "seeds": seeds,
+        "chosen_by": "mean best validation loss over the source's trials",
+        "variants": {v: {"from_trial": t, "config": configs[v]} for v, t in chosen},
+    }
+    resumed = _resumable(folder, plan)
     print(
-        f"confirming {len(chosen)} variant(s) of {experiment.root} (lowest mean validation "
-        f"loss): {', '.join(v for v, _ in chosen)}; {folds} folds x {seeds} seed(s) each "
-        f"-> {folder}",
+        f"{'resuming' if resumed else 'confirming'} {len(chosen)} variant(s) of "
+        f"{experiment.root} (lowest mean validation loss): {', '.join(v for v, _ in chosen)}; "
+        f"{folds} folds x {seeds} seed(s) each -> {folder}",
         file=sys.stderr,
         flush=True,
     )
-    folder.mkdir(parents=True)
-    write_atomic(
-        folder / CONFIRM_JSON,
-        json.dumps(
-            {
-                "source": str(experiment.root.resolve()),
-                "top": top,
-                "folds": folds,
-                "seeds": seeds,
-                "chosen_by": "mean best validation loss over the source's trials",
-                "variants": {v: {"from_trial": t, "config": configs[v]} for v, t in chosen},
-            },
-            indent=1,
-        ),
-    )
+    # the data as the sweep resolved it (an absolute root), so that a confirmation started
+    # from another folder finds it; the root as typed only for sweeps recorded without it
+    data = sweep.get("data") or args.get("data")
+    made = folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / CONFIRM_JSON, json.dumps(plan, indent=1))
+    try:
+        return _run_variants(
+            experiment,
+            folder,
+            chosen,
+            configs,
+            data,
+            args,
+            folds,
+            seeds,
+            cpus_per_trial,
+            max_concurrent,
+            address,
+        )
+    except UserError:
+        # a mistake found before any variant ran (folds more than a class has images, a
+        # data folder gone) leaves no folder behind, so the corrected command can run
+        if not made and not any(p.is_dir() for p in folder.iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _resumable(folder: Path, plan: dict) -> bool:
+    """True when ``folder`` holds an interrupted confirmation of the same plan (it is then
+    continued); a folder of anything else is refused."""
+    if not folder.exists():
+        return False
+    try:
+        earlier = json.loads((folder / CONFIRM_JSON).read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{folder}: exists already; pass another --name") from None
+    if earlier != plan:
+        raise UserError(
+            f"{folder}: holds a confirmation of another plan (source, top, folds, seeds or "
+            "variants differ); pass another --name, or the same options to resume it"
+        )
+    return True
+
+
+def _run_variants(
+    experiment,
+    folder,
+    chosen,
+    configs,
+    data,
+    args,
+    folds,
+    seeds,
+    cpus_per_trial,
+    max_concurrent,
+    address,
+):
+    from sweeps.analysis.folds import out_of_fold, settle, show
+    from sweeps.api import run_study
+
     pooled, left_out, split_file = [], [], None
     for variant, _ in chosen:
-        study = run_study(
-            "single",
-            data=args.get("data"),
-            overrides=configs[variant],
-            smoke=bool(args.get("smoke")),
-            storage=folder,
-            name=_folder_name(variant),
-            folds=folds,
-            num_samples=seeds,
-            max_per_class=args.get("max_per_class"),
-            split_file=split_file,
-            split_seed=None if split_file else args.get("split_seed"),
-            cpus_per_trial=cpus_per_trial,
-            max_concurrent=max_concurrent,
-            address=address,
-        )
-        split_file = split_file or str(study.root / SPLIT_CSV)  # every variant on these folds
-        runs, refused = out_of_fold(load_experiment(study.root))
+        where = folder / _folder_name(variant)
+        if where.exists() and not (where / SWEEP_JSON).exists():
+            shutil.rmtree(where)  # stopped before its sweep began: start it afresh
+        if where.exists():  # an interrupted confirmation: the variant goes on (or is done)
+            run_study(resume=where, address=address)
+        else:
+            run_study(
+                "single",
+                data=data,
+                overrides=configs[variant],
+                smoke=bool(args.get("smoke")),
+                storage=folder,
+                name=_folder_name(variant),
+                folds=folds,
+                num_samples=seeds,
+                max_per_class=args.get("max_per_class"),
+                split_file=split_file,
+                split_seed=None if split_file else args.get("split_seed"),
+                cpus_per_trial=cpus_per_trial,
+                max_concurrent=max_concurrent,
+                address=address,
+            )
+        split_file = split_file or str(where / SPLIT_CSV)  # every variant on these folds
+        runs, refused = out_of_fold(load_experiment(where))
         pooled += [replace(run, variant=variant) for run in runs]
         left_out += [f"{variant}: {reason}" for reason in refused]
+        if not runs:  # every trial failed (a full disk): said, never silently dropped
+            left_out.append(f"{variant}: no trial gave out-of-fold predictions")
     if pooled and any(not np.array_equal(p.ids, pooled[0].ids) for p in pooled):
         raise UserError(
             f"{folder}: the variants were tested on different images; not comparing them"
@@ -195,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         args.max_concurrent,
         args.address,
     )
-    return 0 if not settled.ranked.empty else 1
+    # 1: no verdict, or a chosen variant that could not be scored (its trials failed)
+    return 0 if not settled.ranked.empty and not settled.left_out else 1
 
 
 def cli_main() -> None:

@@ -35,6 +35,13 @@ def test_stratified_split_is_8_1_1_per_class_and_seeded():
 def test_split_needs_three_images_per_class():
     with pytest.raises(UserError, match="at least 3"):
         D.stratified_split([0, 0, 0, 1, 1])
+    # named as its folder is, not by its label index ("class 1" for folder "3")
+    with pytest.raises(UserError, match="class '3' has 2 usable"):
+        D.stratified_split([0, 0, 0, 1, 1], class_names=("1", "3"))
+    from trainables.data.split import stratified_folds
+
+    with pytest.raises(UserError, match="class '3' has 2 usable image"):
+        stratified_folds([0, 0, 0, 1, 1], [0, 1, 2, 3, 4], 3, class_names=("1", "3"))
 
 
 def test_presplit_root_is_used_as_given(tmp_path):

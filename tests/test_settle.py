@@ -90,7 +90,7 @@ def _confirm(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def test_a_folded_sweep_scores_every_image_once_and_confirm_ends_with_a_verdict(
     tmp_path, ray_address
 ):
-    images = make_image_folder(tmp_path / "images", per_class=6)
+    make_image_folder(tmp_path / "images", per_class=6)
     runs = tmp_path / "runs"
     done = run_cli(
         [
@@ -100,7 +100,7 @@ def test_a_folded_sweep_scores_every_image_once_and_confirm_ends_with_a_verdict(
             "--set",
             "lr=[0.003,0.00003]",
             "--data",
-            str(images),
+            "images",  # relative: confirm runs from another folder below
             "--max-epochs",
             "1",
             "--folds",
@@ -157,25 +157,29 @@ def test_a_folded_sweep_scores_every_image_once_and_confirm_ends_with_a_verdict(
     assert again.folds == 3 and again.scheduler == "fifo"
     assert again.split_file == f"{experiment}/split.csv"
 
-    confirmed = _confirm(
-        [
-            str(experiment),
-            "--top",
-            "2",
-            "--folds",
-            "3",
-            "--name",
-            "checked",
-            "--address",
-            ray_address,
-        ],
-        cwd=tmp_path,
-    )
+    options = ["--top", "2", "--name", "checked", "--address", ray_address]
+    # more folds than a class has images: refused, and no folder is left to block the fix
+    refused = _confirm([str(experiment), "--folds", "7", *options], cwd=runs)
+    assert refused.returncode == 2 and not (runs / "checked").exists(), refused.stderr[-2000:]
+    # from another folder than the sweep's (its --data was relative): the sweep's own root
+    confirmed = _confirm([str(experiment), "--folds", "3", *options], cwd=runs)
     assert confirmed.returncode == 0, confirmed.stderr[-3000:]
     verdict = confirmed.stdout.strip().splitlines()[-2]
-    assert " is best (out-of-fold accuracy " in verdict and "distinguishable" in verdict
+    assert "distinguishable" in verdict
     assert "Holm-corrected" in verdict and "over 1 pair(s)" in verdict
     folder = runs / "checked"
+    ranked = pd.read_csv(folder / "results_oof.csv")  # in the order of validation loss
+    if ranked["oof_acc"].iloc[0] >= ranked["oof_acc"].iloc[1]:
+        assert " is best (out-of-fold accuracy " in verdict and "its lead over" in verdict
+    else:  # first by validation loss, less accurate: never called a lead
+        assert "ranks first by validation loss" in verdict and "lead" not in verdict
+    # the same command again: the confirmation goes on from its folder (here: all done),
+    # to the same verdict; another plan under its name is refused in one line
+    again = _confirm([str(experiment), "--folds", "3", *options], cwd=runs)
+    assert again.returncode == 0 and "resuming 2 variant(s)" in again.stderr, again.stderr[-3000:]
+    assert again.stdout.strip().splitlines()[-2] == verdict
+    other = _confirm([str(experiment), "--folds", "4", *options], cwd=runs)
+    assert other.returncode == 2 and "holds a confirmation of another plan" in other.stderr
     assert (folder / "ranking.png").stat().st_size > 1000
     record = json.loads((folder / "confirm.json").read_text())
     assert set(record["variants"]) == set(oof["variant"])

@@ -209,14 +209,23 @@ def verdict(ranked: pd.DataFrame, pairs: pd.DataFrame) -> str:
     )
     if len(ranked) < 2 or pairs.empty:
         return f"{best['variant']}: {score} (one variant: nothing to compare it with)"
-    head = f"{best['variant']} is best ({score})"
-    second = ranked.iloc[1]["variant"]
-    row = _pair(pairs, best["variant"], second).iloc[0]
+    second = ranked.iloc[1]
+    row = _pair(pairs, best["variant"], second["variant"]).iloc[0]
     how = "is" if row["separated"] else "is not"
+    tests = (
+        f"(McNemar p = {row['p']:.3g}, Holm-corrected p = {row['p_holm']:.3g} over "
+        f"{len(pairs)} pair(s), alpha {ALPHA:g})"
+    )
+    if best["oof_acc"] >= second["oof_acc"]:
+        return (
+            f"{best['variant']} is best ({score}); its lead over {second['variant']} {how} "
+            f"distinguishable {tests}"
+        )
+    # first by validation loss, yet less accurate out of fold: a deficit, not a lead
     return (
-        f"{head}; its lead over {second} {how} distinguishable (McNemar p = "
-        f"{row['p']:.3g}, Holm-corrected p = {row['p_holm']:.3g} over {len(pairs)} "
-        f"pair(s), alpha {ALPHA:g})"
+        f"{best['variant']} ranks first by validation loss ({score}), but "
+        f"{second['variant']} is more accurate out of fold ({second['oof_acc']:.4f}); the "
+        f"difference {how} distinguishable {tests}"
     )
 
 

@@ -65,6 +65,22 @@ def _lock(root: Path, what: str) -> None:
     _HELD.append(handle)
 
 
+def check_idle(root: Path, what: str) -> None:
+    """UserError when a running sweep holds ``root`` (its lock is taken), so that nothing
+    reads a table that is still being written as if it were final."""
+    path = Path(root) / CLAIM_LOCK
+    if not path.exists():
+        return
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"experiment {root} is in use by a running sweep{_holder(Path(root))}; {what}"
+            ) from None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _mark(store: Store, command: list[str]) -> None:
     store.write_text(
         MARKER,

@@ -146,7 +146,9 @@ def prepare(
             for group in groups:  # copies of one image share a fold, so they cannot leak
                 for i in group:
                     group_of[i] = group[0]
-            fold_ids = stratified_folds(usable.labels, group_of, folds, split_seed)
+            fold_ids = stratified_folds(
+                usable.labels, group_of, folds, split_seed, usable.class_names
+            )
         splits = fold_splits(fold_ids, 0, folds)
     elif usable.presplit:
         splits = list(usable.splits)
@@ -154,7 +156,7 @@ def prepare(
             if split not in splits:
                 raise UserError(f"--data {source.root}: the {split}/ folder has no usable image")
     else:
-        splits = stratified_split(usable.labels, seed=split_seed)
+        splits = stratified_split(usable.labels, seed=split_seed, class_names=usable.class_names)
         for group in groups:  # copies of one image stay together, so they cannot leak
             for i in group[1:]:
                 splits[i] = splits[group[0]]

@@ -17,13 +17,21 @@ from trainables.data.source import SPLITS, DataSource
 SKIPPED = "skipped"  # split.csv's mark for an image that could not be decoded
 
 
+def _named(label: int, class_names) -> str:
+    """A class as the user named it (its folder), not by its label index."""
+    return repr(class_names[label]) if class_names is not None else str(label)
+
+
 def stratified_split(
-    labels: list[int] | tuple[int, ...], fractions=(0.8, 0.1, 0.1), seed: int = 0
+    labels: list[int] | tuple[int, ...],
+    fractions=(0.8, 0.1, 0.1),
+    seed: int = 0,
+    class_names=None,
 ) -> list[str]:
     """Assign each sample to train/val/test, class by class, shuffled with ``seed``.
 
     Every class gets at least one validation and one test image; raises UserError for a
-    class with fewer than three images.
+    class with fewer than three images (named by ``class_names``, when given).
     """
     rng = np.random.default_rng(seed)
     labels = np.asarray(labels)
@@ -32,7 +40,8 @@ def stratified_split(
         idx = np.flatnonzero(labels == label)
         if len(idx) < 3:
             raise UserError(
-                f"class {label} has {len(idx)} usable image(s); at least 3 are "
+                f"class {_named(label, class_names)} has {len(idx)} usable image(s); at "
+                "least 3 are "
                 "needed to split into train/val/test"
             )
         rng.shuffle(idx)
@@ -44,7 +53,7 @@ def stratified_split(
     return out.tolist()
 
 
-def stratified_folds(labels, groups, folds: int, seed: int = 0) -> list[int]:
+def stratified_folds(labels, groups, folds: int, seed: int = 0, class_names=None) -> list[int]:
     """Each image's fold (0..folds-1), stratified by class, copies of one image (same
     ``groups`` id) always in one fold: scikit-learn's StratifiedGroupKFold, shuffled with
     ``seed``. Raises UserError for a class with fewer images than folds."""
@@ -56,7 +65,7 @@ def stratified_folds(labels, groups, folds: int, seed: int = 0) -> list[int]:
     counts = np.bincount(labels)
     if counts.min() < folds:
         raise UserError(
-            f"class {int(counts.argmin())} has {int(counts.min())} usable "
+            f"class {_named(int(counts.argmin()), class_names)} has {int(counts.min())} usable "
             f"image(s); --folds {folds} needs at least {folds} per class: use "
             "fewer folds"
         )
