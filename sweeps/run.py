@@ -84,6 +84,13 @@ def get_args_parser() -> cli.Parser:
         "0: never stop (default 3600)",
     )
     p.add_argument(
+        "--niceness",
+        type=cli.number(int, low=0, high=19),
+        default=0,
+        help="run the trials at this niceness above this command's own (as nice -n N): "
+        "0 (default) shares the machine as the command does; 19 yields to everything",
+    )
+    p.add_argument(
         "--num-samples",
         type=ONE,
         help="grid spaces: repeat every variant with this many seeds (default 1); "
@@ -196,7 +203,8 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
     if spec.resume:
         check_same_data(store, handle.digest, data_report["root"])
     unavailable = check_weights(cfgs)
-    start_ray(spec.address)  # it, too, can fail (no room for its temporary folder)
+    # it, too, can fail (no room for its temporary folder)
+    start_ray(spec.address, spec.niceness)
     # every input is checked: the experiment folder is claimed before anything is written
     if spec.resume:
         claim_resumed(store)

@@ -64,7 +64,10 @@ def _own_process_group():
         services.ConsolePopen = popen
 
 
-def start_ray(address: str | None):
+def start_ray(address: str | None, niceness: int = 0):
+    """Ray for this command: joined at ``address``, or a local instance whose trial workers
+    run at ``niceness`` above this process (Ray's own default, 15, would let any ordinary
+    process on the machine take the cores first; a cluster's workers run as it says)."""
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -87,7 +90,9 @@ def start_ray(address: str | None):
         # "local": always a fresh instance for this run, never a cluster that `ray start`
         # left recorded on this machine (possibly long dead)
         with _own_process_group(), _quiet_default_token():
-            context = ray.init(address="local", **kwargs)
+            context = ray.init(
+                address="local", _system_config={"worker_niceness": niceness}, **kwargs
+            )
     # a local instance of ours: it must not outlive this process
     from sweeps.driver import reaper
 

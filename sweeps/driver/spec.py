@@ -38,6 +38,7 @@ class SweepSpec:
     retry_errored: bool = False
     max_failures: int = 2
     stall_timeout: float | None = None  # seconds; None: the watchdog's default; 0: never
+    niceness: int = 0  # trial workers' niceness above the command's own (Ray's default: 15)
     num_samples: int | None = None
     max_epochs: int | None = None
     smoke: bool = False
