@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         args.max_bytes, args.max_pixels, max_request_bytes=args.max_request_bytes
     )
     if args.ray:
+        from sweeps.driver.cluster import check_reachable
+
+        check_reachable(args.address)  # a dead address in seconds, not Ray's minutes
         load_export(args.export)  # a bad folder is one line here, not on each replica
         return _serve_on_ray(args, limits)
     if args.threads:

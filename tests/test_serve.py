@@ -242,6 +242,12 @@ def test_the_service_listens_on_loopback_unless_told_otherwise():
         serve.main(["nowhere", "--replicas", "2"])
     with pytest.raises(UserError, match="runs on the CPU here; use --runtime torch"):
         serve.main(["nowhere", "--ray", "--gpus-per-replica", "0.5"])
+    import time
+
+    started = time.monotonic()  # a dead cluster address: one line in seconds, as run.py
+    with pytest.raises(UserError, match="no Ray cluster answers there"):
+        serve.main(["nowhere", "--ray", "--address", f"127.0.0.1:{free_port()}"])
+    assert time.monotonic() - started < 30
 
 
 def _cmdline(pid: int) -> bytes:
