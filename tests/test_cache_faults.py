@@ -191,3 +191,40 @@ def test_a_checkpoint_that_does_not_fit_leaves_no_partial_copy(tmp_path):
     assert "Traceback" not in out, out[-3000:]
     assert "No space left on device" in out  # in the error column or the driver's line
     assert "CHECKPOINT" not in done.stdout, done.stdout[-2000:]
+
+
+EXPORT_SCRIPT = r"""
+import os, subprocess, sys
+sys.path.insert(0, {root!r})
+from trainables.core.errors import UserError
+from trainables.deploy.bundle import ExportSpec, write_export
+from trainables.model.factory import create_model
+from trainables.model.record import Preprocess
+
+os.makedirs({mnt!r})
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", {mnt!r}], check=True)
+spec = ExportSpec(create_model("small_cnn", 3, "false").build,
+                  Preprocess(32, 36, "bilinear", (0.5,) * 3, (0.25,) * 3), ["a", "b", "c"],
+                  {{"trial_id": "t"}})
+try:
+    write_export(os.path.join({mnt!r}, "export"), spec, spec.build().state_dict())
+    print("WROTE")
+except UserError as exc:
+    print("REFUSED " + str(exc))
+print("LEFT", sorted(os.listdir({mnt!r})))
+"""
+
+
+@pytest.mark.skipif(not _can_mount(), reason="needs unshare -m (root) to mount a tmpfs")
+def test_an_export_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    mnt = str(tmp_path / "small")
+    done = subprocess.run(
+        ["unshare", "-m", sys.executable, "-c", EXPORT_SCRIPT.format(root=str(ROOT), mnt=mnt)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "REFUSED " in done.stdout, done.stdout[-2000:] + done.stderr[-3000:]
+    line = done.stdout.split("REFUSED ", 1)[1].splitlines()[0]
+    assert "MB free, the export needs about" in line and "pass --out elsewhere" in line
+    assert "LEFT []" in done.stdout and "Traceback" not in done.stderr

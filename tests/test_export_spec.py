@@ -154,3 +154,20 @@ def test_a_program_file_that_would_unpickle_code_is_refused_before_torch_opens_i
     with pytest.raises(Exception):  # noqa: B017 (torch's own error type, internal)
         torch.export.load(crafted)  # the check is what kept it from running: torch runs it
     assert (tmp_path / "ran").exists()
+
+
+def test_an_export_that_does_not_fit_on_the_disk_is_one_line_and_writes_nothing(
+    tmp_path, monkeypatch
+):
+    import shutil
+    from collections import namedtuple
+
+    from trainables.deploy.bundle import write_export
+
+    spec = ExportSpec.from_json(_spec_json())
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 1 << 20))
+    with pytest.raises(UserError, match="1 MB free, the export needs about") as refused:
+        write_export(tmp_path / "out" / "export", spec, spec.build().state_dict())
+    assert "\n" not in str(refused.value)
+    assert list((tmp_path / "out").iterdir()) == []

@@ -17,6 +17,7 @@ instead of a silently half-loaded model.
 
 from __future__ import annotations
 
+import errno
 import json
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -154,13 +155,7 @@ def write_export(
     import shutil
     import tempfile
 
-    try:
-        net = spec.build(empty=True)
-    except (TypeError, ValueError, RuntimeError) as exc:  # a value of model.arch, edited
-        raise UserError(
-            f"{folder / SPEC_FILE}: not a valid export spec (model {spec.model.model} cannot "
-            f"be built from it: {type(exc).__name__}: {str(exc)[:200]}); re-export the trial"
-        ) from None
+    net = spec.build(empty=True)
     check_weights(net, weights, spec)
     net.load_state_dict(weights)
     net.eval()
@@ -175,6 +170,15 @@ def write_export(
             expected = logits(inputs).softmax(1).numpy()
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    # the weights three times over (weights.pt, model.pt2, model.onnx) and some room: a
+    # full disk is one line before any write, not a traceback or a C++ abort midway
+    needed = 3 * sum(v.numel() * v.element_size() for v in weights.values()) + (16 << 20)
+    free = shutil.disk_usage(folder.parent).free
+    if free < needed:
+        raise UserError(
+            f"{folder.parent}: {free / 2**20:.0f} MB free, the export needs about "
+            f"{needed / 2**20:.0f} MB; free some space there or pass --out elsewhere"
+        )
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         (staging / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=1))
@@ -198,6 +202,19 @@ def write_export(
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)
+    except (OSError, RuntimeError) as exc:  # the disk filled while writing (torch's writer
+        # says RuntimeError 'file write failed'): one line, and the staging folder goes
+        text = str(exc)
+        if (
+            isinstance(exc, OSError)
+            and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            or ("write" in text.lower() and "fail" in text.lower())
+        ):
+            raise UserError(
+                f"{folder}: the export could not be written ({text.splitlines()[0][:160]}); "
+                "free some space there or pass --out elsewhere"
+            ) from None
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return differences
