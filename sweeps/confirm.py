@@ -123,26 +123,23 @@ def confirm(
         file=sys.stderr,
         flush=True,
     )
-    # the data as the sweep resolved it (an absolute root), so that a confirmation started
-    # from another folder finds it; the root as typed only for sweeps recorded without it
-    data = sweep.get("data") or args.get("data")
     made = folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     write_atomic(folder / CONFIRM_JSON, json.dumps(plan, indent=1))
+    # what every variant's study shares: the source's data, as it was subsampled, and
+    # this command's folds, seeds and resources
+    common = dict(
+        data=sweep.get("data") or args.get("data"),
+        smoke=bool(args.get("smoke")),
+        max_per_class=args.get("max_per_class"),
+        folds=folds,
+        num_samples=seeds,
+        cpus_per_trial=cpus_per_trial,
+        max_concurrent=max_concurrent,
+        address=address,
+    )
     try:
-        return _run_variants(
-            experiment,
-            folder,
-            chosen,
-            configs,
-            data,
-            args,
-            folds,
-            seeds,
-            cpus_per_trial,
-            max_concurrent,
-            address,
-        )
+        return _run_variants(experiment, folder, chosen, configs, common, args.get("split_seed"))
     except UserError:
         # a mistake found before any variant ran (folds more than a class has images, a
         # data folder gone) leaves no folder behind, so the corrected command can run
@@ -168,19 +165,11 @@ def _resumable(folder: Path, plan: dict) -> bool:
     return True
 
 
-def _run_variants(
-    experiment,
-    folder,
-    chosen,
-    configs,
-    data,
-    args,
-    folds,
-    seeds,
-    cpus_per_trial,
-    max_concurrent,
-    address,
-):
+def _run_variants(experiment, folder, chosen, configs, common: dict, split_seed):
+    """Each chosen variant's folded study (resumed where an earlier run of this command left
+    it), all on the first one's folds, then the verdict. ``common``: run_study's options
+    shared by every variant; the data is the sweep's own resolved root, so a confirmation
+    started from another folder than the sweep's finds it."""
     from sweeps.analysis.folds import out_of_fold, settle, show
     from sweeps.api import run_study
 
@@ -190,23 +179,16 @@ def _run_variants(
         if where.exists() and not (where / SWEEP_JSON).exists():
             shutil.rmtree(where)  # stopped before its sweep began: start it afresh
         if where.exists():  # an interrupted confirmation: the variant goes on (or is done)
-            run_study(resume=where, address=address)
+            run_study(resume=where, address=common["address"])
         else:
             run_study(
                 "single",
-                data=data,
                 overrides=configs[variant],
-                smoke=bool(args.get("smoke")),
                 storage=folder,
                 name=_folder_name(variant),
-                folds=folds,
-                num_samples=seeds,
-                max_per_class=args.get("max_per_class"),
                 split_file=split_file,
-                split_seed=None if split_file else args.get("split_seed"),
-                cpus_per_trial=cpus_per_trial,
-                max_concurrent=max_concurrent,
-                address=address,
+                split_seed=None if split_file else split_seed,
+                **common,
             )
         split_file = split_file or str(where / SPLIT_CSV)  # every variant on these folds
         runs, refused = out_of_fold(load_experiment(where))
