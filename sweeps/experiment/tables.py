@@ -205,7 +205,7 @@ def terminal_tables(table: pd.DataFrame, by_variants: bool) -> str:
         text += "\nBy variant (mean ± std over seeds; best_val_loss: mean)\n\n"
         text += to_markdown(mean_and_std(summary)) + "\n"
     if "error" in table:
-        failed = table[table["error"].fillna("").astype(str) != ""]
+        failed = table[[isinstance(e, str) and e != "" for e in table["error"]]]
         for trial_id, variant, error in zip(failed["trial_id"], failed["variant"], failed["error"]):
             text += f"\nerror in {variant} ({trial_id}): {str(error)[:300]}"
     return text
