@@ -79,7 +79,7 @@ def run_study(
 
     ``overrides``: config fields, as ``--set KEY=VALUE`` (a list is a grid). ``options``:
     any other flag of run.py by its name (``num_samples=3``, ``scheduler="fifo"``,
-    ``max_epochs=5``, ``overwrite=True``, ``folds=0``). ``resume``: an interrupted
+    ``max_epochs=5``, ``overwrite=True``, ``max_failures=0``). ``resume``: an interrupted
     study's folder, continued as ``--resume`` does (with ``retry_errored=True`` if asked);
     it takes no space or other settings. Ray is started for the study and shut down when
     it ends, so a second call in the same interpreter starts afresh."""
