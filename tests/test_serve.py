@@ -314,3 +314,62 @@ def test_the_same_app_on_ray_serve_answers_alike_from_two_replicas_on_loopback(s
         except subprocess.TimeoutExpired:
             server.kill()
     assert server.returncode in (130, 0), log.read_text()[-2000:]
+
+
+def test_a_slow_upload_does_not_hold_up_the_other_clients(tmp_path, monkeypatch):
+    """Uploads are decoded off the event loop: while one request's images take 2 s to
+    decode, /health answers at once (decoded on the loop, it waited the 2 s)."""
+    import threading
+    import time
+
+    import torch
+    import uvicorn
+
+    from trainables.deploy import serving
+    from trainables.deploy.bundle import ExportSpec, write_export
+    from trainables.model.factory import create_model
+    from trainables.model.record import Preprocess
+
+    torch.manual_seed(0)
+    spec = ExportSpec(
+        create_model("small_cnn", 3, "false").build,
+        Preprocess(32, 36, "bilinear", (0.5,) * 3, (0.25,) * 3),
+        ["a", "b", "c"],
+        {"trial_id": "t"},
+    )
+    write_export(tmp_path / "export", spec, spec.build().state_dict())
+    decode = serving.decode_upload
+
+    def slow(*args, **kwargs):
+        time.sleep(2.0)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(serving, "decode_upload", slow)
+    app = serving.create_app(tmp_path / "export", "torch")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}"
+        answers = {}
+        slow_client = threading.Thread(
+            target=lambda: answers.update(
+                slow=post(f"{url}/predict", [("images", "a.png", _png())])
+            )
+        )
+        slow_client.start()
+        time.sleep(0.5)  # the slow request is being decoded
+        started = time.monotonic()
+        assert get(f"{url}/health") == (200, {"status": "ok"})
+        waited = time.monotonic() - started
+        slow_client.join(timeout=30)
+        assert answers["slow"][0] == 200, answers
+        assert waited < 1.0, waited
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
