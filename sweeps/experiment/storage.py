@@ -13,20 +13,14 @@ from urllib.parse import urlsplit, urlunsplit
 from sweeps.experiment.files import CLAIM_LOCK
 from trainables.core.errors import UserError
 from trainables.core.faults import before_write
+from trainables.core.files import replaced
 
 
 def write_atomic(path: Path, text: str) -> None:
     """Write via a temp file beside ``path`` and rename: a reader never sees half a file, and
     a failed write leaves no temp file behind."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        before_write(path)
+    with replaced(path, before=before_write) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class Store:

@@ -1,5 +1,5 @@
-"""File helpers below every room: the cache folder, hashing a file, and writes into a
-place that may be full or read-only."""
+"""File helpers below every room: the cache folder, hashing a file, writes into a place
+that may be full or read-only, and the one way a file or folder is replaced in place."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import contextlib
 import errno
 import hashlib
 import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from trainables.core.errors import UserError
@@ -62,3 +65,35 @@ def hash_file(path: Path, algorithm: str = "sha1") -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def replaced(
+    path: Path,
+    folder: bool = False,
+    suffix: str = "",
+    before: Callable[[Path], None] | None = None,
+) -> Iterator[Path]:
+    """Replace ``path`` whole or not at all (write beside, then rename): yields a temporary
+    path beside it, a file name to write (ending in ``suffix``) or, with ``folder``, an empty
+    folder to fill. When the block ends the temporary takes ``path``'s place in one rename
+    (a folder there is removed first); when it raises (a full disk, an error, Ctrl-C) the
+    temporary is removed and ``path`` is as it was. ``before(path)`` is called first: the
+    tests' full-disk fault hook (trainables/core/faults.py) for the driver's writes."""
+    path = Path(path)
+    if before is not None:
+        before(path)
+    if folder:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    else:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+    try:
+        yield tmp
+        if folder and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)

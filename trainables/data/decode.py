@@ -22,7 +22,12 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image, ImageOps
 
-from trainables.core.files import default_cache_dir, hash_file, writes_into  # noqa: F401
+from trainables.core.files import (  # noqa: F401
+    default_cache_dir,
+    hash_file,
+    replaced,
+    writes_into,
+)
 
 CACHE_VERSION = 1
 
@@ -188,18 +193,12 @@ def decode_cached(
 def _decode_all(
     root: Path, paths, size: int, interpolation: str, npy: Path, meta: Path, progress: bool
 ) -> None:
-    tmp = npy.with_name(npy.name + ".tmp.npy")
-    try:
+    with replaced(npy, suffix=".npy") as tmp:
         bad = _decode_into(root, paths, size, interpolation, tmp, progress)
-        os.replace(tmp, npy)
-    finally:
-        tmp.unlink(missing_ok=True)
-    meta_tmp = meta.with_name(meta.name + ".tmp")
     try:
-        meta_tmp.write_text(json.dumps({"bad": bad, "count": len(paths), "size": size}))
-        os.replace(meta_tmp, meta)
+        with replaced(meta) as tmp:
+            tmp.write_text(json.dumps({"bad": bad, "count": len(paths), "size": size}))
     except BaseException:
-        meta_tmp.unlink(missing_ok=True)
         npy.unlink(missing_ok=True)  # no images without their index
         raise
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from filelock import FileLock
 from PIL import Image
 
 from trainables.core.errors import UserError
-from trainables.core.files import default_cache_dir, writes_into
+from trainables.core.files import default_cache_dir, replaced, writes_into
 
 PREFIX = "demo:"
 
@@ -40,13 +39,9 @@ def _written_once(name: str, cache_dir: Path | None, write: Callable[[Path], str
         with FileLock(str(root) + ".lock"):
             if (root / ".complete").exists():
                 return root
-            tmp = Path(tempfile.mkdtemp(dir=root.parent))
-            try:
+            # a full disk, an error, Ctrl-C: nothing half-written stays
+            with replaced(root, folder=True) as tmp:
                 (tmp / ".complete").write_text(write(tmp) + "\n")
-                shutil.rmtree(root, ignore_errors=True)
-                os.replace(tmp, root)
-            finally:  # a full disk, an error, Ctrl-C: nothing half-written stays
-                shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 

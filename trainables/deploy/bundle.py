@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from trainables.core.errors import UserError, unpickling_reason
+from trainables.core.files import replaced
 from trainables.data.decode import RESAMPLE
 from trainables.model.factory import ModelBuild, rebuild
 from trainables.model.record import Preprocess, TrialRecord
@@ -151,9 +152,7 @@ def write_export(
     them; without it, random inputs against the eager network. Returns each runtime's
     largest probability difference; one beyond TOLERANCE is a UserError, and nothing is
     left behind (the folder is written beside and renamed into place)."""
-    import os
     import shutil
-    import tempfile
 
     net = spec.build(empty=True)
     check_weights(net, weights, spec)
@@ -179,29 +178,26 @@ def write_export(
             f"{folder.parent}: {free / 2**20:.0f} MB free, the export needs about "
             f"{needed / 2**20:.0f} MB; free some space there or pass --out elsewhere"
         )
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        (staging / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=1))
-        torch.save(weights, staging / WEIGHTS_FILE)
-        example = inputs[:2] if len(inputs) >= 2 else torch.cat([inputs, inputs])
-        _write_program(logits, example, staging / PROGRAM_FILE)
-        _write_onnx(logits, example, staging / ONNX_FILE)
-        differences = {}
-        for runtime in RUNTIMES:
-            run = runtime_of(staging, runtime, spec, net)
-            got = softmax(run(inputs))
-            differences[runtime] = float(np.abs(got - expected).max()) if len(got) else 0.0
-            if differences[runtime] > TOLERANCE:
-                raise UserError(
-                    f"the {runtime} runtime's probabilities differ from the trial's by "
-                    f"{differences[runtime]:.2e} (tolerance {TOLERANCE:g}) on "
-                    f"{'its test images' if check is not None else 'a check input'}; "
-                    "nothing was exported"
-                )
-        check_replaceable(folder)  # again: it may have changed while the export was built
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
+        with replaced(folder, folder=True) as staging:
+            (staging / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=1))
+            torch.save(weights, staging / WEIGHTS_FILE)
+            example = inputs[:2] if len(inputs) >= 2 else torch.cat([inputs, inputs])
+            _write_program(logits, example, staging / PROGRAM_FILE)
+            _write_onnx(logits, example, staging / ONNX_FILE)
+            differences = {}
+            for runtime in RUNTIMES:
+                run = runtime_of(staging, runtime, spec, net)
+                got = softmax(run(inputs))
+                differences[runtime] = float(np.abs(got - expected).max()) if len(got) else 0.0
+                if differences[runtime] > TOLERANCE:
+                    raise UserError(
+                        f"the {runtime} runtime's probabilities differ from the trial's by "
+                        f"{differences[runtime]:.2e} (tolerance {TOLERANCE:g}) on "
+                        f"{'its test images' if check is not None else 'a check input'}; "
+                        "nothing was exported"
+                    )
+            check_replaceable(folder)  # again: it may have changed while the export was built
     except (OSError, RuntimeError) as exc:  # the disk filled while writing (torch's writer
         # says RuntimeError 'file write failed'): one line, and the staging folder goes
         text = str(exc)
@@ -215,8 +211,6 @@ def write_export(
                 "free some space there or pass --out elsewhere"
             ) from None
         raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return differences
 
 

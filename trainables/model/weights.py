@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import socket
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -369,8 +368,8 @@ def add(file: str | os.PathLike, model: str, tag: str = "") -> Added:
         destination = timm_folder(spec.timm_name, tag) / path.name
         shutil.rmtree(destination.parent, ignore_errors=True)  # one file per variant
     destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")
-    os.close(handle)
-    shutil.copyfile(path, tmp)
-    os.replace(tmp, destination)
+    from trainables.core.files import replaced
+
+    with replaced(destination) as tmp:
+        shutil.copyfile(path, tmp)
     return Added(tag, destination, verified)
