@@ -53,8 +53,9 @@ def _holder(root: Path) -> str:
         return ""
 
 
-def _lock(root: Path, what: str) -> None:
-    handle = open(root / CLAIM_LOCK, "a+")
+def _take(handle, root: Path, what: str) -> None:
+    """Take ``root``'s lock on the open lock file ``handle``, or end in one line naming the
+    sweep that holds it (``what``: what to do about it)."""
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -62,22 +63,22 @@ def _lock(root: Path, what: str) -> None:
         raise UserError(
             f"experiment {root} is in use by a running sweep{_holder(root)}; {what}"
         ) from None
+
+
+def _lock(root: Path, what: str) -> None:
+    handle = open(root / CLAIM_LOCK, "a+")
+    _take(handle, root, what)
     _HELD.append(handle)
 
 
 def check_idle(root: Path, what: str) -> None:
     """UserError when a running sweep holds ``root`` (its lock is taken), so that nothing
     reads a table that is still being written as if it were final."""
-    path = Path(root) / CLAIM_LOCK
-    if not path.exists():
+    root = Path(root)
+    if not (root / CLAIM_LOCK).exists():
         return
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(
-                f"experiment {root} is in use by a running sweep{_holder(Path(root))}; {what}"
-            ) from None
+    with open(root / CLAIM_LOCK, "a+") as handle:
+        _take(handle, root, what)
         fcntl.flock(handle, fcntl.LOCK_UN)
 
 

@@ -136,6 +136,10 @@ class RequestTooLarge(Exception):
     pass
 
 
+def too_large(limit: int) -> str:
+    return f"request body over the limit of {limit} bytes"
+
+
 class BodyLimit:
     """ASGI middleware: a request whose body is over ``limit`` bytes gets a 413 as soon as
     that is known (its Content-Length, or the bytes streamed so far), before it is parsed or
@@ -165,7 +169,7 @@ class BodyLimit:
     async def _refuse(self, send) -> None:
         import json
 
-        body = json.dumps({"error": f"request body over the limit of {self.limit} bytes"})
+        body = json.dumps({"error": too_large(self.limit)})
         await send(
             {
                 "type": "http.response.start",
@@ -246,12 +250,12 @@ def create_app(
     async def refused(request: Request, exc: HTTPException):  # the framework's own 4xx
         # (malformed multipart, too many files or fields, a route that is not there)
         if isinstance(exc.__cause__, RequestTooLarge):  # FastAPI rewraps what the body raised
-            return await too_large(request, exc.__cause__)
+            return await body_too_large(request, exc.__cause__)
         return error(exc.status_code, f"bad request: {exc.detail}")
 
     @app.exception_handler(RequestTooLarge)
-    async def too_large(request: Request, exc: RequestTooLarge):
-        return error(413, f"request body over the limit of {limits.max_request_bytes} bytes")
+    async def body_too_large(request: Request, exc: RequestTooLarge):
+        return error(413, too_large(limits.max_request_bytes))
 
     @app.exception_handler(Exception)
     async def failed(request: Request, exc: Exception):  # never a bare 500 page
