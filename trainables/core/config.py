@@ -29,6 +29,7 @@ FIXED_CHOICES: dict[str, tuple[str, ...]] = {
     "objective": tuple(OBJECTIVES),
     "sampler": ("shuffle", "balanced"),
     "data_path": ("auto", "device", "loader"),
+    "frozen_cache": ("auto", "off"),
 }
 
 
@@ -133,6 +134,10 @@ class TrialConfig:
     data_path: str = "auto"  # device: batched augmentation on the training device; loader:
     # per-image transforms in a DataLoader; auto: device
     loader_workers: int = 0  # DataLoader worker processes of the loader path
+    # auto: while the whole backbone is frozen and the training views are a finite set
+    # (augment none or dihedral), the head trains on the backbone's outputs computed once
+    # and cached (trainables/trial/frozen.py); off: the backbone runs on every batch
+    frozen_cache: str = "auto"
     channels_last: bool = True  # CUDA: channels-last memory format for model and batches
     compile: bool = False  # torch.compile the model (pays a compile once per trial)
     # largest share of a trial's time spent writing checkpoints (0: one every epoch); a

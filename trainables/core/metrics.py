@@ -35,7 +35,8 @@ COSTS = (PARAMS, FLOPS, WEIGHTS_MB)
 LATENCY_B1, LATENCY_B32 = "latency_b1_ms", "latency_b32_ms"
 STOP_REASON = "stop_reason"  # empty while the trial runs
 IMAGES_ON = "images_on"  # device: the decoded images on the training device; host: batches
-# gathered in host memory and copied over (they exceed the device budget)
+# gathered in host memory and copied over (they exceed the device budget); features: the
+# epoch's head trained on the frozen backbone's cached outputs (trainables/trial/frozen.py)
 ERROR_MESSAGE = "error"  # why a trial stopped on its own with oom
 
 # What ASHA and early stopping watch.

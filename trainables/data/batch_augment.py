@@ -11,7 +11,44 @@ import torch.nn.functional as F
 
 from trainables.data.transforms import policy_transform
 from trainables.model.record import Preprocess
-from trainables.recipe.augment import BLUR_SIGMA, ERASING_RATIO, ERASING_SCALE, AugmentSpec
+from trainables.recipe.augment import (
+    BLUR_SIGMA,
+    DIHEDRAL_VIEWS,
+    ERASING_RATIO,
+    ERASING_SCALE,
+    FLIP_VIEW,
+    AugmentSpec,
+)
+
+
+def dihedral_view(x: torch.Tensor, view: int) -> torch.Tensor:
+    """View ``view`` of square images (... x S x S): ``view % 4`` quarter turns, then a
+    left-right mirror when ``view >= FLIP_VIEW``."""
+    x = torch.rot90(x, view % 4, dims=(-2, -1))
+    return x.flip(-1) if view >= FLIP_VIEW else x
+
+
+def dihedral_views(x: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+    """Image i of the batch (N x C x S x S) in its view ``views[i]``."""
+    out = torch.empty_like(x)
+    views = views.to(x.device)
+    for view in range(DIHEDRAL_VIEWS):
+        chosen = (views == view).nonzero().squeeze(1)
+        if len(chosen):
+            out[chosen] = dihedral_view(x[chosen], view)
+    return out
+
+
+def draw_views(spec: AugmentSpec, n: int) -> torch.Tensor | None:
+    """The view of each of ``n`` images, drawn as the batched path draws it (from torch's
+    global generator): a left-right flip with probability 1/2 (view 0 or ``FLIP_VIEW``), or
+    one of the dihedral views; None when the recipe has neither. The frozen-feature cache
+    makes the same call, so a cached trial sees the very views an uncached one does."""
+    if spec.dihedral:
+        return torch.randint(0, DIHEDRAL_VIEWS, (n,))
+    if spec.flip:
+        return torch.where(torch.rand(n) < 0.5, FLIP_VIEW, 0)
+    return None
 
 
 def centre_crop(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -88,11 +125,13 @@ class BatchAugment:
         spec = self.spec
         if spec.crop_scale is None:
             x = centre_crop(images, self.size).float().div_(255)
-            if spec.flip:
-                flip = (torch.rand(len(x)) < 0.5).to(x.device, non_blocking=True)
-                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            views = draw_views(spec, len(x))
+            if views is not None:
+                x = dihedral_views(x, views)
         else:
             x = self._geometry(images.float().div_(255))
+            if spec.dihedral:
+                x = dihedral_views(x, draw_views(spec, len(x)))
         if self.policy is not None:
             as_bytes = x.mul(255).round_().to(torch.uint8)
             x = torch.stack([self.policy(image) for image in as_bytes]).float().div_(255)

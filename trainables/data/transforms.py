@@ -16,7 +16,13 @@ from torchvision.transforms import v2
 from trainables.core.config import TrialConfig
 from trainables.model.factory import data_config
 from trainables.model.record import Preprocess
-from trainables.recipe.augment import BLUR_KERNEL, BLUR_SIGMA, AugmentSpec
+from trainables.recipe.augment import (
+    BLUR_KERNEL,
+    BLUR_SIGMA,
+    DIHEDRAL_VIEWS,
+    FLIP_VIEW,
+    AugmentSpec,
+)
 
 
 def resolve_preprocess(cfg: TrialConfig) -> Preprocess:
@@ -35,6 +41,16 @@ def policy_transform(name: str) -> v2.Transform:
         "trivialaugment": v2.TrivialAugmentWide,
     }
     return policies[name]()
+
+
+class RandomDihedral(torch.nn.Module):
+    """One of the 8 symmetries of a square image (C x S x S), uniformly at random: the
+    per-image form of ``batch_augment.dihedral_views``."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        view = int(torch.randint(0, DIHEDRAL_VIEWS, (1,)))
+        image = torch.rot90(image, view % 4, dims=(-2, -1))
+        return image.flip(-1) if view >= FLIP_VIEW else image
 
 
 def create_train_transform(
@@ -56,6 +72,8 @@ def create_train_transform(
         ]
     if spec.flip:
         steps.append(v2.RandomHorizontalFlip())
+    if spec.dihedral:
+        steps.append(RandomDihedral())
     if spec.policy:
         steps.append(policy_transform(spec.policy))
     else:

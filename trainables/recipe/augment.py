@@ -26,8 +26,41 @@ class AugmentSpec:
     jitter: float = 0.0  # brightness, contrast and saturation factors in [1-j, 1+j]
     blur: float = 0.0  # probability of a 3x3 Gaussian blur, sigma uniform in BLUR_SIGMA
     policy: str = ""  # "autoaugment" | "randaugment" | "trivialaugment"
+    # one of the 8 symmetries of the square (a 90-degree rotation, then a horizontal flip or
+    # not), uniformly at random, after the geometry above: for images with no natural
+    # orientation (inspection photos, microscopy); it replaces ``flip``
+    dihedral: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dihedral and self.flip:
+            raise ValueError("dihedral views include the flip: set flip=False")
+
+    def cached_views(self, random_erasing: float = 0.0) -> tuple[int, ...] | None:
+        """The dihedral views (``DIHEDRAL_VIEWS`` indices) a training image can appear in,
+        when they are a finite set: a centre crop, then the flip or the dihedral views, and
+        nothing random after them. None when the recipe draws from a continuum (random
+        crops, rotation, jitter, blur, a policy, random erasing): the frozen-feature cache
+        cannot serve such a trial."""
+        randomised = (
+            self.crop_scale is not None
+            or self.rotation
+            or self.translate
+            or self.jitter
+            or self.blur
+            or self.policy
+            or random_erasing
+        )
+        if randomised:
+            return None
+        if self.dihedral:
+            return tuple(range(DIHEDRAL_VIEWS))
+        return (0, FLIP_VIEW) if self.flip else (0,)
 
 
+# view k of the square: rotated k % 4 quarter turns (counter-clockwise), then mirrored
+# left-right when k >= 4; view 0 is the image itself and view 4 its mirror image
+DIHEDRAL_VIEWS = 8
+FLIP_VIEW = 4
 BLUR_SIGMA = (0.1, 2.0)
 BLUR_KERNEL = 3
 ERASING_SCALE = (0.02, 0.33)  # RandomErasing's defaults
@@ -43,6 +76,22 @@ AUGMENTS.add("trivialaugment", AugmentSpec(policy="trivialaugment"))
 # the grey level (inspection photos), where crops down to 70% and colour jitter can remove it
 AUGMENTS.add("flip", AugmentSpec(crop_scale=(0.85, 1.0), crop_ratio=(0.9, 1.1)))
 AUGMENTS.add("none", AugmentSpec(crop_scale=None, flip=False))
+# the 8 symmetries of the square on the centre crop: a finite set of views, so a frozen
+# backbone's outputs for them are computed once (trainables/trial/frozen.py)
+AUGMENTS.add("dihedral", AugmentSpec(crop_scale=None, flip=False, dihedral=True))
+# the same with small scale, rotation and translation jitter (as in Deitsch et al. 2019 on
+# solar cells): every step draws new geometry, so it is never served from the cache
+AUGMENTS.add(
+    "dihedral_jitter",
+    AugmentSpec(
+        crop_scale=(0.9, 1.0),
+        crop_ratio=(0.95, 1.05),
+        flip=False,
+        rotation=5.0,
+        translate=0.03,
+        dihedral=True,
+    ),
+)
 
 
 def augment_spec(name: str) -> AugmentSpec:

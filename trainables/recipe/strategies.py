@@ -12,7 +12,10 @@ from typing import TYPE_CHECKING
 
 from torch import optim
 
+from trainables.core.errors import UserError
 from trainables.core.registry import Registry
+from trainables.recipe.augment import augment_spec
+from trainables.recipe.optim import create_optimizer
 
 if TYPE_CHECKING:
     from trainables.core.config import TrialConfig
@@ -37,9 +40,20 @@ class Strategy:
     """``base``: every layer trains, no auxiliary heads."""
 
     aux_heads = False  # whether the model must be built with its auxiliary classifiers
+    # each epoch is one full-batch fit of the head on the frozen backbone's cached outputs
+    full_batch = False
 
     def __init__(self, cfg: TrialConfig):
         self.cfg = cfg
+
+    @property
+    def frozen_epochs(self) -> int:
+        """How many leading epochs keep the whole backbone frozen (and in eval mode): the
+        epochs whose head may train on the backbone's cached outputs (trial/frozen.py)."""
+        return 0
+
+    def create_optimizer(self, net: Net) -> optim.Optimizer:
+        return create_optimizer(self.cfg, net.parameters())
 
     @property
     def aux_weight(self) -> float:
@@ -79,8 +93,46 @@ class Finetuned(Strategy):
 class FeatureExtractor(Strategy):
     """Backbone frozen (and in eval mode) for the whole run; only the head trains."""
 
+    @property
+    def frozen_epochs(self) -> int:
+        return self.cfg.max_epochs
+
     def on_epoch_start(self, net, optimizer, epoch):
         set_backbone_frozen(net, True)
+
+
+# L-BFGS iterations of one linear_probe epoch (torch.optim.LBFGS's max_iter)
+PROBE_ITERATIONS = 50
+
+
+@STRATEGIES.register("linear_probe")
+class LinearProbe(FeatureExtractor):
+    """The field's simplest strong baseline: the head alone, fitted by full-batch L-BFGS
+    (strong Wolfe line search, ``PROBE_ITERATIONS`` iterations an epoch) on the frozen
+    backbone's cached outputs of every training image in every view of ``augment`` (none,
+    or the 8 dihedral views), with ``weight_decay`` as an L2 penalty on the head's weights
+    and the trial's loss (class weights, label smoothing). Early stopping on validation loss
+    ends it; ``lr`` and ``optimizer`` are not used. The row, record, export and predict are
+    those of any trial: the network is the same, only its head was trained."""
+
+    full_batch = True
+
+    def __init__(self, cfg: TrialConfig):
+        super().__init__(cfg)
+        if augment_spec(cfg.augment).cached_views(cfg.random_erasing) is None:
+            raise UserError(
+                f"strategy=linear_probe fits on cached features, which augment={cfg.augment}"
+                + (f" with random_erasing={cfg.random_erasing:g}" if cfg.random_erasing else "")
+                + " cannot give: use augment=none or augment=dihedral"
+            )
+        if cfg.frozen_cache == "off":
+            raise UserError("strategy=linear_probe fits on cached features: drop frozen_cache=off")
+        if cfg.head_dropout:
+            raise UserError("strategy=linear_probe fits a deterministic head: use head_dropout=0")
+
+    def create_optimizer(self, net: Net) -> optim.Optimizer:
+        head = [p for name, p in net.named_parameters() if net.is_head(name)]
+        return optim.LBFGS(head, lr=1.0, max_iter=PROBE_ITERATIONS, line_search_fn="strong_wolfe")
 
 
 @STRATEGIES.register("gradual_unfreeze")
@@ -91,6 +143,10 @@ class GradualUnfreeze(Strategy):
     @property
     def patience_start(self) -> int:
         # A frozen phase that stalls must not spend the patience of the unfrozen one.
+        return self.cfg.unfreeze_epoch
+
+    @property
+    def frozen_epochs(self) -> int:
         return self.cfg.unfreeze_epoch
 
     @property

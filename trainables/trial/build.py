@@ -86,6 +86,8 @@ def trial_data(handle: DataHandle, pre: Preprocess) -> TrialData:
         test=eval_split(te),
         num_classes=handle.num_classes,
         preprocess=pre,
+        cache_dir=handle.cache_dir,
+        images_key=f"{handle.digest}-{pre.load_size}-{pre.interpolation}",
     )
 
 

@@ -22,14 +22,21 @@ from torch.utils.data import RandomSampler, WeightedRandomSampler
 
 from trainables.core import metrics as M
 from trainables.core.config import TrialConfig
-from trainables.data.batches import Normalize, centre_crop, image_placement, training_batches
+from trainables.data.batches import (
+    Normalize,
+    Placement,
+    centre_crop,
+    image_placement,
+    training_batches,
+)
 from trainables.model.factory import Net
 from trainables.model.record import Preprocess
 from trainables.recipe.losses import create_loss
-from trainables.recipe.optim import create_optimizer, create_schedule
+from trainables.recipe.optim import create_schedule
 from trainables.recipe.strategies import Strategy
 from trainables.stats.calibration import calibrate
 from trainables.stats.evaluation import accuracy, macro_f1, test_summary
+from trainables.trial.frozen import FrozenPhase
 
 
 @dataclass
@@ -69,6 +76,9 @@ class TrialData:
     test: EvalSplit
     num_classes: int
     preprocess: Preprocess
+    # where the frozen-feature cache lives ("": no cache) and the decoded images' key
+    cache_dir: str = ""
+    images_key: str = ""
 
     @property
     def class_counts(self) -> list[int]:
@@ -197,7 +207,7 @@ def fit(
     if fast:
         net.to(memory_format=torch.channels_last)
     criterion = create_loss(cfg, data.class_counts).to(device)
-    optimizer = create_optimizer(cfg, net.parameters())
+    optimizer = strategy.create_optimizer(net)
     schedule = create_schedule(cfg, optimizer)
     dtype = amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -210,9 +220,15 @@ def fit(
         generator.set_state(resume["generator"])
         torch.set_rng_state(resume["torch_rng"])  # augmentation draws from the global RNG
         state = resume["fit"]
-    placement = image_placement(cfg, data.images, device, gpu_fraction)
+    sampler = train_sampler(cfg, data, generator)
+    cache = FrozenPhase.start(cfg, net, strategy, data, device, sampler, state.epoch)
+    if cache is not None and cache.covers(cfg.max_epochs):  # the images are never read
+        placement = Placement("features", f"the frozen backbone's outputs, {cache.where}")
+        loader = None
+    else:
+        placement = image_placement(cfg, data.images, device, gpu_fraction)
+        loader = training_batches(cfg, data, sampler, device, placement)
     print(f"images: {placement.where} ({placement.reason})", flush=True)
-    loader = training_batches(cfg, data, train_sampler(cfg, data, generator), device, placement)
     if placement.resident is not None:  # evaluation gathers from the device copy too
         data = dataclasses.replace(
             data,
@@ -221,8 +237,11 @@ def fit(
         )
     normalize = Normalize(data.preprocess.mean, data.preprocess.std)
     model = torch.compile(net) if cfg.compile else net
+    epoch = state.epoch
 
     def score(split: EvalSplit, flip: bool = False):
+        if cache is not None and cache.covers(epoch + 1):
+            return cache.evaluate(split, cfg.batch_size, flip)
         return evaluate(model, split, normalize, cfg.batch_size, device, dtype, fast, flip)
 
     metrics: dict = {}
@@ -233,10 +252,19 @@ def fit(
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = val_loss, val_acc = math.nan, math.nan
         val_probs, error = None, ""
+        on_cache = cache is not None and cache.covers(epoch + 1)
         try:
-            train_loss, train_acc = train_one_epoch(
-                model, loader, criterion, optimizer, scaler, device, strategy.aux_weight, dtype
-            )
+            if on_cache and cache.full_batch:
+                train_loss, train_acc = cache.fit_full_batch(criterion, optimizer)
+            elif on_cache:
+                train_loss, train_acc = train_one_epoch(
+                    cache.head, cache.loader, criterion, optimizer, scaler, device, 0.0, dtype
+                )
+            else:
+                cache = None  # the backbone trains from here on: its outputs change
+                train_loss, train_acc = train_one_epoch(
+                    model, loader, criterion, optimizer, scaler, device, strategy.aux_weight, dtype
+                )
             if not diverged(train_loss, data.num_classes):
                 val_loss, val_acc, val_probs = score(data.val)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
@@ -264,7 +292,7 @@ def fit(
                 stop = M.STUCK_AT_CHANCE
             elif cfg.early_stop_patience and state.bad_epochs >= cfg.early_stop_patience:
                 stop = M.EARLY_STOPPING
-            elif state.epoch >= cfg.max_epochs:
+            elif state.epoch >= cfg.max_epochs or (on_cache and cache.converged):
                 stop = M.COMPLETED
         metrics = {
             M.EPOCH: state.epoch,
@@ -277,7 +305,7 @@ def fit(
             **state.best,
             M.STOP_REASON: stop,
             M.ERROR_MESSAGE: error,
-            M.IMAGES_ON: placement.where,
+            M.IMAGES_ON: "features" if on_cache else placement.where,
         }
         report(
             metrics,

@@ -1,0 +1,446 @@
+"""Frozen work done once: the outputs of a frozen backbone, computed once per image and
+view, shared by every epoch of every trial that freezes the same backbone.
+
+A trial qualifies when its whole backbone is frozen (and in eval mode) for some leading
+epochs (``strategy.frozen_epochs``: all of a ``feature_extractor`` or ``linear_probe`` trial,
+the first phase of ``gradual_unfreeze``) and its training images come in a finite set of
+views (``AugmentSpec.cached_views``: a centre crop, then nothing, the flip or the dihedral
+views). Its head then trains on the backbone's outputs read from one memory-mapped file
+beside the decode cache, instead of running the backbone on every batch. The views are
+drawn exactly as the image path draws them, so a cached trial reports the same per-epoch
+losses as the same trial without the cache (to float rounding: tests/test_frozen.py).
+
+The file is keyed by what its contents depend on: the backbone's weights and buffers
+themselves, the decoded images (the decode cache's key), the rows, the preprocessing and
+the views. It is written beside and renamed into place, built by one process while the
+others wait on a lock, checked against its recorded sha256 before use (a truncated or
+altered file is computed again, never read), and skipped with one line, for the image path,
+when its folder cannot hold it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock
+from torch import nn
+from torch.utils.data import BatchSampler, Sampler
+
+from trainables.core.config import TrialConfig
+from trainables.core.errors import UserError
+from trainables.core.files import replaced, writes_into
+from trainables.data.batch_augment import Normalize, centre_crop, dihedral_view, draw_views
+from trainables.data.batches import lone_last, nchw
+from trainables.model.factory import Net
+from trainables.recipe.augment import FLIP_VIEW, augment_spec
+
+CACHE_VERSION = 1
+# room left free beside a new cache file, so that building it never fills the disk
+HEADROOM_BYTES = 256 << 20
+# a full-batch fit whose epoch moved the training loss by less than this (relative) is done
+CONVERGED = 1e-6
+_VERIFIED: dict[tuple, bool] = {}  # (path, size, mtime) -> checked in this process
+
+
+@dataclass
+class FrozenFeatures:
+    """The frozen backbone's output for every row and view: ``values`` is N x V x D float32
+    (the memory map, as a tensor, or its copy on the training device); ``views[j]`` is the
+    dihedral view of column j."""
+
+    values: torch.Tensor
+    views: tuple[int, ...]
+    path: Path | None = None
+
+    def columns(self, views: torch.Tensor) -> torch.Tensor:
+        lookup = torch.full((max(self.views) + 1,), -1, dtype=torch.long)
+        lookup[list(self.views)] = torch.arange(len(self.views))
+        return lookup[views]
+
+    def column(self, view: int) -> int:
+        return self.views.index(view)
+
+
+def views_needed(cfg: TrialConfig) -> tuple[int, ...] | None:
+    """The views a trial reads (training's and evaluation's), or None if the trial's
+    augmentation cannot be served from the cache or the cache is switched off."""
+    if cfg.frozen_cache == "off":
+        return None
+    train = augment_spec(cfg.augment).cached_views(cfg.random_erasing)
+    if train is None:
+        return None
+    return tuple(sorted({*train, 0, *((FLIP_VIEW,) if cfg.tta else ())}))
+
+
+class HeadOnly(nn.Module):
+    """The main classifier head of a ``Net`` as a model of the frozen backbone's outputs,
+    with the ``(logits, aux_logits)`` interface of the loop. Its parameters are the
+    ``Net``'s own, so training it trains the ``Net``."""
+
+    def __init__(self, net: Net):
+        super().__init__()
+        self.head = _module(net, net.head_prefixes[0])
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, list]:
+        return self.head(features), []
+
+
+def _module(net: Net, dotted: str) -> nn.Module:
+    module: nn.Module = net
+    for part in dotted.split("."):
+        module = getattr(module, part)
+    return module
+
+
+@contextlib.contextmanager
+def headless(net: Net) -> Iterator[nn.Module]:
+    """``net.body`` with its main head replaced by the identity: it outputs what the head
+    reads. The head is put back however the block ends."""
+    parent_name, _, name = net.head_prefixes[0].rpartition(".")
+    parent = _module(net, parent_name)
+    head = getattr(parent, name)
+    setattr(parent, name, nn.Identity())
+    try:
+        yield net.body
+    finally:
+        setattr(parent, name, head)
+
+
+def cache_key(net: Net, data, views: tuple[int, ...], rows: np.ndarray) -> str:
+    """What the features depend on: the backbone's weights and buffers (not the head's),
+    the decoded images, which rows, the crop and normalisation, and the views."""
+    pre = data.preprocess
+    digest = hashlib.sha256()
+    digest.update(
+        json.dumps(
+            {
+                "version": CACHE_VERSION,
+                "images": data.images_key,
+                "shape": list(data.images.shape),
+                "image_size": pre.image_size,
+                "mean": list(pre.mean),
+                "std": list(pre.std),
+                "views": list(views),
+            }
+        ).encode()
+    )
+    digest.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
+    for name, tensor in sorted(net.state_dict().items()):
+        if not net.is_head(name):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:32]
+
+
+def frozen_features(
+    net: Net,
+    data,
+    views: tuple[int, ...],
+    device: torch.device,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> FrozenFeatures | None:
+    """The cached outputs of ``net``'s frozen backbone for every row of ``data`` (a
+    ``loop.TrialData``) in each of ``views``, computed here on ``device`` if no valid cache
+    file has them. None, after one line on stderr, when the cache folder cannot hold them
+    (full, read-only): the trial then trains on images, slower but the same."""
+    if not data.cache_dir:
+        return None
+    folder = Path(data.cache_dir) / "features"
+    rows = np.unique(np.concatenate([data.train_rows, data.val.rows, data.test.rows]))
+    key = cache_key(net, data, views, rows)
+    npy, meta = folder / f"{key}.npy", folder / f"{key}.json"
+    try:
+        with writes_into(folder, "frozen-feature cache"):
+            if folder.exists() and not folder.is_dir():  # a file in the way
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+            folder.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(folder / f"{key}.lock")):
+                problem = check_cache(npy, meta)
+                if problem:
+                    if problem != "absent":
+                        print(f"frozen-feature cache {npy.name}: {problem}; computing it again")
+                    _build(net, data, views, rows, device, batch_size, npy, meta, progress)
+    except UserError as exc:
+        print(f"frozen features not cached ({exc}); training on the images instead", flush=True)
+        return None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        values = torch.from_numpy(np.load(npy, mmap_mode="r"))
+    if device.type != "cpu":
+        values = values.to(device)
+    return FrozenFeatures(values, views, npy)
+
+
+def check_cache(npy: Path, meta: Path) -> str:
+    """ "" when the cache file is whole and unaltered, else what is wrong with it."""
+    if not npy.exists() or not meta.exists():
+        return "absent"
+    try:
+        record = json.loads(meta.read_text())
+        stat = npy.stat()
+        if stat.st_size != record["bytes"]:
+            return f"{stat.st_size} bytes where {record['bytes']} were written (truncated)"
+        mark = (str(npy), stat.st_size, stat.st_mtime_ns)
+        if mark not in _VERIFIED:
+            if _sha256(npy) != record["sha256"]:
+                return "its contents differ from what was written (altered or damaged)"
+            _VERIFIED[mark] = True
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"its record is unreadable ({type(exc).__name__})"
+    return ""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@torch.inference_mode()
+def _build(net, data, views, rows, device, batch_size, npy: Path, meta: Path, progress) -> None:
+    pre = data.preprocess
+    normalize = Normalize(pre.mean, pre.std)
+    images = nchw(data.images)
+    was_training = {name: m.training for name, m in net.named_modules()}
+    net.to(device).eval()
+    started = time.monotonic()
+    try:
+        with headless(net) as body:
+
+            def run(part: np.ndarray, view: int) -> torch.Tensor:
+                x = centre_crop(images[torch.as_tensor(part)], pre.image_size).contiguous()
+                x = normalize(dihedral_view(x.to(device), view))
+                return body(x).float().reshape(len(part), -1).cpu()
+
+            width = run(rows[:1], 0).shape[1]
+            need = data.images.shape[0] * len(views) * width * 4
+            free = shutil.disk_usage(npy.parent).free
+            if need + HEADROOM_BYTES > free:
+                raise UserError(
+                    f"{npy.parent} has {free / 1e6:.0f} MB free and the features need "
+                    f"{need / 1e6:.0f} MB; free some space there or set VISIONSWEEP_CACHE"
+                )
+            if progress:
+                print(
+                    f"computing the frozen backbone's outputs for {len(rows)} images x "
+                    f"{len(views)} view(s) at {pre.image_size} px (once; cached for later "
+                    "trials)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            with replaced(npy, suffix=".npy") as tmp:
+                out = np.lib.format.open_memmap(
+                    tmp,
+                    mode="w+",
+                    dtype=np.float32,
+                    shape=(data.images.shape[0], len(views), width),
+                )
+                step = max(1, len(rows) // 10)
+                for start in range(0, len(rows), batch_size):
+                    part = rows[start : start + batch_size]
+                    for column, view in enumerate(views):
+                        out[part, column] = run(part, view).numpy()
+                    done = min(start + batch_size, len(rows))
+                    if progress and (done // step > start // step or done == len(rows)):
+                        rate = done / max(time.monotonic() - started, 1e-9)
+                        print(
+                            f"frozen features {done}/{len(rows)} ({rate:.1f} images/s)",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                out.flush()
+                del out
+            record = {
+                "bytes": npy.stat().st_size,
+                "sha256": _sha256(npy),
+                "views": list(views),
+                "width": width,
+                "rows": len(rows),
+                "seconds": time.monotonic() - started,
+            }
+            try:
+                with replaced(meta) as tmp:
+                    tmp.write_text(json.dumps(record))
+            except BaseException:
+                npy.unlink(missing_ok=True)  # no features without their record
+                raise
+    finally:
+        for name, module in net.named_modules():
+            module.training = was_training.get(name, module.training)
+
+
+class FeatureBatches:
+    """Training batches of cached features: the same batches of the same sampler as the
+    image path, each image in the view the image path would have drawn for it."""
+
+    def __init__(
+        self,
+        features: FrozenFeatures,
+        rows: np.ndarray,
+        labels: np.ndarray,
+        sampler: Sampler,
+        batch_size: int,
+        cfg: TrialConfig,
+    ):
+        device = features.values.device
+        self.features = features
+        self.rows = torch.as_tensor(rows, dtype=torch.long, device=device)
+        self.labels = torch.as_tensor(labels, dtype=torch.long, device=device)
+        self.batches = BatchSampler(sampler, batch_size, drop_last=lone_last(sampler, batch_size))
+        self.spec = augment_spec(cfg.augment)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        device = self.rows.device
+        for batch in self.batches:
+            index = torch.as_tensor(batch, dtype=torch.long).to(device)
+            views = draw_views(self.spec, len(batch))
+            column = (
+                torch.zeros(len(batch), dtype=torch.long)
+                if views is None
+                else self.features.columns(views)
+            )
+            yield (
+                self.features.values[self.rows[index], column.to(device)],
+                self.labels[index],
+            )
+
+    def every_view(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every training image in every view it can be drawn in: the whole training set of
+        a full-batch fit (``linear_probe``)."""
+        spec_views = self.spec.cached_views() or (0,)
+        columns = [self.features.column(v) for v in spec_views]
+        x = self.features.values[self.rows][:, columns]
+        return x.reshape(-1, x.shape[-1]), self.labels.repeat_interleave(len(columns))
+
+
+@torch.inference_mode()
+def evaluate_features(
+    head: HeadOnly,
+    features: FrozenFeatures,
+    split,
+    batch_size: int,
+    flip: bool = False,
+) -> tuple[float, float, np.ndarray]:
+    """``loop.evaluate`` on the cached features of ``split``'s rows (``flip``: of their
+    mirror images)."""
+    import torch.nn.functional as F
+
+    head.eval()
+    column = features.column(FLIP_VIEW if flip else 0)
+    rows = split.rows.to(features.values.device)
+    outputs = []
+    for start in range(0, len(split.y), batch_size):
+        logits, _ = head(features.values[rows[start : start + batch_size], column])
+        outputs.append(logits.float().cpu())
+    logits = torch.cat(outputs)
+    loss = F.cross_entropy(logits, split.y).item()
+    probs = logits.softmax(1).numpy()
+    acc = float((probs.argmax(1) == split.y.numpy()).mean())
+    return loss, acc, probs
+
+
+class FrozenPhase:
+    """The leading epochs of a trial whose head trains on cached features: the head as a
+    model, its training batches, and its evaluation. ``start`` returns None where the
+    trial does not qualify (the loop then runs the backbone on every batch, as ever)."""
+
+    def __init__(
+        self,
+        features: FrozenFeatures,
+        head: HeadOnly,
+        loader: FeatureBatches,
+        until: int,
+        weight_decay: float,
+    ):
+        self.features, self.head, self.loader = features, head, loader
+        self.until, self.weight_decay = until, weight_decay
+        self._everything: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._last_loss = float("nan")
+        self.converged = False  # a full-batch epoch that no longer moved the loss
+
+    @classmethod
+    def start(
+        cls,
+        cfg: TrialConfig,
+        net: Net,
+        strategy,
+        data,
+        device: torch.device,
+        sampler: Sampler,
+        epoch: int,
+    ) -> FrozenPhase | None:
+        until = strategy.frozen_epochs
+        views = views_needed(cfg)
+        if epoch >= until or views is None:
+            return None
+        features = frozen_features(net, data, views, device, batch_size=max(cfg.batch_size, 64))
+        if features is None:
+            if strategy.full_batch:
+                raise UserError(
+                    "strategy=linear_probe needs the frozen-feature cache, which could not be "
+                    "written (see above): free space in the cache folder or set VISIONSWEEP_CACHE"
+                )
+            return None
+        loader = FeatureBatches(
+            features, data.train_rows, data.train_labels, sampler, cfg.batch_size, cfg
+        )
+        phase = cls(features, HeadOnly(net), loader, until, cfg.weight_decay)
+        phase.full_batch = strategy.full_batch
+        return phase
+
+    full_batch = False
+
+    @property
+    def where(self) -> str:
+        return f"cached in {self.features.path.name}" if self.features.path else "in memory"
+
+    def covers(self, epochs: int) -> bool:
+        """Whether the first ``epochs`` epochs all train on the cache."""
+        return epochs <= self.until
+
+    def evaluate(self, split, batch_size: int, flip: bool = False):
+        return evaluate_features(self.head, self.features, split, batch_size, flip)
+
+    def fit_full_batch(self, criterion, optimizer) -> tuple[float, float]:
+        """One L-BFGS step (``optimizer``, many iterations) on every training image in every
+        view; returns the loss (without the L2 penalty) and accuracy after it."""
+        if self._everything is None:
+            self._everything = self.loader.every_view()
+        x, y = self._everything
+        weights = [p for p in self.head.parameters() if p.dim() > 1]
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(self.head(x)[0], y)
+            if self.weight_decay:
+                loss = loss + 0.5 * self.weight_decay * sum((w * w).sum() for w in weights)
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        with torch.no_grad():
+            logits = self.head(x)[0]
+            loss = float(criterion(logits, y))
+            acc = float((logits.argmax(1) == y).float().mean())
+        self.converged = abs(loss - self._last_loss) <= CONVERGED * max(1.0, abs(loss))
+        self._last_loss = loss
+        return loss, acc
