@@ -74,7 +74,8 @@ class Space:
     seeds; ``tpe`` lets Optuna's TPE sampler pick points, ``--num-samples`` (default
     ``budget``) being the number of trials. ``expand``, if given, turns the param space
     (with the command line's overrides merged in) into the one that runs: for a grid that
-    depends on the settings, such as the strategies a model allows.
+    depends on the settings, such as the strategies a model allows. ``points``: the
+    trials a search runs first (Optuna's ``points_to_evaluate``), before TPE picks.
     """
 
     name: str
@@ -86,6 +87,7 @@ class Space:
     search: str = "grid"
     budget: int = 20
     expand: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    points: tuple[dict[str, Any], ...] = ()
 
     def variant(self, config: dict[str, Any]) -> str:
         from trainables.model.record import variant_name

@@ -303,6 +303,25 @@ def test_each_grid_study_runs_in_smoke(tmp_path, space, models, ray_address):
     assert set(table["model"]) == set(models.split(",")) and table["lr"].nunique() == 2
 
 
+def test_the_recipe_study_tries_the_linear_probe_first_and_names_the_confirmation(
+    tmp_path, ray_address
+):
+    result = run_cli(
+        ["--space", "recipe", "--smoke", "--storage", str(tmp_path), "--name", "r"]
+        + ["--address", ray_address],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "r" / "results.csv")
+    assert len(table) == 4 and table["test_acc"].between(0, 1).all()
+    # the study's first point, as written (a TPE draw would not give 1e-3 exactly)
+    probe = table[table["strategy"] == "linear_probe"]
+    assert len(probe) >= 1
+    assert (probe["weight_decay"] == 1e-3).any() and (probe["augment"] == "dihedral").any()
+    assert (tmp_path / "r" / "best_config.json").exists()
+    assert f"python sweeps/confirm.py '{tmp_path / 'r'}' --top 3 --folds 5" in result.stdout
+
+
 def test_tpe_search_resumed_keeps_its_optuna_study_saves_its_best_config_and_it_re_runs(
     tmp_path, ray_address, monkeypatch
 ):

@@ -1,6 +1,7 @@
 """The studies' building blocks: per-model preprocessing, heads, augmentation policies,
 searched spaces, the per-variant ranking, config files."""
 
+import dataclasses
 import json
 import math
 
@@ -111,6 +112,19 @@ def test_tpe_space_is_searched_with_a_budget():
         num_samples=2,
     )
     assert not fixed.searched and fixed.trials == 2
+
+
+def test_the_recipe_search_starts_from_the_linear_probe():
+    from search_spaces.recipe import PROBE
+
+    space = registry()["recipe"]
+    assert make_plan(space, {}, None).points == [PROBE]
+    # a key the command line fixes is no longer the point's to say
+    plan = make_plan(space, {"image_size": 224}, None)
+    assert plan.points == [{k: v for k, v in PROBE.items() if k != "image_size"}]
+    broken = dataclasses.replace(space, points=({"strategy": "linear_probe"},))
+    with pytest.raises(UserError, match="first point has no value for augment, image_size"):
+        make_plan(broken, {}, None)
 
 
 def test_grid_space_repeats_variants_over_seeds():

@@ -29,6 +29,7 @@ class Plan:
     num_samples: int  # Tune's num_samples
     searched: bool  # a searcher (TPE) picks the points
     varied: list[str]  # keys whose values differ between trials
+    points: list[dict[str, Any]] = ()  # a search's first trials, tried before TPE picks
 
 
 def make_plan(
@@ -62,7 +63,9 @@ def make_plan(
                 "runs/NAME/best_config.json --folds K"
             )
         param_space["fold"] = tune.grid_search(list(range(folds)))
+    points = first_points(space, param_space) if searched else []
     configs = validate(grid_configs(param_space))
+    validate([{**configs[0].to_dict(), **point} for point in points])
     varied = [k for k, v in param_space.items() if is_grid(v) or is_domain(v)]
     return Plan(
         param_space,
@@ -71,7 +74,29 @@ def make_plan(
         budget if searched else 1,
         searched,
         varied,
+        points,
     )
+
+
+def first_points(space, param_space: dict[str, Any]) -> list[dict[str, Any]]:
+    """The space's ``points`` (the trials a search runs first, such as the linear probe of
+    the recipe study), each cut to the keys still searched: a key the command line fixed
+    keeps its value. A point left with nothing to say is dropped. Optuna wants a value of
+    every searched key in each point: a study whose point misses one is a mistake of the
+    study's module, said in one line."""
+    searched = {k for k, v in param_space.items() if _is_searchable(v)}
+    points = []
+    for point in getattr(space, "points", ()):
+        kept = {k: v for k, v in point.items() if k in searched}
+        missing = sorted(searched - set(kept))
+        if kept and missing:
+            raise UserError(
+                f"the {space.name} study's first point has no value for {', '.join(missing)}: "
+                "add them to its points in search_spaces/"
+            )
+        if kept and kept not in points:
+            points.append(kept)
+    return points
 
 
 def grid_configs(param_space: dict[str, Any]) -> list[dict[str, Any]]:
@@ -130,6 +155,7 @@ def create_searcher(plan: Plan, seed: int, journal: str | None = None):
         storage = JournalStorage(JournalFileBackend(journal))
     searcher = ResumableOptunaSearch(
         sampler=optuna.samplers.TPESampler(seed=seed),
+        points_to_evaluate=list(plan.points) or None,
         seed=seed,
         storage=storage,
         study_name="sweep" if storage else None,

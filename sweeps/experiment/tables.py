@@ -166,6 +166,12 @@ def save_best(table, configs: dict, space, store: Store) -> None:
         f"val_loss {best[M.BEST_VAL_LOSS]:.4f}, test_acc {best[M.TEST_ACC]:.4f}): {where}"
     )
     print(f"re-run it: python sweeps/run.py --space {space.name} --config '{where}'")
+    top = min(3, len(rows))
+    if top >= 2:  # the single split's ranking is noise until cross-validated
+        print(
+            f"settle the best {top} out of fold: python sweeps/confirm.py '{store}' "
+            f"--top {top} --folds 5"
+        )
 
 
 # what the terminal shows of a trial (about 110 characters wide); results.csv and results.md

@@ -1,0 +1,60 @@
+"""Find the recipe: Optuna's TPE with ASHA over what matters when fine-tuning a pretrained
+network on a small data set (Li et al. 2020, Quick-Tune, timm's train.py), for one model
+(``--set model=NAME``) on one data set; ``--num-samples`` is the budget.
+
+Searched: the strategy (the linear probe on the frozen features, a trained head on them,
+gradual unfreezing, full fine-tuning), image size, augmentation (the 8 dihedral views or
+none: both finite, so every frozen trial's backbone runs once per image and view, cached),
+learning rate, optimizer and momentum, weight decay, class weighting and label smoothing.
+The search's first trial is the linear probe (``points``), so it never hands back less than
+the field's simplest strong baseline. It ends with ``best_config.json``; cross-validate the
+best with ``python sweeps/confirm.py runs/NAME --top 3 --folds 5``.
+"""
+
+from ray import tune
+
+from search_spaces import Space
+
+PROBE = {
+    "strategy": "linear_probe",
+    "augment": "dihedral",
+    "image_size": 128,
+    "lr": 1e-3,  # not used by the probe; Optuna is told a value of every searched key
+    "optimizer": "adam",
+    "momentum": 0.9,
+    "weight_decay": 1e-3,
+    "objective": "ce",
+    "label_smoothing": 0.0,
+}
+
+SPACE = Space(
+    name="recipe",
+    description="Optuna TPE over strategy (linear_probe first), image size {64,96,128}, "
+    "augment {dihedral,none}, lr, optimizer and momentum, weight decay, class weighting, "
+    "label smoothing for --set model=NAME (default mobilenet_v2, ImageNet weights); "
+    "--num-samples = trial budget (default 20)",
+    param_space={
+        "model": "mobilenet_v2",
+        "pretrained": "auto",
+        "strategy": tune.choice(["linear_probe", "feature_extractor", "gradual_unfreeze", "base"]),
+        "image_size": tune.choice([64, 96, 128]),
+        "augment": tune.choice(["dihedral", "none"]),
+        "lr": tune.loguniform(1e-5, 3e-3),
+        "optimizer": tune.choice(["adam", "adamw", "sgd"]),
+        "momentum": tune.uniform(0.8, 0.99),
+        "weight_decay": tune.loguniform(1e-6, 1e-1),
+        "objective": tune.choice(["ce", "weighted_ce"]),
+        "label_smoothing": tune.uniform(0.0, 0.2),
+        "unfreeze_epoch": 2,
+        "unfreeze_lr": 1e-4,
+        "batch_size": 32,
+        "max_epochs": 12,
+        "early_stop_patience": 3,
+        "chance_epochs": 0,
+    },
+    variant_keys=("strategy",),
+    grace_period=4,
+    search="tpe",
+    budget=20,
+    points=(PROBE,),
+)
