@@ -22,7 +22,7 @@ from trainables.trial.build import build_trial
 
 pytestmark = pytest.mark.integration
 
-RUN = {"max_epochs": 4, "early_stop_patience": 0, "chance_epochs": 0}
+RUN = {"max_epochs": 3, "early_stop_patience": 0, "chance_epochs": 0}
 
 
 @pytest.fixture
@@ -63,10 +63,10 @@ def test_a_cached_trial_reports_the_losses_of_an_uncached_one(handle, overrides,
     assert cached.last[M.TEST_ACC] == plain.last[M.TEST_ACC]
     if overrides.get("tta"):
         assert cached.last[M.TEST_ACC_TTA] == plain.last[M.TEST_ACC_TTA]
-    # a second trial of the same backbone reads the file instead of computing it again
-    again = fit_trial(handle, {**RUN, **overrides, "seed": 0})
-    assert "computing the frozen backbone's outputs" not in capfd.readouterr().err
-    assert_same_losses(cached, again)
+    if overrides.get("tta"):  # a second trial of the same backbone reads the file
+        again = fit_trial(handle, {**RUN, **overrides, "max_epochs": 1})
+        assert "computing the frozen backbone's outputs" not in capfd.readouterr().err
+        assert losses(again) == losses(cached)[:1]
 
 
 def test_a_random_crop_or_frozen_cache_off_trains_on_the_images(handle):
@@ -99,7 +99,7 @@ def test_another_backbone_gets_another_file(handle):
 
 @pytest.mark.parametrize("damage", ["truncated", "altered", "record"])
 def test_a_damaged_cache_file_is_computed_again_not_read(handle, damage, capfd):
-    overrides = {**RUN, "strategy": "feature_extractor", "augment": "none"}
+    overrides = {**RUN, "max_epochs": 1, "strategy": "feature_extractor", "augment": "none"}
     first = fit_trial(handle, overrides)
     (npy,) = cache_files(handle)
     if damage == "truncated":
@@ -123,7 +123,9 @@ def test_an_unwritable_cache_falls_back_to_the_images_in_one_line(handle, capfd)
     # meet a read-only folder)
     handle_cache(handle).parent.mkdir(parents=True, exist_ok=True)
     handle_cache(handle).write_text("")
-    fitted = fit_trial(handle, {**RUN, "strategy": "feature_extractor", "augment": "none"})
+    fitted = fit_trial(
+        handle, {**RUN, "max_epochs": 1, "strategy": "feature_extractor", "augment": "none"}
+    )
     lines = [line for line in capfd.readouterr().out.splitlines() if "not cached" in line]
     assert len(lines) == 1 and "make it writable" in lines[0]
     assert {r[M.IMAGES_ON] for r in fitted.reports} == {"device"}
@@ -138,7 +140,9 @@ def test_a_full_cache_folder_falls_back_to_the_images(handle, capfd, monkeypatch
     monkeypatch.setattr(
         frozen.shutil, "disk_usage", lambda p: real(p)._replace(free=frozen.HEADROOM_BYTES)
     )
-    fitted = fit_trial(handle, {**RUN, "strategy": "feature_extractor", "augment": "none"})
+    fitted = fit_trial(
+        handle, {**RUN, "max_epochs": 1, "strategy": "feature_extractor", "augment": "none"}
+    )
     (line,) = [line for line in capfd.readouterr().out.splitlines() if "not cached" in line]
     assert "MB free and the features need" in line and "free some space" in line
     assert {r[M.IMAGES_ON] for r in fitted.reports} == {"device"}
