@@ -222,3 +222,26 @@ def test_views_of_the_cache_follow_the_recipe():
     assert views_needed(TrialConfig(augment="dihedral_jitter")) is None
     assert views_needed(TrialConfig(augment="dihedral", frozen_cache="off")) is None
     assert np.all(np.arange(8) == np.array(views_needed(TrialConfig(augment="dihedral"))))
+
+
+def test_lp_ft_probes_the_head_on_the_frozen_network_then_trains_everything(handle):
+    cfg = {**RUN, "strategy": "lp_ft", "augment": "dihedral", "weight_decay": 1e-3}
+    fitted = fit_trial(handle, cfg)
+    built = build_trial(TrialConfig.from_dict({**SMALL, **cfg}), handle).net
+    assert [r[M.IMAGES_ON] for r in fitted.reports] == ["features", "device", "device"]
+    first = fitted.reports[0]
+    assert first[M.TRAIN_LOSS] < 0.5  # the probe fitted three colours in its one epoch
+    # after the probe, the backbone (weights and BatchNorm statistics) is as built
+    probe = fit_trial(handle, {**cfg, "max_epochs": 1}).state["model"]
+    for name, tensor in built.state_dict().items():
+        if not built.is_head(name):
+            assert torch.equal(probe[name], tensor), name
+    # then every layer trains
+    last = fitted.state["model"]
+    assert any(
+        not torch.equal(last[name], tensor)
+        for name, tensor in built.state_dict().items()
+        if not built.is_head(name) and tensor.is_floating_point()
+    )
+    with pytest.raises(UserError, match="strategy=lp_ft fits its head on cached features"):
+        create_strategy(TrialConfig.from_dict({"strategy": "lp_ft", "augment": "notebook"}))

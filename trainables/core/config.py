@@ -55,6 +55,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "lr": (1e-12, 10.0),
     "weight_decay": (0.0, 10.0),
     "momentum": (0.0, 1.0),
+    "warmup_epochs": (0, 10_000),
+    "ema_decay": (0.0, 0.99999),
     "batch_size": (1, 65_536),
     "max_epochs": (1, 100_000),
     "early_stop_patience": (0, 100_000),
@@ -107,6 +109,11 @@ class TrialConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     momentum: float = 0.9
+    # epochs of linear learning-rate warm-up (lr x 1/(N+1), 2/(N+1), ...) before the schedule
+    warmup_epochs: int = 0
+    # >0: an exponential moving average of the weights (timm's ModelEmaV3, updated every
+    # step with this decay) is what is validated, scored, kept as best and exported
+    ema_decay: float = 0.0
     batch_size: int = 32
     max_epochs: int = 50
     early_stop_patience: int = 5

@@ -75,24 +75,41 @@ def _constant(cfg: TrialConfig, optimizer: optim.Optimizer):
 
 
 class Schedule:
-    """A learning-rate schedule stepped once per epoch with the validation loss."""
+    """A learning-rate schedule stepped once per epoch with the validation loss, after
+    ``warmup`` epochs of linear warm-up: the learning rate is 1/(warmup+1) of its value in
+    the first epoch, 2/(warmup+1) in the second, and its own from epoch warmup+1 on, when
+    the schedule starts counting (a StepLR's steps, a plateau's patience)."""
 
-    def __init__(self, inner):
-        self.inner = inner
+    def __init__(self, inner, optimizer: optim.Optimizer | None = None, warmup: int = 0):
+        self.inner, self.optimizer, self.warmup = inner, optimizer, warmup
+        self.warmed = 0  # warm-up epochs done
+        if warmup and optimizer is not None:
+            self.target = [group["lr"] for group in optimizer.param_groups]
+            self._set(1 / (warmup + 1))
+
+    def _set(self, factor: float) -> None:
+        for group, lr in zip(self.optimizer.param_groups, self.target):
+            group["lr"] = lr * factor
 
     def step(self, val_loss: float) -> None:
-        if isinstance(self.inner, optim.lr_scheduler.ReduceLROnPlateau):
+        if self.warmed < self.warmup:
+            self.warmed += 1
+            self._set((self.warmed + 1) / (self.warmup + 1))
+        elif isinstance(self.inner, optim.lr_scheduler.ReduceLROnPlateau):
             self.inner.step(val_loss)
         elif self.inner is not None:
             self.inner.step()
 
     def state_dict(self) -> dict:
-        return self.inner.state_dict() if self.inner is not None else {}
+        state = self.inner.state_dict() if self.inner is not None else {}
+        return {**state, "warmed": self.warmed} if self.warmup else state
 
     def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        self.warmed = state.pop("warmed", self.warmed)
         if self.inner is not None:
             self.inner.load_state_dict(state)
 
 
 def create_schedule(cfg: TrialConfig, optimizer: optim.Optimizer) -> Schedule:
-    return Schedule(SCHEDULES[cfg.scheduler](cfg, optimizer))
+    return Schedule(SCHEDULES[cfg.scheduler](cfg, optimizer), optimizer, cfg.warmup_epochs)

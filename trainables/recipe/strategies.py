@@ -35,13 +35,28 @@ def backbone_frozen(net: Net) -> bool:
     return not any(p.requires_grad for n, p in net.named_parameters() if not net.is_head(n))
 
 
+def check_probe(cfg: TrialConfig) -> None:
+    """A probe fits on cached features: refuse, in one line, what they cannot serve."""
+    what = f"strategy={cfg.strategy} fits its head on cached features"
+    if augment_spec(cfg.augment).cached_views(cfg.random_erasing) is None:
+        raise UserError(
+            f"{what}, which augment={cfg.augment}"
+            + (f" with random_erasing={cfg.random_erasing:g}" if cfg.random_erasing else "")
+            + " cannot give: use augment=none or augment=dihedral"
+        )
+    if cfg.frozen_cache == "off":
+        raise UserError(f"{what}: drop frozen_cache=off")
+    if cfg.head_dropout:
+        raise UserError(f"{what} deterministically: use head_dropout=0")
+
+
 @STRATEGIES.register("base")
 class Strategy:
     """``base``: every layer trains, no auxiliary heads."""
 
     aux_heads = False  # whether the model must be built with its auxiliary classifiers
-    # each epoch is one full-batch fit of the head on the frozen backbone's cached outputs
-    full_batch = False
+    # L-BFGS iterations of each probe epoch (see ``probe_epochs``)
+    probe_iterations = 0
 
     def __init__(self, cfg: TrialConfig):
         self.cfg = cfg
@@ -50,6 +65,12 @@ class Strategy:
     def frozen_epochs(self) -> int:
         """How many leading epochs keep the whole backbone frozen (and in eval mode): the
         epochs whose head may train on the backbone's cached outputs (trial/frozen.py)."""
+        return 0
+
+    @property
+    def probe_epochs(self) -> int:
+        """How many leading epochs are each one full-batch L-BFGS fit of the head on the
+        frozen backbone's cached outputs (a linear probe) instead of a pass of minibatches."""
         return 0
 
     def create_optimizer(self, net: Net) -> optim.Optimizer:
@@ -111,28 +132,54 @@ class LinearProbe(FeatureExtractor):
     (strong Wolfe line search, ``PROBE_ITERATIONS`` iterations an epoch) on the frozen
     backbone's cached outputs of every training image in every view of ``augment`` (none,
     or the 8 dihedral views), with ``weight_decay`` as an L2 penalty on the head's weights
-    and the trial's loss (class weights, label smoothing). Early stopping on validation loss
-    ends it; ``lr`` and ``optimizer`` are not used. The row, record, export and predict are
-    those of any trial: the network is the same, only its head was trained."""
+    and the trial's loss (class weights, label smoothing). It ends when an epoch no longer
+    moves the training loss, or by early stopping; ``lr`` and ``optimizer`` are not used.
+    The row, record, export and predict are those of any trial: the network is the same,
+    only its head was trained."""
 
-    full_batch = True
+    probe_iterations = PROBE_ITERATIONS
 
     def __init__(self, cfg: TrialConfig):
         super().__init__(cfg)
-        if augment_spec(cfg.augment).cached_views(cfg.random_erasing) is None:
-            raise UserError(
-                f"strategy=linear_probe fits on cached features, which augment={cfg.augment}"
-                + (f" with random_erasing={cfg.random_erasing:g}" if cfg.random_erasing else "")
-                + " cannot give: use augment=none or augment=dihedral"
-            )
-        if cfg.frozen_cache == "off":
-            raise UserError("strategy=linear_probe fits on cached features: drop frozen_cache=off")
-        if cfg.head_dropout:
-            raise UserError("strategy=linear_probe fits a deterministic head: use head_dropout=0")
+        check_probe(cfg)
 
-    def create_optimizer(self, net: Net) -> optim.Optimizer:
-        head = [p for name, p in net.named_parameters() if net.is_head(name)]
-        return optim.LBFGS(head, lr=1.0, max_iter=PROBE_ITERATIONS, line_search_fn="strong_wolfe")
+    @property
+    def probe_epochs(self) -> int:
+        return self.cfg.max_epochs
+
+
+@STRATEGIES.register("lp_ft")
+class LinearProbeThenFineTune(Strategy):
+    """Linear probing, then fine-tuning (Kumar et al. 2022): epoch 1 fits the head to
+    convergence on the frozen backbone's cached outputs (full-batch L-BFGS, as
+    ``linear_probe``, 4 x ``PROBE_ITERATIONS`` iterations), so the pretrained features are
+    not distorted by the gradients of a random head; from epoch 2 every layer trains with
+    the trial's optimizer and ``lr``."""
+
+    probe_iterations = 4 * PROBE_ITERATIONS
+
+    def __init__(self, cfg: TrialConfig):
+        super().__init__(cfg)
+        check_probe(cfg)
+
+    @property
+    def frozen_epochs(self) -> int:
+        return 1
+
+    @property
+    def probe_epochs(self) -> int:
+        return 1
+
+    @property
+    def patience_start(self) -> int:
+        return 1
+
+    @property
+    def earliest_comparison(self) -> int:
+        return 3  # two epochs after the probe, as for gradual_unfreeze
+
+    def on_epoch_start(self, net, optimizer, epoch):
+        set_backbone_frozen(net, epoch < 1)
 
 
 @STRATEGIES.register("gradual_unfreeze")

@@ -370,9 +370,19 @@ class FrozenPhase:
         loader: FeatureBatches,
         until: int,
         weight_decay: float,
+        probe_until: int = 0,
+        probe_iterations: int = 0,
     ):
         self.features, self.head, self.loader = features, head, loader
         self.until, self.weight_decay = until, weight_decay
+        self.probe_until = probe_until
+        self._probe = (
+            torch.optim.LBFGS(
+                head.parameters(), lr=1.0, max_iter=probe_iterations, line_search_fn="strong_wolfe"
+            )
+            if probe_until
+            else None
+        )
         self._everything: tuple[torch.Tensor, torch.Tensor] | None = None
         self._last_loss = float("nan")
         self.converged = False  # a full-batch epoch that no longer moved the loss
@@ -394,20 +404,28 @@ class FrozenPhase:
             return None
         features = frozen_features(net, data, views, device, batch_size=max(cfg.batch_size, 64))
         if features is None:
-            if strategy.full_batch:
+            if strategy.probe_epochs:
                 raise UserError(
-                    "strategy=linear_probe needs the frozen-feature cache, which could not be "
+                    f"strategy={cfg.strategy} needs the frozen-feature cache, which could not be "
                     "written (see above): free space in the cache folder or set VISIONSWEEP_CACHE"
                 )
             return None
         loader = FeatureBatches(
             features, data.train_rows, data.train_labels, sampler, cfg.batch_size, cfg
         )
-        phase = cls(features, HeadOnly(net), loader, until, cfg.weight_decay)
-        phase.full_batch = strategy.full_batch
-        return phase
+        return cls(
+            features,
+            HeadOnly(net),
+            loader,
+            until,
+            cfg.weight_decay,
+            strategy.probe_epochs,
+            strategy.probe_iterations,
+        )
 
-    full_batch = False
+    def probing(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (0-based) is a full-batch L-BFGS fit of the head."""
+        return epoch < self.probe_until
 
     @property
     def where(self) -> str:
@@ -417,12 +435,15 @@ class FrozenPhase:
         """Whether the first ``epochs`` epochs all train on the cache."""
         return epochs <= self.until
 
-    def evaluate(self, split, batch_size: int, flip: bool = False):
-        return evaluate_features(self.head, self.features, split, batch_size, flip)
+    def evaluate(self, split, batch_size: int, flip: bool = False, head: HeadOnly | None = None):
+        """Score ``split`` on the cached features, by ``head`` (default: the trained one; the
+        loop passes the weights' moving average's when it scores that)."""
+        return evaluate_features(head or self.head, self.features, split, batch_size, flip)
 
-    def fit_full_batch(self, criterion, optimizer) -> tuple[float, float]:
-        """One L-BFGS step (``optimizer``, many iterations) on every training image in every
-        view; returns the loss (without the L2 penalty) and accuracy after it."""
+    def fit_full_batch(self, criterion) -> tuple[float, float]:
+        """One L-BFGS step (many iterations) on every training image in every view; returns
+        the loss (without the L2 penalty) and accuracy after it."""
+        optimizer = self._probe
         if self._everything is None:
             self._everything = self.loader.every_view()
         x, y = self._everything

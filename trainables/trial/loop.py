@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.utils import ModelEmaV3
 from torch.utils.data import RandomSampler, WeightedRandomSampler
 
 from trainables.core import metrics as M
@@ -36,7 +37,7 @@ from trainables.recipe.optim import create_schedule
 from trainables.recipe.strategies import Strategy
 from trainables.stats.calibration import calibrate
 from trainables.stats.evaluation import accuracy, macro_f1, test_summary
-from trainables.trial.frozen import FrozenPhase
+from trainables.trial.frozen import FrozenPhase, HeadOnly
 
 
 @dataclass
@@ -124,12 +125,14 @@ def train_one_epoch(
     aux_weight: float,
     dtype,
     check_every: int = 50,
+    after_step: Callable[[], None] | None = None,
 ) -> tuple[float, float]:
     """One pass over ``loader``. Returns (mean loss, accuracy); the loss is NaN if it diverged.
 
     Loss and accuracy add up on the device; the host waits for it only every
     ``check_every`` steps (to stop a diverged epoch early) and at the end, so a GPU is never
-    left idle between steps while the host reads a number."""
+    left idle between steps while the host reads a number. ``after_step`` runs after each
+    optimizer step (the weights' moving average)."""
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
@@ -144,6 +147,8 @@ def train_one_epoch(
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        if after_step is not None:
+            after_step()
         total_loss += loss.detach().float() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
@@ -220,8 +225,14 @@ def fit(
         generator.set_state(resume["generator"])
         torch.set_rng_state(resume["torch_rng"])  # augmentation draws from the global RNG
         state = resume["fit"]
+    # the weights' moving average: what is validated, scored, kept as best and exported
+    ema = ModelEmaV3(net, decay=cfg.ema_decay) if cfg.ema_decay else None
+    if ema is not None and resume and "ema" in resume:
+        ema.load_state_dict(resume["ema"])
+    scored = net if ema is None else ema.module
     sampler = train_sampler(cfg, data, generator)
     cache = FrozenPhase.start(cfg, net, strategy, data, device, sampler, state.epoch)
+    scored_head = HeadOnly(scored) if cache is not None and ema is not None else None
     if cache is not None and cache.covers(cfg.max_epochs):  # the images are never read
         placement = Placement("features", f"the frozen backbone's outputs, {cache.where}")
         loader = None
@@ -237,12 +248,14 @@ def fit(
         )
     normalize = Normalize(data.preprocess.mean, data.preprocess.std)
     model = torch.compile(net) if cfg.compile else net
+    evaluated = model if ema is None else scored
     epoch = state.epoch
+    after_step = None if ema is None else (lambda: ema.update(net))
 
     def score(split: EvalSplit, flip: bool = False):
         if cache is not None and cache.covers(epoch + 1):
-            return cache.evaluate(split, cfg.batch_size, flip)
-        return evaluate(model, split, normalize, cfg.batch_size, device, dtype, fast, flip)
+            return cache.evaluate(split, cfg.batch_size, flip, scored_head)
+        return evaluate(evaluated, split, normalize, cfg.batch_size, device, dtype, fast, flip)
 
     metrics: dict = {}
     for epoch in range(state.epoch, cfg.max_epochs):
@@ -254,16 +267,34 @@ def fit(
         val_probs, error = None, ""
         on_cache = cache is not None and cache.covers(epoch + 1)
         try:
-            if on_cache and cache.full_batch:
-                train_loss, train_acc = cache.fit_full_batch(criterion, optimizer)
+            if on_cache and cache.probing(epoch):
+                train_loss, train_acc = cache.fit_full_batch(criterion)
+                if after_step is not None:
+                    after_step()
             elif on_cache:
                 train_loss, train_acc = train_one_epoch(
-                    cache.head, cache.loader, criterion, optimizer, scaler, device, 0.0, dtype
+                    cache.head,
+                    cache.loader,
+                    criterion,
+                    optimizer,
+                    scaler,
+                    device,
+                    0.0,
+                    dtype,
+                    after_step=after_step,
                 )
             else:
                 cache = None  # the backbone trains from here on: its outputs change
                 train_loss, train_acc = train_one_epoch(
-                    model, loader, criterion, optimizer, scaler, device, strategy.aux_weight, dtype
+                    model,
+                    loader,
+                    criterion,
+                    optimizer,
+                    scaler,
+                    device,
+                    strategy.aux_weight,
+                    dtype,
+                    after_step=after_step,
                 )
             if not diverged(train_loss, data.num_classes):
                 val_loss, val_acc, val_probs = score(data.val)
@@ -284,7 +315,7 @@ def fit(
         elif not math.isfinite(val_loss):
             stop = M.DIVERGED
         else:
-            _track_best(state, net, data, val_loss, val_acc, val_probs, cfg, score)
+            _track_best(state, scored, data, val_loss, val_acc, val_probs, cfg, score)
             if epoch < strategy.patience_start:
                 state.bad_epochs = 0
             schedule.step(val_loss)
@@ -292,7 +323,9 @@ def fit(
                 stop = M.STUCK_AT_CHANCE
             elif cfg.early_stop_patience and state.bad_epochs >= cfg.early_stop_patience:
                 stop = M.EARLY_STOPPING
-            elif state.epoch >= cfg.max_epochs or (on_cache and cache.converged):
+            elif state.epoch >= cfg.max_epochs or (
+                on_cache and cache.converged and strategy.probe_epochs >= cfg.max_epochs
+            ):  # a probe that no longer moves: nothing is left to train
                 stop = M.COMPLETED
         metrics = {
             M.EPOCH: state.epoch,
@@ -316,6 +349,7 @@ def fit(
                 "generator": generator.get_state(),
                 "torch_rng": torch.get_rng_state(),
                 "fit": state,
+                **({"ema": ema.state_dict()} if ema is not None else {}),
             },
         )
         if stop:
