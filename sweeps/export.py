@@ -74,6 +74,18 @@ def export(experiment_dir, trial: str | None = None, out=None) -> Path:
             f"trial {trial_id}: no saved probabilities to calibrate and check the "
             "export with; export another trial"
         )
+    # the trial's test-time views, where it saved their mean (a trial of an older version
+    # did not: its export gives the plain network's probabilities)
+    tta = str(record.config.get("tta", "off"))
+    tta = {"True": "flip", "False": "off"}.get(tta, tta)
+    if "test_probs_tta" not in saved:
+        tta = "off"
+    else:
+        saved = {
+            **saved,
+            "val_probs": saved["val_probs_tta"],
+            "test_probs": saved["test_probs_tta"],
+        }
     spec = ExportSpec.from_record(
         record,
         source={
@@ -88,6 +100,7 @@ def export(experiment_dir, trial: str | None = None, out=None) -> Path:
             "weights": record.model.weights,
         },
         calibration=calibration_of(saved),
+        tta=tta,
     )
     check, how = _check_images(record, spec, saved)
     differences = write_export(out, spec, weights, check)
@@ -100,6 +113,9 @@ def export(experiment_dir, trial: str | None = None, out=None) -> Path:
         + ", ".join(f"{k} {v:.1e}" for k, v in differences.items())
         + f"; temperature {spec.temperature:.3f} (fit on validation)"
     )
+    if spec.tta != "off":
+        views = "mirror image" if spec.tta == "flip" else "8 dihedral views"
+        print(f"test-time views: every runtime averages each image's {views} (tta={spec.tta})")
     print(f"predict: python sweeps/predict.py '{out}' IMAGES_DIR")
     return out
 

@@ -1,6 +1,7 @@
 """Predict the classes of a folder of images with an exported model.
 
-    python sweeps/predict.py EXPORT_DIR IMAGES_DIR [--out predictions.csv] [--tta]
+    python sweeps/predict.py EXPORT_DIR IMAGES_DIR [--out predictions.csv]
+                             [--tta [off|flip|dihedral]]
                              [--runtime torch|export|onnx] [--coverage 0.9 [--per-class]]
                              [--uncalibrated]
 
@@ -27,12 +28,14 @@ from trainables.core.csvcells import guarded
 from trainables.core.errors import UserError
 from trainables.data import IMAGE_EXTENSIONS, decode_image, scan, shown
 from trainables.deploy.bundle import RUNTIMES, load_export, preprocess, runtime_of, softmax
+from trainables.recipe.augment import TTA_VIEWS
 from trainables.stats.calibration import cutoffs, sets
 
 
-def predict(run, spec, paths: list[Path], batch_size: int, tta: bool, temperature: float = 1.0):
+def predict(run, spec, paths: list[Path], batch_size: int, temperature: float = 1.0):
     """(probabilities of the decoded images, {path: error} of the others); ``run`` maps the
-    network's input to logits (deploy.runtime_of)."""
+    network's input to logits (deploy.runtime_of: with test-time views, the log of their
+    mean probabilities)."""
     from trainables.stats.calibration import scaled
 
     probs, errors, done = [], {}, []
@@ -49,8 +52,6 @@ def predict(run, spec, paths: list[Path], batch_size: int, tta: bool, temperatur
             continue
         x = preprocess(np.stack(images), spec)
         p = softmax(run(x))
-        if tta:
-            p = (p + softmax(run(x.flip(-1).contiguous()))) / 2
         probs.append(scaled(p, temperature) if temperature != 1.0 else p)
     return done, (np.concatenate(probs) if probs else np.zeros((0, spec.num_classes))), errors
 
@@ -65,8 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=cli.number(int, low=1), default=64)
     parser.add_argument(
         "--tta",
-        action="store_true",
-        help="average each image's probabilities with its mirror image's",
+        nargs="?",
+        const="flip",
+        choices=tuple(TTA_VIEWS),
+        help="test-time views to average: off, flip (the mirror image; a bare --tta) or "
+        "dihedral (the 8 symmetries of the square); default: the export's own (spec.json's "
+        "tta, the trial's)",
     )
     parser.add_argument(
         "--runtime",
@@ -114,12 +119,12 @@ def main(argv: list[str] | None = None) -> int:
             cutoff = cutoffs(spec.calibration, args.coverage, args.per_class)
         except ValueError as exc:
             raise UserError(f"--coverage: {exc}") from None
-    run = runtime_of(Path(args.export), args.runtime, spec, net)
+    run = runtime_of(Path(args.export), args.runtime, spec, net, tta=args.tta)
     paths, rejected = scan(root)  # rejected: named like images, never opened (pipes, ...)
     if not paths and not rejected:
         raise UserError(f"{root}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under it")
     temperature = 1.0 if args.uncalibrated else spec.temperature
-    done, probs, errors = predict(run, spec, paths, args.batch_size, args.tta, temperature)
+    done, probs, errors = predict(run, spec, paths, args.batch_size, temperature)
     errors.update(rejected)
 
     def name(path: Path) -> str:

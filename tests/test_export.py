@@ -175,16 +175,20 @@ def seed_torch_home(torch_home, name: str) -> None:
     torch.save(state, folder / os.path.basename(weights.url))
 
 
-def exported_probabilities(fitted, tmp_path, handle) -> tuple[np.ndarray, np.ndarray]:
-    """The trial's own test probabilities, and predict.py's from the image files through
-    an export made from the trial's checkpoint."""
+def exported_probabilities(
+    fitted, tmp_path, handle, tta: str = "off"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The trial's own test probabilities (with ``tta``, the mean over its test-time views),
+    and predict.py's from the image files through an export made from the trial's
+    checkpoint."""
     from trainables.data import decode_image
 
     saved = tmp_path / "checkpoint"
     saved.mkdir()
     checkpoint.save(saved, fitted.state, fitted.trial.record)
-    spec = ExportSpec.from_record(checkpoint.read_record(saved), source={"trial_id": "t"})
+    spec = ExportSpec.from_record(checkpoint.read_record(saved), source={"trial_id": "t"}, tta=tta)
     predictions = fitted.state["fit"].predictions
+    expected = predictions["test_probs_tta" if tta != "off" else "test_probs"]
     images = np.stack(
         [
             decode_image(Path(handle.root) / p, spec.load_size, spec.interpolation)
@@ -196,7 +200,7 @@ def exported_probabilities(fitted, tmp_path, handle) -> tuple[np.ndarray, np.nda
         tmp_path / "export",
         spec,
         checkpoint.read_best_weights(saved),
-        (images, predictions["test_probs"]),
+        (images, expected),
     )
     assert max(differences.values()) < 1e-4, differences
     out = tmp_path / "pred.csv"
@@ -211,7 +215,23 @@ def exported_probabilities(fitted, tmp_path, handle) -> tuple[np.ndarray, np.nda
     predicted = np.array(
         [[float(rows[path][f"p_{c}"]) for c in names] for path in predictions["test_ids"]]
     )
-    return predictions["test_probs"], predicted
+    return expected, predicted
+
+
+def test_an_export_averages_the_trials_test_time_views_in_every_runtime(colour_handle, tmp_path):
+    # barely trained: its probabilities are far from 0 and 1, where views can move them
+    fitted = fit_trial(colour_handle, {"max_epochs": 1, "lr": 1e-5, "tta": "dihedral"})
+    trial_probs, predicted = exported_probabilities(fitted, tmp_path, colour_handle, "dihedral")
+    assert np.abs(trial_probs - predicted).max() < 1e-4
+    plain = fitted.state["fit"].predictions["test_probs"]
+    assert np.abs(trial_probs - plain).max() > 1e-3  # the views changed the probabilities
+    served = _served_probabilities(
+        tmp_path / "export",
+        colour_handle,
+        fitted.state["fit"].predictions["test_ids"],
+        fitted.trial.record.class_names,
+    )
+    assert np.abs(trial_probs - served).max() < 1e-4
 
 
 # every torchvision model from random initialisation; from seeded pretrained weights, the

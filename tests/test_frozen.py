@@ -217,7 +217,8 @@ def test_views_of_the_cache_follow_the_recipe():
     from trainables.trial.frozen import views_needed
 
     assert views_needed(TrialConfig(augment="none")) == (0,)
-    assert views_needed(TrialConfig(augment="none", tta=True)) == (0, 4)
+    assert views_needed(TrialConfig(augment="none", tta="flip")) == (0, 4)
+    assert views_needed(TrialConfig(augment="none", tta="dihedral")) == tuple(range(8))
     assert views_needed(TrialConfig(augment="dihedral")) == tuple(range(8))
     assert views_needed(TrialConfig(augment="dihedral_jitter")) is None
     assert views_needed(TrialConfig(augment="dihedral", frozen_cache="off")) is None

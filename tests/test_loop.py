@@ -218,7 +218,7 @@ def test_evaluate_with_flip_scores_the_mirror_images():
     split = EvalSplit(x, torch.tensor([0, 1]), np.array(["a", "b"]))
     normalize = Normalize((0, 0, 0), (1, 1, 1))
     _, acc, probs = evaluate(_LeftRight(), split, normalize, 8, CPU)
-    _, acc_flip, probs_flip = evaluate(_LeftRight(), split, normalize, 8, CPU, flip=True)
+    _, acc_flip, probs_flip = evaluate(_LeftRight(), split, normalize, 8, CPU, view=4)
     assert acc == 1.0 and acc_flip == 0.0
     assert probs_flip == pytest.approx(probs[[1, 0]])  # mirrored image 0 looks like image 1
 
@@ -228,17 +228,35 @@ def test_tta_column_is_the_flip_average_of_the_best_weights(colour_handle):
     from trainables.stats import evaluation as E
     from trainables.trial.loop import evaluate
 
-    fitted = fit_trial(colour_handle, {"max_epochs": 3, "early_stop_patience": 0, "tta": True})
+    fitted = fit_trial(colour_handle, {"max_epochs": 3, "early_stop_patience": 0, "tta": "flip"})
     reports, data, net = fitted.reports, fitted.trial.data, fitted.trial.net
     net.load_state_dict(fitted.state["fit"].best_weights)
     normalize = Normalize(data.preprocess.mean, data.preprocess.std)
     plain = evaluate(net, data.test, normalize, 8, CPU)[2]
-    mirrored = evaluate(net, data.test, normalize, 8, CPU, flip=True)[2]
+    mirrored = evaluate(net, data.test, normalize, 8, CPU, view=4)[2]
     labels = data.test.y.numpy()
     mean = (plain + mirrored) / 2
     assert reports[-1][M.TEST_ACC_TTA] == E.accuracy(labels, mean.argmax(1))
     assert reports[-1][M.TEST_MACRO_F1_TTA] == E.macro_f1(labels, mean.argmax(1), 3)
     assert reports[-1][M.TEST_ACC] == E.accuracy(labels, plain.argmax(1))
+    saved = fitted.state["fit"].predictions
+    assert np.allclose(saved["test_probs_tta"], mean) and np.allclose(saved["test_probs"], plain)
+
+
+def test_dihedral_tta_averages_the_8_views(colour_handle):
+    from trainables.data.batches import Normalize
+    from trainables.trial.loop import evaluate
+
+    fitted = fit_trial(
+        colour_handle, {"max_epochs": 2, "early_stop_patience": 0, "tta": "dihedral"}
+    )
+    data, net = fitted.trial.data, fitted.trial.net
+    net.load_state_dict(fitted.state["fit"].best_weights)
+    normalize = Normalize(data.preprocess.mean, data.preprocess.std)
+    views = [evaluate(net, data.test, normalize, 8, CPU, view=v)[2] for v in range(8)]
+    saved = fitted.state["fit"].predictions
+    assert np.allclose(saved["test_probs_tta"], sum(views) / 8, atol=1e-6)
+    assert not np.allclose(views[0], views[1])  # a quarter turn is another input
 
 
 def test_checkpoints_are_written_where_a_trial_may_stop_and_within_their_time_budget():

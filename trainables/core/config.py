@@ -30,6 +30,7 @@ FIXED_CHOICES: dict[str, tuple[str, ...]] = {
     "sampler": ("shuffle", "balanced"),
     "data_path": ("auto", "device", "loader"),
     "frozen_cache": ("auto", "off"),
+    "tta": ("off", "flip", "dihedral"),
 }
 
 
@@ -127,7 +128,9 @@ class TrialConfig:
     random_erasing: float = 0.0  # probability of RandomErasing after the policy
     sampler: str = "shuffle"  # balanced: draw every class equally often (imbalanced data)
     # evaluation
-    tta: bool = False  # also score test on the mean of image and horizontal flip: test_acc_tta
+    # test-time views: also score test on the mean of the image and its mirror image (flip)
+    # or of its 8 dihedral views (test_acc_tta); an export of the trial averages the same
+    tta: str = "off"
     # run
     seed: int = 0
     # compute threads of the trial: its floating-point sums, so its numbers, depend on them.
@@ -225,6 +228,9 @@ def coerce(key: str, value: Any) -> Any:
         if kind is float:
             return float(value)
         text = str(value).strip()
+        if key == "tta":  # a yes/no from before there were views: the mirror image or none
+            text = text.lower()
+            return "flip" if text in _TRUE else "off" if text in _FALSE else text
         return text.lower() if key == "pretrained" else text
     except (TypeError, ValueError):
         raise UserError(f"bad value {key}={value!r}: expected {kind.__name__}") from None

@@ -29,10 +29,12 @@ from torch import nn
 
 from trainables.core.errors import UserError, unpickling_reason
 from trainables.core.files import replaced
+from trainables.data.batch_augment import dihedral_view
 from trainables.data.decode import RESAMPLE
 from trainables.model.factory import ModelBuild, rebuild
 from trainables.model.record import Preprocess, TrialRecord
 from trainables.model.weights import mismatch
+from trainables.recipe.augment import TTA_VIEWS
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "weights.pt"
@@ -78,10 +80,12 @@ class ExportSpec:
     # (trainables/stats/calibration.py); empty for an export of format 2 (temperature 1)
     calibration: dict = field(default_factory=dict)
     format: int = FORMAT
+    # test-time views every runtime averages (recipe.augment.TTA_VIEWS): the trial's tta
+    tta: str = "off"
 
     @classmethod
     def from_record(
-        cls, record: TrialRecord, source: dict, calibration: dict | None = None
+        cls, record: TrialRecord, source: dict, calibration: dict | None = None, tta: str = "off"
     ) -> ExportSpec:
         return cls(
             record.model,
@@ -89,6 +93,7 @@ class ExportSpec:
             list(record.class_names),
             source,
             dict(calibration or {}),
+            tta=tta,
         )
 
     @property
@@ -127,6 +132,7 @@ class ExportSpec:
             dict(raw["source"]),
             dict(raw.get("calibration") or {}),
             int(raw["format"]),
+            str(raw.get("tta", "off")),
         )
 
 
@@ -303,12 +309,27 @@ def runtime_of(
     net: nn.Module | None = None,
     threads: int | None = None,
     device: str = "cpu",
+    tta: str | None = None,
 ):
     """A function from the network's input (a float tensor) to main-head logits (numpy),
     run by ``runtime``: torch (the rebuilt network, on ``device``), export (the
     torch.export program) or onnx (ONNX Runtime, on the CPU; ``threads``: its intra-op
-    threads, default its own)."""
-    folder = Path(folder)
+    threads, default its own). With test-time views (``tta``, default the export's own),
+    it gives the log of the mean of the views' probabilities: whatever takes a softmax of
+    its output gets the views' mean."""
+    run = _runtime_of(Path(folder), runtime, spec, net, threads, device)
+    views = TTA_VIEWS[spec.tta if tta is None else tta]
+    if len(views) == 1:
+        return run
+
+    def viewed(x: torch.Tensor) -> np.ndarray:
+        mean = sum(softmax(run(dihedral_view(x, view).contiguous())) for view in views)
+        return np.log(np.maximum(mean / len(views), 1e-300))
+
+    return viewed
+
+
+def _runtime_of(folder: Path, runtime: str, spec, net, threads, device):
     if runtime == "torch":
         if net is None:
             _, net = load_export(folder)
@@ -439,6 +460,8 @@ def _check_values(spec: ExportSpec, path: Path) -> None:
     elif len(set(spec.class_names)) != len(spec.class_names):
         twice = sorted({c for c in spec.class_names if spec.class_names.count(c) > 1})
         problem = f"class_names: {', '.join(map(repr, twice[:3]))} named twice"
+    elif spec.tta not in TTA_VIEWS:
+        problem = f"tta {spec.tta!r}: choose one of {', '.join(TTA_VIEWS)}"
     elif unknown := sorted(set(spec.model.arch) - ARCH_KEYS):
         problem = (
             f"model.arch: unknown key {unknown[0]!r} (this version writes "

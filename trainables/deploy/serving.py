@@ -271,6 +271,7 @@ def create_app(
             "model": spec.model.model,
             "classes": spec.class_names,
             "runtime": runtime,
+            "tta": spec.tta,  # the test-time views every prediction averages
             "preprocess": {
                 "image_size": spec.image_size,
                 "load_size": spec.load_size,

@@ -61,6 +61,8 @@ class AugmentSpec:
 # left-right when k >= 4; view 0 is the image itself and view 4 its mirror image
 DIHEDRAL_VIEWS = 8
 FLIP_VIEW = 4
+# the views test-time augmentation averages (the ``tta`` config key)
+TTA_VIEWS = {"off": (0,), "flip": (0, FLIP_VIEW), "dihedral": tuple(range(DIHEDRAL_VIEWS))}
 BLUR_SIGMA = (0.1, 2.0)
 BLUR_KERNEL = 3
 ERASING_SCALE = (0.02, 0.33)  # RandomErasing's defaults

@@ -45,7 +45,7 @@ from trainables.core.files import replaced, writes_into
 from trainables.data.batch_augment import Normalize, centre_crop, dihedral_view, draw_views
 from trainables.data.batches import lone_last, nchw
 from trainables.model.factory import Net
-from trainables.recipe.augment import FLIP_VIEW, augment_spec
+from trainables.recipe.augment import TTA_VIEWS, augment_spec
 
 CACHE_VERSION = 1
 # room left free beside a new cache file, so that building it never fills the disk
@@ -82,7 +82,7 @@ def views_needed(cfg: TrialConfig) -> tuple[int, ...] | None:
     train = augment_spec(cfg.augment).cached_views(cfg.random_erasing)
     if train is None:
         return None
-    return tuple(sorted({*train, 0, *((FLIP_VIEW,) if cfg.tta else ())}))
+    return tuple(sorted({*train, *TTA_VIEWS[cfg.tta]}))
 
 
 class HeadOnly(nn.Module):
@@ -338,14 +338,14 @@ def evaluate_features(
     features: FrozenFeatures,
     split,
     batch_size: int,
-    flip: bool = False,
+    view: int = 0,
 ) -> tuple[float, float, np.ndarray]:
-    """``loop.evaluate`` on the cached features of ``split``'s rows (``flip``: of their
-    mirror images)."""
+    """``loop.evaluate`` on the cached features of ``split``'s rows (``view``: of their
+    images in that dihedral view)."""
     import torch.nn.functional as F
 
     head.eval()
-    column = features.column(FLIP_VIEW if flip else 0)
+    column = features.column(view)
     rows = split.rows.to(features.values.device)
     outputs = []
     for start in range(0, len(split.y), batch_size):
@@ -435,10 +435,10 @@ class FrozenPhase:
         """Whether the first ``epochs`` epochs all train on the cache."""
         return epochs <= self.until
 
-    def evaluate(self, split, batch_size: int, flip: bool = False, head: HeadOnly | None = None):
+    def evaluate(self, split, batch_size: int, view: int = 0, head: HeadOnly | None = None):
         """Score ``split`` on the cached features, by ``head`` (default: the trained one; the
         loop passes the weights' moving average's when it scores that)."""
-        return evaluate_features(head or self.head, self.features, split, batch_size, flip)
+        return evaluate_features(head or self.head, self.features, split, batch_size, view)
 
     def fit_full_batch(self, criterion) -> tuple[float, float]:
         """One L-BFGS step (many iterations) on every training image in every view; returns

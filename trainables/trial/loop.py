@@ -23,6 +23,7 @@ from torch.utils.data import RandomSampler, WeightedRandomSampler
 
 from trainables.core import metrics as M
 from trainables.core.config import TrialConfig
+from trainables.data.batch_augment import dihedral_view
 from trainables.data.batches import (
     Normalize,
     Placement,
@@ -32,6 +33,7 @@ from trainables.data.batches import (
 )
 from trainables.model.factory import Net
 from trainables.model.record import Preprocess
+from trainables.recipe.augment import TTA_VIEWS
 from trainables.recipe.losses import create_loss
 from trainables.recipe.optim import create_schedule
 from trainables.recipe.strategies import Strategy
@@ -168,17 +170,17 @@ def evaluate(
     device: torch.device,
     dtype=None,
     channels_last: bool = False,
-    flip: bool = False,
+    view: int = 0,
 ) -> tuple[float, float, np.ndarray]:
     """Mean cross-entropy, accuracy and softmax probabilities on a centre-cropped split
-    (``flip``: of its horizontally mirrored images). ``net`` is the model or its compiled
-    form; it is put in eval mode here."""
+    (``view``: of its images in that dihedral view, ``batch_augment.dihedral_view``).
+    ``net`` is the model or its compiled form; it is put in eval mode here."""
     getattr(net, "_orig_mod", net).eval()
     outputs = []
     for start in range(0, len(split.y), batch_size):
         x = normalize(split.batch(start, start + batch_size).to(device, non_blocking=True))
-        if flip:
-            x = x.flip(-1)
+        if view:
+            x = dihedral_view(x, view)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -252,10 +254,10 @@ def fit(
     epoch = state.epoch
     after_step = None if ema is None else (lambda: ema.update(net))
 
-    def score(split: EvalSplit, flip: bool = False):
+    def score(split: EvalSplit, view: int = 0):
         if cache is not None and cache.covers(epoch + 1):
-            return cache.evaluate(split, cfg.batch_size, flip, scored_head)
-        return evaluate(evaluated, split, normalize, cfg.batch_size, device, dtype, fast, flip)
+            return cache.evaluate(split, cfg.batch_size, view, scored_head)
+        return evaluate(evaluated, split, normalize, cfg.batch_size, device, dtype, fast, view)
 
     metrics: dict = {}
     for epoch in range(state.epoch, cfg.max_epochs):
@@ -436,12 +438,21 @@ def _track_best(
         M.TEST_MACRO_F1_LOW: test["macro_f1_low"],
         M.TEST_MACRO_F1_HIGH: test["macro_f1_high"],
     }
-    if cfg.tta:
-        labels = data.test.y.numpy()
-        mean = (test_probs + score(data.test, flip=True)[2]) / 2
+    views = TTA_VIEWS[cfg.tta]
+    viewed = {}
+    if len(views) > 1:  # the mean over the views, of validation too (an export calibrates on it)
+        for name, split, probs in (("val", data.val, val_probs), ("test", data.test, test_probs)):
+            others = [score(split, view)[2] for view in views[1:]]
+            viewed[f"{name}_probs_tta"] = (probs + sum(others)) / len(views)
+        labels, mean = data.test.y.numpy(), viewed["test_probs_tta"]
         state.best[M.TEST_ACC_TTA] = accuracy(labels, mean.argmax(1))
         state.best[M.TEST_MACRO_F1_TTA] = macro_f1(labels, mean.argmax(1), data.num_classes)
-    calibrated = calibrate(val_probs, data.val.y.numpy(), test_probs, data.test.y.numpy())
+    calibrated = calibrate(  # what an export of the trial gives: its views' mean
+        viewed.get("val_probs_tta", val_probs),
+        data.val.y.numpy(),
+        viewed.get("test_probs_tta", test_probs),
+        data.test.y.numpy(),
+    )
     state.best.update(
         {
             M.TEMPERATURE: calibrated["temperature"],
@@ -457,4 +468,5 @@ def _track_best(
         "test_probs": test_probs,
         "test_labels": data.test.y.numpy(),
         "test_ids": data.test.ids,
+        **viewed,
     }
