@@ -112,6 +112,19 @@ CASES = [
         ["--space", "googlenet_strategies", "--cpus-per-trial", "64", "--smoke"],
         "--cpus-per-trial 64 --gpus-per-trial 0 fits on no node",
     ),
+    (
+        "run",
+        [
+            "--space",
+            "single",
+            "--smoke",
+            "--set",
+            "objective=ordinal",
+            "--set",
+            "class_order=0,1,2",
+        ],
+        "bad value class_order='0,1,2': it leaves out '3'",
+    ),
     # run: flags and values
     ("run", ["--space", "single", "--bogus"], "unrecognized arguments: --bogus"),
     ("run", ["--space", "single", "--split-seed", "-1"], "--split-seed: must be at least 0"),

@@ -43,9 +43,10 @@ def test_a_small_trials_per_epoch_losses_are_the_recorded_ones(colour_handle):
     assert [g[0] for g in got] == [r[0] for r in RECORDED]
     # Another CPU's kernels round differently: on an AMD EPYC these values (recorded on
     # the machine of an earlier session) came back apart by up to 1.1e-3 (train, growing
-    # epoch by epoch to that at epoch 4) and 1.3e-3 (val, whose values are small), relative. A changed random stream moves them by far
-    # more: reseeding the augmentation's generator moved epoch 1's train loss by 10% and
-    # its val loss by half. The tolerances sit between the two.
+    # epoch by epoch to that at epoch 4) and 1.3e-3 (val, whose values are small),
+    # relative. A changed random stream moves them by far more: reseeding the
+    # augmentation's generator moved epoch 1's train loss by 10% and its val loss by
+    # half. The tolerances sit between the two.
     for (_, train, val), (epoch, train_then, val_then) in zip(got, RECORDED):
         assert train == pytest.approx(train_then, rel=5e-3), epoch
         assert val == pytest.approx(val_then, rel=2e-2, abs=1e-6), epoch

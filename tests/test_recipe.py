@@ -57,3 +57,54 @@ def test_the_moving_average_is_what_is_scored_and_kept(colour_handle):
     without = fit_trial(colour_handle, {**cfg, "ema_decay": 0.0})
     assert "ema" not in without.state
     assert [r[M.VAL_LOSS] for r in without.reports] != [r[M.VAL_LOSS] for r in fitted.reports]
+
+
+def test_grade_ranks_follow_the_given_order_and_refuse_a_wrong_one():
+    from trainables.core.errors import UserError
+    from trainables.recipe.losses import grade_ranks
+
+    names = ("high", "low", "mid")
+    assert grade_ranks("", names) == [0, 1, 2]
+    assert grade_ranks("low, mid, high", names) == [2, 0, 1]
+    for order, says in (
+        ("low,mid,top", "names 'top', which is not a class"),
+        ("low,mid", "leaves out 'high'"),
+        ("low,mid,high,low", "names 'low' twice"),
+    ):
+        with pytest.raises(UserError, match=says) as caught:
+            grade_ranks(order, names)
+        assert "lowest grade first (the classes are high, low, mid)" in str(caught.value)
+
+
+def test_the_ordinal_loss_costs_more_the_further_off_the_grade():
+    from trainables.recipe.losses import OrdinalLoss
+
+    # classes by label: 0 = "mid", 1 = "low", 2 = "high"; true class: low (grade 0)
+    loss = OrdinalLoss(ranks=[1, 0, 2])
+    target = torch.tensor([1])
+    sure = 8.0
+    one_off = loss(torch.tensor([[sure, 0.0, 0.0]]), target)  # says mid: one grade off
+    two_off = loss(torch.tensor([[0.0, 0.0, sure]]), target)  # says high: two grades off
+    right = loss(torch.tensor([[0.0, sure, 0.0]]), target)
+    assert right < one_off < two_off
+    # cross-entropy alone cannot tell the two wrong answers apart
+    ce = torch.nn.functional.cross_entropy
+    assert ce(torch.tensor([[sure, 0.0, 0.0]]), target) == ce(
+        torch.tensor([[0.0, 0.0, sure]]), target
+    )
+
+
+def test_an_ordinal_trial_reports_the_grade_error_in_the_order_given(colour_handle):
+    names = colour_handle.class_names
+    order = ",".join(reversed(names))
+    cfg = {"max_epochs": 2, "early_stop_patience": 0, "chance_epochs": 0}
+    fitted = fit_trial(colour_handle, {**cfg, "objective": "ordinal", "class_order": order})
+    last = fitted.last
+    probs = fitted.state["fit"].predictions["test_probs"]
+    labels = fitted.state["fit"].predictions["test_labels"]
+    ranks = torch.tensor([len(names) - 1 - i for i in range(len(names))])
+    expected = (ranks[probs.argmax(1)] - ranks[labels]).abs().float().mean().item()
+    assert last[M.TEST_GRADE_ERROR] == pytest.approx(expected)
+    assert probs.shape[1] == len(names)  # a probability per class, as any trial
+    plain = fit_trial(colour_handle, cfg)
+    assert M.TEST_GRADE_ERROR not in plain.last

@@ -9,6 +9,7 @@ from sweeps.driver.spec import SMOKE_IMAGES_PER_CLASS, SweepSpec
 from trainables import data as D
 from trainables.core.config import TrialConfig
 from trainables.core.errors import UserError
+from trainables.recipe.losses import grade_ranks
 from trainables.trial.build import preprocess_for
 
 IMBALANCE_WARNING_RATIO = 3.0
@@ -18,6 +19,8 @@ def prepare_data(spec: SweepSpec, cfgs: list[TrialConfig]) -> tuple[D.DataHandle
     """The data handle every trial gets, and the data report."""
     cache_dir = D.default_cache_dir()
     source = D.discover(D.resolve_data(spec.data, cache_dir))
+    for cfg in cfgs:  # ordered classes named right, before any decoding
+        grade_ranks(cfg.class_order, source.class_names)
     per_class = SMOKE_IMAGES_PER_CLASS if spec.smoke else spec.max_per_class
     if per_class:
         source = D.limit_per_class(source, per_class)

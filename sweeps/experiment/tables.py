@@ -55,7 +55,7 @@ def trial_row(entry, varied_keys: list[str]) -> dict:
     row.update(
         {
             key: last[key]
-            for key in (M.TEST_ACC_TTA, M.TEST_MACRO_F1_TTA, *M.CALIBRATION)
+            for key in (M.TEST_ACC_TTA, M.TEST_MACRO_F1_TTA, M.TEST_GRADE_ERROR, *M.CALIBRATION)
             if key in last
         }
     )

@@ -22,6 +22,9 @@ OBJECTIVES: dict[str, dict[str, Any]] = {
     "ls_plateau": dict(loss="ce", label_smoothing=0.1, scheduler="plateau"),
     "focal": dict(loss="focal", label_smoothing=0.0, scheduler="step"),
     "weighted_ce": dict(loss="weighted_ce", label_smoothing=0.0, scheduler="step"),
+    # ordered classes (grades): cross-entropy + squared earth mover's distance (class_order)
+    "ordinal": dict(loss="ordinal", label_smoothing=0.0, scheduler="step"),
+    "weighted_ordinal": dict(loss="weighted_ordinal", label_smoothing=0.0, scheduler="step"),
 }
 
 FIXED_CHOICES: dict[str, tuple[str, ...]] = {
@@ -99,6 +102,9 @@ class TrialConfig:
     loss: str = "ce"
     label_smoothing: float = 0.0
     focal_gamma: float = 2.0
+    # ordered classes: every class name once, lowest grade first, comma-separated ("": the
+    # classes' own order); the ordinal losses use it, and the table gains the grade error
+    class_order: str = ""
     scheduler: str = "step"
     step_size: int = 10
     step_gamma: float = 0.1

@@ -21,6 +21,9 @@ TEST_MACRO_F1_LOW, TEST_MACRO_F1_HIGH = "test_macro_f1_low", "test_macro_f1_high
 TEST_INTERVALS = (TEST_ACC_LOW, TEST_ACC_HIGH, TEST_MACRO_F1_LOW, TEST_MACRO_F1_HIGH)
 # with tta=true: the same weights scored on the mean of each test image and its mirror image
 TEST_ACC_TTA, TEST_MACRO_F1_TTA = "test_acc_tta", "test_macro_f1_tta"
+# ordered classes (class_order, the ordinal losses): mean absolute error of the predicted
+# grade on test, in grades (0: every grade right; 1: one grade off on average)
+TEST_GRADE_ERROR = "test_grade_error"
 # temperature scaling fit on validation (trainables/stats/calibration.py), and the expected
 # calibration error on test before and after it
 TEMPERATURE, TEST_ECE, TEST_ECE_CALIBRATED = "temperature", "test_ece", "test_ece_calibrated"

@@ -88,6 +88,7 @@ def trial_data(handle: DataHandle, pre: Preprocess) -> TrialData:
         preprocess=pre,
         cache_dir=handle.cache_dir,
         images_key=f"{handle.digest}-{pre.load_size}-{pre.interpolation}",
+        class_names=tuple(handle.class_names),
     )
 
 

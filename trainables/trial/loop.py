@@ -34,7 +34,7 @@ from trainables.data.batches import (
 from trainables.model.factory import Net
 from trainables.model.record import Preprocess
 from trainables.recipe.augment import TTA_VIEWS
-from trainables.recipe.losses import create_loss
+from trainables.recipe.losses import create_loss, grade_ranks
 from trainables.recipe.optim import create_schedule
 from trainables.recipe.strategies import Strategy
 from trainables.stats.calibration import calibrate
@@ -82,6 +82,7 @@ class TrialData:
     # where the frozen-feature cache lives ("": no cache) and the decoded images' key
     cache_dir: str = ""
     images_key: str = ""
+    class_names: tuple[str, ...] = ()
 
     @property
     def class_counts(self) -> list[int]:
@@ -213,7 +214,7 @@ def fit(
     fast = device.type == "cuda" and cfg.channels_last
     if fast:
         net.to(memory_format=torch.channels_last)
-    criterion = create_loss(cfg, data.class_counts).to(device)
+    criterion = create_loss(cfg, data.class_counts, data.class_names).to(device)
     optimizer = strategy.create_optimizer(net)
     schedule = create_schedule(cfg, optimizer)
     dtype = amp_dtype(cfg, device)
@@ -438,6 +439,14 @@ def _track_best(
         M.TEST_MACRO_F1_LOW: test["macro_f1_low"],
         M.TEST_MACRO_F1_HIGH: test["macro_f1_high"],
     }
+    if cfg.class_order or cfg.loss in ("ordinal", "weighted_ordinal"):
+        ranks = np.asarray(
+            grade_ranks(cfg.class_order, data.class_names or range(data.num_classes))
+        )
+        predicted = ranks[test_probs.argmax(1)]
+        state.best[M.TEST_GRADE_ERROR] = float(
+            np.abs(predicted - ranks[data.test.y.numpy()]).mean()
+        )
     views = TTA_VIEWS[cfg.tta]
     viewed = {}
     if len(views) > 1:  # the mean over the views, of validation too (an export calibrates on it)
