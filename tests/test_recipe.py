@@ -108,3 +108,45 @@ def test_an_ordinal_trial_reports_the_grade_error_in_the_order_given(colour_hand
     assert probs.shape[1] == len(names)  # a probability per class, as any trial
     plain = fit_trial(colour_handle, cfg)
     assert M.TEST_GRADE_ERROR not in plain.last
+
+
+@pytest.mark.parametrize("model", ["mobilenet_v2", "timm/resnet10t"])
+def test_layer_decay_gives_each_block_its_rate_the_head_the_full_one(model):
+    from trainables.core.config import TrialConfig
+    from trainables.model.factory import create_model
+    from trainables.recipe.optim import layer_blocks
+    from trainables.recipe.strategies import create_strategy
+
+    net = create_model(model, 4, "false").net
+    cfg = TrialConfig(model=model, pretrained="false", lr=1e-3, layer_decay=0.7)
+    groups = create_strategy(cfg).create_optimizer(net).param_groups
+    blocks = layer_blocks(net)
+    assert len(groups) == len(blocks) > 4
+    assert [g["lr"] for g in groups] == pytest.approx(
+        [1e-3 * 0.7 ** (len(blocks) - 1 - i) for i in range(len(blocks))]
+    )
+    params = dict(net.named_parameters())
+    assert {id(p) for p in groups[-1]["params"]} == {
+        id(params[n]) for n in params if net.is_head(n)
+    }
+    assert sum(len(g["params"]) for g in groups) == len(params)  # each parameter once
+
+
+def test_a_frozen_fraction_keeps_the_first_blocks_as_built(colour_handle):
+    from tests_support import SMALL
+    from trainables.core.config import TrialConfig
+    from trainables.recipe.strategies import frozen_prefix
+    from trainables.trial.build import build_trial
+
+    cfg = {"max_epochs": 2, "early_stop_patience": 0, "chance_epochs": 0, "frozen_fraction": 0.5}
+    fitted = fit_trial(colour_handle, cfg)
+    built = build_trial(TrialConfig.from_dict({**SMALL, **cfg}), colour_handle).net
+    prefix = frozen_prefix(built, 0.5)
+    after = fitted.state["model"]
+    assert prefix and all(not built.is_head(n) for n in prefix)
+    for name, tensor in built.state_dict().items():
+        frozen_block = any(name.startswith(p.rpartition(".")[0] + ".") for p in prefix)
+        if frozen_block:  # weights and BatchNorm statistics alike
+            assert torch.equal(after[name], tensor), name
+    moved = [n for n, t in built.state_dict().items() if not torch.equal(after[n], t)]
+    assert moved and not set(moved) & prefix  # the rest trained

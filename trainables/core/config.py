@@ -60,6 +60,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "weight_decay": (0.0, 10.0),
     "momentum": (0.0, 1.0),
     "warmup_epochs": (0, 10_000),
+    "layer_decay": (0.0, 1.0),
+    "frozen_fraction": (0.0, 1.0),
     "ema_decay": (0.0, 0.99999),
     "batch_size": (1, 65_536),
     "max_epochs": (1, 100_000),
@@ -116,6 +118,12 @@ class TrialConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     momentum: float = 0.9
+    # layer-wise lr decay (0: off): block i of L from the input trains at lr x decay^(L-1-i),
+    # the head at lr (0.65 to 0.75 is usual; trainables/recipe/optim.py)
+    layer_decay: float = 0.0
+    # the share of the backbone's blocks, from the input, frozen (and in eval mode) for the
+    # whole run whatever the strategy: 0 none; 1 is the feature extractor
+    frozen_fraction: float = 0.0
     # epochs of linear learning-rate warm-up (lr x 1/(N+1), 2/(N+1), ...) before the schedule
     warmup_epochs: int = 0
     # >0: an exponential moving average of the weights (timm's ModelEmaV3, updated every

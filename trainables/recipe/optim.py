@@ -113,3 +113,48 @@ class Schedule:
 
 def create_schedule(cfg: TrialConfig, optimizer: optim.Optimizer) -> Schedule:
     return Schedule(SCHEDULES[cfg.scheduler](cfg, optimizer), optimizer, cfg.warmup_epochs)
+
+
+def block_key(name: str) -> str:
+    """The block a parameter or module of a torchvision network belongs to: its first name,
+    with the index when a sequence of blocks follows (``features.3``, ``layer1``, ``fc``)."""
+    parts = name.split(".")
+    if parts and parts[0] == "body":
+        parts = parts[1:]
+    if len(parts) > 1 and parts[1].isdigit():
+        return ".".join(parts[:2])
+    return parts[0] if parts else ""
+
+
+def layer_blocks(net) -> list[list[str]]:
+    """The network's parameter names in blocks, from the input to the classifier head (the
+    last block). timm models are grouped by their own ``group_matcher`` (timm's
+    ``group_parameters``); torchvision and the small CNN have none, and timm's fallback puts
+    such a network in one block, so theirs are grouped by ``block_key``."""
+    body = net.body
+    head = [n for n, _ in net.named_parameters() if net.is_head(n)]
+    if hasattr(body, "group_matcher"):
+        from timm.models import group_parameters
+
+        grouped = group_parameters(body, body.group_matcher(coarse=False))
+        blocks = [[f"body.{n}" for n in names] for _, names in sorted(grouped.items())]
+    else:
+        order: dict[str, list[str]] = {}
+        for name, _ in net.named_parameters():
+            order.setdefault(block_key(name), []).append(name)
+        blocks = list(order.values())
+    blocks = [[n for n in block if n not in head] for block in blocks]
+    return [block for block in blocks if block] + [head]
+
+
+def layer_decay_groups(cfg: TrialConfig, net) -> list[dict]:
+    """Layer-wise learning-rate decay: block i of L (``layer_blocks``) gets
+    ``lr * layer_decay ** (L - 1 - i)``, so the head trains at ``lr`` and the first blocks,
+    whose ImageNet features are the most general, move least."""
+    params = dict(net.named_parameters())
+    blocks = layer_blocks(net)
+    last = len(blocks) - 1
+    return [
+        {"params": [params[n] for n in block], "lr": cfg.lr * cfg.layer_decay ** (last - i)}
+        for i, block in enumerate(blocks)
+    ]

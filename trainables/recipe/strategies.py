@@ -15,7 +15,7 @@ from torch import optim
 from trainables.core.errors import UserError
 from trainables.core.registry import Registry
 from trainables.recipe.augment import augment_spec
-from trainables.recipe.optim import create_optimizer
+from trainables.recipe.optim import create_optimizer, layer_blocks, layer_decay_groups
 
 if TYPE_CHECKING:
     from trainables.core.config import TrialConfig
@@ -24,11 +24,21 @@ if TYPE_CHECKING:
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 
 
-def set_backbone_frozen(net: Net, frozen: bool) -> None:
-    """Freeze or unfreeze every parameter outside the classifier heads."""
+def set_backbone_frozen(net: Net, frozen: bool, fraction: float = 0.0) -> None:
+    """Freeze or unfreeze every parameter outside the classifier heads; unfrozen, the first
+    ``fraction`` of the backbone's blocks (``optim.layer_blocks``) stay frozen."""
+    prefix = frozen_prefix(net, fraction)
     for name, param in net.named_parameters():
         if not net.is_head(name):
-            param.requires_grad = not frozen
+            param.requires_grad = not (frozen or name in prefix)
+
+
+def frozen_prefix(net: Net, fraction: float) -> set[str]:
+    """The parameter names of the first ``fraction`` of the backbone's blocks."""
+    if not fraction:
+        return set()
+    blocks = layer_blocks(net)[:-1]  # the last block is the head
+    return {n for block in blocks[: round(fraction * len(blocks))] for n in block}
 
 
 def backbone_frozen(net: Net) -> bool:
@@ -74,6 +84,8 @@ class Strategy:
         return 0
 
     def create_optimizer(self, net: Net) -> optim.Optimizer:
+        if self.cfg.layer_decay:
+            return create_optimizer(self.cfg, layer_decay_groups(self.cfg, net))
         return create_optimizer(self.cfg, net.parameters())
 
     @property
@@ -93,13 +105,25 @@ class Strategy:
 
     def on_epoch_start(self, net: Net, optimizer: optim.Optimizer, epoch: int) -> None:
         """Called before each epoch (0-based); idempotent, so a resumed trial gets it right."""
+        if self.cfg.frozen_fraction:
+            set_backbone_frozen(net, False, self.cfg.frozen_fraction)
 
     def train_mode(self, net: Net) -> None:
-        """Put ``net`` in training mode; a frozen backbone stays in eval mode so its
-        BatchNorm statistics do not drift."""
+        """Put ``net`` in training mode; a frozen backbone, or the frozen blocks of one
+        (``frozen_fraction``), stays in eval mode so its BatchNorm statistics do not drift."""
         frozen = backbone_frozen(net)
+        prefix = frozen_prefix(net, self.cfg.frozen_fraction)
+        in_prefix: dict[str, bool] = {}
         for name, module in net.named_modules():
-            module.training = not frozen or net.is_head(name)
+            if prefix:  # a module whose parameters are all in it; a parameterless one
+                # (an activation, a dropout) follows the module it sits in
+                own = [n for n, _ in module.named_parameters(prefix=name)]
+                parent = name.rpartition(".")[0]
+                in_prefix[name] = (
+                    all(n in prefix for n in own) if own else in_prefix.get(parent, False)
+                )
+            still = frozen or in_prefix.get(name, False)
+            module.training = not still or net.is_head(name)
 
 
 @STRATEGIES.register("finetuned")
@@ -179,7 +203,7 @@ class LinearProbeThenFineTune(Strategy):
         return 3  # two epochs after the probe, as for gradual_unfreeze
 
     def on_epoch_start(self, net, optimizer, epoch):
-        set_backbone_frozen(net, epoch < 1)
+        set_backbone_frozen(net, epoch < 1, self.cfg.frozen_fraction)
 
 
 @STRATEGIES.register("gradual_unfreeze")
@@ -203,7 +227,7 @@ class GradualUnfreeze(Strategy):
 
     def on_epoch_start(self, net, optimizer, epoch):
         frozen = epoch < self.cfg.unfreeze_epoch
-        set_backbone_frozen(net, frozen)
+        set_backbone_frozen(net, frozen, self.cfg.frozen_fraction)
         if epoch == self.cfg.unfreeze_epoch and epoch > 0:
             for group in optimizer.param_groups:
                 group["lr"] = self.cfg.unfreeze_lr
