@@ -3,9 +3,12 @@ network on a small data set (Li et al. 2020, Quick-Tune, timm's train.py), for o
 (``--set model=NAME``) on one data set; ``--num-samples`` is the budget.
 
 Searched: the strategy (the linear probe on the frozen features, a trained head on them,
-gradual unfreezing, full fine-tuning), image size, augmentation (the 8 dihedral views or
-none: both finite, so every frozen trial's backbone runs once per image and view, cached),
-learning rate, optimizer and momentum, weight decay, class weighting and label smoothing.
+gradual unfreezing, linear probing then fine-tuning, full fine-tuning), image size,
+augmentation (the 8 dihedral views or none: both finite, so every frozen trial's backbone
+runs once per image and view, cached), learning rate, optimizer and momentum, weight decay,
+class weighting and label smoothing, a frozen share of the backbone, layer-wise lr decay,
+warm-up and a moving average of the weights; with ``--set class_order=A,B,...`` (ordered
+classes) also the ordinal objectives.
 The search's first trial is the linear probe (``points``), so it never hands back less than
 the field's simplest strong baseline. It ends with ``best_config.json``; cross-validate the
 best with ``python sweeps/confirm.py runs/NAME --top 3 --folds 5``.
@@ -13,7 +16,7 @@ best with ``python sweeps/confirm.py runs/NAME --top 3 --folds 5``.
 
 from ray import tune
 
-from search_spaces import Space
+from search_spaces import Space, is_domain, is_grid
 
 PROBE = {
     "strategy": "linear_probe",
@@ -25,26 +28,50 @@ PROBE = {
     "weight_decay": 1e-3,
     "objective": "ce",
     "label_smoothing": 0.0,
+    "frozen_fraction": 0.0,
+    "layer_decay": 0.0,
+    "warmup_epochs": 0,
+    "ema_decay": 0.0,
 }
+
+OBJECTIVES = ["ce", "weighted_ce"]
+ORDERED = ["ordinal", "weighted_ordinal"]  # only for ordered classes: class_order given
+
+
+def with_ordinal(param_space: dict) -> dict:
+    """The ordinal objectives join the search when the classes are ordered (class_order)."""
+    order = param_space.get("class_order")
+    objective = param_space.get("objective")
+    if not order or is_grid(order) or is_domain(order) or not is_domain(objective):
+        return param_space
+    return {**param_space, "objective": tune.choice(OBJECTIVES + ORDERED)}
+
 
 SPACE = Space(
     name="recipe",
-    description="Optuna TPE over strategy (linear_probe first), image size {64,96,128}, "
-    "augment {dihedral,none}, lr, optimizer and momentum, weight decay, class weighting, "
-    "label smoothing for --set model=NAME (default mobilenet_v2, ImageNet weights); "
+    description="Optuna TPE over strategy (linear_probe first; lp_ft), image size "
+    "{64,96,128}, augment {dihedral,none}, lr, optimizer and momentum, weight decay, class "
+    "weighting (ordinal objectives with --set class_order), label smoothing, frozen "
+    "fraction, layer decay, warm-up, EMA for --set model=NAME (default mobilenet_v2); "
     "--num-samples = trial budget (default 20)",
     param_space={
         "model": "mobilenet_v2",
         "pretrained": "auto",
-        "strategy": tune.choice(["linear_probe", "feature_extractor", "gradual_unfreeze", "base"]),
+        "strategy": tune.choice(
+            ["linear_probe", "feature_extractor", "gradual_unfreeze", "lp_ft", "base"]
+        ),
         "image_size": tune.choice([64, 96, 128]),
         "augment": tune.choice(["dihedral", "none"]),
         "lr": tune.loguniform(1e-5, 3e-3),
         "optimizer": tune.choice(["adam", "adamw", "sgd"]),
         "momentum": tune.uniform(0.8, 0.99),
         "weight_decay": tune.loguniform(1e-6, 1e-1),
-        "objective": tune.choice(["ce", "weighted_ce"]),
+        "objective": tune.choice(OBJECTIVES),
         "label_smoothing": tune.uniform(0.0, 0.2),
+        "frozen_fraction": tune.choice([0.0, 0.5]),
+        "layer_decay": tune.choice([0.0, 0.7]),
+        "warmup_epochs": tune.choice([0, 1]),
+        "ema_decay": tune.choice([0.0, 0.99]),
         "unfreeze_epoch": 2,
         "unfreeze_lr": 1e-4,
         "batch_size": 32,
@@ -57,4 +84,5 @@ SPACE = Space(
     search="tpe",
     budget=20,
     points=(PROBE,),
+    expand=with_ordinal,
 )

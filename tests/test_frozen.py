@@ -246,3 +246,12 @@ def test_lp_ft_probes_the_head_on_the_frozen_network_then_trains_everything(hand
     )
     with pytest.raises(UserError, match="strategy=lp_ft fits its head on cached features"):
         create_strategy(TrialConfig.from_dict({"strategy": "lp_ft", "augment": "notebook"}))
+
+
+def test_a_probe_epoch_starts_the_weights_average_from_its_fit(handle):
+    # the average (ema_decay) after the probe is the probe's head, not one small step
+    # towards it from the random head
+    cfg = {**RUN, "max_epochs": 1, "strategy": "lp_ft", "augment": "none"}
+    plain = fit_trial(handle, cfg)
+    averaged = fit_trial(handle, {**cfg, "ema_decay": 0.99})
+    assert averaged.last[M.VAL_LOSS] == pytest.approx(plain.last[M.VAL_LOSS], abs=1e-6)

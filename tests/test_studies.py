@@ -122,8 +122,12 @@ def test_the_recipe_search_starts_from_the_linear_probe():
     # a key the command line fixes is no longer the point's to say
     plan = make_plan(space, {"image_size": 224}, None)
     assert plan.points == [{k: v for k, v in PROBE.items() if k != "image_size"}]
+    # ordered classes bring the ordinal objectives into the search, and only they do
+    assert make_plan(space, {}, None).param_space["objective"].categories == ["ce", "weighted_ce"]
+    ordered = make_plan(space, {"class_order": "p0,p1,p2,p3"}, None).param_space["objective"]
+    assert ordered.categories == ["ce", "weighted_ce", "ordinal", "weighted_ordinal"]
     broken = dataclasses.replace(space, points=({"strategy": "linear_probe"},))
-    with pytest.raises(UserError, match="first point has no value for augment, image_size"):
+    with pytest.raises(UserError, match="first point has no value for augment, ema_decay, frozen_fraction"):
         make_plan(broken, {}, None)
 
 

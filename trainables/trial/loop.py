@@ -272,8 +272,8 @@ def fit(
         try:
             if on_cache and cache.probing(epoch):
                 train_loss, train_acc = cache.fit_full_batch(criterion)
-                if after_step is not None:
-                    after_step()
+                if ema is not None:  # a probe's fit is a solution, not a noisy step:
+                    ema.set(net)  # the average starts from it
             elif on_cache:
                 train_loss, train_acc = train_one_epoch(
                     cache.head,
