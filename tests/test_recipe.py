@@ -150,3 +150,22 @@ def test_a_frozen_fraction_keeps_the_first_blocks_as_built(colour_handle):
             assert torch.equal(after[name], tensor), name
     moved = [n for n, t in built.state_dict().items() if not torch.equal(after[n], t)]
     assert moved and not set(moved) & prefix  # the rest trained
+
+
+def test_batchnorm_eval_keeps_the_running_statistics_while_everything_trains(colour_handle):
+    from tests_support import SMALL
+    from trainables.core.config import TrialConfig
+    from trainables.trial.build import build_trial
+
+    cfg = {"max_epochs": 1, "early_stop_patience": 0, "chance_epochs": 0, "batchnorm": "eval"}
+    built = build_trial(TrialConfig.from_dict({**SMALL, **cfg}), colour_handle).net.state_dict()
+    after = fit_trial(colour_handle, cfg).state["model"]
+    stats = [n for n in built if n.endswith(("running_mean", "running_var"))]
+    scales = [
+        n for n in built if n.endswith(".weight") and n.replace("weight", "running_mean") in built
+    ]
+    assert stats and scales
+    assert all(torch.equal(after[n], built[n]) for n in stats)  # the statistics as built
+    assert all(not torch.equal(after[n], built[n]) for n in scales)  # their scales learnt
+    trained = fit_trial(colour_handle, {**cfg, "batchnorm": "train"}).state["model"]
+    assert not all(torch.equal(trained[n], built[n]) for n in stats)

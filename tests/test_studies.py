@@ -127,7 +127,9 @@ def test_the_recipe_search_starts_from_the_linear_probe():
     ordered = make_plan(space, {"class_order": "p0,p1,p2,p3"}, None).param_space["objective"]
     assert ordered.categories == ["ce", "weighted_ce", "ordinal", "weighted_ordinal"]
     broken = dataclasses.replace(space, points=({"strategy": "linear_probe"},))
-    with pytest.raises(UserError, match="first point has no value for augment, ema_decay, frozen_fraction"):
+    with pytest.raises(
+        UserError, match="first point has no value for augment, ema_decay, frozen_fraction"
+    ):
         make_plan(broken, {}, None)
 
 

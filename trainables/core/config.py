@@ -34,6 +34,7 @@ FIXED_CHOICES: dict[str, tuple[str, ...]] = {
     "data_path": ("auto", "device", "loader"),
     "frozen_cache": ("auto", "off"),
     "tta": ("off", "flip", "dihedral"),
+    "batchnorm": ("train", "eval"),
 }
 
 
@@ -124,6 +125,10 @@ class TrialConfig:
     # the share of the backbone's blocks, from the input, frozen (and in eval mode) for the
     # whole run whatever the strategy: 0 none; 1 is the feature extractor
     frozen_fraction: float = 0.0
+    # eval: every BatchNorm layer keeps its running (ImageNet) statistics while the network
+    # trains (its scale and shift still learn): small batches, or a head fitted on the
+    # frozen network's features (lp_ft), see the features they were fitted on
+    batchnorm: str = "train"
     # epochs of linear learning-rate warm-up (lr x 1/(N+1), 2/(N+1), ...) before the schedule
     warmup_epochs: int = 0
     # >0: an exponential moving average of the weights (timm's ModelEmaV3, updated every

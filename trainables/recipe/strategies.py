@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from torch import optim
+from torch import nn, optim
 
 from trainables.core.errors import UserError
 from trainables.core.registry import Registry
@@ -124,6 +124,8 @@ class Strategy:
                 )
             still = frozen or in_prefix.get(name, False)
             module.training = not still or net.is_head(name)
+            if self.cfg.batchnorm == "eval" and isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.training = False
 
 
 @STRATEGIES.register("finetuned")
