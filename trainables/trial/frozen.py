@@ -46,6 +46,7 @@ from trainables.data.batch_augment import Normalize, centre_crop, dihedral_view,
 from trainables.data.batches import lone_last, nchw
 from trainables.model.factory import Net
 from trainables.recipe.augment import TTA_VIEWS, augment_spec
+from trainables.trial.scores import split_scores
 
 CACHE_VERSION = 1
 # room left free beside a new cache file, so that building it never fills the disk
@@ -342,8 +343,6 @@ def evaluate_features(
 ) -> tuple[float, float, np.ndarray]:
     """``loop.evaluate`` on the cached features of ``split``'s rows (``view``: of their
     images in that dihedral view)."""
-    import torch.nn.functional as F
-
     head.eval()
     column = features.column(view)
     rows = split.rows.to(features.values.device)
@@ -351,11 +350,7 @@ def evaluate_features(
     for start in range(0, len(split.y), batch_size):
         logits, _ = head(features.values[rows[start : start + batch_size], column])
         outputs.append(logits.float().cpu())
-    logits = torch.cat(outputs)
-    loss = F.cross_entropy(logits, split.y).item()
-    probs = logits.softmax(1).numpy()
-    acc = float((probs.argmax(1) == split.y.numpy()).mean())
-    return loss, acc, probs
+    return split_scores(torch.cat(outputs), split.y)
 
 
 class FrozenPhase:

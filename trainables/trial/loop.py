@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from timm.utils import ModelEmaV3
 from torch.utils.data import RandomSampler, WeightedRandomSampler
 
@@ -40,6 +39,7 @@ from trainables.recipe.strategies import Strategy
 from trainables.stats.calibration import calibrate
 from trainables.stats.evaluation import accuracy, macro_f1, test_summary
 from trainables.trial.frozen import FrozenPhase, HeadOnly
+from trainables.trial.scores import split_scores
 
 
 @dataclass
@@ -187,11 +187,7 @@ def evaluate(
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits, _ = net(x)
         outputs.append(logits.float().cpu())
-    logits = torch.cat(outputs)
-    loss = F.cross_entropy(logits, split.y).item()
-    probs = logits.softmax(1).numpy()
-    acc = float((probs.argmax(1) == split.y.numpy()).mean())
-    return loss, acc, probs
+    return split_scores(torch.cat(outputs), split.y)
 
 
 def fit(
