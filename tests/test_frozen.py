@@ -45,7 +45,7 @@ def assert_same_losses(a, b):
     "overrides",
     [
         {"strategy": "feature_extractor", "augment": "none"},
-        {"strategy": "feature_extractor", "augment": "dihedral", "tta": True},
+        {"strategy": "feature_extractor", "augment": "dihedral", "tta": "dihedral"},
         {"strategy": "gradual_unfreeze", "augment": "dihedral", "unfreeze_epoch": 2},
     ],
     ids=["frozen-none", "frozen-dihedral-tta", "partly-frozen"],

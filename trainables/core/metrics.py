@@ -19,7 +19,7 @@ TEST_MACRO_F1 = "test_macro_f1"
 TEST_ACC_LOW, TEST_ACC_HIGH = "test_acc_low", "test_acc_high"
 TEST_MACRO_F1_LOW, TEST_MACRO_F1_HIGH = "test_macro_f1_low", "test_macro_f1_high"
 TEST_INTERVALS = (TEST_ACC_LOW, TEST_ACC_HIGH, TEST_MACRO_F1_LOW, TEST_MACRO_F1_HIGH)
-# with tta=true: the same weights scored on the mean of each test image and its mirror image
+# with tta=flip or dihedral: the same weights scored on the mean of each test image's views
 TEST_ACC_TTA, TEST_MACRO_F1_TTA = "test_acc_tta", "test_macro_f1_tta"
 # ordered classes (class_order, the ordinal losses): mean absolute error of the predicted
 # grade on test, in grades (0: every grade right; 1: one grade off on average)
