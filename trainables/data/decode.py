@@ -203,7 +203,7 @@ def _decode_all(
         raise
 
 
-def _claim_blocks(path: Path) -> None:
+def claim_blocks(path: Path) -> None:
     """Allocate a file's whole length on disk, where the system can (ENOSPC if it cannot)."""
     if not hasattr(os, "posix_fallocate"):
         return
@@ -227,7 +227,7 @@ def _decode_into(
     )
     # the file's blocks, claimed now: a memory-mapped write past a full disk's end is a
     # SIGBUS that kills the process without a word; a refused claim is an OSError
-    _claim_blocks(tmp)
+    claim_blocks(tmp)
     bad: dict[str, str] = {}
 
     def work(i: int, out: np.ndarray = array) -> None:

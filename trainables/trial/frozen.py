@@ -44,6 +44,7 @@ from trainables.core.errors import UserError
 from trainables.core.files import replaced, writes_into
 from trainables.data.batch_augment import Normalize, centre_crop, dihedral_view, draw_views
 from trainables.data.batches import lone_last, nchw
+from trainables.data.decode import claim_blocks
 from trainables.model.factory import Net
 from trainables.recipe.augment import TTA_VIEWS, augment_spec
 from trainables.trial.scores import split_scores
@@ -252,6 +253,9 @@ def _build(net, data, views, rows, device, batch_size, npy: Path, meta: Path, pr
                     dtype=np.float32,
                     shape=(data.images.shape[0], len(views), width),
                 )
+                # its blocks claimed now: a memory-mapped write past a full disk's end would
+                # be a SIGBUS; a refused claim is an OSError (the one line above)
+                claim_blocks(tmp)
                 step = max(1, len(rows) // 10)
                 for start in range(0, len(rows), batch_size):
                     part = rows[start : start + batch_size]
