@@ -53,6 +53,16 @@ def test_export_round_trip_and_every_runtime_agrees(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
 
 
+def test_an_export_with_views_checks_them_on_random_inputs_too(tmp_path):
+    # no test images to check against (another machine): the eager network over the same
+    # views is the reference, in every runtime
+    spec = replace(spec_for(), tta="dihedral")
+    torch.manual_seed(0)
+    differences = write_export(tmp_path / "exp", spec, spec.build().state_dict())
+    assert max(differences.values()) < 1e-5
+    assert load_export(tmp_path / "exp")[0].tta == "dihedral"
+
+
 def test_an_export_that_does_not_reproduce_the_trial_is_refused_whole(tmp_path):
     spec = spec_for()
     weights = spec.build().state_dict()

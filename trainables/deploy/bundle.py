@@ -171,8 +171,11 @@ def write_export(
         inputs = torch.randn(
             4, 3, spec.image_size, spec.image_size, generator=torch.Generator().manual_seed(0)
         )
-        with torch.no_grad():
-            expected = logits(inputs).softmax(1).numpy()
+        with torch.no_grad():  # the eager network over the same test-time views
+            expected = sum(
+                logits(dihedral_view(inputs, view).contiguous()).softmax(1).numpy()
+                for view in TTA_VIEWS[spec.tta]
+            ) / len(TTA_VIEWS[spec.tta])
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     # the weights three times over (weights.pt, model.pt2, model.onnx) and some room: a
