@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 import sys
 
 # each command's module (imported only when it is run: --help pays for no torch)
@@ -27,9 +28,18 @@ COMMANDS = {
 
 
 def cli_main(argv: list[str] | None = None) -> None:
+    try:
+        _dispatch(argv)
+    except BrokenPipeError:  # the reader went away (visionsweep --help | head): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as Python's docs say
+        raise SystemExit(1) from None
+
+
+def _dispatch(argv: list[str] | None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__.strip())
+        sys.stdout.flush()  # a closed pipe is found here, not at the interpreter's exit
         raise SystemExit(0)
     if not argv or argv[0].startswith("-"):
         name = "run"  # the console script's first form: run.py's flags

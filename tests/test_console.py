@@ -34,3 +34,17 @@ def test_an_unknown_subcommand_is_one_line_with_the_nearest(capsys):
     assert "unknown command 'wieghts' (did you mean 'weights'?)" in err
     code, out, _ = _ran(["--help"], capsys)
     assert code == 0 and "visionsweep confirm" in out
+
+
+def test_a_reader_that_goes_away_ends_it_without_a_traceback():
+    import subprocess
+    import sys
+
+    reader = subprocess.Popen(  # visionsweep --help | head -0
+        [sys.executable, "-c", "from sweeps.main import cli_main; cli_main(['--help'])"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    reader.stdout.close()  # the reader is gone before a byte is read
+    _, err = reader.communicate(timeout=60)
+    assert reader.returncode == 1 and b"Traceback" not in err and b"BrokenPipe" not in err
