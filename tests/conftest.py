@@ -4,12 +4,22 @@ for the command-line tests. Helpers that are not fixtures live in helpers.py."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
 import pytest
 
 from helpers import HEAD_ENV, free_port, make_image_folder, wait_for_port
+
+
+def pytest_configure(config):
+    """A suite started in the background of a non-interactive shell (``cmd &``, as a CI job
+    may be) inherits SIGINT ignored, and Python keeps it so; the Ctrl-C tests need it
+    delivered, in this process, its workers and the commands they start (an exec keeps an
+    ignored signal ignored, and resets a handled one to the default)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
