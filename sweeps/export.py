@@ -21,6 +21,7 @@ import numpy as np
 from sweeps import cli
 from sweeps.experiment.folder import load_experiment
 from trainables.core import metrics as M
+from trainables.core.config import coerce
 from trainables.core.errors import UserError
 from trainables.deploy.bundle import ExportSpec, check_replaceable, write_export
 from trainables.trial import checkpoint
@@ -76,8 +77,7 @@ def export(experiment_dir, trial: str | None = None, out=None) -> Path:
         )
     # the trial's test-time views, where it saved their mean (a trial of an older version
     # did not: its export gives the plain network's probabilities)
-    tta = str(record.config.get("tta", "off"))
-    tta = {"True": "flip", "False": "off"}.get(tta, tta)
+    tta = coerce("tta", record.config.get("tta", "off"))  # a yes/no of before: flip or off
     if "test_probs_tta" not in saved:
         tta = "off"
     else:

@@ -235,12 +235,7 @@ def test_an_export_averages_the_trials_test_time_views_in_every_runtime(colour_h
     assert np.abs(trial_probs - predicted).max() < 1e-4
     plain = fitted.state["fit"].predictions["test_probs"]
     assert np.abs(trial_probs - plain).max() > 1e-3  # the views changed the probabilities
-    served = _served_probabilities(
-        tmp_path / "export",
-        colour_handle,
-        fitted.state["fit"].predictions["test_ids"],
-        fitted.trial.record.class_names,
-    )
+    served = _served_probabilities(tmp_path / "export", colour_handle, fitted)
     assert np.abs(trial_probs - served).max() < 1e-4
 
 
@@ -283,18 +278,15 @@ def test_export_and_predict_reproduce_the_trials_probabilities(
     trial_probs, predicted = exported_probabilities(fitted, tmp_path, colour_handle)
     assert np.abs(trial_probs - predicted).max() < 1e-4
     if pretrained:  # the README's models, through the REST service too
-        served = _served_probabilities(
-            tmp_path / "export",
-            colour_handle,
-            fitted.state["fit"].predictions["test_ids"],
-            fitted.trial.record.class_names,
-        )
+        served = _served_probabilities(tmp_path / "export", colour_handle, fitted)
         assert np.abs(trial_probs - served).max() < 1e-4
 
 
-def _served_probabilities(export: Path, handle, paths, names) -> np.ndarray:
-    """serve.py on the export, on a free loopback port; its answer for the test images,
-    sent as files by a real HTTP client."""
+def _served_probabilities(export: Path, handle, fitted) -> np.ndarray:
+    """serve.py on the export, on a free loopback port; its answer for the fitted trial's
+    test images, sent as files by a real HTTP client."""
+    paths = fitted.state["fit"].predictions["test_ids"]
+    names = fitted.trial.record.class_names
     import subprocess
     import sys
 

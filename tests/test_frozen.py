@@ -13,8 +13,8 @@ from tests_support import SMALL, fit_trial
 from trainables.core import metrics as M
 from trainables.core.config import TrialConfig
 from trainables.core.errors import UserError
-from trainables.data.batch_augment import BatchAugment, dihedral_view, dihedral_views
-from trainables.data.transforms import RandomDihedral
+from trainables.data.batch_augment import BatchAugment, dihedral_views
+from trainables.data.transforms import RandomDihedral, dihedral_view
 from trainables.model.record import Preprocess
 from trainables.recipe.augment import augment_spec
 from trainables.recipe.strategies import create_strategy

@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from trainables.data.transforms import policy_transform
+from trainables.data.transforms import dihedral_view, policy_transform
 from trainables.model.record import Preprocess
 from trainables.recipe.augment import (
     BLUR_SIGMA,
@@ -19,13 +19,6 @@ from trainables.recipe.augment import (
     FLIP_VIEW,
     AugmentSpec,
 )
-
-
-def dihedral_view(x: torch.Tensor, view: int) -> torch.Tensor:
-    """View ``view`` of square images (... x S x S): ``view % 4`` quarter turns, then a
-    left-right mirror when ``view >= FLIP_VIEW``."""
-    x = torch.rot90(x, view % 4, dims=(-2, -1))
-    return x.flip(-1) if view >= FLIP_VIEW else x
 
 
 def dihedral_views(x: torch.Tensor, views: torch.Tensor) -> torch.Tensor:

@@ -43,14 +43,19 @@ def policy_transform(name: str) -> v2.Transform:
     return policies[name]()
 
 
+def dihedral_view(x: torch.Tensor, view: int) -> torch.Tensor:
+    """View ``view`` of square images (... x S x S): ``view % 4`` quarter turns, then a
+    left-right mirror when ``view >= FLIP_VIEW``."""
+    x = torch.rot90(x, view % 4, dims=(-2, -1))
+    return x.flip(-1) if view >= FLIP_VIEW else x
+
+
 class RandomDihedral(torch.nn.Module):
     """One of the 8 symmetries of a square image (C x S x S), uniformly at random: the
     per-image form of ``batch_augment.dihedral_views``."""
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        view = int(torch.randint(0, DIHEDRAL_VIEWS, (1,)))
-        image = torch.rot90(image, view % 4, dims=(-2, -1))
-        return image.flip(-1) if view >= FLIP_VIEW else image
+        return dihedral_view(image, int(torch.randint(0, DIHEDRAL_VIEWS, (1,))))
 
 
 def create_train_transform(

@@ -29,8 +29,8 @@ from torch import nn
 
 from trainables.core.errors import UserError, unpickling_reason
 from trainables.core.files import replaced
-from trainables.data.batch_augment import dihedral_view
 from trainables.data.decode import RESAMPLE
+from trainables.data.transforms import dihedral_view
 from trainables.model.factory import ModelBuild, rebuild
 from trainables.model.record import Preprocess, TrialRecord
 from trainables.model.weights import mismatch
@@ -172,10 +172,7 @@ def write_export(
             4, 3, spec.image_size, spec.image_size, generator=torch.Generator().manual_seed(0)
         )
         with torch.no_grad():  # the eager network over the same test-time views
-            expected = sum(
-                logits(dihedral_view(inputs, view).contiguous()).softmax(1).numpy()
-                for view in TTA_VIEWS[spec.tta]
-            ) / len(TTA_VIEWS[spec.tta])
+            expected = views_mean(lambda x: logits(x).numpy(), inputs, spec.tta)
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     # the weights three times over (weights.pt, model.pt2, model.onnx) and some room: a
@@ -321,15 +318,16 @@ def runtime_of(
     it gives the log of the mean of the views' probabilities: whatever takes a softmax of
     its output gets the views' mean."""
     run = _runtime_of(Path(folder), runtime, spec, net, threads, device)
-    views = TTA_VIEWS[spec.tta if tta is None else tta]
-    if len(views) == 1:
+    tta = spec.tta if tta is None else tta
+    if len(TTA_VIEWS[tta]) == 1:
         return run
+    return lambda x: np.log(np.maximum(views_mean(run, x, tta), 1e-300))
 
-    def viewed(x: torch.Tensor) -> np.ndarray:
-        mean = sum(softmax(run(dihedral_view(x, view).contiguous())) for view in views)
-        return np.log(np.maximum(mean / len(views), 1e-300))
 
-    return viewed
+def views_mean(run, x: torch.Tensor, tta: str) -> np.ndarray:
+    """The mean of the softmax of ``run`` (input -> logits) over the ``tta`` views of ``x``."""
+    views = TTA_VIEWS[tta]
+    return sum(softmax(run(dihedral_view(x, view).contiguous())) for view in views) / len(views)
 
 
 def _runtime_of(folder: Path, runtime: str, spec, net, threads, device):

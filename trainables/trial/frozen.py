@@ -41,10 +41,11 @@ from torch.utils.data import BatchSampler, Sampler
 
 from trainables.core.config import TrialConfig
 from trainables.core.errors import UserError
-from trainables.core.files import replaced, writes_into
-from trainables.data.batch_augment import Normalize, centre_crop, dihedral_view, draw_views
+from trainables.core.files import hash_file, replaced, writes_into
+from trainables.data.batch_augment import Normalize, centre_crop, draw_views
 from trainables.data.batches import lone_last, nchw
 from trainables.data.decode import claim_blocks
+from trainables.data.transforms import dihedral_view
 from trainables.model.factory import Net
 from trainables.recipe.augment import TTA_VIEWS, augment_spec
 from trainables.trial.scores import split_scores
@@ -94,17 +95,10 @@ class HeadOnly(nn.Module):
 
     def __init__(self, net: Net):
         super().__init__()
-        self.head = _module(net, net.head_prefixes[0])
+        self.head = net.get_submodule(net.head_prefixes[0])
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, list]:
         return self.head(features), []
-
-
-def _module(net: Net, dotted: str) -> nn.Module:
-    module: nn.Module = net
-    for part in dotted.split("."):
-        module = getattr(module, part)
-    return module
 
 
 @contextlib.contextmanager
@@ -112,7 +106,7 @@ def headless(net: Net) -> Iterator[nn.Module]:
     """``net.body`` with its main head replaced by the identity: it outputs what the head
     reads. The head is put back however the block ends."""
     parent_name, _, name = net.head_prefixes[0].rpartition(".")
-    parent = _module(net, parent_name)
+    parent = net.get_submodule(parent_name)
     head = getattr(parent, name)
     setattr(parent, name, nn.Identity())
     try:
@@ -198,20 +192,12 @@ def check_cache(npy: Path, meta: Path) -> str:
             return f"{stat.st_size} bytes where {record['bytes']} were written (truncated)"
         mark = (str(npy), stat.st_size, stat.st_mtime_ns)
         if mark not in _VERIFIED:
-            if _sha256(npy) != record["sha256"]:
+            if hash_file(npy, "sha256") != record["sha256"]:
                 return "its contents differ from what was written (altered or damaged)"
             _VERIFIED[mark] = True
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"its record is unreadable ({type(exc).__name__})"
     return ""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @torch.inference_mode()
@@ -273,7 +259,7 @@ def _build(net, data, views, rows, device, batch_size, npy: Path, meta: Path, pr
                 del out
             record = {
                 "bytes": npy.stat().st_size,
-                "sha256": _sha256(npy),
+                "sha256": hash_file(npy, "sha256"),
                 "views": list(views),
                 "width": width,
                 "rows": len(rows),

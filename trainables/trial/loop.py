@@ -22,7 +22,6 @@ from torch.utils.data import RandomSampler, WeightedRandomSampler
 
 from trainables.core import metrics as M
 from trainables.core.config import TrialConfig
-from trainables.data.batch_augment import dihedral_view
 from trainables.data.batches import (
     Normalize,
     Placement,
@@ -30,6 +29,7 @@ from trainables.data.batches import (
     image_placement,
     training_batches,
 )
+from trainables.data.transforms import dihedral_view
 from trainables.model.factory import Net
 from trainables.model.record import Preprocess
 from trainables.recipe.augment import TTA_VIEWS
