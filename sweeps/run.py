@@ -241,6 +241,9 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
             recorder = active()
             if recorder is None or not recorder.fault:
                 raise
+    # Ray's held-back log lines ("... [repeated 4x across cluster]") come out when it stops:
+    # before the table, not below it
+    stop_ray()
     recorder = active()
     code = finish(recorder, sweep.space, sweep.plan, store)
     if spec.folds and not recorder.fault and stop.signal is None:

@@ -81,9 +81,12 @@ def _cli_command(args: list[str]) -> tuple[list[str], dict]:
     return [sys.executable, str(ROOT / "sweeps" / "run.py"), *args], env
 
 
-def run_cli(args: list[str], cwd: Path, timeout: int = 300, own_group: bool = False):
+def run_cli(
+    args: list[str], cwd: Path, timeout: int = 300, own_group: bool = False, merged: bool = False
+):
     """Run ``python sweeps/run.py ARGS`` as a user would, in a fresh process (``own_group``:
-    in a process group of its own, as a shell starts a job)."""
+    in a process group of its own, as a shell starts a job; ``merged``: stderr into stdout,
+    in the order a terminal shows them)."""
     import subprocess
 
     command, env = _cli_command(args)
@@ -91,7 +94,8 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 300, own_group: bool = Fa
         command,
         cwd=cwd,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merged else subprocess.PIPE,
         text=True,
         timeout=timeout,
         start_new_session=own_group,
