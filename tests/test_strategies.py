@@ -106,3 +106,24 @@ def test_early_stopping_waits_for_gradual_unfreeze_to_unfreeze(colour_handle):
     )
     assert [r[M.EPOCH] for r in fitted.reports] == [1, 2, 3, 4]
     assert fitted.last[M.STOP_REASON] == M.EARLY_STOPPING
+
+
+def test_lp_ft_fine_tunes_without_the_networks_own_dropout():
+    # MobileNetV2's classifier keeps torchvision's Dropout(0.2) in front of the new head: the
+    # probe fitted the head without it, so lp_ft's fine-tuning epochs keep it off (the
+    # fine-tuning starts from the function the probe fitted); base trains with it
+    from trainables.core.config import TrialConfig
+    from trainables.model.factory import create_model
+    from trainables.recipe.strategies import create_strategy
+
+    net = create_model("mobilenet_v2", 4, pretrained="false").net
+    dropouts = [m for m in net.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts
+    for strategy, on in (("lp_ft", False), ("base", True)):
+        chosen = create_strategy(TrialConfig.from_dict({"strategy": strategy, "augment": "none"}))
+        chosen.on_epoch_start(net, None, 1)
+        chosen.train_mode(net)
+        assert all(m.training is on for m in dropouts), strategy
+        assert not backbone_frozen(net)
+        bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert all(m.training for m in bns)  # batchnorm=train: only the dropout is off
