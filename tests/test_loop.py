@@ -287,3 +287,42 @@ def test_a_last_training_batch_of_one_image_does_not_fail_batchnorm(colour_handl
     )
     assert train % (train - 1) == 1
     assert fitted.last[M.EPOCH] == 2 and np.isfinite(fitted.last[M.TRAIN_LOSS])
+
+
+def test_clip_grad_bounds_every_steps_gradient_norm():
+    # one plain SGD step (lr 1, no momentum) moves the weights by exactly the gradient:
+    # with clip_grad the move's norm is the bound, without it the gradient's own norm
+    from trainables.trial.loop import train_one_epoch
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 5) * 100, torch.randint(0, 3, (16,))
+
+    class Net(torch.nn.Linear):
+        def forward(self, inputs):
+            return super().forward(inputs), []
+
+    def move(clip: float) -> float:
+        torch.manual_seed(1)
+        net = Net(5, 3)
+        before = torch.cat([p.detach().flatten().clone() for p in net.parameters()])
+        optimizer = torch.optim.SGD(net.parameters(), lr=1.0)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        train_one_epoch(
+            net,
+            [(x, y)],
+            torch.nn.CrossEntropyLoss(),
+            optimizer,
+            scaler,
+            CPU,
+            0.0,
+            None,
+            clip_grad=clip,
+        )
+        after = torch.cat([p.detach().flatten() for p in net.parameters()])
+        return float((after - before).norm())
+
+    assert move(0.0) > 10  # inputs of scale 100: a large gradient
+    assert move(0.5) == pytest.approx(0.5, rel=1e-4)
+    assert TrialConfig.from_dict({"clip_grad": 1.0}).clip_grad == 1.0
+    with pytest.raises(Exception, match="clip_grad"):
+        TrialConfig.from_dict({"clip_grad": -1})

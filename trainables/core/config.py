@@ -64,6 +64,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "layer_decay": (0.0, 1.0),
     "frozen_fraction": (0.0, 1.0),
     "ema_decay": (0.0, 0.99999),
+    "clip_grad": (0.0, 1e6),
     "batch_size": (1, 65_536),
     "max_epochs": (1, 100_000),
     "early_stop_patience": (0, 100_000),
@@ -134,6 +135,9 @@ class TrialConfig:
     # >0: an exponential moving average of the weights (timm's ModelEmaV3, updated every
     # step with this decay) is what is validated, scored, kept as best and exported
     ema_decay: float = 0.0
+    # >0: every step's gradient is clipped to this norm (over all parameters; timm's
+    # dispatch_clip_grad, as its train.py's --clip-grad) before the optimizer steps
+    clip_grad: float = 0.0
     batch_size: int = 32
     max_epochs: int = 50
     early_stop_patience: int = 5

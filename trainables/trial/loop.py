@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from timm.utils import ModelEmaV3
+from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch.utils.data import RandomSampler, WeightedRandomSampler
 
 from trainables.core import metrics as M
@@ -129,13 +129,15 @@ def train_one_epoch(
     dtype,
     check_every: int = 50,
     after_step: Callable[[], None] | None = None,
+    clip_grad: float = 0.0,
 ) -> tuple[float, float]:
     """One pass over ``loader``. Returns (mean loss, accuracy); the loss is NaN if it diverged.
 
     Loss and accuracy add up on the device; the host waits for it only every
     ``check_every`` steps (to stop a diverged epoch early) and at the end, so a GPU is never
     left idle between steps while the host reads a number. ``after_step`` runs after each
-    optimizer step (the weights' moving average)."""
+    optimizer step (the weights' moving average); ``clip_grad`` > 0 clips the gradient's
+    norm over all parameters to it before each step."""
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
@@ -148,6 +150,9 @@ def train_one_epoch(
                 loss = loss + aux_weight * sum(criterion(a, y) for a in aux)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        if clip_grad:
+            scaler.unscale_(optimizer)  # clip the true gradient, not the scaled one
+            dispatch_clip_grad([p for g in optimizer.param_groups for p in g["params"]], clip_grad)
         scaler.step(optimizer)
         scaler.update()
         if after_step is not None:
@@ -281,6 +286,7 @@ def fit(
                     0.0,
                     dtype,
                     after_step=after_step,
+                    clip_grad=cfg.clip_grad,
                 )
             else:
                 cache = None  # the backbone trains from here on: its outputs change
@@ -294,6 +300,7 @@ def fit(
                     strategy.aux_weight,
                     dtype,
                     after_step=after_step,
+                    clip_grad=cfg.clip_grad,
                 )
             if not diverged(train_loss, data.num_classes):
                 val_loss, val_acc, val_probs = score(data.val)
