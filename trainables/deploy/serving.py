@@ -24,6 +24,7 @@ import numpy as np
 MAX_BYTES = 20 * 2**20  # per uploaded file
 MAX_PIXELS = 40_000_000  # per image, width x height, checked before decoding
 MAX_FILES = 64  # per request
+MAX_NAME = 255  # characters of an uploaded file's name (what file systems allow)
 MAX_REQUEST_BYTES = 100 * 2**20  # a whole request body, refused before it is read past this
 DECODE_TIMEOUT_S = 30.0  # per request: its images are decoded off the event loop
 BATCH = 32  # images per model call
@@ -296,6 +297,14 @@ def create_app(
             return error(
                 413, f"{len(images)} files in one request, over the limit of {limits.max_files}"
             )
+        for upload in images:  # a name is only echoed back: bounded, not trusted
+            name = upload.filename or ""
+            if len(name) > MAX_NAME:
+                return error(
+                    400,
+                    f"a file name of {len(name)} characters ({name[:24]}...), over the limit "
+                    f"of {MAX_NAME}: shorten it",
+                )
         cutoff = None
         if coverage is not None:
             try:
