@@ -1,8 +1,9 @@
 """One HTML report of a finished experiment, with its plots beside it as PNG files.
 
-    python sweeps/report.py EXPERIMENT_DIR [--compare ID ID] [--confusion 2]
+    python sweeps/report.py EXPERIMENT_DIR [--compare ID ID] [--confusion 2] [--pdf]
 
-Writes EXPERIMENT_DIR/report/report.html (self-contained: the plots are embedded) and the
+Writes EXPERIMENT_DIR/report/report.html (self-contained: the plots are embedded; with
+--pdf also report.pdf, printed by headless Chromium, a report to hand on) and the
 PNGs: learning curves per variant, test accuracy by strategy group with 95% intervals,
 confusion matrices of the best trials; which settings mattered (fANOVA and PED-ANOVA
 importance, parallel coordinates); what each variant costs (parameters, FLOPs, weights,
@@ -22,6 +23,9 @@ from __future__ import annotations
 
 import base64
 import html
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +52,75 @@ from sweeps.experiment.storage import write_atomic
 from sweeps.experiment.tables import with_intervals
 from trainables.core import metrics as M
 from trainables.core.errors import UserError
+from trainables.core.files import replaced
 from trainables.stats import evaluation as E
 
 TB_SUFFIX = ".evaluation"  # the event file the report adds to the best trial's folder
+REPORT_PDF = "report.pdf"
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+PDF_TIMEOUT_S = 120
+# headless, offline and alone: no sandbox (it cannot start as root without), no GPU, none of
+# the browser's own network traffic, a throw-away profile
+BROWSER_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-pdf-header-footer",
+)
+
+
+def find_browser(given: str | None) -> str:
+    """The headless browser that prints the report to PDF: ``given`` (--browser), else the
+    first of ``BROWSERS`` on the PATH."""
+    if given:
+        found = shutil.which(given)
+        if found is None:
+            raise UserError(f"--browser {given}: no such program; give Chromium's path")
+        return found
+    for name in BROWSERS:
+        found = shutil.which(name)
+        if found:
+            return found
+    raise UserError(
+        "--pdf prints the report with headless Chromium, which is not installed here: "
+        "install it (apt-get install chromium) or pass --browser PATH"
+    )
+
+
+def print_pdf(page: Path, pdf: Path, browser: str) -> Path:
+    """Print the HTML ``page`` to ``pdf`` with ``browser`` (headless Chromium), whole or not
+    at all; a browser that fails or prints nothing ends in one line."""
+    with (
+        tempfile.TemporaryDirectory(prefix="visionsweep-browser-") as profile,
+        replaced(pdf, suffix=".pdf") as printed,
+    ):
+        command = [
+            browser,
+            *BROWSER_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--print-to-pdf={printed}",
+            Path(page).resolve().as_uri(),
+        ]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=PDF_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise UserError(
+                f"{browser} did not print {page} within {PDF_TIMEOUT_S} s; try --browser "
+                "with another Chromium"
+            ) from None
+        if not printed.is_file() or printed.read_bytes()[:5] != b"%PDF-":
+            said = [line for line in done.stderr.splitlines() if line.strip()]
+            raise UserError(
+                f"{browser} printed no PDF of {page} (exit {done.returncode}"
+                + (f": {said[-1].strip()[:200]}" if said else "")
+                + "); try --browser with another Chromium"
+            )
+    return pdf
 
 
 def best_two(results: pd.DataFrame) -> tuple[str, str] | None:
@@ -245,6 +315,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", help=f"folder of the report (default EXPERIMENT_DIR/{REPORT_DIR})")
     parser.add_argument(
+        "--pdf",
+        action="store_true",
+        help=f"also print the report to {REPORT_PDF} with headless Chromium (see --browser)",
+    )
+    parser.add_argument(
+        "--browser",
+        metavar="PATH",
+        help="the Chromium (or Chrome) that prints --pdf (default: the first of "
+        + ", ".join(BROWSERS)
+        + " on the PATH)",
+    )
+    parser.add_argument(
         "--fold",
         type=cli.number(int, low=0),
         help="a cross-validated experiment: the fold whose trials the "
@@ -279,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
             )
     out = Path(args.out) if args.out else experiment.root / REPORT_DIR
     check_out(out, experiment.data_root)
+    if args.browser and not args.pdf:
+        raise UserError("--browser prints the PDF: add --pdf, or drop --browser")
+    browser = find_browser(args.browser) if args.pdf else None  # before any work
     first: tuple[list, list[str]] = ([], [])
     if experiment.fold_count:
         first = _out_of_fold(experiment, out, args.fold or 0)
@@ -298,11 +383,15 @@ def main(argv: list[str] | None = None) -> int:
         first,
         args.runtime,
     )
+    if browser is not None:
+        lines.append(f"pdf: {print_pdf(path, path.parent / REPORT_PDF, browser)}")
     from sweeps.sinks.tracking import log_files
 
     tracked = log_files(
         experiment.root,
-        sorted(path.parent.glob("*.html")) + sorted(path.parent.glob("*.png")),
+        sorted(path.parent.glob("*.html"))
+        + sorted(path.parent.glob("*.png"))
+        + ([path.parent / REPORT_PDF] if browser is not None else []),
         "report",
     )
     for line in [*lines, tracked] if tracked else lines:

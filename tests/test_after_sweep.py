@@ -158,6 +158,7 @@ def test_report_renders_in_a_real_browser_and_tensorboard_gets_the_evaluation(ex
                 "onnx",
                 "--latency-rounds",
                 "1",
+                *(["--pdf", "--browser", CHROMIUM] if CHROMIUM else []),
             ]
         )
         == 0
@@ -195,6 +196,14 @@ def test_report_renders_in_a_real_browser_and_tensorboard_gets_the_evaluation(ex
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.shape == (1600, 1280) and pixels.std() > 10  # not a blank page
     assert (pixels < 128).mean() > 0.01  # text, table rules and plots drawn in dark ink
+    # the PDF of the same page (report.py --pdf, the ONNX run above), opened and read back
+    from pypdf import PdfReader
+
+    pdf = PdfReader(out / "report.pdf")
+    assert len(pdf.pages) >= 2
+    assert sum(len(page.images) for page in pdf.pages) == len(figures) + 2
+    text = " ".join(page.extract_text() for page in pdf.pages)
+    assert "McNemar" in text and "Which settings mattered" in text and best in text
 
 
 def test_export_and_predict_reproduce_the_trial_test_accuracy(experiment, tmp_path):

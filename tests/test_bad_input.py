@@ -267,6 +267,8 @@ CASES = [
     ("report", ["{g}/exp", "--compare", "c1", "zz"], "trial zz: not in"),
     ("report", ["{g}/exp", "--out", "{g}/a_file"], "is a file; name a folder"),
     ("report", ["{g}/exp_of_imgs", "--out", "{g}/imgs/red/report"], "inside the data folder"),
+    ("report", ["{g}/exp", "--pdf", "--browser", "{g}/nope"], "no such program; give Chromium"),
+    ("report", ["{g}/exp", "--browser", "chromium"], "--browser prints the PDF: add --pdf"),
     ("export", ["{g}/exp", "--out", "{g}/a_file"], "is a file"),
     # an export replaces its folder whole: never one that is not an export
     ("export", ["{g}/exp", "--out", "{g}"], "not an export folder"),
