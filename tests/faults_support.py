@@ -67,17 +67,10 @@ def live_ray_processes(mark: str) -> set[int]:
 
 
 def resume_completes(
-    experiment: Path,
-    cwd: Path,
-    trials: int,
-    monkeypatch,
-    address: str,
-    flags: tuple[str, ...] = (),
+    experiment: Path, cwd: Path, trials: int, monkeypatch, flags: tuple[str, ...] = ()
 ) -> pd.DataFrame:
-    """The fault is gone: ``--resume`` completes the sweep, on the session's Ray head
-    (``address``; the stopped sweep ran on a Ray of its own, as the faults need)."""
     monkeypatch.delenv("VISIONSWEEP_FAULTS")
-    resumed = run_cli(["--resume", str(experiment), "--address", address, *flags], cwd=cwd)
+    resumed = run_cli(["--resume", str(experiment), *flags], cwd=cwd)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     table = pd.read_csv(experiment / "results.csv", dtype={"trial_id": str})
     assert len(table) == trials and table["trial_id"].is_unique

@@ -93,7 +93,6 @@ class Sealer:
         self.secret = key()
         self.record = read_record(store)
         self._seen: dict[str, tuple[int, int]] = {}  # file -> (mtime_ns, size) last sealed
-        self._staging: Path | None = None  # Tune's staging folder, once seen
 
     def seal_folder(self, folder: str | Path) -> None:
         """Seal the state files in Tune's local staging ``folder`` that changed since they
@@ -102,7 +101,6 @@ class Sealer:
         folder = Path(folder)
         if not folder.is_dir():
             return
-        self._staging = folder
         changed = False
         for path in sorted(folder.iterdir()):
             if not (path.is_file() and is_state(path.name)):
@@ -113,13 +111,10 @@ class Sealer:
             changed |= self._add(path.name, path.read_bytes())
             self._seen[path.name] = (stat.st_mtime_ns, stat.st_size)
         if changed:
-            self._stage()
-
-    def _stage(self) -> None:
-        staged = self._staging / SEAL
-        beside = staged.with_name(staged.name + ".tmp")
-        beside.write_text(self._text(), encoding="utf-8")
-        os.replace(beside, staged)
+            staged = folder / SEAL
+            beside = staged.with_name(staged.name + ".tmp")
+            beside.write_text(self._text(), encoding="utf-8")
+            os.replace(beside, staged)
 
     def seal_store(self) -> None:
         """Seal the state files as they are in the experiment itself (tuner.pkl, which the
@@ -129,14 +124,7 @@ class Sealer:
         for name in self.store.top_files():
             if is_state(name):
                 changed |= self._add(name, self.store.read_bytes(name))
-        # Tune's last save, in its staging folder, may still be on its way to the store
-        staged = self._staging is not None and self._staging.is_dir()
-        for path in sorted(self._staging.iterdir()) if staged else ():
-            if path.is_file() and is_state(path.name):
-                changed |= self._add(path.name, path.read_bytes())
         if changed or not self.store.exists(SEAL):
-            if staged:
-                self._stage()  # a copy of Tune's still on its way carries this record too
             self.store.write_text(SEAL, self._text())
 
     def _add(self, name: str, data: bytes) -> bool:
