@@ -70,12 +70,6 @@ def get_args_parser() -> cli.Parser:
         help="with --resume: also rerun trials that ended in error",
     )
     p.add_argument(
-        "--trust-state",
-        action="store_true",
-        help="with --resume: open Ray Tune's state files (pickles) even where this "
-        "tool did not seal them under your key (an experiment someone else wrote)",
-    )
-    p.add_argument(
         "--max-failures",
         type=ZERO,
         default=2,
@@ -185,7 +179,6 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
     from sweeps.driver.claim import claim_new, claim_resumed
     from sweeps.driver.prepare import check_weights, prepare_data
     from sweeps.driver.recorder import active, bind_store
-    from sweeps.driver.seal import Sealer, check_sealed
     from sweeps.experiment.tables import finish
     from trainables.data import split_csv
 
@@ -201,8 +194,6 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
         per_trial = resources(
             spec.cpus_per_trial, spec.gpus_per_trial, local_resources(), models, concurrent
         )
-    if spec.resume:  # before any work, and before Tune unpickles anything of it
-        check_sealed(store, spec.trust_state)
     check_reachable(spec.address)
     if spec.tracking:
         from sweeps.sinks import tracking
@@ -242,9 +233,7 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
             file=sys.stderr,
             flush=True,
         )
-    sealer = Sealer(store)
-    sealer.seal_store()  # the Tuner has written (or rewritten) tuner.pkl
-    bind_store(store, sealer)
+    bind_store(store)
     with GracefulStop() as stop:
         try:
             tuner.fit()
@@ -256,23 +245,10 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
     # before the table, not below it
     stop_ray()
     recorder = active()
-    # Tune's state as it left it (its last save waits for the copy), sealed; on a disk that
-    # is full this write fails like the others, and resuming needs --trust-state
-    try:
-        sealer.seal_store()
-        trust = ""
-    except OSError as exc:
-        trust = " --trust-state"
-        if not recorder.fault:
-            print(
-                f"warning: could not seal the sweep's Tune state ({exc.strerror or exc}): "
-                "a --resume of it needs --trust-state",
-                file=sys.stderr,
-            )
     code = finish(recorder, sweep.space, sweep.plan, store)
     if spec.folds and not recorder.fault and stop.signal is None:
         _out_of_fold(store)
-    resume = f"python sweeps/run.py --resume '{store}'{trust}"
+    resume = f"python sweeps/run.py --resume '{store}'"
     left = f"{sweep.plan.trials - recorder.finished()} of {sweep.plan.trials} trial(s) unfinished"
     if recorder.fault:
         print(

@@ -66,11 +66,9 @@ def live_ray_processes(mark: str) -> set[int]:
     return found
 
 
-def resume_completes(
-    experiment: Path, cwd: Path, trials: int, monkeypatch, flags: tuple[str, ...] = ()
-) -> pd.DataFrame:
+def resume_completes(experiment: Path, cwd: Path, trials: int, monkeypatch) -> pd.DataFrame:
     monkeypatch.delenv("VISIONSWEEP_FAULTS")
-    resumed = run_cli(["--resume", str(experiment), *flags], cwd=cwd)
+    resumed = run_cli(["--resume", str(experiment)], cwd=cwd)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     table = pd.read_csv(experiment / "results.csv", dtype={"trial_id": str})
     assert len(table) == trials and table["trial_id"].is_unique

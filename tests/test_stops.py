@@ -166,10 +166,9 @@ def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_completes_it(
         "--name",
         "full",
     ]
-    # the sweep's own files (marker, split, data report, sweep.json, the seal on tuner.pkl),
-    # the first trial's three epochs and its table (results.csv, results.md): then the
-    # disk is full
-    with_fault(monkeypatch, "disk_full_after=12")
+    # the sweep's own files (marker, split, data report, sweep.json), the first trial's
+    # three epochs and its table (results.csv, results.md): then the disk is full
+    with_fault(monkeypatch, "disk_full_after=11")
     full = run_cli(args, cwd=tmp_path)
     assert full.returncode == 1, full.stderr[-3000:]
     error = [line for line in full.stderr.splitlines() if line.startswith("error:")]
@@ -178,10 +177,7 @@ def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_completes_it(
     table = pd.read_csv(experiment / "results.csv")
     assert list(table["stop_reason"]) == ["completed"]  # the last good table, whole
     no_leftovers(experiment)
-    # the command the line gives completes it: with --trust-state where Tune's last state
-    # changed after the disk filled, so its seal (sweeps/driver/seal.py) could not be written
-    trust = ("--trust-state",) if error[0].endswith(" --trust-state") else ()
-    resume_completes(experiment, tmp_path, 3, monkeypatch, trust)
+    resume_completes(experiment, tmp_path, 3, monkeypatch)
 
 
 def test_resume_refuses_what_it_cannot_resume(tmp_path):

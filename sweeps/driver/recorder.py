@@ -31,22 +31,17 @@ TABLE_BUDGET = 0.02  # at most this share of the sweep's time goes to rewriting 
 _ACTIVE: list[TrialRecorder] = []  # the recorder of the sweep running in this process
 _STORE: list[Store] = []  # where the sweep running in this process is (bind_store)
 _SEARCHER: list = []  # Tune's searcher of that sweep, as its scheduler sees it
-# the seal on that sweep's Tune state files (seal.py): held here, never on the recorder,
-# which Tune pickles into the experiment (the seal's key must not travel with the folder)
-_SEALER: list = []
 REUSE_FAILED = (
     "Tune could not hand this trial a finished trial's worker (that trial's "
     "thread did not end in time); --resume --retry-errored runs it again"
 )
 
 
-def bind_store(store: Store, sealer=None) -> None:
+def bind_store(store: Store) -> None:
     """The experiment this process runs, set before Tune starts. Tune restores a resumed
     sweep's callbacks and scheduler from the pickles in its folder, which hold the place
-    where the sweep began; a copied or moved experiment must write into itself.
-    ``sealer`` (seal.Sealer) seals Tune's state files after each of Tune's steps."""
+    where the sweep began; a copied or moved experiment must write into itself."""
     _STORE[:] = [store]
-    _SEALER[:] = [sealer] if sealer is not None else []
 
 
 def know_searcher(searcher) -> None:
@@ -262,8 +257,6 @@ class TrialRecorder(Callback):
                 self._ended_unannounced(trial)
         if self._dirty:
             self._table_when_due()
-        if _SEALER and trials:  # Tune saved its state in this step, before the callbacks
-            self._safely(_SEALER[0].seal_folder, trials[0].storage.experiment_driver_staging_path)
 
     def _ended_unannounced(self, trial) -> None:
         """A trial Tune set to ERROR without an event: one whose reuse of a cached worker
