@@ -66,9 +66,13 @@ def live_ray_processes(mark: str) -> set[int]:
     return found
 
 
-def resume_completes(experiment: Path, cwd: Path, trials: int, monkeypatch) -> pd.DataFrame:
+def resume_completes(
+    experiment: Path, cwd: Path, trials: int, monkeypatch, address: str
+) -> pd.DataFrame:
+    """The fault is gone: ``--resume`` completes the sweep, on the session's Ray head
+    (``address``; the stopped sweep ran on a Ray of its own, as the faults need)."""
     monkeypatch.delenv("VISIONSWEEP_FAULTS")
-    resumed = run_cli(["--resume", str(experiment)], cwd=cwd)
+    resumed = run_cli(["--resume", str(experiment), "--address", address], cwd=cwd)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     table = pd.read_csv(experiment / "results.csv", dtype={"trial_id": str})
     assert len(table) == trials and table["trial_id"].is_unique

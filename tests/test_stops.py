@@ -32,7 +32,7 @@ def images(tmp_path_factory) -> Path:
 
 
 def test_a_killed_driver_leaves_no_ray_behind_and_resumes_without_losing_or_repeating_a_trial(
-    images, tmp_path, monkeypatch
+    images, tmp_path, monkeypatch, ray_address
 ):
     with_fault(monkeypatch, "kill_driver_after=1")
     experiment = tmp_path / "runs" / "crash"
@@ -85,7 +85,7 @@ def test_a_killed_driver_leaves_no_ray_behind_and_resumes_without_losing_or_repe
         assert refused.returncode == 2, refused.stderr[-3000:]
         assert "changed since the sweep began" in refused.stderr.strip().splitlines()[-1]
 
-    table = resume_completes(experiment, tmp_path, 3, monkeypatch)
+    table = resume_completes(experiment, tmp_path, 3, monkeypatch, ray_address)
     assert sorted(table["seed"]) == [0, 1, 2]
     again = table.set_index("trial_id").loc[first["trial_id"]]
     assert again["epochs"] == first["epochs"] and again["test_acc"] == first["test_acc"]
@@ -101,7 +101,7 @@ def test_a_killed_driver_leaves_no_ray_behind_and_resumes_without_losing_or_repe
     ],
 )
 def test_ctrl_c_and_sigterm_stop_cleanly_mark_unfinished_trials_and_resume(
-    images, tmp_path, monkeypatch, fault, code, name
+    images, tmp_path, monkeypatch, fault, code, name, ray_address
 ):
     # terminate_group: SIGTERM to the driver's whole process group, as `timeout` or systemd
     # stop a job; the local Ray instance the driver started must not be stopped by it first
@@ -143,12 +143,12 @@ def test_ctrl_c_and_sigterm_stop_cleanly_mark_unfinished_trials_and_resume(
         copy = tmp_path / "elsewhere" / "stop"
         shutil.copytree(experiment, copy, symlinks=True)
         before = digests(experiment)
-        resume_completes(copy, tmp_path, 3, monkeypatch)
+        resume_completes(copy, tmp_path, 3, monkeypatch, ray_address)
         assert digests(experiment) == before  # the original is not touched
 
 
 def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_completes_it(
-    images, tmp_path, monkeypatch
+    images, tmp_path, monkeypatch, ray_address
 ):
     experiment = tmp_path / "runs" / "full"
     args = [
@@ -177,7 +177,7 @@ def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_completes_it(
     table = pd.read_csv(experiment / "results.csv")
     assert list(table["stop_reason"]) == ["completed"]  # the last good table, whole
     no_leftovers(experiment)
-    resume_completes(experiment, tmp_path, 3, monkeypatch)
+    resume_completes(experiment, tmp_path, 3, monkeypatch, ray_address)
 
 
 def test_resume_refuses_what_it_cannot_resume(tmp_path):
