@@ -171,15 +171,8 @@ def test_report_renders_in_a_real_browser_and_tensorboard_gets_the_evaluation(ex
 
     if CHROMIUM is None:
         pytest.skip("Chromium not installed (apt-get install chromium); .ci/run installs it")
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
+    flags = [  # headless and offline, as report.py --pdf runs it
+        *report.BROWSER_FLAGS,
         f"--user-data-dir={tmp_path / 'profile'}",
         "--window-size=1280,1600",
     ]
