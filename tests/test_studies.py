@@ -128,7 +128,7 @@ def test_the_recipe_search_starts_from_the_linear_probe():
     assert ordered.categories == ["ce", "weighted_ce", "ordinal", "weighted_ordinal"]
     broken = dataclasses.replace(space, points=({"strategy": "linear_probe"},))
     with pytest.raises(
-        UserError, match="first point has no value for augment, ema_decay, frozen_fraction"
+        UserError, match="first point has no value for augment, clip_grad, ema_decay"
     ):
         make_plan(broken, {}, None)
 
