@@ -12,6 +12,12 @@ import pytest
 
 from helpers import HEAD_ENV, free_port, make_image_folder, wait_for_port
 
+# Two pytest workers share two cores, and each sweep's trials take both: an OpenMP thread
+# that spins while it waits for work burns the core the other worker's trial needs (the
+# slowest fault tests ran 1.4x longer side by side). Waiting threads sleep instead; set
+# before torch loads OpenMP here, and inherited by every command and Ray worker started.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def pytest_configure(config):
     """A suite started in the background of a non-interactive shell (``cmd &``, as a CI job
