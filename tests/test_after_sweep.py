@@ -88,7 +88,10 @@ def test_ensembles_of_a_real_sweep(experiment, capsys):
     labels = split.loc[split["split"] == "test", "label"].to_numpy()
     val_labels = split.loc[split["split"] == "val", "label"].to_numpy()
     saved = [np.load(p) for p in sorted(root.glob("*/checkpoint_*/predictions.npz"))]
-    probs = [scaled(s["test_probs"], fit_temperature(s["val_probs"], val_labels)) for s in saved]
+    # the trials ran with tta: each member is the mean over its views, as its export predicts
+    probs = [
+        scaled(s["test_probs_tta"], fit_temperature(s["val_probs_tta"], val_labels)) for s in saved
+    ]
     soft = E.accuracy(labels, E.soft_vote(probs).argmax(1))
     assert table.set_index("ensemble").loc["soft vote, top 3", "test_acc"] == pytest.approx(soft)
     assert "McNemar" in capsys.readouterr().out

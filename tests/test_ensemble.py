@@ -97,3 +97,26 @@ def test_each_command_ends_bad_input_in_one_line_and_exit_2(tmp_path, command, a
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
     assert needle in result.stderr and not list(tmp_path.iterdir())
+
+
+def test_a_trial_run_with_test_time_views_is_read_as_its_export_predicts(tmp_path):
+    """A trial with ``tta`` saved its views' mean beside the plain probabilities; the
+    ensembles, the out-of-fold scores and the report read the mean, as its export (which
+    averages the same views) predicts, not the single view."""
+    import numpy as np
+
+    from sweeps.experiment.folder import load_trial
+
+    root = write_experiment(tmp_path / "exp", {"a1": (0.6, A, A), "c1": (0.5, C, C)})
+    saved = root / "small_cnn_s0_a1" / "checkpoint_000001" / "predictions.npz"
+    with np.load(saved) as npz:
+        arrays = dict(npz)
+    np.savez(saved, **arrays, val_probs_tta=np.asarray(B, float), test_probs_tta=np.asarray(B))
+    experiment = load_experiment(root)
+    viewed, plain = load_trial(experiment, "a1"), load_trial(experiment, "c1")
+    assert np.array_equal(viewed.test_probs, B) and np.array_equal(viewed.val_probs, B)
+    assert np.array_equal(plain.test_probs, C)  # no views: its own probabilities
+    # the mean's shape is checked as the plain probabilities' is
+    np.savez(saved, **arrays, val_probs_tta=np.ones((4, 3)) / 3, test_probs_tta=np.asarray(B))
+    with pytest.raises(UserError, match=r"trial a1: val probabilities of shape \(4, 3\)"):
+        load_trial(experiment, "a1")

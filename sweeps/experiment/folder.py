@@ -24,7 +24,9 @@ from trainables.trial import checkpoint
 
 @dataclass
 class TrialPredictions:
-    """One trial's probabilities from its best weights (lowest validation loss)."""
+    """One trial's probabilities from its best weights (lowest validation loss): for a
+    trial run with test-time views (``tta``), their mean, which is what its export
+    predicts."""
 
     trial_id: str
     variant: str
@@ -233,14 +235,18 @@ def load_trial(experiment: Experiment, trial_id: str) -> TrialPredictions:
             raise UserError(
                 f"trial {trial_id}: its {part} labels differ from the split's; not mixing it in"
             )
-        probs = saved[f"{part}_probs"]
+        probs = saved.get(f"{part}_probs_tta", saved[f"{part}_probs"])
         if probs.shape != (len(ids), len(experiment.class_names)):
             raise UserError(
                 f"trial {trial_id}: {part} probabilities of shape {probs.shape}, "
                 f"expected ({len(ids)}, {len(experiment.class_names)})"
             )
     return TrialPredictions(
-        trial_id, str(rows.iloc[0]["variant"]), latest, saved["val_probs"], saved["test_probs"]
+        trial_id,
+        str(rows.iloc[0]["variant"]),
+        latest,
+        saved.get("val_probs_tta", saved["val_probs"]),
+        saved.get("test_probs_tta", saved["test_probs"]),
     )
 
 
