@@ -214,6 +214,7 @@ def load_trial(experiment: Experiment, trial_id: str) -> TrialPredictions:
             f"trial {trial_id}: no saved probabilities (it ended before its first "
             "validation); leave it out"
         )
+    chosen = {}  # per split: the views' mean where the trial saved one, else its probabilities
     for part, ids, labels in (
         ("val", experiment.val_ids, experiment.val_labels),
         ("test", experiment.test_ids, experiment.test_labels),
@@ -235,18 +236,14 @@ def load_trial(experiment: Experiment, trial_id: str) -> TrialPredictions:
             raise UserError(
                 f"trial {trial_id}: its {part} labels differ from the split's; not mixing it in"
             )
-        probs = saved.get(f"{part}_probs_tta", saved[f"{part}_probs"])
+        probs = chosen[part] = saved.get(f"{part}_probs_tta", saved[f"{part}_probs"])
         if probs.shape != (len(ids), len(experiment.class_names)):
             raise UserError(
                 f"trial {trial_id}: {part} probabilities of shape {probs.shape}, "
                 f"expected ({len(ids)}, {len(experiment.class_names)})"
             )
     return TrialPredictions(
-        trial_id,
-        str(rows.iloc[0]["variant"]),
-        latest,
-        saved.get("val_probs_tta", saved["val_probs"]),
-        saved.get("test_probs_tta", saved["test_probs"]),
+        trial_id, str(rows.iloc[0]["variant"]), latest, chosen["val"], chosen["test"]
     )
 
 
