@@ -239,9 +239,23 @@ def test_an_export_averages_the_trials_test_time_views_in_every_runtime(colour_h
     assert np.abs(trial_probs - served).max() < 1e-4
 
 
+def test_a_probe_on_every_stage_exports_what_it_scored(colour_handle, tmp_path):
+    # taps=stages: the head reads pooled maps of every stage, standardised by statistics
+    # it learnt from the cached features; every runtime predicts the views' mean it scored
+    cfg = {"strategy": "linear_probe", "taps": "stages"}
+    cfg.update(augment="dihedral", tta="dihedral", weight_decay=1e-3, max_epochs=3)
+    fitted = fit_trial(colour_handle, cfg)
+    assert fitted.trial.record.model.taps == "stages"
+    assert fitted.reports[0]["images_on"] == "features"
+    trial_probs, predicted = exported_probabilities(fitted, tmp_path, colour_handle, "dihedral")
+    assert np.abs(trial_probs - predicted).max() < 1e-4
+    assert load_export(tmp_path / "export")[0].model.taps == "stages"
+
+
 # every torchvision model from random initialisation; from seeded pretrained weights, the
 # two whose network changes with them (GoogLeNet's input transform) or that the README's
-# study uses (MobileNetV2): the others load the same way (test_models checks each load)
+# study uses (MobileNetV2): the others load the same way (test_models checks each load).
+# MobileNetV2 from random initialisation reads every stage (taps=stages), trained in full.
 CASES = [(model, False, False) for model in TORCHVISION]
 CASES += [("mobilenet_v2", False, True)]
 CASES += [
@@ -270,6 +284,7 @@ def test_export_and_predict_reproduce_the_trials_probabilities(
             "momentum": 0.0,
             "lr": 1e-3,
             "pretrained": "true" if pretrained else "false",
+            "taps": "stages" if model == "mobilenet_v2" and not pretrained else "last",
         },
     )
     assert fitted.trial.record.model.pretrained is pretrained

@@ -50,6 +50,7 @@ def _edited(edit):
         (lambda r: r["calibration"].update(class_scores=[[0.1]]), "one list per class (3)"),
         (lambda r: r.update(class_names=["a", "a", "c"]), "'a' named twice"),
         (lambda r: r["model"].update(arch={"bogus": 1}), "model.arch: unknown key 'bogus'"),
+        (lambda r: r["model"].update(taps="every"), "model.taps 'every'"),
     ],
 )
 def test_every_value_of_an_edited_spec_is_refused_in_one_line(tmp_path, edit, needle):

@@ -47,8 +47,9 @@ def assert_same_losses(a, b):
         {"strategy": "feature_extractor", "augment": "none"},
         {"strategy": "feature_extractor", "augment": "dihedral", "tta": "dihedral"},
         {"strategy": "gradual_unfreeze", "augment": "dihedral", "unfreeze_epoch": 2},
+        {"strategy": "feature_extractor", "augment": "dihedral", "taps": "stages"},
     ],
-    ids=["frozen-none", "frozen-dihedral-tta", "partly-frozen"],
+    ids=["frozen-none", "frozen-dihedral-tta", "partly-frozen", "frozen-stages"],
 )
 def test_a_cached_trial_reports_the_losses_of_an_uncached_one(handle, overrides, capfd):
     plain = fit_trial(handle, {**RUN, **overrides, "frozen_cache": "off"})

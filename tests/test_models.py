@@ -108,3 +108,59 @@ def test_sweep_driver_fetches_cached_weights(tmp_path, monkeypatch, offline_hub)
 def test_small_cnn_refuses_pretrained_true():
     with pytest.raises(UserError, match="small_cnn has no pretrained weights"):
         create_model("small_cnn", 3, pretrained="true")
+
+
+def test_taps_stages_reads_every_stage_end_of_mobilenet_v2_as_its_pooled_maps():
+    from trainables.model.nets import Tapped
+
+    plain = create_model("mobilenet_v2", 4, pretrained="false").net.eval()
+    tapped = create_model("mobilenet_v2", 4, pretrained="false", taps="stages").net.eval()
+    trunk = tapped.body.features
+    assert isinstance(trunk, Tapped)
+    # the ends of its stages at a quarter of the input's size or coarser: the channels
+    # change after blocks 3, 6, 10, 13, 16 and 17; 18 is the last
+    assert trunk.taps == (3, 6, 10, 13, 16, 17, 18)
+    # the weights keep their names: the plain network's load into the tapped one as they
+    # are, all but the head (whose input is now the joined vector)
+    state = {k: v for k, v in plain.state_dict().items() if not plain.is_head(k)}
+    missing, unexpected = tapped.load_state_dict(state, strict=False)
+    assert unexpected == [] and all(tapped.is_head(k) for k in missing)
+    # the head reads the mean and the max of each tapped block's map, in order
+    maps = {}
+    for i in trunk.taps:
+        plain.body.features[i].register_forward_hook(lambda m, a, out, i=i: maps.update({i: out}))
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        plain(x)
+        expected = torch.cat(
+            [p for i in trunk.taps for p in (maps[i].mean((2, 3)), maps[i].amax((2, 3)))], 1
+        )
+        got = trunk(x).flatten(1)
+    assert got.shape == (2, 2 * (24 + 32 + 64 + 96 + 160 + 320 + 1280))
+    assert torch.allclose(got, expected, atol=1e-6)
+    head = tapped.get_submodule(tapped.head_prefixes[0])
+    assert head[-1].in_features == got.shape[1]
+
+
+def test_the_standardised_head_learns_its_datas_statistics_even_with_batchnorm_frozen():
+    from trainables.core.config import TrialConfig
+    from trainables.recipe.strategies import create_strategy
+
+    net = create_model("small_cnn", 3, pretrained="false", taps="stages").net
+    standardize = net.body.head[0]
+    create_strategy(TrialConfig(strategy="feature_extractor", batchnorm="eval")).train_mode(net)
+    assert standardize.training  # not a BatchNorm: batchnorm=eval leaves it learning
+    x = torch.randn(500, standardize.running_mean.numel()) * 7 + 3
+    for _ in range(3):  # a full-batch fit sees the same batch again and again
+        standardize(x)
+    assert torch.allclose(standardize.running_mean, x.mean(0), atol=1e-5)
+    assert torch.allclose(standardize.running_var, x.var(0), rtol=1e-5)
+    out = standardize.eval()(x)
+    assert torch.allclose(out.mean(0), torch.zeros(x.shape[1]), atol=1e-4)
+    assert torch.allclose(out.std(0), torch.ones(x.shape[1]), atol=1e-3)
+
+
+def test_taps_stages_on_a_model_without_a_named_trunk_is_a_user_error():
+    with pytest.raises(UserError, match="taps=stages reads the stages") as refused:
+        create_model("resnet18", 3, pretrained="false", taps="stages")
+    assert "use taps=last, or one of mobilenet_v2, small_cnn" in str(refused.value)

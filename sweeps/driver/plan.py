@@ -128,7 +128,7 @@ def validate(configs: list[dict]) -> list[TrialConfig]:
     for config in configs:
         cfg = TrialConfig.from_dict(config)
         aux = create_strategy(cfg).aux_heads
-        check_model(cfg.model, aux, cfg.pretrained, cfg.weights)
+        check_model(cfg.model, aux, cfg.pretrained, cfg.weights, cfg.taps)
         shape = (cfg.model, aux, preprocess_for(cfg).image_size)
         if shape not in sized:
             sized.add(shape)

@@ -35,6 +35,7 @@ FIXED_CHOICES: dict[str, tuple[str, ...]] = {
     "frozen_cache": ("auto", "off"),
     "tta": ("off", "flip", "dihedral"),
     "batchnorm": ("train", "eval"),
+    "taps": ("last", "stages"),
 }
 
 
@@ -96,6 +97,10 @@ class TrialConfig:
     weights: str = ""
     head_dropout: float = 0.0  # dropout before the classifier
     head_hidden: int = 0  # >0: a hidden layer of this width (with ReLU) in the classifier
+    # what the classifier reads: last, the network's own pooled output; stages, also the
+    # mean- and max-pooled maps at the end of every stage of its trunk, standardised
+    # (trainables/model/nets.py; the models whose registry entry names a trunk)
+    taps: str = "last"
     # fine-tuning strategy (see trainables/recipe/strategies.py)
     strategy: str = "base"
     aux_weight: float = 0.3

@@ -441,6 +441,7 @@ def _check_values(spec: ExportSpec, path: Path) -> None:
     std would predict NaN, an unknown interpolation or model would end in a traceback)."""
     import math
 
+    from trainables.model.nets import TAPS
     from trainables.model.zoo import model_spec
 
     pre = spec.preprocess
@@ -463,6 +464,8 @@ def _check_values(spec: ExportSpec, path: Path) -> None:
         problem = f"class_names: {', '.join(map(repr, twice[:3]))} named twice"
     elif spec.tta not in TTA_VIEWS:
         problem = f"tta {spec.tta!r}: choose one of {', '.join(TTA_VIEWS)}"
+    elif spec.model.taps not in TAPS:
+        problem = f"model.taps {spec.model.taps!r}: choose one of {', '.join(TAPS)}"
     elif unknown := sorted(set(spec.model.arch) - ARCH_KEYS):
         problem = (
             f"model.arch: unknown key {unknown[0]!r} (this version writes "

@@ -17,7 +17,7 @@ from torch import nn
 
 from trainables.core.errors import UserError
 from trainables.model import weights as W
-from trainables.model.nets import HeadSpec, Net, SmallCNN
+from trainables.model.nets import TAPS, HeadSpec, Net, SmallCNN, Tapped, stage_ends
 from trainables.model.zoo import MODELS, ModelSpec, model_spec
 
 __all__ = [
@@ -78,7 +78,8 @@ class ModelBuild:
     """What a trial's network was built with: enough to build the same architecture again.
     ``weights`` names the pretrained weights really loaded ("" for random initialisation);
     ``arch`` holds constructor arguments that loading them implied (GoogLeNet's
-    ``transform_input``, a transformer's ``img_size``)."""
+    ``transform_input``, a transformer's ``img_size``); ``taps``, what the head reads
+    (``nets.TAPS``)."""
 
     model: str
     num_classes: int
@@ -87,6 +88,7 @@ class ModelBuild:
     head_hidden: int = 0
     weights: str = ""
     arch: dict = field(default_factory=dict)
+    taps: str = "last"
 
     @property
     def pretrained(self) -> bool:
@@ -94,7 +96,7 @@ class ModelBuild:
 
     @property
     def head(self) -> HeadSpec:
-        return HeadSpec(self.head_dropout, self.head_hidden)
+        return HeadSpec(self.head_dropout, self.head_hidden, standardize=self.taps != "last")
 
 
 @dataclass(frozen=True)
@@ -108,10 +110,23 @@ class BuiltModel:
 
 
 def check_model(
-    name: str, aux_heads: bool = False, pretrained: str = "auto", weights: str = ""
+    name: str,
+    aux_heads: bool = False,
+    pretrained: str = "auto",
+    weights: str = "",
+    taps: str = "last",
 ) -> None:
-    """Raise UserError unless the factory can build ``name`` as asked (aux heads, weights)."""
+    """Raise UserError unless the factory can build ``name`` as asked (aux heads, weights,
+    what the head reads)."""
     spec = model_spec(name)
+    if taps not in TAPS:
+        raise UserError(f"bad value taps={taps!r}: choose one of {', '.join(TAPS)}")
+    if taps != "last" and not spec.trunk:
+        with_trunk = ", ".join(n for n in MODELS if MODELS[n].trunk)
+        raise UserError(
+            f"taps={taps} reads the stages of a model's trunk, which '{name}' does not "
+            f"name; use taps=last, or one of {with_trunk}"
+        )
     if aux_heads and not spec.aux_heads:
         with_aux = ", ".join(n for n in MODELS if MODELS[n].aux_heads)
         raise UserError(
@@ -169,6 +184,7 @@ def create_model(
     head: HeadSpec = HeadSpec(),
     image_size: int = 0,
     weights: str = "",
+    taps: str = "last",
 ) -> BuiltModel:
     """Build ``name`` with its classifier(s) resized to ``num_classes``.
 
@@ -177,9 +193,9 @@ def create_model(
     variant (default: the library's default). ``offline`` skips the attempt (the sweep
     driver already found the weights unavailable). ``head`` shapes the main classifier;
     ``image_size`` (if not 0) is passed to timm models that fix their input size at
-    creation (ViT, Swin).
+    creation (ViT, Swin). ``taps``: what the new head reads (``nets.TAPS``).
     """
-    check_model(name, aux_heads, pretrained, weights)
+    check_model(name, aux_heads, pretrained, weights, taps)
     spec = model_spec(name)
     arch = _arch(spec, aux_heads, image_size)
     want = pretrained != "false" and spec.family != "custom"
@@ -202,7 +218,7 @@ def create_model(
             )
     if body is None:
         body, arch = _build(spec, arch, "", init=True)
-    build = ModelBuild(name, num_classes, aux_heads, head.dropout, head.hidden, loaded, arch)
+    build = ModelBuild(name, num_classes, aux_heads, head.dropout, head.hidden, loaded, arch, taps)
     return BuiltModel(_with_heads(spec, body, build), build)
 
 
@@ -273,7 +289,14 @@ def _build(spec: ModelSpec, arch: dict, tag: str, init: bool = True) -> tuple[nn
 
 def _with_heads(spec: ModelSpec, body: nn.Module, build: ModelBuild) -> Net:
     """Swap the classifier layer(s) for new ones of ``num_classes`` outputs (the first, main
-    one shaped by the head spec), and wrap the body in ``Net``."""
+    one shaped by the head spec, and reading every stage with ``taps=stages``), and wrap
+    the body in ``Net``."""
+    width = 0
+    if build.taps == "stages":
+        *parents, attr = spec.trunk.split(".")
+        parent = body.get_submodule(".".join(parents))
+        taps, width, as_map = stage_ends(getattr(parent, attr))
+        setattr(parent, attr, Tapped(getattr(parent, attr), taps, as_map))
     if spec.family == "timm":
         body.reset_classifier(build.num_classes)
         names = body.pretrained_cfg.get("classifier") or "head"
@@ -290,7 +313,7 @@ def _with_heads(spec: ModelSpec, body: nn.Module, build: ModelBuild) -> Net:
         if not isinstance(old, nn.Linear):
             continue  # GoogLeNet's aux heads switched off (None), or a head timm left empty
         new = (
-            build.head.build(old.in_features, build.num_classes)
+            build.head.build(width or old.in_features, build.num_classes)
             if i == 0
             else nn.Linear(old.in_features, build.num_classes)
         )

@@ -1,13 +1,21 @@
 """The networks every trial trains: ``Net``, whose forward always returns ``(logits,
 aux_logits)`` so the loop never branches on model family; the classifier head's shape;
-and the small from-scratch CNN."""
+what the head reads (``taps``: the network's own pooled output, or pooled maps of every
+stage); and the small from-scratch CNN."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from trainables.core.config import FIXED_CHOICES
+
+# what the classifier head reads: "last", the network's own pooled output; "stages", the
+# mean- and max-pooled maps at the end of every stage of its trunk as well (``Tapped``)
+TAPS = FIXED_CHOICES["taps"]
 
 
 class Net(nn.Module):
@@ -31,21 +39,107 @@ class Net(nn.Module):
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """Classifier head shape: dropout before it, and an optional hidden layer."""
+    """Classifier head shape: dropout before it, and an optional hidden layer;
+    ``standardize``: its input standardised first (``Standardize``), for features of
+    several depths whose scales differ by orders of magnitude."""
 
     dropout: float = 0.0
     hidden: int = 0
+    standardize: bool = False
 
     def build(self, in_features: int, num_classes: int) -> nn.Module:
-        if not self.dropout and not self.hidden:
+        if not self.dropout and not self.hidden and not self.standardize:
             return nn.Linear(in_features, num_classes)
-        layers = [nn.Dropout(self.dropout)] if self.dropout else []
+        layers: list[nn.Module] = [Standardize(in_features)] if self.standardize else []
+        layers += [nn.Dropout(self.dropout)] if self.dropout else []
         if self.hidden:
             layers += [nn.Linear(in_features, self.hidden), nn.ReLU(inplace=True)]
             if self.dropout:
                 layers.append(nn.Dropout(self.dropout))
             in_features = self.hidden
         return nn.Sequential(*layers, nn.Linear(in_features, num_classes))
+
+
+class Standardize(nn.Module):
+    """Each input feature shifted and scaled to mean 0 and variance 1 over the training
+    data: while training by the batch's own statistics, which it also accumulates (torch's
+    batch norm with a cumulative average, as ``BatchNorm1d(momentum=None)``: a full-batch
+    fit's statistics are exactly its data's); in evaluation by the accumulated ones. No
+    parameters, so an L2 penalty on the head's weights acts on standardised features (a
+    linear probe is then scikit-learn's scaled logistic regression). Not a ``_BatchNorm``
+    subclass, so ``batchnorm=eval`` (which freezes the backbone's) leaves it learning."""
+
+    def __init__(self, features: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("running_mean", torch.zeros(features))
+        self.register_buffer("running_var", torch.ones(features))
+        self.register_buffer("batches", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        factor = 0.0
+        if self.training:
+            self.batches.add_(1)
+            factor = 1.0 / float(self.batches)
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, None, None, self.training, factor, self.eps
+        )
+
+
+class Tapped(nn.Sequential):
+    """A trunk (a network's ``nn.Sequential`` of blocks, whose output the network pools
+    and classifies) that outputs, instead of its last map, the mean- and max-pooled maps of
+    the blocks in ``taps`` (the last block always among them), joined into one vector:
+    shaped N x D x 1 x 1 where the trunk's output was a map (the network's own pooling then
+    leaves it as it is), N x D where it was a vector. It holds the trunk's own blocks under
+    their own names, so the weights' keys do not change."""
+
+    def __init__(self, trunk: nn.Sequential, taps: tuple[int, ...], as_map: bool):
+        super().__init__(*trunk)
+        self.taps = tuple(sorted({*taps, len(trunk) - 1}))
+        self.as_map = as_map
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = []
+        for i, block in enumerate(self):
+            x = block(x)
+            if i in self.taps:
+                pooled += [x.mean((2, 3)), x.amax((2, 3))] if x.dim() == 4 else [x.flatten(1)]
+        out = torch.cat(pooled, 1)
+        return out[:, :, None, None] if self.as_map else out
+
+
+def stage_ends(trunk: nn.Sequential, size: int = 64) -> tuple[tuple[int, ...], int, bool]:
+    """The blocks of ``trunk`` that end a stage: the last one, and each whose output's
+    channels differ from the next block's where its maps are at most a quarter of the
+    input's size across (the first, near full-resolution maps carry little; on MobileNetV2
+    these are the 7 taps of benchmarks/probe_layers.py). Found from the output shapes of one
+    pass of a ``size`` px image, in eval mode (no batch statistics move) on the trunk's
+    own device (the meta device included). Returns the taps, the width of the tapped
+    vector and whether the trunk's output is a map."""
+    parameter = next(trunk.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    was = {m: m.training for m in trunk.modules()}
+    trunk.eval()
+    shapes = []
+    try:
+        with torch.no_grad():
+            x = torch.zeros(1, 3, size, size, device=device)
+            for block in trunk:
+                x = block(x)
+                shapes.append(tuple(x.shape))
+    finally:
+        for module, training in was.items():
+            module.training = training
+    last = len(shapes) - 1
+    taps = tuple(
+        i
+        for i, shape in enumerate(shapes)
+        if i == last
+        or (shape[1] != shapes[i + 1][1] and (len(shape) != 4 or max(shape[2:]) * 4 <= size))
+    )
+    width = sum(2 * shapes[i][1] if len(shapes[i]) == 4 else shapes[i][1] for i in taps)
+    return taps, width, len(shapes[last]) == 4
 
 
 class SmallCNN(nn.Module):

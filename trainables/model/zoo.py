@@ -24,6 +24,9 @@ class ModelSpec:
     # default share of a GPU per trial: models whose step is short train more images per
     # second two to a GPU (benchmarks/README.md, packing); larger ones get a whole GPU
     gpu_share: float = 1.0
+    # the path of its trunk: the nn.Sequential of blocks whose output it pools and
+    # classifies, which ``taps=stages`` reads at every stage's end ("": not supported)
+    trunk: str = ""
 
     @property
     def timm_name(self) -> str:
@@ -36,11 +39,11 @@ for _spec in (
     ModelSpec("resnet18", "torchvision", ("fc",), gpu_share=0.5),
     ModelSpec("resnet50", "torchvision", ("fc",)),
     ModelSpec("vgg16", "torchvision", ("classifier.6",)),
-    ModelSpec("mobilenet_v2", "torchvision", ("classifier.1",), gpu_share=0.5),
+    ModelSpec("mobilenet_v2", "torchvision", ("classifier.1",), gpu_share=0.5, trunk="features"),
     ModelSpec(
         "googlenet", "torchvision", ("fc", "aux1.fc2", "aux2.fc2"), aux_heads=True, gpu_share=0.5
     ),
-    ModelSpec("small_cnn", "custom", ("head",), gpu_share=0.5),
+    ModelSpec("small_cnn", "custom", ("head",), gpu_share=0.5, trunk="features"),
     ModelSpec("tf_efficientnetv2_s", "timm"),
     ModelSpec("convnext_tiny", "timm"),
     ModelSpec("vit_base_patch16_224", "timm"),

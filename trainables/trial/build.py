@@ -109,6 +109,7 @@ def build_trial(
         head=HeadSpec(cfg.head_dropout, cfg.head_hidden),
         image_size=cfg.image_size,
         weights=cfg.weights,
+        taps=cfg.taps,
     )
     pre = preprocess_for(cfg)
     if cfg.fold >= 0:  # cross-validation: this fold's train/val/test

@@ -47,6 +47,7 @@ from trainables.data.batches import lone_last, nchw
 from trainables.data.decode import claim_blocks
 from trainables.data.transforms import dihedral_view
 from trainables.model.factory import Net
+from trainables.model.nets import Tapped
 from trainables.recipe.augment import TTA_VIEWS, augment_spec
 from trainables.trial.scores import split_scores
 
@@ -117,22 +118,24 @@ def headless(net: Net) -> Iterator[nn.Module]:
 
 def cache_key(net: Net, data, views: tuple[int, ...], rows: np.ndarray) -> str:
     """What the features depend on: the backbone's weights and buffers (not the head's),
-    the decoded images, which rows, the crop and normalisation, and the views."""
+    the decoded images, which rows, the crop and normalisation, the views, and which of
+    the backbone's blocks the head reads."""
     pre = data.preprocess
     digest = hashlib.sha256()
-    digest.update(
-        json.dumps(
-            {
-                "version": CACHE_VERSION,
-                "images": data.images_key,
-                "shape": list(data.images.shape),
-                "image_size": pre.image_size,
-                "mean": list(pre.mean),
-                "std": list(pre.std),
-                "views": list(views),
-            }
-        ).encode()
-    )
+    key = {
+        "version": CACHE_VERSION,
+        "images": data.images_key,
+        "shape": list(data.images.shape),
+        "image_size": pre.image_size,
+        "mean": list(pre.mean),
+        "std": list(pre.std),
+        "views": list(views),
+    }
+    # what the head reads (taps=stages): the same weights, other features
+    taps = [[name, list(m.taps)] for name, m in net.named_modules() if isinstance(m, Tapped)]
+    if taps:
+        key["taps"] = taps
+    digest.update(json.dumps(key).encode())
     digest.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
     for name, tensor in sorted(net.state_dict().items()):
         if not net.is_head(name):
