@@ -1,6 +1,8 @@
 """Recipe settings of the loop: warm-up epochs before the schedule, and the weights'
 moving average (timm's ModelEmaV3) as what is scored, kept as best and exported."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -23,6 +25,24 @@ def test_warmup_raises_the_learning_rate_linearly_before_the_schedule_starts(col
     assert lrs == pytest.approx([1e-3, 2e-3, 3e-3, 3e-3, 3e-4])
     plain = fit_trial(colour_handle, {**cfg, "scheduler": "step", "step_size": 2})
     assert [r[M.LR] for r in plain.reports] == pytest.approx([3e-3, 3e-3, 3e-4, 3e-4, 3e-5])
+
+
+def test_lp_ft_warms_up_its_fine_tuning_not_its_probe(colour_handle, tmp_path):
+    # the probe's epoch takes no step of the optimizer: the warm-up and the schedule start
+    # with the first fine-tuning epoch
+    cfg = {"max_epochs": 4, "early_stop_patience": 0, "chance_epochs": 0, "lr": 3e-3}
+    cfg.update(strategy="lp_ft", augment="none", warmup_epochs=1, scheduler="step", step_size=1)
+    fitted = fit_trial(colour_handle, {**cfg, "step_gamma": 0.1})
+    lrs = [r[M.LR] for r in fitted.reports]
+    assert [r[M.IMAGES_ON] for r in fitted.reports][:2] == ["features", "device"]
+    # probe (lr unused), fine-tuning at half the rate (warm-up), the full rate, one step
+    assert lrs[1:] == pytest.approx([1.5e-3, 3e-3, 3e-4])
+    # nor does a linear probe's schedule step (torch warned of a scheduler stepped before
+    # its optimizer, once per probe trial)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        probe = fit_trial(colour_handle, {**cfg, "strategy": "linear_probe", "warmup_epochs": 0})
+    assert {r[M.LR] for r in probe.reports} == {3e-3}
 
 
 def test_a_resumed_warmup_goes_on_where_it_stopped(colour_handle, tmp_path):

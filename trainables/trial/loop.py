@@ -270,8 +270,9 @@ def fit(
         train_loss, train_acc = val_loss, val_acc = math.nan, math.nan
         val_probs, error = None, ""
         on_cache = cache is not None and cache.covers(epoch + 1)
+        probing = on_cache and cache.probing(epoch)
         try:
-            if on_cache and cache.probing(epoch):
+            if probing:
                 train_loss, train_acc = cache.fit_full_batch(criterion)
                 if ema is not None:  # a probe's fit is a solution, not a noisy step:
                     ema.set(net)  # the average starts from it
@@ -324,7 +325,9 @@ def fit(
             _track_best(state, scored, data, val_loss, val_acc, val_probs, cfg, score)
             if epoch < strategy.patience_start:
                 state.bad_epochs = 0
-            schedule.step(val_loss)
+            if not probing:  # a probe's fit takes no step of the optimizer: the schedule
+                # (its warm-up too) counts the epochs that do, from lp_ft's first fine-tuning
+                schedule.step(val_loss)
             if stuck_at_chance(cfg, state, data, strategy.patience_start):
                 stop = M.STUCK_AT_CHANCE
             elif cfg.early_stop_patience and state.bad_epochs >= cfg.early_stop_patience:
