@@ -75,6 +75,44 @@ def test_holm_against_a_hand_computed_case():
     assert holm([]) == ([], [])
 
 
+def test_the_verdict_names_what_choosing_by_validation_loss_gives_up():
+    from sweeps.analysis.folds import verdict
+
+    def ranked(*rows):  # in the order of validation loss
+        names = ["variant", "oof_acc", "oof_acc_low", "oof_acc_high", "images"]
+        return pd.DataFrame([dict(zip(names, (*row, 2624))) for row in rows])
+
+    def pairs(*rows):
+        names = ["a", "b", "seeds", "only_a", "only_b", "p", "p_holm", "separated"]
+        return pd.DataFrame([dict(zip(names, row)) for row in rows])
+
+    # as on ELPV: the best by validation loss leads the runner-up, while the third and
+    # fourth are more accurate, two of them distinguishably
+    table = ranked(
+        ("wd0.1", 0.775, 0.759, 0.791),
+        ("wd0.3", 0.765, 0.748, 0.780),
+        ("wd0.03", 0.785, 0.769, 0.800),
+        ("wd0.01", 0.787, 0.771, 0.803),
+        ("wd1", 0.780, 0.76, 0.79),
+    )
+    tests = pairs(
+        ("wd0.1", "wd0.3", 1, 44, 16, 0.0005, 0.002, True),
+        ("wd0.1", "wd0.03", 1, 23, 49, 0.003, 0.0096, True),
+        ("wd0.01", "wd0.1", 1, 76, 44, 0.004, 0.0096, True),
+        ("wd0.1", "wd1", 1, 30, 40, 0.2, 0.4, False),
+    )
+    line = verdict(table, tests)
+    assert line.startswith("wd0.1 is best (out-of-fold accuracy 0.7750")
+    assert "its lead over wd0.3 is distinguishable" in line
+    assert line.endswith(
+        "; more accurate out of fold than wd0.1, distinguishably: wd0.03 (0.7850, "
+        "Holm-corrected p = 0.0096), wd0.01 (0.7870, Holm-corrected p = 0.0096)"
+    )
+    assert "wd1" not in line.split("distinguishably:")[-1]  # not separated: not named
+    # nothing more accurate and separated: the line is as before
+    assert verdict(table.iloc[:2], tests.iloc[:1]).endswith("over 1 pair(s), alpha 0.05)")
+
+
 def _confirm(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONWARNINGS="ignore", **HEAD_ENV)
     return subprocess.run(

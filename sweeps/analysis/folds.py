@@ -217,15 +217,37 @@ def verdict(ranked: pd.DataFrame, pairs: pd.DataFrame) -> str:
         f"{len(pairs)} pair(s), alpha {ALPHA:g})"
     )
     if best["oof_acc"] >= second["oof_acc"]:
-        return (
+        line = (
             f"{best['variant']} is best ({score}); its lead over {second['variant']} {how} "
             f"distinguishable {tests}"
         )
-    # first by validation loss, yet less accurate out of fold: a deficit, not a lead
-    return (
-        f"{best['variant']} ranks first by validation loss ({score}), but "
-        f"{second['variant']} is more accurate out of fold ({second['oof_acc']:.4f}); the "
-        f"difference {how} distinguishable {tests}"
+    else:  # first by validation loss, yet less accurate out of fold: a deficit, not a lead
+        line = (
+            f"{best['variant']} ranks first by validation loss ({score}), but "
+            f"{second['variant']} is more accurate out of fold ({second['oof_acc']:.4f}); the "
+            f"difference {how} distinguishable {tests}"
+        )
+    return line + _more_accurate(ranked, pairs, best, skip=second["variant"])
+
+
+def _more_accurate(ranked: pd.DataFrame, pairs: pd.DataFrame, best, skip: str) -> str:
+    """The variants below the best by validation loss that are more accurate out of fold
+    than it, distinguishably (Holm-corrected): what choosing by validation loss gives up
+    (better calibrated probabilities are not more right answers); "" when there are none."""
+    better = []
+    for _, other in ranked.iloc[1:].iterrows():
+        row = _pair(pairs, best["variant"], other["variant"])
+        if other["variant"] == skip or other["oof_acc"] <= best["oof_acc"] or row.empty:
+            continue
+        if bool(row["separated"].iloc[0]):
+            better.append(
+                f"{other['variant']} ({other['oof_acc']:.4f}, Holm-corrected p = "
+                f"{row['p_holm'].iloc[0]:.3g})"
+            )
+    if not better:
+        return ""
+    return f"; more accurate out of fold than {best['variant']}, distinguishably: " + ", ".join(
+        better
     )
 
 
