@@ -122,6 +122,12 @@ def test_the_recipe_search_starts_from_the_linear_probe():
     # a key the command line fixes is no longer the point's to say
     plan = make_plan(space, {"image_size": 224}, None)
     assert plan.points == [{k: v for k, v in PROBE.items() if k != "image_size"}]
+    # what the head reads is searched for a model that names its trunk, and the probe
+    # reads every stage; for another model neither the search nor the point says it
+    assert make_plan(space, {}, None).param_space["taps"].categories == ["last", "stages"]
+    other = make_plan(space, {"model": "resnet18"}, None)
+    assert "taps" not in other.param_space
+    assert other.points == [{k: v for k, v in PROBE.items() if k != "taps"}]
     # ordered classes bring the ordinal objectives into the search, and only they do
     assert make_plan(space, {}, None).param_space["objective"].categories == ["ce", "weighted_ce"]
     ordered = make_plan(space, {"class_order": "p0,p1,p2,p3"}, None).param_space["objective"]
