@@ -11,8 +11,9 @@ import inspect
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binomtest, chi2
-from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+# scipy.stats and sklearn.metrics are imported where they are used: together 2 s of every
+# command's start (the sweep driver, a trial's worker) that most of them never need
 
 BOOTSTRAP_SAMPLES = 2000
 LEVEL = 0.95
@@ -25,6 +26,8 @@ def accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
 
 
 def macro_f1(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> float:
+    from sklearn.metrics import f1_score
+
     return float(
         f1_score(
             labels, predicted, labels=list(range(num_classes)), average="macro", zero_division=0
@@ -39,6 +42,8 @@ def accuracy_interval(labels, predicted, level: float = LEVEL) -> tuple[float, f
     labels, predicted = np.asarray(labels), np.asarray(predicted)
     if not len(labels):
         return float("nan"), float("nan")
+    from scipy.stats import binomtest
+
     correct = int(np.sum(labels == predicted))
     ci = binomtest(correct, len(labels)).proportion_ci(confidence_level=level, method="wilson")
     return float(ci.low), float(ci.high)
@@ -123,6 +128,8 @@ def test_summary(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> dic
 
 def per_class_report(labels, predicted, class_names: list[str]) -> dict:
     """Per-class precision, recall, F1 and support, and the confusion matrix (rows: true)."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     k = len(class_names)
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, predicted, labels=list(range(k)), zero_division=0
@@ -164,6 +171,8 @@ class McNemar:
 def mcnemar(labels, predicted_a, predicted_b, exact_below: int = 25) -> McNemar:
     """McNemar's test on the discordant pairs; exact (two-sided binomial, p = 1/2) when
     they number fewer than ``exact_below``, else chi-square with continuity correction."""
+    from scipy.stats import binomtest, chi2
+
     labels = np.asarray(labels)
     right_a, right_b = np.asarray(predicted_a) == labels, np.asarray(predicted_b) == labels
     b, c = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch.utils.data import RandomSampler, WeightedRandomSampler
 
 from trainables.core import metrics as M
@@ -138,6 +137,8 @@ def train_one_epoch(
     left idle between steps while the host reads a number. ``after_step`` runs after each
     optimizer step (the weights' moving average); ``clip_grad`` > 0 clips the gradient's
     norm over all parameters to it before each step."""
+    if clip_grad:
+        from timm.utils import dispatch_clip_grad  # timm's import (0.5 s): only when used
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
@@ -230,7 +231,11 @@ def fit(
         torch.set_rng_state(resume["torch_rng"])  # augmentation draws from the global RNG
         state = resume["fit"]
     # the weights' moving average: what is validated, scored, kept as best and exported
-    ema = ModelEmaV3(net, decay=cfg.ema_decay) if cfg.ema_decay else None
+    ema = None
+    if cfg.ema_decay:
+        from timm.utils import ModelEmaV3  # timm's import (0.5 s): only when used
+
+        ema = ModelEmaV3(net, decay=cfg.ema_decay)
     if ema is not None and resume and "ema" in resume:
         ema.load_state_dict(resume["ema"])
     scored = net if ema is None else ema.module
