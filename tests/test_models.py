@@ -158,6 +158,11 @@ def test_the_standardised_head_learns_its_datas_statistics_even_with_batchnorm_f
     out = standardize.eval()(x)
     assert torch.allclose(out.mean(0), torch.zeros(x.shape[1]), atol=1e-4)
     assert torch.allclose(out.std(0), torch.ones(x.shape[1]), atol=1e-3)
+    # features that change later (a backbone fine-tuned after its probe) are followed
+    standardize.train()
+    for _ in range(100):
+        standardize(x - 10)
+    assert torch.allclose(standardize.running_mean, x.mean(0) - 10, atol=1e-2)
 
 
 def test_taps_stages_on_a_model_without_a_named_trunk_is_a_user_error():

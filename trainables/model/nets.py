@@ -63,11 +63,15 @@ class HeadSpec:
 class Standardize(nn.Module):
     """Each input feature shifted and scaled to mean 0 and variance 1 over the training
     data: while training by the batch's own statistics, which it also accumulates (torch's
-    batch norm with a cumulative average, as ``BatchNorm1d(momentum=None)``: a full-batch
-    fit's statistics are exactly its data's); in evaluation by the accumulated ones. No
-    parameters, so an L2 penalty on the head's weights acts on standardised features (a
-    linear probe is then scikit-learn's scaled logistic regression). Not a ``_BatchNorm``
-    subclass, so ``batchnorm=eval`` (which freezes the backbone's) leaves it learning."""
+    batch norm: a cumulative average over the first ``1 / MOMENTUM`` batches, a moving
+    one with ``MOMENTUM`` after them, so a full-batch fit's statistics are exactly its
+    data's, and they follow a backbone that trains later, as in lp_ft); in evaluation by
+    the accumulated ones. No parameters, so an L2 penalty on the head's weights acts on
+    standardised features (a linear probe is then scikit-learn's scaled logistic
+    regression). Not a ``_BatchNorm`` subclass, so ``batchnorm=eval`` (which freezes the
+    backbone's) leaves it learning."""
+
+    MOMENTUM = 0.1  # BatchNorm's default
 
     def __init__(self, features: int, eps: float = 1e-5):
         super().__init__()
@@ -80,7 +84,7 @@ class Standardize(nn.Module):
         factor = 0.0
         if self.training:
             self.batches.add_(1)
-            factor = 1.0 / float(self.batches)
+            factor = max(1.0 / float(self.batches), self.MOMENTUM)
         return F.batch_norm(
             x, self.running_mean, self.running_var, None, None, self.training, factor, self.eps
         )
