@@ -17,7 +17,7 @@ from torch import nn
 
 from trainables.core.errors import UserError
 from trainables.model import weights as W
-from trainables.model.nets import TAPS, HeadSpec, Net, SmallCNN, Tapped, stage_ends
+from trainables.model.nets import TAPS, HeadSpec, Net, SmallCNN, Tapped
 from trainables.model.zoo import MODELS, ModelSpec, model_spec
 
 __all__ = [
@@ -295,8 +295,9 @@ def _with_heads(spec: ModelSpec, body: nn.Module, build: ModelBuild) -> Net:
     if build.taps == "stages":
         *parents, attr = spec.trunk.split(".")
         parent = body.get_submodule(".".join(parents))
-        taps, width, as_map = stage_ends(getattr(parent, attr))
-        setattr(parent, attr, Tapped(getattr(parent, attr), taps, as_map))
+        tapped = Tapped(getattr(parent, attr))
+        setattr(parent, attr, tapped)
+        width = tapped.width
     if spec.family == "timm":
         body.reset_classifier(build.num_classes)
         names = body.pretrained_cfg.get("classifier") or "head"

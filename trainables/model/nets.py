@@ -5,6 +5,8 @@ stage); and the small from-scratch CNN."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -93,15 +95,14 @@ class Standardize(nn.Module):
 class Tapped(nn.Sequential):
     """A trunk (a network's ``nn.Sequential`` of blocks, whose output the network pools
     and classifies) that outputs, instead of its last map, the mean- and max-pooled maps of
-    the blocks in ``taps`` (the last block always among them), joined into one vector:
-    shaped N x D x 1 x 1 where the trunk's output was a map (the network's own pooling then
-    leaves it as it is), N x D where it was a vector. It holds the trunk's own blocks under
-    their own names, so the weights' keys do not change."""
+    the blocks that end its stages (``stage_ends``), joined into one vector of ``width``
+    features: shaped N x D x 1 x 1 where the trunk's output was a map (the network's own
+    pooling then leaves it as it is), N x D where it was a vector. It holds the trunk's own
+    blocks under their own names, so the weights' keys do not change."""
 
-    def __init__(self, trunk: nn.Sequential, taps: tuple[int, ...], as_map: bool):
+    def __init__(self, trunk: nn.Sequential):
         super().__init__(*trunk)
-        self.taps = tuple(sorted({*taps, len(trunk) - 1}))
-        self.as_map = as_map
+        self.taps, self.width, self.as_map = stage_ends(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = []
@@ -113,28 +114,35 @@ class Tapped(nn.Sequential):
         return out[:, :, None, None] if self.as_map else out
 
 
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode inside the block (no batch statistics move, no dropout);
+    each of its submodules' own mode is put back however the block ends."""
+    was = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in was.items():
+            m.training = training
+
+
 def stage_ends(trunk: nn.Sequential, size: int = 64) -> tuple[tuple[int, ...], int, bool]:
     """The blocks of ``trunk`` that end a stage: the last one, and each whose output's
     channels differ from the next block's where its maps are at most a quarter of the
     input's size across (the first, near full-resolution maps carry little; on MobileNetV2
     these are the 7 taps of benchmarks/probe_layers.py). Found from the output shapes of one
-    pass of a ``size`` px image, in eval mode (no batch statistics move) on the trunk's
-    own device (the meta device included). Returns the taps, the width of the tapped
-    vector and whether the trunk's output is a map."""
+    pass of a ``size`` px image, in eval mode, on the trunk's own device (the meta device
+    included). Returns the taps, the width of the tapped vector and whether the trunk's
+    output is a map."""
     parameter = next(trunk.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
-    was = {m: m.training for m in trunk.modules()}
-    trunk.eval()
     shapes = []
-    try:
-        with torch.no_grad():
-            x = torch.zeros(1, 3, size, size, device=device)
-            for block in trunk:
-                x = block(x)
-                shapes.append(tuple(x.shape))
-    finally:
-        for module, training in was.items():
-            module.training = training
+    with evaluating(trunk), torch.no_grad():
+        x = torch.zeros(1, 3, size, size, device=device)
+        for block in trunk:
+            x = block(x)
+            shapes.append(tuple(x.shape))
     last = len(shapes) - 1
     taps = tuple(
         i

@@ -47,7 +47,7 @@ from trainables.data.batches import lone_last, nchw
 from trainables.data.decode import claim_blocks
 from trainables.data.transforms import dihedral_view
 from trainables.model.factory import Net
-from trainables.model.nets import Tapped
+from trainables.model.nets import Tapped, evaluating
 from trainables.recipe.augment import TTA_VIEWS, augment_spec
 from trainables.trial.scores import split_scores
 
@@ -208,75 +208,70 @@ def _build(net, data, views, rows, device, batch_size, npy: Path, meta: Path, pr
     pre = data.preprocess
     normalize = Normalize(pre.mean, pre.std)
     images = nchw(data.images)
-    was_training = {name: m.training for name, m in net.named_modules()}
-    net.to(device).eval()
+    net.to(device)
     started = time.monotonic()
-    try:
-        with headless(net) as body:
+    with evaluating(net), headless(net) as body:
 
-            def run(part: np.ndarray, view: int) -> torch.Tensor:
-                x = centre_crop(images[torch.as_tensor(part)], pre.image_size).contiguous()
-                x = normalize(dihedral_view(x.to(device), view))
-                return body(x).float().reshape(len(part), -1).cpu()
+        def run(part: np.ndarray, view: int) -> torch.Tensor:
+            x = centre_crop(images[torch.as_tensor(part)], pre.image_size).contiguous()
+            x = normalize(dihedral_view(x.to(device), view))
+            return body(x).float().reshape(len(part), -1).cpu()
 
-            width = run(rows[:1], 0).shape[1]
-            need = data.images.shape[0] * len(views) * width * 4
-            free = shutil.disk_usage(npy.parent).free
-            if need + HEADROOM_BYTES > free:
-                raise UserError(
-                    f"{npy.parent} has {free / 1e6:.0f} MB free and the features need "
-                    f"{need / 1e6:.0f} MB; free some space there or set VISIONSWEEP_CACHE"
-                )
-            if progress:
-                print(
-                    f"computing the frozen backbone's outputs for {len(rows)} images x "
-                    f"{len(views)} view(s) at {pre.image_size} px (once; cached for later "
-                    "trials)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            with replaced(npy, suffix=".npy") as tmp:
-                out = np.lib.format.open_memmap(
-                    tmp,
-                    mode="w+",
-                    dtype=np.float32,
-                    shape=(data.images.shape[0], len(views), width),
-                )
-                # its blocks claimed now: a memory-mapped write past a full disk's end would
-                # be a SIGBUS; a refused claim is an OSError (the one line above)
-                claim_blocks(tmp)
-                step = max(1, len(rows) // 10)
-                for start in range(0, len(rows), batch_size):
-                    part = rows[start : start + batch_size]
-                    for column, view in enumerate(views):
-                        out[part, column] = run(part, view).numpy()
-                    done = min(start + batch_size, len(rows))
-                    if progress and (done // step > start // step or done == len(rows)):
-                        rate = done / max(time.monotonic() - started, 1e-9)
-                        print(
-                            f"frozen features {done}/{len(rows)} ({rate:.1f} images/s)",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-                out.flush()
-                del out
-            record = {
-                "bytes": npy.stat().st_size,
-                "sha256": hash_file(npy, "sha256"),
-                "views": list(views),
-                "width": width,
-                "rows": len(rows),
-                "seconds": time.monotonic() - started,
-            }
-            try:
-                with replaced(meta) as tmp:
-                    tmp.write_text(json.dumps(record))
-            except BaseException:
-                npy.unlink(missing_ok=True)  # no features without their record
-                raise
-    finally:
-        for name, module in net.named_modules():
-            module.training = was_training.get(name, module.training)
+        width = run(rows[:1], 0).shape[1]
+        need = data.images.shape[0] * len(views) * width * 4
+        free = shutil.disk_usage(npy.parent).free
+        if need + HEADROOM_BYTES > free:
+            raise UserError(
+                f"{npy.parent} has {free / 1e6:.0f} MB free and the features need "
+                f"{need / 1e6:.0f} MB; free some space there or set VISIONSWEEP_CACHE"
+            )
+        if progress:
+            print(
+                f"computing the frozen backbone's outputs for {len(rows)} images x "
+                f"{len(views)} view(s) at {pre.image_size} px (once; cached for later "
+                "trials)",
+                file=sys.stderr,
+                flush=True,
+            )
+        with replaced(npy, suffix=".npy") as tmp:
+            out = np.lib.format.open_memmap(
+                tmp,
+                mode="w+",
+                dtype=np.float32,
+                shape=(data.images.shape[0], len(views), width),
+            )
+            # its blocks claimed now: a memory-mapped write past a full disk's end would
+            # be a SIGBUS; a refused claim is an OSError (the one line above)
+            claim_blocks(tmp)
+            step = max(1, len(rows) // 10)
+            for start in range(0, len(rows), batch_size):
+                part = rows[start : start + batch_size]
+                for column, view in enumerate(views):
+                    out[part, column] = run(part, view).numpy()
+                done = min(start + batch_size, len(rows))
+                if progress and (done // step > start // step or done == len(rows)):
+                    rate = done / max(time.monotonic() - started, 1e-9)
+                    print(
+                        f"frozen features {done}/{len(rows)} ({rate:.1f} images/s)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            out.flush()
+            del out
+        record = {
+            "bytes": npy.stat().st_size,
+            "sha256": hash_file(npy, "sha256"),
+            "views": list(views),
+            "width": width,
+            "rows": len(rows),
+            "seconds": time.monotonic() - started,
+        }
+        try:
+            with replaced(meta) as tmp:
+                tmp.write_text(json.dumps(record))
+        except BaseException:
+            npy.unlink(missing_ok=True)  # no features without their record
+            raise
 
 
 class FeatureBatches:
