@@ -71,10 +71,8 @@ def start_ray(address: str | None, niceness: int = 0):
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    # A finished trial's worker is handed the next trial once its thread has ended; Tune
-    # waits 2 s for that, too short for a trial's final clean-up on a loaded machine
-    # (the reuse then fails, and the trial with it). Inherited by a local instance's workers.
-    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
+    # Tune's wait for a finished trial's thread, before its worker is handed on, is set in
+    # the workers themselves (trainables/trial/trainable.py): a cluster's do not inherit this.
     kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
     from ray._common.utils import get_default_ray_temp_dir
 

@@ -23,6 +23,13 @@ from trainables.model.costs import model_costs
 from trainables.trial import checkpoint
 from trainables.trial.build import build_trial, variant_name
 
+# Tune hands a finished trial's worker to the next trial once the finished trial's thread
+# has ended, and waits TUNE_FUNCTION_THREAD_TIMEOUT_S for that (2 s by default): too short
+# for a trial's final clean-up on a loaded machine, and the reuse fails, and the next trial
+# with it. Tune reads it in the worker when the worker is handed on; every worker imports
+# this module, on any node (a cluster's workers do not inherit the driver's environment).
+os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
+
 
 def train_trial(
     config: dict,
