@@ -35,3 +35,41 @@ def test_niceness_is_a_checked_flag():
     assert parser.parse_args(["--space", "single", "--niceness", "19"]).niceness == 19
     with pytest.raises(UserError, match="--niceness: must be at most 19"):
         parser.parse_args(["--space", "single", "--niceness", "20"])
+
+
+def test_the_sweeps_callbacks_are_tagged_as_tune_tags_them_without_its_integrations():
+    """Tune's usage tag of a run's callbacks, counted without importing its MLflow
+    integration (seconds of every sweep's start): the same tag as Tune's own count, for
+    the recorder's and the watchdog's kinds of callback. Run in a fresh process, where
+    nothing has imported MLflow yet."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    script = """
+import sys
+from ray.air._internal import usage
+from ray.tune import Callback
+from ray.tune.logger import LoggerCallback
+from sweeps.driver.builder import light_callback_tag
+
+seen = []
+usage.record_extra_usage_tag = lambda key, value: seen.append((key, value))
+callbacks = [Callback(), LoggerCallback(), Callback()]
+tune_own = usage.tag_callbacks
+light_callback_tag()
+assert usage.tag_callbacks is not tune_own
+light_callback_tag()  # once only
+usage.tag_callbacks(callbacks)
+assert "mlflow" not in sys.modules, "counted by importing MLflow"
+tune_own(callbacks)
+assert "mlflow" in sys.modules  # Tune's own count does import it
+assert len(seen) == 2 and seen[0] == seen[1], seen
+print(seen[0][1])
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == '{"CustomCallback": 2, "CustomLoggerCallback": 1}'
