@@ -143,6 +143,7 @@ def _serve_on_ray(args, limits) -> int:
         ) from None
 
     from sweeps.driver.cluster import start_ray
+    from trainables.core import ray_internals
     from trainables.deploy import serving
 
     export, runtime, batch, threads = args.export, args.runtime, args.batch, args.threads
@@ -155,7 +156,7 @@ def _serve_on_ray(args, limits) -> int:
 
     def build():  # on each replica, as it starts (before its own servers do)
         if local:
-            serving.replica_servers_on_loopback()
+            ray_internals.serve_grpc_on_loopback()
         return serving.create_app(export, runtime, limits, batch, threads, device, docs)
 
     class Service:

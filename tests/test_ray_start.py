@@ -52,7 +52,7 @@ import sys
 from ray.air._internal import usage
 from ray.tune import Callback
 from ray.tune.logger import LoggerCallback
-from sweeps.driver.builder import light_callback_tag
+from trainables.core.ray_internals import light_callback_tag
 
 seen = []
 usage.record_extra_usage_tag = lambda key, value: seen.append((key, value))

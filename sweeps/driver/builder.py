@@ -61,53 +61,11 @@ def _environment() -> None:
     # Keeping one checkpoint per trial makes Tune snapshot the experiment state after every
     # checkpoint, and warn about it each time; the snapshot is a small JSON write.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's usage tag of the recorder's and watchdog's callbacks, without importing its
+    # MLflow integration (seconds of every start)
+    from trainables.core.ray_internals import light_callback_tag
+
     light_callback_tag()
-
-
-# Tune's integrations' callbacks, which its usage tag counts by class name
-INTEGRATION_CALLBACKS = (
-    "WandbLoggerCallback",
-    "MLflowLoggerCallback",
-    "CometLoggerCallback",
-    "AimLoggerCallback",
-)
-
-
-def light_callback_tag() -> None:
-    """Tune tags a run with the kinds of callbacks it was given (a usage statistic), and to
-    tell its own from the user's it imports its MLflow, W&B, Comet and Aim integrations:
-    about 1.1-1.5 s of every sweep's start here, for MLflow alone. The recorder and the
-    watchdog are neither, so the same tag is counted here without the imports; a run given
-    one of Tune's own callbacks is counted by Tune. Ray 2.60's ``ray.air._internal.usage``;
-    tests/test_ray_start.py checks the tag against Tune's own and fails if it moves."""
-    import json
-    from collections import Counter
-
-    from ray.air._internal import usage
-
-    tune_own = usage.tag_callbacks
-    if getattr(tune_own, "light", False):
-        return
-
-    def tag_callbacks(callbacks) -> bool | None:
-        from ray.tune import Callback
-        from ray.tune.logger import LoggerCallback
-        from ray.tune.utils.callback import DEFAULT_CALLBACK_CLASSES
-
-        builtin = {c.__name__ for c in DEFAULT_CALLBACK_CLASSES} | set(INTEGRATION_CALLBACKS)
-        if not callbacks or any(type(c).__name__ in builtin for c in callbacks):
-            return tune_own(callbacks)
-        counts = Counter(
-            "CustomLoggerCallback" if isinstance(c, LoggerCallback) else "CustomCallback"
-            for c in callbacks
-            if isinstance(c, Callback)
-        )
-        if counts:
-            usage.record_extra_usage_tag(usage.TagKey.AIR_CALLBACKS, json.dumps(dict(counts)))
-        return None
-
-    tag_callbacks.light = True
-    usage.tag_callbacks = tag_callbacks
 
 
 def build_tuner(

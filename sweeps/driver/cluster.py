@@ -36,34 +36,6 @@ def check_reachable(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> 
         ) from None
 
 
-@contextmanager
-def _own_process_group():
-    """Within it, the processes ``ray.init`` starts (GCS, raylet, their helpers) start in a
-    process group of their own. A signal sent to the driver's whole group (what `timeout`,
-    systemd and batch schedulers send on a stop) then reaches the driver alone, which stops
-    the sweep and writes its table while Ray still runs; sent to Ray's processes as well, it
-    ended GCS first and left the driver hanging without a table. Ray still ties them to the
-    driver (Linux's parent-death signal) and the watchdog in reaper.py still finds them.
-    Skipped where Ray cannot tie them to the driver (Ray then needs them in its group)."""
-    from ray._private import services, utils
-
-    popen = getattr(services, "ConsolePopen", None)
-    if os.name != "posix" or popen is None or not utils.detect_fate_sharing_support():
-        yield
-        return
-
-    class InOwnGroup(popen):
-        def __init__(self, *args, **kwargs):
-            kwargs.setdefault("start_new_session", True)
-            super().__init__(*args, **kwargs)
-
-    services.ConsolePopen = InOwnGroup
-    try:
-        yield
-    finally:
-        services.ConsolePopen = popen
-
-
 def start_ray(address: str | None, niceness: int = 0):
     """Ray for this command: joined at ``address``, or a local instance whose trial workers
     run at ``niceness`` above this process (Ray's own default, 15, would let any ordinary
@@ -74,20 +46,21 @@ def start_ray(address: str | None, niceness: int = 0):
     # Tune's wait for a finished trial's thread, before its worker is handed on, is set in
     # the workers themselves (trainables/trial/trainable.py): a cluster's do not inherit this.
     kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
-    from ray._common.utils import get_default_ray_temp_dir
-
+    from trainables.core import ray_internals
     from trainables.core.files import writes_into
 
     setting = "RAY_TMPDIR" if "RAY_TMPDIR" in os.environ else "TMPDIR"
     with (
-        writes_into(Path(get_default_ray_temp_dir()), "Ray's temporary folder", setting),
-        _loopback_only(not address or _on_loopback(address)),
+        writes_into(Path(ray_internals.ray_temp_dir()), "Ray's temporary folder", setting),
+        # a local Ray of ours, or a cluster on this machine's loopback (started so), listens
+        # on 127.0.0.1 only; clusters on again before another cluster is joined
+        ray_internals.clusters_off(not address or _on_loopback(address)),
     ):
         if address:
             return _join(address, kwargs)
         # "local": always a fresh instance for this run, never a cluster that `ray start`
         # left recorded on this machine (possibly long dead)
-        with _own_process_group(), _quiet_default_token():
+        with ray_internals.own_process_group(), ray_internals.quiet_default_token():
             context = ray.init(
                 address="local", _system_config={"worker_niceness": niceness}, **kwargs
             )
@@ -159,23 +132,6 @@ def _stderr_held(held: list[str]):
             held.extend(sink.read().decode("utf-8", "replace").splitlines())
 
 
-@contextmanager
-def _quiet_default_token():
-    """Ray warns, on every local start, that it turned token authentication on (its
-    default): a line for each sweep that asks nothing of the user. Only that line goes."""
-    import logging
-
-    def keep(record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Token authentication is enabled")
-
-    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
-    logger.addFilter(keep)
-    try:
-        yield
-    finally:
-        logger.removeFilter(keep)
-
-
 def is_loopback(host: str) -> bool:
     """This machine's loopback: localhost, 127.0.0.0/8, ::1."""
     import ipaddress
@@ -191,34 +147,6 @@ def is_loopback(host: str) -> bool:
 def _on_loopback(address: str) -> bool:
     """A cluster address (HOST:PORT, or a URI) on this machine's loopback."""
     return is_loopback(address.split("://")[-1].rsplit(":", 1)[0])
-
-
-@contextmanager
-def _loopback_only(local: bool):
-    """A local Ray instance of ours listens on 127.0.0.1 only: Ray takes a node's outward
-    address even when told 127.0.0.1, and binds its servers to it or to every interface,
-    unless clusters are off (its setting for laptops), which makes its node address the
-    loopback one. Set in Ray's constants for this driver and, while Ray starts, in the
-    environment its processes inherit (then put back: a later `ray start` from this
-    process, say a notebook's, must not find clusters turned off); also for a cluster on
-    this machine's loopback (started so); undone before another cluster is joined, whose
-    nodes must reach this driver."""
-    from ray._private import ray_constants
-
-    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
-    before = os.environ.get(name)
-    ray_constants.ENABLE_RAY_CLUSTER = not local
-    if local:
-        os.environ[name] = "0"
-    else:
-        os.environ.pop(name, None)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
 
 
 def local_resources() -> list[dict[str, float]]:

@@ -55,20 +55,12 @@ def into_this_experiment(trial) -> None:
     began (a copy's resume wrote them into the original)."""
     if not _STORE:
         return
-    import copy
+
+    from trainables.core.ray_internals import move_trial_storage
 
     store = _STORE[0]
     parent = store.root.rsplit("/", 1)[0]
-    storage = trial.storage
-    if storage is None or (
-        storage.storage_fs_path == parent and storage.experiment_dir_name == store.name
-    ):
-        return
-    moved = copy.copy(storage)
-    moved.storage_fs_path, moved.experiment_dir_name = parent, store.name
-    if store.is_uri:
-        moved.storage_filesystem = store.fs
-    trial.set_storage(moved)
+    move_trial_storage(trial, parent, store.name, store.fs if store.is_uri else None)
 
 
 class TrialRecorder(Callback):

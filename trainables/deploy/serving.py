@@ -181,21 +181,6 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body.encode()})
 
 
-def replica_servers_on_loopback() -> None:
-    """Called in each replica of a local Ray Serve (sweeps/serve.py --ray) before it starts
-    its gRPC server for calls between deployments, which Ray Serve 2.60 binds to every
-    interface ([::]:0) with no setting to change it. On a local instance all its peers are
-    on 127.0.0.1: it binds there."""
-    from ray.serve._private import replica
-
-    bind = replica.add_port_to_grpc_server
-
-    def on_loopback(server, address: str):
-        return bind(server, address.replace("[::]", "127.0.0.1", 1))
-
-    replica.add_port_to_grpc_server = on_loopback
-
-
 def create_app(
     export_dir: str | Path,
     runtime: str = "onnx",
