@@ -178,7 +178,7 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
     from sweeps.driver.builder import build_tuner, restore_tuner
     from sweeps.driver.claim import claim_new, claim_resumed
     from sweeps.driver.prepare import check_weights, prepare_data
-    from sweeps.driver.recorder import active, bind_store
+    from sweeps.driver.recorder import active, begin_sweep
     from sweeps.experiment.tables import finish
     from trainables.data import split_csv
 
@@ -233,7 +233,7 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
             file=sys.stderr,
             flush=True,
         )
-    bind_store(store)
+    begin_sweep(store)
     with GracefulStop() as stop:
         try:
             tuner.fit()

@@ -106,6 +106,27 @@ def test_a_trial_tune_marks_error_without_an_error_event_is_tabled_as_error(tmp_
     assert row["error"] == "RuntimeError: the actor did not start"
 
 
+def test_a_sweep_begun_in_the_same_process_does_not_inherit_the_last_ones_recorder(tmp_path):
+    """A notebook runs two sweeps in one process: the second driver must not take the
+    first one's failed recorder for its own (its storage fault would then hide the second
+    sweep's own error), nor tell the first one's searcher of its trials."""
+    from sweeps.driver import recorder as rec
+    from sweeps.experiment.storage import Store
+
+    first = Store.from_location(str(tmp_path / "first"))
+    rec.begin_sweep(first)
+    failed = rec.TrialRecorder(lambda config: "v", first, [], sinks=[], scheduler_stop="asha")
+    failed.setup()
+    failed.fault = "No space left on device"
+    rec.know_searcher(object())
+    assert rec.active() is failed and rec.THIS_SWEEP.store is first
+
+    second = Store.from_location(str(tmp_path / "second"))
+    rec.begin_sweep(second)
+    assert rec.active() is None
+    assert rec.THIS_SWEEP.searcher is None and rec.THIS_SWEEP.store is second
+
+
 def test_a_failed_reuse_of_a_worker_does_not_hang_the_sweep(images, tmp_path, monkeypatch):
     """Tune hands a finished trial's worker to the next trial once its thread has ended;
     told to wait 0 s for that, the reuse fails. Tune then ends that trial as ERROR without

@@ -2,7 +2,7 @@
 Ray this project pins, and its check fails, naming the workaround, when what it touches
 moves. What each workaround is for is tested where it matters: the loopback listeners in
 test_security.py and test_serve.py, the process group in test_stops.py, the usage tag in
-test_ray_start.py, a copy's resume in test_storage.py."""
+test_ray_start.py, a copy's resume in test_stops.py."""
 
 from __future__ import annotations
 

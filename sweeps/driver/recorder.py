@@ -13,7 +13,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ray.tune import Callback
@@ -28,37 +28,48 @@ from trainables.core.faults import DRIVER_SIGNALS, GROUP_SIGNALS, die, fault
 
 FINISHED = ("TERMINATED", "ERROR")
 TABLE_BUDGET = 0.02  # at most this share of the sweep's time goes to rewriting its table
-_ACTIVE: list[TrialRecorder] = []  # the recorder of the sweep running in this process
-_STORE: list[Store] = []  # where the sweep running in this process is (bind_store)
-_SEARCHER: list = []  # Tune's searcher of that sweep, as its scheduler sees it
 REUSE_FAILED = (
     "Tune could not hand this trial a finished trial's worker (that trial's "
     "thread did not end in time); --resume --retry-errored runs it again"
 )
 
 
-def bind_store(store: Store) -> None:
-    """The experiment this process runs, set before Tune starts. Tune restores a resumed
-    sweep's callbacks and scheduler from the pickles in its folder, which hold the place
-    where the sweep began; a copied or moved experiment must write into itself."""
-    _STORE[:] = [store]
+@dataclass
+class RunningSweep:
+    """What the sweep running in this process shares with the parts of it that Tune
+    restores from the pickles in a resumed experiment's folder (the recorder, the
+    schedulers), which hold the place where the sweep began and no reference to the
+    driver: the experiment it runs (set by the driver before Tune starts), the recorder
+    Tune set up, and Tune's searcher as the scheduler sees it."""
+
+    store: Store | None = None
+    recorder: TrialRecorder | None = None
+    searcher: object = None
+
+
+THIS_SWEEP = RunningSweep()
+
+
+def begin_sweep(store: Store) -> None:
+    """A sweep begins in this process, in ``store``: nothing of an earlier one (a
+    notebook's) is kept. A copied or moved experiment must write into itself."""
+    THIS_SWEEP.store, THIS_SWEEP.recorder, THIS_SWEEP.searcher = store, None, None
 
 
 def know_searcher(searcher) -> None:
     """Tune's searcher, which the sweep's scheduler is shown (schedulers.py)."""
-    _SEARCHER[:] = [searcher]
+    THIS_SWEEP.searcher = searcher
 
 
 def into_this_experiment(trial) -> None:
     """Point a trial Tune is adding into the bound experiment: Tune moves the trials it
     restores, but makes the trials its restored grid has not made yet where the sweep
     began (a copy's resume wrote them into the original)."""
-    if not _STORE:
+    store = THIS_SWEEP.store
+    if store is None:
         return
-
     from trainables.core.ray_internals import move_trial_storage
 
-    store = _STORE[0]
     parent = store.root.rsplit("/", 1)[0]
     move_trial_storage(trial, parent, store.name, store.fs if store.is_uri else None)
 
@@ -99,13 +110,14 @@ class TrialRecorder(Callback):
     def setup(self, **info):
         # Tune calls this when the sweep starts, also on a recorder it restored from an
         # interrupted sweep's state: the driver finds the one in use through active()
-        _ACTIVE[:] = [self]
+        THIS_SWEEP.recorder = self
         self.oom_kills = kernel_oom_kills()
-        if _STORE and _STORE[0].location != self.store.location:  # a copy, resumed
-            self.store = _STORE[0]
+        bound = THIS_SWEEP.store
+        if bound is not None and bound.location != self.store.location:  # a copy, resumed
+            self.store = bound
             for sink in self.sinks:
                 if hasattr(sink, "store"):
-                    sink.store = _STORE[0]
+                    sink.store = bound
 
     # ---------------------------------------------------------------- entries
 
@@ -259,8 +271,8 @@ class TrialRecorder(Callback):
         entry.status, entry.stop_reason = "ERROR", M.ERROR
         entry.error = _unannounced_error(trial)
         entry.retries = trial.run_metadata.num_failures
-        if _SEARCHER:
-            _SEARCHER[0].on_trial_complete(trial.trial_id, error=True)
+        if THIS_SWEEP.searcher is not None:
+            THIS_SWEEP.searcher.on_trial_complete(trial.trial_id, error=True)
         self._end(entry)
 
     def _table_when_due(self) -> None:
@@ -302,7 +314,8 @@ class StorageFault(Exception):
 
 
 def active() -> TrialRecorder | None:
-    return _ACTIVE[0] if _ACTIVE else None
+    """The recorder Tune set up for the sweep running in this process, if it got so far."""
+    return THIS_SWEEP.recorder
 
 
 def _unannounced_error(trial) -> str:
