@@ -15,7 +15,7 @@ SPACE = Space(
         "lr": tune.grid_search([1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]),
         "optimizer": tune.grid_search(["adam", "sgd"]),
         "max_epochs": 20,
-        "scheduler": "none",
+        "lr_schedule": "none",
         "early_stop_patience": 0,
     },
     variant_keys=("model", "optimizer", "lr"),

@@ -2,7 +2,14 @@ import pytest
 
 from search_spaces import registry
 from sweeps.driver.plan import grid_configs, validate
-from trainables.core.config import FIELD_TYPES, OBJECTIVES, TrialConfig, parse_overrides
+from trainables.core.config import (
+    FIELD_TYPES,
+    OBJECTIVES,
+    TrialConfig,
+    describe_keys,
+    load_config_file,
+    parse_overrides,
+)
 from trainables.core.errors import UserError
 
 
@@ -26,14 +33,60 @@ def test_objective_expands_in_one_place(name):
 
 
 def test_objective_presets_match_the_study():
-    assert TrialConfig.from_dict({"objective": "ls_plateau"}).scheduler == "plateau"
+    assert TrialConfig.from_dict({"objective": "ls_plateau"}).lr_schedule == "plateau"
     assert TrialConfig.from_dict({"objective": "ls_plateau"}).label_smoothing == 0.1
     assert TrialConfig.from_dict({"objective": "ce"}).label_smoothing == 0.0
 
 
 def test_explicit_key_beats_preset():
-    cfg = TrialConfig.from_dict({"objective": "ls_plateau", "scheduler": "cosine"})
-    assert cfg.scheduler == "cosine" and cfg.label_smoothing == 0.1
+    cfg = TrialConfig.from_dict({"objective": "ls_plateau", "lr_schedule": "cosine"})
+    assert cfg.lr_schedule == "cosine" and cfg.label_smoothing == 0.1
+
+
+def test_the_old_name_of_the_lr_schedule_key_is_read_as_the_new_one_with_a_warning(tmp_path):
+    """``scheduler`` was both the learning-rate schedule's key and Tune's --scheduler: the
+    key is ``lr_schedule`` now, and the old name, from --set, --config, a study's space or
+    an experiment recorded before the rename, still means it, with a warning."""
+    import json
+    from types import SimpleNamespace
+
+    from sweeps.driver.plan import make_plan
+
+    with pytest.warns(FutureWarning, match="config key 'scheduler' is now 'lr_schedule'"):
+        assert TrialConfig.from_dict({"scheduler": "cosine"}).lr_schedule == "cosine"
+    with pytest.warns(FutureWarning):
+        assert parse_overrides(["scheduler=[step,none]"]) == {"lr_schedule": ["step", "none"]}
+    old = tmp_path / "best_config.json"
+    old.write_text(json.dumps({"scheduler": "plateau", "lr": 0.01}))
+    with pytest.warns(FutureWarning):
+        assert load_config_file(str(old)) == {"lr_schedule": "plateau", "lr": 0.01}
+    with pytest.raises(UserError, match="'scheduler' and 'lr_schedule' are one setting"):
+        TrialConfig.from_dict({"scheduler": "cosine", "lr_schedule": "step"})
+    space = SimpleNamespace(
+        name="old",
+        param_space={"model": "small_cnn", "scheduler": "none"},
+        expand=None,
+        search="grid",
+        budget=1,
+    )
+    with pytest.warns(FutureWarning):
+        plan = make_plan(space, {"lr": 0.01}, None)
+    assert "scheduler" not in plan.param_space and plan.configs[0].lr_schedule == "none"
+    assert "lr_schedule" in describe_keys() and "\nscheduler " not in describe_keys()
+    # a trial recorded before the rename (export, predict, confirm read its record)
+    from trainables.model.factory import ModelBuild
+    from trainables.model.record import Preprocess, TrialRecord
+
+    recorded = TrialRecord(
+        "v",
+        {"scheduler": "none", "lr": 0.01},
+        ModelBuild("small_cnn", 3),
+        Preprocess(32, 37, "bilinear", (0.5,) * 3, (0.25,) * 3),
+        ("a", "b", "c"),
+        {},
+    ).to_json()
+    with pytest.warns(FutureWarning):
+        assert TrialRecord.from_json(recorded).config == {"lr_schedule": "none", "lr": 0.01}
 
 
 def test_overrides_are_typed():

@@ -18,12 +18,12 @@ def test_warmup_raises_the_learning_rate_linearly_before_the_schedule_starts(col
     cfg = {"max_epochs": 5, "early_stop_patience": 0, "chance_epochs": 0, "lr": 3e-3}
     warm = fit_trial(
         colour_handle,
-        {**cfg, "warmup_epochs": 2, "scheduler": "step", "step_size": 2, "step_gamma": 0.1},
+        {**cfg, "warmup_epochs": 2, "lr_schedule": "step", "step_size": 2, "step_gamma": 0.1},
     )
     lrs = [r[M.LR] for r in warm.reports]
     # 1/3, 2/3, then the full rate; StepLR counts its 2 epochs from there
     assert lrs == pytest.approx([1e-3, 2e-3, 3e-3, 3e-3, 3e-4])
-    plain = fit_trial(colour_handle, {**cfg, "scheduler": "step", "step_size": 2})
+    plain = fit_trial(colour_handle, {**cfg, "lr_schedule": "step", "step_size": 2})
     assert [r[M.LR] for r in plain.reports] == pytest.approx([3e-3, 3e-3, 3e-4, 3e-4, 3e-5])
 
 
@@ -31,7 +31,7 @@ def test_lp_ft_warms_up_its_fine_tuning_not_its_probe(colour_handle, tmp_path):
     # the probe's epoch takes no step of the optimizer: the warm-up and the schedule start
     # with the first fine-tuning epoch
     cfg = {"max_epochs": 4, "early_stop_patience": 0, "chance_epochs": 0, "lr": 3e-3}
-    cfg.update(strategy="lp_ft", augment="none", warmup_epochs=1, scheduler="step", step_size=1)
+    cfg.update(strategy="lp_ft", augment="none", warmup_epochs=1, lr_schedule="step", step_size=1)
     fitted = fit_trial(colour_handle, {**cfg, "step_gamma": 0.1})
     lrs = [r[M.LR] for r in fitted.reports]
     assert [r[M.IMAGES_ON] for r in fitted.reports][:2] == ["features", "device"]
@@ -49,7 +49,7 @@ def test_a_resumed_warmup_goes_on_where_it_stopped(colour_handle, tmp_path):
     from trainables.trial import checkpoint
 
     cfg = {"max_epochs": 4, "early_stop_patience": 0, "chance_epochs": 0, "lr": 3e-3}
-    cfg.update(warmup_epochs=3, scheduler="none")
+    cfg.update(warmup_epochs=3, lr_schedule="none")
     whole = fit_trial(colour_handle, cfg, checkpoints=tmp_path)
     resumed = fit_trial(colour_handle, cfg, resume=checkpoint.load(tmp_path / "epoch_2"))
     assert [r[M.LR] for r in resumed.reports] == [r[M.LR] for r in whole.reports][2:]

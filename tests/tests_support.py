@@ -22,7 +22,7 @@ SMALL = {
     "pretrained": "false",
     "image_size": 32,
     "lr": 3e-3,
-    "scheduler": "none",
+    "lr_schedule": "none",
     "batch_size": 8,
 }
 

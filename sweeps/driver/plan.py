@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from search_spaces import is_domain, is_grid
-from trainables.core.config import TrialConfig
+from trainables.core.config import TrialConfig, with_current_keys
 from trainables.core.errors import UserError
 
 SMOKE_BUDGET = 4  # trials of a searched space under --smoke
@@ -44,7 +44,7 @@ def make_plan(
     from ray import tune
 
     grids = {k: tune.grid_search(v) for k, v in overrides.items() if isinstance(v, list)}
-    param_space = {**space.param_space, **overrides, **grids}
+    param_space = {**with_current_keys(space.param_space), **overrides, **grids}
     if space.expand is not None:  # a space whose grid depends on the settings
         param_space = space.expand(param_space)
     searched = space.search == "tpe" and any(map(_is_searchable, param_space.values()))

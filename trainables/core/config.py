@@ -1,13 +1,16 @@
 """The trial config: one frozen dataclass, built from the plain dict Ray Tune hands a trial.
 
 Unknown keys are errors, never ignored. Named presets (``objective``) expand here and
-nowhere else; explicit keys win over a preset's values.
+nowhere else; explicit keys win over a preset's values. A key renamed since (``RENAMED``)
+is read as its new name, with a warning, wherever a config comes in: ``--set``,
+``--config``, a study's space, and the records of experiments made before the rename.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -17,14 +20,14 @@ from trainables.core.errors import UserError
 
 # Objective presets: a variant name stands for these field values.
 OBJECTIVES: dict[str, dict[str, Any]] = {
-    "ce": dict(loss="ce", label_smoothing=0.0, scheduler="step"),
-    "ls": dict(loss="ce", label_smoothing=0.1, scheduler="step"),
-    "ls_plateau": dict(loss="ce", label_smoothing=0.1, scheduler="plateau"),
-    "focal": dict(loss="focal", label_smoothing=0.0, scheduler="step"),
-    "weighted_ce": dict(loss="weighted_ce", label_smoothing=0.0, scheduler="step"),
+    "ce": dict(loss="ce", label_smoothing=0.0, lr_schedule="step"),
+    "ls": dict(loss="ce", label_smoothing=0.1, lr_schedule="step"),
+    "ls_plateau": dict(loss="ce", label_smoothing=0.1, lr_schedule="plateau"),
+    "focal": dict(loss="focal", label_smoothing=0.0, lr_schedule="step"),
+    "weighted_ce": dict(loss="weighted_ce", label_smoothing=0.0, lr_schedule="step"),
     # ordered classes (grades): cross-entropy + squared earth mover's distance (class_order)
-    "ordinal": dict(loss="ordinal", label_smoothing=0.0, scheduler="step"),
-    "weighted_ordinal": dict(loss="weighted_ordinal", label_smoothing=0.0, scheduler="step"),
+    "ordinal": dict(loss="ordinal", label_smoothing=0.0, lr_schedule="step"),
+    "weighted_ordinal": dict(loss="weighted_ordinal", label_smoothing=0.0, lr_schedule="step"),
 }
 
 FIXED_CHOICES: dict[str, tuple[str, ...]] = {
@@ -114,7 +117,7 @@ class TrialConfig:
     # ordered classes: every class name once, lowest grade first, comma-separated ("": the
     # classes' own order); the ordinal losses use it, and the table gains the grade error
     class_order: str = ""
-    scheduler: str = "step"
+    lr_schedule: str = "step"  # the learning-rate schedule (Tune's trial scheduler is --scheduler)
     step_size: int = 10
     step_gamma: float = 0.1
     plateau_factor: float = 0.5
@@ -203,6 +206,7 @@ class TrialConfig:
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> TrialConfig:
         """Build from a flat dict; expands ``objective`` and coerces value types."""
+        config = with_current_keys(config)
         unknown = [key for key in config if key not in FIELD_TYPES]
         if unknown:
             raise UserError(unknown_key_message(unknown[0]))
@@ -224,6 +228,28 @@ FIELD_TYPES: dict[str, type] = {
     f.name: {"str": str, "int": int, "float": float, "bool": bool}[f.type]
     for f in fields(TrialConfig)
 }
+
+
+# keys renamed since: old name -> new name (the old one is still read, with a warning)
+RENAMED = {"scheduler": "lr_schedule"}
+
+
+def with_current_keys(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with every renamed key under its new name (a warning says so once per
+    process); both names at once is an error."""
+    out = dict(config)
+    for old, new in RENAMED.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise UserError(f"config keys '{old}' and '{new}' are one setting: keep '{new}'")
+        warnings.warn(
+            f"config key '{old}' is now '{new}' (the learning-rate schedule); read as {new}",
+            FutureWarning,
+            stacklevel=2,
+        )
+        out[new] = out.pop(old)
+    return out
 
 
 def unknown_key_message(key: str) -> str:
@@ -273,6 +299,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, value = key.strip(), value.strip()
         if not sep or not key:
             raise UserError(f"bad --set '{item}': write it as KEY=VALUE, e.g. --set lr=0.001")
+        if key in RENAMED:
+            key = next(iter(with_current_keys({key: value})))
         if key not in FIELD_TYPES:
             raise UserError(unknown_key_message(key))
         if value.startswith("[") and value.endswith("]"):
@@ -309,6 +337,7 @@ def load_config_file(path: str) -> dict[str, Any]:
         ) from None
     if not isinstance(data, dict):
         raise UserError(f"--config {path}: expected a JSON object of config fields")
+    data = with_current_keys(data)
     for key in data:
         if key not in FIELD_TYPES:
             raise UserError(f"--config {path}: {unknown_key_message(key)}")

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from trainables.core.config import with_current_keys
 from trainables.core.errors import UserError
 from trainables.model.factory import ModelBuild
 
@@ -64,7 +65,7 @@ class TrialRecord:
                 raise ValueError(f"format {raw.get('format')}, this version reads {RECORD_FORMAT}")
             return cls(
                 variant=str(raw["variant"]),
-                config=dict(raw["config"]),
+                config=with_current_keys(raw["config"]),  # one recorded before a rename too
                 model=ModelBuild(**raw["model"]),
                 preprocess=Preprocess.from_json(raw["preprocess"]),
                 class_names=tuple(str(c) for c in raw["class_names"]),

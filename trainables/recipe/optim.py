@@ -1,5 +1,5 @@
 """Optimizer and learning-rate schedule factories, each in its registry (the values of the
-``optimizer`` and ``scheduler`` config keys).
+``optimizer`` and ``lr_schedule`` config keys).
 
 Every schedule answers the same ``step(val_loss)`` call once per epoch, so the loop never
 branches on schedule type.
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from trainables.core.config import TrialConfig
 
 OPTIMIZERS: Registry[Callable[[TrialConfig, list], optim.Optimizer]] = Registry("optimizer")
-SCHEDULES: Registry[Callable[[TrialConfig, optim.Optimizer], object]] = Registry("scheduler")
+SCHEDULES: Registry[Callable[[TrialConfig, optim.Optimizer], object]] = Registry("lr_schedule")
 
 
 @OPTIMIZERS.register("adam")
@@ -112,7 +112,7 @@ class Schedule:
 
 
 def create_schedule(cfg: TrialConfig, optimizer: optim.Optimizer) -> Schedule:
-    return Schedule(SCHEDULES[cfg.scheduler](cfg, optimizer), optimizer, cfg.warmup_epochs)
+    return Schedule(SCHEDULES[cfg.lr_schedule](cfg, optimizer), optimizer, cfg.warmup_epochs)
 
 
 def block_key(name: str) -> str:
