@@ -294,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
 def execute(args, command: list[str]) -> int:
     """Run what the parsed command line asks (``command``: as recorded in the folder's
     claim). The command line and the Python API (sweeps/api.py) both come here."""
+    from trainables.core.log import show_lines
+
+    show_lines()  # the library's lines: the images' decoding progress
     if args.list_spaces:
         from search_spaces import registry
 

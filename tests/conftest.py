@@ -19,6 +19,17 @@ from helpers import HEAD_ENV, free_port, make_image_folder, wait_for_port
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def _show_the_library_lines() -> None:
+    """The tests that train in this process see the library's lines on stderr, as a
+    command's user and a trial's worker do (trainables/core/log.py)."""
+    from trainables.core.log import show_lines
+
+    show_lines()
+
+
+_show_the_library_lines()
+
+
 def pytest_configure(config):
     """A suite started in the background of a non-interactive shell (``cmd &``, as a CI job
     may be) inherits SIGINT ignored, and Python keeps it so; the Ctrl-C tests need it

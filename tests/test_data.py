@@ -202,3 +202,38 @@ def test_only_the_documented_formats_are_opened(tmp_path):
             decode_image(tmp_path / name, 8)
     Image.new("RGB", (10, 10), (200, 40, 40)).save(tmp_path / "real.png")
     assert decode_image(tmp_path / "real.png", 8).shape == (8, 8, 3)
+
+
+def test_the_library_logs_its_lines_and_a_command_shows_them_once():
+    """The library's progress goes through logging (trainables/core/log.py): printed by
+    nothing until show_lines() (the sweep command and a trial's worker call it), then once
+    per line, on stderr, however often it was called; a notebook's own logging gets it."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    script = """
+import logging
+from trainables.core.log import show_lines
+from trainables.data.decode import Progress
+
+Progress("decoded", 4, True)(4)  # not shown yet
+seen = []
+handler = logging.Handler()
+handler.emit = lambda record: seen.append(record.getMessage())
+logging.getLogger("trainables").addHandler(handler)
+logging.getLogger("trainables").setLevel(logging.INFO)
+Progress("decoded", 8, True)(8)
+assert len(seen) == 1 and seen[0].startswith("decoded 8/8"), seen
+show_lines()
+show_lines()
+Progress("decoded", 2, True)(2)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout == ""
+    lines = [line for line in out.stderr.splitlines() if line.startswith("decoded")]
+    assert len(lines) == 1 and lines[0].startswith("decoded 2/2 ("), out.stderr

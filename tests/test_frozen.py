@@ -114,7 +114,7 @@ def test_a_damaged_cache_file_is_computed_again_not_read(handle, damage, capfd):
     capfd.readouterr()
     again = fit_trial(handle, overrides)
     out = capfd.readouterr()
-    assert "computing it again" in out.out
+    assert "computing it again" in out.err
     assert "computing the frozen backbone's outputs" in out.err
     assert_same_losses(first, again)
 
@@ -127,7 +127,7 @@ def test_an_unwritable_cache_falls_back_to_the_images_in_one_line(handle, capfd)
     fitted = fit_trial(
         handle, {**RUN, "max_epochs": 1, "strategy": "feature_extractor", "augment": "none"}
     )
-    lines = [line for line in capfd.readouterr().out.splitlines() if "not cached" in line]
+    lines = [line for line in capfd.readouterr().err.splitlines() if "not cached" in line]
     assert len(lines) == 1 and "make it writable" in lines[0]
     assert {r[M.IMAGES_ON] for r in fitted.reports} == {"device"}
 
@@ -144,7 +144,7 @@ def test_a_full_cache_folder_falls_back_to_the_images(handle, capfd, monkeypatch
     fitted = fit_trial(
         handle, {**RUN, "max_epochs": 1, "strategy": "feature_extractor", "augment": "none"}
     )
-    (line,) = [line for line in capfd.readouterr().out.splitlines() if "not cached" in line]
+    (line,) = [line for line in capfd.readouterr().err.splitlines() if "not cached" in line]
     assert "MB free and the features need" in line and "free some space" in line
     assert {r[M.IMAGES_ON] for r in fitted.reports} == {"device"}
     assert cache_files(handle) == []

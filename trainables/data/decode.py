@@ -8,8 +8,8 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -28,6 +28,8 @@ from trainables.core.files import (  # noqa: F401
     replaced,
     writes_into,
 )
+
+log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 
@@ -59,7 +61,7 @@ class Progress:
     def __call__(self, done: int) -> None:
         if self.show and (done % self.step == 0 or done == self.total) and done:
             rate = done / max(time.monotonic() - self.started, 1e-9)
-            print(f"{self.what} {done}/{self.total} ({rate:.0f}/s)", file=sys.stderr, flush=True)
+            log.info(f"{self.what} {done}/{self.total} ({rate:.0f}/s)")
 
 
 def file_hashes(root: Path, paths: tuple[str, ...], progress: bool = False) -> list[str]:
@@ -237,11 +239,7 @@ def _decode_into(
             bad[paths[i]] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
 
     if progress:
-        print(
-            f"decoding {len(paths)} images at {size}px (once; cached for later sweeps)",
-            file=sys.stderr,
-            flush=True,
-        )
+        log.info(f"decoding {len(paths)} images at {size}px (once; cached for later sweeps)")
     tick = Progress("decoded", len(paths), progress)
     with contextlib.closing(ordered_map(work, range(len(paths)))) as results:
         for done, _ in enumerate(results, 1):

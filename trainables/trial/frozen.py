@@ -24,9 +24,9 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
-import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -50,6 +50,8 @@ from trainables.model.factory import Net
 from trainables.model.nets import Tapped, evaluating
 from trainables.recipe.augment import TTA_VIEWS, augment_spec
 from trainables.trial.scores import split_scores
+
+log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 # room left free beside a new cache file, so that building it never fills the disk
@@ -171,10 +173,12 @@ def frozen_features(
                 problem = check_cache(npy, meta)
                 if problem:
                     if problem != "absent":
-                        print(f"frozen-feature cache {npy.name}: {problem}; computing it again")
+                        log.warning(
+                            f"frozen-feature cache {npy.name}: {problem}; computing it again"
+                        )
                     _build(net, data, views, rows, device, batch_size, npy, meta, progress)
     except UserError as exc:
-        print(f"frozen features not cached ({exc}); training on the images instead", flush=True)
+        log.warning(f"frozen features not cached ({exc}); training on the images instead")
         return None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not writable.*")
@@ -226,12 +230,10 @@ def _build(net, data, views, rows, device, batch_size, npy: Path, meta: Path, pr
                 f"{need / 1e6:.0f} MB; free some space there or set VISIONSWEEP_CACHE"
             )
         if progress:
-            print(
+            log.info(
                 f"computing the frozen backbone's outputs for {len(rows)} images x "
                 f"{len(views)} view(s) at {pre.image_size} px (once; cached for later "
-                "trials)",
-                file=sys.stderr,
-                flush=True,
+                "trials)"
             )
         with replaced(npy, suffix=".npy") as tmp:
             out = np.lib.format.open_memmap(
@@ -251,11 +253,7 @@ def _build(net, data, views, rows, device, batch_size, npy: Path, meta: Path, pr
                 done = min(start + batch_size, len(rows))
                 if progress and (done // step > start // step or done == len(rows)):
                     rate = done / max(time.monotonic() - started, 1e-9)
-                    print(
-                        f"frozen features {done}/{len(rows)} ({rate:.1f} images/s)",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                    log.info(f"frozen features {done}/{len(rows)} ({rate:.1f} images/s)")
             out.flush()
             del out
         record = {

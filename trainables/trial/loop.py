@@ -10,6 +10,7 @@ ensembles, so every trial, however it stops, carries the scores of its best chec
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -39,6 +40,8 @@ from trainables.stats.calibration import calibrate
 from trainables.stats.evaluation import accuracy, macro_f1, test_summary
 from trainables.trial.frozen import FrozenPhase, HeadOnly
 from trainables.trial.scores import split_scores
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -248,7 +251,7 @@ def fit(
     else:
         placement = image_placement(cfg, data.images, device, gpu_fraction)
         loader = training_batches(cfg, data, sampler, device, placement)
-    print(f"images: {placement.where} ({placement.reason})", flush=True)
+    log.info(f"images: {placement.where} ({placement.reason})")
     if placement.resident is not None:  # evaluation gathers from the device copy too
         data = dataclasses.replace(
             data,

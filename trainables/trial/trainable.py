@@ -18,6 +18,7 @@ import torch
 from trainables.core import metrics as M
 from trainables.core.config import TrialConfig
 from trainables.core.faults import die, fault, hog_memory
+from trainables.core.log import show_lines
 from trainables.data import DataHandle
 from trainables.model.costs import model_costs
 from trainables.trial import checkpoint
@@ -46,6 +47,7 @@ def train_trial(
     from ray import tune
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint saved" per epoch
+    show_lines()  # the library's lines (where the images live, the feature cache's progress)
     cfg = TrialConfig.from_dict(config)
     resources = tune.get_context().get_trial_resources().required_resources
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
