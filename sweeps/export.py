@@ -80,12 +80,7 @@ def export(experiment_dir, trial: str | None = None, out=None) -> Path:
     tta = coerce("tta", record.config.get("tta", "off"))  # a yes/no of before: flip or off
     if "test_probs_tta" not in saved:
         tta = "off"
-    else:
-        saved = {
-            **saved,
-            "val_probs": saved["val_probs_tta"],
-            "test_probs": saved["test_probs_tta"],
-        }
+    saved = checkpoint.as_exported(saved)
     spec = ExportSpec.from_record(
         record,
         source={

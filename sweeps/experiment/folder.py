@@ -214,7 +214,8 @@ def load_trial(experiment: Experiment, trial_id: str) -> TrialPredictions:
             f"trial {trial_id}: no saved probabilities (it ended before its first "
             "validation); leave it out"
         )
-    chosen = {}  # per split: the views' mean where the trial saved one, else its probabilities
+    saved = checkpoint.as_exported(saved)
+    chosen = {}
     for part, ids, labels in (
         ("val", experiment.val_ids, experiment.val_labels),
         ("test", experiment.test_ids, experiment.test_labels),
@@ -236,7 +237,7 @@ def load_trial(experiment: Experiment, trial_id: str) -> TrialPredictions:
             raise UserError(
                 f"trial {trial_id}: its {part} labels differ from the split's; not mixing it in"
             )
-        probs = chosen[part] = saved.get(f"{part}_probs_tta", saved[f"{part}_probs"])
+        probs = chosen[part] = saved[f"{part}_probs"]
         if probs.shape != (len(ids), len(experiment.class_names)):
             raise UserError(
                 f"trial {trial_id}: {part} probabilities of shape {probs.shape}, "

@@ -187,6 +187,18 @@ def read_predictions(directory: Path) -> dict | None:
         ) from None
 
 
+def as_exported(saved: dict) -> dict:
+    """A trial's saved probabilities as its export predicts them: each split's mean over
+    the trial's test-time views where it saved one (``*_probs_tta``), else the plain
+    network's (a trial without views, or of a version that did not save their mean)."""
+    views = {
+        f"{part}_probs": saved[f"{part}_probs_tta"]
+        for part in ("val", "test")
+        if f"{part}_probs_tta" in saved
+    }
+    return {**saved, **views}
+
+
 def read_best_weights(directory: Path) -> dict:
     import torch
 
