@@ -10,8 +10,13 @@ import os
 import re
 import subprocess
 
+import pytest
+
 from helpers import ROOT
 from trainables.core import ray_internals
+
+# importing Ray Serve's internals warns of its own use of pydantic's deprecated API
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def test_every_workaround_fits_the_pinned_ray():
