@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from helpers import HEAD_ENV, free_port, make_image_folder, wait_for_port
+from trainables.core.log import show_lines
 
 # Two pytest workers share two cores, and each sweep's trials take both: an OpenMP thread
 # that spins while it waits for work burns the core the other worker's trial needs (the
@@ -18,16 +19,9 @@ from helpers import HEAD_ENV, free_port, make_image_folder, wait_for_port
 # before torch loads OpenMP here, and inherited by every command and Ray worker started.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-
-def _show_the_library_lines() -> None:
-    """The tests that train in this process see the library's lines on stderr, as a
-    command's user and a trial's worker do (trainables/core/log.py)."""
-    from trainables.core.log import show_lines
-
-    show_lines()
-
-
-_show_the_library_lines()
+# The tests that train in this process see the library's lines on stderr, as a command's
+# user and a trial's worker do (trainables/core/log.py).
+show_lines()
 
 
 def pytest_configure(config):

@@ -230,25 +230,30 @@ FIELD_TYPES: dict[str, type] = {
 }
 
 
-# keys renamed since: old name -> new name (the old one is still read, with a warning)
-RENAMED = {"scheduler": "lr_schedule"}
+# keys renamed since: old name -> (new name, what it sets); the old name is still read,
+# with a warning
+RENAMED = {"scheduler": ("lr_schedule", "the learning-rate schedule")}
+
+
+def current_key(key: str) -> str:
+    """``key``'s name today: a renamed key's new name, with a warning."""
+    if key not in RENAMED:
+        return key
+    new, what = RENAMED[key]
+    message = f"config key '{key}' is now '{new}' ({what}); read as {new}"
+    warnings.warn(message, FutureWarning, stacklevel=2)
+    return new
 
 
 def with_current_keys(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``config`` with every renamed key under its new name (a warning says so once per
-    process); both names at once is an error."""
-    out = dict(config)
-    for old, new in RENAMED.items():
-        if old not in out:
-            continue
-        if new in out:
-            raise UserError(f"config keys '{old}' and '{new}' are one setting: keep '{new}'")
-        warnings.warn(
-            f"config key '{old}' is now '{new}' (the learning-rate schedule); read as {new}",
-            FutureWarning,
-            stacklevel=2,
-        )
-        out[new] = out.pop(old)
+    """``config`` with every renamed key under its new name; both names at once is an
+    error."""
+    out = {}
+    for key, value in config.items():
+        new = current_key(key)
+        if new != key and new in config:
+            raise UserError(f"config keys '{key}' and '{new}' are one setting: keep '{new}'")
+        out[new] = value
     return out
 
 
@@ -299,8 +304,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, value = key.strip(), value.strip()
         if not sep or not key:
             raise UserError(f"bad --set '{item}': write it as KEY=VALUE, e.g. --set lr=0.001")
-        if key in RENAMED:
-            key = next(iter(with_current_keys({key: value})))
+        key = current_key(key)
         if key not in FIELD_TYPES:
             raise UserError(unknown_key_message(key))
         if value.startswith("[") and value.endswith("]"):
