@@ -1,6 +1,7 @@
 """The Python API, for notebooks: a study in one call, and the after-sweep commands on what
-it returns. It parses its arguments with the command line's own parser and runs the same
-code (run.execute), so a notebook and a shell give the same sweep.
+it returns. ``run_study`` builds the sweep's spec from its typed arguments and runs it with
+the code the command line runs (run.study), so a notebook and a shell give the same sweep;
+run.py is a parser in front of it.
 
     from sweeps import run_study
     study = run_study("googlenet_strategies", smoke=True)
@@ -14,8 +15,9 @@ with failed trials returns normally, its failures in the table's ``status`` colu
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +50,12 @@ class Study:
         path = self.root / BY_VARIANT_CSV
         return pd.read_csv(path) if path.exists() else None
 
-    def report(self, *args: str, **options: Any) -> Path:
-        """report.py on this experiment (options as its flags: ``latency_rounds=0``);
-        returns report.html."""
-        from sweeps import report
-        from sweeps.experiment.files import REPORT_DIR
+    def report(self, **settings: Any) -> Path:
+        """report.py on this experiment, its settings named as its flags are
+        (``latency_rounds=0``, ``pdf=True``, ``out=...``); returns report.html."""
+        from sweeps.report import make_report
 
-        _check(report.main([str(self.root), *args, *_flags(options)]))
-        return Path(options.get("out") or self.root / REPORT_DIR) / "report.html"
+        return make_report(self.root, **settings)
 
     def export(self, trial: str | None = None, out: str | Path | None = None) -> Path:
         """export.py on this experiment: the given trial, or the one with the lowest
@@ -73,17 +73,20 @@ def run_study(
     storage: str | Path = "runs",
     name: str | None = None,
     resume: str | Path | None = None,
-    **options: Any,
+    **settings: Any,
 ) -> Study:
     """Run a study as ``python sweeps/run.py --space SPACE`` does and return its folder.
 
-    ``overrides``: config fields, as ``--set KEY=VALUE`` (a list is a grid). ``options``:
-    any other flag of run.py by its name (``num_samples=3``, ``scheduler="fifo"``,
-    ``max_epochs=5``, ``overwrite=True``, ``max_failures=0``). ``resume``: an interrupted
-    study's folder, continued as ``--resume`` does (with ``retry_errored=True`` if asked);
-    it takes no space or other settings. Ray is started for the study and shut down when
-    it ends, so a second call in the same interpreter starts afresh."""
+    ``overrides``: trial-config fields by name, typed (``{"lr": 0.001}``; a list is a grid,
+    as ``--set lr=[...]``). ``settings``: the sweep's other settings, each named as run.py's
+    flag is (``num_samples=3``, ``scheduler="fifo"``, ``max_epochs=5``, ``folds=5``,
+    ``overwrite=True``, ``max_failures=0``) and checked as it is; a mistake names the
+    setting (``folds: must be at least 3, got 2``). ``resume``: an interrupted study's
+    folder, continued as ``--resume`` does (with ``retry_errored=True`` if asked); it takes
+    no space or other settings. Ray is started for the study and shut down when it ends, so
+    a second call in the same interpreter starts afresh."""
     from sweeps import run
+    from sweeps.driver.spec import SweepSpec
 
     if resume is not None:
         if space is not None or data is not None or overrides or smoke or name is not None:
@@ -91,31 +94,39 @@ def run_study(
                 "run_study(resume=...) continues a study as it was: give no space, data, "
                 "overrides, smoke or name with it"
             )
-        argv = ["--resume", str(resume), *_flags(options)]
-        return _run(run, argv, Path(resume))
+        spec = SweepSpec.build(resume=str(resume), **_sweep_settings(settings))
+        return _run(run, spec, Path(resume))
     if space is None:
         raise StudyError("run_study() needs a space (a study's name; see --list-spaces)")
     name = name or f"{space}-{time.strftime('%Y%m%d-%H%M%S')}"
-    argv = ["--space", space, "--storage", str(storage), "--name", name]
-    if data is not None:
-        argv += ["--data", str(data)]
-    if smoke:
-        argv.append("--smoke")
-    for key, value in (overrides or {}).items():
-        text = (
-            "[" + ",".join(map(_text, value)) + "]"
-            if isinstance(value, (list, tuple))
-            else _text(value)
-        )
-        argv += ["--set", f"{key}={text}"]
-    argv += _flags(options)
-    return _run(run, argv, Path(storage) / name)
+    spec = SweepSpec.build(
+        space=space,
+        data=None if data is None else str(data),
+        overrides=overrides or {},
+        smoke=smoke,
+        storage=str(storage),
+        name=name,
+        **_sweep_settings(settings),
+    )
+    return _run(run, spec, Path(storage) / name)
 
 
-def _run(run, argv: list[str], root: Path) -> Study:
+def _sweep_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings as the spec holds them: paths as text; the cluster and the tracking
+    server default, as on the command line, to $RAY_ADDRESS and $MLFLOW_TRACKING_URI."""
+    out = {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}
+    out.setdefault("address", os.environ.get("RAY_ADDRESS"))
+    out.setdefault("tracking", os.environ.get("MLFLOW_TRACKING_URI"))
+    return out
+
+
+def _run(run, spec, root: Path) -> Study:
+    from sweeps.experiment.redact import redact
+
+    shown = {**asdict(spec), "tracking": redact(spec.tracking)}
+    call = ", ".join(f"{k}={v!r}" for k, v in shown.items() if v not in (None, False, {}))
     try:
-        args = run.get_args_parser().parse_args(argv)
-        code = run.execute(args, ["run_study", *argv])
+        code = run.study(spec, [f"run_study({call})"])
     finally:
         run.stop_ray()
     if code not in (0, 1):  # stopped by a signal (130: Ctrl-C): not a finished study
@@ -124,24 +135,3 @@ def _run(run, argv: list[str], root: Path) -> Study:
             f"run_study(resume={str(root)!r}) or python sweeps/run.py --resume '{root}'"
         )
     return Study(root, code)
-
-
-def _text(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def _flags(options: dict[str, Any]) -> list[str]:
-    """``num_samples=3`` -> ``--num-samples 3``; ``overwrite=True`` -> ``--overwrite``."""
-    argv: list[str] = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif value is not False and value is not None:  # 0 is a value (folds=0), not "off"
-            argv += [flag, str(value)]
-    return argv
-
-
-def _check(code: int) -> None:
-    if code != 0:
-        raise StudyError(f"the command ended with status {code}")

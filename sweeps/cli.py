@@ -4,12 +4,14 @@ and how a command ends (a UserError is one line on stderr and exit status 2)."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import warnings
 from collections.abc import Callable
+from dataclasses import fields
 from typing import NoReturn
 
-from trainables.core.errors import UserError
+from trainables.core.errors import SETTING, UserError, number_problem
 
 
 class Parser(argparse.ArgumentParser):
@@ -42,17 +44,35 @@ def number(
         except ValueError:
             expected = "an integer" if kind is int else "a number"
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if value != value or value in (float("inf"), float("-inf")):
-            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-        if low is not None and value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low:g}, got {text}")
-        if above is not None and value <= above:
-            raise argparse.ArgumentTypeError(f"must be above {above:g}, got {text}")
-        if high is not None and value > high:
-            raise argparse.ArgumentTypeError(f"must be at most {high:g}, got {text}")
+        problem = number_problem(value, kind, low, high, above)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
         return value
 
     return parse
+
+
+def as_flags(message: str) -> str:
+    """A library message's settings as the command line names them: ```folds=5``` is
+    ``--folds 5``, ```split_file``` is ``--split-file``, a trial-config key ```lr=0.001```
+    is ``--set lr=0.001`` (a key that is also a flag of run.py, max_epochs, is the flag)."""
+    from sweeps.driver.spec import SweepSpec
+    from trainables.core.config import FIELD_TYPES
+
+    flags = {f.name for f in fields(SweepSpec)}
+
+    def named(match: re.Match) -> str:
+        name, value = match[1], match[2]
+        if name == "overrides":  # the Python API's trial-config fields
+            return "--set"
+        # a trial-config key, but not one run.py also has as a flag (max_epochs), nor the
+        # fold, which is no --set key (report.py's --fold picks one)
+        if name in FIELD_TYPES and name not in flags and name != "fold":
+            return f"--set {name}={value}" if value is not None else f"--set {name}=..."
+        flag = "--" + name.replace("_", "-")
+        return flag if value is None else f"{flag} {value}"
+
+    return SETTING.sub(named, message)
 
 
 def run(main: Callable[[], int], cleanup: Callable[[], None] | None = None) -> NoReturn:
@@ -62,7 +82,7 @@ def run(main: Callable[[], int], cleanup: Callable[[], None] | None = None) -> N
     try:
         code = main()
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {as_flags(exc.marked)}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -51,7 +51,7 @@ from sweeps.experiment.folder import (
 from sweeps.experiment.storage import write_atomic
 from sweeps.experiment.tables import with_intervals
 from trainables.core import metrics as M
-from trainables.core.errors import UserError
+from trainables.core.errors import UserError, number_problem
 from trainables.core.files import replaced
 from trainables.stats import evaluation as E
 
@@ -80,15 +80,15 @@ def find_browser(given: str | None) -> str:
     if given:
         found = shutil.which(given)
         if found is None:
-            raise UserError(f"--browser {given}: no such program; give Chromium's path")
+            raise UserError(f"`browser={given}`: no such program; give Chromium's path")
         return found
     for name in BROWSERS:
         found = shutil.which(name)
         if found:
             return found
     raise UserError(
-        "--pdf prints the report with headless Chromium, which is not installed here: "
-        "install it (apt-get install chromium) or pass --browser PATH"
+        "`pdf` prints the report with headless Chromium, which is not installed here: "
+        "install it (apt-get install chromium) or pass `browser=PATH`"
     )
 
 
@@ -297,6 +297,12 @@ def _page(experiment: Experiment, sections, table: pd.DataFrame, lines: list[str
     )
 
 
+def typed(setting: str):
+    """The argparse type of a numeric setting: its kind and range, as make_report checks."""
+    kind, limits = NUMBERS[setting]
+    return cli.number(kind, **limits)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser(__doc__, "python sweeps/report.py")
     parser.add_argument("experiment", metavar="EXPERIMENT_DIR")
@@ -309,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--confusion",
-        type=cli.number(int, low=0),
+        type=typed("confusion"),
         default=2,
         help="confusion matrices for this many of the best trials (default 2)",
     )
@@ -328,60 +334,98 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--fold",
-        type=cli.number(int, low=0),
+        type=typed("fold"),
         help="a cross-validated experiment: the fold whose trials the "
         "per-trial sections show (default 0)",
     )
     parser.add_argument(
         "--latency-rounds",
-        type=cli.number(int, low=0),
+        type=typed("latency_rounds"),
         default=5,
         help="interleaved rounds of the CPU latency measurement (0: none)",
     )
     parser.add_argument(
         "--threads",
-        type=cli.number(int, low=1),
+        type=typed("threads"),
         default=1,
         help="CPU threads while latency is measured (default 1)",
     )
     parser.add_argument(
         "--runtime",
-        choices=("torch", "onnx"),
+        choices=RUNTIMES,
         default="torch",
         help="where latency is measured: eager torch (default) or ONNX "
         "Runtime, as predict.py and serve.py run an export",
     )
     args = parser.parse_args(argv)
-    experiment = load_experiment(args.experiment)
-    for trial_id in args.compare or ():
+    make_report(
+        args.experiment,
+        compare=args.compare,
+        confusion=args.confusion,
+        out=args.out,
+        pdf=args.pdf,
+        browser=args.browser,
+        fold=args.fold,
+        latency_rounds=args.latency_rounds,
+        threads=args.threads,
+        runtime=args.runtime,
+    )
+    return 0
+
+
+# each numeric setting of make_report: its kind and range (the parser's types, too)
+NUMBERS = {
+    "confusion": (int, {"low": 0}),
+    "fold": (int, {"low": 0}),
+    "latency_rounds": (int, {"low": 0}),
+    "threads": (int, {"low": 1}),
+}
+RUNTIMES = ("torch", "onnx")
+
+
+def make_report(
+    experiment_dir,
+    compare: list[str] | None = None,
+    confusion: int = 2,
+    out=None,
+    pdf: bool = False,
+    browser: str | None = None,
+    fold: int | None = None,
+    latency_rounds: int = 5,
+    threads: int = 1,
+    runtime: str = "torch",
+) -> Path:
+    """The report of an experiment folder, as ``report.py`` writes it; returns report.html.
+    The command line and the Python API (``Study.report``) both come here."""
+    given = {"confusion": confusion, "fold": fold, "latency_rounds": latency_rounds}
+    for name, value in {**given, "threads": threads}.items():
+        kind, limits = NUMBERS[name]
+        if value is not None and (problem := number_problem(value, kind, **limits)):
+            raise UserError(f"`{name}`: {problem}")
+    if runtime not in RUNTIMES:
+        raise UserError(f"`runtime={runtime}`: use " + " or ".join(RUNTIMES))
+    experiment = load_experiment(experiment_dir)
+    for trial_id in compare or ():
         if trial_id not in set(experiment.table["trial_id"]):
             raise UserError(
                 f"trial {trial_id}: not in {experiment.root}/results.csv; its "
                 "trial_id column lists the trials"
             )
-    out = Path(args.out) if args.out else experiment.root / REPORT_DIR
+    out = Path(out) if out else experiment.root / REPORT_DIR
     check_out(out, experiment.data_root)
-    if args.browser and not args.pdf:
-        raise UserError("--browser prints the PDF: add --pdf, or drop --browser")
-    browser = find_browser(args.browser) if args.pdf else None  # before any work
+    if browser and not pdf:
+        raise UserError("`browser` prints the PDF: add `pdf`, or drop `browser`")
+    browser = find_browser(browser) if pdf else None  # before any work
     first: tuple[list, list[str]] = ([], [])
     if experiment.fold_count:
-        first = _out_of_fold(experiment, out, args.fold or 0)
-        experiment = experiment.for_fold(args.fold or 0)
-    elif args.fold is not None:
+        first = _out_of_fold(experiment, out, fold or 0)
+        experiment = experiment.for_fold(fold or 0)
+    elif fold is not None:
         raise UserError(
-            f"--fold {args.fold}: {experiment.root} is not cross-validated "
-            "(run.py --folds); drop --fold"
+            f"`fold={fold}`: {experiment.root} is not cross-validated (run.py --folds); drop `fold`"
         )
     path, lines = build_report(
-        experiment,
-        out,
-        args.compare,
-        args.confusion,
-        args.latency_rounds,
-        args.threads,
-        first,
-        args.runtime,
+        experiment, out, compare, confusion, latency_rounds, threads, first, runtime
     )
     if browser is not None:
         lines.append(f"pdf: {print_pdf(path, path.parent / REPORT_PDF, browser)}")
@@ -397,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in [*lines, tracked] if tracked else lines:
         print(line)
     print(f"report: {path}")
-    return 0
+    return path
 
 
 def _out_of_fold(experiment: Experiment, out: Path, fold: int) -> tuple[list, list[str]]:
@@ -430,10 +474,10 @@ def check_out(out: Path, data_root: str) -> None:
     """The report's folder: not a file, and not inside the images the sweep trained on (its
     figures are PNG files: in a class folder they would be trained on next time)."""
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file; name a folder for the report")
+        raise UserError(f"`out={out}`: is a file; name a folder for the report")
     if data_root and within(out, Path(data_root)):
         raise UserError(
-            f"--out {out}: lies inside the data folder {Path(data_root).resolve()}, "
+            f"`out={out}`: lies inside the data folder {Path(data_root).resolve()}, "
             "where its images would be taken for training images; write the "
             "report elsewhere"
         )

@@ -28,6 +28,8 @@ from sweeps.driver.cluster import (
 )
 from sweeps.driver.interrupt import GracefulStop
 from sweeps.driver.spec import (
+    NUMBERS,
+    SCHEDULERS,
     SMOKE_IMAGES_PER_CLASS,
     Sweep,
     SweepSpec,
@@ -39,8 +41,11 @@ from sweeps.experiment.files import DATA_REPORT, SPLIT_CSV, SWEEP_JSON
 from sweeps.experiment.redact import redact, usable
 from trainables.data import resolve_data
 
-ZERO = cli.number(int, low=0)
-ONE = cli.number(int, low=1)
+
+def typed(setting: str):
+    """The argparse type of a numeric setting: its kind and range, as the API checks them."""
+    kind, limits = NUMBERS[setting]
+    return cli.number(kind, **limits)
 
 
 def get_args_parser() -> cli.Parser:
@@ -71,13 +76,13 @@ def get_args_parser() -> cli.Parser:
     )
     p.add_argument(
         "--max-failures",
-        type=ZERO,
+        type=typed("max_failures"),
         default=2,
         help="retry a trial whose worker died up to N times, from its last checkpoint (default 2)",
     )
     p.add_argument(
         "--stall-timeout",
-        type=cli.number(float, low=0),
+        type=typed("stall_timeout"),
         metavar="SECONDS",
         help="stop a trial that has reported nothing for this long (its worker "
         "stalled) and retry it like a lost worker; warned about earlier; "
@@ -85,18 +90,20 @@ def get_args_parser() -> cli.Parser:
     )
     p.add_argument(
         "--niceness",
-        type=cli.number(int, low=0, high=19),
+        type=typed("niceness"),
         default=0,
         help="run the trials at this niceness above this command's own (as nice -n N): "
         "0 (default) shares the machine as the command does; 19 yields to everything",
     )
     p.add_argument(
         "--num-samples",
-        type=ONE,
+        type=typed("num_samples"),
         help="grid spaces: repeat every variant with this many seeds (default 1); "
         "searched spaces: the number of trials (default: the space's budget)",
     )
-    p.add_argument("--max-epochs", type=ONE, help="cap every trial at this many epochs")
+    p.add_argument(
+        "--max-epochs", type=typed("max_epochs"), help="cap every trial at this many epochs"
+    )
     p.add_argument(
         "--smoke",
         action="store_true",
@@ -104,32 +111,34 @@ def get_args_parser() -> cli.Parser:
     )
     p.add_argument(
         "--max-per-class",
-        type=ONE,
+        type=typed("max_per_class"),
         metavar="N",
         help="use the first N images of each class (of each split when pre-split)",
     )
     p.add_argument(
         "--cpus-per-trial",
-        type=cli.number(float, above=0),
+        type=typed("cpus_per_trial"),
         help="CPUs per trial (default: a node's CPUs over the trials that share it, at least 1)",
     )
     p.add_argument(
         "--gpus-per-trial",
-        type=cli.number(float, low=0),
+        type=typed("gpus_per_trial"),
         help="GPUs per trial, fractions allowed (default, if the cluster has GPUs: "
         "each model's own share from the model registry: half a GPU for small "
         "models, else one)",
     )
-    p.add_argument("--max-concurrent", type=ONE, help="at most this many trials at once")
+    p.add_argument(
+        "--max-concurrent", type=typed("max_concurrent"), help="at most this many trials at once"
+    )
     p.add_argument(
         "--scheduler",
-        choices=("asha", "fifo"),
+        choices=SCHEDULERS,
         help="asha (default): stop weak trials early; fifo: run every trial to "
         "its own end (early stopping still applies; the default with --folds)",
     )
     p.add_argument(
         "--folds",
-        type=cli.number(int, low=3, high=100),
+        type=typed("folds"),
         metavar="K",
         help="cross-validate: split the images into K stratified folds and run "
         "every variant once per fold, tested on that fold",
@@ -141,7 +150,7 @@ def get_args_parser() -> cli.Parser:
     )
     p.add_argument(
         "--split-seed",
-        type=cli.number(int, low=0, high=2**32 - 1),
+        type=typed("split_seed"),
         help="seed of the 8:1:1 split (default 0)",
     )
     p.add_argument("--split-file", help="reuse the split.csv of an earlier experiment")
@@ -293,10 +302,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def execute(args, command: list[str]) -> int:
     """Run what the parsed command line asks (``command``: as recorded in the folder's
-    claim). The command line and the Python API (sweeps/api.py) both come here."""
-    from trainables.core.log import show_lines
-
-    show_lines()  # the library's lines: the images' decoding progress
+    claim)."""
     if args.list_spaces:
         from search_spaces import registry
 
@@ -308,7 +314,16 @@ def execute(args, command: list[str]) -> int:
 
         print(describe_keys())
         return 0
-    spec = SweepSpec.from_args(args)
+    return study(SweepSpec.from_args(args), command)
+
+
+def study(spec: SweepSpec, command: list[str]) -> int:
+    """Run the sweep ``spec`` asks for: 0 when every trial ended well, 1 when some failed.
+    The command line and the Python API (sweeps/api.py) both come here; ``command`` is
+    what the experiment folder's claim records as its maker."""
+    from trainables.core.log import show_lines
+
+    show_lines()  # the library's lines: the images' decoding progress
     if spec.resume:
         spec = resumed(spec)
     spec.check()

@@ -1,5 +1,5 @@
-"""What the Python API hands the command line's parser: every option, 0 included, and a
-resume. run.execute is replaced by a recorder, so no sweep runs."""
+"""What the Python API hands the sweep: every setting, 0 included, and a resume.
+run.study is replaced by a recorder, so no sweep runs."""
 
 from __future__ import annotations
 
@@ -13,22 +13,24 @@ def executed(monkeypatch):
     from sweeps import run
 
     seen = []
-    monkeypatch.setattr(run, "execute", lambda args, argv: seen.append(args) or 0)
+    monkeypatch.setattr(run, "study", lambda spec, command: seen.append(spec) or 0)
     monkeypatch.setattr(run, "stop_ray", lambda: None)
     return seen
 
 
-def test_options_equal_to_zero_reach_the_parser(executed, tmp_path):
+def test_options_equal_to_zero_reach_the_parser(executed, tmp_path, monkeypatch):
+    from sweeps import report
+
     run_study("single", storage=tmp_path, name="n", max_failures=0, stall_timeout=0)
     args = executed[0]
     assert (args.max_failures, args.stall_timeout) == (0, 0)  # not the defaults (3, 3600)
     # folds=0 is checked as --folds 0 is, not dropped into a sweep without folds
     with pytest.raises(StudyError, match="folds: must be at least 3, got 0"):
         run_study("single", storage=tmp_path, name="m", folds=0)
-    assert api._flags({"latency_rounds": 0, "overwrite": False, "out": None}) == [
-        "--latency-rounds",
-        "0",
-    ]
+    asked = []
+    monkeypatch.setattr(report, "make_report", lambda root, **kw: asked.append(kw) or root)
+    api.Study(tmp_path, 0).report(latency_rounds=0, confusion=0, out=None)
+    assert asked == [{"latency_rounds": 0, "confusion": 0, "out": None}]
 
 
 def test_run_study_resumes_a_study_by_its_folder(executed, tmp_path):
@@ -39,3 +41,40 @@ def test_run_study_resumes_a_study_by_its_folder(executed, tmp_path):
         run_study("single", resume=tmp_path / "runs" / "old")
     with pytest.raises(StudyError, match="needs a space"):
         run_study()
+
+
+def test_settings_are_typed_and_named_as_the_api_takes_them(executed, tmp_path):
+    run_study("single", storage=tmp_path, name="n", overrides={"lr": [0.1, 0.01], "seed": 3})
+    spec = executed[0]
+    assert spec.overrides == {"lr": [0.1, 0.01], "seed": 3} and spec.scheduler == "asha"
+    run_study("single", storage=tmp_path, name="f", folds=5)
+    assert executed[1].scheduler == "fifo"  # cross-validation runs every fold to its end
+    for settings, needle in (
+        ({"bogus": 1}, "unknown setting 'bogus'"),
+        ({"max_epoch": 1}, "did you mean max_epochs?"),
+        ({"folds": 2.5}, "folds: expected an integer, got 2.5"),
+        ({"niceness": 20}, "niceness: must be at most 19, got 20"),
+        ({"scheduler": "hyperband"}, "scheduler=hyperband: not a scheduler; use asha or fifo"),
+        ({"folds": 5, "scheduler": "asha"}, "drop scheduler=asha"),
+    ):
+        with pytest.raises(StudyError) as raised:
+            run_study("single", storage=tmp_path, name="x", **settings)
+        assert needle in str(raised.value) and "--" not in str(raised.value), raised.value
+    assert len(executed) == 2
+
+
+def test_a_mistake_names_the_setting_in_python_and_the_flag_on_the_command_line(tmp_path):
+    from sweeps.cli import as_flags
+
+    with pytest.raises(StudyError) as raised:  # checked before anything is written
+        run_study("single", storage=tmp_path, name="n", split_file="a.csv", split_seed=1)
+    assert str(raised.value).startswith("split_file and split_seed conflict")
+    assert as_flags(raised.value.marked).startswith("--split-file and --split-seed conflict")
+    with pytest.raises(StudyError) as raised:
+        run_study("single", storage=tmp_path, name="n", overrides={"seed": [1, 2]})
+    assert str(raised.value) == "bad seed=[1,2]: use num_samples for seeds"
+    assert as_flags(raised.value.marked) == "bad --set seed=[1,2]: use --num-samples for seeds"
+    assert not (tmp_path / "n").exists()
+    assert as_flags("`max_epochs=3`, `lr=0.1`, `data=DIR`, `overrides`, `ray get`") == (
+        "--max-epochs 3, --set lr=0.1, --data DIR, --set, `ray get`"
+    )

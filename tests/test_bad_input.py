@@ -382,7 +382,7 @@ def test_max_epochs_caps_every_trial_whatever_else_sets_max_epochs(tmp_path):
     config = tmp_path / "best.json"
     config.write_text(json.dumps({"max_epochs": 50, "lr": 0.01}))
     sweep = resolve(
-        SweepSpec(space="lr_grid", config=str(config), max_epochs=2, overrides=("max_epochs=40",))
+        SweepSpec(space="lr_grid", config=str(config), max_epochs=2, overrides={"max_epochs": 40})
     )
     assert {c.max_epochs for c in sweep.plan.configs} == {2} and sweep.max_epochs == 2
 

@@ -159,7 +159,7 @@ def test_split_file_is_saved_and_reused(image_folder, tmp_path):
 
 def test_split_file_from_other_data_is_refused(image_folder, tmp_path):
     (tmp_path / "split.csv").write_text("path,split\nred/img_000.JPG,train\n")
-    with pytest.raises(UserError, match="image.* of --data are not in it"):
+    with pytest.raises(UserError, match="image.* of data are not in it"):
         D.apply_split_file(D.discover(image_folder), tmp_path / "split.csv")
     with pytest.raises(UserError, match="cannot be read"):
         D.apply_split_file(D.discover(image_folder), tmp_path / "nope.csv")

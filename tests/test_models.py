@@ -49,7 +49,7 @@ def test_unknown_model_is_a_user_error():
 
 def test_pretrained_true_without_weights_fails_clearly(tmp_path, monkeypatch, offline_hub):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(UserError, match="could not be loaded.*use --set pretrained=false"):
+    with pytest.raises(UserError, match="could not be loaded.*use pretrained=false"):
         create_model("resnet18", 3, pretrained="true")
 
 

@@ -116,7 +116,7 @@ def test_set_weights_picks_the_variant_and_a_missing_default_says_which_is_here(
     assert all(torch.equal(body[k], v) for k, v in state.items() if not k.startswith("classifier."))
     assert body["classifier.1.weight"].shape == (2, 1280)  # a new head for two classes
     with pytest.raises(
-        UserError, match="IMAGENET1K_V1 is on this machine: pass --set weights=IMAGENET1K_V1"
+        UserError, match="IMAGENET1K_V1 is on this machine: pass weights=IMAGENET1K_V1"
     ):
         create_model("mobilenet_v2", 2, "true")  # the default, IMAGENET1K_V2, is not here
     with pytest.raises(UserError, match="bad value weights='V3' for mobilenet_v2"):

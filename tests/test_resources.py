@@ -31,7 +31,7 @@ def test_no_gpu_means_cpu_trials_and_an_impossible_request_is_an_error():
     assert resources(None, None, CPU_NODE, ("resnet18",), concurrent=4) == {"cpu": 1.0, "gpu": 0.0}
     with pytest.raises(UserError, match="fits on no node.*largest has 2 CPUs, 0 GPUs"):
         resources(None, 1.0, CPU_NODE, ("resnet18",))
-    with pytest.raises(UserError, match="--cpus-per-trial 4"):
+    with pytest.raises(UserError, match="cpus_per_trial=4"):
         resources(4.0, None, CPU_NODE)
 
 

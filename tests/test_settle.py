@@ -61,7 +61,7 @@ def test_folds_are_stratified_disjoint_keep_copies_together_and_reload(tmp_path)
     assert again.folds == handle.folds and again.splits == handle.splits
     from trainables.core.errors import UserError
 
-    with pytest.raises(UserError, match="pass --folds 4"):
+    with pytest.raises(UserError, match="pass folds=4"):
         D.prepare(source, 37, tmp_path / "cache", progress=False)
 
 

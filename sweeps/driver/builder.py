@@ -190,7 +190,7 @@ def restore_tuner(
     location = sweep.store.location
     if not tune.Tuner.can_restore(location):
         raise UserError(
-            f"--resume {sweep.store}: no Ray Tune experiment state there (the "
+            f"`resume={sweep.store}`: no Ray Tune experiment state there (the "
             "sweep stopped before its first trial started); start it anew"
         )
     return tune.Tuner.restore(

@@ -40,8 +40,8 @@ def check_data_apart(store: Store, data_root: str | None) -> None:
     experiment, data = Path(store.root).resolve(), Path(data_root).resolve()
     if within(experiment, data) or within(data, experiment):
         raise UserError(
-            f"experiment {store} and --data {data} overlap (one holds the "
-            "other); put the experiment outside the data folder with --storage"
+            f"experiment {store} and `data={data}` overlap (one holds the "
+            "other); put the experiment outside the data folder with `storage`"
         )
 
 
@@ -106,17 +106,17 @@ def _content(root: Path) -> list[Path]:
 def check_new(store: Store, overwrite: bool) -> None:
     """What ``claim_new`` will refuse, checked before any work and without writing."""
     if not store.is_uri and Path(store.root).is_file():
-        raise UserError(f"experiment path {store} is a file; choose another --name")
+        raise UserError(f"experiment path {store} is a file; choose another `name`")
     if store.has_content():
         if not overwrite:
             raise UserError(
-                f"experiment {store} already exists; choose another --name "
-                "or pass --overwrite to replace it"
+                f"experiment {store} already exists; choose another `name` "
+                "or pass `overwrite` to replace it"
             )
         if not store.exists(MARKER) and not store.exists(SWEEP_JSON):
             raise UserError(
-                f"--overwrite: {store} is not an experiment of this tool (no "
-                f"{MARKER} in it); it is left as it is: choose another --name"
+                f"`overwrite`: {store} is not an experiment of this tool (no "
+                f"{MARKER} in it); it is left as it is: choose another `name`"
             )
 
 
@@ -131,11 +131,11 @@ def claim_new(store: Store, overwrite: bool, command: list[str]) -> None:
         return
     root = Path(store.root)
     root.mkdir(parents=True, exist_ok=True)
-    _lock(root, "wait for it to end or choose another --name")
+    _lock(root, "wait for it to end or choose another `name`")
     if _content(root) and not overwrite:  # another sweep filled it since the check above
         raise UserError(
-            f"experiment {store} already exists; choose another --name or pass "
-            "--overwrite to replace it"
+            f"experiment {store} already exists; choose another `name` or pass "
+            "`overwrite` to replace it"
         )
     for entry in _content(root):
         shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()

@@ -22,7 +22,7 @@ def check_reachable(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> 
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise UserError(
-            f"--address {address}: write it as HOST:PORT (the head node's GCS "
+            f"`address={address}`: write it as HOST:PORT (the head node's GCS "
             "port, 6379 by default), or 'auto'"
         )
     try:
@@ -30,7 +30,7 @@ def check_reachable(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> 
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise UserError(
-            f"--address {address}: no Ray cluster answers there ({reason}, "
+            f"`address={address}`: no Ray cluster answers there ({reason}, "
             f"waited up to {timeout:g} s); start one with 'ray start --head' or "
             "check the address"
         ) from None
@@ -102,14 +102,14 @@ def _join(address: str, kwargs: dict):
         return context
     if any(TOKEN_REFUSED in line for line in held):
         raise UserError(
-            f"--address {address}: the cluster refused this driver (its "
+            f"`address={address}`: the cluster refused this driver (its "
             "authentication token is missing or wrong); set RAY_AUTH_TOKEN to "
             "the cluster's token (`ray get-auth-token` on its head) and "
             "RAY_AUTH_MODE=token"
         )
     reason = next((line for line in reversed(held) if line.strip()), "no answer")
     raise UserError(
-        f"--address {address}: cannot join the Ray cluster there ({reason.strip()[:160]})"
+        f"`address={address}`: cannot join the Ray cluster there ({reason.strip()[:160]})"
     )
 
 
@@ -202,7 +202,7 @@ def resources(
     ):
         biggest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
         raise UserError(
-            f"--cpus-per-trial {cpus:g} --gpus-per-trial {gpus:g} "
+            f"`cpus_per_trial={cpus:g}` `gpus_per_trial={gpus:g}` "
             f"fits on no node (the largest has {biggest.get('CPU', 0):g} CPUs, "
             f"{biggest.get('GPU', 0):g} GPUs); ask for less"
         )

@@ -58,9 +58,9 @@ def make_plan(
     if folds:
         if searched:
             raise UserError(
-                f"--folds: the {space.name} study is a search; cross-validate "
-                "its result instead: --space single --config "
-                "runs/NAME/best_config.json --folds K"
+                f"`folds`: the {space.name} study is a search; cross-validate "
+                "its result instead: `space=single` `config=runs/NAME/best_config.json` "
+                "`folds=K`"
             )
         param_space["fold"] = tune.grid_search(list(range(folds)))
     points = first_points(space, param_space) if searched else []

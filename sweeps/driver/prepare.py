@@ -27,8 +27,8 @@ def prepare_data(spec: SweepSpec, cfgs: list[TrialConfig]) -> tuple[D.DataHandle
     if spec.split_file:
         if source.presplit:
             raise UserError(
-                f"--split-file conflicts with --data {source.root}, which is "
-                "already split into train/ val/ test/; drop --split-file"
+                f"`split_file` conflicts with `data={source.root}`, which is "
+                "already split into train/ val/ test/; drop `split_file`"
             )
         source = D.apply_split_file(source, spec.split_file, resumed=spec.resume)
     sizes = sorted({(p.load_size, p.interpolation) for p in map(preprocess_for, cfgs)})

@@ -6,9 +6,10 @@ everything after the sweep reads the study's shape from it, not from today's reg
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from sweeps.driver.plan import Plan, make_plan
@@ -16,13 +17,29 @@ from sweeps.experiment.files import SPLIT_CSV, SWEEP_JSON
 from sweeps.experiment.folder import read_sweep_json
 from sweeps.experiment.redact import redact, usable
 from sweeps.experiment.storage import Store
-from trainables.core.config import load_config_file, parse_overrides
-from trainables.core.errors import UserError
+from trainables.core.config import check_overrides, load_config_file, parse_overrides
+from trainables.core.errors import UserError, number_problem
 
 SMOKE_IMAGES_PER_CLASS = 10
 SMOKE_OVERRIDES = {"max_epochs": 2, "image_size": 32}
 DEMO_OVERRIDES = {"image_size": 32}  # the demo digits are 8x8 scans: 224px would only cost time
 DEFAULT_GRACE = 7  # ASHA's grace period for a space that sets none
+SCHEDULERS = ("asha", "fifo")
+# each numeric setting's type and range, checked alike for the command line's flags (their
+# argparse types) and the Python API's arguments (SweepSpec.check)
+NUMBERS: dict[str, tuple[type, dict[str, float]]] = {
+    "max_failures": (int, {"low": 0}),
+    "stall_timeout": (float, {"low": 0}),
+    "niceness": (int, {"low": 0, "high": 19}),
+    "num_samples": (int, {"low": 1}),
+    "max_epochs": (int, {"low": 1}),
+    "max_per_class": (int, {"low": 1}),
+    "cpus_per_trial": (float, {"above": 0}),
+    "gpus_per_trial": (float, {"low": 0}),
+    "max_concurrent": (int, {"low": 1}),
+    "folds": (int, {"low": 3, "high": 100}),
+    "split_seed": (int, {"low": 0, "high": 2**32 - 1}),
+}
 
 
 @dataclass(frozen=True)
@@ -52,46 +69,68 @@ class SweepSpec:
     split_seed: int | None = None
     split_file: str | None = None
     config: str | None = None
-    overrides: tuple[str, ...] = ()
+    overrides: dict[str, Any] = field(default_factory=dict)  # trial-config fields, typed
     tracking: str | None = None  # an MLflow tracking URI
     tracking_experiment: str | None = None  # the MLflow experiment (default: the study)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> SweepSpec:
-        values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
-        values["overrides"] = tuple(values.get("overrides") or ())
-        if values.get("folds") and values.get("scheduler") == "asha":
+    def build(cls, **settings: Any) -> SweepSpec:
+        """The spec of these settings, each checked and named as the Python API takes it
+        (``folds=5``; the command line shows ``--folds 5``). ``overrides``: trial-config
+        fields as typed values (a list: a grid), checked when the sweep resolves. The
+        scheduler is fifo with folds unless asha is asked for, which folds refuse."""
+        known = {f.name for f in fields(cls)}
+        for name in settings:
+            if name not in known:
+                near = difflib.get_close_matches(name, sorted(known), n=1)
+                hint = f"; did you mean `{near[0]}`?" if near else ""
+                raise UserError(f"unknown setting {name!r}{hint}")
+        for name, (kind, limits) in NUMBERS.items():  # (the command line's parser, too)
+            value = settings.get(name)
+            if value is not None and (problem := number_problem(value, kind, **limits)):
+                raise UserError(f"`{name}`: {problem}")
+        if settings.get("scheduler") not in (None, *SCHEDULERS):
             raise UserError(
-                "--folds runs each fold of a variant to its own end (fifo): ASHA "
-                "would compare trials of different folds on different validation "
-                "images and cut some folds of a variant; drop --scheduler asha"
+                f"`scheduler={settings['scheduler']}`: not a scheduler; use "
+                + " or ".join(SCHEDULERS)
             )
-        values["scheduler"] = values.get("scheduler") or ("fifo" if values.get("folds") else "asha")
-        return cls(**values)
+        settings["overrides"] = dict(settings.get("overrides") or {})
+        if settings.get("folds") and settings.get("scheduler") == "asha":
+            raise UserError(
+                "`folds` runs each fold of a variant to its own end (fifo): ASHA "
+                "would compare trials of different folds on different validation "
+                "images and cut some folds of a variant; drop `scheduler=asha`"
+            )
+        if settings.get("scheduler") is None:
+            settings["scheduler"] = "fifo" if settings.get("folds") else "asha"
+        return cls(**settings)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> SweepSpec:
+        """The spec of a parsed command line (its ``--set`` items parsed into typed values)."""
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        values["overrides"] = parse_overrides(list(values.get("overrides") or ()))
+        return cls.build(**values)
 
     def check(self) -> None:
-        """What the parser cannot see: flags that conflict, names that cannot be folders."""
+        """What each setting alone cannot show: settings that conflict, names that cannot be
+        folders."""
         if self.retry_errored and not self.resume:
-            raise UserError("--retry-errored only works with --resume EXPERIMENT_DIR")
+            raise UserError("`retry_errored` only works with `resume=EXPERIMENT_DIR`")
         if not self.space:
-            raise UserError("no study given: pass --space NAME (see --list-spaces)")
+            raise UserError("no study given: pass `space=NAME` (see --list-spaces)")
         if self.name is not None:
             if self.name.strip(" .") == "" or "/" in self.name or "\\" in self.name:
-                raise UserError(f"--name {self.name!r}: use a plain folder name without '/'")
+                raise UserError(f"`name={self.name!r}`: use a plain folder name without '/'")
             if len(self.name.encode("utf-8")) > 200:
                 raise UserError(
-                    f"--name: {len(self.name.encode('utf-8'))} bytes long; use a "
+                    f"`name`: {len(self.name.encode('utf-8'))} bytes long; use a "
                     "name of at most 200 bytes (file systems refuse longer folder "
                     "names)"
                 )
-        if self.folds is not None and self.folds < 3:
-            raise UserError(
-                f"--folds {self.folds}: use 3 or more (each fold tests on one "
-                "fold, validates on the next and trains on the rest)"
-            )
         if self.split_file and self.split_seed is not None:
             raise UserError(
-                "--split-file and --split-seed conflict: a reused split has no "
+                "`split_file` and `split_seed` conflict: a reused split has no "
                 "seed; drop one of them"
             )
 
@@ -112,24 +151,25 @@ RESUME_CONFLICTS = (
 
 def resumed(cli: SweepSpec) -> SweepSpec:
     """The interrupted sweep's own spec (from its sweep.json), to continue it."""
-    given = [f"--{k.replace('_', '-')}" for k in RESUME_CONFLICTS if getattr(cli, k) is not None]
-    given += (
-        ["--set"] * bool(cli.overrides) + ["--smoke"] * cli.smoke + ["--overwrite"] * cli.overwrite
-    )
+    given = [f"`{k}`" for k in RESUME_CONFLICTS if getattr(cli, k) is not None]
+    given += [f"`{k}`" for k in ("overrides", "smoke", "overwrite") if getattr(cli, k)]
     if given:
         raise UserError(
-            f"--resume conflicts with {', '.join(given)}: a resumed sweep keeps "
+            f"`resume` conflicts with {', '.join(given)}: a resumed sweep keeps "
             "its own settings; drop them"
         )
     store = Store.from_location(cli.resume)
-    saved = read_sweep_json(store, "--resume")
+    saved = read_sweep_json(store, "`resume`")
     try:
         known = {f.name for f in fields(SweepSpec)}
         args = {k: v for k, v in saved["args"].items() if k in known}
-        spec = replace(SweepSpec(**args), overrides=tuple(args.get("overrides") or ()))
+        saved_overrides = args.get("overrides") or {}
+        if isinstance(saved_overrides, list):  # a sweep.json of an earlier version: --set text
+            saved_overrides = parse_overrides(saved_overrides)
+        spec = replace(SweepSpec(**args), overrides=dict(saved_overrides))
     except (KeyError, TypeError, AttributeError) as exc:
         raise UserError(
-            f"--resume {store}: {SWEEP_JSON} lacks the sweep's settings ({exc}); "
+            f"`resume={store}`: {SWEEP_JSON} lacks the sweep's settings ({exc}); "
             "start the sweep anew"
         ) from None
     spec = replace(
@@ -153,12 +193,12 @@ def resumed(cli: SweepSpec) -> SweepSpec:
 def check_same_data(store: Store, digest: str, root: str) -> None:
     """A resumed sweep must see the images it began with: its finished trials were scored on
     them and its unfinished ones go on with them."""
-    began = read_sweep_json(store, "--resume").get("data_digest")
+    began = read_sweep_json(store, "`resume`").get("data_digest")
     if began and began != digest:  # (sweeps of older versions did not record it)
         raise UserError(
-            f"--resume {store}: the images under {root} changed since the sweep "
+            f"`resume={store}`: the images under {root} changed since the sweep "
             "began (their contents differ); restore them, or start a new sweep "
-            f"(--split-file {store}/split.csv reuses its split)"
+            f"(`split_file={store}/split.csv` reuses its split)"
         )
 
 
@@ -278,11 +318,11 @@ def resolve(spec: SweepSpec) -> Sweep:
     }
     if spec.config:
         overrides.update(load_config_file(spec.config))
-    overrides.update(parse_overrides(list(spec.overrides)))
+    overrides.update(check_overrides(spec.overrides))
     if spec.max_epochs:  # caps every trial, whatever else set max_epochs
         overrides["max_epochs"] = spec.max_epochs
     if "fold" in overrides:
-        raise UserError("the fold is not a --set key: pass --folds K to cross-validate")
+        raise UserError("the fold is not a config key: pass `folds=K` to cross-validate")
     plan = make_plan(space, overrides, spec.num_samples, spec.smoke, spec.folds)
     name = spec.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return Sweep(

@@ -63,7 +63,7 @@ class Experiment:
         from trainables.data.split import fold_splits
 
         if not 0 <= fold < self.fold_count:
-            raise UserError(f"--fold {fold}: {self.root} has {self.fold_count or 'no'} folds")
+            raise UserError(f"`fold={fold}`: {self.root} has {self.fold_count or 'no'} folds")
         splits = np.asarray(fold_splits(self.folds.tolist(), fold, self.fold_count))
         val, test = splits == "val", splits == "test"
         table = (
@@ -170,12 +170,12 @@ def read_sweep_json(store: Store, flag: str) -> dict:
     except (ValueError, UnicodeDecodeError) as exc:
         raise UserError(
             f"{flag} {store}: {SWEEP_JSON} is damaged ({type(exc).__name__}); "
-            "start the sweep anew under another --name"
+            "start the sweep anew under another `name`"
         ) from None
     if not isinstance(saved, dict):
         raise UserError(
             f"{flag} {store}: {SWEEP_JSON} is not a sweep record; start the sweep "
-            "anew under another --name"
+            "anew under another `name`"
         )
     return saved
 

@@ -34,7 +34,7 @@ class Store:
                 self.fs, base = pyarrow.fs.FileSystem.from_uri(storage)
             except Exception as exc:  # unknown scheme, malformed URI, missing credentials
                 raise UserError(
-                    f"--storage {storage}: {exc}; use a local path or a URI that "
+                    f"`storage={storage}`: {exc}; use a local path or a URI that "
                     "pyarrow understands (s3://bucket/prefix, gs://...)"
                 ) from None
             self.root = f"{base.rstrip('/')}/{name}"
@@ -136,7 +136,7 @@ class Store:
                 probe = probe.parent
             if not probe.is_dir() or not os.access(probe, os.W_OK):
                 raise UserError(
-                    f"--storage {storage_arg}: not a writable directory; pass one you can write"
+                    f"`storage={storage_arg}`: not a writable directory; pass one you can write"
                 )
             return
         try:
@@ -144,7 +144,7 @@ class Store:
             self.fs.delete_file(self._path(".write_check"))
         except Exception as exc:
             raise UserError(
-                f"--storage {storage_arg}: cannot write there "
+                f"`storage={storage_arg}`: cannot write there "
                 f"({str(exc).splitlines()[0][:160]}); check the URI and the "
                 "credentials in your environment"
             ) from None

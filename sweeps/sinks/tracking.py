@@ -53,12 +53,12 @@ def check(uri: str, experiment: str | None = None) -> None:
     except Exception as exc:  # refused, unknown host, not an MLflow server, bad URI
         reason = str(exc).splitlines()[0][:200]
         raise UserError(
-            f"--tracking {redact(uri)}: the MLflow tracking server cannot be used "
+            f"`tracking={redact(uri)}`: the MLflow tracking server cannot be used "
             f"({reason}); start it (mlflow server ...) or check the URI"
         ) from None
     if found is not None and found.lifecycle_stage == "deleted":
         raise UserError(
-            f"--tracking-experiment {experiment}: that MLflow experiment was "
+            f"`tracking_experiment={experiment}`: that MLflow experiment was "
             "deleted (its name stays taken); restore it (mlflow experiments "
             f"restore --experiment-id {found.experiment_id}) or choose another "
             "name"

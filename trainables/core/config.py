@@ -304,22 +304,39 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, value = key.strip(), value.strip()
         if not sep or not key:
             raise UserError(f"bad --set '{item}': write it as KEY=VALUE, e.g. --set lr=0.001")
-        key = current_key(key)
+        if value.startswith("[") and value.endswith("]"):
+            overrides[key] = [v.strip() for v in value[1:-1].split(",") if v.strip()]
+        else:
+            overrides[key] = value
+    return check_overrides(overrides)
+
+
+def check_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """Trial-config fields as a sweep takes them (the Python API's ``overrides``, or the
+    command line's ``--set`` items parsed): each key current and known, each value of its
+    field's type; a list is a grid of two or more different values."""
+    overrides: dict[str, Any] = {}
+    for given, value in values.items():
+        key = current_key(given)
         if key not in FIELD_TYPES:
             raise UserError(unknown_key_message(key))
-        if value.startswith("[") and value.endswith("]"):
-            values = [v.strip() for v in value[1:-1].split(",") if v.strip()]
-            if key == "seed" or len(values) < 2 or len(set(values)) < len(values):
+        if isinstance(value, (list, tuple)):
+            shown = "[" + ",".join(map(_text, value)) + "]"
+            if key == "seed" or len(value) < 2 or len(set(map(_text, value))) < len(value):
                 hint = (
-                    "use --num-samples for seeds"
+                    "use `num_samples` for seeds"
                     if key == "seed"
-                    else "list two or more different values"
+                    else "list two or more different values, e.g. `lr=[0.001,0.0003]`"
                 )
-                raise UserError(f"bad --set '{item}': {hint}, e.g. --set lr=[0.001,0.0003]")
-            overrides[key] = [coerce(key, v) for v in values]
+                raise UserError(f"bad `{key}={shown}`: {hint}")
+            overrides[key] = [coerce(key, v) for v in value]
         else:
             overrides[key] = coerce(key, value)
     return overrides
+
+
+def _text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def load_config_file(path: str) -> dict[str, Any]:
@@ -331,20 +348,20 @@ def load_config_file(path: str) -> dict[str, Any]:
             data = json.load(handle)
     except OSError as exc:
         raise UserError(
-            f"--config {path}: cannot be read ({exc.strerror}); pass a JSON file of config fields"
+            f"`config={path}`: cannot be read ({exc.strerror}); pass a JSON file of config fields"
         ) from None
     except json.JSONDecodeError as exc:
-        raise UserError(f"--config {path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        raise UserError(f"`config={path}`: not valid JSON ({exc.msg}, line {exc.lineno})") from None
     except UnicodeDecodeError:
         raise UserError(
-            f"--config {path}: not UTF-8 text; pass a JSON file of config fields"
+            f"`config={path}`: not UTF-8 text; pass a JSON file of config fields"
         ) from None
     if not isinstance(data, dict):
-        raise UserError(f"--config {path}: expected a JSON object of config fields")
+        raise UserError(f"`config={path}`: expected a JSON object of config fields")
     data = with_current_keys(data)
     for key in data:
         if key not in FIELD_TYPES:
-            raise UserError(f"--config {path}: {unknown_key_message(key)}")
+            raise UserError(f"`config={path}`: {unknown_key_message(key)}")
     return {key: coerce(key, value) for key, value in data.items()}
 
 

@@ -78,7 +78,7 @@ def _elpv(folder: Path, four: bool = False) -> str:
         import elpv_dataset
     except ImportError:
         raise UserError(
-            "--data demo:elpv needs the ELPV images: pip install elpv-dataset==1.0.0.post1"
+            "`data=demo:elpv` needs the ELPV images: pip install elpv-dataset==1.0.0.post1"
         ) from None
     data = Path(elpv_dataset.__file__).parent / "data"
     for line in (data / "labels.csv").read_text().splitlines():
@@ -107,7 +107,7 @@ def demo_root(cache_dir: Path | None = None, name: str = "digits") -> Path:
     """The image folder of demo data set ``name``, written into the cache on first use."""
     if name not in DEMOS:
         raise UserError(
-            f"--data {PREFIX}{name}: no such demo data; use one of "
+            f"`data={PREFIX}{name}`: no such demo data; use one of "
             f"{', '.join(PREFIX + n for n in DEMOS)}"
         )
     return _written_once(name, cache_dir, DEMOS[name])

@@ -53,7 +53,7 @@ class DataHandle:
         if not 0 <= fold < self.fold_count:
             raise UserError(
                 f"bad value fold={fold}: this data has "
-                f"{self.fold_count or 'no'} folds (run.py --folds K sets them)"
+                f"{self.fold_count or 'no'} folds (`folds=K` sets them)"
             )
         return replace(self, splits=tuple(fold_splits(self.folds, fold, self.fold_count)))
 
@@ -89,24 +89,24 @@ def prepare(
     when given), and return the handle and a data report."""
     if folds and source.presplit and source.folds is None:
         raise UserError(
-            f"--folds {folds}: needs an image folder to split into folds (or the "
+            f"`folds={folds}`: needs an image folder to split into folds (or the "
             "split.csv of a folded experiment), not a split into train/val/test; "
-            "drop --folds or --split-file, or pass the unsplit folder"
+            "drop `folds` or `split_file`, or pass the unsplit folder"
         )
     if folds and source.folds is None:  # before any decoding: the counts are known
         found = np.bincount(source.labels, minlength=len(source.class_names))
         if found.min() < folds:
             name = source.class_names[int(found.argmin())]
             raise UserError(
-                f"--folds {folds}: class '{name}' has {int(found.min())} "
-                f"image(s); --folds {folds} needs at least {folds} per class: use "
+                f"`folds={folds}`: class '{name}' has {int(found.min())} "
+                f"image(s); `folds={folds}` needs at least {folds} per class: use "
                 "fewer folds"
             )
     if not folds and source.folds is not None:
         count = max(source.folds) + 1
         raise UserError(
-            f"--split-file holds the {count} folds of a cross-validated "
-            f"experiment: pass --folds {count} to reuse them"
+            f"`split_file` holds the {count} folds of a cross-validated "
+            f"experiment: pass `folds={count}` to reuse them"
         )
     hashes = file_hashes(source.root, source.paths, progress)
     digest = content_digest(source.paths, hashes)
@@ -126,7 +126,7 @@ def prepare(
     usable = subset(source, keep)
     if not usable.paths:
         raise UserError(
-            f"--data {source.root}: none of the {len(bad)} images could be read; "
+            f"`data={source.root}`: none of the {len(bad)} images could be read; "
             "check that they are real image files (data_report.json would list "
             "why)"
         )
@@ -138,8 +138,8 @@ def prepare(
             fold_ids = list(usable.folds)
             if max(fold_ids) + 1 != folds or min(fold_ids) < 0:
                 raise UserError(
-                    f"--folds {folds}: the reused split.csv holds "
-                    f"{max(fold_ids) + 1} folds; pass --folds {max(fold_ids) + 1}"
+                    f"`folds={folds}`: the reused split.csv holds "
+                    f"{max(fold_ids) + 1} folds; pass `folds={max(fold_ids) + 1}`"
                 )
         else:
             group_of = list(range(len(keep)))
@@ -154,7 +154,7 @@ def prepare(
         splits = list(usable.splits)
         for split in SPLITS:
             if split not in splits:
-                raise UserError(f"--data {source.root}: the {split}/ folder has no usable image")
+                raise UserError(f"`data={source.root}`: the {split}/ folder has no usable image")
     else:
         splits = stratified_split(usable.labels, seed=split_seed, class_names=usable.class_names)
         for group in groups:  # copies of one image stay together, so they cannot leak

@@ -53,7 +53,7 @@ def _class_dirs(folder: Path) -> list[Path]:
     for path in found:
         if not _utf8(path.name):  # class names go into every table, report and export
             raise UserError(
-                f"--data: class folder {shown(path)}: its name is not valid UTF-8 "
+                f"`data`: class folder {shown(path)}: its name is not valid UTF-8 "
                 "text; rename the folder"
             )
     return found
@@ -117,12 +117,12 @@ def discover(root: str | os.PathLike) -> DataSource:
     root = Path(root).expanduser()
     if not root.exists():
         raise UserError(
-            f"--data {root}: no such directory; point it at a folder "
+            f"`data={root}`: no such directory; point it at a folder "
             "with one subfolder of images per class"
         )
     if not root.is_dir():
         raise UserError(
-            f"--data {root}: is a file, not a directory; point it at a folder "
+            f"`data={root}`: is a file, not a directory; point it at a folder "
             "with one subfolder of images per class"
         )
     root = root.resolve()
@@ -132,7 +132,7 @@ def discover(root: str | os.PathLike) -> DataSource:
     if present:
         missing = [f"{split}/" for split in SPLITS if split not in present]
         raise UserError(
-            f"--data {root}: has {' and '.join(p + '/' for p in present)} but no "
+            f"`data={root}`: has {' and '.join(p + '/' for p in present)} but no "
             f"{' or '.join(missing)}; a pre-split root needs all of train/ val/ "
             "test/ (or give a folder of class folders, to be split here)"
         )
@@ -161,7 +161,7 @@ def _discover_presplit(root: Path) -> DataSource:
             if every - set(names)
         ]
         raise UserError(
-            f"--data {root}: the splits' class folders differ ({'; '.join(lacks)}); "
+            f"`data={root}`: the splits' class folders differ ({'; '.join(lacks)}); "
             "give train/, val/ and test/ the same class folders"
         )
     classes = per_split["train"]
@@ -184,7 +184,7 @@ def _discover_presplit(root: Path) -> DataSource:
 
 
 def check_classes(source: DataSource) -> None:
-    where = f"--data {source.root}"
+    where = f"`data={source.root}`"
     if not source.paths:
         raise UserError(
             f"{where}: found no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in "

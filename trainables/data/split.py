@@ -66,7 +66,7 @@ def stratified_folds(labels, groups, folds: int, seed: int = 0, class_names=None
     if counts.min() < folds:
         raise UserError(
             f"class {_named(int(counts.argmin()), class_names)} has {int(counts.min())} usable "
-            f"image(s); --folds {folds} needs at least {folds} per class: use "
+            f"image(s); `folds={folds}` needs at least {folds} per class: use "
             "fewer folds"
         )
     out = np.empty(len(labels), dtype=np.int64)
@@ -97,17 +97,17 @@ def apply_split_file(
             rows = list(csv.DictReader(handle))
     except OSError as exc:
         raise UserError(
-            f"--split-file {path}: cannot be read ({exc.strerror}); pass the "
+            f"`split_file={path}`: cannot be read ({exc.strerror}); pass the "
             "split.csv of an earlier experiment"
         ) from None
     except (UnicodeDecodeError, csv.Error) as exc:
         raise UserError(
-            f"--split-file {path}: not a CSV text file ({type(exc).__name__}); "
+            f"`split_file={path}`: not a CSV text file ({type(exc).__name__}); "
             "pass the split.csv of an earlier experiment"
         ) from None
     if not rows or not {"path", "split"} <= set(rows[0]):
         raise UserError(
-            f"--split-file {path}: needs 'path' and 'split' columns, as the "
+            f"`split_file={path}`: needs 'path' and 'split' columns, as the "
             "split.csv that every experiment writes"
         )
     for row in rows:  # as written, before the CSV-injection guard (trainables/core/csvcells.py)
@@ -119,22 +119,22 @@ def apply_split_file(
             fold_of = {row["path"]: int(row["fold"]) for row in rows if row["split"] != SKIPPED}
         except (TypeError, ValueError):
             raise UserError(
-                f"--split-file {path}: its 'fold' column holds something other "
+                f"`split_file={path}`: its 'fold' column holds something other "
                 "than fold numbers; pass the split.csv of an earlier experiment"
             ) from None
     bad = sorted({str(s) for s in assigned.values() if s not in (*SPLITS, SKIPPED)})
     if bad:
-        raise UserError(f"--split-file {path}: unknown split(s) {bad}; use train, val, test")
+        raise UserError(f"`split_file={path}`: unknown split(s) {bad}; use train, val, test")
     missing = [p for p in source.paths if p not in assigned]
     if missing and resumed:
         raise UserError(
-            f"--resume {resumed}: {len(missing)} image(s) under {source.root} are "
+            f"`resume={resumed}`: {len(missing)} image(s) under {source.root} are "
             f"not in its split.csv (first: {missing[0]}): the images changed since "
             "the sweep began; restore them, or start a new sweep"
         )
     if missing:
         raise UserError(
-            f"--split-file {path}: {len(missing)} image(s) of --data are not in it "
+            f"`split_file={path}`: {len(missing)} image(s) of `data` are not in it "
             f"(first: {missing[0]}); the file must come from the same data"
         )
     # what it skipped stays in (prepare() skips it again): the same files as when the split

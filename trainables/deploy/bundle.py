@@ -55,13 +55,13 @@ def check_replaceable(folder: Path) -> None:
     if not folder.exists():
         return
     if not folder.is_dir():
-        raise UserError(f"--out {folder}: is a file; pass a folder to export into")
+        raise UserError(f"`out={folder}`: is a file; pass a folder to export into")
     held = {entry.name for entry in folder.iterdir()}
     others = sorted(name for name in held if not name.startswith(EXPORT_FILES))
     if held and (others or SPEC_FILE not in held):
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise UserError(
-            f"--out {folder}: not an export folder (it holds {shown or 'no ' + SPEC_FILE}) "
+            f"`out={folder}`: not an export folder (it holds {shown or 'no ' + SPEC_FILE}) "
             "and an export replaces its folder whole; pass a new or empty folder, or an "
             "earlier export to replace"
         )
@@ -343,12 +343,12 @@ def _runtime_of(folder: Path, runtime: str, spec, net, threads, device):
         return run
     files = {"export": PROGRAM_FILE, "onnx": ONNX_FILE}
     if runtime not in files:
-        raise UserError(f"--runtime {runtime}: choose one of {', '.join(RUNTIMES)}")
+        raise UserError(f"`runtime={runtime}`: choose one of {', '.join(RUNTIMES)}")
     path = folder / files[runtime]
     if not path.is_file():
         raise UserError(
             f"{folder}: no {files[runtime]} (exported by an older version); "
-            "re-export the trial, or use --runtime torch"
+            "re-export the trial, or use `runtime=torch`"
         )
     if runtime == "export":
         check_program(path)  # before torch opens it: nothing in it is unpickled as code

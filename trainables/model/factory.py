@@ -154,7 +154,7 @@ def check_input_size(name: str, aux_heads: bool, image_size: int) -> None:
         ),
         None,
     )
-    fix = f"use --set image_size={works} or more" if works else "use a larger image_size"
+    fix = f"use `image_size={works}` or more" if works else "use a larger image_size"
     raise UserError(
         f"model '{name}' cannot take {image_size} px images (its downsampling "
         f"leaves nothing of them); {fix}, or another model"

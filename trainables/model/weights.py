@@ -176,7 +176,7 @@ def weights_unavailable(name: str, reason: str, tag: str = "") -> UserError:
     variant of the model that is on this machine, if one is."""
     spec = model_spec(name)
     if spec.family == "custom":
-        return UserError(f"{name} has no pretrained weights; use --set pretrained=false")
+        return UserError(f"{name} has no pretrained weights; use `pretrained=false`")
     try:
         wanted = resolve_tag(spec, tag)
         where = location(spec, wanted)
@@ -186,12 +186,12 @@ def weights_unavailable(name: str, reason: str, tag: str = "") -> UserError:
     if here:
         return UserError(
             f"pretrained weights for '{name}' could not be loaded ({reason}); "
-            f"{here[0]} is on this machine: pass --set weights={here[0]}"
+            f"{here[0]} is on this machine: pass `weights={here[0]}`"
         )
     return UserError(
         f"pretrained weights for '{name}' could not be loaded ({reason}); add a "
         f"file with python sweeps/weights.py add FILE --model {name}, pre-seed "
-        f"{where}, or use --set pretrained=false"
+        f"{where}, or use `pretrained=false`"
     )
 
 
