@@ -82,7 +82,8 @@ def run_study(
     flag is (``num_samples=3``, ``scheduler="fifo"``, ``max_epochs=5``, ``folds=5``,
     ``overwrite=True``, ``max_failures=0``) and checked as it is; a mistake names the
     setting (``folds: must be at least 3, got 2``). ``resume``: an interrupted study's
-    folder, continued as ``--resume`` does (with ``retry_errored=True`` if asked); it takes
+    folder, continued as ``--resume`` does (with ``retry_errored=True``, and
+    ``trust_state=True`` for a folder whose Ray Tune state no sweep of yours sealed); it takes
     no space or other settings. Ray is started for the study and shut down when it ends, so
     a second call in the same interpreter starts afresh."""
     from sweeps import run

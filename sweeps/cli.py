@@ -70,7 +70,8 @@ def as_flags(message: str) -> str:
         if name in FIELD_TYPES and name not in flags and name != "fold":
             return f"--set {name}={value}" if value is not None else f"--set {name}=..."
         flag = "--" + name.replace("_", "-")
-        return flag if value is None else f"{flag} {value}"
+        # a switch (`trust_state=True`) is the flag alone
+        return flag if value in (None, "True") else f"{flag} {value}"
 
     return SETTING.sub(named, message)
 

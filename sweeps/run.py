@@ -75,6 +75,12 @@ def get_args_parser() -> cli.Parser:
         help="with --resume: also rerun trials that ended in error",
     )
     p.add_argument(
+        "--trust-state",
+        action="store_true",
+        help="with --resume: open Ray Tune's state files (pickles) even where no sweep of "
+        "yours sealed them (an experiment someone else wrote)",
+    )
+    p.add_argument(
         "--max-failures",
         type=typed("max_failures"),
         default=2,
@@ -188,7 +194,9 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
     from sweeps.driver.claim import claim_new, claim_resumed
     from sweeps.driver.prepare import check_weights, prepare_data
     from sweeps.driver.recorder import active, begin_sweep
+    from sweeps.driver.seal import TUNER_PKL, Sealer, check_sealed
     from sweeps.experiment.tables import finish
+    from trainables.core.ray_internals import after_tune_saves
     from trainables.data import split_csv
 
     if sweep.spec.tracking and redact(sweep.spec.tracking) != sweep.spec.tracking:
@@ -203,6 +211,8 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
         per_trial = resources(
             spec.cpus_per_trial, spec.gpus_per_trial, local_resources(), models, concurrent
         )
+    if spec.resume:  # before any work, and before Tune unpickles anything of it
+        check_sealed(store, spec.trust_state)
     check_reachable(spec.address)
     if spec.tracking:
         from sweeps.sinks import tracking
@@ -225,6 +235,7 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
         )
     if not spec.resume:  # a resumed sweep's trials keep the threads they were given
         sweep = sweep.pin_threads(per_trial)
+    sealer = Sealer(store)
     if spec.resume:
         print(f"resuming {store}", file=sys.stderr, flush=True)
         tuner = restore_tuner(sweep, handle, unavailable, per_trial)
@@ -233,6 +244,7 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
         store.write_text(DATA_REPORT, json.dumps(data_report, indent=1))
         store.write_text(SWEEP_JSON, sweep.to_json(data_report, unavailable, handle.digest))
         tuner = build_tuner(sweep, handle, unavailable, per_trial)
+        sealer.seal_stored(TUNER_PKL)  # the Tuner wrote it into the experiment
         how = "chosen by Optuna TPE" if sweep.plan.searched else "grid"
         pruning = f"ASHA grace {sweep.grace} epochs" if spec.scheduler == "asha" else "no pruning"
         threads = sweep.plan.param_space["threads"]
@@ -243,6 +255,7 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
             flush=True,
         )
     begin_sweep(store)
+    after_tune_saves(sealer.seal_staged)
     with GracefulStop() as stop:
         try:
             tuner.fit()
@@ -250,6 +263,8 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
             recorder = active()
             if recorder is None or not recorder.fault:
                 raise
+        finally:
+            after_tune_saves(None)
     # Ray's held-back log lines ("... [repeated 4x across cluster]") come out when it stops:
     # before the table, not below it
     stop_ray()
@@ -258,6 +273,13 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
     if spec.folds and not recorder.fault and stop.signal is None:
         _out_of_fold(store)
     resume = f"python sweeps/run.py --resume '{store}'"
+    if sealer.failed:  # Tune's last state reached the experiment unsealed (a full disk)
+        resume += " --trust-state"
+        print(
+            f"warning: could not seal the sweep's Ray Tune state ({sealer.failed}): a "
+            "--resume of it needs --trust-state",
+            file=sys.stderr,
+        )
     left = f"{sweep.plan.trials - recorder.finished()} of {sweep.plan.trials} trial(s) unfinished"
     if recorder.fault:
         print(

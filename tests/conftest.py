@@ -53,9 +53,12 @@ def colour_handle(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch) -> Path:
-    """Decoded images go to a per-session temp cache, never the user's."""
+    """Decoded images go to a per-session temp cache, never the user's; so does the key
+    that seals a sweep's Ray Tune state (sweeps/driver/seal.py)."""
     cache = tmp_path_factory.getbasetemp() / "visionsweep-cache"
     monkeypatch.setenv("VISIONSWEEP_CACHE", str(cache))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.getbasetemp() / "config"))
+    monkeypatch.delenv("VISIONSWEEP_STATE_KEY", raising=False)
     return cache
 
 

@@ -35,6 +35,7 @@ def test_every_workaround_fits_the_pinned_ray():
         "serve_grpc_on_loopback",
         "light_callback_tag",
         "move_trial_storage",
+        "after_tune_saves",
     }
 
 
@@ -75,6 +76,45 @@ def test_a_check_reads_whether_ray_still_calls_what_is_replaced(monkeypatch):
 
     monkeypatch.setattr(inspect, "getsource", without_the_call)
     assert "process = ConsolePopen(" in ray_internals.problems()["own_process_group"]
+
+
+def test_the_save_hook_check_fails_when_tune_copies_before_it_saves(monkeypatch):
+    """The seal (sweeps/driver/seal.py) is taken between Tune's save and its copy: a Tune
+    that started the copy first would carry unsealed files into the experiment."""
+    import inspect
+
+    real = inspect.getsource
+
+    def copy_first(obj):
+        text = real(obj)
+        if getattr(obj, "__name__", "") == "sync_up_experiment_state":
+            text = text.replace("save_fn()", "SAVE").replace("syncer.sync_up(", "save_fn()(")
+        return text
+
+    monkeypatch.setattr(inspect, "getsource", copy_first)
+    assert "before it starts the copy" in ray_internals.problems()["after_tune_saves"]
+
+
+def test_the_save_hook_runs_after_each_save_with_the_staging_folder(monkeypatch):
+    from ray.tune.execution.tune_controller import TuneController
+
+    saved, seen = [], []
+    monkeypatch.setattr(TuneController, "save_to_dir", lambda self: saved.append(self))
+    ray_internals.after_tune_saves(seen.append)
+    try:
+
+        class Storage:
+            experiment_driver_staging_path = "/staging"
+
+        controller = TuneController.__new__(TuneController)
+        controller._storage = Storage()
+        TuneController.save_to_dir(controller)
+        assert saved == [controller] and seen == ["/staging"]
+        ray_internals.after_tune_saves(None)  # a sweep ended: no hook
+        TuneController.save_to_dir(controller)
+        assert len(saved) == 2 and seen == ["/staging"]
+    finally:
+        ray_internals.after_tune_saves(None)
 
 
 def test_rays_processes_start_in_a_group_of_their_own_and_the_patch_is_undone():

@@ -303,3 +303,55 @@ def test_joining_a_cluster_without_its_token_is_one_line(tmp_path, ray_address):
     assert "RAY_AUTH_TOKEN" in lines[-1]
     assert not [line for line in lines if "InvalidAuthToken" in line]  # Ray's retries held back
     assert not (tmp_path / "runs").exists()
+
+
+def test_resume_opens_only_tune_state_a_sweep_of_this_user_sealed(
+    tmp_path, ray_address, monkeypatch
+):
+    """Tune unpickles an experiment's tuner.pkl, experiment_state-*.json and
+    callback-states-*.pkl on --resume: a crafted one in a folder someone hands over is
+    refused in one line before Tune opens it, and runs nothing; the sweep's own files,
+    sealed under this user's key, resume."""
+    import pickle
+    import stat
+
+    from helpers import run_cli
+    from sweeps.driver.seal import SEAL, key_path
+
+    args = ["--space", "single", "--smoke", "--set", "model=small_cnn", "--max-epochs", "1"]
+    where = ["--storage", str(tmp_path / "runs"), "--name", "sealed", "--address", ray_address]
+    done = run_cli([*args, *where], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    experiment = tmp_path / "runs" / "sealed"
+    assert (experiment / SEAL).is_file()
+    assert stat.S_IMODE(key_path().stat().st_mode) == 0o600  # the user's alone
+    resumed = run_cli(["--resume", str(experiment), "--address", ray_address], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]  # its own files: resumed
+
+    marker = tmp_path / "code-ran"
+    targets = [
+        experiment / "tuner.pkl",
+        next(experiment.glob("experiment_state-*.json")),
+        next(experiment.glob("callback-states-*.pkl")),
+    ]
+    for target in targets:
+        original = target.read_bytes()
+        target.write_bytes(pickle.dumps(_Payload(marker)))
+        try:
+            refused = run_cli(["--resume", str(experiment)], cwd=tmp_path)
+        finally:
+            target.write_bytes(original)
+        assert refused.returncode == 2, refused.stderr[-3000:]
+        lines = refused.stderr.strip().splitlines()
+        assert lines[-1].startswith("error: ") and target.name in lines[-1], lines
+        assert "--trust-state" in lines[-1] and "is not sealed under your key" in lines[-1]
+        assert not marker.exists(), "resuming ran the crafted file's code"
+    # another user's key: none of the files is sealed under it
+    monkeypatch.setenv("VISIONSWEEP_STATE_KEY", "someone else's key")
+    refused = run_cli(["--resume", str(experiment)], cwd=tmp_path)
+    assert refused.returncode == 2 and "is not sealed under your key" in refused.stderr
+    monkeypatch.delenv("VISIONSWEEP_STATE_KEY")
+    # the seal is the only guard: trusted, Tune itself runs what the file holds
+    (experiment / "tuner.pkl").write_bytes(pickle.dumps(_Payload(marker)))
+    run_cli(["--resume", str(experiment), "--trust-state", "--address", ray_address], cwd=tmp_path)
+    assert marker.exists()

@@ -53,6 +53,7 @@ class SweepSpec:
     overwrite: bool = False
     resume: str | None = None
     retry_errored: bool = False
+    trust_state: bool = False  # resume: open Tune's state files though no seal of ours covers them
     max_failures: int = 2
     stall_timeout: float | None = None  # seconds; None: the watchdog's default; 0: never
     niceness: int = 0  # trial workers' niceness above the command's own (Ray's default: 15)
@@ -117,6 +118,8 @@ class SweepSpec:
         folders."""
         if self.retry_errored and not self.resume:
             raise UserError("`retry_errored` only works with `resume=EXPERIMENT_DIR`")
+        if self.trust_state and not self.resume:
+            raise UserError("`trust_state` only works with `resume=EXPERIMENT_DIR`")
         if not self.space:
             raise UserError("no study given: pass `space=NAME` (see --list-spaces)")
         if self.name is not None:
@@ -176,6 +179,7 @@ def resumed(cli: SweepSpec) -> SweepSpec:
         spec,
         resume=cli.resume,
         retry_errored=cli.retry_errored,
+        trust_state=cli.trust_state,
         storage=store.storage_path,
         name=store.name,
         overwrite=False,

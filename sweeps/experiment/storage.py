@@ -83,8 +83,27 @@ class Store:
     def read_text(self, relative: str) -> str:
         if not self.is_uri:
             return Path(self._path(relative)).read_text(encoding="utf-8")
+        return self.read_bytes(relative).decode("utf-8")
+
+    def read_bytes(self, relative: str) -> bytes:
+        if not self.is_uri:
+            return Path(self._path(relative)).read_bytes()
         with self.fs.open_input_stream(self._path(relative)) as handle:
-            return handle.read().decode("utf-8")
+            return handle.read()
+
+    def top_files(self) -> list[str]:
+        """The names of the files directly in the experiment folder."""
+        if not self.is_uri:
+            root = Path(self.root)
+            return sorted(p.name for p in root.iterdir() if p.is_file()) if root.is_dir() else []
+        import pyarrow.fs
+
+        selector = pyarrow.fs.FileSelector(self.root, allow_not_found=True)
+        return sorted(
+            info.base_name
+            for info in self.fs.get_file_info(selector)
+            if info.type == pyarrow.fs.FileType.File
+        )
 
     def write_text(self, relative: str, text: str) -> None:
         """Readers never see half a file: locally a temp file renamed into place, remotely a

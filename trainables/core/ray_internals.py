@@ -318,3 +318,46 @@ def _check_trial_storage() -> str | None:
         if field not in init:
             return f"StorageContext no longer sets {field}"
     return None
+
+
+# -- a hook inside Tune's save of its experiment state ------------------------------------
+
+_SAVE_HOOKS: list[Callable[[str], None]] = []  # the hook of the sweep running in this process
+
+
+def after_tune_saves(hook: Callable[[str], None] | None) -> None:
+    """Run ``hook(staging_folder)`` right after each of Tune's saves of its experiment
+    state and before Tune copies it into the experiment (None: no hook). Tune's controller
+    writes its state files into a local staging folder (``TuneController.save_to_dir``) and
+    then starts a background copy of that folder into the experiment; a file sealed in
+    between is sealed before any copy of it exists there (sweeps/driver/seal.py)."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    _SAVE_HOOKS[:] = [hook] if hook is not None else []
+    own = TuneController.save_to_dir
+    if getattr(own, "hooked", False):
+        return
+
+    def save_to_dir(self):
+        own(self)
+        for each in list(_SAVE_HOOKS):
+            each(self._storage.experiment_driver_staging_path)
+
+    save_to_dir.hooked, save_to_dir.own = True, own
+    TuneController.save_to_dir = save_to_dir
+
+
+@_checks("after_tune_saves")
+def _check_save_hook() -> str | None:
+    from ray.tune.execution import experiment_state
+    from ray.tune.execution.tune_controller import TuneController
+
+    save = getattr(TuneController.save_to_dir, "own", TuneController.save_to_dir)  # Tune's
+    if "self._storage.experiment_driver_staging_path" not in inspect.getsource(save):
+        return "TuneController.save_to_dir no longer saves into the driver's staging folder"
+    if "save_fn=self.save_to_dir" not in inspect.getsource(TuneController.checkpoint):
+        return "TuneController.checkpoint no longer saves through save_to_dir"
+    sync = inspect.getsource(experiment_state._ExperimentCheckpointManager.sync_up_experiment_state)
+    if not 0 <= sync.find("save_fn()") < sync.find("syncer.sync_up("):
+        return "Tune no longer saves its state before it starts the copy into the experiment"
+    return None
