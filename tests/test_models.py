@@ -169,3 +169,33 @@ def test_taps_stages_on_a_model_without_a_named_trunk_is_a_user_error():
     with pytest.raises(UserError, match="taps=stages reads the stages") as refused:
         create_model("resnet18", 3, pretrained="false", taps="stages")
     assert "use taps=last, or one of mobilenet_v2, small_cnn" in str(refused.value)
+
+
+def test_a_new_kind_of_model_is_one_adapter(monkeypatch):
+    """The factory and the weights store ask a model's adapter (trainables/model/families.py)
+    and never branch on its family: a new source of models is one Family subclass."""
+    from torch import nn
+
+    from trainables.model import families, weights, zoo
+
+    class Tiny(families.Family):
+        has_weights = False
+
+        def build(self, spec, arch, tag, init=True):
+            body = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 6), nn.ReLU())
+            return body.append(nn.Linear(6, 1000)), {"width": 6}
+
+        def head_paths(self, spec, body, num_classes):
+            return ["3"]
+
+    spec = zoo.ModelSpec("tiny_mlp", "tiny")
+    monkeypatch.setitem(families.FAMILIES._items, "tiny", Tiny())
+    monkeypatch.setitem(zoo.MODELS._items, "tiny_mlp", spec)
+    built = create_model("tiny_mlp", num_classes=3, pretrained="false")
+    assert built.build.arch == {"width": 6}  # what it was really built with, for rebuild
+    logits, aux = built.net(torch.randn(2, 3, 8, 8))
+    assert logits.shape == (2, 3) and aux == []
+    assert built.net.is_head("body.3.weight") and not built.net.is_head("body.1.weight")
+    assert weights.variants(spec) == []
+    with pytest.raises(UserError, match="tiny_mlp has no pretrained weights"):
+        create_model("tiny_mlp", num_classes=3, pretrained="true")

@@ -104,16 +104,17 @@ def check_weights(cfgs: list[TrialConfig]) -> tuple[str, ...]:
     """Fetch each model's pretrained weights once, before the trials ask for them.
     Returns the models whose weights cannot be had (their trials train from scratch)."""
     from trainables.model.factory import fetch_pretrained, model_spec
+    from trainables.model.families import family_of
     from trainables.model.weights import hub_reachable, use_hub_offline, weights_unavailable
 
     wanted = sorted(
         {
             (c.model, c.weights)
             for c in cfgs
-            if c.pretrained != "false" and model_spec(c.model).family != "custom"
+            if c.pretrained != "false" and family_of(model_spec(c.model)).has_weights
         }
     )  # small_cnn has none
-    if any(model_spec(m).family == "timm" for m, _ in wanted) and not hub_reachable():
+    if any(family_of(model_spec(m)).from_hub for m, _ in wanted) and not hub_reachable():
         use_hub_offline()
     unavailable = []
     for model, tag in wanted:

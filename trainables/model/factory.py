@@ -17,6 +17,7 @@ from torch import nn
 
 from trainables.core.errors import UserError
 from trainables.model import weights as W
+from trainables.model.families import DataConfig, family_of
 from trainables.model.nets import TAPS, HeadSpec, Net, SmallCNN, Tapped
 from trainables.model.zoo import MODELS, ModelSpec, model_spec
 
@@ -38,39 +39,11 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    """How a model wants its input: its pretrained input size, resize interpolation,
-    normalisation, and the centre-crop fraction used at evaluation."""
-
-    input_size: int = 224
-    interpolation: str = "bilinear"
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # ImageNet
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    crop_pct: float = 0.875
-
-
 def data_config(name: str) -> DataConfig:
     """The model's own preprocessing: timm's pretrained config (what ``resolve_data_config``
     reads), or torchvision's ImageNet recipe (224 px, bilinear, crop 0.875)."""
     spec = model_spec(name)
-    if spec.family != "timm":
-        return DataConfig()
-    import timm
-
-    cfg = timm.models.get_pretrained_cfg(spec.timm_name)
-    if cfg is None:
-        return DataConfig()
-    interpolation = (
-        cfg.interpolation if cfg.interpolation in ("bilinear", "bicubic") else "bilinear"
-    )
-    return DataConfig(
-        int(cfg.input_size[-1]),
-        interpolation,
-        tuple(cfg.mean),
-        tuple(cfg.std),
-        float(cfg.crop_pct or 0.875),
-    )
+    return family_of(spec).data_config(spec)
 
 
 @dataclass(frozen=True)
@@ -133,7 +106,7 @@ def check_model(
             f"model '{name}' has no auxiliary heads; use strategy=base "
             f"(auxiliary heads exist on {with_aux})"
         )
-    if spec.family == "custom" and (pretrained == "true" or weights):
+    if not family_of(spec).has_weights and (pretrained == "true" or weights):
         raise W.weights_unavailable(name, "")
     if weights:
         W.resolve_tag(spec, weights)
@@ -198,7 +171,7 @@ def create_model(
     check_model(name, aux_heads, pretrained, weights, taps)
     spec = model_spec(name)
     arch = _arch(spec, aux_heads, image_size)
-    want = pretrained != "false" and spec.family != "custom"
+    want = pretrained != "false" and family_of(spec).has_weights
     loaded, reason, body = "", "the sweep driver found them unavailable", None
     if want and not offline:
         tag = W.resolve_tag(spec, weights)
@@ -243,48 +216,13 @@ def rebuild(build: ModelBuild, empty: bool = False) -> Net:
 
 def _arch(spec: ModelSpec, aux_heads: bool, image_size: int) -> dict:
     """Constructor arguments asked for before any weights are loaded."""
-    if spec.name == "googlenet":
-        return {"aux_logits": aux_heads}
-    if spec.family == "timm" and image_size and image_size != data_config(spec.name).input_size:
-        return {"img_size": image_size}  # transformers fix their patch grid at creation
-    return {}
+    return family_of(spec).arch(spec, aux_heads, image_size)
 
 
 def _build(spec: ModelSpec, arch: dict, tag: str, init: bool = True) -> tuple[nn.Module, dict]:
     """The library's network with pretrained weights ``tag`` ("" for none); returns it with
     the constructor arguments it was really built with."""
-    if spec.family == "custom":
-        return SmallCNN(), {}
-    if spec.family == "timm":
-        import timm
-
-        name = f"{spec.timm_name}.{tag}" if tag else spec.timm_name
-        local = W.local_timm_file(spec.timm_name, tag) if tag else None
-        extra = {"pretrained_cfg_overlay": {"file": str(local)}} if local else {}
-        try:
-            return timm.create_model(name, pretrained=bool(tag), **extra, **arch), arch
-        except TypeError:
-            if "img_size" not in arch:
-                raise
-            # a convolutional model: it takes any input size and no img_size argument
-            arch = {k: v for k, v in arch.items() if k != "img_size"}
-            return timm.create_model(name, pretrained=bool(tag), **extra, **arch), arch
-    import torchvision
-
-    kwargs = dict(arch)
-    if spec.name == "googlenet" and not tag:
-        kwargs.setdefault("transform_input", False)
-        kwargs["init_weights"] = init  # torchvision's own initialisation, for training
-    elif spec.name == "googlenet" and not kwargs.get("aux_logits"):
-        # with weights torchvision refuses aux_logits=False; left out, it loads them into
-        # a model with aux heads and then drops the heads
-        kwargs.pop("aux_logits", None)
-    if tag:  # torchvision unpickles its cached file in full: check it holds data only
-        W.check_data_only(W.torchvision_file(spec.name, tag))
-    body = torchvision.models.get_model(spec.name, weights=tag or None, **kwargs)
-    if spec.name == "googlenet":  # torchvision turns its input transform on with weights
-        arch = {**arch, "transform_input": bool(body.transform_input)}
-    return body, arch
+    return family_of(spec).build(spec, arch, tag, init)
 
 
 def _with_heads(spec: ModelSpec, body: nn.Module, build: ModelBuild) -> Net:
@@ -298,12 +236,8 @@ def _with_heads(spec: ModelSpec, body: nn.Module, build: ModelBuild) -> Net:
         tapped = Tapped(getattr(parent, attr))
         setattr(parent, attr, tapped)
         width = tapped.width
-    if spec.family == "timm":
-        body.reset_classifier(build.num_classes)
-        names = body.pretrained_cfg.get("classifier") or "head"
-        paths = list(names) if isinstance(names, (list, tuple)) else [names]
-    else:
-        paths = list(spec.heads)
+    family = family_of(spec)
+    paths = family.head_paths(spec, body, build.num_classes)
     present = []
     for i, path in enumerate(paths):
         *parents, attr = path.split(".")
@@ -320,18 +254,14 @@ def _with_heads(spec: ModelSpec, body: nn.Module, build: ModelBuild) -> Net:
         )
         setattr(parent, attr, new)
         present.append(path)
-    if spec.family == "timm":
-        return Net(body, tuple(present) or tuple(paths))
-    if spec.name == "googlenet":  # the whole auxiliary branch is head, not backbone
-        present = ["fc"] + [p.split(".")[0] for p in present if p.startswith("aux")]
-    return Net(body, tuple(present))
+    return Net(body, family.net_heads(spec, paths, present))
 
 
 def fetch_pretrained(name: str, weights: str = "") -> str | None:
     """Make sure the pretrained weights ``weights`` of ``name`` are on this machine,
     downloading them once. Returns None when they are, else the reason they are not."""
     spec = model_spec(name)
-    if spec.family == "custom":
+    if not family_of(spec).has_weights:
         return f"{name} has no pretrained weights"
     try:
         with warnings.catch_warnings():

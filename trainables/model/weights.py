@@ -2,10 +2,9 @@
 and how a local file is put there (checked first), so an offline machine or cluster can be
 seeded by hand.
 
-torchvision's weights live in the torch hub cache (``$TORCH_HOME/hub/checkpoints/`` under
-the published file name); timm's come from the Hugging Face cache, or from this project's
-local store (``$VISIONSWEEP_CACHE/weights/timm/NAME.TAG/``), which timm reads through
-``pretrained_cfg_overlay=dict(file=...)``.
+Where a model's weights live, and how its published files are named, is its adapter's
+(trainables/model/families.py): torchvision's in the torch hub cache, timm's in the Hugging
+Face cache or this project's local store. This module is the same for every kind.
 """
 
 from __future__ import annotations
@@ -19,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from trainables.core.errors import UserError, unpickling_reason
+from trainables.core.errors import UserError
+from trainables.model.families import family_of
 from trainables.model.zoo import ModelSpec, model_spec
 
 # torchvision publishes NAME-HASH.pth, HASH being the first hex digits of the file's sha256
@@ -34,24 +34,9 @@ def short_reason(exc: BaseException) -> str:
 # ---------------------------------------------------------------- variants and places
 
 
-def _torchvision_enum(name: str):
-    from torchvision.models import get_model_weights
-
-    return get_model_weights(name)
-
-
 def tags(spec: ModelSpec) -> tuple[list[str], str]:
     """The model's weights variants and its default one."""
-    if spec.family == "torchvision":
-        enum = _torchvision_enum(spec.name)
-        return [m for m in enum.__members__ if m != "DEFAULT"], enum.DEFAULT.name
-    if spec.family == "timm":
-        import timm
-
-        found = [t.split(".", 1)[1] for t in timm.list_pretrained(f"{spec.timm_name}.*")]
-        default = timm.models.get_pretrained_cfg(spec.timm_name)
-        return found, (default.tag if default is not None and default.tag else "")
-    return [], ""
+    return family_of(spec).tags(spec)
 
 
 def resolve_tag(spec: ModelSpec, tag: str) -> str:
@@ -70,66 +55,6 @@ def resolve_tag(spec: ModelSpec, tag: str) -> str:
     return tag
 
 
-def torchvision_file(name: str, tag: str) -> Path:
-    """Where torchvision looks for ``name``'s weights ``tag`` (and puts a download)."""
-    url = _torchvision_enum(name)[tag].url
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-
-
-def check_data_only(path: Path) -> None:
-    """A weights file must hold tensors and plain containers only: torchvision's loader
-    unpickles a cached file with ``weights_only=False``, so a file placed in the cache under
-    a published name could run code. Probe it with torch's weights-only unpickler first
-    (memory-mapped: no second copy in memory); a missing file is torchvision's to fetch."""
-    if not path.is_file():
-        return
-    import zipfile
-
-    try:  # memory-mapped where the format allows (torchvision's older files predate it)
-        torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as exc:
-        reason = unpickling_reason(exc)
-        raise UserError(
-            f"{path}: not a plain weights file ({reason}); it may have been "
-            "tampered with: delete it and add the published file again with "
-            "python sweeps/weights.py add"
-        ) from None
-
-
-def timm_store() -> Path:
-    from trainables.core.files import default_cache_dir
-
-    return default_cache_dir() / "weights" / "timm"
-
-
-def timm_folder(timm_name: str, tag: str) -> Path:
-    """Where ``sweeps/weights.py add`` puts the file of this timm model and tag."""
-    return timm_store() / f"{timm_name}.{tag}"
-
-
-def local_timm_file(timm_name: str, tag: str) -> Path | None:
-    """A weights file added with ``sweeps/weights.py add`` for this timm model and tag."""
-    folder = timm_folder(timm_name, tag)
-    files = sorted(folder.glob("*")) if folder.is_dir() else []
-    files = [f for f in files if not f.name.startswith(".")]
-    return files[0] if files else None
-
-
-def _hf_cached(timm_name: str, tag: str) -> Path | None:
-    import timm
-    from huggingface_hub import try_to_load_from_cache
-
-    cfg = timm.models.get_pretrained_cfg(f"{timm_name}.{tag}")
-    if cfg is None or not cfg.hf_hub_id:
-        return None
-    for filename in ("model.safetensors", "pytorch_model.bin", cfg.hf_hub_filename):
-        if filename:
-            found = try_to_load_from_cache(cfg.hf_hub_id, filename)
-            if isinstance(found, str):
-                return Path(found)
-    return None
-
-
 @dataclass(frozen=True)
 class Variant:
     tag: str
@@ -140,42 +65,24 @@ class Variant:
 
 def variants(spec: ModelSpec) -> list[Variant]:
     """Every weights variant of ``spec`` and whether (and where) this machine has it."""
-    known, default = tags(spec)
-    out = []
-    for tag in known:
-        if spec.family == "torchvision":
-            place = torchvision_file(spec.name, tag)
-            out.append(Variant(tag, tag == default, place if place.is_file() else None, str(place)))
-        else:
-            here = local_timm_file(spec.timm_name, tag) or _hf_cached(spec.timm_name, tag)
-            out.append(
-                Variant(
-                    tag,
-                    tag == default,
-                    here,
-                    f"{timm_folder(spec.timm_name, tag)} or the Hugging Face cache",
-                )
-            )
-    return out
+    family = family_of(spec)
+    known, default = family.tags(spec)
+    return [
+        Variant(tag, tag == default, family.here(spec, tag), family.looked_up(spec, tag))
+        for tag in known
+    ]
 
 
 def location(spec: ModelSpec, tag: str) -> str:
     """Where the weights ``tag`` of ``spec`` are looked up, for messages."""
-    if spec.family == "torchvision":
-        return f"{torchvision_file(spec.name, tag)} (set TORCH_HOME)"
-    from huggingface_hub.constants import HF_HUB_CACHE
-
-    return (
-        f"{timm_folder(spec.timm_name, tag)} or the Hugging Face cache "
-        f"({HF_HUB_CACHE}, set HF_HOME)"
-    )
+    return family_of(spec).location(spec, tag)
 
 
 def weights_unavailable(name: str, reason: str, tag: str = "") -> UserError:
     """The error for ``pretrained=true`` when the weights cannot be had; it names another
     variant of the model that is on this machine, if one is."""
     spec = model_spec(name)
-    if spec.family == "custom":
+    if not family_of(spec).has_weights:
         return UserError(f"{name} has no pretrained weights; use `pretrained=false`")
     try:
         wanted = resolve_tag(spec, tag)
@@ -275,34 +182,6 @@ def mismatch(expected: dict, given: dict, limit: int = 3) -> list[str]:
     return problems
 
 
-def _reference_state(spec: ModelSpec, tag: str) -> dict:
-    """The state dict the published weights ``tag`` of ``spec`` fill, exactly."""
-    if spec.family == "torchvision":
-        import torchvision
-
-        meta = _torchvision_enum(spec.name)[tag].meta
-        kwargs = {"num_classes": len(meta["categories"])}
-        if spec.name == "googlenet":
-            kwargs.update(aux_logits=True, init_weights=False)
-        with torch.device("meta"):
-            return torchvision.models.get_model(spec.name, weights=None, **kwargs).state_dict()
-    import timm
-
-    # on the CPU: some timm models read tensor values while they are built
-    return timm.create_model(f"{spec.timm_name}.{tag}", pretrained=False).state_dict()
-
-
-def _published_tag(spec: ModelSpec, filename: str) -> str | None:
-    """The variant whose published file is called ``filename``, if one is."""
-    if spec.family != "torchvision":
-        return None
-    enum = _torchvision_enum(spec.name)
-    for tag in tags(spec)[0]:
-        if os.path.basename(enum[tag].url) == filename:
-            return tag
-    return None
-
-
 def sha256(path: Path) -> str:
     from trainables.core.files import hash_file
 
@@ -322,7 +201,8 @@ def add(file: str | os.PathLike, model: str, tag: str = "") -> Added:
     library's default). A file named as torchvision publishes it must match its sha256."""
     path = Path(file).expanduser()
     spec = model_spec(model)
-    if spec.family == "custom":
+    family = family_of(spec)
+    if not family.has_weights:
         raise UserError(
             f"{model} has no pretrained weights to add; it always starts from random initialisation"
         )
@@ -335,14 +215,14 @@ def add(file: str | os.PathLike, model: str, tag: str = "") -> Added:
             else "no such file"
         )
         raise UserError(f"{path}: {what}; pass the weights file to add")
-    published = _published_tag(spec, path.name)
+    published = family.published_tag(spec, path.name)
     if published and tag and tag != "DEFAULT" and tag != published:
         raise UserError(
             f"{path.name} is {model}'s published {published} file, not {tag}; "
             f"drop --weights or pass --weights {published}"
         )
     match = PUBLISHED_NAME.match(path.name)
-    if spec.family == "torchvision" and match and not published:
+    if family.publishes_names and match and not published:
         raise UserError(
             f"{path.name} is not a file torchvision publishes for {model} (its "
             f"variants: {', '.join(tags(spec)[0])}); pass the right model, or "
@@ -359,14 +239,10 @@ def add(file: str | os.PathLike, model: str, tag: str = "") -> Added:
                 "not the published one"
             )
         verified = True
-    problems = mismatch(_reference_state(spec, tag), read_state_dict(path))
+    problems = mismatch(family.reference_state(spec, tag), read_state_dict(path))
     if problems:
         raise UserError(f"{path} does not fit {model} ({tag}): " + "; ".join(problems))
-    if spec.family == "torchvision":
-        destination = torchvision_file(spec.name, tag)
-    else:
-        destination = timm_folder(spec.timm_name, tag) / path.name
-        shutil.rmtree(destination.parent, ignore_errors=True)  # one file per variant
+    destination = family.place_for(spec, tag, path.name)
     destination.parent.mkdir(parents=True, exist_ok=True)
     from trainables.core.files import replaced
 

@@ -27,6 +27,9 @@ class ModelSpec:
     # the path of its trunk: the nn.Sequential of blocks whose output it pools and
     # classifies, which ``taps=stages`` reads at every stage's end ("": not supported)
     trunk: str = ""
+    # the adapter that builds it (trainables/model/families.py), where its family's own
+    # does not do: GoogLeNet's auxiliary heads
+    adapter: str = ""
 
     @property
     def timm_name(self) -> str:
@@ -41,7 +44,12 @@ for _spec in (
     ModelSpec("vgg16", "torchvision", ("classifier.6",)),
     ModelSpec("mobilenet_v2", "torchvision", ("classifier.1",), gpu_share=0.5, trunk="features"),
     ModelSpec(
-        "googlenet", "torchvision", ("fc", "aux1.fc2", "aux2.fc2"), aux_heads=True, gpu_share=0.5
+        "googlenet",
+        "torchvision",
+        ("fc", "aux1.fc2", "aux2.fc2"),
+        aux_heads=True,
+        gpu_share=0.5,
+        adapter="googlenet",
     ),
     ModelSpec("small_cnn", "custom", ("head",), gpu_share=0.5, trunk="features"),
     ModelSpec("tf_efficientnetv2_s", "timm"),
