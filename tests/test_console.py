@@ -48,3 +48,49 @@ def test_a_reader_that_goes_away_ends_it_without_a_traceback():
     reader.stdout.close()  # the reader is gone before a byte is read
     _, err = reader.communicate(timeout=60)
     assert reader.returncode == 1 and b"Traceback" not in err and b"BrokenPipe" not in err
+
+
+def test_tunes_failed_copy_of_its_state_is_one_line_not_a_traceback(tmp_path):
+    """A full disk under the experiment: Tune's copy of its state fails in its copy thread,
+    and Tune logs the whole traceback; the driver keeps it to one line with the reason
+    (the driver's own line about the same fault follows)."""
+    import logging
+
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+    from sweeps.driver.builder import _environment
+
+    class FullDisk:
+        def sync_up(self, local, remote):
+            return True
+
+        def wait(self):
+            raise OSError(28, "No space left on device")
+
+    class Storage:
+        experiment_driver_staging_path = str(tmp_path)
+        experiment_fs_path = str(tmp_path / "experiment")
+        syncer = FullDisk()
+
+    class Kept(logging.Handler):  # Ray's loggers do not propagate to pytest's
+        def __init__(self):
+            super().__init__()
+            self.records, self.lines = [], []
+
+        def emit(self, record):
+            self.records.append(record)
+            self.lines.append(logging.Formatter().format(record))
+
+    _environment()
+    kept = Kept()
+    logger = logging.getLogger("ray.tune.execution.experiment_state")
+    logger.addHandler(kept)
+    try:
+        manager = _ExperimentCheckpointManager(storage=Storage(), checkpoint_period=0)
+        manager.sync_up_experiment_state(save_fn=lambda: None, force=True)
+    finally:
+        logger.removeHandler(kept)
+    [record] = [r for r in kept.records if "Saving experiment state" in r.getMessage()]
+    assert record.getMessage().endswith("failed with exception: No space left on device")
+    assert kept.lines and not [line for line in kept.lines if "Traceback" in line]
+    assert all(len(line.splitlines()) == 1 for line in kept.lines)

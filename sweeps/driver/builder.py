@@ -3,6 +3,7 @@ scheduler, the searcher, the trainable with its data, and the recorder with its 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -47,7 +48,26 @@ def _trainable(
     )
 
 
+class _OneLineSaveError(logging.Filter):
+    """Tune logs a failed copy of its experiment state into the experiment (a full disk, a
+    store that went away) with the whole traceback of its copy thread, which buries the
+    driver's own one-line summary of the same fault: kept as one line, its reason at the
+    end."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+            record.msg = f"{record.getMessage().rstrip(': ')}: {reason}"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
+_ONE_LINE_SAVE_ERROR = _OneLineSaveError()  # one instance: adding it again changes nothing
+
+
 def _environment() -> None:
+    logging.getLogger("ray.tune.execution.experiment_state").addFilter(_ONE_LINE_SAVE_ERROR)
     # The recorder writes progress.csv and TensorBoard; Tune's own loggers would write
     # them again (and its CSV logger keeps every trial's file open).
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
