@@ -139,7 +139,7 @@ def main() -> None:
                 str(folder / "export"),
                 "--port",
                 str(port),
-                "--threads",
+                "--model-threads",
                 "1",
             ],
             stdout=out,

@@ -21,11 +21,13 @@ trial.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import html
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -345,10 +347,13 @@ def main(argv: list[str] | None = None) -> int:
         help="interleaved rounds of the CPU latency measurement (0: none)",
     )
     parser.add_argument(
-        "--threads",
-        type=typed("threads"),
+        "--latency-threads",
+        type=typed("latency_threads"),
         default=1,
         help="CPU threads while latency is measured (default 1)",
+    )
+    parser.add_argument(  # its name before the trials' and the service's threads were told apart
+        "--threads", type=typed("latency_threads"), dest="old_threads", help=argparse.SUPPRESS
     )
     parser.add_argument(
         "--runtime",
@@ -367,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         browser=args.browser,
         fold=args.fold,
         latency_rounds=args.latency_rounds,
-        threads=args.threads,
+        latency_threads=args.latency_threads,
+        threads=args.old_threads,
         runtime=args.runtime,
     )
     return 0
@@ -378,7 +384,7 @@ NUMBERS = {
     "confusion": (int, {"low": 0}),
     "fold": (int, {"low": 0}),
     "latency_rounds": (int, {"low": 0}),
-    "threads": (int, {"low": 1}),
+    "latency_threads": (int, {"low": 1}),
 }
 RUNTIMES = ("torch", "onnx")
 
@@ -392,13 +398,23 @@ def make_report(
     browser: str | None = None,
     fold: int | None = None,
     latency_rounds: int = 5,
-    threads: int = 1,
+    latency_threads: int = 1,
     runtime: str = "torch",
+    threads: int | None = None,
 ) -> Path:
     """The report of an experiment folder, as ``report.py`` writes it; returns report.html.
-    The command line and the Python API (``Study.report``) both come here."""
+    The command line and the Python API (``Study.report``) both come here. ``threads``:
+    ``latency_threads``'s old name, still read, with a FutureWarning."""
+    if threads is not None:
+        warnings.warn(
+            "the report's threads setting is now latency_threads (--latency-threads; a "
+            "trial's threads are the threads key); the old name is read for now",
+            FutureWarning,
+            stacklevel=2,
+        )
+        latency_threads = threads
     given = {"confusion": confusion, "fold": fold, "latency_rounds": latency_rounds}
-    for name, value in {**given, "threads": threads}.items():
+    for name, value in {**given, "latency_threads": latency_threads}.items():
         kind, limits = NUMBERS[name]
         if value is not None and (problem := number_problem(value, kind, **limits)):
             raise UserError(f"`{name}`: {problem}")
@@ -425,7 +441,7 @@ def make_report(
             f"`fold={fold}`: {experiment.root} is not cross-validated (run.py --folds); drop `fold`"
         )
     path, lines = build_report(
-        experiment, out, compare, confusion, latency_rounds, threads, first, runtime
+        experiment, out, compare, confusion, latency_rounds, latency_threads, first, runtime
     )
     if browser is not None:
         lines.append(f"pdf: {print_pdf(path, path.parent / REPORT_PDF, browser)}")

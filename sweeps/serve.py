@@ -20,6 +20,7 @@ same path on every node that holds a replica (a shared disk).
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
@@ -29,7 +30,7 @@ from trainables.core.errors import UserError
 from trainables.deploy.bundle import RUNTIMES, load_export
 
 
-def main(argv: list[str] | None = None) -> int:
+def get_args_parser() -> cli.Parser:
     from trainables.deploy import serving
 
     parser = cli.parser(__doc__, "python sweeps/serve.py")
@@ -60,9 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         help="images per model call, gathered from concurrent requests",
     )
     parser.add_argument(
-        "--threads",
+        "--model-threads",
         type=cli.number(int, low=1),
         help="compute threads of the model (default: the runtime's own)",
+    )
+    parser.add_argument(  # its name before the trials' and the report's threads were told apart
+        "--threads", type=cli.number(int, low=1), dest="model_threads", help=argparse.SUPPRESS
     )
     parser.add_argument(
         "--allow-remote", action="store_true", help="let --host be an address other machines reach"
@@ -82,7 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--address", help="with --ray: the Ray cluster to serve on (default: a local Ray instance)"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trainables.deploy import serving
+
+    args = get_args_parser().parse_args(argv)
     if not is_loopback(args.host) and not args.allow_remote:
         raise UserError(
             f"--host {args.host}: not a loopback address; the service listens on "
@@ -114,12 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         check_reachable(args.address)  # a dead address in seconds, not Ray's minutes
         load_export(args.export)  # a bad folder is one line here, not on each replica
         return _serve_on_ray(args, limits)
-    if args.threads:
+    if args.model_threads:
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.model_threads)
     app = serving.create_app(
-        args.export, args.runtime, limits, args.batch, args.threads, docs=args.docs
+        args.export, args.runtime, limits, args.batch, args.model_threads, docs=args.docs
     )
     import uvicorn
 
@@ -146,7 +156,7 @@ def _serve_on_ray(args, limits) -> int:
     from trainables.core import ray_internals
     from trainables.deploy import serving
 
-    export, runtime, batch, threads = args.export, args.runtime, args.batch, args.threads
+    export, runtime, batch, threads = args.export, args.runtime, args.batch, args.model_threads
     docs = args.docs
     device = "cuda" if args.gpus_per_replica else "cpu"
 

@@ -78,3 +78,29 @@ def test_a_mistake_names_the_setting_in_python_and_the_flag_on_the_command_line(
     assert as_flags("`max_epochs=3`, `lr=0.1`, `data=DIR`, `overrides`, `ray get`") == (
         "--max-epochs 3, --set lr=0.1, --data DIR, --set, `ray get`"
     )
+
+
+def test_the_report_and_the_service_name_their_threads_apart_and_read_the_old_name(
+    tmp_path, monkeypatch
+):
+    """A trial's ``threads`` key, the report's latency threads and the service's model
+    threads were all "threads"; the two commands' own now say which, and their old flag
+    (and the report's old keyword) still work, the keyword with a FutureWarning."""
+    from sweeps import report, serve
+
+    made = []
+    monkeypatch.setattr(report, "make_report", lambda root, **kw: made.append(kw) or root)
+    report.main([str(tmp_path), "--latency-threads", "3"])
+    report.main([str(tmp_path), "--threads", "2"])
+    assert [(m["latency_threads"], m["threads"]) for m in made] == [(3, None), (1, 2)]
+    from trainables.core.errors import UserError
+
+    with pytest.raises(UserError, match="--latency-threads: must be at least 1, got 0"):
+        report.main([str(tmp_path), "--latency-threads", "0"])  # checked as before
+    monkeypatch.undo()
+    with pytest.warns(FutureWarning, match="now latency_threads"):
+        with pytest.raises(UserError, match="latency_threads: must be at least 1, got 0"):
+            report.make_report(tmp_path, threads=0)  # the old keyword reaches the check
+    parser = serve.get_args_parser()
+    assert parser.parse_args(["EXPORT", "--model-threads", "2"]).model_threads == 2
+    assert parser.parse_args(["EXPORT", "--threads", "4"]).model_threads == 4
