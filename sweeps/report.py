@@ -178,7 +178,7 @@ def build_report(
     compare: list[str] | None,
     confusion: int,
     latency_rounds: int = 5,
-    threads: int = 1,
+    latency_threads: int = 1,
     first: tuple[list, list[str]] = ((), ()),
     runtime: str = "torch",
 ) -> tuple[Path, list[str]]:
@@ -248,7 +248,7 @@ def build_report(
 
     sections.append(sections_of.settings(experiment, out, _image))
     section, note, costed = sections_of.costs(
-        experiment, out, _image, latency_rounds, threads, runtime
+        experiment, out, _image, latency_rounds, latency_threads, runtime
     )
     sections.append(section)
     lines.append(note)
