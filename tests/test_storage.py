@@ -9,6 +9,7 @@ import pytest
 
 from helpers import make_image_folder, run_cli
 from sweeps.experiment.storage import Store
+from trainables.core.errors import UserError
 
 pytestmark = pytest.mark.integration
 
@@ -90,3 +91,13 @@ def test_a_sweep_with_s3_storage_puts_everything_in_the_bucket(s3, tmp_path):
     assert sum(f.endswith("predictions.npz") for f in files) == 2  # each trial's checkpoint
     assert any("events.out.tfevents" in f for f in files)  # TensorBoard, synced by Tune
     assert not (tmp_path / "runs").exists()  # nothing went to a local folder instead
+    # Tune's state in the bucket is sealed (sweeps/driver/seal.py): a resume would open it,
+    # and a crafted tuner.pkl put there instead is refused before Tune reads it
+    from sweeps.driver.seal import SEAL, check_sealed
+
+    assert SEAL in store.top_files() and "tuner.pkl" in store.top_files()
+    check_sealed(store)
+    with store.fs.open_output_stream(f"{store.root}/tuner.pkl") as crafted:
+        crafted.write(b"not the sweep's own")
+    with pytest.raises(UserError, match="tuner.pkl is not sealed under your key"):
+        check_sealed(store)
