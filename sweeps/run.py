@@ -194,7 +194,7 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
     from sweeps.driver.claim import claim_new, claim_resumed
     from sweeps.driver.prepare import check_weights, prepare_data
     from sweeps.driver.recorder import active, begin_sweep
-    from sweeps.driver.seal import TUNER_PKL, Sealer, check_sealed
+    from sweeps.driver.seal import TUNER_PKL, Sealer, check_sealed, is_state
     from sweeps.experiment.tables import finish
     from trainables.core.ray_internals import after_tune_saves
     from trainables.data import split_csv
@@ -236,6 +236,8 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
     if not spec.resume:  # a resumed sweep's trials keep the threads they were given
         sweep = sweep.pin_threads(per_trial)
     sealer = Sealer(store)
+    if spec.resume and spec.trust_state:  # trusted once, sealed as this user's from now on
+        sealer.seal_stored(*(name for name in store.top_files() if is_state(name)))
     if spec.resume:
         print(f"resuming {store}", file=sys.stderr, flush=True)
         tuner = restore_tuner(sweep, handle, unavailable, per_trial)

@@ -351,6 +351,16 @@ def test_resume_opens_only_tune_state_a_sweep_of_this_user_sealed(
     refused = run_cli(["--resume", str(experiment)], cwd=tmp_path)
     assert refused.returncode == 2 and "is not sealed under your key" in refused.stderr
     monkeypatch.delenv("VISIONSWEEP_STATE_KEY")
+    # trusted once, a folder is sealed as this user's: the next resume needs no trust
+    callbacks = targets[2]
+    original = callbacks.read_bytes()
+    callbacks.write_bytes(original + b" ")  # changed, still what Tune can read
+    trusted = run_cli(
+        ["--resume", str(experiment), "--trust-state", "--address", ray_address], cwd=tmp_path
+    )
+    assert trusted.returncode == 0, trusted.stderr[-3000:]
+    again = run_cli(["--resume", str(experiment), "--address", ray_address], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
     # the seal is the only guard: trusted, Tune itself runs what the file holds
     (experiment / "tuner.pkl").write_bytes(pickle.dumps(_Payload(marker)))
     run_cli(["--resume", str(experiment), "--trust-state", "--address", ray_address], cwd=tmp_path)
