@@ -316,13 +316,15 @@ def test_resume_opens_only_tune_state_a_sweep_of_this_user_sealed(
     import stat
 
     from helpers import run_cli
-    from sweeps.driver.seal import SEAL, key_path
+    from sweeps.driver.seal import SEAL, check_sealed, key_path
+    from sweeps.experiment.storage import Store
 
     args = ["--space", "single", "--smoke", "--set", "model=small_cnn", "--max-epochs", "1"]
     where = ["--storage", str(tmp_path / "runs"), "--name", "sealed", "--address", ray_address]
     done = run_cli([*args, *where], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     experiment = tmp_path / "runs" / "sealed"
+    store = Store.from_location(str(experiment))
     assert (experiment / SEAL).is_file()
     assert stat.S_IMODE(key_path().stat().st_mode) == 0o600  # the user's alone
     resumed = run_cli(["--resume", str(experiment), "--address", ray_address], cwd=tmp_path)
@@ -338,29 +340,33 @@ def test_resume_opens_only_tune_state_a_sweep_of_this_user_sealed(
         original = target.read_bytes()
         target.write_bytes(pickle.dumps(_Payload(marker)))
         try:
-            refused = run_cli(["--resume", str(experiment)], cwd=tmp_path)
+            if target.name == "tuner.pkl":  # the command line, once: one line, exit 2
+                refused = run_cli(["--resume", str(experiment)], cwd=tmp_path)
+                assert refused.returncode == 2, refused.stderr[-3000:]
+                lines = refused.stderr.strip().splitlines()
+                assert lines[-1].startswith("error: ") and target.name in lines[-1], lines
+                assert "--trust-state" in lines[-1] and "not sealed under your key" in lines[-1]
+            with pytest.raises(UserError, match=f"{target.name} is not sealed under your key"):
+                check_sealed(store)  # what run.py calls before anything of Tune's
         finally:
             target.write_bytes(original)
-        assert refused.returncode == 2, refused.stderr[-3000:]
-        lines = refused.stderr.strip().splitlines()
-        assert lines[-1].startswith("error: ") and target.name in lines[-1], lines
-        assert "--trust-state" in lines[-1] and "is not sealed under your key" in lines[-1]
         assert not marker.exists(), "resuming ran the crafted file's code"
+    check_sealed(store)  # the sweep's own files again
     # another user's key: none of the files is sealed under it
     monkeypatch.setenv("VISIONSWEEP_STATE_KEY", "someone else's key")
-    refused = run_cli(["--resume", str(experiment)], cwd=tmp_path)
-    assert refused.returncode == 2 and "is not sealed under your key" in refused.stderr
+    with pytest.raises(UserError, match="state file [^ ]+ is not sealed under your key"):
+        check_sealed(store)
     monkeypatch.delenv("VISIONSWEEP_STATE_KEY")
     # trusted once, a folder is sealed as this user's: the next resume needs no trust
     callbacks = targets[2]
-    original = callbacks.read_bytes()
-    callbacks.write_bytes(original + b" ")  # changed, still what Tune can read
+    callbacks.write_bytes(callbacks.read_bytes() + b" ")  # changed, still what Tune can read
+    with pytest.raises(UserError, match=callbacks.name):
+        check_sealed(store)
     trusted = run_cli(
         ["--resume", str(experiment), "--trust-state", "--address", ray_address], cwd=tmp_path
     )
     assert trusted.returncode == 0, trusted.stderr[-3000:]
-    again = run_cli(["--resume", str(experiment), "--address", ray_address], cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
+    check_sealed(store)
     # the seal is the only guard: trusted, Tune itself runs what the file holds
     (experiment / "tuner.pkl").write_bytes(pickle.dumps(_Payload(marker)))
     run_cli(["--resume", str(experiment), "--trust-state", "--address", ray_address], cwd=tmp_path)
