@@ -1,6 +1,6 @@
 """The model zoo: every registered model, what it is, and how much of a GPU one of its
-trials takes. Below both the model factory (models.py) and the weights store (weights.py),
-which both look models up here."""
+trials takes. Below the adapters (families.py), the model factory (factory.py) and the
+weights store (weights.py), which all look models up here."""
 
 from __future__ import annotations
 
