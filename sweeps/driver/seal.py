@@ -109,33 +109,29 @@ class Sealer:
         self.secret = key()
         self.record = read_record(store)
         self.failed: str | None = None
-        self._seen: dict[str, tuple[int, int]] = {}  # staged file -> (mtime_ns, size) sealed
 
     def seal_staged(self, folder: str) -> None:
         """After Tune saved its state into its staging ``folder``, before its copy into the
         experiment: seal what changed, and write the seal into the experiment."""
-        try:
-            changed = False
-            for path in sorted(Path(folder).iterdir()):
-                if not (is_state(path.name) and path.is_file()):
-                    continue
-                stat = path.stat()
-                if self._seen.get(path.name) == (stat.st_mtime_ns, stat.st_size):
-                    continue
-                changed |= self._add(path.name, path.read_bytes())
-                self._seen[path.name] = (stat.st_mtime_ns, stat.st_size)
-            if changed:
-                self._write()
-        except OSError as exc:
-            self.failed = exc.strerror or str(exc)
+        self._seal(
+            lambda: (
+                (path.name, path.read_bytes())
+                for path in sorted(Path(folder).iterdir())
+                if is_state(path.name) and path.is_file()
+            )
+        )
 
     def seal_stored(self, *names: str) -> None:
         """Seal files as they are in the experiment itself (``tuner.pkl``, which the Tuner
         writes there)."""
+        self._seal(lambda: ((name, self.store.read_bytes(name)) for name in names))
+
+    def _seal(self, files) -> None:
+        """Seal each (name, contents) of ``files()`` not sealed yet, then write the seal."""
         try:
             changed = False
-            for name in names:
-                changed |= self._add(name, self.store.read_bytes(name))
+            for name, data in files():
+                changed |= self._add(name, data)
             if changed:
                 self._write()
         except OSError as exc:
