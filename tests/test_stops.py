@@ -21,7 +21,7 @@ from faults_support import (
     trial_dirs,
     with_fault,
 )
-from helpers import make_image_folder, run_cli
+from helpers import make_image_folder, run_cli, start_cli
 
 pytestmark = pytest.mark.integration
 
@@ -54,11 +54,14 @@ def test_a_killed_driver_leaves_no_ray_behind_and_resumes_without_losing_or_repe
     mark = f"VISIONSWEEP_TEST_MARK={os.getpid()}-{time.monotonic_ns()}"
     monkeypatch.setenv(*mark.split("=", 1))  # the driver's Ray processes inherit it
     before = live_ray_processes(mark)
-    killed = run_cli(args, cwd=tmp_path)
+    killed = start_cli(args, tmp_path, tmp_path / "killed.log")
+    seen = set()  # the local Ray instance it starts, carrying the mark: what must not outlive it
+    while killed.poll() is None:
+        seen |= live_ray_processes(mark) - before
+        time.sleep(0.5)
     assert killed.returncode == -9  # SIGKILL, the second trial running: no chance to clean up
-    # the local Ray instance it started (the raylet's agents outlive the driver at first) is
-    # stopped by the watchdog within seconds
-    assert live_ray_processes(mark) - before
+    assert seen, (tmp_path / "killed.log").read_text()[-3000:]
+    # its raylet's agents outlive the driver at first; the watchdog stops them within seconds
     deadline = time.monotonic() + 60
     while live_ray_processes(mark) - before and time.monotonic() < deadline:
         time.sleep(1)
@@ -194,8 +197,6 @@ def test_resume_refuses_what_it_cannot_resume(tmp_path):
 
 
 def test_two_sweeps_of_one_name_started_together_one_runs_one_is_refused(images, tmp_path):
-    from helpers import start_cli
-
     args = [
         *SLOW_TRIAL,
         "--data",
