@@ -32,27 +32,38 @@ ADDRESS=127.0.0.1:{port}
 "{bin}/ray" start --head --port {port} --num-cpus 0 --num-gpus 0 --include-dashboard false \
     --disable-usage-stats --block > "{logs}/head.log" 2>&1 &
 HEAD=$!
-nodes() {{ "{bin}/python" -c "import ray; ray.init(address='$ADDRESS', logging_level='ERROR'); \
-print(sum(n['Alive'] for n in ray.nodes()))" 2>/dev/null; }}
-for i in $(seq 60); do [ "$(nodes)" = 1 ] && break; sleep 1; done
+# one Python process joins and watches the cluster until it has $1 live nodes (while the
+# process $2, if given, lives): polling with a new process each second costs a core
+nodes() {{ "{bin}/python" -c "
+import os, sys, time, ray
+ray.init(address='$ADDRESS', logging_level='ERROR')
+want, pid, deadline = int(sys.argv[1]), int(sys.argv[2]), time.monotonic() + 60
+while True:
+    alive = [n for n in ray.nodes() if n['Alive']]
+    if len(alive) >= want or time.monotonic() > deadline:
+        break
+    try:
+        pid and os.kill(pid, 0)
+    except OSError:
+        break
+    time.sleep(0.5)
+print(len(alive), *[n['NodeID'][:8] for n in alive if n['Resources'].get('CPU')])
+" "$1" "${{2:-0}}" 2>/dev/null; }}
+for i in $(seq 120); do (echo > /dev/tcp/127.0.0.1/{port}) 2>/dev/null && break; sleep 0.5; done
+nodes 1 > /dev/null
 # Ray gives a starting node 30 s (hard-coded) to register: on a loaded 2-core machine its
 # raylet can miss that, and the node's `ray start` gives up; it is started again, twice at most
 for attempt in 1 2 3; do
     "{bin}/ray" start --address $ADDRESS --num-cpus 2 --num-gpus 0 --disable-usage-stats \
         --block >> "{logs}/worker.log" 2>&1 &
     WORKER=$!
-    for i in $(seq 60); do
-        [ "$(nodes)" = 2 ] && break
-        kill -0 $WORKER 2>/dev/null || break
-        sleep 1
-    done
-    [ "$(nodes)" = 2 ] && break
+    UP=$(nodes 2 $WORKER)
+    [ "${{UP%% *}}" = 2 ] && break
     kill -TERM $WORKER 2>/dev/null; wait $WORKER 2>/dev/null
     echo "worker node start $attempt failed" >&2
 done
-echo "nodes up: $(nodes)"
-"{bin}/python" -c "import ray; ray.init(address='$ADDRESS', logging_level='ERROR'); \
-print('worker node:', *[n['NodeID'][:8] for n in ray.nodes() if n['Resources'].get('CPU')])"
+echo "nodes up: ${{UP%% *}}"
+echo "worker node: ${{UP#* }}"
 "{bin}/python" "{root}/sweeps/run.py" --address $ADDRESS {args}
 CODE=$?
 kill -TERM $WORKER; wait $WORKER
@@ -72,12 +83,12 @@ def _can_make_network_namespace() -> bool:
     reason="needs unshare -n (root) for a loopback-only network namespace",
 )
 def test_a_sweep_on_a_two_node_cluster_runs_its_trials_on_the_worker_node(tmp_path):
-    data = make_image_folder(tmp_path / "imgs", per_class=40)
+    data = make_image_folder(tmp_path / "imgs", per_class=20)
     with socket.socket() as s:  # any free port; the namespace has its own port space anyway
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     args = (
-        f"--space single --set model=small_cnn --set image_size=64 --max-epochs 4 "
+        f"--space single --set model=small_cnn --set image_size=32 --max-epochs 2 "
         f"--num-samples 4 --data '{data}' --storage '{tmp_path / 'runs'}' --name two"
     )
     script = CLUSTER_SCRIPT.format(
