@@ -196,7 +196,9 @@ def test_resume_refuses_what_it_cannot_resume(tmp_path):
     assert result.returncode == 2 and "sweep.json is damaged" in result.stderr
 
 
-def test_two_sweeps_of_one_name_started_together_one_runs_one_is_refused(images, tmp_path):
+def test_two_sweeps_of_one_name_started_together_one_runs_one_is_refused(
+    images, tmp_path, ray_address
+):
     args = [
         *SLOW_TRIAL,
         "--data",
@@ -209,6 +211,8 @@ def test_two_sweeps_of_one_name_started_together_one_runs_one_is_refused(images,
         str(tmp_path / "runs"),
         "--name",
         "same",
+        "--address",
+        ray_address,
     ]
     drivers = [start_cli(args, cwd=tmp_path, log=tmp_path / f"driver{i}.log") for i in (0, 1)]
     codes = sorted(driver.wait(timeout=300) for driver in drivers)

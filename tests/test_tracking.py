@@ -139,7 +139,7 @@ def read_back(client, experiment_name: str, experiment: Path, epochs: int):
 
 
 def test_a_tracked_sweep_killed_and_resumed_is_one_run_with_a_child_per_trial(
-    mlflow_server, tmp_path, monkeypatch
+    mlflow_server, tmp_path, monkeypatch, ray_address
 ):
     from mlflow.tracking import MlflowClient
 
@@ -174,12 +174,14 @@ def test_a_tracked_sweep_killed_and_resumed_is_one_run_with_a_child_per_trial(
             str(tmp_path / "runs"),
             "--name",
             "tracked",
+            "--address",
+            ray_address,
         ],
         cwd=tmp_path,
     )
     assert killed.returncode == -9
     monkeypatch.delenv("VISIONSWEEP_FAULTS")
-    resumed = run_cli(["--resume", str(experiment)], cwd=tmp_path)
+    resumed = run_cli(["--resume", str(experiment), "--address", ray_address], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     for output in (killed.stdout, killed.stderr, resumed.stdout, resumed.stderr):
         assert "s3cret-pw" not in output
