@@ -348,7 +348,7 @@ def test_tpe_search_resumed_keeps_its_optuna_study_saves_its_best_config_and_it_
             "lr_batch_tpe",
             "--smoke",
             "--num-samples",
-            "8",
+            "6",
             "--set",
             "model=small_cnn",
             "--storage",
@@ -372,13 +372,13 @@ def test_tpe_search_resumed_keeps_its_optuna_study_saves_its_best_config_and_it_
     result = run_cli(["--resume", str(experiment), "--address", ray_address], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(tmp_path / "tpe" / "results.csv")
-    assert len(table) == 8 and table["lr"].nunique() == 8
+    assert len(table) == 6 and table["lr"].nunique() == 6
     study = optuna.load_study(
         study_name="sweep",
         storage=JournalStorage(JournalFileBackend(str(experiment / "optuna.journal"))),
     )
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
-    assert len(done) == 8 and not [t for t in study.trials if t.state.name == "RUNNING"]
+    assert len(done) == 6 and not [t for t in study.trials if t.state.name == "RUNNING"]
     assert [t.params for t in done[:3]] == [t.params for t in before]
     assert sorted(round(t.params["lr"], 12) for t in done) == sorted(
         round(v, 12) for v in table["lr"]
