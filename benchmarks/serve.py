@@ -83,7 +83,7 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from tests.conftest import free_port, wait_for_port
+    from tests.helpers import free_port, wait_for_port
     from trainables.data import decode_image
     from trainables.deploy.bundle import ExportSpec, preprocess, runtime_of, softmax, write_export
     from trainables.model.factory import create_model
@@ -120,7 +120,7 @@ def main() -> None:
     (folder / "x.jpg").write_bytes(data)
 
     # in process: the same work per image, one at a time
-    run = runtime_of(folder / "export", "onnx", spec, threads=1)
+    run = runtime_of(folder / "export", "onnx", spec, model_threads=1)
     per_image = []
     for _ in range(args.rounds * 8):
         started = time.perf_counter()
@@ -175,7 +175,8 @@ def main() -> None:
     for batch in (1, 32):
         x = torch.randn(batch, 3, args.size, args.size)
         runs = {
-            name: runtime_of(folder / "export", name, spec, threads=1) for name in ("torch", "onnx")
+            name: runtime_of(folder / "export", name, spec, model_threads=1)
+            for name in ("torch", "onnx")
         }
         for name in runs:
             runs[name](x)  # warm

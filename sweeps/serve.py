@@ -156,7 +156,8 @@ def _serve_on_ray(args, limits) -> int:
     from trainables.core import ray_internals
     from trainables.deploy import serving
 
-    export, runtime, batch, threads = args.export, args.runtime, args.batch, args.model_threads
+    export, runtime, batch = args.export, args.runtime, args.batch
+    model_threads = args.model_threads
     docs = args.docs
     device = "cuda" if args.gpus_per_replica else "cpu"
 
@@ -167,7 +168,7 @@ def _serve_on_ray(args, limits) -> int:
     def build():  # on each replica, as it starts (before its own servers do)
         if local:
             ray_internals.serve_grpc_on_loopback()
-        return serving.create_app(export, runtime, limits, batch, threads, device, docs)
+        return serving.create_app(export, runtime, limits, batch, model_threads, device, docs)
 
     class Service:
         """A replica of the service (its routes are the app's)."""

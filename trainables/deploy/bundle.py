@@ -307,17 +307,17 @@ def runtime_of(
     runtime: str,
     spec: ExportSpec,
     net: nn.Module | None = None,
-    threads: int | None = None,
+    model_threads: int | None = None,
     device: str = "cpu",
     tta: str | None = None,
 ):
     """A function from the network's input (a float tensor) to main-head logits (numpy),
     run by ``runtime``: torch (the rebuilt network, on ``device``), export (the
-    torch.export program) or onnx (ONNX Runtime, on the CPU; ``threads``: its intra-op
-    threads, default its own). With test-time views (``tta``, default the export's own),
+    torch.export program) or onnx (ONNX Runtime, on the CPU; ``model_threads``: its
+    intra-op threads, default its own). With test-time views (``tta``, default the export's own),
     it gives the log of the mean of the views' probabilities: whatever takes a softmax of
     its output gets the views' mean."""
-    run = _runtime_of(Path(folder), runtime, spec, net, threads, device)
+    run = _runtime_of(Path(folder), runtime, spec, net, model_threads, device)
     tta = spec.tta if tta is None else tta
     if len(TTA_VIEWS[tta]) == 1:
         return run
@@ -330,7 +330,7 @@ def views_mean(run, x: torch.Tensor, tta: str) -> np.ndarray:
     return sum(softmax(run(dihedral_view(x, view).contiguous())) for view in views) / len(views)
 
 
-def _runtime_of(folder: Path, runtime: str, spec, net, threads, device):
+def _runtime_of(folder: Path, runtime: str, spec, net, model_threads, device):
     if runtime == "torch":
         if net is None:
             _, net = load_export(folder)
@@ -364,16 +364,16 @@ def _runtime_of(folder: Path, runtime: str, spec, net, threads, device):
                 return module(x).numpy()
 
         return run
-    return _onnx_run(path, threads)
+    return _onnx_run(path, model_threads)
 
 
-def _onnx_run(path: Path, threads: int | None):
+def _onnx_run(path: Path, model_threads: int | None):
     """ONNX Runtime on the CPU over the model at ``path``: a float tensor in, logits out."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
+    if model_threads:
+        options.intra_op_num_threads = model_threads
     try:
         session = onnxruntime.InferenceSession(
             str(path), options, providers=["CPUExecutionProvider"]

@@ -186,7 +186,7 @@ def create_app(
     runtime: str = "onnx",
     limits: Limits = Limits(),
     batch: int = BATCH,
-    threads: int | None = None,
+    model_threads: int | None = None,
     device: str = "cpu",
     docs: bool = False,
 ):
@@ -201,7 +201,7 @@ def create_app(
     from trainables.stats.calibration import cutoffs, scaled, sets
 
     spec, net = load_export(export_dir)
-    run = runtime_of(Path(export_dir), runtime, spec, net, threads, device)
+    run = runtime_of(Path(export_dir), runtime, spec, net, model_threads, device)
     batcher = Batcher(run, batch)
     scores = spec.calibration.get("scores") or []
 
