@@ -314,9 +314,9 @@ def runtime_of(
     """A function from the network's input (a float tensor) to main-head logits (numpy),
     run by ``runtime``: torch (the rebuilt network, on ``device``), export (the
     torch.export program) or onnx (ONNX Runtime, on the CPU; ``model_threads``: its
-    intra-op threads, default its own). With test-time views (``tta``, default the export's own),
-    it gives the log of the mean of the views' probabilities: whatever takes a softmax of
-    its output gets the views' mean."""
+    intra-op threads, default its own). With test-time views (``tta``, default the
+    export's own), it gives the log of the mean of the views' probabilities: whatever takes
+    a softmax of its output gets the views' mean."""
     run = _runtime_of(Path(folder), runtime, spec, net, model_threads, device)
     tta = spec.tta if tta is None else tta
     if len(TTA_VIEWS[tta]) == 1:
