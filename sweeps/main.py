@@ -58,5 +58,12 @@ def _dispatch(argv: list[str] | None) -> None:
     module.cli_main()
 
 
+def process_main() -> None:
+    """The console script: ``cli_main`` as this whole process (cli.as_process)."""
+    from sweeps.cli import as_process
+
+    as_process(cli_main)
+
+
 if __name__ == "__main__":
-    cli_main()
+    process_main()

@@ -75,4 +75,4 @@ def cli_main() -> None:
 
 
 if __name__ == "__main__":
-    cli_main()
+    cli.as_process(cli_main)

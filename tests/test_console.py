@@ -50,6 +50,61 @@ def test_a_reader_that_goes_away_ends_it_without_a_traceback():
     assert reader.returncode == 1 and b"Traceback" not in err and b"BrokenPipe" not in err
 
 
+def _as_process(tmp_path, body: str):
+    """``body`` (the lines of an entry function) run as a command's whole process."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "command.py"
+    script.write_text(
+        "import atexit, sys, threading, time\n"
+        "from pathlib import Path\n"
+        "from sweeps.cli import as_process\n"
+        f"out = Path({str(tmp_path)!r})\n"
+        "def entry():\n" + textwrap.indent(textwrap.dedent(body), "    ") + "\n"
+        "as_process(entry)\n"
+    )
+    return subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_a_command_ends_at_once_with_its_status_output_and_exit_handlers(tmp_path):
+    """as_process skips only the interpreter's teardown: the exit status, every buffered
+    byte of both streams and the exit handlers' work (Ray's shutdown is one) all remain."""
+    done = _as_process(
+        tmp_path,
+        """
+        atexit.register(lambda: (out / "handler").write_text("ran"))
+        sys.stdout.write("x" * 100_000)  # buffered, not flushed
+        sys.stderr.write("said")
+        sys.exit(3)
+        """,
+    )
+    assert done.returncode == 3 and done.stdout == "x" * 100_000 and done.stderr == "said"
+    assert (tmp_path / "handler").read_text() == "ran"
+    done = _as_process(tmp_path, 'sys.exit("a message")')  # as sys.exit says it
+    assert done.returncode == 1 and done.stderr == "a message\n"
+    done = _as_process(tmp_path, "print('fine')")  # returns: status 0
+    assert done.returncode == 0 and done.stdout == "fine\n"
+
+
+def test_a_command_waits_for_a_thread_that_is_still_working(tmp_path):
+    """A thread that a normal exit would wait for still finishes its work."""
+    done = _as_process(
+        tmp_path,
+        """
+        def work():
+            time.sleep(0.5)
+            (out / "thread").write_text("finished")
+        threading.Thread(target=work).start()
+        sys.exit(4)
+        """,
+    )
+    assert done.returncode == 4 and (tmp_path / "thread").read_text() == "finished"
+
+
 def test_tunes_failed_copy_of_its_state_is_one_line_not_a_traceback(tmp_path):
     """A full disk under the experiment: Tune's copy of its state fails in its copy thread,
     and Tune logs the whole traceback; the driver keeps it to one line with the reason
