@@ -121,8 +121,8 @@ def grid_configs(param_space: dict[str, Any]) -> list[dict[str, Any]]:
 def validate(configs: list[dict]) -> list[TrialConfig]:
     """TrialConfig for every point, and the model checks; raises UserError on the first bad one."""
     from trainables.model.factory import check_input_size, check_model
+    from trainables.model.record import preprocess_for
     from trainables.recipe.strategies import create_strategy
-    from trainables.trial.build import preprocess_for
 
     checked, sized = [], set()
     for config in configs:

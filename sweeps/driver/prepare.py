@@ -9,8 +9,8 @@ from sweeps.driver.spec import SMOKE_IMAGES_PER_CLASS, SweepSpec
 from trainables import data as D
 from trainables.core.config import TrialConfig
 from trainables.core.errors import UserError
+from trainables.model.record import preprocess_for
 from trainables.recipe.losses import grade_ranks
-from trainables.trial.build import preprocess_for
 
 IMBALANCE_WARNING_RATIO = 3.0
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
-from trainables.core.config import TrialConfig
-from trainables.model.factory import data_config
 from trainables.model.record import Preprocess
 from trainables.recipe.augment import (
     BLUR_KERNEL,
@@ -23,14 +21,6 @@ from trainables.recipe.augment import (
     FLIP_VIEW,
     AugmentSpec,
 )
-
-
-def resolve_preprocess(cfg: TrialConfig) -> Preprocess:
-    """The trial's preprocessing: the model's own, with ``image_size`` overriding its size."""
-    model = data_config(cfg.model)
-    size = cfg.image_size or model.input_size
-    load = max(size, int(round(size / model.crop_pct)))
-    return Preprocess(size, load, model.interpolation, model.mean, model.std)
 
 
 def policy_transform(name: str) -> v2.Transform:

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from trainables.core.config import with_current_keys
+from trainables.core.config import TrialConfig, with_current_keys
 from trainables.core.errors import UserError
-from trainables.model.factory import ModelBuild
+from trainables.model.factory import ModelBuild, data_config
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,16 @@ class Preprocess:
             tuple(float(v) for v in raw["mean"]),
             tuple(float(v) for v in raw["std"]),
         )
+
+
+def preprocess_for(cfg: TrialConfig) -> Preprocess:
+    """The preprocessing a trial of ``cfg`` uses: its model's own, with ``image_size``
+    overriding the size. The driver decodes at its ``load_size`` (here, not beside the
+    transforms, so that the driver imports no torchvision)."""
+    model = data_config(cfg.model)
+    size = cfg.image_size or model.input_size
+    load = max(size, int(round(size / model.crop_pct)))
+    return Preprocess(size, load, model.interpolation, model.mean, model.std)
 
 
 RECORD_FORMAT = 1

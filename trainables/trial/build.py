@@ -14,9 +14,8 @@ import torch
 from trainables.core.config import TrialConfig
 from trainables.data import DataHandle
 from trainables.data.batches import nchw
-from trainables.data.transforms import resolve_preprocess
 from trainables.model.factory import HeadSpec, Net, create_model
-from trainables.model.record import Preprocess, TrialRecord, variant_name
+from trainables.model.record import Preprocess, TrialRecord, preprocess_for, variant_name
 from trainables.recipe.strategies import Strategy, create_strategy
 from trainables.trial.loop import EvalSplit, Report, TrialData, fit
 
@@ -55,11 +54,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def preprocess_for(cfg: TrialConfig) -> Preprocess:
-    """The preprocessing a trial of ``cfg`` will use (the driver decodes at its size)."""
-    return resolve_preprocess(cfg)
 
 
 def trial_data(handle: DataHandle, pre: Preprocess) -> TrialData:

@@ -21,8 +21,8 @@ from trainables.core.faults import die, fault, hog_memory
 from trainables.core.log import show_lines
 from trainables.data import DataHandle
 from trainables.model.costs import model_costs
+from trainables.model.record import variant_name
 from trainables.trial import checkpoint
-from trainables.trial.build import build_trial, variant_name
 
 # Tune hands a finished trial's worker to the next trial once the finished trial's thread
 # has ended, and waits TUNE_FUNCTION_THREAD_TIMEOUT_S for that (2 s by default): too short
@@ -45,6 +45,10 @@ def train_trial(
     this trial's point in the search space."""
     import ray
     from ray import tune
+
+    # here, not at the top: the driver imports this module to hand Tune the function, and
+    # the trial's data path would bring torchvision into it
+    from trainables.trial.build import build_trial
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint saved" per epoch
     show_lines()  # the library's lines (where the images live, the feature cache's progress)
