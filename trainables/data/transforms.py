@@ -1,8 +1,9 @@
-"""Preprocessing, and the per-image training transforms (torchvision.transforms.v2) of the
-``loader`` data path, built from the recipe in ``augment.py``.
+"""The per-image training transforms (torchvision.transforms.v2) of the ``loader`` data
+path, built from the recipe in ``augment.py``.
 
 Each model's input size, resize interpolation and normalisation come from its own
-pretrained config (``models.data_config``), not one global recipe. Decoding resizes the
+pretrained config (``factory.data_config``, resolved per trial by ``record.preprocess_for``),
+not one global recipe. Decoding resizes the
 shorter side to ``image_size / crop_pct`` and keeps the centre square; evaluation then
 centre-crops ``image_size`` (for torchvision models: resize 256, crop 224). Augmentation
 is for training only.
