@@ -1,5 +1,10 @@
 """Search-space registry: every module in this package that defines ``SPACE`` is a study
-that ``python sweeps/run.py --space NAME`` runs. Adding a study is adding one module."""
+that ``python sweeps/run.py --space NAME`` runs. Adding a study is adding one module.
+
+The studies are held in a ``Registry`` (trainables/core/registry.py), as models and
+factories are: the package's modules are imported on the first lookup and each ``SPACE``
+is added under its name, so two modules naming one study are refused, and an unknown
+name is answered with the nearest one."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainables.core.errors import UserError
+from trainables.core.registry import Registry, did_you_mean
 
 
 def is_grid(value: Any) -> bool:
@@ -95,27 +101,41 @@ class Space:
         return variant_name(config, self.variant_keys)
 
 
-def _discover() -> dict[str, Space]:
-    spaces = {}
-    for info in pkgutil.iter_modules(__path__):
+SPACES: Registry[Space] = Registry("space", checked=False)
+
+
+def _discover() -> Registry[Space]:
+    """Import every study module once and add its ``SPACE`` to ``SPACES``."""
+    if SPACES.names():
+        return SPACES
+    found: dict[str, str] = {}  # study name -> its module
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda info: info.name):
         if info.name.startswith("_"):
             continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        space = getattr(module, "SPACE", None)
-        if isinstance(space, Space):
-            spaces[space.name] = space
-    return dict(sorted(spaces.items()))
+        space = getattr(importlib.import_module(f"{__name__}.{info.name}"), "SPACE", None)
+        if not isinstance(space, Space):
+            continue
+        if space.name in found:
+            raise ValueError(
+                f"study '{space.name}' is defined in search_spaces/{found[space.name]}.py "
+                f"and in search_spaces/{info.name}.py: give each study its own name"
+            )
+        found[space.name] = info.name
+        SPACES.add(space.name, space)
+    return SPACES
 
 
 def registry() -> dict[str, Space]:
-    """All registered spaces by name."""
-    return _discover()
+    """All registered spaces by name, sorted."""
+    spaces = _discover()
+    return {name: spaces[name] for name in sorted(spaces)}
 
 
 def get_space(name: str) -> Space:
     spaces = registry()
     if name not in spaces:
         raise UserError(
-            f"unknown space '{name}': choose one of {', '.join(spaces)} (see --list-spaces)"
+            f"unknown space '{name}'{did_you_mean(name, spaces)}: choose one of "
+            f"{', '.join(spaces)} (see --list-spaces)"
         )
     return spaces[name]

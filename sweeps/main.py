@@ -15,10 +15,11 @@ same command. ``visionsweep --space ...`` (flags first, no command) is ``visions
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 import sys
+
+from trainables.core.registry import did_you_mean
 
 # each command's module (imported only when it is run: --help pays for no torch)
 COMMANDS = {
@@ -46,10 +47,9 @@ def _dispatch(argv: list[str] | None) -> None:
     else:
         name, argv = argv[0], argv[1:]
     if name not in COMMANDS:
-        close = difflib.get_close_matches(name, COMMANDS, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
         print(
-            f"error: unknown command {name!r}{hint}: choose one of {', '.join(COMMANDS)}",
+            f"error: unknown command {name!r}{did_you_mean(name, COMMANDS)}: "
+            f"choose one of {', '.join(COMMANDS)}",
             file=sys.stderr,
         )
         raise SystemExit(2)

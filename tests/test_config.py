@@ -163,3 +163,43 @@ def test_a_variant_key_the_config_leaves_out_is_named_by_its_default():
     single = registry()["single"]  # sets no model: the trial trains the default one
     assert single.variant({}) == TrialConfig.model == "googlenet"
     assert single.variant({"model": "resnet18"}) == "resnet18"
+
+
+def test_a_study_name_is_answered_with_the_nearest_one():
+    from search_spaces import get_space
+
+    with pytest.raises(UserError, match=r"unknown space 'googlenet_strategie' \(did you mean "):
+        get_space("googlenet_strategie")
+
+
+def test_two_study_modules_with_one_name_are_refused(tmp_path, monkeypatch):
+    """Studies, models, adapters and factories share one Registry: a second study of the
+    same name is refused when the studies are loaded (it used to replace the first)."""
+    import search_spaces
+
+    clash = tmp_path / "zz_clash.py"
+    clash.write_text(
+        "from search_spaces import Space\n"
+        "SPACE = Space(name='single', description='a copy', param_space={}, variant_keys=())\n"
+    )
+    monkeypatch.setattr(search_spaces, "__path__", [*search_spaces.__path__, str(tmp_path)])
+    monkeypatch.setattr(search_spaces, "SPACES", search_spaces.Registry("space", checked=False))
+    with pytest.raises(ValueError, match="search_spaces/single.py and in search_spaces/zz_clash"):
+        search_spaces.registry()
+
+
+def test_a_name_registered_twice_is_refused():
+    from trainables.core.registry import Registry
+
+    things: Registry[int] = Registry("thing", checked=False)
+    things.add("one", 1)
+    with pytest.raises(ValueError, match="thing 'one' registered twice"):
+        things.add("one", 2)
+
+    @things.register_instance("adapter")
+    class Adapter:
+        pass
+
+    assert isinstance(things["adapter"], Adapter)
+    with pytest.raises(UserError, match=r"thing='adaptr' \(did you mean 'adapter'\?\)"):
+        things["adaptr"]

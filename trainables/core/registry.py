@@ -1,6 +1,10 @@
-"""Name -> factory registries. A factory registers itself with a decorator (as timm's
-``register_model`` does), and the allowed values of a config key are its registry's names,
-so a new optimizer, loss, schedule, strategy or augmentation recipe is one function.
+"""Name -> thing registries, one mechanism for every kind: a factory registers itself
+with a decorator (as timm's ``register_model`` does), an adapter class with
+``register_instance``, a record (a model's ``ModelSpec``, a study's ``Space``) with ``add``
+where it is defined. The allowed values of a config key are its registry's names, so a new
+optimizer, loss, schedule, strategy or augmentation recipe is one function; a name given
+twice is refused when its module is imported, and an unknown name is answered with the
+nearest registered one.
 
 Each registry is filed under its config key, so the config checks a name against
 ``choices()`` without importing the factories (they import the config for its type).
@@ -11,7 +15,7 @@ does not pay for importing torch."""
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from trainables.core.errors import UserError
@@ -37,6 +41,12 @@ def choices() -> dict[str, tuple[str, ...]]:
     return {key: registry.names() for key, registry in _BY_KEY.items()}
 
 
+def did_you_mean(name: object, names: Iterable[str]) -> str:
+    """`` (did you mean 'X'?)`` for the one of ``names`` nearest ``name``, or ""."""
+    close = difflib.get_close_matches(str(name), list(names), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 class Registry(Generic[T]):
     def __init__(self, kind: str, checked: bool = True):
         """``kind``: the config key whose values this registry names. ``checked``: the key
@@ -59,8 +69,21 @@ class Registry(Generic[T]):
 
         return add
 
+    def register_instance(self, name: str) -> Callable[[type], type]:
+        """Class decorator: ``@FAMILIES.register_instance("timm")`` above a stateless
+        adapter class registers one instance of it (the class itself is returned)."""
+
+        def add(cls: type) -> type:
+            self.add(name, cls())
+            return cls
+
+        return add
+
     def add(self, name: str, item: T) -> T:
         return self.register(name)(item)
+
+    def hint(self, name: object) -> str:
+        return did_you_mean(name, self._items)
 
     def names(self) -> tuple[str, ...]:
         return tuple(self._items)
@@ -73,9 +96,8 @@ class Registry(Generic[T]):
 
     def __getitem__(self, name: str) -> T:
         if name not in self._items:
-            close = difflib.get_close_matches(str(name), self._items, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise UserError(
-                f"bad value {self.kind}={name!r}{hint}: choose one of {', '.join(self._items)}"
+                f"bad value {self.kind}={name!r}{self.hint(name)}: "
+                f"choose one of {', '.join(self._items)}"
             )
         return self._items[name]

@@ -3,7 +3,8 @@ heads, what input it wants, and where its pretrained weights live.
 
 The factory (factory.py) and the weights store (weights.py) ask a model's adapter
 (``family_of(spec)``) and never branch on its family: a new source of models (another
-library, a hub of one's own) is one ``Family`` subclass registered in ``FAMILIES``, and a
+library, a hub of one's own) is one ``Family`` subclass registered in ``FAMILIES`` (the
+``@FAMILIES.register_instance(NAME)`` decorator), and a
 model that needs more than its family gives (GoogLeNet's auxiliary heads and input
 transform) is a subclass of its family's adapter, named by the model's ``ModelSpec.adapter``.
 
@@ -13,7 +14,8 @@ transform) is a subclass of its family's adapter, named by the model's ``ModelSp
 - ``Timm``: ``timm.create_model``; weights from the Hugging Face cache or from this
   project's local store (``$VISIONSWEEP_CACHE/weights/timm/NAME.TAG/``), which timm reads
   through ``pretrained_cfg_overlay=dict(file=...)``.
-- ``Custom``: this project's own small CNN, which has no pretrained weights.
+- ``Custom``: this project's own networks (``nets.NETS``), which have no pretrained
+  weights.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from torch import nn
 
 from trainables.core.errors import UserError, unpickling_reason
 from trainables.core.registry import Registry
-from trainables.model.nets import SmallCNN
+from trainables.model.nets import NETS
 from trainables.model.zoo import ModelSpec
 
 
@@ -110,11 +112,21 @@ class Family:
         raise NotImplementedError
 
 
+# a ModelSpec's ``adapter`` (or, where it names none, its ``family``) -> its adapter
+FAMILIES: Registry[Family] = Registry("model family", checked=False)
+
+
+def family_of(spec: ModelSpec) -> Family:
+    """The adapter that builds ``spec`` and keeps its weights."""
+    return FAMILIES[spec.adapter or spec.family]
+
+
+@FAMILIES.register_instance("custom")
 class Custom(Family):
     has_weights = False
 
     def build(self, spec, arch, tag, init=True):
-        return SmallCNN(), {}
+        return NETS[spec.name](), {}
 
 
 # -- torchvision --------------------------------------------------------------------------
@@ -152,6 +164,7 @@ def check_data_only(path: Path) -> None:
         ) from None
 
 
+@FAMILIES.register_instance("torchvision")
 class Torchvision(Family):
     publishes_names = True
 
@@ -209,6 +222,7 @@ class Torchvision(Family):
         return torchvision_file(spec.name, tag)
 
 
+@FAMILIES.register_instance("googlenet")
 class GoogLeNet(Torchvision):
     """torchvision's GoogLeNet: two auxiliary classifiers (heads a strategy may train) and
     an input transform that torchvision turns on with its weights."""
@@ -275,6 +289,7 @@ def _hf_cached(timm_name: str, tag: str) -> Path | None:
     return None
 
 
+@FAMILIES.register_instance("timm")
 class Timm(Family):
     from_hub = True
 
@@ -352,19 +367,3 @@ class Timm(Family):
         destination = timm_folder(spec.timm_name, tag) / filename
         shutil.rmtree(destination.parent, ignore_errors=True)  # one file per variant
         return destination
-
-
-# a ModelSpec's ``adapter`` (or, where it names none, its ``family``) -> its adapter
-FAMILIES: Registry[Family] = Registry("model family", checked=False)
-for _name, _family in (
-    ("torchvision", Torchvision()),
-    ("googlenet", GoogLeNet()),
-    ("timm", Timm()),
-    ("custom", Custom()),
-):
-    FAMILIES.add(_name, _family)
-
-
-def family_of(spec: ModelSpec) -> Family:
-    """The adapter that builds ``spec`` and keeps its weights."""
-    return FAMILIES[spec.adapter or spec.family]

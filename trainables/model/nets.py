@@ -1,7 +1,8 @@
 """The networks every trial trains: ``Net``, whose forward always returns ``(logits,
 aux_logits)`` so the loop never branches on model family; the classifier head's shape;
 what the head reads (``taps``: the network's own pooled output, or pooled maps of every
-stage); and the small from-scratch CNN."""
+stage); and this project's own networks (``NETS``: the small from-scratch CNN), which
+the ``custom`` adapter builds by their model name."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.core.config import FIXED_CHOICES
+from trainables.core.registry import Registry
 
 # what the classifier head reads: "last", the network's own pooled output; "stages", the
 # mean- and max-pooled maps at the end of every stage of its trunk as well (``Tapped``)
@@ -154,6 +156,12 @@ def stage_ends(trunk: nn.Sequential, size: int = 64) -> tuple[tuple[int, ...], i
     return taps, width, len(shapes[last]) == 4
 
 
+# this project's own networks, by model name (each also a ModelSpec of family "custom" in
+# zoo.py): a class taking no arguments, whose classifier the factory replaces
+NETS: Registry[type[nn.Module]] = Registry("custom network", checked=False)
+
+
+@NETS.register("small_cnn")
 class SmallCNN(nn.Module):
     """Four conv blocks and a linear head: a from-scratch baseline that trains fast on CPU."""
 

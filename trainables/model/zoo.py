@@ -38,11 +38,21 @@ class ModelSpec:
 
 # any timm name is a model too, so the key is not limited to these names
 MODELS: Registry[ModelSpec] = Registry("model", checked=False)
-for _spec in (
-    ModelSpec("resnet18", "torchvision", ("fc",), gpu_share=0.5),
-    ModelSpec("resnet50", "torchvision", ("fc",)),
-    ModelSpec("vgg16", "torchvision", ("classifier.6",)),
-    ModelSpec("mobilenet_v2", "torchvision", ("classifier.1",), gpu_share=0.5, trunk="features"),
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add a model to the zoo under its name (a name given twice is refused); its adapter
+    in families.py (``spec.adapter``, or else its family's) builds it."""
+    return MODELS.add(spec.name, spec)
+
+
+register_model(ModelSpec("resnet18", "torchvision", ("fc",), gpu_share=0.5))
+register_model(ModelSpec("resnet50", "torchvision", ("fc",)))
+register_model(ModelSpec("vgg16", "torchvision", ("classifier.6",)))
+register_model(
+    ModelSpec("mobilenet_v2", "torchvision", ("classifier.1",), gpu_share=0.5, trunk="features")
+)
+register_model(
     ModelSpec(
         "googlenet",
         "torchvision",
@@ -50,14 +60,14 @@ for _spec in (
         aux_heads=True,
         gpu_share=0.5,
         adapter="googlenet",
-    ),
-    ModelSpec("small_cnn", "custom", ("head",), gpu_share=0.5, trunk="features"),
-    ModelSpec("tf_efficientnetv2_s", "timm"),
-    ModelSpec("convnext_tiny", "timm"),
-    ModelSpec("vit_base_patch16_224", "timm"),
-    ModelSpec("swinv2_tiny_window8_256", "timm"),
-):
-    MODELS.add(_spec.name, _spec)
+    )
+)
+# built by the custom adapter from nets.NETS under the same name
+register_model(ModelSpec("small_cnn", "custom", ("head",), gpu_share=0.5, trunk="features"))
+register_model(ModelSpec("tf_efficientnetv2_s", "timm"))
+register_model(ModelSpec("convnext_tiny", "timm"))
+register_model(ModelSpec("vit_base_patch16_224", "timm"))
+register_model(ModelSpec("swinv2_tiny_window8_256", "timm"))
 
 
 def model_spec(name: str) -> ModelSpec:
