@@ -12,6 +12,7 @@ import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import fields
+from pathlib import Path
 from typing import NoReturn
 
 from trainables.core.errors import SETTING, UserError, number_problem
@@ -79,10 +80,33 @@ def as_flags(message: str) -> str:
     return SETTING.sub(named, message)
 
 
+# where this tool's own code is: a warning raised there is one of its own lines
+_OWN = tuple(
+    f"{Path(__file__).resolve().parents[1] / room}{os.sep}"
+    for room in ("sweeps", "trainables", "search_spaces")
+)
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The tool's own warnings (an old key, an old keyword, weights not found) as one line,
+    ``warning: ...`` with settings as flags, like its other lines; another library's as
+    Python shows them (file, line and the source line)."""
+    if not str(filename).startswith(_OWN):
+        _python_showwarning(message, category, filename, lineno, file, line)
+        return
+    try:
+        print(f"warning: {as_flags(str(message))}", file=file or sys.stderr, flush=True)
+    except OSError:
+        pass  # as Python's own: a stream that is gone loses the warning
+
+
 def run(main: Callable[[], int], cleanup: Callable[[], None] | None = None) -> NoReturn:
     """Run a command's ``main``: a UserError is one line and exit status 2, Ctrl-C exit
-    status 130. ``cleanup`` runs last; a Ctrl-C during it cuts it short, quietly."""
+    status 130, and the tool's own warnings one line each. ``cleanup`` runs last; a Ctrl-C
+    during it cuts it short, quietly."""
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.showwarning = _show_warning
     try:
         code = main()
     except UserError as exc:

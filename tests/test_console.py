@@ -149,3 +149,32 @@ def test_tunes_failed_copy_of_its_state_is_one_line_not_a_traceback(tmp_path):
     assert record.getMessage().endswith("failed with exception: No space left on device")
     assert kept.lines and not [line for line in kept.lines if "Traceback" in line]
     assert all(len(line.splitlines()) == 1 for line in kept.lines)
+
+
+def test_the_tools_own_warnings_are_one_line_and_other_librarys_as_python_shows_them(tmp_path):
+    """An old config key's FutureWarning on the command line: ``warning: ...`` in one line,
+    as the tool's other lines (Python's form adds the file and the source line); a warning
+    from code outside the tool keeps Python's form."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "command.py"
+    script.write_text(
+        "import warnings\n"
+        "from sweeps.cli import run\n"
+        "from trainables.core.config import parse_overrides\n"
+        "def main():\n"
+        "    parse_overrides(['scheduler=step'])\n"
+        "    warnings.warn('from elsewhere')\n"
+        "    return 0\n"
+        "run(main)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0] == (
+        "warning: config key 'scheduler' is now 'lr_schedule' (the learning-rate schedule); "
+        "read as lr_schedule"
+    ), lines
+    assert lines[1].startswith(f"{script}:6: UserWarning: from elsewhere"), lines
+    assert len(lines) == 3, lines  # and Python's source line below it
