@@ -14,6 +14,7 @@ from sweeps.experiment.files import OPTUNA_JOURNAL
 from sweeps.experiment.redact import redact
 from trainables.core import metrics as M
 from trainables.core.errors import UserError
+from trainables.core.faults import TrialFaults
 from trainables.data import DataHandle
 
 
@@ -43,6 +44,7 @@ def _trainable(
             unavailable_weights=unavailable,
             variant_keys=sweep.variant_keys,
             stop_points=sweep.stop_points(),
+            faults=TrialFaults.from_environment(),  # the tests' (trainables/core/faults.py)
         ),
         per_trial,
     )
@@ -94,6 +96,7 @@ def build_tuner(
     """A new Tuner for ``sweep``."""
     from ray import tune
 
+    from sweeps.driver.faults import driver_faults
     from sweeps.driver.recorder import TrialRecorder
     from sweeps.driver.schedulers import Asha, Fifo
     from sweeps.driver.watchdog import DEFAULT_STALL_TIMEOUT_S, Watchdog
@@ -149,7 +152,7 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=sweep.store.name,
             storage_path=sweep.store.storage_path,
-            callbacks=[watchdog, recorder],
+            callbacks=[watchdog, recorder, *driver_faults(recorder)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             verbose=0,

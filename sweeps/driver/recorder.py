@@ -24,7 +24,6 @@ from sweeps.experiment.storage import Store
 from sweeps.experiment.tables import plain, trial_row, write_tables
 from sweeps.sinks.base import TrialEntry
 from trainables.core import metrics as M
-from trainables.core.faults import DRIVER_SIGNALS, GROUP_SIGNALS, die, fault
 
 FINISHED = ("TERMINATED", "ERROR")
 TABLE_BUDGET = 0.02  # at most this share of the sweep's time goes to rewriting its table
@@ -102,7 +101,6 @@ class TrialRecorder(Callback):
         self.planned = planned
         self.entries: dict[str, TrialEntry] = {}
         self.fault: str = ""  # the storage error that stopped the sweep
-        self._signalled: set[str] = set()
         self._dirty = False  # a trial ended since the table was last written
         self._table_at = 0.0  # when it was last written (time.monotonic)
         self._table_cost = 0.0  # and how long that took
@@ -190,11 +188,6 @@ class TrialRecorder(Callback):
         entry.last = {k: plain(v) for k, v in result.items() if not isinstance(v, dict)}
         entry.retries = trial.run_metadata.num_failures
         self._each("result", entry, entry.last)
-        for name, signum in DRIVER_SIGNALS.items():  # the tests' faults (trainables/core/faults.py)
-            after = fault(name)
-            if after is not None and name not in self._signalled and self.finished() >= after:
-                self._signalled.add(name)
-                die(signum, group=name in GROUP_SIGNALS)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         entry = self._entry(trial)

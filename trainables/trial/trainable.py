@@ -8,7 +8,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 
 from trainables.core import metrics as M
 from trainables.core.config import TrialConfig
-from trainables.core.faults import die, fault, hog_memory
+from trainables.core.faults import NO_FAULTS, TrialFaults
 from trainables.core.log import show_lines
 from trainables.data import DataHandle
 from trainables.model.costs import model_costs
@@ -38,10 +37,12 @@ def train_trial(
     unavailable_weights: tuple[str, ...] = (),
     variant_keys: tuple[str, ...] = (),
     stop_points: tuple[int, ...] = (),
+    faults: TrialFaults = NO_FAULTS,
 ) -> None:
     """Ray Tune function trainable. ``data``, ``unavailable_weights`` (models whose weights
-    the driver could not find), ``variant_keys`` and ``stop_points`` (the epochs at which
-    the scheduler may stop a trial) come through ``tune.with_parameters``; ``config`` is
+    the driver could not find), ``variant_keys``, ``stop_points`` (the epochs at which
+    the scheduler may stop a trial) and the tests' ``faults`` (none by default) come
+    through ``tune.with_parameters``; ``config`` is
     this trial's point in the search space."""
     import ray
     from ray import tune
@@ -56,8 +57,7 @@ def train_trial(
     resources = tune.get_context().get_trial_resources().required_resources
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pin_compute(cfg, int(resources.get("CPU", 1)), device)
-    if fault("fail_seed") == cfg.seed:  # the tests' failing trial (trainables/core/faults.py)
-        raise RuntimeError(f"a failure on cue for the tests (fail_seed={cfg.seed})")
+    faults.at_start(cfg.seed)
     trial = build_trial(
         cfg,
         data,
@@ -81,9 +81,6 @@ def train_trial(
         **model_costs(trial.net, record.preprocess.image_size),
     }
 
-    kill_at = fault("kill_worker_at_epoch") if resume is None else None
-    stall_at = fault("stall_worker_at_epoch") if resume is None else None
-    hog_at = fault("hog_memory_at_epoch") if resume is None else None
     policy = checkpoint.CheckpointPolicy(cfg.checkpoint_budget, stop_points)
 
     def report(metrics: dict, state: dict) -> None:
@@ -100,14 +97,9 @@ def train_trial(
                     {**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(directory)
                 )
             policy.saved(time.perf_counter() - started)
-        if metrics[M.EPOCH] == kill_at:  # the tests' lost worker (trainables/core/faults.py)
-            die()
-        if metrics[M.EPOCH] == stall_at:  # the tests' stalled worker
-            die(signal.SIGSTOP)
-        if metrics[M.EPOCH] == hog_at:  # the tests' worker that runs out of memory
-            hog_memory()
 
     try:
+        report = faults.around(report, first_attempt=resume is None)
         trial.fit(device, report, resume=resume, gpu_fraction=resources.get("GPU", 1.0) or 1.0)
     finally:
         # Free the model before the next trial reuses this worker (ASHA stops land here too).
