@@ -60,7 +60,10 @@ def test_the_old_name_of_the_lr_schedule_key_is_read_as_the_new_one_with_a_warni
     old.write_text(json.dumps({"scheduler": "plateau", "lr": 0.01}))
     with pytest.warns(FutureWarning):
         assert load_config_file(str(old)) == {"lr_schedule": "plateau", "lr": 0.01}
-    with pytest.raises(UserError, match="'scheduler' and 'lr_schedule' are one setting"):
+    with (
+        pytest.raises(UserError, match="'scheduler' and 'lr_schedule' are one setting"),
+        pytest.warns(FutureWarning),
+    ):
         TrialConfig.from_dict({"scheduler": "cosine", "lr_schedule": "step"})
     space = SimpleNamespace(
         name="old",
