@@ -104,10 +104,8 @@ class TrialFaults:
     ) -> Callable[[dict, dict], None]:
         """The trial's per-epoch ``report``, followed on the trial's first attempt by the
         lost, stalled or memory-hungry worker at its epoch."""
-        at = {self.kill_at: die, self.stall_at: lambda: die(signal.SIGSTOP)}
-        if self.hog_at is not None:
-            at[self.hog_at] = hog_memory
-        at.pop(None, None)
+        cues = ((self.kill_at, die), (self.stall_at, stall), (self.hog_at, hog_memory))
+        at = {epoch: act for epoch, act in cues if epoch is not None}
         if not first_attempt or not at:
             return report
 
@@ -145,3 +143,7 @@ def die(signum: int = signal.SIGKILL, group: bool = False) -> None:
         os.killpg(os.getpgrp(), signum)
     else:
         os.kill(os.getpid(), signum)
+
+
+def stall() -> None:
+    die(signal.SIGSTOP)

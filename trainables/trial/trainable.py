@@ -42,8 +42,8 @@ def train_trial(
     """Ray Tune function trainable. ``data``, ``unavailable_weights`` (models whose weights
     the driver could not find), ``variant_keys``, ``stop_points`` (the epochs at which
     the scheduler may stop a trial) and the tests' ``faults`` (none by default) come
-    through ``tune.with_parameters``; ``config`` is
-    this trial's point in the search space."""
+    through ``tune.with_parameters``; ``config`` is this trial's point in the search
+    space."""
     import ray
     from ray import tune
 
