@@ -1,5 +1,6 @@
 """The device data path: batched augmentation checked against what each family promises."""
 
+import logging
 import math
 
 import numpy as np
@@ -158,7 +159,7 @@ def test_batched_blur_equals_torchvision_gaussian_blur():
 
 @pytest.mark.integration  # tens of seconds
 def test_images_over_their_device_budget_train_from_host_memory_with_the_same_results(
-    colour_handle,
+    colour_handle, caplog
 ):
     """A tiny budget sends the decoded images to the host path: batches gathered from the
     memory map one at a time. Same seed, same data: the same trial, epoch by epoch, bit for
@@ -166,12 +167,24 @@ def test_images_over_their_device_budget_train_from_host_memory_with_the_same_re
     from tests_support import fit_trial
     from trainables.core import metrics as M
 
-    runs = {}
-    for budget in (0.0, 0.001):  # 0: in place; 0.001 MB: far less than the images
-        fitted = fit_trial(
-            colour_handle, {"max_epochs": 3, "early_stop_patience": 0, "image_budget_mb": budget}
-        )
-        runs[budget] = fitted.reports
+    runs, said = {}, {}
+    library = logging.getLogger("trainables")  # heard here even where show_lines() ran
+    library.addHandler(caplog.handler)
+    try:
+        for budget in (0.0, 0.001):  # 0: in place; 0.001 MB: far less than the images
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="trainables"):
+                fitted = fit_trial(
+                    colour_handle,
+                    {"max_epochs": 3, "early_stop_patience": 0, "image_budget_mb": budget},
+                )
+            runs[budget] = fitted.reports
+            said[budget] = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    finally:
+        library.removeHandler(caplog.handler)
+    # the slower path is said in a line; the usual one only in the images_on column
+    assert not any(m.startswith("images:") for m in said[0.0]), said[0.0]
+    assert [m for m in said[0.001] if m.startswith("images: host")], said[0.001]
     assert {r[M.IMAGES_ON] for r in runs[0.0]} == {"device"}
     assert {r[M.IMAGES_ON] for r in runs[0.001]} == {"host"}
     for key in (M.TRAIN_LOSS, M.VAL_LOSS, M.BEST_VAL_ACC, M.TEST_ACC):  # bit for bit

@@ -251,7 +251,12 @@ def fit(
     else:
         placement = image_placement(cfg, data.images, device, gpu_fraction)
         loader = training_batches(cfg, data, sampler, device, placement)
-    log.info(f"images: {placement.where} ({placement.reason})")
+    # every trial's images_on column says where; a line only for the slower host path,
+    # which a larger image_budget_mb avoids (a line per trial of the usual case was noise)
+    log.log(
+        logging.INFO if placement.where == "host" else logging.DEBUG,
+        f"images: {placement.where} ({placement.reason})",
+    )
     if placement.resident is not None:  # evaluation gathers from the device copy too
         data = dataclasses.replace(
             data,
