@@ -18,6 +18,7 @@ from trainables.data.transforms import RandomDihedral, dihedral_view
 from trainables.model.record import Preprocess
 from trainables.recipe.augment import augment_spec
 from trainables.recipe.strategies import create_strategy
+from trainables.trial import frozen
 from trainables.trial.build import build_trial
 
 pytestmark = pytest.mark.integration
@@ -48,15 +49,36 @@ def assert_same_losses(a, b):
         {"strategy": "feature_extractor", "augment": "dihedral", "tta": "dihedral"},
         {"strategy": "gradual_unfreeze", "augment": "dihedral", "unfreeze_epoch": 2},
         {"strategy": "feature_extractor", "augment": "dihedral", "taps": "stages"},
+        {"strategy": "base", "augment": "dihedral", "tta": "dihedral", "frozen_fraction": 0.5},
+        {"strategy": "base", "augment": "none", "frozen_fraction": 0.3, "ema_decay": 0.9},
+        {
+            "strategy": "gradual_unfreeze",
+            "augment": "dihedral",
+            "unfreeze_epoch": 1,
+            "frozen_fraction": 0.5,
+            "ema_decay": 0.9,
+            "batchnorm": "eval",
+        },
     ],
-    ids=["frozen-none", "frozen-dihedral-tta", "partly-frozen", "frozen-stages"],
+    ids=[
+        "frozen-none",
+        "frozen-dihedral-tta",
+        "partly-frozen",
+        "frozen-stages",
+        "first-blocks-frozen-dihedral-tta",
+        "first-blocks-frozen-ema",
+        "unfrozen-but-the-first-blocks-ema-bn-eval",
+    ],
 )
 def test_a_cached_trial_reports_the_losses_of_an_uncached_one(handle, overrides, capfd):
     plain = fit_trial(handle, {**RUN, **overrides, "frozen_cache": "off"})
     cached = fit_trial(handle, {**RUN, **overrides})
-    assert "computing the frozen backbone's outputs" in capfd.readouterr().err
+    built = "frozen blocks' (up to " if overrides.get("frozen_fraction") else "frozen backbone's"
+    assert f"computing the {built}" in capfd.readouterr().err
     assert_same_losses(plain, cached)
-    frozen = overrides.get("unfreeze_epoch", RUN["max_epochs"])
+    frozen = RUN["max_epochs"]  # epochs on the cache: all, if the first blocks stay frozen
+    if not overrides.get("frozen_fraction"):
+        frozen = overrides.get("unfreeze_epoch", frozen)
     assert [r[M.IMAGES_ON] for r in cached.reports] == ["features"] * frozen + ["device"] * (
         RUN["max_epochs"] - frozen
     )
@@ -66,8 +88,29 @@ def test_a_cached_trial_reports_the_losses_of_an_uncached_one(handle, overrides,
         assert cached.last[M.TEST_ACC_TTA] == plain.last[M.TEST_ACC_TTA]
     if overrides.get("tta"):  # a second trial of the same backbone reads the file
         again = fit_trial(handle, {**RUN, **overrides, "max_epochs": 1})
-        assert "computing the frozen backbone's outputs" not in capfd.readouterr().err
+        assert "computing the frozen" not in capfd.readouterr().err
         assert losses(again) == losses(cached)[:1]
+
+
+def test_lp_ft_fine_tunes_all_but_its_first_blocks_on_their_cached_outputs(handle, monkeypatch):
+    overrides = {**RUN, "strategy": "lp_ft", "augment": "none", "frozen_fraction": 0.5}
+    cached = fit_trial(handle, overrides)
+    monkeypatch.setattr(frozen, "prefix_cut", lambda net, fraction: None)  # nowhere to cut
+    plain = fit_trial(handle, overrides)
+    assert [r[M.IMAGES_ON] for r in cached.reports] == ["features"] * 3
+    assert [r[M.IMAGES_ON] for r in plain.reports] == ["features", "device", "device"]
+    assert_same_losses(plain, cached)
+
+
+def test_frozen_blocks_whose_outputs_are_too_large_are_run_on_every_batch(
+    handle, monkeypatch, capfd
+):
+    monkeypatch.setattr(frozen, "PREFIX_MAX_BYTES", 1 << 10)
+    fitted = fit_trial(handle, {**RUN, "max_epochs": 1, "augment": "none", "frozen_fraction": 0.5})
+    assert fitted.last[M.IMAGES_ON] == "device"
+    err = capfd.readouterr().err
+    assert "outputs of the frozen blocks up to" in err and "frozen_fraction" in err
+    assert not list(handle_cache(handle).glob("*.npy"))
 
 
 def test_a_random_crop_or_frozen_cache_off_trains_on_the_images(handle):

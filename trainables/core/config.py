@@ -177,7 +177,8 @@ class TrialConfig:
     loader_workers: int = 0  # DataLoader worker processes of the loader path
     # auto: while the whole backbone is frozen and the training views are a finite set
     # (augment none or dihedral), the head trains on the backbone's outputs computed once
-    # and cached (trainables/trial/frozen.py); off: the backbone runs on every batch
+    # and cached (trainables/trial/frozen.py), and while only its first blocks are
+    # (frozen_fraction), the rest trains on theirs; off: every layer runs on every batch
     frozen_cache: str = "auto"
     channels_last: bool = True  # CUDA: channels-last memory format for model and batches
     compile: bool = False  # torch.compile the model (pays a compile once per trial)

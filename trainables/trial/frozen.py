@@ -48,7 +48,9 @@ from trainables.data.decode import claim_blocks
 from trainables.data.transforms import dihedral_view
 from trainables.model.factory import Net
 from trainables.model.nets import Tapped, evaluating
+from trainables.model.split import Cut, same_output, split_body
 from trainables.recipe.augment import TTA_VIEWS, augment_spec
+from trainables.recipe.strategies import frozen_prefix
 from trainables.trial.scores import split_scores
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,8 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 # room left free beside a new cache file, so that building it never fills the disk
 HEADROOM_BYTES = 256 << 20
+# the most a frozen prefix's outputs (maps, larger than pooled features) may take on disk
+PREFIX_MAX_BYTES = 4 << 30
 # a full-batch fit whose epoch moved the training loss by less than this (relative) is done
 CONVERGED = 1e-6
 _VERIFIED: dict[tuple, bool] = {}  # (path, size, mtime) -> checked in this process
@@ -70,6 +74,8 @@ class FrozenFeatures:
     values: torch.Tensor
     views: tuple[int, ...]
     path: Path | None = None
+    # each value's own shape (C x H x W of a frozen prefix's maps; () for flat features)
+    shape: tuple[int, ...] = ()
 
     def columns(self, views: torch.Tensor) -> torch.Tensor:
         lookup = torch.full((max(self.views) + 1,), -1, dtype=torch.long)
@@ -104,6 +110,26 @@ class HeadOnly(nn.Module):
         return self.head(features), []
 
 
+class Suffix(nn.Module):
+    """What follows a frozen prefix (``split.Cut``) in a ``Net``, its heads included, as a
+    model of the prefix's cached outputs (flattened, ``shape`` each), with the loop's
+    ``(logits, aux_logits)`` interface. Its modules are the ``Net``'s own."""
+
+    def __init__(self, cut: Cut, shape: tuple[int, ...]):
+        super().__init__()
+        self.suffix, self.shape = cut.suffix, tuple(shape)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, list]:
+        return self.suffix(features.reshape(len(features), *self.shape)), []
+
+
+def prefix_cut(net: Net, fraction: float) -> Cut | None:
+    """``net``'s body cut where the first ``fraction`` of its blocks ends (``split_body``),
+    or None where it cannot be cut there (the trial then runs the whole network)."""
+    frozen = {n.removeprefix("body.") for n in frozen_prefix(net, fraction)}
+    return split_body(net.body, frozen)
+
+
 @contextlib.contextmanager
 def headless(net: Net) -> Iterator[nn.Module]:
     """``net.body`` with its main head replaced by the identity: it outputs what the head
@@ -118,10 +144,13 @@ def headless(net: Net) -> Iterator[nn.Module]:
         setattr(parent, name, head)
 
 
-def cache_key(net: Net, data, views: tuple[int, ...], rows: np.ndarray) -> str:
-    """What the features depend on: the backbone's weights and buffers (not the head's),
-    the decoded images, which rows, the crop and normalisation, the views, and which of
-    the backbone's blocks the head reads."""
+def cache_key(
+    net: Net, data, views: tuple[int, ...], rows: np.ndarray, cut: Cut | None = None
+) -> str:
+    """What the features depend on: the backbone's weights and buffers (not the head's;
+    with ``cut``, the frozen prefix's only, and where it ends), the decoded images, which
+    rows, the crop and normalisation, the views, and which of the backbone's blocks the
+    head reads."""
     pre = data.preprocess
     digest = hashlib.sha256()
     key = {
@@ -137,10 +166,13 @@ def cache_key(net: Net, data, views: tuple[int, ...], rows: np.ndarray) -> str:
     taps = [[name, list(m.taps)] for name, m in net.named_modules() if isinstance(m, Tapped)]
     if taps:
         key["taps"] = taps
+    if cut is not None:
+        key["cut"] = [cut.at, len(cut.prefix.graph.nodes)]
     digest.update(json.dumps(key).encode())
     digest.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
-    for name, tensor in sorted(net.state_dict().items()):
-        if not net.is_head(name):
+    state = cut.prefix.state_dict() if cut is not None else net.state_dict()
+    for name, tensor in sorted(state.items()):
+        if cut is not None or not net.is_head(name):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
     return digest.hexdigest()[:32]
@@ -153,16 +185,18 @@ def frozen_features(
     device: torch.device,
     batch_size: int = 64,
     progress: bool = True,
+    cut: Cut | None = None,
 ) -> FrozenFeatures | None:
-    """The cached outputs of ``net``'s frozen backbone for every row of ``data`` (a
-    ``loop.TrialData``) in each of ``views``, computed here on ``device`` if no valid cache
-    file has them. None, after one line on stderr, when the cache folder cannot hold them
-    (full, read-only): the trial then trains on images, slower but the same."""
+    """The cached outputs of ``net``'s frozen backbone (with ``cut``: of its frozen prefix)
+    for every row of ``data`` (a ``loop.TrialData``) in each of ``views``, computed here on
+    ``device`` if no valid cache file has them. None, after one line on stderr, when the
+    cache folder cannot hold them (full, read-only): the trial then trains on images, slower
+    but the same."""
     if not data.cache_dir:
         return None
     folder = Path(data.cache_dir) / "features"
     rows = np.unique(np.concatenate([data.train_rows, data.val.rows, data.test.rows]))
-    key = cache_key(net, data, views, rows)
+    key = cache_key(net, data, views, rows, cut)
     npy, meta = folder / f"{key}.npy", folder / f"{key}.json"
     try:
         with writes_into(folder, "frozen-feature cache"):
@@ -176,16 +210,19 @@ def frozen_features(
                         log.warning(
                             f"frozen-feature cache {npy.name}: {problem}; computing it again"
                         )
-                    _build(net, data, views, rows, device, batch_size, npy, meta, progress)
+                    _build(net, data, views, rows, device, batch_size, npy, meta, progress, cut)
     except UserError as exc:
         log.warning(f"frozen features not cached ({exc}); training on the images instead")
         return None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not writable.*")
         values = torch.from_numpy(np.load(npy, mmap_mode="r"))
-    if device.type != "cpu":
+    if device.type != "cpu" and (
+        device.type != "cuda" or values.nbytes < torch.cuda.mem_get_info(device)[0] // 4
+    ):  # else (a frozen prefix's maps, too many for the GPU) read from the memory map
         values = values.to(device)
-    return FrozenFeatures(values, views, npy)
+    shape = tuple(json.loads(meta.read_text()).get("shape", ()))
+    return FrozenFeatures(values, views, npy, shape)
 
 
 def check_cache(npy: Path, meta: Path) -> str:
@@ -208,21 +245,32 @@ def check_cache(npy: Path, meta: Path) -> str:
 
 
 @torch.inference_mode()
-def _build(net, data, views, rows, device, batch_size, npy: Path, meta: Path, progress) -> None:
+def _build(
+    net, data, views, rows, device, batch_size, npy: Path, meta: Path, progress, cut=None
+) -> None:
     pre = data.preprocess
     normalize = Normalize(pre.mean, pre.std)
     images = nchw(data.images)
     net.to(device)
     started = time.monotonic()
-    with evaluating(net), headless(net) as body:
+    what = "frozen backbone's" if cut is None else f"frozen blocks' (up to {cut.at})"
+    body_of = contextlib.nullcontext(cut.prefix) if cut is not None else headless(net)
+    with evaluating(net), body_of as body:
 
         def run(part: np.ndarray, view: int) -> torch.Tensor:
             x = centre_crop(images[torch.as_tensor(part)], pre.image_size).contiguous()
             x = normalize(dihedral_view(x.to(device), view))
-            return body(x).float().reshape(len(part), -1).cpu()
+            return body(x).float().cpu()
 
-        width = run(rows[:1], 0).shape[1]
+        first = run(rows[:1], 0)
+        shape, width = tuple(first.shape[1:]), first[0].numel()
         need = data.images.shape[0] * len(views) * width * 4
+        if cut is not None and need > PREFIX_MAX_BYTES:
+            raise UserError(
+                f"the outputs of the frozen blocks up to {cut.at} would take "
+                f"{need / 1e9:.1f} GB (at most {PREFIX_MAX_BYTES / 1e9:.1f}): a larger "
+                "frozen_fraction or a smaller image_size makes them fit"
+            )
         free = shutil.disk_usage(npy.parent).free
         if need + HEADROOM_BYTES > free:
             raise UserError(
@@ -231,7 +279,7 @@ def _build(net, data, views, rows, device, batch_size, npy: Path, meta: Path, pr
             )
         if progress:
             log.info(
-                f"computing the frozen backbone's outputs for {len(rows)} images x "
+                f"computing the {what} outputs for {len(rows)} images x "
                 f"{len(views)} view(s) at {pre.image_size} px (once; cached for later "
                 "trials)"
             )
@@ -249,7 +297,7 @@ def _build(net, data, views, rows, device, batch_size, npy: Path, meta: Path, pr
             for start in range(0, len(rows), batch_size):
                 part = rows[start : start + batch_size]
                 for column, view in enumerate(views):
-                    out[part, column] = run(part, view).numpy()
+                    out[part, column] = run(part, view).reshape(len(part), -1).numpy()
                 done = min(start + batch_size, len(rows))
                 if progress and (done // step > start // step or done == len(rows)):
                     rate = done / max(time.monotonic() - started, 1e-9)
@@ -261,6 +309,7 @@ def _build(net, data, views, rows, device, batch_size, npy: Path, meta: Path, pr
             "sha256": hash_file(npy, "sha256"),
             "views": list(views),
             "width": width,
+            "shape": list(shape) if cut is not None else [],
             "rows": len(rows),
             "seconds": time.monotonic() - started,
         }
@@ -332,29 +381,35 @@ def evaluate_features(
     head.eval()
     column = features.column(view)
     rows = split.rows.to(features.values.device)
+    device = next(head.parameters()).device
     outputs = []
     for start in range(0, len(split.y), batch_size):
-        logits, _ = head(features.values[rows[start : start + batch_size], column])
+        batch = features.values[rows[start : start + batch_size], column]
+        logits, _ = head(batch.to(device, non_blocking=True))
         outputs.append(logits.float().cpu())
     return split_scores(torch.cat(outputs), split.y)
 
 
 class FrozenPhase:
-    """The leading epochs of a trial whose head trains on cached features: the head as a
-    model, its training batches, and its evaluation. ``start`` returns None where the
-    trial does not qualify (the loop then runs the backbone on every batch, as ever)."""
+    """The leading epochs of a trial whose head trains on cached features (or every epoch
+    of one whose first blocks stay frozen, ``frozen_fraction``, which trains the rest on
+    their cached outputs): the trained part as a model, its training batches, and its
+    evaluation. ``start`` returns None where the trial does not qualify (the loop then runs
+    the whole network on every batch, as ever)."""
 
     def __init__(
         self,
         features: FrozenFeatures,
-        head: HeadOnly,
+        head: HeadOnly | Suffix,
         loader: FeatureBatches,
         until: int,
         weight_decay: float,
         probe_until: int = 0,
         probe_iterations: int = 0,
+        fraction: float = 0.0,
     ):
         self.features, self.head, self.loader = features, head, loader
+        self.fraction = fraction  # > 0: the cache holds a frozen prefix's outputs
         self.until, self.weight_decay = until, weight_decay
         self.probe_until = probe_until
         self._probe = (
@@ -381,7 +436,11 @@ class FrozenPhase:
     ) -> FrozenPhase | None:
         until = strategy.frozen_epochs
         views = views_needed(cfg)
-        if epoch >= until or views is None:
+        if views is None:
+            return None
+        if epoch >= until:  # the backbone trains from here, all but a frozen prefix if any
+            if cfg.frozen_fraction and not strategy.aux_weight:
+                return cls._prefix(cfg, net, data, device, sampler, views)
             return None
         features = frozen_features(net, data, views, device, batch_size=max(cfg.batch_size, 64))
         if features is None:
@@ -403,6 +462,45 @@ class FrozenPhase:
             strategy.probe_epochs,
             strategy.probe_iterations,
         )
+
+    @classmethod
+    def _prefix(cls, cfg, net, data, device, sampler, views) -> FrozenPhase | None:
+        """Every epoch of a trial whose first blocks (``frozen_fraction``) never train: the
+        rest of the network trains on their cached outputs, where it can be cut there."""
+        cut = prefix_cut(net, cfg.frozen_fraction)
+        if cut is None:
+            return None
+        pre = data.preprocess
+        sample = centre_crop(nchw(data.images[:2]), pre.image_size).contiguous().to(device)
+        if not same_output(net.body, cut, Normalize(pre.mean, pre.std)(sample)):
+            log.debug(f"not cut at {cut.at}: the two halves do not give the network's output")
+            return None
+        features = frozen_features(
+            net, data, views, device, batch_size=max(cfg.batch_size, 64), cut=cut
+        )
+        if features is None:
+            return None
+        loader = FeatureBatches(
+            features, data.train_rows, data.train_labels, sampler, cfg.batch_size, cfg
+        )
+        return cls(
+            features,
+            Suffix(cut, features.shape),
+            loader,
+            cfg.max_epochs,
+            cfg.weight_decay,
+            fraction=cfg.frozen_fraction,
+        )
+
+    def model_of(self, net: Net) -> HeadOnly | Suffix:
+        """What this phase trains, taken from ``net`` (the weights' moving average, which
+        the loop scores): its head, or its blocks after the same cut."""
+        if not self.fraction:
+            return HeadOnly(net)
+        cut = prefix_cut(net, self.fraction)
+        if cut is None:
+            raise RuntimeError("a copy of the network could not be cut where the network was")
+        return Suffix(cut, self.features.shape)
 
     def probing(self, epoch: int) -> bool:
         """Whether epoch ``epoch`` (0-based) is a full-batch L-BFGS fit of the head."""
@@ -427,7 +525,8 @@ class FrozenPhase:
         optimizer = self._probe
         if self._everything is None:
             self._everything = self.loader.every_view()
-        x, y = self._everything
+        device = next(self.head.parameters()).device
+        x, y = (t.to(device) for t in self._everything)
         weights = [p for p in self.head.parameters() if p.dim() > 1]
 
         def closure() -> torch.Tensor:

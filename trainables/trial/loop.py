@@ -38,7 +38,7 @@ from trainables.recipe.optim import create_schedule
 from trainables.recipe.strategies import Strategy
 from trainables.stats.calibration import calibrate
 from trainables.stats.evaluation import accuracy, macro_f1, test_summary
-from trainables.trial.frozen import FrozenPhase, HeadOnly
+from trainables.trial.frozen import FrozenPhase
 from trainables.trial.scores import split_scores
 
 log = logging.getLogger(__name__)
@@ -244,9 +244,10 @@ def fit(
     scored = net if ema is None else ema.module
     sampler = train_sampler(cfg, data, generator)
     cache = FrozenPhase.start(cfg, net, strategy, data, device, sampler, state.epoch)
-    scored_head = HeadOnly(scored) if cache is not None and ema is not None else None
+    scored_head = cache.model_of(scored) if cache is not None and ema is not None else None
     if cache is not None and cache.covers(cfg.max_epochs):  # the images are never read
-        placement = Placement("features", f"the frozen backbone's outputs, {cache.where}")
+        frozen = "blocks'" if cache.fraction else "backbone's"
+        placement = Placement("features", f"the frozen {frozen} outputs, {cache.where}")
         loader = None
     else:
         placement = image_placement(cfg, data.images, device, gpu_fraction)
@@ -277,6 +278,10 @@ def fit(
     metrics: dict = {}
     for epoch in range(state.epoch, cfg.max_epochs):
         started = time.perf_counter()
+        if cache is not None and not cache.covers(epoch + 1):  # a frozen phase has ended:
+            # what stays frozen (frozen_fraction) may still be served from a cache
+            cache = FrozenPhase.start(cfg, net, strategy, data, device, sampler, epoch)
+            scored_head = cache.model_of(scored) if cache is not None and ema is not None else None
         strategy.on_epoch_start(net, optimizer, epoch)
         strategy.train_mode(net)
         lr = optimizer.param_groups[0]["lr"]
@@ -303,7 +308,6 @@ def fit(
                     clip_grad=cfg.clip_grad,
                 )
             else:
-                cache = None  # the backbone trains from here on: its outputs change
                 train_loss, train_acc = train_one_epoch(
                     model,
                     loader,
