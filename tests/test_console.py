@@ -178,3 +178,26 @@ def test_the_tools_own_warnings_are_one_line_and_other_librarys_as_python_shows_
     ), lines
     assert lines[1].startswith(f"{script}:6: UserWarning: from elsewhere"), lines
     assert len(lines) == 3, lines  # and Python's source line below it
+
+
+def test_a_trial_silent_before_its_first_epoch_is_warned_about_without_a_made_up_epoch(
+    monkeypatch, capsys
+):
+    from types import SimpleNamespace
+
+    from sweeps.driver import watchdog
+
+    clock = [100.0]
+    monkeypatch.setattr(watchdog.time, "monotonic", lambda: clock[0])
+    dog = watchdog.Watchdog(limit=0, warn_floor=60)
+    trial = SimpleNamespace(trial_id="t1", status="RUNNING")
+    dog.on_step_end(0, [trial])  # its clock starts
+    clock[0] += 61
+    dog.on_step_end(1, [trial])
+    first = capsys.readouterr().err
+    assert "reported nothing for 61 s (no epoch reported yet" in first, first
+    assert "slowest epoch" not in first
+    dog.on_trial_result(2, [trial], trial, {})  # an epoch of 61 s
+    clock[0] += 200
+    dog.on_step_end(3, [trial])
+    assert "(its slowest epoch so far: 61 s)" in capsys.readouterr().err

@@ -70,9 +70,13 @@ class Watchdog(Callback):
                     if self.limit
                     else "--stall-timeout 0: it is not stopped"
                 )
+                seen = (
+                    f"its slowest epoch so far: {self._slowest[tid]:.0f} s"
+                    if tid in self._slowest
+                    else "no epoch reported yet: a first epoch or a cache's build may be slow"
+                )
                 print(
-                    f"warning: trial {tid} has reported nothing for {silent:.0f} s "
-                    f"(its slowest epoch so far: {self._slowest.get(tid, 0.0):.0f} s); "
+                    f"warning: trial {tid} has reported nothing for {silent:.0f} s ({seen}); "
                     f"{stop}",
                     file=sys.stderr,
                     flush=True,
