@@ -51,6 +51,7 @@ def assert_same_losses(a, b):
         {"strategy": "feature_extractor", "augment": "dihedral", "taps": "stages"},
         {"strategy": "base", "augment": "dihedral", "tta": "dihedral", "frozen_fraction": 0.5},
         {"strategy": "base", "augment": "none", "frozen_fraction": 0.3, "ema_decay": 0.9},
+        {"strategy": "base", "augment": "none", "frozen_fraction": 0.5, "taps": "stages"},
         {
             "strategy": "gradual_unfreeze",
             "augment": "dihedral",
@@ -67,6 +68,7 @@ def assert_same_losses(a, b):
         "frozen-stages",
         "first-blocks-frozen-dihedral-tta",
         "first-blocks-frozen-ema",
+        "first-blocks-frozen-every-stage-head",
         "unfrozen-but-the-first-blocks-ema-bn-eval",
     ],
 )
@@ -95,7 +97,7 @@ def test_a_cached_trial_reports_the_losses_of_an_uncached_one(handle, overrides,
 def test_lp_ft_fine_tunes_all_but_its_first_blocks_on_their_cached_outputs(handle, monkeypatch):
     overrides = {**RUN, "strategy": "lp_ft", "augment": "none", "frozen_fraction": 0.5}
     cached = fit_trial(handle, overrides)
-    monkeypatch.setattr(frozen, "prefix_cut", lambda net, fraction: None)  # nowhere to cut
+    monkeypatch.setattr(frozen, "prefix_cut", lambda *args: None)  # nowhere to cut
     plain = fit_trial(handle, overrides)
     assert [r[M.IMAGES_ON] for r in cached.reports] == ["features"] * 3
     assert [r[M.IMAGES_ON] for r in plain.reports] == ["features", "device", "device"]

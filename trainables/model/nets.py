@@ -76,6 +76,7 @@ class Standardize(nn.Module):
     backbone's) leaves it learning."""
 
     MOMENTUM = 0.1  # BatchNorm's default
+    fx_leaf = True  # its forward branches on its mode: torch.fx keeps it whole (model/split.py)
 
     def __init__(self, features: int, eps: float = 1e-5):
         super().__init__()
@@ -104,14 +105,15 @@ class Tapped(nn.Sequential):
 
     def __init__(self, trunk: nn.Sequential):
         super().__init__(*trunk)
-        self.taps, self.width, self.as_map = stage_ends(self)
+        self.taps, self.width, self.as_map, self.maps = stage_ends(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = []
         for i, block in enumerate(self):
             x = block(x)
-            if i in self.taps:
-                pooled += [x.mean((2, 3)), x.amax((2, 3))] if x.dim() == 4 else [x.flatten(1)]
+            if i in self.taps:  # which taps are maps is known from the shapes, so the
+                # forward has no branch on a tensor (torch.fx traces it: model/split.py)
+                pooled += [x.mean((2, 3)), x.amax((2, 3))] if i in self.maps else [x.flatten(1)]
         out = torch.cat(pooled, 1)
         return out[:, :, None, None] if self.as_map else out
 
@@ -129,14 +131,16 @@ def evaluating(module: nn.Module) -> Iterator[nn.Module]:
             m.training = training
 
 
-def stage_ends(trunk: nn.Sequential, size: int = 64) -> tuple[tuple[int, ...], int, bool]:
+def stage_ends(
+    trunk: nn.Sequential, size: int = 64
+) -> tuple[tuple[int, ...], int, bool, frozenset[int]]:
     """The blocks of ``trunk`` that end a stage: the last one, and each whose output's
     channels differ from the next block's where its maps are at most a quarter of the
     input's size across (the first, near full-resolution maps carry little; on MobileNetV2
     these are the 7 taps of benchmarks/probe_layers.py). Found from the output shapes of one
     pass of a ``size`` px image, in eval mode, on the trunk's own device (the meta device
-    included). Returns the taps, the width of the tapped vector and whether the trunk's
-    output is a map."""
+    included). Returns the taps, the width of the tapped vector, whether the trunk's
+    output is a map, and which taps output maps (the others, vectors)."""
     parameter = next(trunk.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     shapes = []
@@ -153,7 +157,8 @@ def stage_ends(trunk: nn.Sequential, size: int = 64) -> tuple[tuple[int, ...], i
         or (shape[1] != shapes[i + 1][1] and (len(shape) != 4 or max(shape[2:]) * 4 <= size))
     )
     width = sum(2 * shapes[i][1] if len(shapes[i]) == 4 else shapes[i][1] for i in taps)
-    return taps, width, len(shapes[last]) == 4
+    maps = frozenset(i for i in taps if len(shapes[i]) == 4)
+    return taps, width, len(shapes[last]) == 4, maps
 
 
 # this project's own networks, by model name (each also a ModelSpec of family "custom" in

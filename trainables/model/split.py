@@ -3,11 +3,13 @@
 which trains on them.
 
 The cut is found on the network's graph (``torch.fx``), not named per model: the latest
-point at which every operation so far belongs to the frozen blocks and a single value is
-all that the rest of the network reads. A network whose graph cannot be traced, or whose
-traced graph depends on training or evaluation mode (GoogLeNet's auxiliary heads, a
-stochastic depth traced into a function), is not cut: its trials run the whole network on
-every batch, as without a cache.
+point at which every operation so far belongs to the frozen blocks, where what the rest of
+the network reads from before it (usually one map; with an every-stage head, also the
+earlier stages' pooled maps) are per-image tensors, and where the two halves are checked
+to give the network's own output on an example. A network whose graph cannot be traced,
+or whose traced graph depends on training or evaluation mode (GoogLeNet's auxiliary
+heads, a stochastic depth traced into a function), is not cut: its trials run the whole
+network on every batch, as without a cache.
 """
 
 from __future__ import annotations
@@ -25,11 +27,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Cut:
-    """``prefix`` computes, from the body's input, the one value that ``suffix`` reads;
-    ``at`` names that value (the module that outputs it, or the graph's name for it). Both
-    share ``body``'s modules: training the suffix trains the network."""
+    """``prefix`` computes, from the body's input, the values that ``suffix`` reads (a
+    tuple: the map where the frozen blocks end, and any earlier value still read after it,
+    such as the pooled maps of earlier stages that an every-stage head reads); ``at`` names
+    the last of them (the module that outputs it, or the graph's name for it), ``index``
+    is its place in the traced graph. Both halves share ``body``'s modules: training the
+    suffix trains the network."""
 
     at: str
+    index: int
     prefix: fx.GraphModule
     suffix: fx.GraphModule
 
@@ -47,15 +53,47 @@ def _in_mode(body: nn.Module, training: bool) -> Iterator[None]:
             m.training = training_was
 
 
-def _trace(body: nn.Module, training: bool) -> fx.GraphModule:
+class _Tracer(fx.Tracer):
+    """fx's tracer, which also keeps whole a module marked ``fx_leaf`` (one whose forward
+    branches on its own training mode, as ``nets.Standardize`` does): it is called, not
+    traced into, so the graph does not fix its mode."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return getattr(m, "fx_leaf", False) or super().is_leaf_module(m, qualname)
+
+
+def _trace(body: nn.Module, training: bool = True) -> fx.GraphModule:
     with _in_mode(body, training):
-        return fx.symbolic_trace(body)
+        return fx.GraphModule(body, _Tracer().trace(body))
 
 
-def split_body(body: nn.Module, frozen: set[str]) -> Cut | None:
+# the latest few cut points tried (on an example) before a network is left uncut
+TRIES = 8
+
+
+def split_body(body: nn.Module, frozen: set[str], example: torch.Tensor) -> Cut | None:
     """``body`` cut after its leading frozen part: ``frozen`` holds the names of its frozen
-    parameters (as ``body.named_parameters`` gives them). None where no cut exists (nothing
-    frozen comes first, or the graph is not one that can be cut, see the module's text)."""
+    parameters (as ``body.named_parameters`` gives them). The latest cut point whose values
+    are per-image tensors and whose two halves give ``body``'s output on ``example`` (a
+    batch of its inputs) is taken. None where no cut exists (nothing frozen comes first, or
+    the graph is not one that can be cut, see the module's text)."""
+    graph = _graph(body, frozen)
+    if graph is None:
+        return None
+    for index in _candidates(graph, frozen)[:TRIES]:
+        cut = _cut(body, graph, index)
+        if _holds(body, cut, example):
+            return cut
+    return None
+
+
+def cut_at(body: nn.Module, index: int) -> Cut:
+    """``body`` cut where a ``Cut`` of a network of the same architecture was (``index``):
+    the same cut of a copy (the weights' moving average)."""
+    return _cut(body, _trace(body), index)
+
+
+def _graph(body: nn.Module, frozen: set[str]) -> fx.GraphModule | None:
     if not frozen:
         return None
     try:
@@ -66,10 +104,18 @@ def split_body(body: nn.Module, frozen: set[str]) -> Cut | None:
     except Exception as exc:  # noqa: BLE001  (fx refuses many models, each its own way)
         log.debug(f"not cut: the graph could not be traced ({type(exc).__name__}: {exc})")
         return None
+    if sum(n.op == "placeholder" for n in graph.graph.nodes) != 1:
+        return None
+    return graph
+
+
+def _candidates(graph: fx.GraphModule, frozen: set[str]) -> list[int]:
+    """The graph's cut points inside its leading frozen part, the latest first: after
+    node i, where nothing up to i trains and what is read after i was computed from the
+    input (not the input itself, nor a parameter or constant)."""
     nodes = list(graph.graph.nodes)
     position = {node: i for i, node in enumerate(nodes)}
     last_read = {node: max((position[u] for u in node.users), default=-1) for node in nodes}
-
     parameters = dict(graph.named_parameters())
 
     def is_frozen(node: fx.Node) -> bool:
@@ -80,42 +126,50 @@ def split_body(body: nn.Module, frozen: set[str]) -> Cut | None:
             return node.target not in parameters or node.target in frozen
         return node.op in ("call_function", "call_method")
 
-    cut = None
+    found = []
     for i, node in enumerate(nodes):
         if node.op == "placeholder":
             continue
         if node.op == "output" or not is_frozen(node):
             break
         live = [n for n in nodes[: i + 1] if last_read[n] > i]
-        if live == [node] and node.op != "get_attr":
-            cut = i
-    if cut is None:
-        return None
-    at = nodes[cut]
-    placeholders = [n for n in nodes if n.op == "placeholder"]
-    if len(placeholders) != 1:
-        return None
+        if live and all(n.op in ("call_module", "call_function", "call_method") for n in live):
+            found.append(i)
+    return found[::-1]
 
+
+def _live(nodes: list[fx.Node], index: int) -> list[fx.Node]:
+    position = {node: i for i, node in enumerate(nodes)}
+    return [n for n in nodes[: index + 1] if any(position[u] > index for u in n.users)]
+
+
+def _cut(body: nn.Module, graph: fx.GraphModule, index: int) -> Cut:
+    nodes = list(graph.graph.nodes)
+    live = _live(nodes, index)
     head = fx.Graph()
     copied: dict[fx.Node, fx.Node] = {}
-    for node in nodes[: cut + 1]:
+    for node in nodes[: index + 1]:
         copied[node] = head.node_copy(node, lambda n: copied[n])
-    head.output(copied[at])
-
+    head.output(tuple(copied[n] for n in live))
     tail = fx.Graph()
-    copied = {at: tail.placeholder("frozen")}
-    for node in nodes[cut + 1 :]:
+    copied = {n: tail.placeholder(f"frozen_{k}") for k, n in enumerate(live)}
+    for node in nodes[index + 1 :]:
         copied[node] = tail.node_copy(node, lambda n: copied[n])
+    at = nodes[index]
     name = str(at.target) if at.op == "call_module" else at.name
-    return Cut(name, fx.GraphModule(body, head), fx.GraphModule(body, tail))
+    return Cut(name, index, fx.GraphModule(body, head), fx.GraphModule(body, tail))
 
 
-def same_output(body: nn.Module, cut: Cut, x: torch.Tensor, tolerance: float = 1e-5) -> bool:
-    """Whether ``cut.suffix(cut.prefix(x))`` is ``body(x)`` (in evaluation mode): the check
-    that the two halves are the whole network."""
+def _holds(body: nn.Module, cut: Cut, x: torch.Tensor, tolerance: float = 1e-5) -> bool:
+    """Whether ``cut``'s values are per-image tensors (one row per input image) and
+    ``cut.suffix(*cut.prefix(x))`` is ``body(x)``, in evaluation mode: the two halves are
+    the whole network."""
     with _in_mode(body, False), torch.no_grad():
-        whole, halves = body(x), cut.suffix(cut.prefix(x))
-    if isinstance(whole, tuple) or isinstance(halves, tuple):
+        values = cut.prefix(x)
+        if not all(isinstance(v, torch.Tensor) and v.shape[:1] == x.shape[:1] for v in values):
+            return False
+        whole, halves = body(x), cut.suffix(*values)
+    if not isinstance(whole, torch.Tensor) or not isinstance(halves, torch.Tensor):
         return False
     scale = max(1.0, float(whole.abs().max()))
     return whole.shape == halves.shape and float((whole - halves).abs().max()) <= tolerance * scale

@@ -25,6 +25,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -48,7 +49,7 @@ from trainables.data.decode import claim_blocks
 from trainables.data.transforms import dihedral_view
 from trainables.model.factory import Net
 from trainables.model.nets import Tapped, evaluating
-from trainables.model.split import Cut, same_output, split_body
+from trainables.model.split import Cut, cut_at, split_body
 from trainables.recipe.augment import TTA_VIEWS, augment_spec
 from trainables.recipe.strategies import frozen_prefix
 from trainables.trial.scores import split_scores
@@ -74,8 +75,9 @@ class FrozenFeatures:
     values: torch.Tensor
     views: tuple[int, ...]
     path: Path | None = None
-    # each value's own shape (C x H x W of a frozen prefix's maps; () for flat features)
-    shape: tuple[int, ...] = ()
+    # what each of D is, for a frozen prefix's outputs: the shapes (C x H x W of a map) of
+    # the values it joins (empty for the pooled features a head reads)
+    shapes: tuple[tuple[int, ...], ...] = ()
 
     def columns(self, views: torch.Tensor) -> torch.Tensor:
         lookup = torch.full((max(self.views) + 1,), -1, dtype=torch.long)
@@ -112,22 +114,26 @@ class HeadOnly(nn.Module):
 
 class Suffix(nn.Module):
     """What follows a frozen prefix (``split.Cut``) in a ``Net``, its heads included, as a
-    model of the prefix's cached outputs (flattened, ``shape`` each), with the loop's
-    ``(logits, aux_logits)`` interface. Its modules are the ``Net``'s own."""
+    model of the prefix's cached outputs (the values of ``shapes``, flattened and joined),
+    with the loop's ``(logits, aux_logits)`` interface. Its modules are the ``Net``'s own."""
 
-    def __init__(self, cut: Cut, shape: tuple[int, ...]):
+    def __init__(self, cut: Cut, shapes: tuple[tuple[int, ...], ...]):
         super().__init__()
-        self.suffix, self.shape = cut.suffix, tuple(shape)
+        self.suffix, self.shapes = cut.suffix, tuple(tuple(s) for s in shapes)
+        self.widths = [math.prod(s) for s in self.shapes]
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, list]:
-        return self.suffix(features.reshape(len(features), *self.shape)), []
+        n = len(features)
+        parts = features.split(self.widths, dim=1)
+        return self.suffix(*(p.reshape(n, *s) for p, s in zip(parts, self.shapes))), []
 
 
-def prefix_cut(net: Net, fraction: float) -> Cut | None:
-    """``net``'s body cut where the first ``fraction`` of its blocks ends (``split_body``),
-    or None where it cannot be cut there (the trial then runs the whole network)."""
+def prefix_cut(net: Net, fraction: float, example: torch.Tensor) -> Cut | None:
+    """``net``'s body cut where the first ``fraction`` of its blocks ends (``split_body``,
+    checked on ``example``, a batch of its inputs), or None where it cannot be cut there
+    (the trial then runs the whole network)."""
     frozen = {n.removeprefix("body.") for n in frozen_prefix(net, fraction)}
-    return split_body(net.body, frozen)
+    return split_body(net.body, frozen, example)
 
 
 @contextlib.contextmanager
@@ -167,7 +173,7 @@ def cache_key(
     if taps:
         key["taps"] = taps
     if cut is not None:
-        key["cut"] = [cut.at, len(cut.prefix.graph.nodes)]
+        key["cut"] = [cut.at, cut.index]
     digest.update(json.dumps(key).encode())
     digest.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
     state = cut.prefix.state_dict() if cut is not None else net.state_dict()
@@ -221,8 +227,8 @@ def frozen_features(
         device.type != "cuda" or values.nbytes < torch.cuda.mem_get_info(device)[0] // 4
     ):  # else (a frozen prefix's maps, too many for the GPU) read from the memory map
         values = values.to(device)
-    shape = tuple(json.loads(meta.read_text()).get("shape", ()))
-    return FrozenFeatures(values, views, npy, shape)
+    shapes = tuple(tuple(s) for s in json.loads(meta.read_text()).get("shapes", ()))
+    return FrozenFeatures(values, views, npy, shapes)
 
 
 def check_cache(npy: Path, meta: Path) -> str:
@@ -257,13 +263,16 @@ def _build(
     body_of = contextlib.nullcontext(cut.prefix) if cut is not None else headless(net)
     with evaluating(net), body_of as body:
 
-        def run(part: np.ndarray, view: int) -> torch.Tensor:
+        def outputs(part: np.ndarray, view: int) -> tuple[torch.Tensor, ...]:
             x = centre_crop(images[torch.as_tensor(part)], pre.image_size).contiguous()
-            x = normalize(dihedral_view(x.to(device), view))
-            return body(x).float().cpu()
+            out = body(normalize(dihedral_view(x.to(device), view)))
+            return tuple(out) if cut is not None else (out,)
 
-        first = run(rows[:1], 0)
-        shape, width = tuple(first.shape[1:]), first[0].numel()
+        def run(part: np.ndarray, view: int) -> torch.Tensor:
+            return torch.cat([v.float().reshape(len(part), -1) for v in outputs(part, view)], 1)
+
+        shapes = [tuple(v.shape[1:]) for v in outputs(rows[:1], 0)]
+        width = sum(math.prod(s) for s in shapes)
         need = data.images.shape[0] * len(views) * width * 4
         if cut is not None and need > PREFIX_MAX_BYTES:
             raise UserError(
@@ -297,7 +306,7 @@ def _build(
             for start in range(0, len(rows), batch_size):
                 part = rows[start : start + batch_size]
                 for column, view in enumerate(views):
-                    out[part, column] = run(part, view).reshape(len(part), -1).numpy()
+                    out[part, column] = run(part, view).cpu().numpy()
                 done = min(start + batch_size, len(rows))
                 if progress and (done // step > start // step or done == len(rows)):
                     rate = done / max(time.monotonic() - started, 1e-9)
@@ -309,7 +318,7 @@ def _build(
             "sha256": hash_file(npy, "sha256"),
             "views": list(views),
             "width": width,
-            "shape": list(shape) if cut is not None else [],
+            "shapes": [list(s) for s in shapes] if cut is not None else [],
             "rows": len(rows),
             "seconds": time.monotonic() - started,
         }
@@ -406,10 +415,10 @@ class FrozenPhase:
         weight_decay: float,
         probe_until: int = 0,
         probe_iterations: int = 0,
-        fraction: float = 0.0,
+        cut: Cut | None = None,
     ):
         self.features, self.head, self.loader = features, head, loader
-        self.fraction = fraction  # > 0: the cache holds a frozen prefix's outputs
+        self.cut = cut  # the cache holds the outputs of this frozen prefix (None: a backbone's)
         self.until, self.weight_decay = until, weight_decay
         self.probe_until = probe_until
         self._probe = (
@@ -467,13 +476,10 @@ class FrozenPhase:
     def _prefix(cls, cfg, net, data, device, sampler, views) -> FrozenPhase | None:
         """Every epoch of a trial whose first blocks (``frozen_fraction``) never train: the
         rest of the network trains on their cached outputs, where it can be cut there."""
-        cut = prefix_cut(net, cfg.frozen_fraction)
-        if cut is None:
-            return None
         pre = data.preprocess
         sample = centre_crop(nchw(data.images[:2]), pre.image_size).contiguous().to(device)
-        if not same_output(net.body, cut, Normalize(pre.mean, pre.std)(sample)):
-            log.debug(f"not cut at {cut.at}: the two halves do not give the network's output")
+        cut = prefix_cut(net, cfg.frozen_fraction, Normalize(pre.mean, pre.std)(sample))
+        if cut is None:
             return None
         features = frozen_features(
             net, data, views, device, batch_size=max(cfg.batch_size, 64), cut=cut
@@ -485,22 +491,19 @@ class FrozenPhase:
         )
         return cls(
             features,
-            Suffix(cut, features.shape),
+            Suffix(cut, features.shapes),
             loader,
             cfg.max_epochs,
             cfg.weight_decay,
-            fraction=cfg.frozen_fraction,
+            cut=cut,
         )
 
     def model_of(self, net: Net) -> HeadOnly | Suffix:
         """What this phase trains, taken from ``net`` (the weights' moving average, which
         the loop scores): its head, or its blocks after the same cut."""
-        if not self.fraction:
+        if self.cut is None:
             return HeadOnly(net)
-        cut = prefix_cut(net, self.fraction)
-        if cut is None:
-            raise RuntimeError("a copy of the network could not be cut where the network was")
-        return Suffix(cut, self.features.shape)
+        return Suffix(cut_at(net.body, self.cut.index), self.features.shapes)
 
     def probing(self, epoch: int) -> bool:
         """Whether epoch ``epoch`` (0-based) is a full-batch L-BFGS fit of the head."""

@@ -246,7 +246,7 @@ def fit(
     cache = FrozenPhase.start(cfg, net, strategy, data, device, sampler, state.epoch)
     scored_head = cache.model_of(scored) if cache is not None and ema is not None else None
     if cache is not None and cache.covers(cfg.max_epochs):  # the images are never read
-        frozen = "blocks'" if cache.fraction else "backbone's"
+        frozen = "blocks'" if cache.cut is not None else "backbone's"
         placement = Placement("features", f"the frozen {frozen} outputs, {cache.where}")
         loader = None
     else:
