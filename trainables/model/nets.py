@@ -76,7 +76,7 @@ class Standardize(nn.Module):
     backbone's) leaves it learning."""
 
     MOMENTUM = 0.1  # BatchNorm's default
-    fx_leaf = True  # its forward branches on its mode: torch.fx keeps it whole (model/split.py)
+    fx_leaf = True  # its forward branches on its mode: torch.fx keeps it whole (model/cut.py)
 
     def __init__(self, features: int, eps: float = 1e-5):
         super().__init__()
@@ -112,7 +112,7 @@ class Tapped(nn.Sequential):
         for i, block in enumerate(self):
             x = block(x)
             if i in self.taps:  # which taps are maps is known from the shapes, so the
-                # forward has no branch on a tensor (torch.fx traces it: model/split.py)
+                # forward has no branch on a tensor (torch.fx traces it: model/cut.py)
                 pooled += [x.mean((2, 3)), x.amax((2, 3))] if i in self.maps else [x.flatten(1)]
         out = torch.cat(pooled, 1)
         return out[:, :, None, None] if self.as_map else out

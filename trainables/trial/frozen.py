@@ -47,9 +47,9 @@ from trainables.data.batch_augment import Normalize, centre_crop, draw_views
 from trainables.data.batches import lone_last, nchw
 from trainables.data.decode import claim_blocks
 from trainables.data.transforms import dihedral_view
+from trainables.model.cut import Cut, cut_at, split_body
 from trainables.model.factory import Net
 from trainables.model.nets import Tapped, evaluating
-from trainables.model.split import Cut, cut_at, split_body
 from trainables.recipe.augment import TTA_VIEWS, augment_spec
 from trainables.recipe.strategies import frozen_prefix
 from trainables.trial.scores import split_scores
@@ -113,7 +113,7 @@ class HeadOnly(nn.Module):
 
 
 class Suffix(nn.Module):
-    """What follows a frozen prefix (``split.Cut``) in a ``Net``, its heads included, as a
+    """What follows a frozen prefix (``cut.Cut``) in a ``Net``, its heads included, as a
     model of the prefix's cached outputs (the values of ``shapes``, flattened and joined),
     with the loop's ``(logits, aux_logits)`` interface. Its modules are the ``Net``'s own."""
 

@@ -1,4 +1,4 @@
-"""A network cut where its frozen blocks end (trainables/model/split.py): the two halves are
+"""A network cut where its frozen blocks end (trainables/model/cut.py): the two halves are
 the network, the suffix trains the network's own parameters, a value read across the cut
 (an earlier stage's pooled map) is carried over it, and a graph that depends on training
 mode, or nothing frozen first, is not cut."""
@@ -6,7 +6,7 @@ mode, or nothing frozen first, is not cut."""
 import torch
 from torch import nn
 
-from trainables.model.split import cut_at, split_body
+from trainables.model.cut import cut_at, split_body
 
 
 class Chain(nn.Module):
