@@ -14,13 +14,13 @@ network on every batch, as without a cache.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
+
+from trainables.model.nets import in_mode
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +40,6 @@ class Cut:
     suffix: fx.GraphModule
 
 
-@contextlib.contextmanager
-def _in_mode(body: nn.Module, training: bool) -> Iterator[None]:
-    """``body`` in training (or evaluation) mode inside the block; each submodule's own
-    mode (a strategy's frozen blocks in eval mode) is put back however it ends."""
-    was = {m: m.training for m in body.modules()}
-    body.train(training)
-    try:
-        yield
-    finally:
-        for m, training_was in was.items():
-            m.training = training_was
-
-
 class _Tracer(fx.Tracer):
     """fx's tracer, which also keeps whole a module marked ``fx_leaf`` (one whose forward
     branches on its own training mode, as ``nets.Standardize`` does): it is called, not
@@ -63,7 +50,7 @@ class _Tracer(fx.Tracer):
 
 
 def _trace(body: nn.Module, training: bool = True) -> fx.GraphModule:
-    with _in_mode(body, training):
+    with in_mode(body, training):
         return fx.GraphModule(body, _Tracer().trace(body))
 
 
@@ -114,8 +101,7 @@ def _candidates(graph: fx.GraphModule, frozen: set[str]) -> list[int]:
     node i, where nothing up to i trains and what is read after i was computed from the
     input (not the input itself, nor a parameter or constant)."""
     nodes = list(graph.graph.nodes)
-    position = {node: i for i, node in enumerate(nodes)}
-    last_read = {node: max((position[u] for u in node.users), default=-1) for node in nodes}
+    last_read = _last_read(nodes)
     parameters = dict(graph.named_parameters())
 
     def is_frozen(node: fx.Node) -> bool:
@@ -132,20 +118,27 @@ def _candidates(graph: fx.GraphModule, frozen: set[str]) -> list[int]:
             continue
         if node.op == "output" or not is_frozen(node):
             break
-        live = [n for n in nodes[: i + 1] if last_read[n] > i]
+        live = _live(nodes, last_read, i)
         if live and all(n.op in ("call_module", "call_function", "call_method") for n in live):
             found.append(i)
     return found[::-1]
 
 
-def _live(nodes: list[fx.Node], index: int) -> list[fx.Node]:
+def _last_read(nodes: list[fx.Node]) -> dict[fx.Node, int]:
+    """Each node's last reader's place in ``nodes`` (-1: none reads it)."""
     position = {node: i for i, node in enumerate(nodes)}
-    return [n for n in nodes[: index + 1] if any(position[u] > index for u in n.users)]
+    return {node: max((position[u] for u in node.users), default=-1) for node in nodes}
+
+
+def _live(nodes: list[fx.Node], last_read: dict[fx.Node, int], index: int) -> list[fx.Node]:
+    """The values computed up to node ``index`` that a later node reads: what crosses a cut
+    there."""
+    return [n for n in nodes[: index + 1] if last_read[n] > index]
 
 
 def _cut(body: nn.Module, graph: fx.GraphModule, index: int) -> Cut:
     nodes = list(graph.graph.nodes)
-    live = _live(nodes, index)
+    live = _live(nodes, _last_read(nodes), index)
     head = fx.Graph()
     copied: dict[fx.Node, fx.Node] = {}
     for node in nodes[: index + 1]:
@@ -164,7 +157,7 @@ def _holds(body: nn.Module, cut: Cut, x: torch.Tensor, tolerance: float = 1e-5) 
     """Whether ``cut``'s values are per-image tensors (one row per input image) and
     ``cut.suffix(*cut.prefix(x))`` is ``body(x)``, in evaluation mode: the two halves are
     the whole network."""
-    with _in_mode(body, False), torch.no_grad():
+    with in_mode(body, False), torch.no_grad():
         values = cut.prefix(x)
         if not all(isinstance(v, torch.Tensor) and v.shape[:1] == x.shape[:1] for v in values):
             return False

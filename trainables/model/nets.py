@@ -119,16 +119,22 @@ class Tapped(nn.Sequential):
 
 
 @contextlib.contextmanager
-def evaluating(module: nn.Module) -> Iterator[nn.Module]:
-    """``module`` in eval mode inside the block (no batch statistics move, no dropout);
-    each of its submodules' own mode is put back however the block ends."""
+def in_mode(module: nn.Module, training: bool) -> Iterator[nn.Module]:
+    """``module`` in training (or eval) mode inside the block; each of its submodules' own
+    mode (a strategy's frozen blocks in eval mode) is put back however the block ends."""
     was = {m: m.training for m in module.modules()}
-    module.eval()
+    module.train(training)
     try:
         yield module
     finally:
-        for m, training in was.items():
-            m.training = training
+        for m, training_was in was.items():
+            m.training = training_was
+
+
+def evaluating(module: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
+    """``module`` in eval mode inside the block (no batch statistics move, no dropout),
+    each submodule's own mode put back after it (``in_mode``)."""
+    return in_mode(module, False)
 
 
 def stage_ends(

@@ -428,7 +428,7 @@ class FrozenPhase:
             if probe_until
             else None
         )
-        self._everything: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._everything: tuple[torch.Tensor, ...] | None = None
         self._last_loss = float("nan")
         self.converged = False  # a full-batch epoch that no longer moved the loss
 
@@ -526,10 +526,10 @@ class FrozenPhase:
         """One L-BFGS step (many iterations) on every training image in every view; returns
         the loss (without the L2 penalty) and accuracy after it."""
         optimizer = self._probe
-        if self._everything is None:
-            self._everything = self.loader.every_view()
-        device = next(self.head.parameters()).device
-        x, y = (t.to(device) for t in self._everything)
+        if self._everything is None:  # on the head's device (the features may be on the host)
+            device = next(self.head.parameters()).device
+            self._everything = tuple(t.to(device) for t in self.loader.every_view())
+        x, y = self._everything
         weights = [p for p in self.head.parameters() if p.dim() > 1]
 
         def closure() -> torch.Tensor:

@@ -243,8 +243,14 @@ def fit(
         ema.load_state_dict(resume["ema"])
     scored = net if ema is None else ema.module
     sampler = train_sampler(cfg, data, generator)
-    cache = FrozenPhase.start(cfg, net, strategy, data, device, sampler, state.epoch)
-    scored_head = cache.model_of(scored) if cache is not None and ema is not None else None
+
+    def frozen_phase(epoch: int):
+        """The cached phase from ``epoch`` on (None: none), and the model it scores where
+        the weights' moving average is what is scored (None: the trained one)."""
+        phase = FrozenPhase.start(cfg, net, strategy, data, device, sampler, epoch)
+        return phase, (phase.model_of(scored) if phase is not None and ema is not None else None)
+
+    cache, scored_head = frozen_phase(state.epoch)
     if cache is not None and cache.covers(cfg.max_epochs):  # the images are never read
         frozen = "blocks'" if cache.cut is not None else "backbone's"
         placement = Placement("features", f"the frozen {frozen} outputs, {cache.where}")
@@ -280,8 +286,7 @@ def fit(
         started = time.perf_counter()
         if cache is not None and not cache.covers(epoch + 1):  # a frozen phase has ended:
             # what stays frozen (frozen_fraction) may still be served from a cache
-            cache = FrozenPhase.start(cfg, net, strategy, data, device, sampler, epoch)
-            scored_head = cache.model_of(scored) if cache is not None and ema is not None else None
+            cache, scored_head = frozen_phase(epoch)
         strategy.on_epoch_start(net, optimizer, epoch)
         strategy.train_mode(net)
         lr = optimizer.param_groups[0]["lr"]
