@@ -127,3 +127,39 @@ def test_lp_ft_fine_tunes_without_the_networks_own_dropout():
         assert not backbone_frozen(net)
         bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         assert all(m.training for m in bns)  # batchnorm=train: only the dropout is off
+
+
+def test_lp_ft_fine_tunes_from_the_probes_function_with_every_stage_standardised(colour_handle):
+    # taps=stages standardises the head's features: the probe fits those statistics on all
+    # its training data, and lp_ft's fine-tuning keeps them (with BatchNorm and dropout
+    # held too) instead of switching to each batch's own, so at a learning rate at which
+    # nothing learns the fine-tuning epochs are the probe's function: validation loss
+    # unchanged, training loss the probe's (up to the mean over batches against one batch)
+    from trainables.model.nets import Standardize
+
+    counts = []  # the batches each standardisation has accumulated, before each epoch
+    fitted = fit_trial(
+        colour_handle,
+        {
+            "strategy": "lp_ft",
+            "taps": "stages",
+            "batchnorm": "eval",
+            "weight_decay": 1.0,  # a probe that is not perfect, so its loss tells
+            "lr": 1e-12,
+            "max_epochs": 3,
+            "augment": "none",
+            "early_stop_patience": 0,
+            "chance_epochs": 0,
+        },
+        hook=lambda net, optimizer, epoch: counts.append(
+            [int(m.batches) for m in net.modules() if isinstance(m, Standardize)]
+        ),
+    )
+    probe, *tuned = fitted.reports
+    assert len(tuned) == 2
+    for report in tuned:
+        assert math.isclose(report[M.VAL_LOSS], probe[M.VAL_LOSS], rel_tol=1e-5)
+        assert math.isclose(report[M.TRAIN_LOSS], probe[M.TRAIN_LOSS], rel_tol=0.05)
+    # the probe's fit accumulated them (its full batch, once per L-BFGS evaluation); the
+    # fine-tuning epochs left them as they were
+    assert counts[0] == [0] and counts[1][0] > 0 and counts[1] == counts[2]

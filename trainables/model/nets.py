@@ -69,8 +69,8 @@ class Standardize(nn.Module):
     data: while training by the batch's own statistics, which it also accumulates (torch's
     batch norm: a cumulative average over the first ``1 / MOMENTUM`` batches, a moving
     one with ``MOMENTUM`` after them, so a full-batch fit's statistics are exactly its
-    data's, and they follow a backbone that trains later, as in lp_ft); in evaluation by
-    the accumulated ones. No parameters, so an L2 penalty on the head's weights acts on
+    data's); in evaluation, and in lp_ft's fine-tuning after its probe, by the accumulated
+    ones. No parameters, so an L2 penalty on the head's weights acts on
     standardised features (a linear probe is then scikit-learn's scaled logistic
     regression). Not a ``_BatchNorm`` subclass, so ``batchnorm=eval`` (which freezes the
     backbone's) leaves it learning."""
