@@ -1,6 +1,7 @@
 """Build ensembles from a finished experiment's saved probabilities.
 
     python sweeps/ensemble.py EXPERIMENT_DIR [--top 5] [--trials ID ID ...]
+    python sweeps/ensemble.py EXPERIMENT_DIR MORE_DIR ... --out DIR [--top 5]
 
 Members are chosen on the validation split only (ranked by validation loss; greedy selection
 scores on validation; stacking's meta-model is fit and cross-validated inside validation)
@@ -13,18 +14,25 @@ printed and saved as ensembles.csv / ensembles.md in the experiment folder.
 A cross-validated experiment (run.py --folds) builds the ensembles fold by fold, each from
 that fold's trials, chosen on its validation images and scored on its test images; each
 kind's test predictions are then pooled over the folds and scored over all images.
+
+Several experiments run on one split (the same data, --seed and --folds: say a probe study
+and a fine-tuning study) are ensembled as one pool of trials, each member named by its
+experiment (``NAME/variant``); their table goes to ``--out``, so that each experiment's own
+stays as it was.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from sweeps import cli
 from sweeps.experiment.files import ENSEMBLES_CSV, ENSEMBLES_MD
-from sweeps.experiment.folder import TrialPredictions, load_experiment, load_trials
+from sweeps.experiment.folder import Experiment, TrialPredictions, load_experiment, load_trials
 from sweeps.experiment.storage import write_atomic
 from trainables.core.csvcells import guarded
 from trainables.core.errors import UserError
@@ -220,37 +228,93 @@ def pooled_over_folds(
     return pd.DataFrame(rows), lines
 
 
-def _built(experiment, trial_ids, args, where: str):
-    """The ensembles of ``experiment``'s trials (``trial_ids``, or every one with a result,
-    those whose probabilities are unusable left out with a line)."""
-    trials, refused = load_trials(experiment, trial_ids, strict=trial_ids is not None)
-    for reason in refused:
-        print(f"left out: {reason}", file=sys.stderr)
+def _built(experiments: list[Experiment], trial_ids, args, where: str):
+    """The ensembles of the experiments' trials (``trial_ids``, or every one with a result,
+    those whose probabilities are unusable left out with a line), ranked together by
+    validation loss; with several experiments each member is named by its own."""
+    trials, losses = [], {}
+    for experiment in experiments:
+        loaded, refused = load_trials(experiment, trial_ids, strict=trial_ids is not None)
+        for reason in refused:
+            print(f"left out: {reason}", file=sys.stderr)
+        table = experiment.table.set_index("trial_id")
+        for trial in loaded:
+            if trial.trial_id in losses:
+                raise UserError(
+                    f"trial {trial.trial_id} is in {experiment.root} and in another of the "
+                    "experiments passed (a copied folder?); pass each experiment once"
+                )
+            losses[trial.trial_id] = table.loc[trial.trial_id, "best_val_loss"]
+            if len(experiments) > 1:
+                trial = replace(trial, variant=f"{experiment.root.name}/{trial.variant}")
+            trials.append(trial)
     if len(trials) < 2:
         raise UserError(
             f"{where}: {len(trials)} trial(s) with usable probabilities; an "
             "ensemble needs at least 2"
         )
+    first = experiments[0]
     return build(
         trials,
-        experiment.val_labels,
-        experiment.test_labels,
-        len(experiment.class_names),
-        _ranking(experiment, trials),
+        first.val_labels,
+        first.test_labels,
+        len(first.class_names),
+        sorted(losses, key=lambda i: (losses[i], i)),
         args.top,
         args.steps,
         calibrate=not args.uncalibrated,
     )
 
 
-def _ranking(experiment, trials) -> list[str]:
-    table = experiment.table.set_index("trial_id")
-    return sorted((t.trial_id for t in trials), key=lambda i: (table.loc[i, "best_val_loss"], i))
+def _one_split(experiments: list[Experiment]) -> None:
+    """Refuse experiments that were not run on one split: an ensemble's members must have
+    been chosen on the same validation images and scored on the same test images."""
+    first = experiments[0]
+    seen = set()
+    for experiment in experiments:
+        where = experiment.root.resolve()
+        if where in seen:
+            raise UserError(f"{experiment.root}: passed twice; pass each experiment once")
+        seen.add(where)
+        same = experiment.class_names == first.class_names and all(
+            _equal(getattr(experiment, part), getattr(first, part))
+            for part in (
+                "val_ids",
+                "test_ids",
+                "val_labels",
+                "test_labels",
+                "all_ids",
+                "all_labels",
+                "folds",
+            )
+        )
+        if not same:
+            raise UserError(
+                f"{experiment.root}: its split differs from {first.root}'s (other images, "
+                "labels, classes or folds); ensembles combine experiments run on one split: "
+                "run them with the same --data, --seed and --folds"
+            )
+
+
+def _equal(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return len(a) == len(b) and bool(np.array_equal(a, b))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser(__doc__, "python sweeps/ensemble.py")
-    parser.add_argument("experiment", metavar="EXPERIMENT_DIR")
+    parser.add_argument(
+        "experiments",
+        nargs="+",
+        metavar="EXPERIMENT_DIR",
+        help="an experiment folder; several, run on one split, are ensembled together",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="where the table goes (default: the experiment folder; needed with several)",
+    )
     parser.add_argument(
         "--trials",
         nargs="+",
@@ -276,7 +340,24 @@ def main(argv: list[str] | None = None) -> int:
         help="picks of greedy selection, with replacement (default 25)",
     )
     args = parser.parse_args(argv)
-    experiment = load_experiment(args.experiment)
+    several = len(args.experiments) > 1
+    if several and args.trials:
+        raise UserError(
+            "--trials names one experiment's trials: with several experiments each one's "
+            "trials with a result are used; drop --trials or pass one experiment"
+        )
+    if several and not args.out:
+        raise UserError(
+            "several experiments: say where their table goes with --out DIR (each "
+            "experiment's own ensembles.csv stays as it was)"
+        )
+    experiments = [load_experiment(path) for path in args.experiments]
+    _one_split(experiments)
+    experiment = experiments[0]
+    out = Path(args.out) if args.out else experiment.root
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: not a folder; pass a folder for the table")
+    where = " + ".join(str(e.root) for e in experiments)
     if experiment.fold_count:  # cross-validated: per fold, then pooled out of fold
         if args.trials:
             raise UserError(
@@ -285,17 +366,19 @@ def main(argv: list[str] | None = None) -> int:
             )
         per_fold = []
         for fold in range(experiment.fold_count):
-            view = experiment.for_fold(fold)
-            _, _, found = _built(view, None, args, f"fold {fold} of {experiment.root}")
-            per_fold.append((found, view.test_labels))
+            views = [e.for_fold(fold) for e in experiments]
+            _, _, found = _built(views, None, args, f"fold {fold} of {where}")
+            per_fold.append((found, views[0].test_labels))
         result, lines = pooled_over_folds(per_fold, len(experiment.class_names))
     else:
-        result, lines, _ = _built(experiment, args.trials, args, str(experiment.root))
+        result, lines, _ = _built(experiments, args.trials, args, where)
     markdown = result.to_markdown(index=False, floatfmt=".4g")
-    write_atomic(experiment.root / ENSEMBLES_CSV, guarded(result).to_csv(index=False))
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / ENSEMBLES_CSV, guarded(result).to_csv(index=False))
     write_atomic(
-        experiment.root / ENSEMBLES_MD,
+        out / ENSEMBLES_MD,
         "# Ensembles (chosen on validation, scored once on test)\n\n"
+        + (f"Of the trials of {where}.\n\n" if several else "")
         + markdown
         + "\n\n"
         + "\n".join(f"- {line}" for line in lines)
@@ -309,14 +392,12 @@ def main(argv: list[str] | None = None) -> int:
         "greedy selection's val_acc is what it optimised, stacking's is out of fold: "
         "compare test_acc"
     )
-    print(f"table: {experiment.root / ENSEMBLES_CSV}")
+    print(f"table: {out / ENSEMBLES_CSV}")
+    if several:  # a tracked sweep's run holds its own experiment's ensembles only
+        return 0
     from sweeps.sinks.tracking import log_files
 
-    tracked = log_files(
-        experiment.root,
-        [experiment.root / ENSEMBLES_CSV, experiment.root / ENSEMBLES_MD],
-        "ensembles",
-    )
+    tracked = log_files(experiment.root, [out / ENSEMBLES_CSV, out / ENSEMBLES_MD], "ensembles")
     if tracked:
         print(tracked)
     return 0

@@ -35,6 +35,40 @@ def test_ensemble_table_by_hand(tmp_path, capsys):
     assert (root / "ensembles.md").read_text().startswith("# Ensembles")
 
 
+def test_experiments_on_one_split_are_ensembled_as_one_pool(tmp_path, capsys):
+    # the trials of test_ensemble_table_by_hand, split over two experiments (a probe study
+    # and a fine-tuning study, say): the same ensembles, members named by their experiment
+    one = write_experiment(tmp_path / "probe", {"c1": (0.5, C, C)})
+    two = write_experiment(tmp_path / "tuned", {"a1": (0.6, A, A), "b1": (0.7, B, B)})
+    out = tmp_path / "both"
+    args = [str(one), str(two), "--out", str(out), "--top", "3", "--steps", "3"]
+    assert ensemble.main([*args, "--uncalibrated"]) == 0
+    table = pd.read_csv(out / "ensembles.csv").set_index("ensemble")
+    assert table.loc["best single (lowest val loss)", "members"] == "probe/vc1[c1]"
+    assert table.loc["soft vote, top 3", "test_acc"] == 1.0
+    assert table.loc["hard vote, top 3", "test_acc"] == 0.75
+    greedy = table.loc["greedy selection (3 picks)"]
+    assert greedy["members"] == "probe/vc1[c1] tuned/va1[a1] tuned/vb1[b1]"
+    assert "Of the trials of" in (out / "ensembles.md").read_text()
+    assert not (one / "ensembles.csv").exists() and not (two / "ensembles.csv").exists()
+    # refused in one line, nothing written: no --out, --trials, a folder twice, a copy, and
+    # an experiment on another split
+    other = write_experiment(tmp_path / "other", {"b2": (0.7, B, B)})
+    split = other / "split.csv"
+    split.write_text(split.read_text().replace("1/t3.png", "1/t9.png"))  # one other image
+    copy = write_experiment(tmp_path / "copy", {"c1": (0.5, C, C)})
+    for bad, needle in (
+        ([str(one), str(two)], "say where their table goes with --out"),
+        ([*args, "--trials", "c1"], "--trials names one experiment's trials"),
+        ([str(one), str(one), "--out", str(tmp_path / "x")], "passed twice"),
+        ([str(one), str(copy), "--out", str(tmp_path / "x")], "trial c1 is in"),
+        ([str(one), str(other), "--out", str(tmp_path / "x")], "its split differs from"),
+    ):
+        with pytest.raises(UserError, match=needle):
+            ensemble.main(bad)
+    assert not (tmp_path / "x" / "ensembles.csv").exists()
+
+
 def test_a_trial_on_another_split_is_left_out_by_default_and_refused_by_name(tmp_path, capsys):
     root = write_experiment(tmp_path / "exp", {"c1": (0.5, C, C), "a1": (0.6, A, A)})
     other = write_experiment(
