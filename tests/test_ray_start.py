@@ -73,3 +73,38 @@ print(seen[0][1])
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == '{"CustomCallback": 2, "CustomLoggerCallback": 1}'
+
+
+def test_a_local_ray_starts_no_idle_workers_ahead_of_the_trials():
+    """A trial is an actor with a worker process of its own: the idle workers Ray would
+    start with the instance (one per CPU) only took CPU while the sweep was being built.
+    A real local Ray, in a fresh process: its raylet runs, and after 3 s no worker has
+    been started for a task that never came (Ray's own default starts them at once)."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    script = """
+import os, time
+from pathlib import Path
+from sweeps.driver import cluster, reaper
+reaper.start = lambda: None
+cluster.start_ray(None)
+time.sleep(3)
+names = [  # a process's command line, its arguments split by NUL
+    Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\\0", " ")
+    for pid in reaper.descendants(os.getpid())
+    if Path(f"/proc/{pid}").exists()
+]
+workers = [n for n in names if n.startswith("ray::IDLE") or (
+    "default_worker.py" in n and "/raylet" not in n.split()[0])]
+print(sum("/raylet" in n.split()[0] for n in names if n), len(workers))
+cluster.stop_ray()
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    raylets, workers = map(int, result.stdout.split()[-2:])
+    assert raylets >= 1 and workers == 0

@@ -61,14 +61,24 @@ def start_ray(address: str | None, niceness: int = 0):
         # "local": always a fresh instance for this run, never a cluster that `ray start`
         # left recorded on this machine (possibly long dead)
         with ray_internals.own_process_group(), ray_internals.quiet_default_token():
-            context = ray.init(
-                address="local", _system_config={"worker_niceness": niceness}, **kwargs
-            )
+            context = ray.init(address="local", _system_config=local_config(niceness), **kwargs)
     # a local instance of ours: it must not outlive this process
     from sweeps.driver import reaper
 
     reaper.start()
     return context
+
+
+def local_config(niceness: int) -> dict:
+    """Ray's system settings for a local instance of ours. No idle workers are started
+    ahead of need: Ray would start one per CPU with the instance, but a trial is an actor,
+    which gets a worker process of its own, so they sat idle after costing about a second
+    of CPU each while the sweep was being built (benchmarks/README.md, section 3)."""
+    return {
+        "worker_niceness": niceness,
+        "enable_worker_prestart": False,
+        "prestart_worker_first_driver": False,
+    }
 
 
 def stop_ray() -> None:
