@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,6 +241,14 @@ class GoogLeNet(Torchvision):
             # a model with aux heads and then drops the heads
             kwargs.pop("aux_logits", None)
         return kwargs
+
+    def build(self, spec, arch, tag, init=True):
+        # torchvision warns, in two lines, that its pretrained GoogLeNet's auxiliary heads
+        # are not pretrained: here the whole auxiliary branch is a head the trial trains
+        # (``net_heads``), which is what the warning asks for
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "auxiliary heads in the pretrained", UserWarning)
+            return super().build(spec, arch, tag, init)
 
     def built_arch(self, arch, body):
         return {**arch, "transform_input": bool(body.transform_input)}
