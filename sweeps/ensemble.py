@@ -277,7 +277,8 @@ def _one_split(experiments: list[Experiment]) -> None:
             raise UserError(f"{experiment.root}: passed twice; pass each experiment once")
         seen.add(where)
         same = experiment.class_names == first.class_names and all(
-            _equal(getattr(experiment, part), getattr(first, part))
+            # a part absent from both (None: no folds) is equal, absent from one is not
+            np.array_equal(getattr(experiment, part), getattr(first, part))
             for part in (
                 "val_ids",
                 "test_ids",
@@ -294,12 +295,6 @@ def _one_split(experiments: list[Experiment]) -> None:
                 "labels, classes or folds); ensembles combine experiments run on one split: "
                 "run them with the same --data, --seed and --folds"
             )
-
-
-def _equal(a, b) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return len(a) == len(b) and bool(np.array_equal(a, b))
 
 
 def main(argv: list[str] | None = None) -> int:
