@@ -192,6 +192,7 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
     run the trials and print the table."""
     from sweeps.driver.builder import build_tuner, restore_tuner
     from sweeps.driver.claim import claim_new, claim_resumed
+    from sweeps.driver.plan import in_flight
     from sweeps.driver.prepare import check_weights, prepare_data
     from sweeps.driver.recorder import active, begin_sweep
     from sweeps.driver.seal import TUNER_PKL, Sealer, check_sealed, is_state
@@ -206,7 +207,7 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
         sweep = replace(sweep, spec=replace(sweep.spec, tracking=redact(sweep.spec.tracking)))
     spec, store, cfgs = sweep.spec, sweep.store, sweep.plan.configs
     models = tuple(c.model for c in cfgs)
-    concurrent = min(spec.max_concurrent or sweep.plan.trials, sweep.plan.trials)
+    concurrent = in_flight(sweep.plan, spec.max_concurrent)
     if not spec.address:  # checked before any work; a cluster is asked once joined
         per_trial = resources(
             spec.cpus_per_trial, spec.gpus_per_trial, local_resources(), models, concurrent

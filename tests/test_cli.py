@@ -313,7 +313,8 @@ def test_the_recipe_study_tries_the_linear_probe_first_and_names_the_confirmatio
 ):
     result = run_cli(
         ["--space", "recipe", "--smoke", "--storage", str(tmp_path), "--name", "r"]
-        + ["--address", ray_address],
+        # a limit of the user's own beside the search's: Tune refused the two together
+        + ["--max-concurrent", "2", "--address", ray_address],
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from search_spaces import registry
-from sweeps.driver.plan import make_plan
+from sweeps.driver.plan import create_searcher, in_flight, make_plan
 from sweeps.experiment.storage import Store
 from sweeps.experiment.tables import write_tables
 from trainables.core import metrics as M
@@ -99,6 +99,11 @@ def test_tpe_space_is_searched_with_a_budget():
     assert plan.searched and plan.trials == 20 and plan.num_samples == 20
     assert {"lr", "batch_size", "optimizer", "weight_decay", "label_smoothing"} <= set(plan.varied)
     assert make_plan(space, {}, None, smoke=True).trials == 4
+    # a fifth of the budget in flight, unless --max-concurrent says otherwise; the limit
+    # is the searcher's alone (Tune refuses a second one beside it)
+    assert create_searcher(plan, seed=0).max_concurrent == 4
+    assert in_flight(plan, None) == 4 and in_flight(plan, 1) == 1 and in_flight(plan, 50) == 20
+    assert create_searcher(plan, seed=0, max_concurrent=1).max_concurrent == 1
     # every searched key fixed (a best_config.json): no search left, a plain run
     fixed = make_plan(
         space,

@@ -142,9 +142,13 @@ def build_tuner(
             scheduler=scheduler,
             num_samples=plan.num_samples,
             search_alg=create_searcher(
-                plan, seed=plan.configs[0].seed, journal=_optuna_journal(sweep)
+                plan,
+                seed=plan.configs[0].seed,
+                journal=_optuna_journal(sweep),
+                max_concurrent=spec.max_concurrent,
             ),
-            max_concurrent_trials=spec.max_concurrent,
+            # a searched plan's limit is its searcher's
+            max_concurrent_trials=None if plan.searched else spec.max_concurrent,
             reuse_actors=True,
             trial_name_creator=name,
             trial_dirname_creator=name,

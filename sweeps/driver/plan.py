@@ -137,10 +137,21 @@ def validate(configs: list[dict]) -> list[TrialConfig]:
     return checked
 
 
-def create_searcher(plan: Plan, seed: int, journal: str | None = None):
-    """Optuna's TPE sampler, with few enough trials in flight that it learns from
-    finished ones: a fifth of the budget, between 1 and 4. With ``journal``, the Optuna
-    study lives in that journal file (optuna-dashboard opens it)."""
+def in_flight(plan: Plan, max_concurrent: int | None) -> int:
+    """How many trials run at once: ``--max-concurrent`` where given; for a searched plan
+    otherwise few enough that the search learns from finished ones (a fifth of the
+    budget, between 1 and 4); for a grid, all of them (as the nodes allow)."""
+    if max_concurrent:
+        return min(max_concurrent, plan.trials)
+    return max(1, min(4, plan.trials // 5)) if plan.searched else plan.trials
+
+
+def create_searcher(
+    plan: Plan, seed: int, journal: str | None = None, max_concurrent: int | None = None
+):
+    """Optuna's TPE sampler, with ``in_flight`` trials at most (Tune refuses a limit of
+    its own beside this one). With ``journal``, the Optuna study lives in that journal
+    file (optuna-dashboard opens it)."""
     if not plan.searched:
         return None
     import optuna
@@ -160,7 +171,7 @@ def create_searcher(plan: Plan, seed: int, journal: str | None = None):
         storage=storage,
         study_name="sweep" if storage else None,
     )
-    return ConcurrencyLimiter(searcher, max_concurrent=max(1, min(4, plan.trials // 5)))
+    return ConcurrencyLimiter(searcher, max_concurrent=in_flight(plan, max_concurrent))
 
 
 def _resumable_optuna_search():
