@@ -328,6 +328,9 @@ def test_the_recipe_study_tries_the_linear_probe_first_and_names_the_confirmatio
     assert (first["tta"] == "dihedral").all() and first["test_acc_tta"].notna().all()
     assert (tmp_path / "r" / "best_config.json").exists()
     assert f"python sweeps/confirm.py '{tmp_path / 'r'}' --top 3 --folds 5" in result.stdout
+    # the workers' lines (the frozen features' progress) reach a pipe without colour codes
+    worker = [line for line in result.stderr.splitlines() if "(train_trial pid=" in line]
+    assert worker and not any(line.startswith("\x1b[") for line in worker)
 
 
 def test_tpe_search_resumed_keeps_its_optuna_study_saves_its_best_config_and_it_re_runs(

@@ -43,6 +43,10 @@ def start_ray(address: str | None, niceness: int = 0):
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if not all(_is_terminal(stream) for stream in (sys.stdout, sys.stderr)):
+        # a trial worker's lines come prefixed "(train_trial pid=N)": into a file or a
+        # pipe without the colour codes Ray wraps around that prefix
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     # Tune's wait for a finished trial's thread, before its worker is handed on, is set in
     # the workers themselves (trainables/trial/trainable.py): a cluster's do not inherit this.
     kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
@@ -67,6 +71,13 @@ def start_ray(address: str | None, niceness: int = 0):
 
     reaper.start()
     return context
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced by an object without it, or closed
+        return False
 
 
 def local_config(niceness: int) -> dict:
