@@ -239,17 +239,19 @@ def test_an_export_averages_the_trials_test_time_views_in_every_runtime(colour_h
     assert np.abs(trial_probs - served).max() < 1e-4
 
 
-def test_a_probe_on_every_stage_exports_what_it_scored(colour_handle, tmp_path):
+@pytest.mark.parametrize("taps", ["stages", "pyramid"])
+def test_a_probe_on_every_stage_exports_what_it_scored(colour_handle, tmp_path, taps):
     # taps=stages: the head reads pooled maps of every stage, standardised by statistics
-    # it learnt from the cached features; every runtime predicts the views' mean it scored
-    cfg = {"strategy": "linear_probe", "taps": "stages"}
+    # it learnt from the cached features (pyramid: also those of the image at half size);
+    # every runtime predicts the views' mean it scored
+    cfg = {"strategy": "linear_probe", "taps": taps}
     cfg.update(augment="dihedral", tta="dihedral", weight_decay=1e-3, max_epochs=3)
     fitted = fit_trial(colour_handle, cfg)
-    assert fitted.trial.record.model.taps == "stages"
+    assert fitted.trial.record.model.taps == taps
     assert fitted.reports[0]["images_on"] == "features"
     trial_probs, predicted = exported_probabilities(fitted, tmp_path, colour_handle, "dihedral")
     assert np.abs(trial_probs - predicted).max() < 1e-4
-    assert load_export(tmp_path / "export")[0].model.taps == "stages"
+    assert load_export(tmp_path / "export")[0].model.taps == taps
 
 
 # every torchvision model from random initialisation; from seeded pretrained weights, the

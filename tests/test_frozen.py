@@ -48,10 +48,11 @@ def assert_same_losses(a, b):
         {"strategy": "feature_extractor", "augment": "none"},
         {"strategy": "feature_extractor", "augment": "dihedral", "tta": "dihedral"},
         {"strategy": "gradual_unfreeze", "augment": "dihedral", "unfreeze_epoch": 2},
-        {"strategy": "feature_extractor", "augment": "dihedral", "taps": "stages"},
+        {"strategy": "feature_extractor", "augment": "dihedral", "taps": "pyramid"},
         {"strategy": "base", "augment": "dihedral", "tta": "dihedral", "frozen_fraction": 0.5},
         {"strategy": "base", "augment": "none", "frozen_fraction": 0.3, "ema_decay": 0.9},
         {"strategy": "base", "augment": "none", "frozen_fraction": 0.5, "taps": "stages"},
+        {"strategy": "base", "augment": "none", "frozen_fraction": 0.5, "taps": "pyramid"},
         {
             "strategy": "gradual_unfreeze",
             "augment": "dihedral",
@@ -65,10 +66,11 @@ def assert_same_losses(a, b):
         "frozen-none",
         "frozen-dihedral-tta",
         "partly-frozen",
-        "frozen-stages",
+        "frozen-pyramid",
         "first-blocks-frozen-dihedral-tta",
         "first-blocks-frozen-ema",
         "first-blocks-frozen-every-stage-head",
+        "first-blocks-frozen-pyramid-head",
         "unfrozen-but-the-first-blocks-ema-bn-eval",
     ],
 )
@@ -141,6 +143,18 @@ def test_another_backbone_gets_another_file(handle):
         {**RUN, "max_epochs": 1, "strategy": "feature_extractor", "augment": "none", "seed": 1},
     )  # another seed: another random backbone
     assert len(cache_files(handle)) == 2
+
+
+def test_a_backbone_read_at_one_size_or_at_two_gets_two_files(handle):
+    # taps=stages and taps=pyramid: the same weights, but the pyramid's features are twice
+    # as many (those of the image at half size too); neither may read the other's file
+    cfg = {**RUN, "max_epochs": 1, "strategy": "feature_extractor", "augment": "none"}
+    for taps in ("stages", "pyramid", "stages"):
+        fit_trial(handle, {**cfg, "taps": taps})
+    files = cache_files(handle)
+    assert len(files) == 2
+    widths = sorted(np.load(f, mmap_mode="r").shape[-1] for f in files)
+    assert widths[1] == 2 * widths[0]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "altered", "record"])

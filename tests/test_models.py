@@ -148,6 +148,31 @@ def test_taps_stages_reads_every_stage_end_of_mobilenet_v2_as_its_pooled_maps():
     assert head[-1].in_features == got.shape[1]
 
 
+def test_taps_pyramid_joins_every_stage_of_the_image_and_of_the_image_at_half_size():
+    import torch.nn.functional as F
+
+    stages = create_model("mobilenet_v2", 4, pretrained="false", taps="stages").net.eval()
+    pyramid = create_model("mobilenet_v2", 4, pretrained="false", taps="pyramid").net.eval()
+    # the same trunk weights under the same names: the every-stage network's load into it
+    state = {k: v for k, v in stages.state_dict().items() if not stages.is_head(k)}
+    missing, unexpected = pyramid.load_state_dict(state, strict=False)
+    assert unexpected == [] and all(pyramid.is_head(k) for k in missing)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        got = pyramid.body.features(x).flatten(1)
+        full = stages.body.features(x).flatten(1)
+        half = stages.body.features(F.avg_pool2d(x, 2)).flatten(1)
+    assert pyramid.body.features.scales == (1, 2)
+    assert got.shape == (2, 2 * full.shape[1])
+    assert torch.allclose(got, torch.cat([full, half], 1), atol=1e-6)
+    assert not torch.allclose(full, half, atol=1e-3)  # the half size's are other features
+    head = pyramid.get_submodule(pyramid.head_prefixes[0])
+    assert head[-1].in_features == got.shape[1]
+    with torch.no_grad():
+        logits, _ = pyramid(x)
+    assert logits.shape == (2, 4)
+
+
 def test_the_standardised_head_learns_its_datas_statistics_even_with_batchnorm_frozen():
     from trainables.core.config import TrialConfig
     from trainables.recipe.strategies import create_strategy

@@ -38,7 +38,7 @@ FIXED_CHOICES: dict[str, tuple[str, ...]] = {
     "frozen_cache": ("auto", "off"),
     "tta": ("off", "flip", "dihedral"),
     "batchnorm": ("train", "eval"),
-    "taps": ("last", "stages"),
+    "taps": ("last", "stages", "pyramid"),
 }
 
 
@@ -101,7 +101,8 @@ class TrialConfig:
     head_dropout: float = 0.0  # dropout before the classifier
     head_hidden: int = 0  # >0: a hidden layer of this width (with ReLU) in the classifier
     # what the classifier reads: last, the network's own pooled output; stages, also the
-    # mean- and max-pooled maps at the end of every stage of its trunk, standardised
+    # mean- and max-pooled maps at the end of every stage of its trunk, standardised;
+    # pyramid, those of the image and of the image at half size, joined
     # (trainables/model/nets.py; the models whose registry entry names a trunk)
     taps: str = "last"
     # fine-tuning strategy (see trainables/recipe/strategies.py)

@@ -18,7 +18,7 @@ from torch import nn
 from trainables.core.errors import UserError
 from trainables.model import weights as W
 from trainables.model.families import DataConfig, family_of
-from trainables.model.nets import TAPS, HeadSpec, Net, SmallCNN, Tapped
+from trainables.model.nets import SCALES, TAPS, HeadSpec, Net, SmallCNN, Tapped
 from trainables.model.zoo import MODELS, ModelSpec, model_spec
 
 __all__ = [
@@ -227,13 +227,14 @@ def _build(spec: ModelSpec, arch: dict, tag: str, init: bool = True) -> tuple[nn
 
 def _with_heads(spec: ModelSpec, body: nn.Module, build: ModelBuild) -> Net:
     """Swap the classifier layer(s) for new ones of ``num_classes`` outputs (the first, main
-    one shaped by the head spec, and reading every stage with ``taps=stages``), and wrap
+    one shaped by the head spec, and reading every stage with ``taps=stages``, at two
+    sizes with ``taps=pyramid``), and wrap
     the body in ``Net``."""
     width = 0
-    if build.taps == "stages":
+    if build.taps != "last":
         *parents, attr = spec.trunk.split(".")
         parent = body.get_submodule(".".join(parents))
-        tapped = Tapped(getattr(parent, attr))
+        tapped = Tapped(getattr(parent, attr), SCALES[build.taps])
         setattr(parent, attr, tapped)
         width = tapped.width
     family = family_of(spec)

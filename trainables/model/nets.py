@@ -18,8 +18,11 @@ from trainables.core.config import FIXED_CHOICES
 from trainables.core.registry import Registry
 
 # what the classifier head reads: "last", the network's own pooled output; "stages", the
-# mean- and max-pooled maps at the end of every stage of its trunk as well (``Tapped``)
+# mean- and max-pooled maps at the end of every stage of its trunk as well (``Tapped``);
+# "pyramid", those of the image and of the image at half its size, joined
 TAPS = FIXED_CHOICES["taps"]
+# the sizes the trunk reads its input at, as divisors of the image's side, per taps value
+SCALES = {"stages": (1,), "pyramid": (1, 2)}
 
 
 class Net(nn.Module):
@@ -100,21 +103,30 @@ class Tapped(nn.Sequential):
     and classifies) that outputs, instead of its last map, the mean- and max-pooled maps of
     the blocks that end its stages (``stage_ends``), joined into one vector of ``width``
     features: shaped N x D x 1 x 1 where the trunk's output was a map (the network's own
-    pooling then leaves it as it is), N x D where it was a vector. It holds the trunk's own
-    blocks under their own names, so the weights' keys do not change."""
+    pooling then leaves it as it is), N x D where it was a vector. With ``scales`` (1, 2)
+    the trunk also reads its input averaged over 2 x 2 pixels (the image at half its size:
+    fine detail at one size, coarser context at the other), and the vectors of both are
+    joined, the full size's first. It holds the trunk's own blocks under their own names,
+    so the weights' keys do not change."""
 
-    def __init__(self, trunk: nn.Sequential):
+    def __init__(self, trunk: nn.Sequential, scales: tuple[int, ...] = (1,)):
         super().__init__(*trunk)
-        self.taps, self.width, self.as_map, self.maps = stage_ends(self)
+        self.scales = tuple(scales)
+        self.taps, width, self.as_map, self.maps = stage_ends(self)
+        self.width = width * len(self.scales)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = []
+        # every size goes through a block before any goes through the next, so the frozen
+        # first blocks of a trial end at one point of the graph for all sizes (model/cut.py)
+        ys = [F.avg_pool2d(x, scale) if scale > 1 else x for scale in self.scales]
+        pooled: list[list[torch.Tensor]] = [[] for _ in ys]
         for i, block in enumerate(self):
-            x = block(x)
+            ys = [block(y) for y in ys]
             if i in self.taps:  # which taps are maps is known from the shapes, so the
                 # forward has no branch on a tensor (torch.fx traces it: model/cut.py)
-                pooled += [x.mean((2, 3)), x.amax((2, 3))] if i in self.maps else [x.flatten(1)]
-        out = torch.cat(pooled, 1)
+                for y, into in zip(ys, pooled):
+                    into += [y.mean((2, 3)), y.amax((2, 3))] if i in self.maps else [y.flatten(1)]
+        out = torch.cat([p for into in pooled for p in into], 1)
         return out[:, :, None, None] if self.as_map else out
 
 

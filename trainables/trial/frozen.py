@@ -168,8 +168,12 @@ def cache_key(
         "std": list(pre.std),
         "views": list(views),
     }
-    # what the head reads (taps=stages): the same weights, other features
-    taps = [[name, list(m.taps)] for name, m in net.named_modules() if isinstance(m, Tapped)]
+    # what the head reads (taps=stages, pyramid): the same weights, other features
+    taps = [
+        [name, list(m.taps)] + ([list(m.scales)] if m.scales != (1,) else [])
+        for name, m in net.named_modules()
+        if isinstance(m, Tapped)
+    ]
     if taps:
         key["taps"] = taps
     if cut is not None:
