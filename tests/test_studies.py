@@ -120,19 +120,29 @@ def test_tpe_space_is_searched_with_a_budget():
 
 
 def test_the_recipe_search_starts_from_the_linear_probe():
-    from search_spaces.recipe import PROBE
+    from search_spaces.recipe import PROBE, PYRAMID
 
     space = registry()["recipe"]
-    assert make_plan(space, {}, None).points == [PROBE]
+    assert make_plan(space, {}, None).points == [PROBE, PYRAMID]
+    assert PYRAMID["taps"] == "pyramid" and PYRAMID["image_size"] == 224
     # a key the command line fixes is no longer the point's to say
     plan = make_plan(space, {"image_size": 224}, None)
-    assert plan.points == [{k: v for k, v in PROBE.items() if k != "image_size"}]
-    # what the head reads is searched for a model that names its trunk, and the probe
-    # reads every stage; for another model neither the search nor the point says it
-    assert make_plan(space, {}, None).param_space["taps"].categories == ["last", "stages"]
+    assert plan.points == [
+        {k: v for k, v in p.items() if k != "image_size"} for p in (PROBE, PYRAMID)
+    ]
+    # what the head reads is searched for a model that names its trunk, and the probes
+    # read every stage (at one size, then two); for another model neither the search nor
+    # the points say it, and the two probes left differ only in image size
+    taps = make_plan(space, {}, None).param_space["taps"].categories
+    assert taps == ["last", "stages", "pyramid"]
     other = make_plan(space, {"model": "resnet18"}, None)
     assert "taps" not in other.param_space
-    assert other.points == [{k: v for k, v in PROBE.items() if k != "taps"}]
+    assert other.points == [{k: v for k, v in p.items() if k != "taps"} for p in (PROBE, PYRAMID)]
+    # a point outside what the search draws is refused in one line (Optuna would fail
+    # with a traceback when the point's trial is asked for)
+    outside = dataclasses.replace(space, points=({**PROBE, "image_size": 300},))
+    with pytest.raises(UserError, match="sets image_size=300, outside what the search draws"):
+        make_plan(outside, {}, None)
     # ordered classes bring the ordinal objectives into the search, and only they do
     assert make_plan(space, {}, None).param_space["objective"].categories == ["ce", "weighted_ce"]
     ordered = make_plan(space, {"class_order": "p0,p1,p2,p3"}, None).param_space["objective"]

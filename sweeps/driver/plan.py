@@ -94,9 +94,37 @@ def first_points(space, param_space: dict[str, Any]) -> list[dict[str, Any]]:
                 f"the {space.name} study's first point has no value for {', '.join(missing)}: "
                 "add them to its points in search_spaces/"
             )
+        for key, value in kept.items():
+            if not _in_domain(param_space[key], value):
+                raise UserError(
+                    f"a first point of the {space.name} study sets {key}={value!r}, outside "
+                    f"what the search draws ({_domain_text(param_space[key])}): widen the "
+                    "choice or change the point in search_spaces/"
+                )
         if kept and kept not in points:
             points.append(kept)
     return points
+
+
+def _in_domain(domain, value) -> bool:
+    """Whether Optuna accepts ``value`` for a searched key: one of a choice's categories (a
+    point outside them fails inside Optuna when its trial is asked for), or within a
+    numeric range's bounds."""
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    if isinstance(domain, Categorical):
+        return value in domain.categories
+    if isinstance(domain, Float | Integer):
+        return domain.lower <= value <= domain.upper
+    return True
+
+
+def _domain_text(domain) -> str:
+    from ray.tune.search.sample import Categorical
+
+    if isinstance(domain, Categorical):
+        return "one of " + ", ".join(map(str, domain.categories))
+    return f"{domain.lower} to {domain.upper}"
 
 
 def grid_configs(param_space: dict[str, Any]) -> list[dict[str, Any]]:
