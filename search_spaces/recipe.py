@@ -47,7 +47,7 @@ PROBE = {
 # the same probe at 224 px reading every stage of the image and of the image at half size
 # (taps=pyramid), a second size for the search to start from: on ELPV, one view,
 # scikit-learn's probe on these features scored 0.779 against 0.770 at 224 px alone; with
-# the 8 views and tta=dihedral the tool's pyramid probe scored 0.788 out of fold, level
+# the 8 views and tta=dihedral the tool's pyramid probe scored 0.789 out of fold, level
 # with the every-stage probe at 224 px (0.787) and at 128 px (docs/case-studies.md)
 PYRAMID = {**PROBE, "image_size": 224, "taps": "pyramid"}
 
