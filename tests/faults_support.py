@@ -2,6 +2,8 @@
 signals, disks): the slow trial, and checks of what a stopped sweep leaves behind."""
 
 import hashlib
+import re
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -72,8 +74,18 @@ def resume_completes(
     """The fault is gone: ``--resume`` completes the sweep, on the session's Ray head
     (``address``; the stopped sweep ran on a Ray of its own, as the faults need)."""
     monkeypatch.delenv("VISIONSWEEP_FAULTS")
+    before = experiment / "results.csv"
+    finished = 0
+    if before.exists():
+        finished = int((pd.read_csv(before)["stop_reason"] != "unfinished").sum())
+    started = time.monotonic()
     resumed = run_cli(["--resume", str(experiment), "--address", address], cwd=cwd)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # the progress lines count the trials finished before the stop, and the seconds of
+    # this command (they were the first command's: its count from 0, its clock)
+    lines = re.findall(r"^\[ *(\d+)s (\d+)/(\d+) done\]", resumed.stdout, re.MULTILINE)
+    assert lines and int(lines[0][1]) == finished and int(lines[-1][1]) == trials, lines
+    assert all(int(s) <= time.monotonic() - started for s, _, _ in lines), lines
     table = pd.read_csv(experiment / "results.csv", dtype={"trial_id": str})
     assert len(table) == trials and table["trial_id"].is_unique
     assert (table["stop_reason"] == "completed").all(), table

@@ -240,6 +240,7 @@ class TrialRecorder(Callback):
         for raw in state.get("entries", []):
             entry = TrialEntry(**raw)
             self.entries[entry.trial_id] = entry
+        self._each("resumed", self.finished())
 
     # ---------------------------------------------------------------- writing
 

@@ -36,3 +36,7 @@ class Sink:
 
     def close(self) -> None:
         """The sweep ended (or stopped)."""
+
+    def resumed(self, finished: int) -> None:
+        """The sweep goes on after a stop (``--resume``), ``finished`` of its trials done
+        before it."""

@@ -14,11 +14,19 @@ def _f(value, spec=".3f") -> str:
 
 
 class ProgressLines(Sink):
-    """A recorder sink (``sweeps/driver/recorder.py``) that prints to stdout."""
+    """A recorder sink (``sweeps/driver/recorder.py``) that prints to stdout: the seconds
+    since this command started, and how many trials are done (counting those finished
+    before a resume)."""
 
     def __init__(self, total: int):
         self.total = total
         self.done = 0
+        self.started = time.monotonic()
+
+    def resumed(self, finished: int) -> None:
+        # Tune restores the sinks as pickled when the sweep began: their clock and count
+        # are those of the first command's start
+        self.done = finished
         self.started = time.monotonic()
 
     @staticmethod
