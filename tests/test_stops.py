@@ -248,3 +248,17 @@ def test_resume_replays_the_experiments_own_split_not_the_file_it_was_started_wi
     )
     spec = resumed(SweepSpec(resume=str(experiment)))
     assert spec.split_file == f"{experiment}/split.csv"
+
+
+def test_a_trial_retried_after_an_error_is_counted_done_once(capsys):
+    # --retry-errored runs again a trial the restored state already counts as ended
+    from sweeps.sinks.base import TrialEntry
+    from sweeps.sinks.progress import ProgressLines
+
+    lines = ProgressLines(3)
+    lines.resumed(["a", "b"])  # "b" had failed
+    retried = TrialEntry("b", "v", {}, "", status="TERMINATED", stop_reason="completed")
+    lines.end(retried)
+    lines.end(TrialEntry("c", "v", {}, "", status="TERMINATED", stop_reason="completed"))
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split("] ")[0].split()[-2] for line in out] == ["2/3", "3/3"]

@@ -240,7 +240,7 @@ class TrialRecorder(Callback):
         for raw in state.get("entries", []):
             entry = TrialEntry(**raw)
             self.entries[entry.trial_id] = entry
-        self._each("resumed", self.finished())
+        self._each("resumed", [e.trial_id for e in self.entries.values() if e.status in FINISHED])
 
     # ---------------------------------------------------------------- writing
 

@@ -37,6 +37,6 @@ class Sink:
     def close(self) -> None:
         """The sweep ended (or stopped)."""
 
-    def resumed(self, finished: int) -> None:
-        """The sweep goes on after a stop (``--resume``), ``finished`` of its trials done
-        before it."""
+    def resumed(self, finished: list[str]) -> None:
+        """The sweep goes on after a stop (``--resume``); ``finished``: the ids of the
+        trials done before it."""

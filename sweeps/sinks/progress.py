@@ -20,13 +20,17 @@ class ProgressLines(Sink):
 
     def __init__(self, total: int):
         self.total = total
-        self.done = 0
+        self.ended: set[str] = set()  # a trial retried after an error counts once
         self.started = time.monotonic()
 
-    def resumed(self, finished: int) -> None:
+    @property
+    def done(self) -> int:
+        return len(self.ended)
+
+    def resumed(self, finished: list[str]) -> None:
         # Tune restores the sinks as pickled when the sweep began: their clock and count
         # are those of the first command's start
-        self.done = finished
+        self.ended = set(finished)
         self.started = time.monotonic()
 
     @staticmethod
@@ -51,7 +55,7 @@ class ProgressLines(Sink):
         )
 
     def end(self, entry) -> None:
-        self.done += 1
+        self.ended.add(entry.trial_id)
         if entry.status == "ERROR":
             self._print(f"{self._name(entry)} FAILED (its error follows the table at the end)")
             return
