@@ -94,37 +94,33 @@ def first_points(space, param_space: dict[str, Any]) -> list[dict[str, Any]]:
                 f"the {space.name} study's first point has no value for {', '.join(missing)}: "
                 "add them to its points in search_spaces/"
             )
-        for key, value in kept.items():
-            if not _in_domain(param_space[key], value):
-                raise UserError(
-                    f"a first point of the {space.name} study sets {key}={value!r}, outside "
-                    f"what the search draws ({_domain_text(param_space[key])}): widen the "
-                    "choice or change the point in search_spaces/"
-                )
+        if kept:
+            _check_in_search(space.name, kept, param_space)
         if kept and kept not in points:
             points.append(kept)
     return points
 
 
-def _in_domain(domain, value) -> bool:
-    """Whether Optuna accepts ``value`` for a searched key: one of a choice's categories (a
-    point outside them fails inside Optuna when its trial is asked for), or within a
-    numeric range's bounds."""
-    from ray.tune.search.sample import Categorical, Float, Integer
+def _check_in_search(name: str, point: dict[str, Any], param_space: dict[str, Any]) -> None:
+    """Refuse, in one line, a point value that Optuna would not take for its key (outside a
+    choice's categories or a range's bounds, as Ray's search converts them: a randint's
+    upper bound is exclusive): Optuna fails with a traceback when the point's trial is
+    asked for."""
+    from ray.tune.search.optuna import OptunaSearch
 
-    if isinstance(domain, Categorical):
-        return value in domain.categories
-    if isinstance(domain, Float | Integer):
-        return domain.lower <= value <= domain.upper
-    return True
-
-
-def _domain_text(domain) -> str:
-    from ray.tune.search.sample import Categorical
-
-    if isinstance(domain, Categorical):
-        return "one of " + ", ".join(map(str, domain.categories))
-    return f"{domain.lower} to {domain.upper}"
+    optuna_space = OptunaSearch.convert_search_space({k: param_space[k] for k in point})
+    for key, value in point.items():
+        drawn = optuna_space[key]
+        if hasattr(drawn, "choices"):
+            inside, what = value in drawn.choices, "one of " + ", ".join(map(str, drawn.choices))
+        else:
+            inside, what = drawn.low <= value <= drawn.high, f"{drawn.low} to {drawn.high}"
+        if not inside:
+            raise UserError(
+                f"a first point of the {name} study sets {key}={value!r}, outside what the "
+                f"search draws ({what}): widen the choice or change the point in "
+                "search_spaces/"
+            )
 
 
 def grid_configs(param_space: dict[str, Any]) -> list[dict[str, Any]]:
