@@ -229,7 +229,10 @@ class TrialRecorder(Callback):
         self._each("close")
 
     def finished(self) -> int:
-        return sum(e.status in FINISHED for e in self.entries.values())
+        return len(self._finished_ids())
+
+    def _finished_ids(self) -> list[str]:
+        return [e.trial_id for e in self.entries.values() if e.status in FINISHED]
 
     # ---------------------------------------------------------------- resume
 
@@ -240,7 +243,7 @@ class TrialRecorder(Callback):
         for raw in state.get("entries", []):
             entry = TrialEntry(**raw)
             self.entries[entry.trial_id] = entry
-        self._each("resumed", [e.trial_id for e in self.entries.values() if e.status in FINISHED])
+        self._each("resumed", self._finished_ids())
 
     # ---------------------------------------------------------------- writing
 
