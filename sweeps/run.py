@@ -273,8 +273,8 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
     stop_ray()
     recorder = active()
     code = finish(recorder, sweep.space, sweep.plan, store)
-    if spec.folds and not recorder.fault and stop.signal is None:
-        _out_of_fold(store)
+    if spec.folds and not recorder.fault:  # stopped too: the variants with every fold
+        _out_of_fold(store, None if stop.signal is None else sweep.plan.trials // spec.folds)
     resume = f"python sweeps/run.py --resume '{store}'"
     if sealer.failed:  # Tune's last state reached the experiment unsealed (a full disk)
         resume += " --trust-state"
@@ -301,9 +301,12 @@ def run_sweep(sweep: Sweep, command: list[str]) -> int:
     return code
 
 
-def _out_of_fold(store) -> None:
+def _out_of_fold(store, stopped_of: int | None = None) -> None:
     """A cross-validated sweep ends with each variant's out-of-fold scores over all images
-    and the verdict (sweeps/analysis/folds.py)."""
+    and the verdict (sweeps/analysis/folds.py). A stopped one (``stopped_of``: its number
+    of variants) settles those whose folds all finished, and says how many those are in
+    one line instead of a line for each of the others (verdict.md lists them); its
+    ``--resume`` settles them all."""
     if store.is_uri:
         print(
             f"out-of-fold results: run python sweeps/confirm.py on a local copy of {store}",
@@ -316,6 +319,13 @@ def _out_of_fold(store) -> None:
     settled = settle_experiment(load_experiment(store.root))
     print()
     print(show(settled))
+    if stopped_of is not None:
+        print(
+            f"out of fold: {len(settled.ranked)} of {stopped_of} variant(s) have a result on "
+            "every fold so far (the others are listed in verdict.md); --resume settles them all",
+            file=sys.stderr,
+        )
+        return
     for reason in settled.left_out:
         print(f"left out: {reason}", file=sys.stderr)
 

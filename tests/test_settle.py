@@ -126,11 +126,14 @@ def _confirm(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_a_folded_sweep_scores_every_image_once_and_confirm_ends_with_a_verdict(
-    tmp_path, ray_address
+    tmp_path, ray_address, monkeypatch
 ):
     make_image_folder(tmp_path / "images", per_class=6)
     runs = tmp_path / "runs"
-    done = run_cli(
+    # Ctrl-C once four trials (each variant's folds in turn, two at a time) have finished:
+    # the first variant has all three folds, the second not
+    monkeypatch.setenv("VISIONSWEEP_FAULTS", "interrupt_driver_after=4")
+    stopped = run_cli(
         [
             "--space",
             "single",
@@ -152,8 +155,19 @@ def test_a_folded_sweep_scores_every_image_once_and_confirm_ends_with_a_verdict(
         ],
         cwd=tmp_path,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
     experiment = runs / "cv"
+    table = pd.read_csv(experiment / "results.csv")
+    folds_done = table[table["stop_reason"] == "completed"].groupby("variant")["fold"].nunique()
+    complete = sorted(folds_done[folds_done == 3].index)
+    assert len(complete) == 1 and len(table["variant"].unique()) == 2, table
+    # the stopped sweep still settles the variant whose folds all finished
+    assert sorted(pd.read_csv(experiment / "results_oof.csv")["variant"]) == complete
+    assert "1 of 2 variant(s) have a result on every fold" in stopped.stderr
+    assert "left out:" not in stopped.stderr
+    monkeypatch.delenv("VISIONSWEEP_FAULTS")
+    done = run_cli(["--resume", str(experiment), "--address", ray_address], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
     split = pd.read_csv(experiment / "split.csv")
     assert sorted(split["fold"].value_counts().tolist()) == [6, 6, 6]
     table = pd.read_csv(experiment / "results.csv")
@@ -176,7 +190,7 @@ def test_a_folded_sweep_scores_every_image_once_and_confirm_ends_with_a_verdict(
     assert "out-of-fold accuracy" in done.stdout
     # threads not set: each trial's CPU share (the session head's 2 CPUs over 2 trials),
     # pinned by the driver and recorded in every trial's config
-    assert "1 thread(s) per trial" in done.stderr
+    assert "1 thread(s) per trial" in stopped.stderr
     record = next(experiment.glob("*/checkpoint_*/trial.json"))
     assert json.loads(record.read_text())["config"]["threads"] == 1
     assert (experiment / "verdict.md").read_text().count("small_cnn-") >= 2
