@@ -36,6 +36,7 @@ def test_every_workaround_fits_the_pinned_ray():
         "light_callback_tag",
         "move_trial_storage",
         "after_tune_saves",
+        "end_local_monitor",
     }
 
 

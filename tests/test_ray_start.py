@@ -75,11 +75,13 @@ print(seen[0][1])
     assert done.stdout.strip() == '{"CustomCallback": 2, "CustomLoggerCallback": 1}'
 
 
-def test_a_local_ray_starts_no_idle_workers_ahead_of_the_trials():
+def test_a_local_ray_starts_no_idle_workers_ahead_of_the_trials_and_ends_whole():
     """A trial is an actor with a worker process of its own: the idle workers Ray would
     start with the instance (one per CPU) only took CPU while the sweep was being built.
     A real local Ray, in a fresh process: its raylet runs, and after 3 s no worker has
-    been started for a task that never came (Ray's own default starts them at once)."""
+    been started for a task that never came (Ray's own default starts them at once).
+    Its stop ends the autoscaler monitor before Ray's shutdown reaches the raylet (Ray
+    ended it last, after the GCS, and waited a second for it), and leaves no process."""
     import subprocess
     import sys
 
@@ -100,11 +102,26 @@ names = [  # a process's command line, its arguments split by NUL
 workers = [n for n in names if n.startswith("ray::IDLE") or (
     "default_worker.py" in n and "/raylet" not in n.split()[0])]
 print(sum("/raylet" in n.split()[0] for n in names if n), len(workers))
+import ray
+from ray._private import node as ray_node
+monitor = ray._private.worker._global_node.all_processes["monitor"][0].process
+kill = ray_node.Node._kill_process_type
+ended_before = []  # per process type Ray's shutdown ends: was the monitor already ended
+def recorded(self, kind, *args, **kwargs):
+    ended_before.append((kind, monitor.poll() is not None))
+    return kill(self, kind, *args, **kwargs)
+ray_node.Node._kill_process_type = recorded
 cluster.stop_ray()
+alive = [pid for pid in reaper.descendants(os.getpid())
+         if Path(f"/proc/{pid}").exists()
+         and Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"]
+print(dict(ended_before)["raylet"], len(alive))
 """
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    raylets, workers = map(int, result.stdout.split()[-2:])
+    first, last = result.stdout.strip().splitlines()[-2:]
+    raylets, workers = map(int, first.split())
     assert raylets >= 1 and workers == 0
+    assert last == "True 0", result.stdout

@@ -97,6 +97,9 @@ def stop_ray() -> None:
     Ctrl-C printed a traceback (what a Ctrl-C cuts short, the watchdog in reaper.py ends)."""
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
+        from trainables.core import ray_internals
+
+        ray_internals.end_local_monitor()  # else a second of Ray's shutdown waits on it
         ray.shutdown()
 
 

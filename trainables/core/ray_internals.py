@@ -167,6 +167,47 @@ def _check_token_line() -> str | None:
     return _source_has(importlib.import_module(TOKEN_LOGGER), TOKEN_LINE)
 
 
+# -- a local Ray's autoscaler monitor, ended first ---------------------------------------
+
+
+def end_local_monitor() -> bool:
+    """Before ``ray.shutdown`` of a local instance of ours: end its autoscaler monitor at
+    once (SIGKILL). Ray's shutdown ends the raylet and the GCS first, then sends the monitor
+    SIGTERM, on which the monitor tries to tell the (gone) GCS that the autoscaler failed;
+    Ray waits a full second for it, then kills it: a second of every sweep's end. A local
+    instance has no autoscaled nodes, so there is nothing for the monitor to clean up, and
+    ended while the GCS is still up it tells no driver of a failure. Ray's shutdown then
+    skips it as already ended. Nothing is done for a joined cluster (this process started
+    none of its processes). True when a monitor was ended."""
+    import ray
+    from ray._private import ray_constants
+
+    node = ray._private.worker._global_node
+    ended = False
+    for info in (node.all_processes if node is not None else {}).get(
+        ray_constants.PROCESS_TYPE_MONITOR, []
+    ):
+        if info.process.poll() is None:
+            info.process.kill()
+            info.process.wait(timeout=10)
+            ended = True
+    return ended
+
+
+@_checks("end_local_monitor")
+def _check_end_local_monitor() -> str | None:
+    import ray._private.worker
+    from ray._private import node, ray_constants
+
+    if not hasattr(ray._private.worker, "_global_node"):
+        return "ray._private.worker has no _global_node"
+    if not isinstance(getattr(ray_constants, "PROCESS_TYPE_MONITOR", None), str):
+        return "ray_constants has no PROCESS_TYPE_MONITOR"
+    return _source_has(node, "self.all_processes") or _source_has(
+        node, "if process.poll() is not None:"
+    )
+
+
 # -- Ray's temporary folder ---------------------------------------------------------------
 
 
