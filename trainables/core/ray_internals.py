@@ -179,6 +179,8 @@ def end_local_monitor() -> bool:
     ended while the GCS is still up it tells no driver of a failure. Ray's shutdown then
     skips it as already ended. Nothing is done for a joined cluster (this process started
     none of its processes). True when a monitor was ended."""
+    import subprocess
+
     import ray
     from ray._private import ray_constants
 
@@ -189,7 +191,10 @@ def end_local_monitor() -> bool:
     ):
         if info.process.poll() is None:
             info.process.kill()
-            info.process.wait(timeout=10)
+            try:
+                info.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # not reaped (stuck in the kernel): Ray's
+                pass  # shutdown tries again, as it did before this
             ended = True
     return ended
 
