@@ -55,6 +55,18 @@ def _class_photos(job) -> None:
         image.save(folder / f"img_{i:04d}.jpg", quality=90)
 
 
+# run.py's flags for a sweep of one trial at a time, each given every core (as a plain loop
+# has them), with no pruning
+ONE_AT_A_TIME = [
+    "--max-concurrent",
+    "1",
+    "--cpus-per-trial",
+    str(os.cpu_count()),
+    "--scheduler",
+    "fifo",
+]
+
+
 def median(values) -> float:
     return statistics.median(values)
 

@@ -11,7 +11,8 @@ experiment: the sum of their epochs' seconds (``epoch_time_s`` in each trial's
 progress.csv: training, validation and test scoring of an epoch) and of their wall time as
 Tune saw it (``wall_s`` in results.csv: the trial's set-up too, not its worker's start).
 The plain loop runs the very configurations the sweep ran (read from its trial records) in
-one fresh process, paying its imports and data set-up as the sweep does.
+one fresh process, paying its imports and data set-up as the sweep does (it writes no
+checkpoints and no records: those are part of what the sweep costs).
 
     python benchmarks/head_search.py --data demo:elpv4 --image-size 224 --epochs 10 --rounds 3
 """
@@ -20,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, machine, median, run_sweep
+from _common import ONE_AT_A_TIME, ROOT, machine, median, run_sweep
 
 LRS = "[0.0001,0.0003,0.001,0.003,0.01]"
 
@@ -57,12 +57,7 @@ def sweep_args(args, settings: dict, grid: bool) -> list[str]:
         "single",
         "--data",
         args.data,
-        "--max-concurrent",
-        "1",
-        "--cpus-per-trial",
-        str(os.cpu_count()),
-        "--scheduler",
-        "fifo",
+        *ONE_AT_A_TIME,
         *sets,
     ]
 

@@ -15,14 +15,13 @@ the result table. Prints medians over rounds and the wall-time ratio.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, machine, median, run_sweep
+from _common import ONE_AT_A_TIME, ROOT, machine, median, run_sweep
 
 
 def settings(args, epochs: int) -> list[str]:
@@ -112,12 +111,7 @@ def main() -> None:
                     "single",
                     "--num-samples",
                     str(args.trials),
-                    "--max-concurrent",
-                    "1",
-                    "--cpus-per-trial",
-                    str(os.cpu_count()),
-                    "--scheduler",
-                    "fifo",
+                    *ONE_AT_A_TIME,
                     *data,
                     *settings(args, epochs),
                 ],
