@@ -170,7 +170,7 @@ def _check_token_line() -> str | None:
 # -- a local Ray's autoscaler monitor, ended first ---------------------------------------
 
 
-def end_local_monitor() -> bool:
+def end_local_monitor() -> None:
     """Before ``ray.shutdown`` of a local instance of ours: end its autoscaler monitor at
     once (SIGKILL). Ray's shutdown ends the raylet and the GCS first, then sends the monitor
     SIGTERM, on which the monitor tries to tell the (gone) GCS that the autoscaler failed;
@@ -178,14 +178,13 @@ def end_local_monitor() -> bool:
     instance has no autoscaled nodes, so there is nothing for the monitor to clean up, and
     ended while the GCS is still up it tells no driver of a failure. Ray's shutdown then
     skips it as already ended. Nothing is done for a joined cluster (this process started
-    none of its processes). True when a monitor was ended."""
+    none of its processes)."""
     import subprocess
 
     import ray
     from ray._private import ray_constants
 
     node = ray._private.worker._global_node
-    ended = False
     for info in (node.all_processes if node is not None else {}).get(
         ray_constants.PROCESS_TYPE_MONITOR, []
     ):
@@ -195,8 +194,6 @@ def end_local_monitor() -> bool:
                 info.process.wait(timeout=10)
             except subprocess.TimeoutExpired:  # not reaped (stuck in the kernel): Ray's
                 pass  # shutdown tries again, as it did before this
-            ended = True
-    return ended
 
 
 @_checks("end_local_monitor")
