@@ -67,6 +67,15 @@ ONE_AT_A_TIME = [
 ]
 
 
+def add_frozen_network_args(parser) -> None:
+    """The flags of the benchmarks on a frozen pretrained network: its data, model, weights
+    and input size."""
+    parser.add_argument("--data", default="demo:elpv4")
+    parser.add_argument("--model", default="mobilenet_v2")
+    parser.add_argument("--weights", default="IMAGENET1K_V1")
+    parser.add_argument("--image-size", type=int, default=224)
+
+
 def median(values) -> float:
     return statistics.median(values)
 

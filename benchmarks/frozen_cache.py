@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, machine, median
+from _common import ROOT, add_frozen_network_args, machine, median
 
 TRIAL = r"""
 import json, resource, sys, time
@@ -87,10 +87,7 @@ def run_trial(config: dict, handle: dict, threads: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="demo:elpv4")
-    parser.add_argument("--model", default="mobilenet_v2")
-    parser.add_argument("--weights", default="IMAGENET1K_V1")
-    parser.add_argument("--image-size", type=int, default=224)
+    add_frozen_network_args(parser)
     parser.add_argument("--per-class", type=int, default=0, help="at most this many per class")
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--uncached", type=int, default=3, help="trials also run uncached")

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ONE_AT_A_TIME, ROOT, machine, median, run_sweep
+from _common import ONE_AT_A_TIME, ROOT, add_frozen_network_args, machine, median, run_sweep
 
 LRS = "[0.0001,0.0003,0.001,0.003,0.01]"
 
@@ -63,11 +63,12 @@ def sweep_args(args, settings: dict, grid: bool) -> list[str]:
 
 
 def trial_configs(experiment: Path) -> list[dict]:
-    """The configurations the sweep's trials ran, from their records."""
-    configs = []
-    for record in sorted(experiment.glob("*/checkpoint_*/trial.json")):
-        configs.append((record.parent.parent.name, json.loads(record.read_text())["config"]))
-    latest = dict(configs)  # one per trial: its last checkpoint's record
+    """The configurations the sweep's trials ran, from their records (one per trial, its
+    last checkpoint's), in the trials' order."""
+    latest = {
+        record.parent.parent.name: json.loads(record.read_text())["config"]
+        for record in sorted(experiment.glob("*/checkpoint_*/trial.json"))
+    }
     return [latest[name] for name in sorted(latest)]
 
 
@@ -129,10 +130,7 @@ def plain_loop(configs: list[dict], data: str, folder: Path) -> tuple[float, int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="demo:elpv4")
-    parser.add_argument("--model", default="mobilenet_v2")
-    parser.add_argument("--weights", default="IMAGENET1K_V1")
-    parser.add_argument("--image-size", type=int, default=224)
+    add_frozen_network_args(parser)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
