@@ -230,3 +230,52 @@ def test_a_new_kind_of_model_is_one_adapter(monkeypatch):
     assert weights.variants(spec) == []
     with pytest.raises(UserError, match="tiny_mlp has no pretrained weights"):
         create_model("tiny_mlp", num_classes=3, pretrained="true")
+
+
+def test_the_input_size_check_runs_once_per_architecture_code(tmp_path, monkeypatch):
+    """The meta-device check's verdicts are kept in the cache folder: a second check of
+    the same sizes builds nothing, gives the same refusal, and a change of the model code
+    (its key) checks again."""
+    from trainables.model import factory, sizes
+
+    built = []
+    real = factory._runs_on_meta
+
+    def counted(spec, aux_heads, size):
+        built.append(size)
+        return real(spec, aux_heads, size)
+
+    monkeypatch.setattr(factory, "_runs_on_meta", counted)
+    factory.check_input_size("vgg16", False, 64, sizes.Verdicts(tmp_path))
+    with pytest.raises(UserError, match="cannot take 16 px.*; use image_size=32 or more"):
+        factory.check_input_size("vgg16", False, 16, sizes.Verdicts(tmp_path))
+    assert built == [64, 16, 32]
+    factory.check_input_size("vgg16", False, 64, sizes.Verdicts(tmp_path))
+    with pytest.raises(UserError, match="cannot take 16 px.*; use image_size=32 or more"):
+        factory.check_input_size("vgg16", False, 16, sizes.Verdicts(tmp_path))
+    assert built == [64, 16, 32]  # all from the record
+
+    monkeypatch.setattr(sizes, "code_key", lambda: "other code")
+    factory.check_input_size("vgg16", False, 64, sizes.Verdicts(tmp_path))
+    assert built == [64, 16, 32, 64]
+
+
+def test_an_unreadable_or_unwritable_record_of_input_sizes_is_checked_again(tmp_path):
+    from trainables.model import factory, sizes
+
+    record = tmp_path / sizes.FILE
+    record.write_text('{"key": "')  # cut short
+    with pytest.raises(UserError, match="cannot take 16 px"):
+        factory.check_input_size("vgg16", False, 16, sizes.Verdicts(tmp_path))
+    assert sizes.Verdicts(tmp_path).known("vgg16", False, 16)  # rewritten whole
+
+    # a record claiming what is not so, under another key, is not believed
+    record.write_text('{"key": "old", "works": {"vgg16|0|16": true}}')
+    with pytest.raises(UserError, match="cannot take 16 px"):
+        factory.check_input_size("vgg16", False, 16, sizes.Verdicts(tmp_path))
+
+    # a cache "folder" that is a file (as a full or read-only one, the write fails)
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    with pytest.raises(UserError, match="cannot take 16 px"):
+        factory.check_input_size("vgg16", False, 16, sizes.Verdicts(not_a_folder))

@@ -146,9 +146,10 @@ def validate(configs: list[dict]) -> list[TrialConfig]:
     """TrialConfig for every point, and the model checks; raises UserError on the first bad one."""
     from trainables.model.factory import check_input_size, check_model
     from trainables.model.record import preprocess_for
+    from trainables.model.sizes import Verdicts
     from trainables.recipe.strategies import create_strategy
 
-    checked, sized = [], set()
+    checked, sized, verdicts = [], set(), Verdicts()
     for config in configs:
         cfg = TrialConfig.from_dict(config)
         aux = create_strategy(cfg).aux_heads
@@ -156,7 +157,7 @@ def validate(configs: list[dict]) -> list[TrialConfig]:
         shape = (cfg.model, aux, preprocess_for(cfg).image_size)
         if shape not in sized:
             sized.add(shape)
-            check_input_size(*shape)
+            check_input_size(*shape, verdicts)
         checked.append(cfg)
     return checked
 

@@ -19,6 +19,7 @@ from trainables.core.errors import UserError
 from trainables.model import weights as W
 from trainables.model.families import DataConfig, family_of
 from trainables.model.nets import SCALES, TAPS, HeadSpec, Net, SmallCNN, Tapped
+from trainables.model.sizes import Verdicts
 from trainables.model.zoo import MODELS, ModelSpec, model_spec
 
 __all__ = [
@@ -112,22 +113,29 @@ def check_model(
         W.resolve_tag(spec, weights)
 
 
-def check_input_size(name: str, aux_heads: bool, image_size: int) -> None:
+def check_input_size(
+    name: str, aux_heads: bool, image_size: int, verdicts: Verdicts | None = None
+) -> None:
     """Raise UserError if ``name`` cannot take ``image_size`` px images (ConvNeXt's and
     VGG16's downsampling leave nothing of 16 px), found before any trial starts: the
-    architecture is built and run on the meta device (shapes only, no memory, no weights)."""
+    architecture is built and run on the meta device (shapes only, no memory, no weights),
+    once per architecture code (``verdicts``: what earlier checks found, sizes.py)."""
     spec = model_spec(name)
-    if _runs_on_meta(spec, aux_heads, image_size) is not False:
-        return
-    works = next(
-        (
-            n
-            for n in range(image_size + 16 - image_size % 16, 1025, 16)
-            if _runs_on_meta(spec, aux_heads, n)
-        ),
-        None,
-    )
-    fix = f"use `image_size={works}` or more" if works else "use a larger image_size"
+    verdicts = verdicts if verdicts is not None else Verdicts()
+
+    def works(size: int) -> bool | None:
+        if not verdicts.known(name, aux_heads, size):
+            verdicts.put(name, aux_heads, size, _runs_on_meta(spec, aux_heads, size))
+        return verdicts.get(name, aux_heads, size)
+
+    try:
+        if works(image_size) is not False:
+            return
+        larger = range(image_size + 16 - image_size % 16, 1025, 16)
+        fits = next((n for n in larger if works(n)), None)
+    finally:
+        verdicts.save()
+    fix = f"use `image_size={fits}` or more" if fits else "use a larger image_size"
     raise UserError(
         f"model '{name}' cannot take {image_size} px images (its downsampling "
         f"leaves nothing of them); {fix}, or another model"
