@@ -104,9 +104,24 @@ def train_trial(
     finally:
         # Free the model before the next trial reuses this worker (ASHA stops land here too).
         del trial
-        gc.collect()
+        collect_garbage()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def collect_garbage() -> None:
+    """A full collection of what a trial left in reference cycles, so that its model and
+    data are gone before the next trial on this worker starts. The first one also freezes
+    what survives it (``gc.freeze``: the worker's modules, torch's, Ray's, half a million
+    objects that live as long as the process), which the collector then never walks again:
+    a full collection of them took 0.2-0.3 s of every trial (benchmarks/README.md,
+    section 3), and so did each of Python's own full collections during the trials. What
+    the first trial left alive then and drops later in a cycle (Ray's and Tune's objects
+    of that trial, at most) stays; what any trial makes afterwards is collected as
+    before."""
+    gc.collect()
+    if not gc.get_freeze_count():
+        gc.freeze()
 
 
 def pin_compute(cfg: TrialConfig, cpus: int, device: torch.device) -> None:
