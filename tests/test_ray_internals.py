@@ -37,6 +37,7 @@ def test_every_workaround_fits_the_pinned_ray():
         "move_trial_storage",
         "after_tune_saves",
         "end_local_monitor",
+        "trials_inherit_environment",
     }
 
 
@@ -191,3 +192,39 @@ def test_servings_replica_binds_its_grpc_server_on_loopback(monkeypatch):
     ray_internals.serve_grpc_on_loopback()
     replica.add_port_to_grpc_server(None, "[::]:0")
     assert seen == ["127.0.0.1:0"]
+
+
+def test_a_trial_keeps_tunes_runtime_environment_unless_the_local_workers_have_it(monkeypatch):
+    """Tune's class cache, as its controller asks it for a trial's actor class: with no
+    local instance noted, or a variable that differs from what its workers inherited,
+    Tune's runtime environment; with every variable inherited, none (a prestarted worker
+    can take the trial). The check fails when Tune's cache no longer gives that
+    environment."""
+    import os
+
+    from ray.tune.execution import class_cache
+
+    class Trial:
+        pass
+
+    def env_vars(cls) -> dict | None:
+        return cls._default_options.get("runtime_env", {}).get("env_vars")
+
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    ray_internals.trials_inherit_environment()
+    ray_internals.note_local_environment(None)
+    try:
+        assert env_vars(class_cache._ActorClassCache().get(Trial)) == {"PL_DISABLE_FORK": "1"}
+        monkeypatch.setenv("PL_DISABLE_FORK", "1")
+        ray_internals.note_local_environment(dict(os.environ))
+        assert env_vars(class_cache._ActorClassCache().get(Trial)) is None
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "set after Ray started")
+        assert env_vars(class_cache._ActorClassCache().get(Trial)) == {
+            "PL_DISABLE_FORK": "1",
+            "AWS_ACCESS_KEY_ID": "set after Ray started",
+        }
+    finally:
+        ray_internals.note_local_environment(None)
+
+    monkeypatch.setattr(class_cache, "DEFAULT_ENV_VARS", [("PL_DISABLE_FORK", "1")])
+    assert "DEFAULT_ENV_VARS" in ray_internals.problems()["trials_inherit_environment"]

@@ -75,13 +75,15 @@ print(seen[0][1])
     assert done.stdout.strip() == '{"CustomCallback": 2, "CustomLoggerCallback": 1}'
 
 
-def test_a_local_ray_starts_no_idle_workers_ahead_of_the_trials_and_ends_whole():
-    """A trial is an actor with a worker process of its own: the idle workers Ray would
-    start with the instance (one per CPU) only took CPU while the sweep was being built.
-    A real local Ray, in a fresh process: its raylet runs, and after 3 s no worker has
-    been started for a task that never came (Ray's own default starts them at once).
-    Its stop ends the autoscaler monitor before Ray's shutdown reaches the raylet (Ray
-    ended it last, after the GCS, and waited a second for it), and leaves no process."""
+def test_a_local_rays_trials_take_the_workers_it_prestarted_and_it_ends_whole():
+    """Ray starts a worker process per CPU with a local instance; Tune's trial actor, which
+    carries a runtime environment of its own, never got one of them and had a new process
+    started. A real local Ray, in a fresh process: an actor made by Tune's own class cache
+    (the one Tune's controller asks) runs in a worker Ray prestarted. Where one of the
+    variables Tune hands each trial differs from what the workers inherited, Tune's runtime
+    environment stays. Ray's stop ends the autoscaler monitor before its shutdown reaches
+    the raylet (Ray ended it last, after the GCS, and waited a second for it), and leaves
+    no process."""
     import subprocess
     import sys
 
@@ -93,16 +95,26 @@ from pathlib import Path
 from sweeps.driver import cluster, reaper
 reaper.start = lambda: None
 cluster.start_ray(None)
-time.sleep(3)
-names = [  # a process's command line, its arguments split by NUL
-    Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\\0", " ")
-    for pid in reaper.descendants(os.getpid())
-    if Path(f"/proc/{pid}").exists()
-]
-workers = [n for n in names if n.startswith("ray::IDLE") or (
-    "default_worker.py" in n and "/raylet" not in n.split()[0])]
-print(sum("/raylet" in n.split()[0] for n in names if n), len(workers))
+def idle():
+    return [pid for pid in reaper.descendants(os.getpid()) if Path(f"/proc/{pid}").exists()
+            and Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::IDLE")]
+deadline = time.monotonic() + 30
+while not idle() and time.monotonic() < deadline:
+    time.sleep(0.2)
+prestarted = idle()
 import ray
+from ray.tune.execution.class_cache import _ActorClassCache
+from trainables.core.ray_internals import trials_inherit_environment
+trials_inherit_environment()
+class Trial:
+    def pid(self):
+        return os.getpid(), os.environ.get("PL_DISABLE_FORK")
+actor = _ActorClassCache().get(Trial).options(num_cpus=1).remote()
+pid, fork = ray.get(actor.pid.remote(), timeout=60)
+print(len(prestarted) > 0, pid in prestarted, fork)
+os.environ["AWS_ACCESS_KEY_ID"] = "set-after-ray-started"
+later = _ActorClassCache().get(type("Later", (Trial,), {}))
+print(later._default_options.get("runtime_env", {}).get("env_vars", {}).get("AWS_ACCESS_KEY_ID"))
 from ray._private import node as ray_node
 monitor = ray._private.worker._global_node.all_processes["monitor"][0].process
 kill = ray_node.Node._kill_process_type
@@ -118,10 +130,10 @@ alive = [pid for pid in reaper.descendants(os.getpid())
 print(dict(ended_before)["raylet"], len(alive))
 """
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=180
     )
     assert result.returncode == 0, result.stderr
-    first, last = result.stdout.strip().splitlines()[-2:]
-    raylets, workers = map(int, first.split())
-    assert raylets >= 1 and workers == 0
+    took, kept, last = result.stdout.strip().splitlines()[-3:]
+    assert took == "True True 1", result.stdout  # a prestarted worker, Tune's variable inherited
+    assert kept == "set-after-ray-started", result.stdout
     assert last == "True 0", result.stdout

@@ -85,9 +85,11 @@ def _environment() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Tune's usage tag of the recorder's and watchdog's callbacks, without importing its
     # MLflow integration (seconds of every start)
-    from trainables.core.ray_internals import light_callback_tag
+    from trainables.core.ray_internals import light_callback_tag, trials_inherit_environment
 
     light_callback_tag()
+    # a local Ray's trials on the workers it prestarted, not on new ones (cluster.py)
+    trials_inherit_environment()
 
 
 def build_tuner(

@@ -61,11 +61,17 @@ def start_ray(address: str | None, niceness: int = 0):
         ray_internals.clusters_off(not address or _on_loopback(address)),
     ):
         if address:
+            ray_internals.note_local_environment(None)
             return _join(address, kwargs)
+        # what Tune would give each trial's worker, inherited from here instead (so that a
+        # trial gets a worker Ray prestarted)
+        os.environ.setdefault("PL_DISABLE_FORK", "1")
+        environment = dict(os.environ)
         # "local": always a fresh instance for this run, never a cluster that `ray start`
         # left recorded on this machine (possibly long dead)
         with ray_internals.own_process_group(), ray_internals.quiet_default_token():
             context = ray.init(address="local", _system_config=local_config(niceness), **kwargs)
+        ray_internals.note_local_environment(environment)
     # a local instance of ours: it must not outlive this process
     from sweeps.driver import reaper
 
@@ -81,15 +87,12 @@ def _is_terminal(stream) -> bool:
 
 
 def local_config(niceness: int) -> dict:
-    """Ray's system settings for a local instance of ours. No idle workers are started
-    ahead of need: Ray would start one per CPU with the instance, but a trial is an actor,
-    which gets a worker process of its own, so they sat idle after costing about a second
-    of CPU each while the sweep was being built (benchmarks/README.md, section 3)."""
-    return {
-        "worker_niceness": niceness,
-        "enable_worker_prestart": False,
-        "prestart_worker_first_driver": False,
-    }
+    """Ray's system settings for a local instance of ours. Ray starts one worker process per
+    CPU with the instance, ahead of need, and a trial's actor takes one of them
+    (``ray_internals.trials_inherit_environment``: without it, Tune's runtime environment
+    for each trial made Ray start a new process instead, and the prestarted ones sat idle;
+    benchmarks/README.md, section 3)."""
+    return {"worker_niceness": niceness}
 
 
 def stop_ray() -> None:
@@ -101,6 +104,7 @@ def stop_ray() -> None:
 
         ray_internals.end_local_monitor()  # else a second of Ray's shutdown waits on it
         ray.shutdown()
+        ray_internals.note_local_environment(None)
 
 
 TOKEN_REFUSED = "InvalidAuthToken"  # the GCS's word for a missing or wrong token

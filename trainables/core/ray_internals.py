@@ -325,6 +325,73 @@ def _check_callback_tag() -> str | None:
     )
 
 
+# -- a local instance's trials on the workers Ray prestarted -------------------------------
+
+_INHERITED: dict[str, str] | None = None  # a local Ray's environment, as its workers have it
+
+
+def note_local_environment(environment: dict[str, str] | None) -> None:
+    """The environment a local instance of ours was started with, which its workers
+    inherit (None: no local instance, or another Ray was joined)."""
+    global _INHERITED
+    _INHERITED = dict(environment) if environment is not None else None
+
+
+def trials_inherit_environment() -> None:
+    """Tune gives each trial's actor a runtime environment of its own: environment
+    variables (``PL_DISABLE_FORK`` for PyTorch Lightning, and whichever of a list of AWS
+    and Ray Train variables the driver has) so that a trial on another node sees them. For
+    such an actor Ray starts a new worker process instead of handing it one of the workers
+    it prestarted (a process that has imported Ray's worker already), so the prestarted
+    ones sat idle. A local instance's workers inherit the driver's environment as it was
+    when Ray started (``note_local_environment``): a trial whose variables all have those
+    values already gets no runtime environment of its own, and so a prestarted worker. One
+    whose variables differ (set after Ray started), or any trial on a joined cluster,
+    keeps Tune's."""
+    from ray.tune.execution import class_cache
+
+    cache = class_cache._ActorClassCache
+    if getattr(cache.get, "inherits", False):
+        return
+    tune_own = cache.get
+
+    def get(self, trainable_cls):
+        wanted = dict(class_cache.DEFAULT_ENV_VARS)
+        wanted.update(
+            (name, os.environ[name])
+            for name in class_cache.ENV_VARS_TO_PROPAGATE
+            if name in os.environ
+        )
+        inherited = _INHERITED
+        if inherited is None or any(inherited.get(k) != v for k, v in wanted.items()):
+            return tune_own(self, trainable_cls)
+        import ray
+
+        key = ("inherited", trainable_cls)
+        if key not in self._cache:
+            self._cache[key] = ray.remote(trainable_cls)
+        return self._cache[key]
+
+    get.inherits = True
+    cache.get = get
+
+
+@_checks("trials_inherit_environment")
+def _check_inherit_environment() -> str | None:
+    from ray.tune.execution import class_cache, tune_controller
+
+    if not isinstance(class_cache.DEFAULT_ENV_VARS, dict):
+        return "class_cache.DEFAULT_ENV_VARS is no longer a dict"
+    if not all(isinstance(n, str) for n in class_cache.ENV_VARS_TO_PROPAGATE):
+        return "class_cache.ENV_VARS_TO_PROPAGATE is no longer a set of names"
+    if "_cache" not in inspect.getsource(class_cache._ActorClassCache.__init__):
+        return "_ActorClassCache keeps its classes elsewhere than self._cache"
+    moved = _source_has(class_cache, 'runtime_env = {"env_vars": env_vars}')
+    if moved:  # each trial's runtime environment: the variables, nothing else
+        return moved
+    return _source_has(tune_controller, "self._class_cache.get(trainable_cls)")
+
+
 # -- a trial's storage, moved into the bound experiment -----------------------------------
 
 
