@@ -201,3 +201,39 @@ def test_a_trial_silent_before_its_first_epoch_is_warned_about_without_a_made_up
     clock[0] += 200
     dog.on_step_end(3, [trial])
     assert "(its slowest epoch so far: 61 s)" in capsys.readouterr().err
+
+
+def test_tunes_warning_about_trials_without_metrics_leaves_out_the_unstarted_ones(monkeypatch):
+    """Tune warns, at a stopped sweep's end, about every trial it made but never started
+    (they have no metrics to read back): those lines go; one about a trial that ran, and
+    whose files are missing, stays, counted again."""
+    import logging
+
+    from sweeps.driver import recorder as R
+    from sweeps.sinks.base import TrialEntry
+
+    class Recorder:
+        entries = {
+            "a_00000": TrialEntry("a_00000", "v", {}, "", status="INTERRUPTED"),
+            "a_00001": TrialEntry("a_00001", "v", {}, "", status="NOT_STARTED"),
+            "a_00002": TrialEntry("a_00002", "v", {}, "", status="NOT_STARTED"),
+        }
+
+    def warning(*trials: str) -> logging.LogRecord:
+        lines = [f"- small_cnn-0.1_s0_{t}: FileNotFoundError('...')" for t in trials]
+        text = f"Failed to fetch metrics for {len(trials)} trial(s):\n" + "\n".join(lines)
+        return logging.LogRecord("ray.tune", logging.WARNING, "", 0, text, (), None)
+
+    only = R.NoMetricsOfUnstarted()
+    monkeypatch.setattr(R.THIS_SWEEP, "recorder", None)
+    assert only.filter(warning("a_00001"))  # no sweep of ours: as Tune says it
+    monkeypatch.setattr(R.THIS_SWEEP, "recorder", Recorder())
+    assert not only.filter(warning("a_00001", "a_00002"))
+    mixed = warning("a_00000", "a_00001")
+    assert only.filter(mixed)
+    assert mixed.getMessage() == (
+        "Failed to fetch metrics for 1 trial(s):\n"
+        "- small_cnn-0.1_s0_a_00000: FileNotFoundError('...')"
+    )
+    other = logging.LogRecord("ray.tune", logging.WARNING, "", 0, "Something else", (), None)
+    assert only.filter(other) and other.getMessage() == "Something else"

@@ -150,6 +150,39 @@ def test_ctrl_c_and_sigterm_stop_cleanly_mark_unfinished_trials_and_resume(
         assert digests(experiment) == before  # the original is not touched
 
 
+def test_ctrl_c_with_trials_made_but_not_started_prints_no_tune_warning_about_them(
+    images, tmp_path, monkeypatch
+):
+    """A grid whose trials Tune makes at once but runs one at a time (each takes every
+    CPU), stopped with Ctrl-C after the first: Tune's end-of-run warning about the trials
+    it never started (no metrics to read back) is not printed; they are unfinished rows
+    of the table, and --resume runs them."""
+    with_fault(monkeypatch, "interrupt_driver_after=1")
+    args = [
+        *SLOW_TRIAL,
+        "--set",
+        "lr=[0.001,0.002,0.003]",
+        "--cpus-per-trial",
+        str(os.cpu_count()),
+        "--data",
+        str(images),
+        "--max-epochs",
+        "3",
+        "--scheduler",
+        "fifo",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        "made",
+    ]
+    stopped = run_cli(args, cwd=tmp_path)
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "runs" / "made" / "results.csv")
+    assert "NOT_STARTED" in set(table["status"])  # made by Tune, never started
+    assert "Failed to fetch metrics" not in stopped.stderr, stopped.stderr[-3000:]
+    assert "interrupted (SIGINT): 2 of 3 trial(s) unfinished" in stopped.stderr
+
+
 def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_completes_it(
     images, tmp_path, monkeypatch, ray_address
 ):

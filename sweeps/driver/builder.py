@@ -9,6 +9,7 @@ from pathlib import Path
 
 from search_spaces import is_grid
 from sweeps.driver.plan import create_searcher
+from sweeps.driver.recorder import NoMetricsOfUnstarted
 from sweeps.driver.spec import Sweep
 from sweeps.experiment.files import OPTUNA_JOURNAL
 from sweeps.experiment.redact import redact
@@ -66,10 +67,12 @@ class _OneLineSaveError(logging.Filter):
 
 
 _ONE_LINE_SAVE_ERROR = _OneLineSaveError()  # one instance: adding it again changes nothing
+_NO_METRICS_OF_UNSTARTED = NoMetricsOfUnstarted()
 
 
 def _environment() -> None:
     logging.getLogger("ray.tune.execution.experiment_state").addFilter(_ONE_LINE_SAVE_ERROR)
+    logging.getLogger("ray.tune.analysis.experiment_analysis").addFilter(_NO_METRICS_OF_UNSTARTED)
     # The recorder writes progress.csv and TensorBoard; Tune's own loggers would write
     # them again (and its CSV logger keeps every trial's file open).
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"

@@ -9,6 +9,7 @@ flight keep their checkpoints, and the driver says what failed and how to resume
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import Counter
@@ -313,6 +314,36 @@ class StorageFault(Exception):
 def active() -> TrialRecorder | None:
     """The recorder Tune set up for the sweep running in this process, if it got so far."""
     return THIS_SWEEP.recorder
+
+
+class NoMetricsOfUnstarted(logging.Filter):
+    """At a sweep's end Tune reads every trial's metrics back from its folder (for its
+    result grid, which the driver does not use) and warns, a line each, about the trials
+    that have none: on a stopped sweep, every trial Tune had made but not started, nine
+    lines of stderr for the README's study stopped early. Those lines go (the table lists
+    such trials as unfinished, and --resume runs them); a trial that did start and whose
+    files are missing is still warned about."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        header, *lines = record.getMessage().split("\n")
+        recorder = active()
+        if not header.startswith("Failed to fetch metrics for ") or recorder is None:
+            return True
+        unstarted = {e.trial_id for e in recorder.entries.values() if e.status == "NOT_STARTED"}
+        kept = [line for line in lines if not _names_one_of(line, unstarted)]
+        if not kept:
+            return False
+        if len(kept) < len(lines):
+            record.msg = f"Failed to fetch metrics for {len(kept)} trial(s):\n" + "\n".join(kept)
+            record.args = ()
+        return True
+
+
+def _names_one_of(line: str, trial_ids: set[str]) -> bool:
+    """Whether Tune's line ``- NAME: ERROR`` is of one of ``trial_ids`` (a trial's name
+    ends in its id: builder.py)."""
+    name = line.removeprefix("- ").split(":", 1)[0]
+    return line.startswith("- ") and any(name.endswith(f"_{t}") for t in trial_ids)
 
 
 def _unannounced_error(trial) -> str:
