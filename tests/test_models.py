@@ -269,10 +269,11 @@ def test_an_unreadable_or_unwritable_record_of_input_sizes_is_checked_again(tmp_
         factory.check_input_size("vgg16", False, 16, sizes.Verdicts(tmp_path))
     assert sizes.Verdicts(tmp_path).known("vgg16", False, 16)  # rewritten whole
 
-    # a record claiming what is not so, under another key, is not believed
-    record.write_text('{"key": "old", "works": {"vgg16|0|16": true}}')
-    with pytest.raises(UserError, match="cannot take 16 px"):
-        factory.check_input_size("vgg16", False, 16, sizes.Verdicts(tmp_path))
+    # a record claiming what is not so, under another key or as no verdict, is not believed
+    for key, verdict in (("old", "true"), (sizes.code_key(), '"yes"')):
+        record.write_text(f'{{"key": "{key}", "works": {{"vgg16|0|16": {verdict}}}}}')
+        with pytest.raises(UserError, match="cannot take 16 px"):
+            factory.check_input_size("vgg16", False, 16, sizes.Verdicts(tmp_path))
 
     # a cache "folder" that is a file (as a full or read-only one, the write fails)
     not_a_folder = tmp_path / "file"

@@ -45,7 +45,11 @@ class Verdicts:
         try:
             saved = json.loads(self.path.read_text())
             if saved.get("key") == self.key and isinstance(saved.get("works"), dict):
-                self.works = saved["works"]
+                self.works = {  # a verdict is True, False or None; anything else, found again
+                    name: works
+                    for name, works in saved["works"].items()
+                    if works is True or works is False or works is None
+                }
         except (OSError, ValueError, AttributeError):
             pass  # none yet, unreadable or not ours: found again
 
