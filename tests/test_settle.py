@@ -130,8 +130,9 @@ def test_a_folded_sweep_scores_every_image_once_and_confirm_ends_with_a_verdict(
 ):
     make_image_folder(tmp_path / "images", per_class=6)
     runs = tmp_path / "runs"
-    # Ctrl-C once four trials (each variant's folds in turn, two at a time) have finished:
-    # the first variant has all three folds, the second not
+    # Ctrl-C once four trials (each variant's folds in turn, one at a time: two at a time,
+    # one slow start let the other slot finish four trials of both variants first) have
+    # finished: the first variant has all three folds, the second not
     monkeypatch.setenv("VISIONSWEEP_FAULTS", "interrupt_driver_after=4")
     stopped = run_cli(
         [
@@ -140,6 +141,8 @@ def test_a_folded_sweep_scores_every_image_once_and_confirm_ends_with_a_verdict(
             *SMALL,
             "--set",
             "lr=[0.003,0.00003]",
+            "--max-concurrent",
+            "1",
             "--data",
             "images",  # relative: confirm runs from another folder below
             "--max-epochs",
@@ -188,11 +191,11 @@ def test_a_folded_sweep_scores_every_image_once_and_confirm_ends_with_a_verdict(
         )
         assert row["oof_acc_low"] < row["oof_acc"] or row["oof_acc"] == 0
     assert "out-of-fold accuracy" in done.stdout
-    # threads not set: each trial's CPU share (the session head's 2 CPUs over 2 trials),
-    # pinned by the driver and recorded in every trial's config
-    assert "1 thread(s) per trial" in stopped.stderr
+    # threads not set: each trial's CPU share (the session head's 2 CPUs, one trial at a
+    # time), pinned by the driver and recorded in every trial's config
+    assert "2 thread(s) per trial" in stopped.stderr
     record = next(experiment.glob("*/checkpoint_*/trial.json"))
-    assert json.loads(record.read_text())["config"]["threads"] == 1
+    assert json.loads(record.read_text())["config"]["threads"] == 2
     assert (experiment / "verdict.md").read_text().count("small_cnn-") >= 2
 
     from sweeps import ensemble, report
