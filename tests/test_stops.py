@@ -131,6 +131,8 @@ def test_ctrl_c_and_sigterm_stop_cleanly_mark_unfinished_trials_and_resume(
     assert stopped.returncode == code, stopped.stderr[-3000:]
     assert f"interrupted ({name}): 2 of 3 trial(s) unfinished" in stopped.stderr
     assert f"python sweeps/run.py --resume '{experiment}'" in stopped.stderr
+    assert "stopping the sweep" in stopped.stderr  # the driver's line, not Tune's twin
+    assert "Stop signal received" not in stopped.stderr and "Tuner.restore" not in stopped.stderr
     table = pd.read_csv(experiment / "results.csv")
     # every planned trial has a row, also the one Tune had not made yet (one trial at a
     # time), and only the finished one says finished

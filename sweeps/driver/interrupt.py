@@ -13,15 +13,19 @@ import sys
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
-class _TunesResumeAdvice(logging.Filter):
-    """Tune's own "Resume experiment with: Tuner.restore(...)": the driver says how to resume
-    this sweep (python sweeps/run.py --resume ...), and Tune's way would lose its settings."""
+class _TunesStopLines(logging.Filter):
+    """Tune's own lines on a stop, which the driver's say for this sweep: "Stop signal
+    received ..., ending Ray Tune run ... Press CTRL+C ... to skip" (the driver has said
+    that the sweep stops and how to quit at once) and "Resume experiment with:
+    Tuner.restore(...)" (the driver says how to resume this sweep, python sweeps/run.py
+    --resume ...; Tune's way would lose its settings)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tuner.restore(" not in record.getMessage()
+        text = record.getMessage()
+        return "Tuner.restore(" not in text and not text.startswith("Stop signal received")
 
 
-_TUNES_RESUME_ADVICE = _TunesResumeAdvice()  # one instance: adding it again changes nothing
+_TUNES_STOP_LINES = _TunesStopLines()  # one instance: adding it again changes nothing
 
 
 class GracefulStop:
@@ -35,7 +39,7 @@ class GracefulStop:
     def __enter__(self) -> GracefulStop:
         # Tune would otherwise take SIGINT for itself, and we could not tell it came
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-        logging.getLogger("ray.tune.tune").addFilter(_TUNES_RESUME_ADVICE)
+        logging.getLogger("ray.tune.tune").addFilter(_TUNES_STOP_LINES)
         for signum in EXIT_CODES:
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
