@@ -130,9 +130,9 @@ def test_a_folded_sweep_scores_every_image_once_and_confirm_ends_with_a_verdict(
 ):
     make_image_folder(tmp_path / "images", per_class=6)
     runs = tmp_path / "runs"
-    # Ctrl-C once four trials (each variant's folds in turn, one at a time: two at a time,
-    # one slow start let the other slot finish four trials of both variants first) have
-    # finished: the first variant has all three folds, the second not
+    # Ctrl-C once four trials have finished, one at a time and each variant's folds in
+    # turn: the first variant has all three folds, the second not (two at a time, one slow
+    # start once let the other slot finish trials of both variants first)
     monkeypatch.setenv("VISIONSWEEP_FAULTS", "interrupt_driver_after=4")
     stopped = run_cli(
         [

@@ -158,7 +158,7 @@ def test_ctrl_c_with_trials_made_but_not_started_prints_no_tune_warning_about_th
     """A grid whose trials Tune makes at once but runs one at a time (each takes every
     CPU), stopped with Ctrl-C after the first: Tune's end-of-run warning about the trials
     it never started (no metrics to read back) is not printed; they are unfinished rows
-    of the table, and --resume runs them."""
+    of the table."""
     with_fault(monkeypatch, "interrupt_driver_after=1")
     args = [
         *SLOW_TRIAL,
