@@ -257,7 +257,8 @@ def test_a_probe_on_every_stage_exports_what_it_scored(colour_handle, tmp_path, 
 # every torchvision model from random initialisation; from seeded pretrained weights, the
 # two whose network changes with them (GoogLeNet's input transform) or that the README's
 # study uses (MobileNetV2): the others load the same way (test_models checks each load).
-# MobileNetV2 from random initialisation reads every stage (taps=stages), trained in full.
+# MobileNetV2 from random initialisation reads every stage's expanded map at two sizes
+# (taps=expanded_pyramid), trained in full.
 CASES = [(model, False, False) for model in TORCHVISION]
 CASES += [("mobilenet_v2", False, True)]
 CASES += [
@@ -286,7 +287,7 @@ def test_export_and_predict_reproduce_the_trials_probabilities(
             "momentum": 0.0,
             "lr": 1e-3,
             "pretrained": "true" if pretrained else "false",
-            "taps": "stages" if model == "mobilenet_v2" and not pretrained else "last",
+            "taps": "expanded_pyramid" if model == "mobilenet_v2" and not pretrained else "last",
         },
     )
     assert fitted.trial.record.model.pretrained is pretrained

@@ -24,6 +24,8 @@ from trainables.trial.build import build_trial
 pytestmark = pytest.mark.integration
 
 RUN = {"max_epochs": 3, "early_stop_patience": 0, "chance_epochs": 0}
+# a network whose stages end in inverted residual blocks (taps=expanded), untrained
+MOBILENET = {"model": "mobilenet_v2", "pretrained": "false", "augment": "none"}
 
 
 @pytest.fixture
@@ -53,6 +55,8 @@ def assert_same_losses(a, b):
         {"strategy": "base", "augment": "none", "frozen_fraction": 0.3, "ema_decay": 0.9},
         {"strategy": "base", "augment": "none", "frozen_fraction": 0.5, "taps": "stages"},
         {"strategy": "base", "augment": "none", "frozen_fraction": 0.5, "taps": "pyramid"},
+        {**MOBILENET, "strategy": "feature_extractor", "augment": "dihedral", "taps": "expanded"},
+        {**MOBILENET, "strategy": "base", "frozen_fraction": 0.5, "taps": "expanded_pyramid"},
         {
             "strategy": "gradual_unfreeze",
             "augment": "dihedral",
@@ -71,6 +75,8 @@ def assert_same_losses(a, b):
         "first-blocks-frozen-ema",
         "first-blocks-frozen-every-stage-head",
         "first-blocks-frozen-pyramid-head",
+        "frozen-expanded",
+        "first-blocks-frozen-expanded-pyramid-head",
         "unfrozen-but-the-first-blocks-ema-bn-eval",
     ],
 )
@@ -155,6 +161,17 @@ def test_a_backbone_read_at_one_size_or_at_two_gets_two_files(handle):
     assert len(files) == 2
     widths = sorted(np.load(f, mmap_mode="r").shape[-1] for f in files)
     assert widths[1] == 2 * widths[0]
+
+
+def test_a_backbone_read_at_its_blocks_outputs_or_expanded_maps_gets_two_files(handle):
+    # taps=stages and taps=expanded: the same weights, the same blocks, but the expanded
+    # maps are other (and more) features; neither may read the other's file
+    cfg = {**RUN, **MOBILENET, "max_epochs": 1, "strategy": "feature_extractor"}
+    for taps in ("stages", "expanded", "stages"):
+        fit_trial(handle, {**cfg, "taps": taps})
+    widths = sorted(np.load(f, mmap_mode="r").shape[-1] for f in cache_files(handle))
+    # the mean and max of 24+32+64+96+160+320+1280 outputs; of 144+192+384+576+960+960+1280
+    assert widths == [3952, 8992]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "altered", "record"])

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from trainables.core.errors import UserError
+from trainables.model import nets
 from trainables.model.factory import MODELS, create_model
 
 TIMM_SMALL = "resnet10t"  # any timm name goes through the same path
@@ -146,6 +147,56 @@ def test_taps_stages_reads_every_stage_end_of_mobilenet_v2_as_its_pooled_maps():
     assert torch.allclose(got, expected, atol=1e-6)
     head = tapped.get_submodule(tapped.head_prefixes[0])
     assert head[-1].in_features == got.shape[1]
+
+
+def test_taps_expanded_reads_each_stage_end_of_mobilenet_v2_at_its_expanded_map():
+    plain = create_model("mobilenet_v2", 4, pretrained="false").net.eval()
+    tapped = create_model("mobilenet_v2", 4, pretrained="false", taps="expanded").net.eval()
+    trunk = tapped.body.features
+    assert trunk.taps == (3, 6, 10, 13, 16, 17, 18)
+    # the weights keep their names
+    state = {k: v for k, v in plain.state_dict().items() if not plain.is_head(k)}
+    missing, unexpected = tapped.load_state_dict(state, strict=False)
+    assert unexpected == [] and all(tapped.is_head(k) for k in missing)
+    # an inverted residual is read at the input of its projection (the depthwise
+    # convolution's ReLU6 output); the last block (a plain 1 x 1 convolution) at its output
+    maps, outputs = {}, {}
+    for i in trunk.taps:
+        block = plain.body.features[i]
+        if i < 18:
+            block.conv[-2].register_forward_hook(lambda m, a, out, i=i: maps.update({i: a[0]}))
+        else:
+            block.register_forward_hook(lambda m, a, out, i=i: maps.update({i: out}))
+    for i, block in enumerate(plain.body.features):
+        block.register_forward_hook(lambda m, a, out, i=i: outputs.update({i: out}))
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        plain(x)
+        expected = torch.cat(
+            [p for i in trunk.taps for p in (maps[i].mean((2, 3)), maps[i].amax((2, 3)))], 1
+        )
+        got = trunk(x).flatten(1)
+        # every block's output is the plain network's: the shortcuts are still added
+        ys, y = [], x
+        for i, block in enumerate(trunk):
+            y = nets._expanded_forward(block, y)[0] if i in trunk.inner else block(y)
+            ys.append(y)
+    assert sorted(trunk.inner) == [3, 6, 10, 13, 16, 17]
+    assert got.shape == (2, 2 * (144 + 192 + 384 + 576 + 960 + 960 + 1280))
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert all(torch.allclose(ys[i], outputs[i], atol=1e-6) for i in range(len(ys)))
+    assert (got[:, : 2 * 144] >= 0).all()  # after a ReLU6, where the output is linear
+    head = tapped.get_submodule(tapped.head_prefixes[0])
+    assert head[-1].in_features == got.shape[1]
+
+
+def test_taps_expanded_is_refused_for_a_model_without_inverted_residual_blocks():
+    with pytest.raises(
+        UserError,
+        match="taps=expanded_pyramid reads the expanded maps of "
+        "inverted residual blocks, which 'small_cnn' has none of; use taps=pyramid",
+    ):
+        create_model("small_cnn", 3, pretrained="false", taps="expanded_pyramid")
 
 
 def test_taps_pyramid_joins_every_stage_of_the_image_and_of_the_image_at_half_size():

@@ -38,7 +38,7 @@ FIXED_CHOICES: dict[str, tuple[str, ...]] = {
     "frozen_cache": ("auto", "off"),
     "tta": ("off", "flip", "dihedral"),
     "batchnorm": ("train", "eval"),
-    "taps": ("last", "stages", "pyramid"),
+    "taps": ("last", "stages", "pyramid", "expanded", "expanded_pyramid"),
 }
 
 
@@ -102,7 +102,8 @@ class TrialConfig:
     head_hidden: int = 0  # >0: a hidden layer of this width (with ReLU) in the classifier
     # what the classifier reads: last, the network's own pooled output; stages, also the
     # mean- and max-pooled maps at the end of every stage of its trunk, standardised;
-    # pyramid, those of the image and of the image at half size, joined
+    # pyramid, those of the image and of the image at half size, joined; expanded and
+    # expanded_pyramid, the same read at each inverted residual block's expanded map
     # (trainables/model/nets.py; the models whose registry entry names a trunk)
     taps: str = "last"
     # fine-tuning strategy (see trainables/recipe/strategies.py)

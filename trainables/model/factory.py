@@ -18,7 +18,7 @@ from torch import nn
 from trainables.core.errors import UserError
 from trainables.model import weights as W
 from trainables.model.families import DataConfig, family_of
-from trainables.model.nets import SCALES, TAPS, HeadSpec, Net, SmallCNN, Tapped
+from trainables.model.nets import EXPANDED, SCALES, TAPS, HeadSpec, Net, SmallCNN, Tapped
 from trainables.model.sizes import Verdicts
 from trainables.model.zoo import MODELS, ModelSpec, model_spec
 
@@ -100,6 +100,13 @@ def check_model(
         raise UserError(
             f"taps={taps} reads the stages of a model's trunk, which '{name}' does not "
             f"name; use taps=last, or one of {with_trunk}"
+        )
+    if taps in EXPANDED and not spec.expands:
+        expanding = ", ".join(n for n in MODELS if MODELS[n].expands)
+        plain = taps.replace("expanded_", "").replace("expanded", "stages")
+        raise UserError(
+            f"taps={taps} reads the expanded maps of inverted residual blocks, which "
+            f"'{name}' has none of; use taps={plain}, or one of {expanding}"
         )
     if aux_heads and not spec.aux_heads:
         with_aux = ", ".join(n for n in MODELS if MODELS[n].aux_heads)
@@ -242,7 +249,7 @@ def _with_heads(spec: ModelSpec, body: nn.Module, build: ModelBuild) -> Net:
     if build.taps != "last":
         *parents, attr = spec.trunk.split(".")
         parent = body.get_submodule(".".join(parents))
-        tapped = Tapped(getattr(parent, attr), SCALES[build.taps])
+        tapped = Tapped(getattr(parent, attr), SCALES[build.taps], build.taps in EXPANDED)
         setattr(parent, attr, tapped)
         width = tapped.width
     family = family_of(spec)

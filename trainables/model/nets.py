@@ -19,10 +19,38 @@ from trainables.core.registry import Registry
 
 # what the classifier head reads: "last", the network's own pooled output; "stages", the
 # mean- and max-pooled maps at the end of every stage of its trunk as well (``Tapped``);
-# "pyramid", those of the image and of the image at half its size, joined
+# "pyramid", those of the image and of the image at half its size, joined; "expanded" and
+# "expanded_pyramid", the same read inside each stage's last block where it is an
+# inverted residual: its expanded map, before the block projects it back to few channels
 TAPS = FIXED_CHOICES["taps"]
 # the sizes the trunk reads its input at, as divisors of the image's side, per taps value
-SCALES = {"stages": (1,), "pyramid": (1, 2)}
+SCALES = {"stages": (1,), "pyramid": (1, 2), "expanded": (1,), "expanded_pyramid": (1, 2)}
+# the taps values that read an inverted residual block's expanded map
+EXPANDED = ("expanded", "expanded_pyramid")
+
+
+def expands(block: nn.Module) -> bool:
+    """Whether ``block`` is an inverted residual (torchvision's MobileNetV2 block): a
+    sequence ending in its linear projection (a 1 x 1 convolution and its batch norm),
+    whose input, the expanded map after the depthwise convolution's ReLU6, ``Tapped``
+    reads with ``expanded=True``."""
+    from torchvision.models.mobilenetv2 import InvertedResidual
+
+    return isinstance(block, InvertedResidual)
+
+
+def _expanded_forward(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An inverted residual block's output and its expanded map: the block's own forward
+    (torchvision's ``x + conv(x)`` where it has a shortcut, else ``conv(x)``), cut before
+    its projection. Every layer is called as the block's own, so torch.fx traces it."""
+    layers = list(block.conv)
+    hidden = x
+    for layer in layers[:-2]:
+        hidden = layer(hidden)
+    out = hidden
+    for layer in layers[-2:]:
+        out = layer(out)
+    return (x + out if block.use_res_connect else out), hidden
 
 
 class Net(nn.Module):
@@ -106,13 +134,21 @@ class Tapped(nn.Sequential):
     pooling then leaves it as it is), N x D where it was a vector. With ``scales`` (1, 2)
     the trunk also reads its input averaged over 2 x 2 pixels (the image at half its size:
     fine detail at one size, coarser context at the other), and the vectors of both are
-    joined, the full size's first. It holds the trunk's own blocks under their own names,
-    so the weights' keys do not change."""
+    joined, the full size's first. With ``expanded``, a tapped block that is an inverted
+    residual (``expands``) is read at its expanded map instead of its output (on
+    MobileNetV2 six times as many channels, after a ReLU6, where its output is a linear
+    projection). It holds the trunk's own blocks under their own names, so the weights'
+    keys do not change."""
 
-    def __init__(self, trunk: nn.Sequential, scales: tuple[int, ...] = (1,)):
+    def __init__(self, trunk: nn.Sequential, scales: tuple[int, ...] = (1,), expanded=False):
         super().__init__(*trunk)
         self.scales = tuple(scales)
         self.taps, width, self.as_map, self.maps = stage_ends(self)
+        # the tapped blocks read at their expanded map, and the width that adds
+        self.inner = frozenset(i for i in self.taps if expanded and expands(self[i]))
+        width += sum(
+            2 * (self[i].conv[-2].in_channels - self[i].conv[-2].out_channels) for i in self.inner
+        )
         self.width = width * len(self.scales)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,6 +157,12 @@ class Tapped(nn.Sequential):
         ys = [F.avg_pool2d(x, scale) if scale > 1 else x for scale in self.scales]
         pooled: list[list[torch.Tensor]] = [[] for _ in ys]
         for i, block in enumerate(self):
+            if i in self.inner:
+                outs = [_expanded_forward(block, y) for y in ys]
+                ys = [out for out, _ in outs]
+                for (_, hidden), into in zip(outs, pooled):
+                    into += [hidden.mean((2, 3)), hidden.amax((2, 3))]
+                continue
             ys = [block(y) for y in ys]
             if i in self.taps:  # which taps are maps is known from the shapes, so the
                 # forward has no branch on a tensor (torch.fx traces it: model/cut.py)

@@ -27,6 +27,9 @@ class ModelSpec:
     # the path of its trunk: the nn.Sequential of blocks whose output it pools and
     # classifies, which ``taps=stages`` reads at every stage's end ("": not supported)
     trunk: str = ""
+    # its trunk's stages end in inverted residual blocks, which ``taps=expanded`` reads
+    # at their expanded maps
+    expands: bool = False
     # the adapter that builds it (trainables/model/families.py), where its family's own
     # does not do: GoogLeNet's auxiliary heads
     adapter: str = ""
@@ -50,7 +53,14 @@ register_model(ModelSpec("resnet18", "torchvision", ("fc",), gpu_share=0.5))
 register_model(ModelSpec("resnet50", "torchvision", ("fc",)))
 register_model(ModelSpec("vgg16", "torchvision", ("classifier.6",)))
 register_model(
-    ModelSpec("mobilenet_v2", "torchvision", ("classifier.1",), gpu_share=0.5, trunk="features")
+    ModelSpec(
+        "mobilenet_v2",
+        "torchvision",
+        ("classifier.1",),
+        gpu_share=0.5,
+        trunk="features",
+        expands=True,
+    )
 )
 register_model(
     ModelSpec(

@@ -168,9 +168,11 @@ def cache_key(
         "std": list(pre.std),
         "views": list(views),
     }
-    # what the head reads (taps=stages, pyramid): the same weights, other features
+    # what the head reads (taps=stages, pyramid, expanded): the same weights, other features
     taps = [
-        [name, list(m.taps)] + ([list(m.scales)] if m.scales != (1,) else [])
+        [name, list(m.taps)]
+        + ([list(m.scales)] if m.scales != (1,) else [])
+        + ([sorted(m.inner)] if m.inner else [])  # read at their expanded maps
         for name, m in net.named_modules()
         if isinstance(m, Tapped)
     ]
