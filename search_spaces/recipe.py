@@ -56,8 +56,9 @@ ORDERED = ["ordinal", "weighted_ordinal"]  # only for ordered classes: class_ord
 
 
 def with_taps(param_space: dict) -> dict:
-    """What the head reads (the last map, or every stage's: ``taps``) joins the search for
-    a model that names its trunk, unless the command line fixed it."""
+    """What the head reads (the last map, or every stage's: ``taps``; at their expanded
+    maps too where the stages end in inverted residual blocks) joins the search for a
+    model that names its trunk, unless the command line fixed it."""
     from trainables.model.zoo import MODELS
 
     model = param_space.get("model")
@@ -65,7 +66,10 @@ def with_taps(param_space: dict) -> dict:
         return param_space
     if model not in MODELS or not MODELS[model].trunk:
         return param_space
-    return {**param_space, "taps": tune.choice(["last", "stages", "pyramid"])}
+    taps = ["last", "stages", "pyramid"]
+    if MODELS[model].expands:  # its stages end in inverted residual blocks
+        taps += ["expanded", "expanded_pyramid"]
+    return {**param_space, "taps": tune.choice(taps)}
 
 
 def expand(param_space: dict) -> dict:

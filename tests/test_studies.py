@@ -134,7 +134,10 @@ def test_the_recipe_search_starts_from_the_linear_probe():
     # read every stage (at one size, then two); for another model neither the search nor
     # the points say it, and the two probes left differ only in image size
     taps = make_plan(space, {}, None).param_space["taps"].categories
-    assert taps == ["last", "stages", "pyramid"]
+    assert taps == ["last", "stages", "pyramid", "expanded", "expanded_pyramid"]
+    # small_cnn names its trunk but has no inverted residual blocks to read expanded
+    small = make_plan(space, {"model": "small_cnn"}, None).param_space["taps"].categories
+    assert small == ["last", "stages", "pyramid"]
     other = make_plan(space, {"model": "resnet18"}, None)
     assert "taps" not in other.param_space
     assert other.points == [{k: v for k, v in p.items() if k != "taps"} for p in (PROBE, PYRAMID)]
