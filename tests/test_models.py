@@ -117,6 +117,19 @@ def test_small_cnn_refuses_pretrained_true():
         create_model("small_cnn", 3, pretrained="true")
 
 
+def assert_loads_all_but_the_head(plain, tapped):
+    """The plain network's weights load into the tapped one under their own names, all
+    but the head's (whose input is now the joined vector)."""
+    state = {k: v for k, v in plain.state_dict().items() if not plain.is_head(k)}
+    missing, unexpected = tapped.load_state_dict(state, strict=False)
+    assert unexpected == [] and all(tapped.is_head(k) for k in missing)
+
+
+def mean_and_max(maps, taps):
+    """The mean and the max of each tapped map, joined in order."""
+    return torch.cat([p for i in taps for p in (maps[i].mean((2, 3)), maps[i].amax((2, 3)))], 1)
+
+
 def test_taps_stages_reads_every_stage_end_of_mobilenet_v2_as_its_pooled_maps():
     from trainables.model.nets import Tapped
 
@@ -127,11 +140,7 @@ def test_taps_stages_reads_every_stage_end_of_mobilenet_v2_as_its_pooled_maps():
     # the ends of its stages at a quarter of the input's size or coarser: the channels
     # change after blocks 3, 6, 10, 13, 16 and 17; 18 is the last
     assert trunk.taps == (3, 6, 10, 13, 16, 17, 18)
-    # the weights keep their names: the plain network's load into the tapped one as they
-    # are, all but the head (whose input is now the joined vector)
-    state = {k: v for k, v in plain.state_dict().items() if not plain.is_head(k)}
-    missing, unexpected = tapped.load_state_dict(state, strict=False)
-    assert unexpected == [] and all(tapped.is_head(k) for k in missing)
+    assert_loads_all_but_the_head(plain, tapped)
     # the head reads the mean and the max of each tapped block's map, in order
     maps = {}
     for i in trunk.taps:
@@ -139,9 +148,7 @@ def test_taps_stages_reads_every_stage_end_of_mobilenet_v2_as_its_pooled_maps():
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         plain(x)
-        expected = torch.cat(
-            [p for i in trunk.taps for p in (maps[i].mean((2, 3)), maps[i].amax((2, 3)))], 1
-        )
+        expected = mean_and_max(maps, trunk.taps)
         got = trunk(x).flatten(1)
     assert got.shape == (2, 2 * (24 + 32 + 64 + 96 + 160 + 320 + 1280))
     assert torch.allclose(got, expected, atol=1e-6)
@@ -154,10 +161,7 @@ def test_taps_expanded_reads_each_stage_end_of_mobilenet_v2_at_its_expanded_map(
     tapped = create_model("mobilenet_v2", 4, pretrained="false", taps="expanded").net.eval()
     trunk = tapped.body.features
     assert trunk.taps == (3, 6, 10, 13, 16, 17, 18)
-    # the weights keep their names
-    state = {k: v for k, v in plain.state_dict().items() if not plain.is_head(k)}
-    missing, unexpected = tapped.load_state_dict(state, strict=False)
-    assert unexpected == [] and all(tapped.is_head(k) for k in missing)
+    assert_loads_all_but_the_head(plain, tapped)
     # an inverted residual is read at the input of its projection (the depthwise
     # convolution's ReLU6 output); the last block (a plain 1 x 1 convolution) at its output
     maps, outputs = {}, {}
@@ -172,9 +176,7 @@ def test_taps_expanded_reads_each_stage_end_of_mobilenet_v2_at_its_expanded_map(
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         plain(x)
-        expected = torch.cat(
-            [p for i in trunk.taps for p in (maps[i].mean((2, 3)), maps[i].amax((2, 3)))], 1
-        )
+        expected = mean_and_max(maps, trunk.taps)
         got = trunk(x).flatten(1)
         # every block's output is the plain network's: the shortcuts are still added
         ys, y = [], x
@@ -205,9 +207,7 @@ def test_taps_pyramid_joins_every_stage_of_the_image_and_of_the_image_at_half_si
     stages = create_model("mobilenet_v2", 4, pretrained="false", taps="stages").net.eval()
     pyramid = create_model("mobilenet_v2", 4, pretrained="false", taps="pyramid").net.eval()
     # the same trunk weights under the same names: the every-stage network's load into it
-    state = {k: v for k, v in stages.state_dict().items() if not stages.is_head(k)}
-    missing, unexpected = pyramid.load_state_dict(state, strict=False)
-    assert unexpected == [] and all(pyramid.is_head(k) for k in missing)
+    assert_loads_all_but_the_head(stages, pyramid)
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         got = pyramid.body.features(x).flatten(1)
