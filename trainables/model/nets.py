@@ -140,7 +140,9 @@ class Tapped(nn.Sequential):
     projection). It holds the trunk's own blocks under their own names, so the weights'
     keys do not change."""
 
-    def __init__(self, trunk: nn.Sequential, scales: tuple[int, ...] = (1,), expanded=False):
+    def __init__(
+        self, trunk: nn.Sequential, scales: tuple[int, ...] = (1,), expanded: bool = False
+    ):
         super().__init__(*trunk)
         self.scales = tuple(scales)
         self.taps, width, self.as_map, self.maps = stage_ends(self)
