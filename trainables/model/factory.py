@@ -103,10 +103,9 @@ def check_model(
         )
     if taps in EXPANDED and not spec.expands:
         expanding = ", ".join(n for n in MODELS if MODELS[n].expands)
-        plain = taps.replace("expanded_", "").replace("expanded", "stages")
         raise UserError(
             f"taps={taps} reads the expanded maps of inverted residual blocks, which "
-            f"'{name}' has none of; use taps={plain}, or one of {expanding}"
+            f"'{name}' has none of; use taps={EXPANDED[taps]}, or one of {expanding}"
         )
     if aux_heads and not spec.aux_heads:
         with_aux = ", ".join(n for n in MODELS if MODELS[n].aux_heads)

@@ -24,9 +24,11 @@ from trainables.core.registry import Registry
 # inverted residual: its expanded map, before the block projects it back to few channels
 TAPS = FIXED_CHOICES["taps"]
 # the sizes the trunk reads its input at, as divisors of the image's side, per taps value
-SCALES = {"stages": (1,), "pyramid": (1, 2), "expanded": (1,), "expanded_pyramid": (1, 2)}
-# the taps values that read an inverted residual block's expanded map
-EXPANDED = ("expanded", "expanded_pyramid")
+SCALES = {"stages": (1,), "pyramid": (1, 2)}
+# the taps values that read an inverted residual block's expanded map, each with the one
+# it reads like elsewhere (its sizes, and the value for a model without such blocks)
+EXPANDED = {"expanded": "stages", "expanded_pyramid": "pyramid"}
+SCALES.update({taps: SCALES[like] for taps, like in EXPANDED.items()})
 
 
 def expands(block: nn.Module) -> bool:
@@ -159,17 +161,14 @@ class Tapped(nn.Sequential):
         ys = [F.avg_pool2d(x, scale) if scale > 1 else x for scale in self.scales]
         pooled: list[list[torch.Tensor]] = [[] for _ in ys]
         for i, block in enumerate(self):
-            if i in self.inner:
-                outs = [_expanded_forward(block, y) for y in ys]
-                ys = [out for out, _ in outs]
-                for (_, hidden), into in zip(outs, pooled):
-                    into += [hidden.mean((2, 3)), hidden.amax((2, 3))]
-                continue
-            ys = [block(y) for y in ys]
+            if i in self.inner:  # the block's outputs, and its expanded maps to read
+                ys, reads = (list(z) for z in zip(*(_expanded_forward(block, y) for y in ys)))
+            else:
+                ys = reads = [block(y) for y in ys]
             if i in self.taps:  # which taps are maps is known from the shapes, so the
                 # forward has no branch on a tensor (torch.fx traces it: model/cut.py)
-                for y, into in zip(ys, pooled):
-                    into += [y.mean((2, 3)), y.amax((2, 3))] if i in self.maps else [y.flatten(1)]
+                for r, into in zip(reads, pooled):
+                    into += [r.mean((2, 3)), r.amax((2, 3))] if i in self.maps else [r.flatten(1)]
         out = torch.cat([p for into in pooled for p in into], 1)
         return out[:, :, None, None] if self.as_map else out
 
