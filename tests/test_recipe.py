@@ -96,6 +96,34 @@ def test_grade_ranks_follow_the_given_order_and_refuse_a_wrong_one():
         assert "lowest grade first (the classes are high, low, mid)" in str(caught.value)
 
 
+def test_class_weight_power_softens_the_class_weights_of_the_weighted_losses():
+    from trainables.core.config import TrialConfig
+    from trainables.core.errors import UserError
+    from trainables.recipe.losses import create_loss
+
+    counts = [300, 100, 20]  # inverse frequency: 140/300, 140/100, 140/20
+    full = torch.tensor([140 / 300, 1.4, 7.0])
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.3, 0.2], [-0.5, 1.0, 0.4]])
+    target = torch.tensor([0, 1, 2])
+    for objective in ("weighted_ce", "weighted_ordinal"):
+        weights = {}
+        for power in (1.0, 0.5, 0.0):
+            cfg = TrialConfig.from_dict({"objective": objective, "class_weight_power": power})
+            loss = create_loss(cfg, counts, ["a", "b", "c"])
+            weights[power] = (loss.weight if objective == "weighted_ce" else loss.ce.weight).clone()
+        assert torch.allclose(weights[1.0], full)
+        assert torch.allclose(weights[0.5], full.sqrt())
+        assert torch.equal(weights[0.0], torch.ones(3))
+    # at power 0 the weighted loss is the plain one
+    plain = create_loss(TrialConfig.from_dict({"objective": "ce"}), counts)
+    none = create_loss(
+        TrialConfig.from_dict({"objective": "weighted_ce", "class_weight_power": 0}), counts
+    )
+    assert none(logits, target).item() == pytest.approx(plain(logits, target).item())
+    with pytest.raises(UserError, match=r"class_weight_power=3.0.*\[0, 2\]"):
+        TrialConfig.from_dict({"class_weight_power": 3})
+
+
 def test_the_ordinal_loss_costs_more_the_further_off_the_grade():
     from trainables.recipe.losses import OrdinalLoss
 

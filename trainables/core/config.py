@@ -56,6 +56,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "unfreeze_lr": (0.0, 10.0),
     "label_smoothing": (0.0, 0.99),
     "focal_gamma": (0.0, 10.0),
+    "class_weight_power": (0.0, 2.0),
     "step_size": (1, 10_000),
     "step_gamma": (0.0, 1.0),
     "plateau_factor": (0.0, 0.999),
@@ -116,6 +117,10 @@ class TrialConfig:
     loss: str = "ce"
     label_smoothing: float = 0.0
     focal_gamma: float = 2.0
+    # the class-weighted losses (weighted_ce, weighted_ordinal) weight class c by
+    # (N / (K n_c)) ** power: 1 inverse frequency, 0.5 its square root (a milder pull
+    # towards the rare classes), 0 none (trainables/recipe/losses.py)
+    class_weight_power: float = 1.0
     # ordered classes: every class name once, lowest grade first, comma-separated ("": the
     # classes' own order); the ordinal losses use it, and the table gains the grade error
     class_order: str = ""

@@ -36,10 +36,11 @@ class FocalLoss(nn.Module):
         return loss.mean()
 
 
-def class_weights(class_counts: list[int]) -> torch.Tensor:
-    """Inverse-frequency weights, normalised so a balanced set gets all ones."""
+def class_weights(class_counts: list[int], power: float = 1.0) -> torch.Tensor:
+    """Inverse-frequency weights raised to ``power`` (1: inverse frequency, 0.5: its square
+    root, 0: none), normalised so a balanced set gets all ones."""
     counts = torch.tensor(class_counts, dtype=torch.float32).clamp(min=1)
-    return counts.sum() / (len(counts) * counts)
+    return (counts.sum() / (len(counts) * counts)) ** power
 
 
 def grade_ranks(class_order: str, class_names) -> list[int]:
@@ -105,7 +106,8 @@ def _focal(cfg: TrialConfig, class_counts: list[int], class_names=()) -> nn.Modu
 @LOSSES.register("weighted_ce")
 def _weighted_cross_entropy(cfg: TrialConfig, class_counts: list[int], class_names=()) -> nn.Module:
     return nn.CrossEntropyLoss(
-        weight=class_weights(class_counts), label_smoothing=cfg.label_smoothing
+        weight=class_weights(class_counts, cfg.class_weight_power),
+        label_smoothing=cfg.label_smoothing,
     )
 
 
@@ -119,7 +121,9 @@ def _ordinal(cfg: TrialConfig, class_counts: list[int], class_names=()) -> nn.Mo
 def _weighted_ordinal(cfg: TrialConfig, class_counts: list[int], class_names=()) -> nn.Module:
     names = class_names or [str(i) for i in range(len(class_counts))]
     return OrdinalLoss(
-        grade_ranks(cfg.class_order, names), cfg.label_smoothing, class_weights(class_counts)
+        grade_ranks(cfg.class_order, names),
+        cfg.label_smoothing,
+        class_weights(class_counts, cfg.class_weight_power),
     )
 
 
