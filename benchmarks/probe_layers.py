@@ -1,6 +1,7 @@
 """Which layers a linear probe reads: the frozen ImageNet MobileNetV2's last feature map
 alone (what ``strategy=linear_probe`` fits on) against mean- and max-pooled maps from
-several depths, on the ELPV cells in their 4 grades (pip install elpv-dataset).
+several depths, read at the blocks' outputs (``taps=stages``) or at their expanded maps
+(``taps=expanded``), on the ELPV cells in their 4 grades (pip install elpv-dataset).
 
 One pass of the backbone over every cell (and, with ``--views 8``, its 8 dihedral views,
 whose features are averaged), then scikit-learn's standardised multinomial logistic
@@ -10,6 +11,7 @@ inverse regularisation strength C (all of them: picking the best C on these same
 would flatter it).
 
     python benchmarks/probe_layers.py --size 224 --views 1 --C 0.003 0.03
+    python benchmarks/probe_layers.py --size 128 --views 8 --C 0.001 0.003 0.01 --only all
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ import numpy as np
 # MobileNetV2's `features` blocks whose outputs are pooled (after the last block of each
 # resolution, and the last three), and their channel counts
 TAPS = {3: 24, 6: 32, 10: 64, 13: 96, 16: 160, 17: 320, 18: 1280}
+# the same blocks' expanded maps (inside each inverted residual, after the depthwise
+# convolution's ReLU6, before the projection: what taps=expanded reads), and the last
+# block, a plain 1 x 1 convolution, at its output
+EXPANDED = {3: 144, 6: 192, 10: 384, 13: 576, 16: 960, 17: 960, 18: 1280}
 
 
 def default_weights() -> str | None:
@@ -50,6 +56,8 @@ def features(paths: list[Path], weights: str, size: int, views: int) -> np.ndarr
     import torchvision
     from PIL import Image
 
+    from trainables.model.nets import expanded_forward, expands
+
     net = torchvision.models.mobilenet_v2()
     net.load_state_dict(torch.load(weights, weights_only=True))
     net.eval()
@@ -61,12 +69,17 @@ def features(paths: list[Path], weights: str, size: int, views: int) -> np.ndarr
         return torch.flip(turned, (3,)) if k >= 4 else turned
 
     def pooled(x: torch.Tensor) -> torch.Tensor:
-        out = []
+        """The outputs' pooled maps (TAPS), then the expanded maps' (EXPANDED)."""
+        out, inner = [], []
         for i, block in enumerate(net.features):
-            x = block(x)
+            if i in TAPS and expands(block):
+                x, hidden = expanded_forward(block, x)
+            else:
+                x = hidden = block(x)
             if i in TAPS:
                 out += [x.mean((2, 3)), x.amax((2, 3))]
-        return torch.cat(out, 1)
+                inner += [hidden.mean((2, 3)), hidden.amax((2, 3))]
+        return torch.cat(out + inner, 1)
 
     rows, start = [], time.perf_counter()
     with torch.inference_mode():
@@ -96,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--views", type=int, choices=(1, 8), default=1)
     parser.add_argument("--C", type=float, nargs="+", default=[0.003, 0.03])
     parser.add_argument("--weights", default=default_weights(), help="mobilenet_v2 .pth file")
+    parser.add_argument(
+        "--only",
+        choices=("all",),
+        help="all: only the two every-tap sets (the blocks' outputs and their expanded maps)",
+    )
     args = parser.parse_args(argv)
     if not args.weights:
         parser.error("no MobileNetV2 weights: pass --weights FILE")
@@ -103,12 +121,18 @@ def main(argv: list[str] | None = None) -> int:
     X = features(paths, args.weights, args.size, args.views)
     ends = np.cumsum([0] + [2 * c for c in TAPS.values()])  # mean then max, per tap
     last = ends[-2]
+    width = ends[-1]  # the expanded maps' columns follow the outputs'
     sets = {
         "last map, mean-pooled (the probe's)": np.arange(last, last + 1280),
         "last map, mean and max": np.arange(last, ends[-1]),
         "blocks 13-18, mean and max": np.arange(ends[3], ends[-1]),
-        "all 7 taps, mean and max": np.arange(ends[-1]),
+        "all 7 taps, mean and max": np.arange(width),
+        "all 7 taps at the expanded maps, mean and max": np.arange(
+            width, width + 2 * sum(EXPANDED.values())
+        ),
     }
+    if args.only == "all":
+        sets = {name: columns for name, columns in sets.items() if name.startswith("all")}
     folds = StratifiedKFold(5, shuffle=True, random_state=0)
     print(f"\n{len(grades)} cells, {args.size} px, {args.views} view(s)\n")
     print("| features | dims | C | accuracy | macro-F1 | recall per grade |")

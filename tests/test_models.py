@@ -181,7 +181,7 @@ def test_taps_expanded_reads_each_stage_end_of_mobilenet_v2_at_its_expanded_map(
         # every block's output is the plain network's: the shortcuts are still added
         ys, y = [], x
         for i, block in enumerate(trunk):
-            y = nets._expanded_forward(block, y)[0] if i in trunk.inner else block(y)
+            y = nets.expanded_forward(block, y)[0] if i in trunk.inner else block(y)
             ys.append(y)
     assert sorted(trunk.inner) == [3, 6, 10, 13, 16, 17]
     assert got.shape == (2, 2 * (144 + 192 + 384 + 576 + 960 + 960 + 1280))

@@ -41,7 +41,7 @@ def expands(block: nn.Module) -> bool:
     return isinstance(block, InvertedResidual)
 
 
-def _expanded_forward(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def expanded_forward(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """An inverted residual block's output and its expanded map: the block's own forward
     (torchvision's ``x + conv(x)`` where it has a shortcut, else ``conv(x)``), cut before
     its projection. Every layer is called as the block's own, so torch.fx traces it."""
@@ -162,7 +162,7 @@ class Tapped(nn.Sequential):
         pooled: list[list[torch.Tensor]] = [[] for _ in ys]
         for i, block in enumerate(self):
             if i in self.inner:  # the block's outputs, and its expanded maps to read
-                ys, reads = (list(z) for z in zip(*(_expanded_forward(block, y) for y in ys)))
+                ys, reads = (list(z) for z in zip(*(expanded_forward(block, y) for y in ys)))
             else:
                 ys = reads = [block(y) for y in ys]
             if i in self.taps:  # which taps are maps is known from the shapes, so the
