@@ -65,6 +65,9 @@ def per_model(table: dict[str, float | tuple[float, float]]):
     return per_key("model", table)
 
 
+Points = tuple[dict[str, Any], ...]  # a search's first trials, each a dict of settings
+
+
 @dataclass(frozen=True)
 class Space:
     """A study: what to vary, how to name a variant, and how ASHA prunes it.
@@ -81,7 +84,9 @@ class Space:
     ``budget``) being the number of trials. ``expand``, if given, turns the param space
     (with the command line's overrides merged in) into the one that runs: for a grid that
     depends on the settings, such as the strategies a model allows. ``points``: the
-    trials a search runs first (Optuna's ``points_to_evaluate``), before TPE picks.
+    trials a search runs first (Optuna's ``points_to_evaluate``), before TPE picks; or a
+    function of the param space that runs (after ``expand``) giving them, for points that
+    depend on the settings too, such as what a model's head can read.
     """
 
     name: str
@@ -93,7 +98,7 @@ class Space:
     search: str = "grid"
     budget: int = 20
     expand: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-    points: tuple[dict[str, Any], ...] = ()
+    points: Points | Callable[[dict[str, Any]], Points] = ()
 
     def variant(self, config: dict[str, Any]) -> str:
         from trainables.model.record import variant_name

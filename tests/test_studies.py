@@ -120,15 +120,19 @@ def test_tpe_space_is_searched_with_a_budget():
 
 
 def test_the_recipe_search_starts_from_the_linear_probe():
-    from search_spaces.recipe import PROBE, PYRAMID
+    from search_spaces.recipe import EXPANDED, PROBE, PYRAMID
 
     space = registry()["recipe"]
-    assert make_plan(space, {}, None).points == [PROBE, PYRAMID]
+    # mobilenet_v2 (the default) has inverted residual blocks: the second probe reads them
+    # at their expanded maps; small_cnn has a trunk but no such blocks: the pyramid probe
+    assert make_plan(space, {}, None).points == [PROBE, EXPANDED]
+    assert EXPANDED["taps"] == "expanded" and EXPANDED["image_size"] == 224
+    assert make_plan(space, {"model": "small_cnn"}, None).points == [PROBE, PYRAMID]
     assert PYRAMID["taps"] == "pyramid" and PYRAMID["image_size"] == 224
     # a key the command line fixes is no longer the point's to say
     plan = make_plan(space, {"image_size": 224}, None)
     assert plan.points == [
-        {k: v for k, v in p.items() if k != "image_size"} for p in (PROBE, PYRAMID)
+        {k: v for k, v in p.items() if k != "image_size"} for p in (PROBE, EXPANDED)
     ]
     # what the head reads is searched for a model that names its trunk, and the probes
     # read every stage (at one size, then two); for another model neither the search nor

@@ -85,8 +85,9 @@ def first_points(space, param_space: dict[str, Any]) -> list[dict[str, Any]]:
     every searched key in each point: a study whose point misses one is a mistake of the
     study's module, said in one line."""
     searched = {k for k, v in param_space.items() if _is_searchable(v)}
+    given = getattr(space, "points", ())
     points = []
-    for point in getattr(space, "points", ()):
+    for point in given(param_space) if callable(given) else given:
         kept = {k: v for k, v in point.items() if k in searched}
         missing = sorted(searched - set(kept))
         if kept and missing:
