@@ -25,10 +25,6 @@ import numpy as np
 # MobileNetV2's `features` blocks whose outputs are pooled (after the last block of each
 # resolution, and the last three), and their channel counts
 TAPS = {3: 24, 6: 32, 10: 64, 13: 96, 16: 160, 17: 320, 18: 1280}
-# the same blocks' expanded maps (inside each inverted residual, after the depthwise
-# convolution's ReLU6, before the projection: what taps=expanded reads), and the last
-# block, a plain 1 x 1 convolution, at its output
-EXPANDED = {3: 144, 6: 192, 10: 384, 13: 576, 16: 960, 17: 960, 18: 1280}
 
 
 def default_weights() -> str | None:
@@ -69,7 +65,9 @@ def features(paths: list[Path], weights: str, size: int, views: int) -> np.ndarr
         return torch.flip(turned, (3,)) if k >= 4 else turned
 
     def pooled(x: torch.Tensor) -> torch.Tensor:
-        """The outputs' pooled maps (TAPS), then the expanded maps' (EXPANDED)."""
+        """The TAPS blocks' pooled outputs, then the same blocks' pooled expanded maps
+        (inside each inverted residual, after the depthwise ReLU6, before the projection:
+        what taps=expanded reads; the last block, a 1 x 1 convolution, at its output)."""
         out, inner = [], []
         for i, block in enumerate(net.features):
             if i in TAPS and expands(block):
@@ -127,9 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "last map, mean and max": np.arange(last, ends[-1]),
         "blocks 13-18, mean and max": np.arange(ends[3], ends[-1]),
         "all 7 taps, mean and max": np.arange(width),
-        "all 7 taps at the expanded maps, mean and max": np.arange(
-            width, width + 2 * sum(EXPANDED.values())
-        ),
+        "all 7 taps at the expanded maps, mean and max": np.arange(width, X.shape[1]),
     }
     if args.only == "all":
         sets = {name: columns for name, columns in sets.items() if name.startswith("all")}
